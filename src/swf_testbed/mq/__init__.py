@@ -1,0 +1,14 @@
+"""Messaging layer: destinations and the STOMP client every program uses."""
+
+from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
+from swf_testbed.mq.destinations import Destination, Queue, Topic
+
+__all__ = [
+    "BrokerClient",
+    "BrokerUnavailable",
+    "Delivery",
+    "Destination",
+    "Queue",
+    "Subscription",
+    "Topic",
+]

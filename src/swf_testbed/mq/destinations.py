@@ -1,0 +1,108 @@
+"""Topics and queues as explicit types, and the testbed's destination names.
+
+A topic fans out to every subscriber; a queue gives each message to one
+subscriber (competing consumers). How they are spelled on the wire depends on
+the broker (:class:`~swf_testbed.settings.DestinationStyle`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from swf_testbed.settings import DestinationStyle
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A broker destination: a name and whether it is a topic or a queue."""
+
+    name: str
+    kind: Literal["topic", "queue"]
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"bad destination name {self.name!r}: letters, digits, '.', '_' and '-' only")
+
+    @property
+    def is_topic(self) -> bool:
+        return self.kind == "topic"
+
+    def address(self, style: DestinationStyle = DestinationStyle.PREFIXED) -> str:
+        """The destination header value for this broker style."""
+        if style is DestinationStyle.ARTEMIS:
+            return self.name
+        return f"/{self.kind}/{self.name}"
+
+    def send_headers(self, style: DestinationStyle) -> dict[str, str]:
+        if style is DestinationStyle.ARTEMIS:
+            return {"destination-type": "MULTICAST" if self.is_topic else "ANYCAST"}
+        return {}
+
+    def subscribe_headers(self, style: DestinationStyle) -> dict[str, str]:
+        if style is DestinationStyle.ARTEMIS:
+            return {"subscription-type": "MULTICAST" if self.is_topic else "ANYCAST"}
+        return {}
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        """``/topic/x`` or ``/queue/x`` (also ``topic://x``, ``queue://x``)."""
+        for kind in ("topic", "queue"):
+            for prefix in (f"/{kind}/", f"{kind}://"):
+                if text.startswith(prefix):
+                    return cls(text[len(prefix):], kind)  # type: ignore[arg-type]
+        raise ValueError(f"destination {text!r} must start with /topic/ or /queue/")
+
+    def __str__(self) -> str:
+        return f"/{self.kind}/{self.name}"
+
+
+def Topic(name: str) -> Destination:  # noqa: N802 - reads as a type at call sites
+    return Destination(name, "topic")
+
+
+def Queue(name: str) -> Destination:  # noqa: N802
+    return Destination(name, "queue")
+
+
+# --------------------------------------------------------------------------- testbed names
+
+RUN_TOPIC = Topic("epictopic")
+"""Run lifecycle broadcast by the DAQ simulator (the existing testbed's name)."""
+
+HEARTBEAT_TOPIC = Topic("swf.heartbeats")
+"""Agent heartbeats, all namespaces (the monitor and the orchestrator listen)."""
+
+MONITOR_TOPIC = Topic("swf.monitor")
+"""Copies of queue traffic, so that the monitor sees every message (queues have one consumer)."""
+
+DEAD_LETTER_QUEUE = Queue("swf.dead_letter")
+"""Messages no handler could process after every allowed attempt."""
+
+
+def control_queue(namespace: str) -> Destination:
+    """A namespace's workflow runner listens here for run_workflow / stop_workflow."""
+    return Queue(f"swf.{namespace}.control")
+
+
+def replies_topic(namespace: str) -> Destination:
+    """workflow_started / workflow_completed / workflow_failed of a namespace."""
+    return Topic(f"swf.{namespace}.replies")
+
+
+def data_topic(namespace: str) -> Destination:
+    """Data flow between the agents of a namespace (stf_ready, processing_complete, ...)."""
+    return Topic(f"swf.{namespace}.data")
+
+
+def slice_queue(namespace: str) -> Destination:
+    """Work for the fast-processing workers of a namespace (competing consumers)."""
+    return Queue(f"swf.{namespace}.slices")
+
+
+def worker_topic(namespace: str) -> Destination:
+    """Worker ramp up / down broadcasts of a namespace."""
+    return Topic(f"swf.{namespace}.workers")

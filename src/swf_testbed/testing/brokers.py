@@ -1,0 +1,159 @@
+"""Start real brokers on free loopback ports: the embedded one and ActiveMQ Classic.
+
+Used by the test suite and the benchmarks, so that both talk to the same
+real services the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swf_testbed.settings import BrokerSettings
+
+ACTIVEMQ_HOME = Path(os.environ.get("SWF_ACTIVEMQ_HOME", "/usr/share/activemq"))
+ACTIVEMQ_CONF = Path(os.environ.get("SWF_ACTIVEMQ_CONF", "/etc/activemq/instances-available/main"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:g} s")
+
+
+@dataclass
+class BrokerProcess:
+    """A broker running as its own process."""
+
+    name: str
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+    log_path: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables pointing a testbed program at this broker."""
+        return {"ACTIVEMQ_HOST": self.host, "ACTIVEMQ_PORT": str(self.port), **self.extra}
+
+    def settings(self, **overrides: object) -> BrokerSettings:
+        """Client settings for this broker, with quick heart-beats and reconnects for tests."""
+        values: dict[str, object] = {"host": self.host, "port": self.port, "heartbeat_ms": 2000,
+                                     "reconnect_initial_s": 0.1, "reconnect_max_s": 1.0}
+        values.update(overrides)
+        return BrokerSettings(**values)  # type: ignore[arg-type]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_embedded(port: int | None = None, host: str = "127.0.0.1", *, args: list[str] | None = None,
+                   log_dir: Path | None = None) -> BrokerProcess:
+    """``python -m swf_testbed.broker`` on a free port, waited for."""
+    port = port or free_port()
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="swf-broker-"))
+    log_path = log_dir / f"broker-{port}.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swf_testbed.broker", "--host", host, "--port", str(port), *(args or [])],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    broker = BrokerProcess("embedded", host, port, proc, log_dir, log_path)
+    try:
+        wait_for_port(host, port, 20, proc)
+    except Exception:
+        broker.stop()
+        raise RuntimeError(f"embedded broker did not start:\n{broker.log_tail()}") from None
+    return broker
+
+
+def activemq_available() -> bool:
+    return (ACTIVEMQ_HOME / "bin" / "activemq.jar").exists() and (ACTIVEMQ_CONF / "activemq.xml").exists() \
+        and shutil.which("java") is not None
+
+
+def start_activemq(port: int | None = None, host: str = "127.0.0.1", workdir: Path | None = None) -> BrokerProcess:
+    """ActiveMQ Classic from the Debian package, in its own instance dir, with a STOMP connector.
+
+    The packaged config opens only OpenWire; we copy it, add a STOMP
+    transport connector on a free loopback port (and move OpenWire to a free
+    port too, so several instances never collide), and start it.
+    """
+    if not activemq_available():
+        raise RuntimeError(f"ActiveMQ Classic is not installed ({ACTIVEMQ_HOME}); apt-get install -y activemq")
+    port = port or free_port()
+    base = workdir or Path(tempfile.mkdtemp(prefix="swf-activemq-"))
+    conf = base / "conf"
+    if not conf.exists():
+        shutil.copytree(ACTIVEMQ_CONF, conf)
+    (base / "data").mkdir(exist_ok=True)
+    xml_path = conf / "activemq.xml"
+    xml = xml_path.read_text()
+    if "swf-stomp" not in xml:
+        openwire = free_port()
+        connectors = (
+            "<transportConnectors>\n"
+            f'            <transportConnector name="openwire" uri="tcp://127.0.0.1:{openwire}"/>\n'
+            f'            <transportConnector name="swf-stomp" uri="stomp://{host}:{port}'
+            '?transport.hbGracePeriodMultiplier=2"/>\n'
+            "        </transportConnectors>"
+        )
+        start = xml.index("<transportConnectors>")
+        end = xml.index("</transportConnectors>") + len("</transportConnectors>")
+        xml = xml[:start] + connectors + xml[end:]
+        xml_path.write_text(xml)
+    log_path = base / "activemq.out"
+    cmd = [
+        "java", "-Xms128m", "-Xmx1g",
+        f"-Dactivemq.base={base}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
+        f"-Dactivemq.conf={conf}", f"-Dactivemq.data={base / 'data'}",
+        "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start", f"xbean:file:{xml_path}",
+    ]
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=base)
+    broker = BrokerProcess("activemq", host, port, proc, base, log_path)
+    try:
+        wait_for_port(host, port, 90, proc)
+    except Exception:
+        broker.stop()
+        raise RuntimeError(f"ActiveMQ did not start:\n{broker.log_tail()}") from None
+    time.sleep(1.0)  # it accepts TCP slightly before the STOMP transport serves frames
+    return broker
