@@ -1,0 +1,86 @@
+"""The ``swf-testbed`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+
+from swf_testbed import __version__
+from swf_testbed.cli.agent import agent_app
+from swf_testbed.cli.common import console, err_console
+from swf_testbed.cli.demo import demo
+
+app = typer.Typer(
+    name="swf-testbed",
+    help="Streaming workflow testbed for the ePIC experiment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+docs_app = typer.Typer(help="Generate reference documentation from the code.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+app.add_typer(agent_app, name="agent")
+app.command()(demo)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
+    )
+    # stomp.py logs every frame at INFO; that is noise for users.
+    logging.getLogger("stomp.py").setLevel(logging.WARNING)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"swf-testbed {__version__}")
+
+
+@app.command()
+def broker(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="STOMP port.")] = 61613,
+    login: Annotated[str | None, typer.Option(help="Require this login (with --passcode).", envvar="SWF_BROKER_LOGIN")] = None,
+    passcode: Annotated[str | None, typer.Option(help="Require this passcode.", envvar="SWF_BROKER_PASSCODE")] = None,
+) -> None:
+    """Run the embedded STOMP broker (for one machine; use ActiveMQ in production)."""
+    from swf_testbed.broker.server import run
+
+    if (login is None) != (passcode is None):
+        err_console.print("[red]--login and --passcode go together[/red]")
+        raise typer.Exit(2)
+    run(host=host, port=port, login=login, passcode=passcode)
+
+
+@docs_app.command("messages")
+def docs_messages(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """The message reference (Markdown), generated from the schema."""
+    from swf_testbed.reference import messages_markdown
+
+    text = messages_markdown()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+
+
+def main() -> None:
+    app()

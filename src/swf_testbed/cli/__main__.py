@@ -1,0 +1,3 @@
+from swf_testbed.cli import main
+
+main()
