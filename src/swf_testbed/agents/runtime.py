@@ -256,6 +256,12 @@ class Agent:
                 pass
         finally:
             self.shutdown()
+        if self._in_flight:
+            # Handler threads cannot be interrupted and the interpreter would
+            # wait for them at exit; their messages stay unacknowledged and the
+            # broker redelivers them, so leaving now loses nothing.
+            logging.shutdown()
+            os._exit(0)
         return 0
 
     def shutdown(self) -> None:

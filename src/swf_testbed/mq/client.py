@@ -382,7 +382,7 @@ class BrokerClient:
             reconnect_attempts_max=1,
             vhost=s.vhost or s.host,
             timeout=10,
-            heart_beat_receive_scale=2.0,
+            heart_beat_receive_scale=3.0,  # ActiveMQ Classic may leave 2x the interval between beats
             auto_decode=False,
         )
         if s.use_ssl:
