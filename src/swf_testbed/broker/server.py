@@ -1,7 +1,7 @@
 """The embedded STOMP broker: pure asyncio, standard library only.
 
 The default broker for one machine, the way Django ships ``runserver``: not
-for production (no persistence, no clustering, no TLS), but correct, and fast
+for production (no persistence, no clustering), but correct, and fast
 enough that it is never the bottleneck of a testbed on a laptop. Production
 uses ActiveMQ; wherever the STOMP specification leaves room, this broker does
 what ActiveMQ Classic does, so the same client code behaves the same on both.
@@ -121,6 +121,7 @@ import logging
 import re
 import secrets
 import signal
+import ssl
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -1498,8 +1499,10 @@ class Broker:
         topic_prefetch: int = 32766,
         connect_timeout: float = 30.0,
         close_grace: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self._requested_port = port
         self.login = login
         self.passcode = passcode
@@ -1542,6 +1545,7 @@ class Broker:
             self._requested_port,
             reuse_address=True,
             backlog=1024,
+            ssl=self.ssl_context,
         )
 
     async def stop(self) -> None:
@@ -1740,6 +1744,17 @@ async def _serve(broker: Broker) -> None:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):
                 pass
+
+
+def server_tls_context(cert_file: str, key_file: str, client_ca_file: str | None = None) -> ssl.SSLContext:
+    """TLS for the broker: its certificate and key; with a CA, client certificates are required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def run(

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 
 from swf_testbed import __version__
 from swf_testbed.cli.agent import agent_app
+from swf_testbed.cli.broker import broker
 from swf_testbed.cli.common import console, err_console
 from swf_testbed.cli.demo import demo
 
@@ -26,6 +27,7 @@ docs_app = typer.Typer(help="Generate reference documentation from the code.", n
 app.add_typer(docs_app, name="docs")
 app.add_typer(agent_app, name="agent")
 app.command()(demo)
+app.command()(broker)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -49,22 +51,6 @@ def _main(
 def version() -> None:
     """Print the version."""
     console.print(f"swf-testbed {__version__}")
-
-
-@app.command()
-def broker(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="STOMP port.")] = 61613,
-    login: Annotated[str | None, typer.Option(help="Require this login (with --passcode).", envvar="SWF_BROKER_LOGIN")] = None,
-    passcode: Annotated[str | None, typer.Option(help="Require this passcode.", envvar="SWF_BROKER_PASSCODE")] = None,
-) -> None:
-    """Run the embedded STOMP broker (for one machine; use ActiveMQ in production)."""
-    from swf_testbed.broker.server import run
-
-    if (login is None) != (passcode is None):
-        err_console.print("[red]--login and --passcode go together[/red]")
-        raise typer.Exit(2)
-    run(host=host, port=port, login=login, passcode=passcode)
 
 
 @docs_app.command("messages")
