@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -58,22 +59,29 @@ class BrokerProc:
 def launch_broker(log_dir: Path, *args: str) -> BrokerProc:
     """``python -m swf_testbed.broker --port <free port> ARGS``, once it accepts connections."""
     port = free_port()
+    command = ["-m", "swf_testbed.broker", "--host", HOST, "--port", str(port), *args]
+    return _launch(log_dir, port, command)
+
+
+def launch_broker_with_options(log_dir: Path, **options: float) -> BrokerProc:
+    """A broker process made with :class:`~swf_testbed.broker.Broker` keyword ``options``.
+
+    For options without a command-line flag: ``swf_testbed.broker.server.run``
+    in a ``python -c`` process, on a free port, logging as the command does.
+    """
+    port = free_port()
+    code = (
+        "import json, sys\n"
+        "from swf_testbed.broker.server import run\n"
+        "run(sys.argv[1], int(sys.argv[2]), **json.loads(sys.argv[3]))\n"
+    )
+    return _launch(log_dir, port, ["-c", code, HOST, str(port), json.dumps(options)])
+
+
+def _launch(log_dir: Path, port: int, command: list[str]) -> BrokerProc:
     log = log_dir / f"broker-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "swf_testbed.broker",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen([sys.executable, *command], stdout=out, stderr=subprocess.STDOUT)
     broker = BrokerProc(proc, port, log)
     deadline = time.monotonic() + 20
     while True:

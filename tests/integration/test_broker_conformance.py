@@ -111,12 +111,13 @@ class Client:
     """One stomp.py connection with its collector."""
 
     def __init__(self, broker: BrokerProcess, heartbeats: tuple[int, int] = (0, 0),
-                 on_message: Callable[["Client", Any], None] | None = None) -> None:
+                 on_message: Callable[["Client", Any], None] | None = None,
+                 connect_headers: dict[str, str] | None = None) -> None:
         self.conn = stomp.Connection([(broker.host, broker.port)], heartbeats=heartbeats, auto_decode=False)
         hook = (lambda frame: on_message(self, frame)) if on_message is not None else None
         self.listener = Collector(hook)
         self.conn.set_listener("collector", self.listener)
-        self.conn.connect(wait=True)
+        self.conn.connect(wait=True, headers=connect_headers)
 
     def subscribe(self, destination: str, ack: str = "auto", headers: dict[str, str] | None = None) -> str:
         """SUBSCRIBE and wait for the broker's RECEIPT, so the subscription is live on return."""
@@ -143,6 +144,18 @@ class Client:
     def ack(self, frame: Any) -> None:
         # STOMP 1.1 (stomp.Connection's default): ACK names message-id and subscription.
         self.conn.ack(frame.headers["message-id"], frame.headers["subscription"])
+
+    def unsubscribe(self, sub_id: str, headers: dict[str, str] | None = None) -> None:
+        """UNSUBSCRIBE and wait for the broker's RECEIPT."""
+        receipt = f"unsub-{uuid.uuid4().hex}"
+        self.conn.unsubscribe(sub_id, headers={**(headers or {}), "receipt": receipt})
+        self.listener.wait_receipt(receipt)
+
+    def disconnect(self) -> None:
+        """DISCONNECT and wait for the broker's RECEIPT: the broker is done with this connection."""
+        receipt = f"disconnect-{uuid.uuid4().hex}"
+        self.conn.disconnect(receipt=receipt)
+        self.listener.wait_receipt(receipt)
 
     def close(self) -> None:
         if self.conn.is_connected():
@@ -184,6 +197,76 @@ def test_topic_fans_out_to_every_subscriber_in_order(clients: Callable[..., Clie
     for sub in subscribers:
         assert sub.bodies() == expected
         assert all(frame.headers["destination"] == topic for frame in sub.listener.messages)
+
+
+# --------------------------------------------------------------------------- wildcards, durable topics
+
+
+def test_wildcard_subscription_names_the_real_destination(clients: Callable[..., Client]) -> None:
+    """``/topic/X.>`` gets every topic under X; each MESSAGE names the topic it was sent to.
+
+    ``>`` also takes zero elements: ``X.>`` gets ``X`` itself (measured on
+    ActiveMQ Classic 5.17; the embedded broker does the same).
+    """
+    base = unique("topic", "wild")
+    consumer = clients()
+    consumer.subscribe(f"{base}.>", ack="client-individual")
+    producer = clients()
+    sent = [(f"{base}.a", b"one"), (f"{base}.b.c", b"two"), (base, b"parent")]
+    for destination, body in [*sent, (f"{base}x.a", b"not under it"), (f"{base}.z", b"marker")]:
+        producer.send(destination, body, receipt=True)
+    frames = consumer.listener.wait_messages(len(sent) + 1)
+    assert [(f.headers["destination"], f.body) for f in frames] == [*sent, (f"{base}.z", b"marker")]
+    for frame in frames:
+        consumer.ack(frame)
+    assert not consumer.listener.errors, consumer.listener.error_text()
+
+
+def test_durable_subscription_keeps_messages_across_a_disconnect(clients: Callable[..., Client]) -> None:
+    """ActiveMQ's durable topic subscription: client-id + ``activemq.subscriptionName``.
+
+    UNSUBSCRIBE with the id only detaches it; UNSUBSCRIBE carrying the name
+    removes it (both brokers refuse that while it is attached: detach first),
+    so that ActiveMQ does not accumulate the subscriptions of test runs.
+    """
+    topic = unique("topic", "durable")
+    client_id = f"conformance-{uuid.uuid4().hex}"
+    durable = {"activemq.subscriptionName": f"sub-{uuid.uuid4().hex}"}
+
+    def ack_it(client: Client, frame: Any) -> None:
+        client.ack(frame)
+
+    def attach() -> tuple[Client, str]:
+        client = clients(connect_headers={"client-id": client_id}, on_message=ack_it)
+        return client, client.subscribe(topic, ack="client-individual", headers=durable)
+
+    producer = clients()
+    consumer, _ = attach()
+    producer.send(topic, b"live 0", receipt=True)
+    consumer.listener.wait_messages(1)
+    consumer.disconnect()
+
+    offline = [f"offline {i}".encode() for i in range(1, 4)]
+    for body in offline:
+        producer.send(topic, body, receipt=True)
+    consumer, sub_id = attach()
+    consumer.listener.wait_messages(len(offline))
+    producer.send(topic, b"live 4", receipt=True)
+    frames = consumer.listener.wait_messages(len(offline) + 1)
+    assert consumer.bodies() == [*offline, b"live 4"]
+    assert all(frame.headers["destination"] == topic for frame in frames)
+
+    consumer.unsubscribe(sub_id)  # detach: still durable
+    consumer.unsubscribe(sub_id, headers=durable)  # remove for good
+    producer.send(topic, b"after removal", receipt=True)
+    sub_id = consumer.subscribe(topic, ack="client-individual", headers=durable)  # a new, empty one
+    producer.send(topic, b"fresh", receipt=True)
+    consumer.listener.wait_messages(len(offline) + 2)
+    time.sleep(0.2)  # room for a (wrong) "after removal" to show up
+    assert consumer.bodies()[len(offline) + 1:] == [b"fresh"]
+    consumer.unsubscribe(sub_id)
+    consumer.unsubscribe(sub_id, headers=durable)
+    assert not consumer.listener.errors, consumer.listener.error_text()
 
 
 # --------------------------------------------------------------------------- queues

@@ -21,10 +21,12 @@ Protocol
     CONNECT within ``connect_timeout`` seconds (30) is closed.
 
 Memory
-    Nothing is persisted. Queues and open transactions are not bounded: a
-    queue nobody consumes keeps every message sent to it (as ActiveMQ until
-    its store fills); everything else is bounded per connection (frame
-    limits, write buffers, the slow-consumer cap below).
+    Nothing is persisted: the broker keeps nothing across its own restart
+    (queues, durable subscriptions and their backlogs are gone). Queues and
+    open transactions are not bounded: a queue nobody consumes keeps every
+    message sent to it (as ActiveMQ until its store fills); the backlog of a
+    durable subscription is bounded (below); everything else is bounded per
+    connection (frame limits, write buffers, the slow-consumer cap below).
 
 Destinations
     ``/topic/NAME`` fans out to every current subscription (no subscriber:
@@ -34,7 +36,27 @@ Destinations
     MULTICAST`` (SUBSCRIBE: ``subscription-type: MULTICAST``), Artemis style;
     ``ANYCAST`` is a queue. ``/topic/x`` and ``x`` + MULTICAST are the same
     topic, ``/queue/x`` and ``x`` the same queue. MESSAGE frames name the
-    destination as the subscriber spelled it.
+    destination as the subscriber spelled it (wildcard subscriptions: the
+    topic the message was sent to, below).
+
+Wildcards (topics)
+    ActiveMQ syntax: a name is dot-separated elements; in a topic SUBSCRIBE
+    an element ``*`` matches exactly one element, and a last element ``>``
+    matches all the remaining elements, *zero or more*, as ActiveMQ Classic
+    5.17 does (measured): ``swf.>`` matches ``swf.a``, ``swf.a.b`` and
+    ``swf`` itself; ``swf.*`` matches ``swf.a`` only; ``>`` alone matches
+    every topic (temporary topics only match wildcards written with their
+    ``/temp-topic/`` prefix). ``*`` or ``>`` inside an element (``a*``) is
+    a literal character; ``>`` before the last element is an ERROR. The
+    MESSAGE ``destination`` of a wildcard subscription is the topic the
+    message was sent to, in the subscriber's spelling (``/topic/swf.a`` for
+    ``/topic/swf.>``, ``swf.a`` for ``swf.>`` + MULTICAST), as ActiveMQ. A
+    SEND to a name with a wildcard element is an ERROR (ActiveMQ accepts it
+    as a literal name that wildcard subscribers then match; nothing here
+    needs that). Queues have no wildcards: a queue SUBSCRIBE or SEND with a
+    wildcard element is an ERROR. Exact-name subscriptions cost what they
+    did; a topic name is matched against the wildcard subscriptions once,
+    and the result cached until the set of wildcard patterns changes.
 
 Messages
     MESSAGE carries ``subscription``, ``destination``, ``message-id``
@@ -87,6 +109,42 @@ Slow consumers (the choice made here)
     not stop reading a connection because *its own* writes back up (a client
     that replies from its receive loop would deadlock).
 
+Durable subscriptions
+    As ActiveMQ Classic: CONNECT with a ``client-id``, SUBSCRIBE to a topic
+    (exact or wildcard) with ``activemq.subscriptionName: NAME`` (or
+    ``durable-subscription-name: NAME``, the Artemis spelling; ActiveMQ
+    Classic only knows the first). The subscription is keyed on (client-id,
+    NAME) and outlives the connection: while nobody is attached to it, the
+    messages it matches (selector applied) wait in its backlog. A later
+    connection with the same client-id that subscribes with the same NAME
+    and the same destination and selector gets the backlog, in order, then
+    live messages; with another destination or selector the old durable
+    subscription and its backlog are discarded and a new one starts (as
+    ActiveMQ). While attached, a durable subscription is served like a
+    queue with one consumer: ack modes and ``activemq.prefetchSize``
+    (default 100, as ActiveMQ) apply, what the subscriber cannot take yet
+    waits in the backlog, not in socket buffers, and a slow durable
+    subscriber never holds producers back (its backlog bound applies). Unacknowledged messages go back
+    to the head of the backlog, same message-id, marked ``redelivered:true``,
+    when the connection goes or on NACK (ActiveMQ Classic redelivers them
+    too, without the mark). UNSUBSCRIBE with the ``id`` only detaches (the
+    subscription stays durable); UNSUBSCRIBE carrying the subscription name
+    (either header) removes it for good, and like ActiveMQ refuses to while
+    it is attached ("Durable consumer is in use": detach first) or when
+    there is no such subscription. The backlog is bounded by
+    ``durable_max_messages`` (1 000 000) and ``durable_max_bytes`` (512 MiB)
+    per durable subscription: past either, the oldest messages are dropped,
+    counted (:meth:`Broker.stats`) and logged at WARNING, one line per second
+    at most while a burst lasts ("durable subscription NAME (client-id X):
+    dropped N messages (backlog full)"). Errors: a durable SUBSCRIBE on a
+    connection without a client-id (ActiveMQ would make one up, which no
+    later connection can present); the same NAME subscribed twice at once;
+    a CONNECT with a client-id that another connection is using ("Broker:
+    localhost - Client: X already connected from tcp://HOST:PORT", ActiveMQ's
+    wording: a client whose connection died unnoticed is refused until the
+    broker notices, e.g. by heart-beat). The subscription name is ignored on
+    a queue SUBSCRIBE (as ActiveMQ). Nothing survives a broker restart.
+
 Transactions
     BEGIN/COMMIT/ABORT: SENDs and ACK/NACKs carrying ``transaction`` are held
     and applied, in order, at COMMIT; ABORT (or the connection going away)
@@ -129,7 +187,15 @@ from typing import Any
 from swf_testbed import __version__
 from swf_testbed.broker.frames import Frame, FrameError, FrameParser, Limits, encode_frame, escape
 
-__all__ = ["Broker", "Limits", "ProtocolError", "SelectorError", "compile_selector", "run"]
+__all__ = [
+    "Broker",
+    "Limits",
+    "ProtocolError",
+    "SelectorError",
+    "compile_selector",
+    "run",
+    "topic_matches",
+]
 
 log = logging.getLogger("swf_testbed.broker")
 
@@ -155,6 +221,14 @@ _BROKER_HEADERS = frozenset(
 )
 
 MIN_HEARTBEAT_MS = 100
+
+# SUBSCRIBE/UNSUBSCRIBE headers naming a durable subscription: ActiveMQ Classic, Artemis.
+_DURABLE_NAME_HEADERS = ("activemq.subscriptionName", "durable-subscription-name")
+
+# Broker name in ActiveMQ-worded errors ("Broker: localhost - Client: X already connected ...").
+BROKER_NAME = "localhost"
+
+DROP_REPORT_S = 1.0  # a durable backlog that drops messages says so at most this often
 
 _SEND, _ACK, _NACK = 0, 1, 2
 
@@ -522,19 +596,83 @@ def compile_selector(text: str) -> Callable[[dict[str, str]], bool]:
     return lambda headers: _to_bool(ev(headers)) is True
 
 
+# =========================================================================== wildcards
+
+_WILD_ELEMENTS = frozenset({"*", ">"})
+
+
+def _has_wildcard(name: str) -> bool:
+    """Whether an element of ``name`` is ``*`` or ``>`` (two substring tests for a plain name)."""
+    if "*" not in name and ">" not in name:
+        return False
+    return not _WILD_ELEMENTS.isdisjoint(name.split("."))
+
+
+def _wildcard_pattern(name: str) -> tuple[str, ...] | None:
+    """The elements of a wildcard topic name; None for a plain name.
+
+    Raises ValueError when ``>`` is not the last element.
+    """
+    if not _has_wildcard(name):
+        return None
+    elements = tuple(name.split("."))
+    if ">" in elements[:-1]:
+        raise ValueError(
+            "'>' stands for the remaining elements of a name: only the last may be '>'"
+        )
+    return elements
+
+
+def _pattern_matches(pattern: tuple[str, ...], name: str) -> bool:
+    """``pattern``: elements from :func:`_wildcard_pattern`; ``name``: a plain topic name."""
+    if name.startswith("/temp-") != pattern[0].startswith("/temp-"):
+        return False  # temporary topics only match wildcards written with their prefix
+    elements = name.split(".")
+    if pattern[-1] == ">":
+        n = len(pattern) - 1
+        if len(elements) < n:  # ">" takes zero or more elements (ActiveMQ Classic 5.17)
+            return False
+    elif len(elements) != len(pattern):
+        return False
+    else:
+        n = len(pattern)
+    for i in range(n):
+        p = pattern[i]
+        if p != "*" and p != elements[i]:
+            return False
+    return True
+
+
+def topic_matches(pattern: str, name: str) -> bool:
+    """Whether a topic subscription to ``pattern`` gets what is sent to the topic ``name``.
+
+    ActiveMQ wildcards: ``*`` is one element, a last ``>`` the remaining
+    elements (zero or more); a pattern without wildcards matches itself only.
+    """
+    elements = _wildcard_pattern(pattern)
+    if elements is None:
+        return pattern == name
+    return _pattern_matches(elements, name)
+
+
 # ======================================================================= messages and destinations
 
 
 class Message:
-    """One message as sent: the broker's id, the user headers, the body."""
+    """One message as sent: the broker's id, the user headers, the body.
 
-    __slots__ = ("_enc", "avoid", "body", "headers", "id", "id_b", "redelivered", "size")
+    ``topic``: the name it was sent to (wildcard subscriptions name that
+    topic in their MESSAGE frames).
+    """
 
-    def __init__(self, mid: str, headers: dict[str, str], body: bytes) -> None:
+    __slots__ = ("_enc", "avoid", "body", "headers", "id", "id_b", "redelivered", "size", "topic")
+
+    def __init__(self, mid: str, headers: dict[str, str], body: bytes, topic: str = "") -> None:
         self.id = mid
         self.id_b = mid.encode()
         self.headers = headers
         self.body = body
+        self.topic = topic
         self.size = len(body) + 128 + sum(len(k) + len(v) + 2 for k, v in headers.items())
         self.redelivered = False
         self.avoid: Subscription | None = None  # NACKed by: prefer another subscription
@@ -556,12 +694,13 @@ class Message:
 
     def redelivered_copy(self) -> Message:
         m = Message.__new__(Message)
-        m.id, m.id_b, m.headers, m.body, m.size = (
+        m.id, m.id_b, m.headers, m.body, m.size, m.topic = (
             self.id,
             self.id_b,
             self.headers,
             self.body,
             self.size,
+            self.topic,
         )
         m.redelivered = True
         m.avoid = None
@@ -577,11 +716,13 @@ class Subscription:
         "conn",
         "destination",
         "head",
+        "heads",
         "id",
         "key",
         "kind",
         "pending",
         "prefetch",
+        "prefix",
         "selector",
         "serial",
         "target",
@@ -616,8 +757,30 @@ class Subscription:
         head = "" if sid is None else f"subscription:{escape(sid, v)}\n"
         head += f"destination:{escape(destination, v)}\n"
         self.head = head.encode("utf-8")
+        self.heads: dict[str, bytes] | None = None  # wildcard: MESSAGE head per topic
+        self.prefix = ""
         self.ack_suffix = b"/" + serial.encode()
         self.active = True
+
+    def set_wildcard(self, name: str) -> None:
+        """A wildcard subscription (``name``: the pattern): MESSAGE frames name the actual topic."""
+        self.head = b""
+        self.heads = {}
+        # how the subscriber spelled topics: "/topic/" + name, or name alone (MULTICAST)
+        self.prefix = self.destination[: len(self.destination) - len(name)]
+
+    def _head_for(self, msg: Message) -> bytes:
+        heads = self.heads
+        assert heads is not None
+        head = heads.get(msg.topic)
+        if head is None:
+            if len(heads) >= 1024:
+                heads.clear()
+            v = self.conn.version
+            text = "" if self.id is None else f"subscription:{escape(self.id, v)}\n"
+            text += f"destination:{escape(self.prefix + msg.topic, v)}\n"
+            head = heads[msg.topic] = text.encode("utf-8")
+        return head
 
     def can_take(self) -> bool:
         """Room for one more queue message: under the prefetch and the connection not backed up."""
@@ -632,12 +795,13 @@ class Subscription:
 
     def deliver(self, msg: Message) -> None:
         conn = self.conn
+        head = self.head or self._head_for(msg)
         if self.ack != AUTO:
             self.unacked[msg.id] = msg
             if conn.v12:
                 parts = [
                     b"MESSAGE\n",
-                    self.head,
+                    head,
                     b"message-id:",
                     msg.id_b,
                     b"\nack:",
@@ -646,9 +810,9 @@ class Subscription:
                     b"\n",
                 ]
             else:
-                parts = [b"MESSAGE\n", self.head, b"message-id:", msg.id_b, b"\n"]
+                parts = [b"MESSAGE\n", head, b"message-id:", msg.id_b, b"\n"]
         else:
-            parts = [b"MESSAGE\n", self.head, b"message-id:", msg.id_b, b"\n"]
+            parts = [b"MESSAGE\n", head, b"message-id:", msg.id_b, b"\n"]
         if msg.redelivered:
             parts.append(b"redelivered:true\n")
         hdrs = msg.encoded_headers(conn.version)
@@ -679,12 +843,14 @@ class Subscription:
 
 
 class Topic:
+    """The subscriptions of one topic name: plain ones, and durable subscriptions (online or not)."""
+
     __slots__ = ("name", "subs")
     kind = TOPIC
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.subs: list[Subscription] = []
+        self.subs: list[Subscription | Durable] = []
 
     def publish(self, msg: Message) -> None:
         subs = self.subs
@@ -696,6 +862,19 @@ class Topic:
         for sub in tuple(subs):
             if sub.active and (sub.selector is None or sub.selector(msg.headers)):
                 sub.offer_topic(msg)
+
+
+class WildTopic(Topic):
+    """The subscriptions of one wildcard pattern (``name``: the pattern, e.g. ``swf.>``)."""
+
+    __slots__ = ("pattern",)
+
+    def __init__(self, name: str, pattern: tuple[str, ...]) -> None:
+        super().__init__(name)
+        self.pattern = pattern
+
+    def matches(self, name: str) -> bool:
+        return _pattern_matches(self.pattern, name)
 
 
 class Queue:
@@ -765,6 +944,13 @@ class Queue:
             msg.avoid = None
             sub.deliver(msg)
 
+    def put_back(self, msg: Message, sub: Subscription) -> None:
+        """A NACKed message: back to the head, to another subscription when one can take it."""
+        msg.redelivered = True
+        msg.avoid = sub
+        self.messages.appendleft(msg)
+        self.dispatch()
+
     def _dispatch_selective(self) -> None:
         kept: deque[Message] = deque()
         messages = self.messages
@@ -780,6 +966,173 @@ class Queue:
             sub.deliver(msg)
         kept.extend(messages)
         self.messages = kept
+
+
+class Durable(Queue):
+    """A durable topic subscription: a private queue that its topic (or pattern) feeds.
+
+    It sits in its :class:`Topic`'s (or :class:`WildTopic`'s) subscriber list
+    for its whole life, attached to a consumer (:class:`Subscription`) or
+    not; every message it matches goes to its backlog (``messages``, bounded
+    by the broker's ``durable_max_messages``/``durable_max_bytes``: past
+    them the oldest are dropped), and from there to the consumer as a queue
+    hands messages out. Messages are shared with the other subscribers of
+    the topic, so they are never modified here: redeliveries are copies.
+    """
+
+    __slots__ = (
+        "_drop_timer",
+        "active",
+        "burst",
+        "client_id",
+        "consumer",
+        "dropped",
+        "nbytes",
+        "selector",
+        "selector_text",
+        "source",
+        "sub_name",
+        "topic_name",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        client_id: str,
+        sub_name: str,
+        source: Topic,
+        selector_text: str | None,
+        selector: Callable[[dict[str, str]], bool] | None,
+    ) -> None:
+        super().__init__(f"{client_id}:{sub_name}", broker)
+        self.client_id = client_id
+        self.sub_name = sub_name
+        self.source = source
+        self.topic_name = source.name
+        self.selector_text = selector_text
+        self.selector = selector  # applied by the topic, before the backlog
+        self.consumer: Subscription | None = None
+        self.active = True
+        self.nbytes = 0
+        self.dropped = 0  # in all
+        self.burst = 0  # since the last report
+        self._drop_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.sub_name} (client-id {self.client_id})"
+
+    # -- as a subscriber of its topic
+
+    def offer_topic(self, msg: Message) -> None:
+        sub = self.consumer
+        if sub is not None and not self.messages and not self.dispatching and sub.can_take():
+            sub.deliver(msg)  # nothing waiting, room: straight through
+            return
+        self.messages.append(msg)
+        self.nbytes += msg.size
+        b = self.broker
+        if self.nbytes > b.durable_max_bytes or len(self.messages) > b.durable_max_messages:
+            self.trim()
+        if self.consumer is not None:
+            self.dispatch()
+
+    # -- as a queue with (at most) one consumer
+
+    def attach(self, sub: Subscription) -> None:
+        self.consumer = sub
+        sub.target = self
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        sub = self.consumer
+        messages = self.messages
+        if sub is None or not messages or self.dispatching or self.broker.stopping:
+            return
+        self.dispatching = True
+        try:
+            while messages and sub.can_take():
+                msg = messages.popleft()
+                self.nbytes -= msg.size
+                sub.deliver(msg)
+        finally:
+            self.dispatching = False
+
+    def put_back(self, msg: Message, sub: Subscription) -> None:
+        self.messages.appendleft(msg.redelivered_copy())
+        self.nbytes += msg.size
+        self.trim()
+        self.dispatch()
+
+    def consumer_gone(self, sub: Subscription) -> None:
+        """Detached: its unacknowledged messages go back to the head of the backlog, redelivered."""
+        if self.consumer is sub:
+            self.consumer = None
+        if sub.unacked:
+            msgs = [m.redelivered_copy() for m in sub.unacked.values()]
+            sub.unacked.clear()
+            self.messages.extendleft(reversed(msgs))
+            self.nbytes += sum(m.size for m in msgs)
+            self.trim()
+
+    # -- the bound
+
+    def trim(self) -> None:
+        """Drop the oldest messages while over a bound; count them and say so (once per burst)."""
+        b = self.broker
+        messages = self.messages
+        max_messages, max_bytes = b.durable_max_messages, b.durable_max_bytes
+        n = 0
+        while messages and (len(messages) > max_messages or self.nbytes > max_bytes):
+            self.nbytes -= messages.popleft().size
+            n += 1
+        if n:
+            self.dropped += n
+            self.burst += n
+            if self._drop_timer is None and b.loop is not None:
+                self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
+
+    def report_drops(self) -> None:
+        """Log the drops since the last report; keep watching while the burst goes on."""
+        self._drop_timer = None
+        if not self.burst:
+            return  # the burst is over
+        b = self.broker
+        log.warning(
+            "durable subscription %s: dropped %d messages (backlog full: limits %d messages, "
+            "%d bytes; %d dropped in all)",
+            self.label,
+            self.burst,
+            b.durable_max_messages,
+            b.durable_max_bytes,
+            self.dropped,
+        )
+        self.burst = 0
+        if self.active and not b.stopping and b.loop is not None:
+            self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
+
+    def close(self) -> None:
+        """Removed (or the broker stops): report pending drops, let go of the backlog."""
+        self.active = False
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
+        self.report_drops()
+        self.messages.clear()
+        self.nbytes = 0
+
+
+def _durable_name(h: dict[str, str]) -> str | None:
+    """The durable subscription name of a SUBSCRIBE/UNSUBSCRIBE (either spelling), or None."""
+    for header in _DURABLE_NAME_HEADERS:
+        name = h.get(header)
+        if name is not None:
+            if not name.strip():
+                raise ProtocolError(
+                    f"Invalid {header}: empty", "a durable subscription name cannot be empty"
+                )
+            return name
+    return None
 
 
 def _resolve(dest: str, dtype: str | None) -> tuple[str, str]:
@@ -817,6 +1170,7 @@ class Connection(asyncio.Protocol):
         self.connected = False
         self.closing = False
         self.session = ""
+        self.client_id: str | None = None  # CONNECT's client-id (owns durable subscriptions)
         self.subs: dict[str, Subscription] = {}
         self.subs_by_serial: dict[str, Subscription] = {}
         self._serial = 0
@@ -1070,6 +1424,9 @@ class Connection(asyncio.Protocol):
             for sub in subs:
                 self.broker.detach(sub)
         self.pending_bytes = 0
+        cid = self.client_id
+        if cid is not None and self.broker.clients.get(cid) is self:
+            del self.broker.clients[cid]
 
     # -- timers
 
@@ -1158,6 +1515,14 @@ class Connection(asyncio.Protocol):
                     f"User name [{login}] or password is invalid.",
                     "authentication failed: wrong login or passcode",
                 )
+        cid = h.get("client-id") or None
+        if cid is not None:
+            other = b.clients.get(cid)
+            if other is not None and other is not self:
+                raise ProtocolError(
+                    f"Broker: {BROKER_NAME} - Client: {cid} already connected from tcp://{other.peer}",
+                    f"client-id {cid!r} is in use by another connection; one connection per client-id",
+                )
         cx = cy = 0
         if version != "1.0":
             raw = h.get("heart-beat")
@@ -1177,6 +1542,9 @@ class Connection(asyncio.Protocol):
         self.parser.version = version
         self.v12 = version == "1.2"
         self.connected = True
+        if cid is not None:
+            self.client_id = cid
+            b.clients[cid] = self
         self._cancel_timers()
         headers = {
             "version": version,
@@ -1211,10 +1579,15 @@ class Connection(asyncio.Protocol):
                 "a SEND frame needs a destination header",
             )
         kind, name = _resolve(dest, h.get("destination-type"))
+        if ("*" in name or ">" in name) and _has_wildcard(name):
+            raise ProtocolError(
+                f"Cannot send to a wildcard destination: {dest}",
+                "'*' and '>' elements are wildcards, for SUBSCRIBE only; send to a topic's own name",
+            )
         headers = {k: v for k, v in h.items() if k not in _BROKER_HEADERS}
         b = self.broker
         b.msg_serial += 1
-        msg = Message(f"{b.token}-{b.msg_serial}", headers, frame.body)
+        msg = Message(f"{b.token}-{b.msg_serial}", headers, frame.body, name)
         tx = h.get("transaction")
         if tx is not None:
             actions = self.transactions.get(tx)
@@ -1254,10 +1627,29 @@ class Connection(asyncio.Protocol):
                 f"Invalid ack mode: {ack_name}", "ack must be auto, client or client-individual"
             )
         kind, name = _resolve(dest, h.get("subscription-type"))
+        try:
+            pattern = _wildcard_pattern(name)
+        except ValueError as e:
+            raise ProtocolError(f"Invalid wildcard destination: {dest}", str(e)) from None
+        if pattern is not None and kind == QUEUE:
+            raise ProtocolError(
+                f"Wildcard queue subscriptions are not supported: {dest}",
+                "this broker supports '*' and '>' wildcards on topics only",
+            )
+        durable_name = _durable_name(h) if kind == TOPIC else None  # ignored on queues (ActiveMQ)
+        if durable_name is not None and self.client_id is None:
+            raise ProtocolError(
+                "You cannot create a durable subscriber without specifying a unique clientID "
+                "on a Connection",
+                "a durable subscription belongs to a client: CONNECT with a client-id header",
+            )
         b = self.broker
         raw = h.get("activemq.prefetchSize")
         if raw is None:
-            prefetch = b.queue_prefetch if kind == QUEUE else b.topic_prefetch
+            if kind == QUEUE:
+                prefetch = b.queue_prefetch
+            else:
+                prefetch = b.topic_prefetch if durable_name is None else b.durable_prefetch
         else:
             try:
                 prefetch = int(raw)
@@ -1278,28 +1670,44 @@ class Connection(asyncio.Protocol):
                 raise ProtocolError(
                     f"Invalid selector: {e}", f"cannot parse selector {text!r}: {e}"
                 ) from None
+        durable = None
+        if durable_name is not None:
+            assert self.client_id is not None
+            durable = b.durable_for(
+                self.client_id, durable_name, name, pattern, text if selector else None, selector
+            )
+            selector = None  # the durable subscription applies it, before its backlog
         self._serial += 1
         serial = str(self._serial)
         sub = Subscription(self, sid, key, serial, dest, kind, ack, prefetch, selector)
+        if pattern is not None:
+            sub.set_wildcard(name)
         self.subs[key] = sub
         self.subs_by_serial[serial] = sub
         receipt = h.get("receipt")
         if receipt is not None:  # before any message is dispatched, as ActiveMQ does
             self.send_receipt(receipt)
-        b.attach(sub, kind, name)
+        if durable is not None:
+            durable.attach(sub)
+        else:
+            b.attach(sub, kind, name, pattern)
         return True
 
     def on_unsubscribe(self, frame: Frame) -> bool:
         h = frame.headers
         sid = h.get("id")
         sub = None
-        if sid is not None:
-            sub = self.subs.get(sid)
-        elif self.version != "1.0":
+        if sid is None and self.version != "1.0":
             raise ProtocolError(
                 "UNSUBSCRIBE received without a subscription id!",
                 f"STOMP {self.version} requires an id header on UNSUBSCRIBE",
             )
+        durable_name = _durable_name(h)
+        if durable_name is not None:  # remove a durable subscription (ActiveMQ: the id is not used)
+            self._remove_durable(durable_name)
+            return False
+        if sid is not None:
+            sub = self.subs.get(sid)
         else:
             dest = h.get("destination")
             if dest is None:
@@ -1318,6 +1726,24 @@ class Connection(asyncio.Protocol):
         self.subs_by_serial.pop(sub.serial, None)
         self.broker.detach(sub)
         return False
+
+    def _remove_durable(self, name: str) -> None:
+        b = self.broker
+        cid = self.client_id
+        durable = b.durables.get((cid, name)) if cid is not None else None
+        if durable is None:
+            raise ProtocolError(
+                f"No durable subscription exists for clientID: {cid or self.session} "
+                f"and subscriptionName: {name}",
+                "there is no durable subscription of that name for this connection's client-id",
+            )
+        if durable.consumer is not None:
+            raise ProtocolError(
+                "Durable consumer is in use",
+                "the durable subscription is attached: UNSUBSCRIBE its id first (that only "
+                "detaches it), then UNSUBSCRIBE with its name to remove it",
+            )
+        b.remove_durable(durable)
 
     def _find_outstanding(self, h: dict[str, str], verb: str) -> tuple[Subscription, str]:
         mid = h.get("message-id")
@@ -1476,8 +1902,10 @@ class Broker:
       ActiveMQ does);
     * ``write_buffer_high`` / ``write_buffer_low``: per-connection write
       buffer marks (flow control starts above high, stops below low);
-    * ``queue_prefetch`` / ``topic_prefetch``: default
-      ``activemq.prefetchSize``;
+    * ``queue_prefetch`` / ``topic_prefetch`` / ``durable_prefetch``: default
+      ``activemq.prefetchSize`` (queues, topics, durable topic subscriptions);
+    * ``durable_max_messages`` / ``durable_max_bytes``: bound of the backlog
+      of each durable subscription (past it the oldest messages are dropped);
     * ``connect_timeout``: seconds to wait for CONNECT (0: forever);
     * ``close_grace``: seconds a closing connection gets to take its last
       frames before it is aborted.
@@ -1497,6 +1925,9 @@ class Broker:
         write_buffer_low: int = 256 * 1024,
         queue_prefetch: int = 1000,
         topic_prefetch: int = 32766,
+        durable_prefetch: int = 100,
+        durable_max_messages: int = 1_000_000,
+        durable_max_bytes: int = 512 * 1024 * 1024,
         connect_timeout: float = 30.0,
         close_grace: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
@@ -1514,6 +1945,9 @@ class Broker:
         self.write_buffer_low = write_buffer_low
         self.queue_prefetch = queue_prefetch
         self.topic_prefetch = topic_prefetch
+        self.durable_prefetch = durable_prefetch
+        self.durable_max_messages = durable_max_messages
+        self.durable_max_bytes = durable_max_bytes
         self.connect_timeout = connect_timeout
         self.close_grace = close_grace
         self.token = "ID-swf-" + secrets.token_hex(4)
@@ -1521,6 +1955,13 @@ class Broker:
         self.msg_serial = 0
         self.topics: dict[str, Topic] = {}
         self.queues: dict[str, Queue] = {}
+        # Wildcard subscriptions: one WildTopic per pattern, and for each topic name
+        # the patterns it matches (computed on the name's first message; cleared when
+        # a pattern comes or goes -- subscribers of an existing pattern need no change).
+        self.wild: dict[str, WildTopic] = {}
+        self._wild_cache: dict[str, tuple[WildTopic, ...]] = {}
+        self.durables: dict[tuple[str, str], Durable] = {}  # (client-id, name)
+        self.clients: dict[str, Connection] = {}  # client-id -> its connection
         self.conns: set[Connection] = set()
         self.stopping = False
         self._server: asyncio.base_events.Server | None = None
@@ -1565,8 +2006,14 @@ class Broker:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        for durable in self.durables.values():
+            durable.close()
+        self.durables.clear()
         self.topics.clear()
         self.queues.clear()
+        self.wild.clear()
+        self._wild_cache.clear()
+        self.clients.clear()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -1603,6 +2050,12 @@ class Broker:
             topic = self.topics.get(name)
             if topic is not None:
                 topic.publish(msg)
+            if self.wild:
+                matching = self._wild_cache.get(name)
+                if matching is None:
+                    matching = self._match_wild(name)
+                for wild in matching:
+                    wild.publish(msg)
         else:
             queue = self.queues.get(name)
             if queue is None:
@@ -1611,11 +2064,41 @@ class Broker:
             if queue.subs:
                 queue.dispatch()
 
-    def attach(self, sub: Subscription, kind: str, name: str) -> None:
-        if kind == TOPIC:
+    def _match_wild(self, name: str) -> tuple[WildTopic, ...]:
+        matching = tuple(w for w in self.wild.values() if w.matches(name))
+        cache = self._wild_cache
+        if len(cache) >= 10000:
+            cache.clear()
+        cache[name] = matching
+        return matching
+
+    def _topic(self, name: str, pattern: tuple[str, ...] | None) -> Topic:
+        """The Topic of ``name`` (the WildTopic of a pattern), made when missing."""
+        if pattern is None:
             topic = self.topics.get(name)
             if topic is None:
                 topic = self.topics[name] = Topic(name)
+            return topic
+        wild = self.wild.get(name)
+        if wild is None:
+            wild = self.wild[name] = WildTopic(name, pattern)
+            self._wild_cache.clear()
+        return wild
+
+    def _topic_unused(self, topic: Topic) -> None:
+        """``topic`` has no subscriber left: forget it."""
+        if isinstance(topic, WildTopic):
+            if self.wild.get(topic.name) is topic:
+                del self.wild[topic.name]
+                self._wild_cache.clear()
+        elif self.topics.get(topic.name) is topic:
+            del self.topics[topic.name]
+
+    def attach(
+        self, sub: Subscription, kind: str, name: str, pattern: tuple[str, ...] | None = None
+    ) -> None:
+        if kind == TOPIC:
+            topic = self._topic(name, pattern)
             topic.subs.append(sub)
             sub.target = topic
         else:
@@ -1643,8 +2126,10 @@ class Broker:
                 sub.conn.pending_bytes -= sum(m.size for m in sub.pending)
                 sub.pending.clear()
             sub.unacked.clear()
-            if not target.subs and self.topics.get(target.name) is target:
-                del self.topics[target.name]
+            if not target.subs:
+                self._topic_unused(target)
+        elif isinstance(target, Durable):
+            target.consumer_gone(sub)
         elif isinstance(target, Queue):
             try:
                 target.subs.remove(sub)
@@ -1690,14 +2175,64 @@ class Broker:
             return
         target = sub.target
         if isinstance(target, Queue):
-            msg.redelivered = True
-            msg.avoid = sub
-            target.messages.appendleft(msg)
-            target.dispatch()
+            target.put_back(msg, sub)
         else:
             sub.deliver(msg.redelivered_copy())
             if sub.pending:
                 sub.drain_pending()
+
+    # -- durable subscriptions
+
+    def durable_for(
+        self,
+        client_id: str,
+        name: str,
+        topic_name: str,
+        pattern: tuple[str, ...] | None,
+        selector_text: str | None,
+        selector: Callable[[dict[str, str]], bool] | None,
+    ) -> Durable:
+        """The durable subscription (client_id, name) for a SUBSCRIBE, found, replaced or made."""
+        key = (client_id, name)
+        durable = self.durables.get(key)
+        if durable is not None:
+            if durable.consumer is not None:
+                raise ProtocolError(
+                    f"Durable consumer is in use for client: {client_id} and subscriptionName: {name}",
+                    "that durable subscription is already attached to a subscription",
+                )
+            if durable.topic_name == topic_name and durable.selector_text == selector_text:
+                return durable
+            log.info(
+                "durable subscription %s: now %s%s instead of %s%s; replaced, %d waiting "
+                "messages discarded",
+                durable.label,
+                topic_name,
+                f" [{selector_text}]" if selector_text else "",
+                durable.topic_name,
+                f" [{durable.selector_text}]" if durable.selector_text else "",
+                len(durable.messages),
+            )
+            self.remove_durable(durable)
+        source = self._topic(topic_name, pattern)
+        durable = Durable(self, client_id, name, source, selector_text, selector)
+        source.subs.append(durable)
+        self.durables[key] = durable
+        return durable
+
+    def remove_durable(self, durable: Durable) -> None:
+        """Delete a detached durable subscription and its backlog."""
+        key = (durable.client_id, durable.sub_name)
+        if self.durables.get(key) is durable:
+            del self.durables[key]
+        source = durable.source
+        try:
+            source.subs.remove(durable)
+        except ValueError:
+            pass
+        if not source.subs:
+            self._topic_unused(source)
+        durable.close()
 
     # -- introspection (tests, status)
 
@@ -1708,6 +2243,17 @@ class Broker:
             "queues": {
                 n: {"messages": len(q.messages), "subscriptions": len(q.subs)}
                 for n, q in self.queues.items()
+            },
+            "wildcard_topics": {n: len(t.subs) for n, t in self.wild.items()},
+            "durable_subscriptions": {
+                f"{d.client_id}:{d.sub_name}": {
+                    "topic": d.topic_name,
+                    "attached": d.consumer is not None,
+                    "messages": len(d.messages),
+                    "bytes": d.nbytes,
+                    "dropped": d.dropped,
+                }
+                for d in self.durables.values()
             },
             "messages_routed": self.msg_serial,
         }
@@ -1746,7 +2292,9 @@ async def _serve(broker: Broker) -> None:
                 pass
 
 
-def server_tls_context(cert_file: str, key_file: str, client_ca_file: str | None = None) -> ssl.SSLContext:
+def server_tls_context(
+    cert_file: str, key_file: str, client_ca_file: str | None = None
+) -> ssl.SSLContext:
     """TLS for the broker: its certificate and key; with a CA, client certificates are required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

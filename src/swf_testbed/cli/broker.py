@@ -32,6 +32,12 @@ def broker(
     slow_consumer_timeout: Annotated[float, typer.Option(
         help="Seconds producers wait for a backed-up topic subscriber before it is closed; 0 = forever.",
         min=0)] = 10.0,
+    durable_max_messages: Annotated[int, typer.Option(
+        help="Messages a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
+        min=1)] = 1_000_000,
+    durable_max_bytes: Annotated[int, typer.Option(
+        help="Bytes a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
+        min=1)] = 512 * 2**20,
 ) -> None:
     """Run the embedded STOMP broker until SIGTERM or Ctrl+C (for one machine; ActiveMQ in production)."""
     from swf_testbed.broker.frames import Limits
@@ -53,7 +59,8 @@ def broker(
     logging.getLogger("swf_testbed.broker").setLevel(logging.INFO)
     try:
         run(host, port, login, passcode, limits=limits, max_pending_bytes=max_pending_bytes,
-            slow_consumer_timeout=slow_consumer_timeout, ssl_context=ssl_context)
+            slow_consumer_timeout=slow_consumer_timeout, ssl_context=ssl_context,
+            durable_max_messages=durable_max_messages, durable_max_bytes=durable_max_bytes)
     except OSError as exc:
         err_console.print(f"[red]cannot listen on {host}:{port}:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -83,6 +83,7 @@ class Subscription:
     ack: AckMode = "client-individual"
     prefetch: int | None = None
     selector: str | None = None
+    durable_name: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     active: bool = True
 
@@ -133,6 +134,21 @@ def _drop(conn: stomp.Connection, *, polite: bool) -> None:
         pass
 
 
+def _no_delay(conn: stomp.Connection) -> None:
+    """Send small frames (ACKs, replies) at once instead of waiting for the peer's delayed ACK.
+
+    Without it an ACK after a send waits ~40 ms (Nagle's algorithm), which
+    caps a prefetch-1 consumer at about 25 messages a second.
+    """
+    sock = getattr(conn.transport, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
 def _short(body: object, limit: int = 200) -> str:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
     return text if len(text) <= limit else text[:limit] + "…"
@@ -151,10 +167,14 @@ class BrokerClient:
         settings: BrokerSettings,
         *,
         client_name: str = "swf-testbed",
+        client_id: str | None = None,
         on_state_change: Callable[[bool], None] | None = None,
     ) -> None:
+        """``client_id``: a stable id, needed for durable subscriptions (one
+        connection per id at a time; the broker refuses a second)."""
         self.settings = settings
         self.client_name = client_name
+        self.client_id = client_id
         self.on_state_change = on_state_change
         self._subscriptions: dict[str, Subscription] = {}
         self._lock = threading.RLock()
@@ -223,9 +243,22 @@ class BrokerClient:
         ack: AckMode = "client-individual",
         prefetch: int | None = None,
         selector: str | None = None,
+        durable: bool = False,
     ) -> Subscription:
-        """Subscribe; the subscription survives reconnects."""
-        sub = Subscription(destination, handler, ack, prefetch, selector)
+        """Subscribe; the subscription survives reconnects.
+
+        ``durable`` (topics, needs ``client_id``): the broker keeps the
+        topic's messages for this subscription while it is disconnected.
+        Topic names may use ActiveMQ wildcards: ``*`` one element, ``>`` the rest.
+        """
+        durable_name = None
+        if durable:
+            if not self.client_id:
+                raise ValueError("a durable subscription needs a client_id")
+            if not destination.is_topic:
+                raise ValueError(f"only topic subscriptions can be durable, not {destination}")
+            durable_name = f"{self.client_id}:{destination.name}"
+        sub = Subscription(destination, handler, ack, prefetch, selector, durable_name)
         waiter = None
         with self._lock:
             self._subscriptions[sub.id] = sub
@@ -257,6 +290,9 @@ class BrokerClient:
             headers["activemq.prefetchSize"] = str(sub.prefetch)
         if sub.selector:
             headers["selector"] = sub.selector
+        if sub.durable_name:
+            headers["activemq.subscriptionName"] = sub.durable_name  # ActiveMQ Classic, embedded
+            headers["durable-subscription-name"] = sub.durable_name  # Artemis
         conn.subscribe(destination=sub.destination.address(style), id=sub.id, ack=sub.ack, headers=headers)
         return waiter
 
@@ -403,13 +439,14 @@ class BrokerClient:
         conn = self._new_connection()
         listener = _Listener(self, generation)
         conn.set_listener("swf", listener)
-        headers = {"client-id": f"{self.client_name}-{uuid.uuid4().hex[:8]}"}
+        headers = {"client-id": self.client_id or f"{self.client_name}-{uuid.uuid4().hex[:8]}"}
         conn.connect(s.user or None, s.password or None, wait=False, headers=headers)
         # stomp.py's own wait has no overall timeout: a peer that accepts TCP
         # but never answers CONNECT would hang us forever.
         if not listener.connected.wait(s.connect_timeout_s) or not conn.is_connected():
             _drop(conn, polite=False)
             raise StompException(listener.error or f"no CONNECTED frame within {s.connect_timeout_s:g} s")
+        _no_delay(conn)
         with self._lock:
             if generation != self._generation or self._closing.is_set():
                 _drop(conn, polite=True)

@@ -13,7 +13,8 @@ from typing import Literal
 
 from swf_testbed.settings import DestinationStyle
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^([A-Za-z0-9_\-]+|\*)(\.([A-Za-z0-9_\-]+|\*))*(\.>)?$|^>$")
+"""Dot-separated elements; in a subscription ``*`` matches one element and a final ``>`` the rest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,10 @@ class Destination:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(f"bad destination name {self.name!r}: letters, digits, '.', '_' and '-' only")
+            raise ValueError(
+                f"bad destination name {self.name!r}: dot-separated elements of letters, digits, '_' and '-' "
+                "(a subscription may use '*' for one element and a final '>' for the rest)"
+            )
 
     @property
     def is_topic(self) -> bool:
@@ -78,6 +82,9 @@ HEARTBEAT_TOPIC = Topic("swf.heartbeats")
 
 MONITOR_TOPIC = Topic("swf.monitor")
 """Copies of queue traffic, so that the monitor sees every message (queues have one consumer)."""
+
+ALL_TESTBED_TOPICS = (RUN_TOPIC, Topic("swf.>"))
+"""Every topic the testbed uses, all namespaces (the monitor ingest subscribes to these)."""
 
 DEAD_LETTER_QUEUE = Queue("swf.dead_letter")
 """Messages no handler could process after every allowed attempt."""
