@@ -222,6 +222,10 @@ class Slice(RunMessage):
     tf_last: int = Field(..., ge=0)
     tf_count: int = Field(..., ge=1)
     retries: int = Field(0, ge=0)
+    work_time_s: float | None = Field(
+        None, ge=0, description="simulation: wall seconds a worker spends on it (already scaled by the time scale); "
+        "absent = the worker's own setting",
+    )
 
     category: ClassVar[str] = "data"
 
@@ -292,6 +296,12 @@ class WorkflowStarted(WorkflowReply):
     msg_type: Literal["workflow_started"] = "workflow_started"
     execution_id: str = Field(..., min_length=1, max_length=200)
     config: dict[str, Any] = Field(default_factory=dict, description="the fully merged config")
+    workflow_version: str = Field("", max_length=100, description="version of the workflow code")
+    workflow_module: str = Field("", max_length=200, description="Python module the workflow comes from")
+    git_commit: str = Field(
+        "", max_length=80, description="git commit of the workflow's source tree, if known (-dirty: file differs)"
+    )
+    time_scale: float | None = Field(None, ge=0, description="the time scale in effect (0 = as fast as possible)")
 
 
 class WorkflowCompleted(WorkflowReply):

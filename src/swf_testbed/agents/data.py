@@ -1,9 +1,11 @@
 """The data agent: registers runs and STFs, and announces each STF as ready.
 
 ``run_imminent`` opens a run; ``stf_gen`` registers the STF and publishes
-``stf_ready`` on the namespace's data topic; ``end_run`` closes the run and
-checks the number of STFs it saw against ``total_stf_files``. A mismatch is
-logged and shown in the heartbeat (status WARNING), never ignored.
+``stf_ready`` on the namespace's data topic (once per STF: a repeated
+``stf_gen`` is counted in ``stf_duplicates``, not announced again);
+``end_run`` closes the run and checks the number of STFs it saw against
+``total_stf_files``. A mismatch is logged and shown in the heartbeat (status
+WARNING), never ignored.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ class DataAgent(Agent):
     def on_stf_gen(self, msg: Message) -> None:
         assert isinstance(msg, StfGen)
         run = self._run(msg)
+        with self._runs_lock:
+            duplicate = msg.filename in run.stf_files
+        if duplicate:
+            # announced already (registered only once stf_ready was sent): at most one stf_ready per STF
+            self.count("stf_duplicates")
+            return
         self.send(data_topic(self.namespace), self.message(
             StfReady, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state, substate=msg.substate,
             filename=msg.filename, url=f"{self.storage_url}/{msg.filename}", sequence=msg.sequence,

@@ -1,4 +1,4 @@
-"""Workflow configurations (TOML shipped as package data) and their loading."""
+"""Workflow configurations (TOML shipped as package data), their loading, and workflows as code."""
 
 from swf_testbed.workflows.config import (
     ConfigError,
@@ -12,6 +12,16 @@ from swf_testbed.workflows.config import (
     load_config,
     parse_overrides,
 )
+from swf_testbed.workflows.registry import (
+    UnknownWorkflow,
+    WorkflowContext,
+    WorkflowDefinition,
+    WorkflowError,
+    WorkflowOutcome,
+    available_workflows,
+    get_workflow,
+    workflow,
+)
 
 __all__ = [
     "ConfigError",
@@ -21,7 +31,15 @@ __all__ = [
     "MergedConfig",
     "UnknownConfig",
     "UnknownParameter",
+    "UnknownWorkflow",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowError",
+    "WorkflowOutcome",
     "available_configs",
+    "available_workflows",
+    "get_workflow",
     "load_config",
     "parse_overrides",
+    "workflow",
 ]
