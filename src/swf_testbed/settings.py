@@ -83,7 +83,6 @@ class MonitorSettings(BaseSettings):
     sqlite_busy_timeout_s: float = Field(20.0, gt=0, description="SQLite busy timeout (web and ingest write together)")
     ingest_batch_size: int = Field(500, ge=1, le=10_000, description="messages per ingest transaction at most")
     ingest_flush_ms: int = Field(100, ge=1, le=10_000, description="longest wait before a partial batch is written")
-    ingest_namespaces: str = Field("", description="comma-separated namespaces whose topics the ingest also follows")
     ingest_durable: bool = Field(True, description="durable topic subscriptions, so nothing is lost while it is down")
 
 

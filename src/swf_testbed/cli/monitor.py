@@ -1,0 +1,119 @@
+"""``swf-testbed monitor …``: the monitor's web, ingest, database and tokens."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated
+
+import typer
+
+monitor_app = typer.Typer(
+    help="The monitor: web UI + REST API (serve), broker → database (ingest), migrations, tokens.",
+    no_args_is_help=True,
+)
+
+
+def _django(extra_hosts: list[str] | None = None) -> None:
+    """Set Django up with the monitor's settings (once per process)."""
+    if extra_hosts:
+        from swf_testbed.settings import get_settings
+
+        current = os.environ.get("SWF_ALLOWED_HOSTS") or get_settings().monitor.allowed_hosts
+        hosts = [h for h in current.split(",") if h]
+        hosts += [h for h in extra_hosts if h and h not in hosts]
+        os.environ["SWF_ALLOWED_HOSTS"] = ",".join(hosts)
+        get_settings.cache_clear()
+    from swf_testbed import monitor
+
+    monitor.setup()
+
+
+def _echo_err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+@monitor_app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8002,
+    migrate: Annotated[bool, typer.Option(help="Apply migrations before serving.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the UI, the REST API and the admin (ASGI, uvicorn)."""
+    extra = [host]
+    if host in ("0.0.0.0", "::", ""):
+        extra = [socket.gethostname(), socket.getfqdn()]
+    _django(extra_hosts=extra)
+    from swf_testbed.monitor.db import describe
+    from swf_testbed.monitor.db import migrate as run_migrations
+
+    if migrate:
+        run_migrations()
+    _echo_err(f"monitor on http://{host}:{port}/ ({describe()})")
+    import uvicorn
+
+    uvicorn.run("swf_testbed.monitor.asgi:application", host=host, port=port, log_level=log_level,
+                proxy_headers=True, lifespan="off")
+
+
+@monitor_app.command()
+def ingest(
+    destination: Annotated[list[str] | None, typer.Option(
+        help="Also follow this destination, e.g. /queue/x (repeatable).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Messages per transaction at most.")] = None,
+    flush_ms: Annotated[int | None, typer.Option(help="Longest wait before writing a partial batch.")] = None,
+    durable: Annotated[bool, typer.Option(help="Durable topic subscriptions (nothing lost while down).")] = True,
+    client_id: Annotated[str, typer.Option(help="Stable broker client id of this ingest.")] = "swf-monitor-ingest",
+    migrate: Annotated[bool, typer.Option(help="Apply migrations first.")] = True,
+) -> None:
+    """Record every testbed message from the broker into the database, exactly once."""
+    _django()
+    from django.core.management import call_command
+
+    args: list[str] = ["--client-id", client_id]
+    for dest in destination or []:
+        args += ["--destination", dest]
+    if batch_size is not None:
+        args += ["--batch-size", str(batch_size)]
+    if flush_ms is not None:
+        args += ["--flush-ms", str(flush_ms)]
+    if not durable:
+        args.append("--no-durable")
+    if not migrate:
+        args.append("--no-migrate")
+    call_command("ingest", *args)
+
+
+@monitor_app.command("migrate")
+def migrate_cmd() -> None:
+    """Create or update the monitor's database tables."""
+    _django()
+    from swf_testbed.monitor.db import describe, migrate
+
+    migrate(verbosity=1)
+    _echo_err(f"database ready: {describe()}")
+
+
+@monitor_app.command()
+def token(
+    username: Annotated[str, typer.Argument(help="The user (created if needed).")],
+    regenerate: Annotated[bool, typer.Option(help="Replace an existing token.")] = False,
+) -> None:
+    """Print USER's API token (for SWF_API_TOKEN), creating the user and token if needed."""
+    _django()
+    from django.core.management import call_command
+
+    from swf_testbed.monitor.db import migrate
+
+    migrate()
+    call_command("token", username, *(["--regenerate"] if regenerate else []))
+
+
+@monitor_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def manage(ctx: typer.Context) -> None:
+    """Django's manage.py for the monitor, e.g. ``swf-testbed monitor manage createsuperuser``."""
+    _django()
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["swf-testbed monitor manage", *ctx.args])

@@ -1,0 +1,109 @@
+"""Message counts by facet, from the :class:`~swf_testbed.monitor.api.models.MessageCount` table.
+
+Counting millions of messages per page view is too slow; the recorder keeps a
+small table of counts per (namespace, execution_id, run_id, msg_type, sender,
+is_valid) instead, and totals and facet counts are sums over it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, F, Q, Sum
+
+from swf_testbed.monitor.api.models import MessageCount, WorkflowMessage
+
+FACETS = ("namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid")
+
+Key = tuple[str, str, int, str, str, bool]
+
+
+def key_of(msg: WorkflowMessage) -> Key:
+    return (
+        msg.namespace_id or "",
+        msg.execution_id or "",
+        MessageCount.NO_RUN if msg.run_id is None else int(msg.run_id),
+        msg.msg_type or "",
+        msg.sender or "",
+        bool(msg.is_valid),
+    )
+
+
+def _key_fields(key: Key) -> dict[str, Any]:
+    return dict(zip(FACETS, key, strict=True))
+
+
+def add_counts(messages: Iterable[WorkflowMessage], sign: int = 1) -> None:
+    """Add (or, with ``sign=-1``, remove) messages to the counts. Call inside the recording transaction."""
+    counts = Counter(key_of(msg) for msg in messages)
+    for key, n in counts.items():
+        fields = _key_fields(key)
+        updated = MessageCount.objects.filter(**fields).update(count=F("count") + sign * n)
+        if not updated and sign > 0:
+            with transaction.atomic():
+                MessageCount.objects.create(count=n, **fields)
+
+
+def rebuild_counts() -> int:
+    """Recount everything from the messages table; returns the number of facet rows."""
+    with transaction.atomic():
+        MessageCount.objects.all().delete()
+        rows = (
+            WorkflowMessage.objects.order_by()
+            .values("namespace_id", "execution_id", "run_id", "msg_type", "sender", "is_valid")
+            .annotate(n=Count("id"))
+        )
+        objs = [
+            MessageCount(
+                namespace=r["namespace_id"] or "", execution_id=r["execution_id"] or "",
+                run_id=MessageCount.NO_RUN if r["run_id"] is None else r["run_id"],
+                msg_type=r["msg_type"] or "", sender=r["sender"] or "", is_valid=r["is_valid"], count=r["n"],
+            )
+            for r in rows
+        ]
+        MessageCount.objects.bulk_create(objs, batch_size=1000)
+    return len(objs)
+
+
+def _q(filters: dict[str, Any], exclude: str | None = None) -> Q:
+    q = Q()
+    for name, value in filters.items():
+        if name == exclude or value in (None, ""):
+            continue
+        if name == "run_id":
+            q &= Q(run_id=int(value))
+        elif name == "is_valid":
+            q &= Q(is_valid=bool(value))
+        else:
+            q &= Q(**{name: str(value)})
+    return q
+
+
+def count_from_rollup(filters: dict[str, Any]) -> int:
+    """Number of messages matching ``filters`` (facet values only)."""
+    total = MessageCount.objects.filter(_q(filters)).aggregate(total=Sum("count"))["total"]
+    return int(total or 0)
+
+
+def facet_counts(filters: dict[str, Any], limit: int = 25) -> dict[str, list[tuple[Any, int]]]:
+    """For each facet, the top values and their counts under the *other* active filters."""
+    result: dict[str, list[tuple[Any, int]]] = {}
+    for facet in FACETS:
+        rows = (
+            MessageCount.objects.filter(_q(filters, exclude=facet))
+            .values(facet)
+            .annotate(n=Sum("count"))
+            .filter(n__gt=0)
+            .order_by("-n", facet)[:limit]
+        )
+        values: list[tuple[Any, int]] = []
+        for row in rows:
+            value = row[facet]
+            if facet == "run_id" and value == MessageCount.NO_RUN:
+                value = None
+            values.append((value, int(row["n"])))
+        result[facet] = values
+    return result

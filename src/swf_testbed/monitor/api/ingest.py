@@ -1,0 +1,245 @@
+"""The ingest: broker → database, every message exactly once.
+
+It runs as its own process (``swf-testbed monitor ingest`` or
+``manage.py ingest``), never inside the web workers.
+
+* It subscribes to every testbed topic of every namespace: the run topic
+  and the wildcard ``/topic/swf.>`` (heartbeats, each namespace's topics,
+  and the monitor topic where the client copies every message sent to a
+  queue), plus any extra destination.
+* Topic subscriptions are durable (a stable client id, a subscription name
+  per topic; ActiveMQ Classic, Artemis and the embedded broker), so messages
+  sent while the ingest is down wait for it.
+* Deliveries are handed from the receiver thread to the writer through a
+  queue; the writer stores them in batches (at most ``batch_size`` messages,
+  at most ``flush_ms`` after the first one of a batch) in one transaction,
+  and acknowledges them only after that transaction committed. A crash before
+  the commit loses nothing: the broker redelivers, and recording is
+  idempotent on ``msg_id``.
+* A database error (unavailable, locked) is retried with backoff, forever,
+  holding the batch; a broker outage is the client's to heal (reconnect and
+  resubscribe). Neither kills the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
+
+from swf_testbed.monitor.api.recording import Incoming, RecordResult, record
+from swf_testbed.mq.client import BrokerClient, Delivery
+from swf_testbed.mq.destinations import ALL_TESTBED_TOPICS, Destination
+from swf_testbed.settings import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIENT_ID = "swf-monitor-ingest"
+
+
+def destinations_for(extra: Iterable[Destination] = ()) -> list[Destination]:
+    """Every destination the ingest follows: all testbed topics of all namespaces, and ``extra``.
+
+    ``/topic/swf.>`` (a wildcard) covers heartbeats, every namespace's topics
+    and the monitor topic, where the client copies each message sent to a
+    queue (control, slices, dead letters): so the ingest sees every message
+    once, without knowing the namespaces.
+    """
+    unique: list[Destination] = []
+    for dest in (*ALL_TESTBED_TOPICS, *extra):
+        if dest not in unique:
+            unique.append(dest)
+    return unique
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    projection_errors: int = 0
+    batches: int = 0
+    db_retries: int = 0
+    acked: int = 0
+    ack_skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, result: RecordResult) -> None:
+        self.stored += result.stored
+        self.duplicates += result.duplicates
+        self.invalid += result.invalid
+        self.projection_errors += result.projection_errors
+
+
+@dataclass(slots=True)
+class _Item:
+    delivery: Delivery
+    received_at: datetime
+
+
+class Ingestor:
+    """Subscribes, batches, records, acknowledges. :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        destinations: list[Destination],
+        *,
+        batch_size: int = 500,
+        flush_ms: int = 100,
+        durable: bool = True,
+        client_id: str = DEFAULT_CLIENT_ID,
+        max_db_backoff_s: float = 5.0,
+    ) -> None:
+        self.destinations = destinations
+        self.batch_size = batch_size
+        self.flush_s = flush_ms / 1000.0
+        self.max_db_backoff_s = max_db_backoff_s
+        self.durable = durable
+        self.client = BrokerClient(broker, client_name=client_id, client_id=client_id if durable else None)
+        self.stats = IngestStats()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._subscribed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait: float | None = None) -> Ingestor:
+        """Connect (retrying in the background) and subscribe to every destination."""
+        self.client.start(wait=wait)
+        if not self._subscribed:
+            prefetch = max(self.batch_size * 2, 100)
+            for dest in self.destinations:
+                self.client.subscribe(dest, self._on_delivery, ack="client-individual", prefetch=prefetch,
+                                      durable=self.durable and dest.is_topic)
+            self._subscribed = True
+        log.info("ingest following %s", ", ".join(str(d) for d in self.destinations))
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Write batches until :meth:`stop`; then write what is in hand, and disconnect."""
+        try:
+            while not self._stop.is_set():
+                batch = self._next_batch(timeout=0.5)
+                if batch:
+                    self._write_and_ack(batch)
+        finally:
+            self.client.close()
+            close_old_connections()
+            connection.close()
+            log.info("ingest stopped: %s", self.stats)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        # receiver thread: never block it
+        self._queue.put(_Item(delivery, datetime.now(UTC)))
+
+    def _next_batch(self, timeout: float) -> list[_Item]:
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.flush_s
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_and_ack(self, batch: list[_Item]) -> None:
+        incoming = [
+            Incoming(body=item.delivery.body, headers=item.delivery.headers,
+                     destination=item.delivery.destination, received_at=item.received_at)
+            for item in batch
+        ]
+        self.stats.received += len(batch)
+        if not self._write(incoming):
+            return  # stopping with the database still down: leave them unacknowledged, the broker keeps them
+        self.stats.batches += 1
+        for item in batch:
+            if self.client.ack(item.delivery):
+                self.stats.acked += 1
+            else:
+                self.stats.ack_skipped += 1  # its connection is gone: it will be redelivered, and skipped
+
+    def _write(self, incoming: list[Incoming]) -> bool:
+        """Record the batch; retries database outages until it succeeds or the ingest stops."""
+        delay = 0.1
+        integrity_failures = 0
+        while True:
+            try:
+                close_old_connections()
+                self.stats.add(record(incoming))
+                return True
+            except (OperationalError, InterfaceError) as exc:
+                self.stats.db_retries += 1
+                log.warning("database unavailable (%s); retrying in %.1f s", str(exc).strip() or type(exc).__name__,
+                            delay)
+                self._drop_connection()
+            except Exception as exc:  # noqa: BLE001 - never let one batch kill the ingest
+                # Not an outage: a value or a race the batch cannot pass. Retry once (a
+                # concurrent insert of the same msg_id resolves itself), then one by one.
+                integrity_failures += 1
+                self.stats.db_retries += 1
+                self._drop_connection()
+                if integrity_failures > 1:
+                    log.warning("batch refused by the database (%s); recording one by one", exc)
+                    return self._write_one_by_one(incoming)
+                continue
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, self.max_db_backoff_s)
+
+    def _write_one_by_one(self, incoming: list[Incoming]) -> bool:
+        for item in incoming:
+            delay = 0.1
+            while True:
+                try:
+                    self.stats.add(record([item]))
+                    break
+                except (OperationalError, InterfaceError):
+                    self._drop_connection()
+                    if self._stop.wait(delay):
+                        return False
+                    delay = min(delay * 2, self.max_db_backoff_s)
+                except Exception as exc:  # noqa: BLE001
+                    # A body this database cannot store even alone: never block the stream on it.
+                    log.error("cannot store message from %s (%s); body starts %r", item.destination, exc,
+                              item.body[:200])
+                    self._drop_connection()
+                    break
+        return True
+
+    @staticmethod
+    def _drop_connection() -> None:
+        try:
+            connection.close()
+        except DatabaseError:  # pragma: no cover - closing a broken connection
+            pass

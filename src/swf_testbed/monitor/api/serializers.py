@@ -1,0 +1,314 @@
+"""Serializers: field names and payloads of the existing ePIC testbed monitor, validated."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from rest_framework import serializers
+
+from swf_testbed.messages import NAME_PATTERN
+from swf_testbed.monitor.api import models as m
+
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def check_name(value: str, what: str = "namespace") -> str:
+    if not _NAME_RE.match(value):
+        raise serializers.ValidationError(
+            f"invalid {what} {value[:80]!r}: letters, digits and _ . : @ - only, at most 128 characters"
+        )
+    return value
+
+
+class NamespaceField(serializers.SlugRelatedField):
+    """A namespace by name; an unknown but well-formed name is created."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("slug_field", "name")
+        kwargs.setdefault("queryset", m.Namespace.objects.all())
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> m.Namespace:
+        if not isinstance(data, str):
+            raise serializers.ValidationError(f"a namespace name (string) is required, not {type(data).__name__}")
+        check_name(data)
+        m.Namespace.ensure({data})
+        return m.Namespace.objects.get(name=data)
+
+
+# --------------------------------------------------------------------------- namespaces and agents
+
+
+class NamespaceSerializer(serializers.ModelSerializer[m.Namespace]):
+    class Meta:
+        model = m.Namespace
+        fields = ["id", "name", "owner", "description", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class EnsureNamespaceSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=128)
+    owner = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+
+    def validate_name(self, value: str) -> str:
+        return check_name(value)
+
+
+class SystemAgentSerializer(serializers.ModelSerializer[m.SystemAgent]):
+    namespace = NamespaceField()
+    liveness = serializers.SerializerMethodField()
+
+    class Meta:
+        model = m.SystemAgent
+        fields = [
+            "id", "instance_name", "agent_type", "namespace", "description", "status", "operational_state",
+            "instance_id", "pid", "hostname", "mq_connected", "heartbeat_interval", "last_heartbeat", "liveness",
+            "workflow_enabled", "current_stf_count", "total_stf_processed", "counters", "metadata",
+            "created_at", "updated_at",
+        ]
+        read_only_fields = ["id", "liveness", "created_at", "updated_at"]
+
+    def get_liveness(self, obj: m.SystemAgent) -> str:
+        return obj.liveness().value
+
+
+class HeartbeatSerializer(serializers.Serializer[Any]):
+    """``POST /api/systemagents/heartbeat/``: the payload existing agents send (plus ours)."""
+
+    instance_name = serializers.CharField(max_length=200)
+    agent_type = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    status = serializers.ChoiceField(choices=m.AgentStatus.choices, required=False)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    mq_connected = serializers.BooleanField(required=False, allow_null=True)
+    pid = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31 - 1)
+    hostname = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    operational_state = serializers.ChoiceField(choices=m.OperationalState.choices, required=False)
+    namespace = serializers.CharField(max_length=128, required=False, allow_null=True, allow_blank=True)
+    workflow_enabled = serializers.BooleanField(required=False)
+    current_stf_count = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    total_stf_processed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    instance_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    heartbeat_interval = serializers.FloatField(required=False, allow_null=True, min_value=0.001, max_value=86400)
+    counters = serializers.DictField(child=serializers.IntegerField(), required=False)
+    metadata = serializers.DictField(required=False)
+
+    def validate_namespace(self, value: str | None) -> str | None:
+        return check_name(value) if value else None
+
+    def save_heartbeat(self, extra: dict[str, Any]) -> tuple[m.SystemAgent, bool]:
+        """Create or update the agent; only the fields sent change. Returns (agent, created).
+
+        ``extra`` holds fields sent that this API does not know; they are kept in ``metadata``.
+        """
+        data = dict(self.validated_data)
+        name = data.pop("instance_name")
+        namespace = data.pop("namespace", None)
+        if extra:
+            data["metadata"] = {**(data.get("metadata") or {}), **extra}
+        data["last_heartbeat"] = timezone.now()
+        if data.get("status") == m.AgentStatus.EXITED and "operational_state" not in data:
+            data["operational_state"] = m.OperationalState.EXITED
+        for attempt in (1, 2):
+            try:
+                with transaction.atomic():
+                    if namespace:
+                        m.Namespace.ensure({namespace})
+                        candidates = m.SystemAgent.objects.filter(namespace_id=namespace, instance_name=name)
+                    else:
+                        candidates = m.SystemAgent.objects.filter(instance_name=name).order_by(
+                            F("namespace").asc(nulls_first=True))
+                    agent = candidates.select_for_update().first()
+                    created = agent is None
+                    if agent is None:
+                        agent = m.SystemAgent(instance_name=name, namespace_id=namespace)
+                    elif "metadata" in data:
+                        data["metadata"] = {**(agent.metadata or {}), **data["metadata"]}
+                    for field, value in data.items():
+                        setattr(agent, field, value)
+                    agent.save()
+                    return agent, created
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                # a concurrent first heartbeat created it: update that one
+        raise AssertionError("unreachable")
+
+
+class SubscriberSerializer(serializers.ModelSerializer[m.Subscriber]):
+    class Meta:
+        model = m.Subscriber
+        fields = ["subscriber_id", "subscriber_name", "fraction", "description", "is_active", "created_at",
+                  "updated_at"]
+        read_only_fields = ["subscriber_id", "created_at", "updated_at"]
+        extra_kwargs = {"description": {"allow_null": False}}
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+class WorkflowDefinitionSerializer(serializers.ModelSerializer[m.WorkflowDefinition]):
+    class Meta:
+        model = m.WorkflowDefinition
+        fields = ["id", "workflow_name", "version", "workflow_type", "definition", "parameter_values",
+                  "created_by", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class WorkflowExecutionSerializer(serializers.ModelSerializer[m.WorkflowExecution]):
+    namespace = NamespaceField()
+    workflow_name = serializers.SerializerMethodField()
+    stf_count = serializers.IntegerField(read_only=True, required=False)
+
+    class Meta:
+        model = m.WorkflowExecution
+        fields = ["execution_id", "workflow_definition", "workflow_name", "namespace", "status", "parameter_values",
+                  "performance_metrics", "executed_by", "start_time", "end_time", "error", "stf_count"]
+        extra_kwargs = {"workflow_definition": {"required": True, "allow_null": False},
+                        "start_time": {"required": False}}
+
+    def get_workflow_name(self, obj: m.WorkflowExecution) -> str:
+        return obj.workflow_name
+
+    def update(self, instance: m.WorkflowExecution, validated_data: dict[str, Any]) -> m.WorkflowExecution:
+        if "execution_id" in validated_data and validated_data["execution_id"] != instance.execution_id:
+            raise serializers.ValidationError({"execution_id": "cannot be changed"})
+        return super().update(instance, validated_data)
+
+
+# --------------------------------------------------------------------------- runs and files
+
+
+class RunSerializer(serializers.ModelSerializer[m.Run]):
+    namespace = NamespaceField()
+
+    class Meta:
+        model = m.Run
+        fields = ["run_id", "run_number", "namespace", "execution", "start_time", "end_time", "run_conditions",
+                  "total_stf_files"]
+        read_only_fields = ["run_id"]
+
+
+class StfFileSerializer(serializers.ModelSerializer[m.StfFile]):
+    run_number = serializers.IntegerField(source="run.run_number", read_only=True)
+
+    class Meta:
+        model = m.StfFile
+        fields = ["file_id", "run", "run_number", "stf_filename", "file_size_bytes", "checksum", "status",
+                  "machine_state", "daq_state", "daq_substate", "sequence", "tf_count", "url", "generated_at",
+                  "metadata", "created_at", "updated_at"]
+        read_only_fields = ["file_id", "created_at", "updated_at"]
+
+
+class FastMonFileSerializer(serializers.ModelSerializer[m.FastMonFile]):
+    class Meta:
+        model = m.FastMonFile
+        fields = ["tf_file_id", "stf_file", "tf_filename", "tf_first", "tf_last", "tf_count", "file_size_bytes",
+                  "checksum", "status", "metadata", "created_at", "updated_at"]
+        read_only_fields = ["tf_file_id", "created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        first, last = attrs.get("tf_first"), attrs.get("tf_last")
+        if first is not None and last is not None and last < first:
+            raise serializers.ValidationError({"tf_last": "must not be less than tf_first"})
+        return attrs
+
+
+class TFSliceSerializer(serializers.ModelSerializer[m.TFSlice]):
+    class Meta:
+        model = m.TFSlice
+        fields = ["id", "sample", "slice_id", "tf_first", "tf_last", "tf_count", "tf_filename", "stf_filename",
+                  "run_number", "status", "retries", "assigned_worker", "assigned_at", "completed_at",
+                  "processing_time_s", "error", "metadata", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        first = attrs.get("tf_first", getattr(self.instance, "tf_first", None))
+        last = attrs.get("tf_last", getattr(self.instance, "tf_last", None))
+        if first is not None and last is not None and last < first:
+            raise serializers.ValidationError({"tf_last": "must not be less than tf_first"})
+        if attrs.get("sample") is None and "tf_filename" in attrs and self.instance is None:
+            attrs["sample"] = m.FastMonFile.objects.filter(tf_filename=attrs["tf_filename"]).first()
+        return attrs
+
+
+class WorkerSerializer(serializers.ModelSerializer[m.Worker]):
+    namespace = NamespaceField()
+
+    class Meta:
+        model = m.Worker
+        fields = ["worker_id", "namespace", "run_number", "panda_job", "location", "status", "current_slice_id",
+                  "tf_filename", "slices_completed", "slices_failed", "last_heartbeat", "started_at", "ended_at",
+                  "metadata"]
+
+
+class RunStateSerializer(serializers.ModelSerializer[m.RunState]):
+    class Meta:
+        model = m.RunState
+        fields = ["run_number", "run", "phase", "state", "substate", "target_worker_count", "active_worker_count",
+                  "stf_samples_received", "slices_created", "slices_queued", "slices_processing",
+                  "slices_completed", "slices_failed", "state_changed_at", "updated_at", "metadata"]
+        read_only_fields = ["run", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if self.instance is not None and "run_number" in attrs and attrs["run_number"] != self.instance.run_number:
+            raise serializers.ValidationError({"run_number": "cannot be changed"})
+        number = attrs.get("run_number")
+        if number is not None and self.instance is None:
+            attrs["run"] = m.Run.objects.filter(run_number=number).first()
+        return attrs
+
+
+class SystemStateEventSerializer(serializers.ModelSerializer[m.SystemStateEvent]):
+    namespace = NamespaceField()
+
+    class Meta:
+        model = m.SystemStateEvent
+        fields = ["event_id", "timestamp", "run_number", "namespace", "execution_id", "event_type", "state",
+                  "substate", "event_data", "msg_id"]
+        read_only_fields = ["event_id", "msg_id"]
+
+
+# --------------------------------------------------------------------------- messages and logs
+
+
+class WorkflowMessageSerializer(serializers.ModelSerializer[m.WorkflowMessage]):
+    body = serializers.SerializerMethodField(help_text="the body as JSON, or as text when it is not JSON")
+    # Names the existing ePIC monitor uses for the same values.
+    message_type = serializers.CharField(source="msg_type", read_only=True)
+    sender_agent = serializers.CharField(source="sender", read_only=True)
+    message_content = serializers.SerializerMethodField()
+
+    class Meta:
+        model = m.WorkflowMessage
+        fields = ["id", "msg_id", "msg_type", "namespace", "execution_id", "run_id", "sender", "recipient",
+                  "destination", "sent_at", "received_at", "schema_version", "is_valid", "error_reason",
+                  "validation_error", "projection_error", "body", "headers", "message_type", "sender_agent",
+                  "message_content"]
+        read_only_fields = fields
+
+    def get_body(self, obj: m.WorkflowMessage) -> Any:
+        return obj.parsed_body()
+
+    def get_message_content(self, obj: m.WorkflowMessage) -> Any:
+        return obj.parsed_body()
+
+
+class AppLogSerializer(serializers.ModelSerializer[m.AppLog]):
+    class Meta:
+        model = m.AppLog
+        fields = ["id", "app_name", "instance_name", "timestamp", "level", "levelname", "message", "module",
+                  "funcname", "lineno", "process", "thread", "extra_data", "execution_id", "run_id"]
+        read_only_fields = ["id", "execution_id", "run_id"]
+        extra_kwargs = {"message": {"allow_blank": True}}
+
+    def validate_extra_data(self, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object or null")
+        return value

@@ -1,0 +1,27 @@
+"""The UI's pages."""
+
+from django.urls import path
+
+from swf_testbed.monitor.front import views
+
+app_name = "front"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("agents/", views.agent_list, name="agents"),
+    path("agents/<int:pk>/", views.agent_detail, name="agent"),
+    path("namespaces/", views.namespace_list, name="namespaces"),
+    path("namespaces/<str:name>/", views.namespace_detail, name="namespace"),
+    path("workflows/", views.definition_list, name="definitions"),
+    path("workflows/<int:pk>/", views.definition_detail, name="definition"),
+    path("executions/", views.execution_list, name="executions"),
+    path("executions/<str:execution_id>/", views.execution_detail, name="execution"),
+    path("messages/", views.message_list, name="messages"),
+    path("messages/<int:pk>/", views.message_detail, name="message"),
+    path("runs/", views.run_list, name="runs"),
+    path("runs/<int:run_number>/", views.run_detail, name="run"),
+    path("stf-files/", views.stf_list, name="stf_files"),
+    path("samples/", views.sample_list, name="samples"),
+    path("slices/", views.slice_list, name="slices"),
+    path("logs/", views.log_list, name="logs"),
+]

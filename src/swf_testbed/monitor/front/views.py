@@ -1,0 +1,348 @@
+"""UI pages. Server-rendered; each page's live part is re-fetched by htmx every few seconds."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+
+from swf_testbed.monitor.api import facets
+from swf_testbed.monitor.api import filters as f
+from swf_testbed.monitor.api import models as m
+from swf_testbed.monitor.front import plots
+from swf_testbed.monitor.front.utils import (
+    PAGE_SIZE,
+    flatten,
+    paginate,
+    pretty_json,
+    query_with,
+    reads_allowed,
+    render_live,
+)
+
+LIVE_INTERVAL_S = 2
+
+
+def site_context(request: HttpRequest) -> dict[str, Any]:
+    return {"live_interval": LIVE_INTERVAL_S, "reads_open": getattr(settings, "SWF_API_OPEN_READS", False)}
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+@reads_allowed
+def dashboard(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    minute_ago = now - timedelta(seconds=60)
+    agents = list(m.SystemAgent.objects.all())
+    health = Counter(agent.liveness(now).value for agent in agents)
+    recent_times = list(
+        m.WorkflowMessage.objects.filter(received_at__gte=now - timedelta(minutes=10))
+        .order_by().values_list("received_at", flat=True)[:200_000]
+    )
+    stf_times = list(
+        m.StfFile.objects.filter(created_at__gte=now - timedelta(minutes=10)).values_list("created_at", flat=True)
+    )
+    context = {
+        "now": now,
+        "running": m.WorkflowExecution.objects.filter(status=m.ExecutionStatus.RUNNING)
+        .select_related("workflow_definition").annotate(stf_count=Count("runs__stf_files")).order_by("-start_time")[:20],
+        "recent_executions": m.WorkflowExecution.objects.exclude(status=m.ExecutionStatus.RUNNING)
+        .select_related("workflow_definition")[:5],
+        "message_rate": sum(1 for t in recent_times if t >= minute_ago) / 60.0,
+        "stf_rate": sum(1 for t in stf_times if t >= minute_ago) / 60.0,
+        "message_chart": plots.rate_chart(recent_times, "Messages received, last 10 min", start=now - timedelta(
+            minutes=10), end=now),
+        "stf_chart": plots.rate_chart(stf_times, "STF files, last 10 min", start=now - timedelta(minutes=10),
+                                      end=now),
+        "health": {k: health.get(k, 0) for k in ("ok", "late", "down", "exited", "unknown")},
+        "troubled": [a for a in agents if a.liveness(now).value in ("late", "down")][:20],
+        "total_messages": facets.count_from_rollup({}),
+        "invalid_messages": facets.count_from_rollup({"is_valid": False}),
+        "recent_messages": m.WorkflowMessage.objects.defer("body", "headers")[:10],
+    }
+    return render_live(request, "front/dashboard.html", context)
+
+
+# --------------------------------------------------------------------------- agents
+
+
+@reads_allowed
+def agent_list(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    agents = m.SystemAgent.objects.all()
+    namespace = request.GET.get("namespace")
+    if namespace:
+        agents = agents.filter(namespace_id=namespace)
+    rows = [(agent, agent.liveness(now).value) for agent in agents]
+    wanted = request.GET.get("liveness")
+    if wanted:
+        rows = [row for row in rows if row[1] == wanted]
+    return render_live(request, "front/agent_list.html", {
+        "rows": rows, "now": now, "namespace": namespace, "liveness": wanted,
+        "liveness_choices": [v.value for v in m.Liveness]})
+
+
+@reads_allowed
+def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    agent = get_object_or_404(m.SystemAgent, pk=pk)
+    sent = m.WorkflowMessage.objects.filter(sender=agent.instance_name).defer("headers")
+    if agent.namespace_id:
+        sent = sent.filter(namespace_id=agent.namespace_id)
+    heartbeats = []
+    for message in sent.filter(msg_type="heartbeat")[:50]:
+        body = message.parsed_body()
+        body = body if isinstance(body, dict) else {}
+        heartbeats.append({"message": message, "state": body.get("operational_state", ""),
+                           "status": body.get("status", ""), "mq": body.get("mq_connected")})
+    context = {
+        "agent": agent,
+        "liveness": agent.liveness().value,
+        "heartbeats": heartbeats,
+        "messages": sent.exclude(msg_type="heartbeat").defer("body")[:50],
+        "counters": sorted((agent.counters or {}).items()),
+    }
+    return render_live(request, "front/agent_detail.html", context)
+
+
+# --------------------------------------------------------------------------- namespaces and workflows
+
+
+@reads_allowed
+def namespace_list(request: HttpRequest) -> HttpResponse:
+    namespaces = m.Namespace.objects.annotate(
+        agent_count=Count("agents", distinct=True), execution_count=Count("executions", distinct=True)
+    ).order_by("name")
+    return render_live(request, "front/namespace_list.html", {"namespaces": namespaces})
+
+
+@reads_allowed
+def namespace_detail(request: HttpRequest, name: str) -> HttpResponse:
+    namespace = get_object_or_404(m.Namespace, name=name)
+    now = timezone.now()
+    context = {
+        "namespace": namespace,
+        "agents": [(a, a.liveness(now).value) for a in namespace.agents.all()],
+        "executions": namespace.executions.select_related("workflow_definition")[:20],
+        "message_count": facets.count_from_rollup({"namespace": name}),
+        "by_type": facets.facet_counts({"namespace": name})["msg_type"],
+    }
+    return render_live(request, "front/namespace_detail.html", context)
+
+
+@reads_allowed
+def definition_list(request: HttpRequest) -> HttpResponse:
+    definitions = m.WorkflowDefinition.objects.annotate(execution_count=Count("executions")).order_by(
+        "workflow_name", "-created_at")
+    return render_live(request, "front/definition_list.html", {"page": paginate(request, definitions)})
+
+
+@reads_allowed
+def definition_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    definition = get_object_or_404(m.WorkflowDefinition, pk=pk)
+    return render_live(request, "front/definition_detail.html", {
+        "definition": definition, "parameters": pretty_json(definition.parameter_values),
+        "executions": definition.executions.all()[:50]})
+
+
+# --------------------------------------------------------------------------- executions and runs
+
+
+@reads_allowed
+def execution_list(request: HttpRequest) -> HttpResponse:
+    executions = (
+        m.WorkflowExecution.objects.select_related("workflow_definition")
+        .annotate(stf_count=Count("runs__stf_files")).order_by("-start_time")
+    )
+    filterset = f.WorkflowExecutionFilter(request.GET, queryset=executions)
+    return render_live(request, "front/execution_list.html", {
+        "page": paginate(request, filterset.qs), "statuses": m.ExecutionStatus.choices,
+        "status": request.GET.get("status", ""), "namespace": request.GET.get("namespace", ""),
+        "query_with": lambda **kw: query_with(request, **kw)})
+
+
+@reads_allowed
+def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
+    execution = get_object_or_404(m.WorkflowExecution.objects.select_related("workflow_definition"),
+                                  execution_id=execution_id)
+    now = timezone.now()
+    runs = list(execution.runs.select_related("state").annotate(stf_count=Count("stf_files")).order_by("run_number"))
+    run_numbers = [run.run_number for run in runs]
+    end = execution.end_time or now
+    stf_times = list(m.StfFile.objects.filter(run__execution=execution)
+                     .values_list("generated_at", "created_at"))
+    stf_times = [gen or created for gen, created in stf_times]
+    slice_times = list(m.TFSlice.objects.filter(run_number__in=run_numbers, completed_at__isnull=False)
+                       .values_list("completed_at", flat=True))
+    events = m.SystemStateEvent.objects.filter(run_number__in=run_numbers).order_by("timestamp")
+    by_run: dict[int, list[tuple[Any, str, str]]] = {}
+    for event in events:
+        by_run.setdefault(event.run_number, []).append((event.timestamp, event.state, event.substate))
+    context = {
+        "execution": execution,
+        "runs": runs,
+        "config": pretty_json(execution.parameter_values),
+        "metrics": pretty_json(execution.performance_metrics),
+        "stf_total": len(stf_times),
+        "stf_chart": plots.rate_chart(stf_times, "STF rate", start=execution.start_time, end=end),
+        "slice_chart": plots.rate_chart(slice_times, "Slices completed", start=execution.start_time, end=end),
+        "timeline": plots.state_timeline([(f"run {n}", ev) for n, ev in sorted(by_run.items())], end),
+        "events": events[:200],
+        "by_type": facets.facet_counts({"execution_id": execution.execution_id})["msg_type"],
+        "message_count": facets.count_from_rollup({"execution_id": execution.execution_id}),
+    }
+    return render_live(request, "front/execution_detail.html", context)
+
+
+@reads_allowed
+def run_list(request: HttpRequest) -> HttpResponse:
+    runs = m.Run.objects.select_related("state", "execution").annotate(stf_count=Count("stf_files")).order_by(
+        "-run_number")
+    filterset = f.RunFilter(request.GET, queryset=runs)
+    return render_live(request, "front/run_list.html", {"page": paginate(request, filterset.qs)})
+
+
+@reads_allowed
+def run_detail(request: HttpRequest, run_number: int) -> HttpResponse:
+    run = get_object_or_404(m.Run.objects.select_related("execution"), run_number=run_number)
+    events = list(m.SystemStateEvent.objects.filter(run_number=run_number).order_by("timestamp"))
+    end = run.end_time or timezone.now()
+    stf_times = [gen or created for gen, created in run.stf_files.values_list("generated_at", "created_at")]
+    context = {
+        "run": run,
+        "state": m.RunState.objects.filter(run_number=run_number).first(),
+        "events": events,
+        "timeline": plots.state_timeline(
+            [(f"run {run_number}", [(e.timestamp, e.state, e.substate) for e in events])], end),
+        "stf_chart": plots.rate_chart(stf_times, "STF rate", start=run.start_time, end=end),
+        "stf_files": run.stf_files.order_by("-sequence", "-created_at")[:100],
+        "conditions": pretty_json(run.run_conditions),
+    }
+    return render_live(request, "front/run_detail.html", context)
+
+
+@reads_allowed
+def stf_list(request: HttpRequest) -> HttpResponse:
+    filterset = f.StfFileFilter(request.GET, queryset=m.StfFile.objects.select_related("run"))
+    return render_live(request, "front/stf_list.html", {"page": paginate(request, filterset.qs),
+                                                        "statuses": m.FileStatus.choices})
+
+
+@reads_allowed
+def sample_list(request: HttpRequest) -> HttpResponse:
+    filterset = f.FastMonFileFilter(request.GET, queryset=m.FastMonFile.objects.select_related("stf_file__run"))
+    return render_live(request, "front/sample_list.html", {"page": paginate(request, filterset.qs)})
+
+
+@reads_allowed
+def slice_list(request: HttpRequest) -> HttpResponse:
+    filterset = f.TFSliceFilter(request.GET, queryset=m.TFSlice.objects.all())
+    return render_live(request, "front/slice_list.html", {"page": paginate(request, filterset.qs),
+                                                          "statuses": m.SliceStatus.choices})
+
+
+@reads_allowed
+def log_list(request: HttpRequest) -> HttpResponse:
+    filterset = f.AppLogFilter(request.GET, queryset=m.AppLog.objects.all())
+    return render_live(request, "front/log_list.html", {"page": paginate(request, filterset.qs),
+                                                        "levels": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]})
+
+
+# --------------------------------------------------------------------------- messages
+
+MESSAGE_SORTS = {
+    "-received_at": ("-received_at", "-id"),
+    "received_at": ("received_at", "id"),
+    "-sent_at": ("-sent_at", "-id"),
+    "sent_at": ("sent_at", "id"),
+    "msg_type": ("msg_type", "-received_at"),
+    "sender": ("sender", "-received_at"),
+}
+FACET_LABELS = {"namespace": "Namespace", "execution_id": "Execution", "run_id": "Run", "msg_type": "Type",
+                "sender": "Sender", "is_valid": "Validity"}
+
+
+@reads_allowed
+def message_list(request: HttpRequest) -> HttpResponse:
+    filterset = f.WorkflowMessageFilter(request.GET, queryset=m.WorkflowMessage.objects.defer("body", "headers"))
+    sort = request.GET.get("sort", "-received_at")
+    if sort not in MESSAGE_SORTS:
+        sort = "-received_at"
+    if not filterset.is_valid():
+        qs = m.WorkflowMessage.objects.none()
+        active: dict[str, Any] = {}
+        errors = filterset.errors
+    else:
+        qs = filterset.qs.order_by(*MESSAGE_SORTS[sort])
+        active = {k: v for k, v in filterset.form.cleaned_data.items() if v not in (None, "")}
+        errors = None
+    facet_filters = filterset.facet_values()
+    try:
+        page_number = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        page_number = 1
+    offset = (page_number - 1) * PAGE_SIZE
+    rows = list(qs[offset: offset + PAGE_SIZE + 1])
+    has_next = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    total = facets.count_from_rollup(facet_filters) if facet_filters is not None else None
+    facet_blocks = []
+    if facet_filters is not None:
+        for name, values in facets.facet_counts(facet_filters, limit=15).items():
+            items = []
+            for value, count in values:
+                shown = ("valid" if value else "invalid") if name == "is_valid" else (value if value not in (
+                    "", None) else "(none)")
+                param = ("true" if value else "false") if name == "is_valid" else ("" if value is None else value)
+                selected = name in active and str(active[name]).lower() == str(param).lower()
+                items.append({"label": shown, "count": count, "selected": selected,
+                              "href": query_with(request, **{name: param}, page=None)})
+            facet_blocks.append({"name": name, "label": FACET_LABELS[name], "items": items,
+                                 "clear": query_with(request, **{name: None, "page": None}) if name in active
+                                 else None})
+    context = {
+        "rows": rows,
+        "active": active,
+        "errors": errors,
+        "facets": facet_blocks,
+        "total": total,
+        "page_number": page_number,
+        "last_page": ((total - 1) // PAGE_SIZE + 1) if total else None,
+        "has_next": has_next,
+        "next_href": query_with(request, page=page_number + 1) if has_next else None,
+        "prev_href": query_with(request, page=page_number - 1) if page_number > 1 else None,
+        "sort": sort,
+        "sort_links": {key: query_with(request, sort=key, page=None) for key in MESSAGE_SORTS},
+        "form": filterset.form,
+        "clear_all": "?",
+    }
+    return render_live(request, "front/message_list.html", context)
+
+
+@reads_allowed
+def message_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    message = get_object_or_404(m.WorkflowMessage, pk=pk)
+    body = message.parsed_body()
+    agent = None
+    if message.sender:
+        agent = m.SystemAgent.objects.filter(
+            instance_name=message.sender,
+            **({"namespace_id": message.namespace_id} if message.namespace_id else {})).first()
+    context = {
+        "message": message,
+        "flat": flatten(body) if not isinstance(body, str) else [],
+        "body_is_json": not isinstance(body, str),
+        "pretty_body": pretty_json(body) if not isinstance(body, str) else body,
+        "headers": sorted((message.headers or {}).items()),
+        "agent": agent,
+        "execution": m.WorkflowExecution.objects.filter(execution_id=message.execution_id).first()
+        if message.execution_id else None,
+        "run": m.Run.objects.filter(run_number=message.run_id).first() if message.run_id is not None else None,
+    }
+    return render_live(request, "front/message_detail.html", context)

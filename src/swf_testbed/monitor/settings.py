@@ -1,0 +1,185 @@
+"""Django settings of the monitor, all taken from :func:`swf_testbed.settings.get_settings`.
+
+Environment (documented defaults in ``docs/monitor.md``):
+
+* ``DATABASE_URL`` — ``sqlite:///path`` or ``postgres://user@host:port/db``;
+  empty = SQLite at ``$SWF_HOME/monitor.sqlite3`` (WAL mode, busy timeout).
+* ``SWF_SECRET_KEY`` — empty = a random key generated once into ``$SWF_HOME``.
+* ``SWF_DEBUG``, ``SWF_ALLOWED_HOSTS``, ``SWF_CSRF_TRUSTED_ORIGINS``,
+  ``SWF_API_OPEN_READS``, ``SWF_SQLITE_BUSY_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import secrets
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from swf_testbed.settings import get_settings
+
+_swf = get_settings()
+_mon = _swf.monitor
+
+BASE_DIR = Path(__file__).resolve().parent
+HOME: Path = _swf.home
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _secret_key() -> str:
+    if _mon.secret_key:
+        return _mon.secret_key
+    path = HOME / "monitor-secret-key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(50)
+    HOME.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key)
+    return key
+
+
+def _database() -> dict[str, Any]:
+    url = _swf.database_url
+    if not url:
+        HOME.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{HOME / 'monitor.sqlite3'}"
+    db: dict[str, Any] = dj_database_url.parse(url)
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        # The web and the ingest write side by side: WAL lets readers run during a
+        # write, the busy timeout makes a writer wait for the other instead of
+        # failing, and IMMEDIATE transactions take the write lock up front so a
+        # transaction never fails half-way upgrading a read lock.
+        db["OPTIONS"] = {
+            "timeout": _mon.sqlite_busy_timeout_s,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA cache_size=-65536",
+        }
+        name = Path(db["NAME"])
+        # The test database must be a file: the ingest under test is another process.
+        db["TEST"] = {"NAME": str(name.with_name(name.stem + "-test.sqlite3"))}
+    else:
+        db["CONN_MAX_AGE"] = 60
+        db["CONN_HEALTH_CHECKS"] = True
+    return db
+
+
+SECRET_KEY = _secret_key()
+DEBUG = _mon.debug
+ALLOWED_HOSTS = _csv(_mon.allowed_hosts)
+CSRF_TRUSTED_ORIGINS = _csv(_mon.csrf_trusted_origins)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "swf_testbed.monitor.api",
+    "swf_testbed.monitor.front",
+]
+# Swagger UI / Redoc served from the package, never from a CDN (optional dependency).
+HAS_SIDECAR = importlib.util.find_spec("drf_spectacular_sidecar") is not None
+if HAS_SIDECAR:
+    INSTALLED_APPS.append("drf_spectacular_sidecar")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "swf_testbed.monitor.urls"
+WSGI_APPLICATION = "swf_testbed.monitor.wsgi.application"
+ASGI_APPLICATION = "swf_testbed.monitor.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "swf_testbed.monitor.front.views.site_context",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "front:dashboard"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = None  # static files are served from the package by WhiteNoise
+# Serve straight from the apps' static folders: no collectstatic step needed.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["swf_testbed.monitor.api.permissions.ReadOpenWriteAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "swf_testbed.monitor.api.pagination.OptionalLimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "swf_testbed.monitor.api.exceptions.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "swf-testbed monitor API",
+    "DESCRIPTION": "Every message of the streaming workflow testbed, and its bookkeeping.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+SWF_API_OPEN_READS = _mon.api_open_reads
+SWF_API_MAX_UNPAGED = 10_000
+"""A list request without paging parameters returns at most this many rows (header X-Truncated)."""
+
+# Logging is set up by the program that runs Django (the swf-testbed CLI); keep its handlers.
+LOGGING = {"version": 1, "disable_existing_loggers": False}

@@ -1,0 +1,116 @@
+"""UI pages through Django's test client: every page renders, filters filter, text is escaped."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+
+from swf_testbed.monitor.api import models as m
+
+pytestmark = pytest.mark.django_db
+
+STF = {"sequence": 1, "size_bytes": 2_000_000_000, "checksum": "0a0b0c0d", "tf_count": 1000,
+       "start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:01Z"}
+
+
+@pytest.fixture
+def seeded(record: Any, make_message: Any) -> None:
+    record(
+        make_message("workflow_started", execution_id="exec-1", workflow_name="stf_datataking", config={"a": 1}),
+        make_message("run_imminent", state="beam", substate="not_ready"),
+        make_message("start_run"),
+        make_message("stf_gen", filename="swf.000001.000001.stf", **STF),
+        make_message("tf_file_registered", tf_filename="s.tf", stf_filename="swf.000001.000001.stf", tf_first=0,
+                     tf_last=9, tf_count=10, size_bytes=5),
+        make_message("slice", slice_id=1, tf_filename="s.tf", stf_filename="swf.000001.000001.stf", tf_first=0,
+                     tf_last=9, tf_count=10),
+        make_message("slice_result", slice_id=1, tf_filename="s.tf", worker_id="w1", status="completed",
+                     processing_time_s=1),
+        make_message("heartbeat"),
+        make_message("start_run", execution_id="exec-2", run_id=2),
+        b"{broken",
+    )
+    m.AppLog.objects.create(app_name="a", instance_name="i", timestamp="2026-01-01T00:00:00Z", level=20,
+                            levelname="INFO", message="hello log", extra_data={"execution_id": "exec-1"})
+
+
+PAGES = ["/", "/agents/", "/namespaces/", "/namespaces/ns1/", "/workflows/", "/executions/",
+         "/executions/exec-1/", "/messages/", "/runs/", "/runs/1/", "/stf-files/", "/samples/", "/slices/",
+         "/logs/"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_and_its_live_part_too(client: Client, seeded: None, path: str) -> None:
+    page = client.get(path)
+    assert page.status_code == 200, page.content[:500]
+    assert b'id="live"' in page.content and b"htmx.min.js" in page.content
+    part = client.get(path, HTTP_HX_REQUEST="true")
+    assert part.status_code == 200
+    assert b"<html" not in part.content  # only the live part
+
+
+def test_detail_pages(client: Client, seeded: None) -> None:
+    agent = m.SystemAgent.objects.get()
+    assert client.get(f"/agents/{agent.pk}/").status_code == 200
+    definition = m.WorkflowDefinition.objects.get()
+    assert b"stf_datataking" in client.get(f"/workflows/{definition.pk}/").content
+    message = m.WorkflowMessage.objects.filter(msg_type="stf_gen").get()
+    assert client.get(f"/messages/{message.pk}/").status_code == 200
+    assert client.get("/messages/999999/").status_code == 404
+    assert client.get("/executions/nope/").status_code == 404
+
+
+def test_messages_filtered_by_execution_show_only_that_execution(client: Client, seeded: None) -> None:
+    page = client.get("/messages/", {"execution_id": "exec-2"})
+    rows = page.content.decode().split('id="message-table"')[1]
+    assert rows.count("data-msg-id=") == 1 and "exec-2" in rows and "exec-1" not in rows
+    assert "1 message" in page.content.decode()
+
+
+def test_facets_count_and_link(client: Client, seeded: None) -> None:
+    html = client.get("/messages/", {"msg_type": "start_run"}).content.decode()
+    assert "2 messages" in html
+    assert "execution_id=exec-2" in html  # a facet link keeps the current filter and adds its own
+    assert "msg_type=start_run" in html
+
+
+def test_bad_filter_is_reported_not_500(client: Client, seeded: None) -> None:
+    page = client.get("/messages/", {"run_id": "abc"})
+    assert page.status_code == 200 and b"Bad filter" in page.content
+    assert client.get("/messages/", {"page": "x"}).status_code == 200
+
+
+def test_message_detail_flattens_the_body(client: Client, record: Any, make_message: Any) -> None:
+    record(make_message("workflow_started", execution_id="e", workflow_name="w",
+                        config={"nested": {"deep": [1, {"k": "v"}]}}))
+    message = m.WorkflowMessage.objects.get()
+    html = client.get(f"/messages/{message.pk}/").content.decode()
+    assert "config.nested.deep[1].k" in html and "config.nested.deep[0]" in html
+
+
+def test_html_in_messages_and_names_is_shown_as_text(client: Client, record: Any) -> None:
+    evil = "<script>alert(1)</script>"
+    record(json.dumps({"msg_type": evil, "msg_id": "evil-1", "namespace": "ns1", "sender": evil,
+                       "execution_id": evil, "payload": evil}).encode())
+    m.SystemAgent.objects.create(instance_name=evil, agent_type=evil, description=evil)
+    message = m.WorkflowMessage.objects.get(msg_id="evil-1")
+    for path in ("/messages/", f"/messages/{message.pk}/", "/agents/", "/"):
+        html = client.get(path).content.decode()
+        assert "<script>alert" not in html, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
+
+
+def test_pages_need_login_when_reads_are_closed(client: Client, seeded: None) -> None:
+    with override_settings(SWF_API_OPEN_READS=False):
+        response = client.get("/messages/")
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_static_files_are_served_without_a_cdn(client: Client) -> None:
+    from django.contrib.staticfiles import finders
+
+    assert finders.find("front/vendor/htmx.min.js")
+    assert finders.find("front/style.css")
