@@ -17,8 +17,9 @@ from swf_testbed.testing.brokers import BrokerProcess, activemq_available, start
 BROKER_KINDS = ["embedded", "activemq"]
 
 
-def _require_activemq() -> bool:
-    return os.environ.get("SWF_REQUIRE_ACTIVEMQ", "") not in ("", "0", "false")
+def _required(name: str) -> bool:
+    """CI sets SWF_REQUIRE_ACTIVEMQ / SWF_REQUIRE_POSTGRES: a missing service then fails, never skips."""
+    return os.environ.get(name, "") not in ("", "0", "false")
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def embedded_broker() -> Iterator[BrokerProcess]:
 @pytest.fixture(scope="session")
 def activemq_broker() -> Iterator[BrokerProcess]:
     if not activemq_available():
-        if _require_activemq():
+        if _required("SWF_REQUIRE_ACTIVEMQ"):
             pytest.fail("SWF_REQUIRE_ACTIVEMQ is set but ActiveMQ Classic is not installed")
         pytest.skip("ActiveMQ Classic not installed (apt-get install -y activemq)")
     broker = start_activemq()
@@ -45,3 +46,35 @@ def any_broker(request: pytest.FixtureRequest) -> BrokerProcess:
     if request.param == "activemq":
         request.applymarker(pytest.mark.activemq)
     return request.getfixturevalue(f"{request.param}_broker")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL server (``SWF_TEST_POSTGRES_URL``, default the local ``test`` database)."""
+    import psycopg
+
+    url = os.environ.get("SWF_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        if _required("SWF_REQUIRE_POSTGRES"):
+            pytest.fail(f"SWF_REQUIRE_POSTGRES is set but PostgreSQL at {url} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {url}")
+    return url
+
+
+@pytest.fixture
+def fresh_postgres_database(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on that server for one test; dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"swf_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

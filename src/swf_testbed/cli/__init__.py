@@ -14,7 +14,6 @@ from swf_testbed import __version__
 from swf_testbed.cli.agent import agent_app
 from swf_testbed.cli.broker import broker
 from swf_testbed.cli.common import console, err_console
-from swf_testbed.cli.demo import demo
 
 app = typer.Typer(
     name="swf-testbed",
@@ -26,7 +25,6 @@ app = typer.Typer(
 docs_app = typer.Typer(help="Generate reference documentation from the code.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
 app.add_typer(agent_app, name="agent")
-app.command()(demo)
 app.command()(broker)
 
 
@@ -70,6 +68,15 @@ def docs_messages(
     else:
         output.write_text(text)
         console.print(f"wrote {output}")
+
+
+from swf_testbed.cli.monitor import monitor_app  # noqa: E402
+app.add_typer(monitor_app, name="monitor")
+
+
+from swf_testbed.cli.orchestrator import register as register_orchestrator  # noqa: E402
+
+register_orchestrator(app)
 
 
 def main() -> None:

@@ -1,0 +1,386 @@
+"""``testbed.toml``: one file per testbed instance, validated on load.
+
+Every table and key is checked (unknown keys are errors, never ignored) and
+types are strict (``enabled = "yes"`` is an error, not a truthy string). An
+error names the file, the dotted key and what was expected, e.g.::
+
+    testbed.toml: agents.processing.enabled: expected a boolean (true or false), got 'yes'
+
+Addresses of the broker, the monitor and the database may be given in the
+file; the environment wins (``ACTIVEMQ_HOST``/``ACTIVEMQ_PORT``,
+``SWF_MONITOR_URL``, ``DATABASE_URL``), see :func:`resolve_services`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swf_testbed.settings import BrokerSettings, Settings
+
+NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+SERVICE_NAMES = frozenset({"broker", "monitor-web", "monitor-ingest", "watch"})
+"""Program names the orchestrator uses for its own services; agents may not take them."""
+
+DEFAULT_FILE = "testbed.toml"
+
+
+class ConfigError(Exception):
+    """A testbed.toml that cannot be used; ``problems`` are ``key: what is wrong`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TestbedSection(_Strict):
+    """``[testbed]``: which instance this is."""
+
+    __test__ = False  # not a pytest test class
+
+    namespace: str = Field(..., pattern=NAMESPACE_PATTERN,
+                           description="the testbed instance: letters, digits, '_', '.', '-'")
+    start_timeout: float = Field(120.0, gt=0, le=3600, description="seconds to wait for every program to be healthy")
+    description: str = ""
+
+
+class WorkflowSection(_Strict):
+    """``[workflow]``: what ``swf-testbed run`` asks the workflow runner to run."""
+
+    name: str = Field("stf_datataking", min_length=1, max_length=200)
+    config: str = Field("stf_datataking_default", min_length=1, max_length=200)
+    duration: float = Field(0.0, ge=0, description="seconds of simulated time, 0 = until done")
+    realtime: bool | None = Field(None, description="shorthand for time_scale = 1")
+    time_scale: float | None = Field(None, ge=0, description="1 = real time, N = N× faster, 0 = as fast as possible")
+
+    @model_validator(mode="after")
+    def _one_speed(self) -> "WorkflowSection":
+        if self.realtime is not None and self.time_scale is not None:
+            raise ValueError("give realtime or time_scale, not both (realtime = true is time_scale = 1)")
+        return self
+
+
+class AgentSection(_Strict):
+    """``[agents.NAME]``: one agent program (``instances`` processes)."""
+
+    enabled: bool = True
+    module: str | None = Field(None, description="package.module:Class, run by `swf-testbed agent run`")
+    script: str | None = Field(None, min_length=1, description="a command line, run as written")
+    instances: int = Field(1, ge=1, le=500)
+    args: list[str] = Field(default_factory=list, description="extra arguments appended to the command")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    drain_timeout: float = Field(10.0, gt=0, le=3600, description="seconds the agent may take to drain on stop")
+    options: dict[str, Any] = Field(default_factory=dict, description="agent options (module agents): --set key=value")
+
+    @model_validator(mode="after")
+    def _what_runs(self) -> "AgentSection":
+        if self.module is not None and self.script is not None:
+            raise ValueError("give module or script, not both")
+        if self.enabled and self.module is None and self.script is None:
+            raise ValueError("an enabled agent needs module = \"package.module:Class\" or script = \"a command line\"")
+        if self.module is not None and not MODULE_RE.match(self.module):
+            raise ValueError(f"module: expected 'package.module:Class', got {self.module!r}")
+        if self.script is not None and self.options:
+            raise ValueError("options are for module agents; pass a script's settings in args or env")
+        return self
+
+
+class BrokerSection(_Strict):
+    """``[broker]``: the embedded broker (run by supervisord) or an external one."""
+
+    mode: Literal["embedded", "external"] = "embedded"
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(61613, ge=1, le=65535)
+
+
+class MonitorSection(_Strict):
+    """``[monitor]``: the embedded monitor (web + ingest, run by supervisord) or an external one."""
+
+    mode: Literal["embedded", "external"] = "embedded"
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8002, ge=1, le=65535)
+    url: str | None = Field(None, min_length=1, description="base URL of an external monitor")
+
+
+class DatabaseSection(_Strict):
+    """``[database]``: the monitor's database (``sqlite:///…`` or ``postgres://…``); empty = its default."""
+
+    url: str = ""
+
+
+class TestbedConfig(_Strict):
+    """A whole testbed.toml."""
+
+    __test__ = False
+
+    testbed: TestbedSection
+    workflow: WorkflowSection = Field(default_factory=WorkflowSection)  # type: ignore[arg-type]
+    agents: dict[str, AgentSection] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict, description="workflow config overrides")
+    broker: BrokerSection = Field(default_factory=BrokerSection)  # type: ignore[arg-type]
+    monitor: MonitorSection = Field(default_factory=MonitorSection)  # type: ignore[arg-type]
+    database: DatabaseSection = Field(default_factory=DatabaseSection)  # type: ignore[arg-type]
+
+    @property
+    def namespace(self) -> str:
+        return self.testbed.namespace
+
+    def enabled_agents(self) -> dict[str, AgentSection]:
+        return {name: agent for name, agent in self.agents.items() if agent.enabled}
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from."""
+
+    config: TestbedConfig
+    path: Path
+    source: str  # the file name as the user gave it, for messages
+
+    @property
+    def namespace(self) -> str:
+        return self.config.testbed.namespace
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path, *, check_modules: bool = True) -> LoadedConfig:
+    """Read and validate a testbed.toml; :class:`ConfigError` on any problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [f"no such file (create one with `swf-testbed init {source}`)"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [f"cannot read: {exc}"]) from None
+    config = parse(text, source, check_modules=check_modules)
+    return LoadedConfig(config, path.resolve(), source)
+
+
+def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True) -> TestbedConfig:
+    """Validate the text of a testbed.toml."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [_toml_error(exc)]) from None
+    try:
+        config = TestbedConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _describe(exc, data)) from None
+    problems = _check_agents(config, check_modules=check_modules)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    text = str(exc)
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
+    if m:
+        return f"line {m.group(1)}, column {m.group(2)}: invalid TOML: {text[:m.start()]}"
+    m = re.search(r"\s*\(at end of document\)$", text)
+    if m:
+        return f"end of file: invalid TOML: {text[:m.start()]}"
+    return f"invalid TOML: {text}"
+
+
+_EXPECTED = {
+    "bool_type": "expected a boolean (true or false)",
+    "bool_parsing": "expected a boolean (true or false)",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "string_type": "expected a string",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "list_type": "expected an array",
+}
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = [str(part) for part in err["loc"]]
+        key = ".".join(loc)
+        kind = err["type"]
+        got = _show(err.get("input"))
+        if kind == "missing":
+            problems.append(f"{key}: missing (required)")
+        elif kind == "extra_forbidden":
+            problems.append(_unknown(loc))
+        elif kind in _EXPECTED:
+            problems.append(f"{key}: {_EXPECTED[kind]}, got {got}")
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            problems.append(f"{key}: expected {expected}, got {got}")
+        elif kind == "string_pattern_mismatch" and loc == ["testbed", "namespace"]:
+            problems.append(f"{key}: expected letters, digits, '_', '.' or '-' (at most 64), got {got}")
+        elif kind == "value_error":
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            problems.append(f"{key}: {msg}" if key else msg)
+        else:
+            problems.append(f"{key}: {err.get('msg', kind)[:1].lower()}{err.get('msg', kind)[1:]}, got {got}")
+    return problems
+
+
+def _unknown(loc: list[str]) -> str:
+    key = ".".join(loc)
+    model: type[BaseModel] | None = TestbedConfig
+    for part in loc[:-1]:
+        if model is None:
+            break
+        if model is TestbedConfig and part == "agents":
+            model = None  # next part is an agent name
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None and len(loc) >= 3 and loc[0] == "agents":
+        model = AgentSection
+    what = "unknown section" if len(loc) == 1 else "unknown key"
+    known = list(model.model_fields) if model is not None else []
+    hint = ""
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    if close:
+        hint = f" (did you mean {close[0]!r}?)"
+    elif known:
+        hint = f"; expected one of: {', '.join(known)}"
+    return f"{key}: {what}{hint}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+_COMMENT = re.compile(r"\s[;#]")
+
+
+def _check_agents(config: TestbedConfig, *, check_modules: bool) -> list[str]:
+    """What the schema cannot say: agent names, module availability, what supervisord can carry."""
+    problems: list[str] = []
+    for name, agent in config.agents.items():
+        key = f"agents.{name}"
+        if not AGENT_NAME_RE.match(name):
+            problems.append(f"{key}: agent names are letters, digits, '_' and '-' (at most 64)")
+            continue
+        if name in SERVICE_NAMES:
+            problems.append(f"{key}: {name!r} is the name of a testbed service; choose another agent name")
+        for env_key, value in agent.env.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env_key):
+                problems.append(f"{key}.env.{env_key}: not a valid environment variable name")
+            problem = unrepresentable(value)
+            if problem:
+                problems.append(f"{key}.env.{env_key}: {problem}")
+        texts = [("script", agent.script or "")] + [(f"args[{i}]", a) for i, a in enumerate(agent.args)]
+        for what, text in texts:
+            if "\n" in text or "\r" in text or _COMMENT.search(text):
+                problems.append(f"{key}.{what}: newlines and ' ;' / ' #' cannot be passed through supervisord's "
+                                f"config; put the command in a script file")
+        if check_modules and agent.enabled and agent.module:
+            module_name = agent.module.partition(":")[0]
+            try:
+                found = importlib.util.find_spec(module_name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                problems.append(f"{key}.module: cannot find module {module_name!r} (is it installed, "
+                                f"or on PYTHONPATH in agents.{name}.env?)")
+    return problems
+
+
+def unrepresentable(value: str) -> str:
+    """Why a value cannot be written in supervisord's ``environment=``, or ''."""
+    if "\n" in value or "\r" in value or "\0" in value:
+        return "newlines cannot be passed through supervisord's config"
+    if _COMMENT.search(value):
+        return "' ;' and ' #' start a comment in supervisord's config"
+    if '"' in value and "'" in value:
+        return "a value may contain single or double quotes, not both"
+    if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+        return "a value may not begin or end with a quote (supervisord strips them)"
+    return ""
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the broker, monitor and database are, after the environment had its say."""
+
+    broker_mode: str
+    broker: BrokerSettings
+    monitor_mode: str
+    monitor_url: str
+    monitor_host: str
+    monitor_port: int
+    database_url: str
+
+    @property
+    def broker_address(self) -> str:
+        return f"{self.broker.host}:{self.broker.port}"
+
+
+def resolve_services(config: TestbedConfig, settings: Settings) -> Services:
+    """File values for addresses, overridden by whatever the environment sets."""
+    env_broker = settings.broker.model_fields_set
+    host = settings.broker.host if "host" in env_broker else config.broker.host
+    port = settings.broker.port if "port" in env_broker else config.broker.port
+    broker = settings.broker.model_copy(update={"host": host, "port": port})
+
+    if "monitor_url" in settings.monitor.model_fields_set:
+        url = settings.monitor.monitor_url
+    elif config.monitor.url:
+        url = config.monitor.url
+    else:
+        url = f"http://{_url_host(config.monitor.host)}:{config.monitor.port}"
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    mon_host = parts.hostname or config.monitor.host
+    try:
+        mon_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        mon_port = config.monitor.port
+    database_url = settings.database_url if "database_url" in settings.model_fields_set else config.database.url
+    return Services(
+        broker_mode=config.broker.mode,
+        broker=broker,
+        monitor_mode=config.monitor.mode,
+        monitor_url=url,
+        monitor_host=mon_host,
+        monitor_port=mon_port,
+        database_url=database_url,
+    )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,202 @@
+"""testbed.toml validation, `init`, and the generated supervisord config (no processes but one)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from swf_testbed.orchestrator.config import ConfigError, LoadedConfig, load, parse, resolve_services
+from swf_testbed.orchestrator.starter import EXAMPLE_NAMESPACE, render
+from swf_testbed.orchestrator.supervisor import build_programs, prepare, render_conf, runtime_paths
+from swf_testbed.settings import Settings
+
+from .conftest import REPO
+
+MINIMAL = '[testbed]\nnamespace = "t1"\n'
+
+
+def problems(text: str, **kw: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, "testbed.toml", **kw)  # type: ignore[arg-type]
+    return str(info.value)
+
+
+def test_minimal_config_has_defaults() -> None:
+    cfg = parse(MINIMAL)
+    assert cfg.namespace == "t1"
+    assert cfg.broker.mode == "embedded" and cfg.monitor.mode == "embedded"
+    assert cfg.workflow.name == "stf_datataking" and cfg.agents == {}
+
+
+def test_missing_namespace() -> None:
+    assert problems("[testbed]\n") == "testbed.toml: testbed.namespace: missing (required)"
+    assert problems("") == "testbed.toml: testbed: missing (required)"
+
+
+def test_wrong_type_names_file_key_and_expectation() -> None:
+    text = MINIMAL + '[agents.processing]\nenabled = "yes"\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\n'
+    assert problems(text) == "testbed.toml: agents.processing.enabled: expected a boolean (true or false), got 'yes'"
+    assert "workflow.duration: expected a number, got 'long'" in problems(MINIMAL + '[workflow]\nduration = "long"\n')
+    assert "agents.w.instances: expected an integer, got 2.5" in problems(
+        MINIMAL + '[agents.w]\nscript = "x"\ninstances = 2.5\n')
+
+
+def test_unknown_keys_and_sections_are_errors() -> None:
+    msg = problems(MINIMAL + '[agents.data]\nmodule = "a.b:C"\nheartbeat_intervall = 3\n', check_modules=False)
+    assert "agents.data.heartbeat_intervall: unknown key (did you mean 'heartbeat_interval'?)" in msg
+    assert "testbed.toml: workflows: unknown section (did you mean 'workflow'?)" in problems(MINIMAL + "[workflows]\n")
+    assert "broker.mode: expected 'embedded' or 'external', got 'local'" in problems(
+        MINIMAL + '[broker]\nmode = "local"\n')
+
+
+def test_bad_toml_reports_line_and_column() -> None:
+    msg = problems('[testbed]\nnamespace = "x"\nenabled = \n')
+    assert msg.startswith("testbed.toml: line 3, column")
+    assert "invalid TOML" in msg
+
+
+def test_workflow_speed_and_agent_rules() -> None:
+    assert "workflow: give realtime or time_scale, not both" in problems(
+        MINIMAL + "[workflow]\nrealtime = true\ntime_scale = 10\n")
+    assert "agents.data: an enabled agent needs module" in problems(MINIMAL + "[agents.data]\n")
+    parse(MINIMAL + "[agents.data]\nenabled = false\n")  # a disabled placeholder is fine
+    assert "give module or script, not both" in problems(
+        MINIMAL + '[agents.d]\nmodule = "a.b:C"\nscript = "run-me"\n', check_modules=False)
+    assert "'broker' is the name of a testbed service" in problems(MINIMAL + '[agents.broker]\nscript = "x"\n')
+    assert "agents.bad name: agent names are letters" in problems(MINIMAL + '[agents."bad name"]\nscript = "x"\n')
+    assert "agents.d.module: cannot find module 'no_such_pkg.agents'" in problems(
+        MINIMAL + '[agents.d]\nmodule = "no_such_pkg.agents:Agent"\n')
+    assert "module: expected 'package.module:Class'" in problems(
+        MINIMAL + '[agents.d]\nmodule = "not a module"\n', check_modules=False)
+    assert "agents.d.env.X: a value may not begin or end with a quote" in problems(
+        MINIMAL + '[agents.d]\nscript = "x"\nenv = { X = \'"quoted"\' }\n')
+    assert "agents.d.script: newlines and ' ;'" in problems(MINIMAL + '[agents.d]\nscript = "a ; b"\n')
+    assert "testbed.namespace: expected letters" in problems('[testbed]\nnamespace = "a b"\n')
+
+
+def test_environment_wins_over_file_for_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = MINIMAL + ('[broker]\nmode = "external"\nhost = "mq.example.org"\nport = 61000\n'
+                      '[monitor]\nmode = "external"\nurl = "https://mon.example.org/"\n'
+                      '[database]\nurl = "sqlite:///file.db"\n')
+    cfg = parse(text)
+    for var in ("ACTIVEMQ_HOST", "ACTIVEMQ_PORT", "SWF_MONITOR_URL", "DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    plain = resolve_services(cfg, Settings())
+    assert plain.broker_address == "mq.example.org:61000"
+    assert plain.monitor_url == "https://mon.example.org"
+    assert plain.database_url == "sqlite:///file.db"
+    monkeypatch.setenv("ACTIVEMQ_PORT", "62000")
+    monkeypatch.setenv("SWF_MONITOR_URL", "http://other:9000")
+    monkeypatch.setenv("DATABASE_URL", "postgres://db/x")
+    env = resolve_services(cfg, Settings())
+    assert env.broker_address == "mq.example.org:62000"
+    assert env.monitor_url == "http://other:9000" and env.monitor_port == 9000
+    assert env.database_url == "postgres://db/x"
+
+
+def test_init_writes_the_example_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    from swf_testbed.cli import app
+
+    runner = CliRunner()
+    target = tmp_path / "testbed.toml"
+    result = runner.invoke(app, ["init", str(target), "--namespace", EXAMPLE_NAMESPACE])
+    assert result.exit_code == 0, result.output
+    text = target.read_text()
+    assert text == (REPO / "examples" / "testbed.toml").read_text()
+    cfg = load(target).config  # validates, modules of enabled agents included
+    assert set(cfg.enabled_agents()) == {"runner", "data", "processing", "fastmon", "fast_processing", "worker"}
+    result = runner.invoke(app, ["init", str(target)])
+    assert result.exit_code == 1 and "exists" in result.output
+    assert runner.invoke(app, ["init", str(target), "--force", "-n", "other"]).exit_code == 0
+    assert load(target).namespace == "other"
+    assert parse(render()).namespace  # the default namespace (user name) is valid
+
+
+def test_run_with_a_bad_file_exits_2_and_starts_nothing(tmp_path: Path) -> None:
+    (tmp_path / "testbed.toml").write_text('[testbed]\nnamespace = "t2"\n[agents.p]\nenabled = "yes"\n')
+    home = tmp_path / "home"
+    env = {"SWF_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "swf_testbed.cli", "run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "testbed.toml: agents.p.enabled: expected a boolean (true or false), got 'yes'" in result.stderr
+    assert not home.exists()
+
+
+def test_generated_config_parses_in_supervisord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.options import ServerOptions
+
+    monkeypatch.delenv("ACTIVEMQ_HOST", raising=False)
+    monkeypatch.delenv("ACTIVEMQ_PORT", raising=False)
+    (tmp_path / "testbed.toml").write_text(MINIMAL + """
+[agents.proc]
+module = "swf_testbed.agents.processing:ProcessingAgent"
+options = { processing_time = 0.5, label = "50% done" }
+args = ["--workers", "2"]
+heartbeat_interval = 2
+drain_timeout = 7
+
+[agents.sh]
+script = "my-agent --rate 10%"
+args = ["two words"]
+env = { GREETING = 'say "hi" now', SHARE = "/data/x,y" }
+
+[agents.worker]
+module = "swf_testbed.agents.worker:WorkerAgent"
+instances = 3
+
+[agents.off]
+enabled = false
+module = "swf_testbed.agents.fastmon:FastMonAgent"
+
+[broker]
+port = 61999
+[monitor]
+mode = "external"
+""")
+    loaded = load(tmp_path / "testbed.toml")
+    settings = Settings(home=tmp_path / "home")
+    services = resolve_services(loaded.config, settings)
+    paths = runtime_paths(settings.home, "t1")
+    programs, notices = build_programs(loaded, services, settings.home, paths, python="/opt/py/bin/python")
+    names = [p.name for p in programs]
+    assert names == ["broker", "watch", "proc", "sh", "worker"]
+    prepare(paths)
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render_conf(paths, programs, "t1"))
+    options = ServerOptions()
+    options.configfile = str(conf)
+    section = options.read_config(str(conf))
+    groups = {g.name: g for g in section.process_group_configs}
+    proc = groups["proc"].process_configs[0]
+    argv = shlex.split(proc.command)
+    assert argv[:6] == ["/opt/py/bin/python", "-m", "swf_testbed.cli", "agent", "run",
+                        "swf_testbed.agents.processing:ProcessingAgent"]
+    assert argv[argv.index("--name") + 1] == "proc" and argv[argv.index("--namespace") + 1] == "t1"
+    assert 'label="50% done"' in argv and "processing_time=0.5" in argv and argv[-2:] == ["--workers", "2"]
+    assert proc.stopwaitsecs > 7 and proc.autorestart.__name__ == "RestartUnconditionally" and proc.stopsignal == 15
+    assert proc.environment["SWF_AGENT_NAME"] == "proc"
+    assert proc.environment["ACTIVEMQ_PORT"] == "61999"
+    sh = groups["sh"].process_configs[0]
+    assert sh.command == "my-agent --rate 10% 'two words'"
+    assert sh.environment["GREETING"] == 'say "hi" now' and sh.environment["SHARE"] == "/data/x,y"
+    workers = groups["worker"].process_configs
+    assert [w.name for w in workers] == ["worker_00", "worker_01", "worker_02"]
+    assert [w.environment["SWF_AGENT_INSTANCE"] for w in workers] == ["0", "1", "2"]
+    assert str(workers[1].stdout_logfile).endswith("logs/worker_01.log")
+    broker = groups["broker"].process_configs[0]
+    assert shlex.split(broker.command)[3:] == ["broker", "--host", "127.0.0.1", "--port", "61999"]
+    assert isinstance(loaded, LoadedConfig) and notices == []
+
+
+def test_socket_path_stays_short(tmp_path: Path) -> None:
+    short = runtime_paths(tmp_path, "ns")
+    assert short.socket == tmp_path.absolute() / "ns" / "supervisord.sock"
+    deep = runtime_paths(tmp_path / ("d" * 90), "ns")
+    assert len(str(deep.socket)) <= 100 and deep.socket.parent.name.startswith("swf-")
+    assert runtime_paths(tmp_path / ("d" * 90), "other").socket != deep.socket

@@ -1,0 +1,119 @@
+"""End to end: `swf-testbed run` with the whole agent chain, and what the monitor then holds.
+
+Once on the embedded defaults (embedded broker, SQLite) and once on the
+production stack (ActiveMQ Classic, PostgreSQL): the same testbed.toml, only
+the addresses change.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from swf_testbed.testing.brokers import BrokerProcess, free_port
+
+from .conftest import Bed, ok
+
+pytestmark = pytest.mark.slow
+
+STFS = 4
+SLICES_PER_SAMPLE = 15
+
+
+def full_chain_toml(namespace: str, monitor_port: int, database_url: str) -> str:
+    agents = "".join(
+        f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\nheartbeat_interval = 1\n{extra}\n'
+        for name, module, extra in (
+            ("runner", "runner:WorkflowRunner", ""),
+            ("data", "data:DataAgent", ""),
+            ("processing", "processing:ProcessingAgent", ""),
+            ("fastmon", "fastmon:FastMonAgent", ""),
+            ("fast_processing", "fast_processing:FastProcessingAgent", ""),
+            ("worker", "worker:WorkerAgent", "instances = 2\n"),
+        )
+    )
+    return (
+        f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 120\n\n'
+        '[workflow]\nname = "stf_datataking"\nconfig = "fast_processing_default"\ntime_scale = 0\n\n'
+        f"[parameters]\nstf_count = {STFS}\nstf_sampling_rate = 1.0\nslices_per_sample = {SLICES_PER_SAMPLE}\n\n"
+        f"{agents}"
+        '[broker]\nmode = "external"\n\n'
+        f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n\n'
+        f'[database]\nurl = "{database_url}"\n'
+    )
+
+
+def count(api: httpx.Client, path: str, **params: Any) -> int:
+    response = api.get(path, params={**params, "limit": 1})
+    response.raise_for_status()
+    return int(response.json()["count"])
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last is True:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+@pytest.mark.parametrize("stack", ["embedded+sqlite", "activemq+postgresql"])
+def test_fast_processing_run_is_recorded_completely_and_once(
+    stack: str, make_bed: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if stack == "activemq+postgresql":
+        broker: BrokerProcess = request.getfixturevalue("activemq_broker")
+        database_url: str = request.getfixturevalue("fresh_postgres_database")
+    else:
+        broker = request.getfixturevalue("embedded_broker")
+        database_url = f"sqlite:///{tmp_path / 'monitor.sqlite3'}"
+    bed: Bed = make_bed(broker=broker)
+    port = free_port()
+    namespace = f"e2e{port}"
+    bed.write(full_chain_toml(namespace, port, database_url))
+
+    out = ok(bed.cli("run", timeout=300))
+    assert f"{STFS} STFs produced, {STFS} processed" in out, out
+    execution_id = out.split("workflow completed: execution ")[1].split(",")[0]
+
+    expected = {
+        "run_imminent": 1, "start_run": 1,
+        "end_run": 2,  # the DAQ's on the run topic, and fast processing's to its workers
+        "stf_gen": STFS, "stf_ready": STFS, "processing_complete": STFS,
+        "tf_file_registered": STFS,  # sampling rate 1.0: one sample per STF
+        "slice": STFS * SLICES_PER_SAMPLE, "slice_result": STFS * SLICES_PER_SAMPLE,
+        "workflow_started": 1, "workflow_completed": 1,
+    }
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10) as api:
+        def messages_recorded() -> bool | dict[str, int]:
+            got = {t: count(api, "/workflow-messages/", execution_id=execution_id, msg_type=t) for t in expected}
+            return got == expected or got
+
+        wait_until(messages_recorded, "every message of the execution in the monitor")
+        # exactly once: no more than expected either, even after a while
+        time.sleep(1.0)
+        assert messages_recorded() is True
+        assert count(api, "/workflow-messages/", execution_id=execution_id, is_valid="false") == 0
+
+        assert count(api, "/stf-files/", execution_id=execution_id) == STFS
+        assert count(api, "/fastmon-files/", execution_id=execution_id) == STFS
+        runs = api.get("/runs/", params={"execution_id": execution_id}).json()
+        assert len(runs) == 1 and runs[0]["end_time"] is not None
+        run_number = runs[0]["run_number"]
+        assert count(api, "/tf-slices/", run_number=run_number) == STFS * SLICES_PER_SAMPLE
+        assert count(api, "/tf-slices/", run_number=run_number, status="completed") == STFS * SLICES_PER_SAMPLE
+
+        state = api.get(f"/run-states/{run_number}/").json()
+        assert state["phase"] == "ended", state
+        assert state["slices_completed"] == STFS * SLICES_PER_SAMPLE and state["slices_failed"] == 0
+
+        execution = api.get(f"/workflow-executions/{execution_id}/").json()
+        assert execution["status"] == "completed"
+        assert execution["namespace"] == namespace
