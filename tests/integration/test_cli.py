@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import stomp
 
 from swf_testbed.testing.brokers import BrokerProcess, free_port, wait_for_port
 
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SWF = shutil.which("swf-testbed", path=str(BIN)) or str(BIN / "swf-testbed")
 
@@ -52,15 +52,19 @@ def test_an_outside_stomp_client_publishes_and_subscribes_through_swf_testbed_br
         log.close()
 
 
-def test_demo_runs_a_whole_run_through_the_agents(embedded_broker: BrokerProcess) -> None:
-    ns = f"demo{uuid.uuid4().hex[:6]}"
-    result = subprocess.run(
-        [SWF, "demo", "--stf-count", "4", "--time-scale", "200", "--namespace", ns],
-        env={**os.environ, **embedded_broker.env}, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "run complete: 4 STFs generated, registered and processed" in result.stdout
-    assert f"namespace {ns}" in result.stdout
+def test_the_readme_main_command_runs_the_example_testbed(tmp_path: Path) -> None:
+    """``./dev run`` is ``swf-testbed run examples/testbed.toml``: everything embedded, one whole run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIVEMQ_", "SWF_", "DATABASE_URL"))}
+    env.update({"SWF_HOME": str(tmp_path / "home"), "ACTIVEMQ_PORT": str(free_port()),
+                "SWF_MONITOR_URL": f"http://127.0.0.1:{free_port()}"})
+    example = str(ROOT / "examples" / "testbed.toml")
+    try:
+        result = subprocess.run([SWF, "run", example], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "10 STFs produced, 10 processed" in result.stdout
+        assert f"monitor: {env['SWF_MONITOR_URL']}/executions/stf_datataking-example-" in result.stdout
+    finally:
+        subprocess.run([SWF, "stop", "--all", "-c", example], env=env, capture_output=True, timeout=120)
 
 
 def test_broker_rejects_half_given_credentials() -> None:
