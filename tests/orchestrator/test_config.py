@@ -177,7 +177,7 @@ mode = "external"
     argv = shlex.split(proc.command)
     assert argv[:6] == ["/opt/py/bin/python", "-m", "swf_testbed.cli", "agent", "run",
                         "swf_testbed.agents.processing:ProcessingAgent"]
-    assert argv[argv.index("--name") + 1] == "proc" and argv[argv.index("--namespace") + 1] == "t1"
+    assert "--name" not in argv and argv[argv.index("--namespace") + 1] == "t1"  # the name comes from the env
     assert 'label="50% done"' in argv and "processing_time=0.5" in argv and argv[-2:] == ["--workers", "2"]
     assert proc.stopwaitsecs > 7 and proc.autorestart.__name__ == "RestartUnconditionally" and proc.stopsignal == 15
     assert proc.environment["SWF_AGENT_NAME"] == "proc"
@@ -188,6 +188,8 @@ mode = "external"
     workers = groups["worker"].process_configs
     assert [w.name for w in workers] == ["worker_00", "worker_01", "worker_02"]
     assert [w.environment["SWF_AGENT_INSTANCE"] for w in workers] == ["0", "1", "2"]
+    # each instance has its own stable logical name, the one supervisord gives the process
+    assert [w.environment["SWF_AGENT_NAME"] for w in workers] == ["worker_00", "worker_01", "worker_02"]
     assert str(workers[1].stdout_logfile).endswith("logs/worker_01.log")
     broker = groups["broker"].process_configs[0]
     assert shlex.split(broker.command)[3:] == ["broker", "--host", "127.0.0.1", "--port", "61999"]

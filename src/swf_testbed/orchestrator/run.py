@@ -408,7 +408,7 @@ class Testbed:
                 running = h.state == "RUNNING"
                 if prog.health == "heartbeat":
                     live = h.pid > 0  # RUNNING or STARTING: only this process's heartbeats count
-                    beat = beats.match(prog.name, h.pid if live else None,
+                    beat = beats.match(proc, h.pid if live else None,
                                        started_at=h.started_at if live else None,
                                        single=prog.numprocs == 1, hostname=host)
                     h.beat = beat

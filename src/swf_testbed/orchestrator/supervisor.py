@@ -238,11 +238,15 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
     for name, agent in cfg.agents.items():
         if not agent.enabled:
             continue
-        env = {**base_env, "SWF_AGENT_NAME": name, "SWF_HEARTBEAT_INTERVAL": f"{agent.heartbeat_interval:g}",
+        # Each process has its own stable logical name: the program's, or with several
+        # instances the process's (worker_00, worker_01), as supervisord names them.
+        agent_name = name if agent.instances == 1 else f"{name}_{INSTANCE_SUFFIX}"
+        env = {**base_env, "SWF_AGENT_NAME": agent_name,
+               "SWF_HEARTBEAT_INTERVAL": f"{agent.heartbeat_interval:g}",
                "SWF_AGENT_INSTANCE": "%(process_num)d", **agent.env}
         stopwait = int(agent.drain_timeout + 10)
         if agent.module:
-            argv = [*cli, "agent", "run", agent.module, "--name", name, "--namespace", ns,
+            argv = [*cli, "agent", "run", agent.module, "--namespace", ns,  # --name: SWF_AGENT_NAME
                     "--heartbeat-interval", f"{agent.heartbeat_interval:g}",
                     "--drain-timeout", f"{agent.drain_timeout:g}"]
             for key, value in agent.options.items():
@@ -279,6 +283,10 @@ def _base_env(namespace: str, services: Services, home: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- config file
 
 
+INSTANCE_SUFFIX = "%(process_num)02d"
+"""supervisord expands it to the process number of a multi-instance program."""
+
+
 def _pct(text: str) -> str:
     """Escape supervisord's %-expansion."""
     return text.replace("%", "%%")
@@ -290,7 +298,8 @@ def _env_line(env: dict[str, str]) -> str:
         problem = unrepresentable(value)
         if problem:
             raise SupervisorError(f"environment variable {key}: {problem}")
-        keep_expansion = value == "%(process_num)d"
+        keep_expansion = value == "%(process_num)d" or (
+            value.endswith(INSTANCE_SUFFIX) and "%" not in value[: -len(INSTANCE_SUFFIX)])
         quoted = f'"{value}"' if '"' not in value else f"'{value}'"
         parts.append(f"{key}={quoted if keep_expansion else _pct(quoted)}")
     return ",".join(parts)
