@@ -63,6 +63,7 @@ from swf_testbed.orchestrator.supervisor import (
     build_programs,
     locked,
     log_tail,
+    pid_alive,
     read_state,
     render_conf,
     runtime_paths,
@@ -141,19 +142,6 @@ class Unhealthy(OrchestratorError):
 
 def _indent(text: str, prefix: str = "    | ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _is_testbed_process(pid: int, namespace: str) -> bool:
@@ -372,10 +360,10 @@ class Testbed:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in victims):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in victims):
             time.sleep(0.1)
         for pid in victims:
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         return sorted(victims)

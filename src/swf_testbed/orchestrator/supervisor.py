@@ -449,7 +449,7 @@ class Supervisor:
             pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if pid is None or not _alive(pid):
+            if pid is None or not pid_alive(pid):
                 return not self.running()
             time.sleep(0.1)
         return False
@@ -465,7 +465,7 @@ class Supervisor:
             if info.get("pid"):
                 with contextlib.suppress(OSError):
                     os.killpg(info["pid"], signal.SIGKILL)
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -525,14 +525,18 @@ class Supervisor:
             return ""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 # --------------------------------------------------------------------------- state file
