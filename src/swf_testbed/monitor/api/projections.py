@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
+from swf_testbed.monitor.api.fastinsert import insert_objects
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +385,7 @@ def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, me
         stf.updated_at = now
         if msg.filename in existing:
             changed[msg.filename] = stf
-    m.StfFile.objects.bulk_create(list(new.values()))
+    insert_objects(list(new.values()))  # their keys (UUIDs) are set already
     if changed:
         m.StfFile.objects.bulk_update(list(changed.values()), _STF_FIELDS)
 
@@ -446,7 +447,7 @@ def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
         if key in existing:
             changed[key] = item
     batch.runs_to_recount.update(msg.run_id for msg in messages)
-    m.TFSlice.objects.bulk_create(list(new.values()))
+    insert_objects(list(new.values()))  # not used after: their auto keys are not needed
     if changed:
         m.TFSlice.objects.bulk_update(list(changed.values()), _SLICE_FIELDS)
 
@@ -489,7 +490,7 @@ def bulk_slice_result(messages: list[msgs.SliceResult], batch: Batch) -> None:
         _apply_result(item, msg)
         item.updated_at = now
         batch.runs_to_recount.add(msg.run_id)
-    m.TFSlice.objects.bulk_create(list(new.values()))
+    insert_objects(list(new.values()))  # not used after: their auto keys are not needed
     if changed:
         m.TFSlice.objects.bulk_update(list(changed.values()), _SLICE_FIELDS)
     _count_for_workers(messages)

@@ -29,6 +29,7 @@ from swf_testbed.messages import (
     peek_fields,
 )
 from swf_testbed.monitor.api import facets, projections
+from swf_testbed.monitor.api.fastinsert import insert_rows
 from swf_testbed.monitor.api.models import Namespace, WorkflowMessage
 
 log = logging.getLogger(__name__)
@@ -94,18 +95,40 @@ def _synthetic_id(incoming: Incoming, text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
-def build_row(incoming: Incoming) -> tuple[WorkflowMessage, Message | None]:
+@dataclass(slots=True)
+class Row:
+    """The values of one ``WorkflowMessage`` row, before it is inserted (cheaper than a model instance)."""
+
+    msg_id: str = ""
+    msg_type: str = ""
+    namespace_id: str | None = None
+    execution_id: str = ""
+    run_id: int | None = None
+    sender: str = ""
+    recipient: str = ""
+    destination: str = ""
+    sent_at: datetime | None = None
+    received_at: datetime | None = None
+    schema_version: int | None = None
+    is_valid: bool = True
+    error_reason: str = ""
+    validation_error: str = ""
+    projection_error: str = ""
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_ROW_FIELDS = tuple(Row.__dataclass_fields__)
+"""The columns inserted, by attribute name (``namespace_id`` is the namespace foreign key)."""
+
+
+def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
     """The row for one body, and its typed message when it is valid."""
     raw = incoming.body
     text = _clean(raw.decode("utf-8", errors="replace"), MAX_STORED_BODY)
     headers = {_clean(str(k), 200): _clean(str(v), 2000) for k, v in incoming.headers.items()}
     destination = headers.get(ORIGINAL_DESTINATION_HEADER) or incoming.destination
-    row = WorkflowMessage(
-        destination=_clean(destination, 255),
-        received_at=incoming.received_at,
-        body=text,
-        headers=headers,
-    )
+    row = Row(destination=_clean(destination, 255), received_at=incoming.received_at, body=text, headers=headers)
     try:
         msg = parse_message(raw)
     except MessageError as exc:
@@ -138,6 +161,13 @@ def build_row(incoming: Incoming) -> tuple[WorkflowMessage, Message | None]:
     return row, msg
 
 
+def _insert(rows: list[Row]) -> None:
+    """Insert the rows with one prepared statement (``executemany``)."""
+    fields = [WorkflowMessage._meta.get_field(name.removesuffix("_id") if name == "namespace_id" else name)
+              for name in _ROW_FIELDS]
+    insert_rows(WorkflowMessage, fields, ([getattr(row, name) for name in _ROW_FIELDS] for row in rows))
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
@@ -152,7 +182,7 @@ def record(batch: list[Incoming]) -> RecordResult:
     Raises database errors (the caller retries the whole batch: it is idempotent).
     """
     result = RecordResult()
-    built: dict[str, tuple[WorkflowMessage, Message | None]] = {}
+    built: dict[str, tuple[Row, Message | None]] = {}
     for incoming in batch:
         row, msg = build_row(incoming)
         if row.msg_id in built:
@@ -171,7 +201,7 @@ def record(batch: list[Incoming]) -> RecordResult:
             return result
         Namespace.ensure({row.namespace_id for row, _ in new if row.namespace_id})
         rows = [row for row, _ in new]
-        WorkflowMessage.objects.bulk_create(rows, batch_size=500)
+        _insert(rows)
         facets.add_counts(rows)
         result.stored = len(rows)
         result.invalid = sum(1 for row in rows if not row.is_valid)

@@ -1,0 +1,103 @@
+"""Inserting many rows with one prepared statement (``executemany``), on SQLite and PostgreSQL.
+
+Django's ``bulk_create`` prepares every value of every row through several
+layers of the SQL compiler and, on SQLite, splits the rows into statements of
+at most 999 parameters; for the ingest's hot path that costs more than the
+database itself. Here each column gets its database adapter once (chosen from
+the field type), and the rows go through the DB-API cursor's ``executemany``.
+
+Limits (the callers respect them): no signals (``bulk_create`` sends none
+either), and auto-increment primary keys are not read back (models with a
+UUID or natural key keep theirs, which are set before the insert).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from django.db import connection, models
+
+Adapter = Callable[[Any], Any]
+
+_TEXT = {"CharField", "TextField", "SlugField", "EmailField", "URLField"}
+_INTEGER = {"IntegerField", "BigIntegerField", "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+            "PositiveSmallIntegerField", "AutoField", "BigAutoField", "SmallAutoField"}
+
+
+def _text(value: Any) -> Any:
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _integer(value: Any) -> Any:
+    return value if value is None or type(value) is int else int(value)
+
+
+def _float(value: Any) -> Any:
+    return value if value is None or type(value) is float else float(value)
+
+
+def adapters_for(fields: Sequence[models.Field]) -> list[Adapter]:
+    """One function per field turning a Python value (already in attname form) into a DB-API parameter."""
+    ops = connection.ops
+    result: list[Adapter] = []
+    for field in fields:
+        kind = field.get_internal_type()
+        if field.is_relation:
+            target = field.target_field  # type: ignore[attr-defined]
+            result.append(adapters_for([target])[0])
+        elif kind in _TEXT:
+            result.append(_text)
+        elif kind in _INTEGER:
+            result.append(_integer)
+        elif kind == "FloatField":
+            result.append(_float)
+        elif kind == "DateTimeField":
+            adapt = ops.adapt_datetimefield_value
+            result.append(lambda v, adapt=adapt: None if v is None else adapt(v))
+        else:
+            result.append(lambda v, f=field: f.get_db_prep_save(v, connection))
+    return result
+
+
+def insert_sql(model: type[models.Model], fields: Sequence[models.Field]) -> str:
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {qn(model._meta.db_table)} ({columns}) VALUES ({placeholders})"
+
+
+def insert_rows(model: type[models.Model], fields: Sequence[models.Field], rows: Iterable[Sequence[Any]]) -> None:
+    """Insert value tuples (in the order of ``fields``, Python values) with one ``executemany``."""
+    adapters = adapters_for(fields)
+    params = [tuple(adapt(value) for adapt, value in zip(adapters, row, strict=True)) for row in rows]
+    if not params:
+        return
+    with connection.cursor() as cursor:
+        cursor.executemany(insert_sql(model, fields), params)
+
+
+def insertable_fields(model: type[models.Model]) -> list[models.Field]:
+    """The concrete fields an INSERT names: all but an auto-increment primary key."""
+    return [f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, models.AutoField))]
+
+
+def insert_objects(objs: Sequence[models.Model]) -> None:
+    """Like ``bulk_create(objs)`` for unsaved instances of one model, without reading auto keys back.
+
+    ``auto_now`` / ``auto_now_add`` are applied (``pre_save``) as ``bulk_create`` does.
+    """
+    if not objs:
+        return
+    model = type(objs[0])
+    fields = insertable_fields(model)
+    pre_save = [f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
+    attnames = [f.attname for f in fields]
+    rows = []
+    for obj in objs:
+        for f in pre_save:
+            f.pre_save(obj, add=True)
+        obj._state.adding = False
+        obj._state.db = connection.alias
+        rows.append([getattr(obj, name) for name in attnames])
+    insert_rows(model, fields, rows)
