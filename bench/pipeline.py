@@ -1,53 +1,61 @@
-"""The whole agent chain, as fast as it goes, counted on the broker.
+"""The whole agent chain with the monitor ingest, as fast as it goes, end to end.
 
 Starts a broker (the embedded one by default, ``--broker activemq`` for
-ActiveMQ Classic) and the agent chain of one namespace as real processes
-(``swf-testbed agent run``): workflow runner, data, processing, fastmon, fast
-processing and 4 workers. Then, once per STF sampling rate (0.05 and 1.0),
-sends ``run_workflow`` (``fast_processing_default``, time scale 0: the DAQ
-runs as fast as the consumers keep up, paced by the runner on
-``processing_complete``) for 1000 STFs (``--quick``: 100), and counts every
-message of the namespace on the broker (run topic, data topic, worker topic,
-replies topic, and the monitor topic for the copies of queue traffic: slices
-and slice results) with a bare stomp.py subscriber, until every expected
-message has been seen: N ``stf_gen``, N ``stf_ready``, N
-``processing_complete``, as many ``tf_file_registered`` as fastmon reports
-having sent (its heartbeat counters), and a completed ``slice_result`` for
-every slice of those samples. A stall (nothing new for ``--stall`` seconds)
-ends the wait, and whatever is missing counts as lost.
+ActiveMQ Classic), the monitor ingest as a real process (``python -m
+swf_testbed.cli monitor ingest --client-id <unique>``, ``SWF_HOME`` a fresh
+temporary directory, so its SQLite database is there) and the agent chain of
+one namespace as real processes (``swf-testbed agent run``): workflow runner,
+data, processing, fastmon, fast processing and 4 workers. Then, once per STF
+sampling rate (0.05 and 1.0), it sends ``run_workflow``
+(``fast_processing_default``, time scale 0: the DAQ runs as fast as the
+consumers keep up, paced by the runner on ``processing_complete``) for 1000
+STFs (``--quick``: 100) and watches two things:
 
-Reported per rate: STFs per second end to end (``run_workflow`` sent → last
-expected message seen; also, for diagnosis, to the last ``processing_complete``:
-the STF stream alone, without the slices' tail), chain messages per second over
-the same span (every
-message the chain sent, counted once), lost and duplicated messages (by
-their identity: STF file name, sample name, slice id), and the raw broker
-throughput measured in the same run on the same broker with one bare
-stomp.py producer and one consumer (in its own process) on a topic, and the
-ratio chain msgs/s ÷ raw msgs/s. The target at sampling rate 0.05 is 167
-STF/s: 100× ePIC real time (an STF is about 0.6 s of data).
+* the broker: a bare stomp.py subscriber counts every message of the
+  execution (run topic, data topic, worker topic, replies topic, and the
+  monitor topic for the copies of queue traffic: slices and slice results)
+  until every expected message has been seen: N ``stf_gen``, N ``stf_ready``,
+  N ``processing_complete``, as many ``tf_file_registered`` (samples) as
+  fastmon reports having sent (its heartbeat counters), and a completed
+  ``slice_result`` for every slice of those samples;
+* the monitor: a poller reads the ingest's SQLite file (read-only SQL, every
+  20 ms, only the rows committed since its last poll, so that it costs the
+  ingest next to nothing) and counts the ``WorkflowMessage`` rows of the
+  execution by ``msg_type``, until it holds every expected record: for each of the six
+  kinds above, the chain's expectation or as many distinct ``msg_id`` as the
+  broker subscriber saw, whichever is larger (retried slices and failed slice
+  results are messages too).
+
+A stall (nothing new for ``--stall`` seconds, on the broker and then in the
+database) ends a wait, and whatever is missing counts as lost.
+
+Reported per rate, end to end (``run_workflow`` sent → the first poll at
+which the monitor held every expected record): STFs per second, and chain
+messages per second (every message of the execution the broker subscriber
+saw, counted once by ``msg_id``) over that span, and their ratio to the raw
+broker throughput measured in the same run on the same broker (one bare
+stomp.py producer and one consumer, in its own process, on a topic). Also,
+from the broker-side observation alone (the chain without the ingest):
+STFs/s and messages/s to the last expected message seen on the broker,
+STFs/s to the last ``processing_complete`` (the STF stream without the
+slices' tail), and the ingest's lag (monitor complete − chain complete).
+
+``lost`` = expected records missing from the monitor at the end (which
+includes anything the chain itself lost); ``duplicated`` = messages the
+broker subscriber saw more than once (by identity: STF file name, sample
+name, slice id and retry, slice result), plus rows the monitor holds twice
+for one ``msg_id`` (none, it is unique there). The target at sampling rate
+0.05 is 167 STF/s: 100× ePIC real time (an STF is about 0.6 s of data).
 
 The last line is one JSON object: the figures of the 0.05 run at the top
 level (``stfs``, ``stf_per_s``, ``msgs_per_s``, ``broker_msgs_per_s``,
-``ratio``), ``lost`` and ``duplicated`` summed over both runs, and every run
-under ``runs``. The exit status is non-zero when anything was lost or
-duplicated.
+``ratio``, and the chain-only ``chain_stf_per_s``, ``chain_msgs_per_s``,
+``ingest_lag_s``), ``lost`` and ``duplicated`` summed over both runs, and
+every run under ``runs``. The exit status is non-zero when anything was lost
+or duplicated.
 
 ``--profile DIR`` runs every agent under ``cProfile`` (all threads) and
 writes one ``<agent>.prof`` per agent into DIR when it exits.
-
-``--tcp-nodelay`` is an experiment: it starts the agents with TCP_NODELAY set
-on their stomp.py sockets, which ``swf_testbed.mq.client`` does not do (yet).
-Without it, Nagle's algorithm holds back a client's ACK frame until the broker
-acknowledges its previous write (up to the 40 ms delayed ACK): a worker with a
-prefetch of 1 then waits about 40 ms per slice, whatever the slice costs.
-Measured here (embedded broker, 1000 STFs): 98 → ~1100 STF/s at sampling
-rate 0.05, 6 → ~190 STF/s at 1.0.
-
-TODO(monitor): add the monitor ingest process to the chain (it subscribes to
-every destination and records each message in the database) once it exists,
-and report how far it lags behind the chain and whether it recorded every
-message exactly once.
 
 Usage: ``python bench/pipeline.py [--quick] [--stfs N] [--broker embedded|activemq]``
 """
@@ -55,10 +63,12 @@ Usage: ``python bench/pipeline.py [--quick] [--stfs N] [--broker embedded|active
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -68,7 +78,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import stomp
 
@@ -89,46 +99,38 @@ TARGET_STF_PER_S = 167.0
 RATES = (0.05, 1.0)
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = """
-import atexit, cProfile, pstats, socket, sys, threading
-nodelay, out, args = sys.argv[1] == "1", sys.argv[2], sys.argv[3:]
-if nodelay:  # experiment: what the client would do with TCP_NODELAY on its sockets
-    import stomp.transport as transport
-    _connect = transport.Transport.attempt_connection
-    def attempt_connection(self):
-        _connect(self)
-        if self.socket is not None:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport.Transport.attempt_connection = attempt_connection
-profiles = [cProfile.Profile()] if out else []
+import atexit, cProfile, pstats, sys, threading
+out, args = sys.argv[1], sys.argv[2:]
+profiles = [cProfile.Profile()]
 lock = threading.Lock()
-if out:
-    _run = threading.Thread.run
-    def run(self, *a, **k):
-        p = cProfile.Profile()
-        with lock:
-            profiles.append(p)
-        p.enable()
-        try:
-            return _run(self, *a, **k)
-        finally:
-            p.disable()
-    threading.Thread.run = run
-    def dump():
-        stats = None
-        with lock:
-            for p in profiles:
-                try:
-                    p.create_stats()
-                    stats = pstats.Stats(p) if stats is None else stats.add(p)
-                except Exception:
-                    pass
-        if stats is not None:
-            stats.dump_stats(out)
-    atexit.register(dump)
-    profiles[0].enable()
+_run = threading.Thread.run
+def run(self, *a, **k):
+    p = cProfile.Profile()
+    with lock:
+        profiles.append(p)
+    p.enable()
+    try:
+        return _run(self, *a, **k)
+    finally:
+        p.disable()
+threading.Thread.run = run
+def dump():
+    stats = None
+    with lock:
+        for p in profiles:
+            try:
+                p.create_stats()
+                stats = pstats.Stats(p) if stats is None else stats.add(p)
+            except Exception:
+                pass
+    if stats is not None:
+        stats.dump_stats(out)
+atexit.register(dump)
+profiles[0].enable()
 from swf_testbed.cli import app
 app(args=args, prog_name="swf-testbed")
 """
+"""Runs ``swf-testbed ARGS…`` under cProfile (every thread): ``python -c LAUNCHER OUT.prof ARGS…``."""
 
 
 # --------------------------------------------------------------------------- raw broker baseline
@@ -190,7 +192,12 @@ def raw_throughput(broker: BrokerProcess, n: int) -> dict[str, Any]:
             "body_bytes": len(bodies[0])}
 
 
-# --------------------------------------------------------------------------- the chain
+# --------------------------------------------------------------------------- the chain and the ingest
+
+
+def _child_env(broker: BrokerProcess) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **broker.env, "PYTHONPATH": path}
 
 
 @dataclass
@@ -200,7 +207,6 @@ class Agents:
     workers: int
     pace_window: int
     profile_dir: Path | None
-    tcp_nodelay: bool = False
     logs: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="swf-bench-pipeline-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -217,34 +223,177 @@ class Agents:
         return out
 
     def start(self) -> None:
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        env = {**os.environ, **self.broker.env, "PYTHONPATH": path}
+        env = _child_env(self.broker)
         for name, (target, extra) in self.specs().items():
             args = ["agent", "run", target, "--name", name, "--namespace", self.namespace,
                     "--heartbeat-interval", "1", *extra]
-            if self.profile_dir is not None or self.tcp_nodelay:
-                out = str(self.profile_dir / f"{name}.prof") if self.profile_dir is not None else ""
-                cmd = [sys.executable, "-c", LAUNCHER, "1" if self.tcp_nodelay else "0", out, *args]
+            if self.profile_dir is not None:
+                cmd = [sys.executable, "-c", LAUNCHER, str(self.profile_dir / f"{name}.prof"), *args]
             else:
                 cmd = [sys.executable, "-m", "swf_testbed.cli", *args]
             with open(self.logs / f"{name}.log", "ab") as out:
                 self.procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _terminate(self.procs.values())
+
+
+def _terminate(procs: Any) -> None:
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class Ingest:
+    """``swf-testbed monitor ingest`` as its own process, its SQLite database in a fresh ``SWF_HOME``."""
+
+    broker: BrokerProcess
+    home: Path
+    client_id: str = field(default_factory=lambda: f"bench-ingest-{uuid.uuid4().hex[:8]}")
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def database(self) -> Path:
+        return self.home / "monitor.sqlite3"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "ingest.log"
+
+    def start(self) -> None:
+        env = _child_env(self.broker)
+        env.pop("DATABASE_URL", None)  # empty: SQLite at $SWF_HOME/monitor.sqlite3
+        env["SWF_HOME"] = str(self.home)
+        cmd = [sys.executable, "-m", "swf_testbed.cli", "monitor", "ingest", "--client-id", self.client_id]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the ingest exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate([self.proc])
+
+
+class MonitorDb:
+    """Read-only SQL on the ingest's SQLite file: ``WorkflowMessage`` rows."""
+
+    TABLE = "monitor_workflowmessage"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30,
+                                         check_same_thread=False)
+        return self._conn
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.OperationalError:  # not migrated yet, or locked for a moment
+            return []
+
+    def count_heartbeats(self, namespace: str) -> int:
+        rows = self._query(f"SELECT count(*) FROM {self.TABLE} WHERE namespace = ? AND msg_type = 'heartbeat'",
+                           (namespace,))
+        return int(rows[0][0]) if rows else 0
+
+    def max_id(self) -> int:
+        rows = self._query(f"SELECT max(id) FROM {self.TABLE}", ())
+        return int(rows[0][0] or 0) if rows else 0
+
+    def rows_after(self, last_id: int) -> list[tuple[int, str, str]]:
+        """(id, msg_type, execution_id) of the rows committed after ``last_id``.
+
+        SQLite has one writer at a time, so ids are committed in order: a
+        poller that remembers the largest id it has seen reads each row once,
+        and each poll costs what is new, not what the table holds.
+        """
+        rows = self._query(f"SELECT id, msg_type, execution_id FROM {self.TABLE} WHERE id > ? ORDER BY id",
+                           (last_id,))
+        return [(int(i), str(t), str(e)) for i, t, e in rows]
+
+    def msg_ids(self, execution_id: str) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for t, mid in self._query(f"SELECT msg_type, msg_id FROM {self.TABLE} WHERE execution_id = ?",
+                                  (execution_id,)):
+            out.setdefault(str(t), set()).add(str(mid))
+        return out
+
+    def duplicate_rows(self, execution_id: str) -> int:
+        rows = self._query(f"SELECT count(*) - count(DISTINCT msg_id) FROM {self.TABLE} WHERE execution_id = ?",
+                           (execution_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class MonitorWatch(threading.Thread):
+    """Polls the monitor's row counts of one execution; keeps every change with the time it was first seen."""
+
+    def __init__(self, db: MonitorDb, execution_id: str, after_id: int, interval: float = 0.02) -> None:
+        super().__init__(name="monitor-watch", daemon=True)
+        self.db = db
+        self.execution_id = execution_id
+        self.after_id = after_id
+        self.interval = interval
+        self.history: list[tuple[float, dict[str, int]]] = []
+        self.lock = threading.Lock()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        counts: Counter[str] = Counter()
+        last_id = self.after_id
+        while not self._halt.is_set():
+            rows = self.db.rows_after(last_id)
+            now = time.time()
+            mine = [t for _, t, e in rows if e == self.execution_id]
+            if rows:
+                last_id = rows[-1][0]
+            if mine:
+                counts.update(mine)
+                with self.lock:
+                    self.history.append((now, dict(counts)))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def latest(self) -> tuple[float, dict[str, int]]:
+        with self.lock:
+            return self.history[-1] if self.history else (0.0, {})
+
+    def first_complete(self, target: dict[str, int]) -> float | None:
+        """When the monitor first held ``target`` rows of every msg_type (None: not yet)."""
+        with self.lock:
+            for t, counts in self.history:
+                if all(counts.get(k, 0) >= n for k, n in target.items()):
+                    return t
+        return None
 
 
 class Counting(stomp.ConnectionListener):
     """Counts the namespace's messages by identity; json only (no schema), to stay light."""
 
-    KINDS = ("stf_gen", "stf_ready", "processing_complete", "tf_file_registered", "slice", "slice_completed")
+    KINDS: ClassVar[tuple[str, ...]] = ("stf_gen", "stf_ready", "processing_complete", "tf_file_registered", "slice", "slice_completed")
+    MSG_TYPE: ClassVar[dict[str, str]] = {"slice_completed": "slice_result"}
+    """The monitor's msg_type of each kind (the same name unless listed)."""
 
     def __init__(self, namespace: str) -> None:
         self.ns = namespace
@@ -259,7 +408,8 @@ class Counting(stomp.ConnectionListener):
         self.request_id = request_id
         self.execution_id: str | None = None
         self.seen: dict[str, Counter[Any]] = {k: Counter() for k in self.KINDS}
-        self.msg_ids: set[str] = set()
+        self.ids: dict[str, set[str]] = {}
+        """msg_ids of the execution by msg_type (each message once, whichever destination(s) it came by)."""
         self.total = 0
         self.replies: list[dict[str, Any]] = []
         self.slice_sizes: dict[str, int] = {}
@@ -295,8 +445,9 @@ class Counting(stomp.ConnectionListener):
             if eid is None or m.get("execution_id") != eid:
                 self.changed.notify_all()
                 return
-            if m["msg_id"] not in self.msg_ids:  # each message once, whichever destination(s) it came by
-                self.msg_ids.add(m["msg_id"])
+            ids = self.ids.setdefault(t, set())
+            if m["msg_id"] not in ids:
+                ids.add(m["msg_id"])
                 self.total += 1
             key: Any
             if t in ("stf_gen", "stf_ready", "processing_complete"):
@@ -324,45 +475,68 @@ class RunFigures:
     rate: float
     stfs: int
     seconds: float
+    """run_workflow sent → the monitor held every expected record."""
     stf_per_s: float
     msgs: int
     msgs_per_s: float
     expected: dict[str, int]
+    """Expected records of the chain, by kind (counted on the broker)."""
     seen: dict[str, int]
+    """Distinct ones seen on the broker, by kind."""
+    monitor_expected: dict[str, int]
+    """Rows the monitor must hold, by msg_type."""
+    monitor_held: dict[str, int]
     lost: int
+    """Expected records missing from the monitor at the end (the chain's losses included)."""
     duplicated: int
-    stf_chain_per_s: float = 0.0
+    chain_lost: int
+    """Expected messages never seen on the broker."""
+    chain_seconds: float
+    """run_workflow sent → last expected message seen on the broker (the chain without the ingest)."""
+    chain_stf_per_s: float
+    chain_msgs_per_s: float
+    stf_stream_per_s: float
     """STFs per second through data and processing alone (to the last processing_complete)."""
+    ingest_lag_s: float
     broker_msgs_per_s: float = 0.0
     ratio: float = 0.0
+    chain_ratio: float = 0.0
     status: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def one_run(agents: Agents, counting: Counting, client: BrokerClient, stfs: int, rate: float, slices_per_sample: int,
-            stall: float) -> RunFigures:
+def _wait_started(counting: Counting, request_id: str) -> str:
+    """The execution id from the runner's reply to run_workflow (call with counting.lock held)."""
+    deadline = time.monotonic() + 60
+    while not any(r.get("in_reply_to") == request_id for r in counting.replies):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no reply to run_workflow")
+        counting.changed.wait(0.5)
+    reply = next(r for r in counting.replies if r.get("in_reply_to") == request_id)
+    if reply["msg_type"] != "workflow_started":
+        raise RuntimeError(f"run_workflow refused: {reply}")
+    counting.last_change = time.monotonic()
+    return str(reply["execution_id"])
+
+
+def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: Ingest, db: MonitorDb, stfs: int,
+            rate: float, slices_per_sample: int, stall: float) -> RunFigures:
     ns = agents.namespace
     before = dict(counting.beats.get("fastmon", {}))
     request = RunWorkflow(namespace=ns, sender="bench", workflow_name="stf_datataking",
                           config="fast_processing_default", time_scale=0,
                           params={"stf_count": stfs, "stf_sampling_rate": rate, "slices_per_sample": slices_per_sample})
+    after_id = db.max_id()  # the monitor's rows of this execution all come after it
     with counting.lock:
         counting.reset(request.msg_id)
     start = time.time()
     client.send(control_queue(ns), request)
     with counting.lock:
-        deadline = time.monotonic() + 60
-        while not any(r.get("in_reply_to") == request.msg_id for r in counting.replies):
-            if time.monotonic() > deadline:
-                raise RuntimeError("no reply to run_workflow")
-            counting.changed.wait(0.5)
-        reply = next(r for r in counting.replies if r.get("in_reply_to") == request.msg_id)
-        if reply["msg_type"] != "workflow_started":
-            raise RuntimeError(f"run_workflow refused: {reply}")
-        eid = reply["execution_id"]
-        counting.last_change = time.monotonic()
+        eid = _wait_started(counting, request.msg_id)
+    watch = MonitorWatch(db, eid, after_id)
+    watch.start()
 
     def expected() -> dict[str, int]:
         fastmon = counting.beats.get("fastmon", {})
@@ -377,6 +551,7 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, stfs: int,
     def unique(kind: str) -> int:
         return len(counting.seen[kind]) if kind != "slice" else len({k[0] for k in counting.seen["slice"]})
 
+    # 1. the chain, on the broker
     with counting.lock:
         while True:
             exp = expected()
@@ -386,25 +561,72 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, stfs: int,
             if done and completed:
                 break
             if time.monotonic() - counting.last_change > stall:
-                print(f"  stalled: nothing new for {stall:g} s", file=sys.stderr)
+                print(f"  stalled on the broker: nothing new for {stall:g} s", file=sys.stderr)
                 break
             counting.changed.wait(0.2)
-        end = counting.last_seen
+        chain_end = counting.last_seen
         exp = expected()
         if exp["tf_file_registered"] < 0:
             exp["tf_file_registered"] = unique("tf_file_registered")
         seen = {k: unique(k) for k in counting.KINDS}
-        lost = sum(max(0, exp[k] - seen[k]) for k in counting.KINDS)
+        chain_lost = sum(max(0, exp[k] - seen[k]) for k in counting.KINDS)
         dup = sum(n - 1 for k in counting.KINDS for n in counting.seen[k].values() if n > 1)
         msgs = counting.total
-        chain_end = counting.last_new.get("processing_complete", end)
+        stream_end = counting.last_new.get("processing_complete", chain_end)
+        broker_ids = {counting.MSG_TYPE.get(k, k): set(counting.ids.get(counting.MSG_TYPE.get(k, k), ()))
+                      for k in counting.KINDS}
         final = next((r for r in counting.replies if r.get("execution_id") == eid
                       and r["msg_type"] != "workflow_started"), {})
+    target = {counting.MSG_TYPE.get(k, k): max(exp[k], len(broker_ids[counting.MSG_TYPE.get(k, k)]))
+              for k in counting.KINDS}
+
+    # 2. the monitor, in its database
+    last_counts = watch.latest()[1]
+    progress = time.monotonic()
+    while watch.first_complete(target) is None:
+        ingest.check_alive()
+        counts = watch.latest()[1]
+        if counts != last_counts:
+            last_counts, progress = counts, time.monotonic()
+        elif time.monotonic() - progress > stall:
+            print(f"  stalled in the monitor: nothing new for {stall:g} s", file=sys.stderr)
+            break
+        time.sleep(0.05)
+    watch.stop()
+    end = watch.first_complete(target) or time.time()
+    held_ids = db.msg_ids(eid)
+    held = {t: len(held_ids.get(t, ())) for t in target}
+    lost = sum(max(target[t] - held[t], len(broker_ids[t] - held_ids.get(t, set()))) for t in target)
+    dup += db.duplicate_rows(eid)
+
     seconds = max(end - start, 1e-9)
+    chain_seconds = max(chain_end - start, 1e-9)
     return RunFigures(rate=rate, stfs=stfs, seconds=seconds, stf_per_s=stfs / seconds, msgs=msgs,
-                      msgs_per_s=msgs / seconds, expected=exp, seen=seen, lost=lost, duplicated=dup,
-                      stf_chain_per_s=stfs / max(chain_end - start, 1e-9),
+                      msgs_per_s=msgs / seconds, expected=exp, seen=seen, monitor_expected=target,
+                      monitor_held=held, lost=lost, duplicated=dup, chain_lost=chain_lost,
+                      chain_seconds=chain_seconds, chain_stf_per_s=stfs / chain_seconds,
+                      chain_msgs_per_s=msgs / chain_seconds,
+                      stf_stream_per_s=stfs / max(stream_end - start, 1e-9), ingest_lag_s=max(0.0, end - chain_end),
                       status=final.get("status", final.get("msg_type", "no reply")))
+
+
+def _wait_ready(counting: Counting, names: set[str], ingest: Ingest, db: MonitorDb, namespace: str) -> None:
+    """Every agent READY on the broker, and the ingest recording (it holds their heartbeats)."""
+    deadline = time.monotonic() + 120
+    with counting.lock:
+        while {n for n, s in counting.states.items() if s == "READY"} < names:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agents not READY: {counting.states}")
+            counting.changed.wait(0.5)
+    while db.count_heartbeats(namespace) == 0:
+        ingest.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the ingest records nothing:\n{ingest.log.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,10 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices-per-sample", type=int, default=15)
     parser.add_argument("--pace-window", type=int, default=100, help="STFs in flight the runner allows")
     parser.add_argument("--raw-messages", type=int, default=None, help="raw baseline messages (default 5000)")
-    parser.add_argument("--stall", type=float, default=30.0, help="seconds without progress that end a run")
+    parser.add_argument("--stall", type=float, default=30.0, help="seconds without progress that end a wait")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR", help="cProfile every agent into DIR")
-    parser.add_argument("--tcp-nodelay", action="store_true",
-                        help="experiment: agents' sockets with TCP_NODELAY (the client does not set it)")
     args = parser.parse_args(argv)
     stfs = args.stfs or (100 if args.quick else 1000)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -429,11 +649,12 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         args.profile = args.profile.resolve()
 
-    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     log(f"starting the {args.broker} broker …")
     broker = start_embedded() if args.broker == "embedded" else start_activemq()
     ns = f"bench{uuid.uuid4().hex[:6]}"
-    agents = Agents(broker, ns, args.workers, args.pace_window, args.profile, args.tcp_nodelay)
+    agents = Agents(broker, ns, args.workers, args.pace_window, args.profile)
+    ingest = Ingest(broker, Path(tempfile.mkdtemp(prefix="swf-bench-pipeline-home-")))
+    db = MonitorDb(ingest.database)
     runs: list[RunFigures] = []
     conn: stomp.Connection | None = None
     client: BrokerClient | None = None
@@ -453,60 +674,63 @@ def main(argv: list[str] | None = None) -> int:
             while counting.subscribed < len(dests):
                 counting.changed.wait(1)
 
-        log(f"starting {len(agents.specs())} agent processes in namespace {ns} (logs in {agents.logs}) …")
+        log(f"starting the monitor ingest (SWF_HOME {ingest.home}) and {len(agents.specs())} agent processes "
+            f"in namespace {ns} (logs in {agents.logs}) …")
+        ingest.start()
         agents.start()
-        names = set(agents.specs())
-        deadline = time.monotonic() + 120
-        with counting.lock:
-            while {n for n, s in counting.states.items() if s == "READY"} < names:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"agents not READY: {counting.states}")
-                counting.changed.wait(0.5)
+        _wait_ready(counting, set(agents.specs()), ingest, db, ns)
         client = BrokerClient(broker.settings(), client_name="bench-control").start()
 
         for rate in rates:
             log(f"run: {stfs} STFs at time scale 0, sampling rate {rate:g} …")
-            fig = one_run(agents, counting, client, stfs, rate, args.slices_per_sample, args.stall)
+            fig = one_run(agents, counting, client, ingest, db, stfs, rate, args.slices_per_sample, args.stall)
             fig.broker_msgs_per_s = raw["msgs_per_s"]
             fig.ratio = fig.msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
+            fig.chain_ratio = fig.chain_msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
             runs.append(fig)
-            log(f"  {fig.stf_per_s:.1f} STF/s end to end ({fig.stf_chain_per_s:.1f} STF/s through data and "
-                f"processing), {fig.msgs_per_s:.0f} msg/s "
-                f"({fig.msgs} messages in {fig.seconds:.2f} s), "
-                f"lost {fig.lost}, duplicated {fig.duplicated}, ratio to raw broker {fig.ratio:.3f}, {fig.status}")
+            log(f"  end to end (monitor complete): {fig.stf_per_s:.1f} STF/s, {fig.msgs_per_s:.0f} msg/s "
+                f"({fig.msgs} messages in {fig.seconds:.2f} s), ratio to raw broker {fig.ratio:.3f}, "
+                f"lost {fig.lost}, duplicated {fig.duplicated}, {fig.status}")
+            log(f"  chain alone (broker): {fig.chain_stf_per_s:.1f} STF/s, {fig.chain_msgs_per_s:.0f} msg/s "
+                f"in {fig.chain_seconds:.2f} s ({fig.stf_stream_per_s:.1f} STF/s through data and processing), "
+                f"lost {fig.chain_lost}; ingest lag {fig.ingest_lag_s:.2f} s")
             log(f"    expected {fig.expected}")
             log(f"    seen     {fig.seen}")
+            log(f"    monitor  {fig.monitor_held} of {fig.monitor_expected}")
             time.sleep(1.5)  # let heartbeats settle (READY) before the next run
     finally:
         if client is not None:
             client.close()
         agents.stop()
+        ingest.stop()
+        db.close()
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.disconnect()
-            except Exception:  # noqa: BLE001
-                pass
         broker.stop()
 
     print()
-    print(f"{'sampling rate':>14} {'STFs':>6} {'STF/s':>9} {'msg/s':>9} {'lost':>5} {'dup':>5} "
-          f"{'raw msg/s':>10} {'ratio':>6}")
+    print(f"{'sampling rate':>14} {'STFs':>6} {'STF/s':>9} {'msg/s':>9} {'chain STF/s':>12} {'chain msg/s':>12} "
+          f"{'lag s':>6} {'lost':>5} {'dup':>5} {'raw msg/s':>10} {'ratio':>6}")
     for fig in runs:
-        print(f"{fig.rate:>14g} {fig.stfs:>6} {fig.stf_per_s:>9.1f} {fig.msgs_per_s:>9.0f} {fig.lost:>5} "
+        print(f"{fig.rate:>14g} {fig.stfs:>6} {fig.stf_per_s:>9.1f} {fig.msgs_per_s:>9.0f} "
+              f"{fig.chain_stf_per_s:>12.1f} {fig.chain_msgs_per_s:>12.0f} {fig.ingest_lag_s:>6.2f} {fig.lost:>5} "
               f"{fig.duplicated:>5} {fig.broker_msgs_per_s:>10.0f} {fig.ratio:>6.3f}")
     headline = next((f for f in runs if f.rate == 0.05), runs[0])
     print(f"target at sampling rate 0.05: {TARGET_STF_PER_S:.0f} STF/s (100x ePIC real time); "
-          f"measured {headline.stf_per_s:.1f} STF/s")
+          f"measured {headline.stf_per_s:.1f} STF/s end to end")
     lost = sum(f.lost for f in runs)
     dup = sum(f.duplicated for f in runs)
     figures = {
-        "broker": args.broker, "stfs": headline.stfs, "sampling_rate": headline.rate,
+        "broker": args.broker, "database": "sqlite", "stfs": headline.stfs, "sampling_rate": headline.rate,
         "stf_per_s": round(headline.stf_per_s, 1), "msgs_per_s": round(headline.msgs_per_s, 1),
-        "stf_chain_per_s": round(headline.stf_chain_per_s, 1),
+        "chain_stf_per_s": round(headline.chain_stf_per_s, 1), "chain_msgs_per_s": round(headline.chain_msgs_per_s, 1),
+        "ingest_lag_s": round(headline.ingest_lag_s, 3),
         "lost": lost, "duplicated": dup, "broker_msgs_per_s": round(headline.broker_msgs_per_s, 1),
-        "ratio": round(headline.ratio, 4), "target_stf_per_s": TARGET_STF_PER_S,
+        "ratio": round(headline.ratio, 4), "chain_ratio": round(headline.chain_ratio, 4),
+        "target_stf_per_s": TARGET_STF_PER_S,
         "meets_target": headline.stf_per_s >= TARGET_STF_PER_S and headline.lost == 0,
-        "workers": args.workers, "pace_window": args.pace_window, "tcp_nodelay": args.tcp_nodelay,
+        "workers": args.workers, "pace_window": args.pace_window,
         "runs": {f"{f.rate:g}": f.as_dict() for f in runs},
     }
     sys.stdout.flush()
