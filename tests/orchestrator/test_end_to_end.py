@@ -7,6 +7,8 @@ the addresses change.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ STFS = 4
 SLICES_PER_SAMPLE = 15
 
 
-def full_chain_toml(namespace: str, monitor_port: int, database_url: str) -> str:
+def full_chain_toml(namespace: str, monitor_port: int, database_url: str, *, workflow: str = "time_scale = 0",
+                    parameters: str = "") -> str:
     agents = "".join(
         f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\nheartbeat_interval = 1\n{extra}\n'
         for name, module, extra in (
@@ -38,8 +41,9 @@ def full_chain_toml(namespace: str, monitor_port: int, database_url: str) -> str
     )
     return (
         f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 120\n\n'
-        '[workflow]\nname = "stf_datataking"\nconfig = "fast_processing_default"\ntime_scale = 0\n\n'
-        f"[parameters]\nstf_count = {STFS}\nstf_sampling_rate = 1.0\nslices_per_sample = {SLICES_PER_SAMPLE}\n\n"
+        f'[workflow]\nname = "stf_datataking"\nconfig = "fast_processing_default"\n{workflow}\n\n'
+        f"[parameters]\nstf_sampling_rate = 1.0\nslices_per_sample = {SLICES_PER_SAMPLE}\n"
+        f"{parameters or f'stf_count = {STFS}'}\n\n"
         f"{agents}"
         '[broker]\nmode = "external"\n\n'
         f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n\n'
@@ -117,3 +121,77 @@ def test_fast_processing_run_is_recorded_completely_and_once(
         execution = api.get(f"/workflow-executions/{execution_id}/").json()
         assert execution["status"] == "completed"
         assert execution["namespace"] == namespace
+
+
+def _start_run(bed: Bed, port: int) -> tuple[Any, str]:
+    """``swf-testbed run`` in the background; returns it and the execution id once announced."""
+    run = bed.popen("run")
+    seen = ""
+    assert run.stdout is not None
+    while "execution " not in seen or ": http" not in seen:
+        line = run.stdout.readline()
+        assert line, f"run ended early: {seen}"
+        seen += line
+    execution_id = seen.split("execution ")[1].split(":")[0]
+    return run, execution_id
+
+
+def test_ctrl_c_mid_run_terminates_the_execution_and_the_monitor_shows_it(
+    make_bed: Any, embedded_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    bed: Bed = make_bed(broker=embedded_broker)
+    port = free_port()
+    # real time, a run that would take minutes: it is stopped long before its end
+    bed.write(full_chain_toml(f"stop{port}", port, f"sqlite:///{tmp_path / 'm.sqlite3'}",
+                              workflow="time_scale = 5", parameters="stf_count = 500"))
+    run, execution_id = _start_run(bed, port)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10) as api:
+        wait_until(lambda: count(api, "/stf-files/", execution_id=execution_id) >= 2 or "waiting", "STFs recorded")
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=120)
+        assert run.returncode == 130, out
+        assert f"workflow stopped: execution {execution_id} terminated" in out
+
+        def closed() -> bool | str:
+            execution = api.get(f"/workflow-executions/{execution_id}/").json()
+            end_runs = count(api, "/workflow-messages/", execution_id=execution_id, msg_type="end_run",
+                             sender="runner")
+            return (execution["status"] == "terminated" and end_runs == 1) or f"{execution['status']} {end_runs}"
+
+        wait_until(closed, "the terminated execution and its end_run in the monitor")
+        end_run = api.get("/workflow-messages/", params={"execution_id": execution_id, "msg_type": "end_run",
+                                                         "sender": "runner"}).json()[0]
+        stfs = count(api, "/stf-files/", execution_id=execution_id)
+        assert end_run["body"]["total_stf_files"] == stfs < 500  # the true count, and the run was cut short
+
+
+def test_worker_killed_mid_slice_its_slice_is_done_by_another_and_recorded_once(
+    make_bed: Any, embedded_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    bed: Bed = make_bed(broker=embedded_broker)
+    port = free_port()
+    # slices take 30 s simulated = 3 s at x10: a worker is surely killed holding one
+    bed.write(full_chain_toml(f"kill{port}", port, f"sqlite:///{tmp_path / 'm.sqlite3'}",
+                              workflow="time_scale = 10", parameters="stf_count = 2"))
+    run, execution_id = _start_run(bed, port)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10) as api:
+        wait_until(lambda: count(api, "/workflow-messages/", execution_id=execution_id, msg_type="slice") >= 1
+                   or "no slice yet", "the first slices")
+        time.sleep(1.0)  # the workers have taken their first slice each
+        victim = bed.status()["programs"]
+        worker = next(p for p in victim if p["process"] == "worker_00")
+        os.kill(worker["pid"], signal.SIGKILL)
+        out, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, out
+        total = 2 * SLICES_PER_SAMPLE
+        assert f"{total} of {total} slices done" in out
+
+        def all_done() -> bool | int:
+            results = count(api, "/workflow-messages/", execution_id=execution_id, msg_type="slice_result")
+            return results == total or results
+
+        wait_until(all_done, "every slice result in the monitor")
+        runs = api.get("/runs/", params={"execution_id": execution_id}).json()
+        run_number = runs[0]["run_number"]
+        assert count(api, "/tf-slices/", run_number=run_number, status="completed") == total
+        assert count(api, "/tf-slices/", run_number=run_number) == total  # none twice
