@@ -180,6 +180,8 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
     stf_times = [gen or created for gen, created in stf_times]
     slice_times = list(m.TFSlice.objects.filter(run_number__in=run_numbers, completed_at__isnull=False)
                        .values_list("completed_at", flat=True))
+    # the agents finish the run's work after the execution ends: the plots cover that too
+    end = max([end, *stf_times, *slice_times])
     events = m.SystemStateEvent.objects.filter(run_number__in=run_numbers).order_by("timestamp")
     by_run: dict[int, list[tuple[Any, str, str]]] = {}
     for event in events:
