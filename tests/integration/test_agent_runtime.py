@@ -17,7 +17,7 @@ from swf_testbed.mq import BrokerClient, Queue, Topic
 from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC
 from swf_testbed.testing.brokers import BrokerProcess, start_activemq, start_embedded
 from tests.support.agents import EchoAgent, stf_ready
-from tests.support.collect import Collector
+from tests.support.collect import Collector, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +56,9 @@ def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(any_
         assert done == [f"good{i}.stf" for i in range(5)]
         assert agent.seen.count("bad.stf") == 3
         assert agent.client.connected
-        assert agent.counters["dead_lettered"] == 1
-        assert agent.counters["handled"] == 5
+        # the agent counts just after it sends: wait for the counters rather than race them
+        eventually(lambda: agent.counters["dead_lettered"] == 1 and agent.counters["handled"] == 5,
+                   what="the agent's counters")
         # still serving after all that
         sender.send(Topic(topic), stf_ready(ns, "after.stf"))
         watch.wait_for(lambda ms: any(getattr(m, "filename", "") == "after.stf" for m in ms), what="after.stf")
@@ -85,7 +86,7 @@ def test_invalid_bodies_are_reported_and_agent_keeps_running(any_broker: BrokerP
         letters = [m for m in watch.of_type("dead_letter") if m.original_destination.endswith(topic)]  # type: ignore[attr-defined]
         errors = sorted(m.error.split(":")[0] for m in letters)  # type: ignore[attr-defined]
         assert errors == ["invalid_fields", "invalid_json", "unknown_msg_type"]
-        assert agent.counters["invalid"] == 3
+        eventually(lambda: agent.counters["invalid"] == 3, what="3 invalid counted")
         assert agent.client.connected
         sender.close()
     finally:
@@ -105,7 +106,7 @@ def test_other_namespaces_are_ignored(any_broker: BrokerProcess) -> None:
         watch.wait_for(lambda ms: len(ms) >= 1, what="a reply")
         time.sleep(0.3)
         assert [m.filename for m in watch.messages] == ["ours.stf"]  # type: ignore[attr-defined]
-        assert agent.counters["other_namespace"] == 1
+        eventually(lambda: agent.counters["other_namespace"] == 1, what="1 other-namespace message counted")
         sender.close()
     finally:
         agent.shutdown()

@@ -49,3 +49,12 @@ class Collector:
 
     def close(self) -> None:
         self.client.close()
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``predicate()`` holds (e.g. a counter updated just after the message we saw was sent)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
