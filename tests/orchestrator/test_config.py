@@ -202,3 +202,15 @@ def test_socket_path_stays_short(tmp_path: Path) -> None:
     deep = runtime_paths(tmp_path / ("d" * 90), "ns")
     assert len(str(deep.socket)) <= 100 and deep.socket.parent.name.startswith("swf-")
     assert runtime_paths(tmp_path / ("d" * 90), "other").socket != deep.socket
+
+
+def test_agent_module_found_on_its_own_pythonpath(tmp_path: Path) -> None:
+    """A module outside the testbed's environment is fine when the agent's env PYTHONPATH has it."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my_private_agent.py").write_text("X = 1\n")
+    agent = '[agents.mine]\nmodule = "my_private_agent:Agent"\n'
+    (tmp_path / "testbed.toml").write_text(MINIMAL + agent + 'env = { PYTHONPATH = "mine" }\n')
+    assert "mine" in load(tmp_path / "testbed.toml").config.agents
+    (tmp_path / "testbed.toml").write_text(MINIMAL + agent)
+    with pytest.raises(ConfigError, match="agents.mine.module: cannot find module 'my_private_agent'"):
+        load(tmp_path / "testbed.toml")

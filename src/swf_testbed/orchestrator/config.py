@@ -14,7 +14,9 @@ file; the environment wins (``ACTIVEMQ_HOST``/``ACTIVEMQ_PORT``,
 from __future__ import annotations
 
 import difflib
+import importlib.machinery
 import importlib.util
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -172,12 +174,13 @@ def load(path: str | Path, *, check_modules: bool = True) -> LoadedConfig:
         raise ConfigError(source, [f"no such file (create one with `swf-testbed init {source}`)"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [f"cannot read: {exc}"]) from None
-    config = parse(text, source, check_modules=check_modules)
+    config = parse(text, source, check_modules=check_modules, base_dir=path.resolve().parent)
     return LoadedConfig(config, path.resolve(), source)
 
 
-def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True) -> TestbedConfig:
-    """Validate the text of a testbed.toml."""
+def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True,
+          base_dir: Path | None = None) -> TestbedConfig:
+    """Validate the text of a testbed.toml (``base_dir``: where its agents start, for relative paths)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -186,7 +189,7 @@ def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True) 
         config = TestbedConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, _describe(exc, data)) from None
-    problems = _check_agents(config, check_modules=check_modules)
+    problems = _check_agents(config, check_modules=check_modules, base_dir=base_dir or Path.cwd())
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -284,7 +287,18 @@ def _show(value: Any) -> str:
 _COMMENT = re.compile(r"\s[;#]")
 
 
-def _check_agents(config: TestbedConfig, *, check_modules: bool) -> list[str]:
+def _module_findable(module_name: str, extra_paths: list[str]) -> bool:
+    """Importable here, or from the agent's own PYTHONPATH (which only its process will have)."""
+    try:
+        if importlib.util.find_spec(module_name) is not None:
+            return True
+    except (ImportError, ValueError):
+        pass
+    top = module_name.split(".")[0]
+    return bool(extra_paths) and importlib.machinery.PathFinder.find_spec(top, extra_paths) is not None
+
+
+def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path) -> list[str]:
     """What the schema cannot say: agent names, module availability, what supervisord can carry."""
     problems: list[str] = []
     for name, agent in config.agents.items():
@@ -307,11 +321,9 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool) -> list[str]:
                                 f"config; put the command in a script file")
         if check_modules and agent.enabled and agent.module:
             module_name = agent.module.partition(":")[0]
-            try:
-                found = importlib.util.find_spec(module_name) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
+            agent_paths = [str(base_dir / entry) for entry in agent.env.get("PYTHONPATH", "").split(os.pathsep)
+                           if entry]
+            if not _module_findable(module_name, agent_paths):
                 problems.append(f"{key}.module: cannot find module {module_name!r} (is it installed, "
                                 f"or on PYTHONPATH in agents.{name}.env?)")
     return problems
