@@ -16,6 +16,26 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class Profile(StrEnum):
+    """``SWF_PROFILE``: ``dev`` (the default, embedded and forgiving) or ``production``.
+
+    In production every program refuses unsafe broker credentials, and the
+    monitor also refuses DEBUG, a missing or short secret key and open hosts
+    (see :meth:`Settings.production_problems`).
+    """
+
+    DEV = "dev"
+    PRODUCTION = "production"
+
+
+class ProductionConfigError(ValueError):
+    """The production profile is on and the configuration is unsafe; ``problems`` names each issue."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("SWF_PROFILE=production refuses this configuration:\n  - " + "\n  - ".join(problems))
+
+
 class DestinationStyle(StrEnum):
     """How destinations are spelled for the broker.
 
@@ -92,12 +112,61 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWF_", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
+    profile: Profile = Field(Profile.DEV, description="dev (default) or production (refuses unsafe settings)")
     database_url: str = Field("", validation_alias="DATABASE_URL")
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
 
+    def production_problems(self, *, monitor: bool = False) -> list[str]:
+        """What the production profile refuses here (empty in the dev profile or when all is well).
+
+        Every program: broker user or password empty, or admin/admin.
+        ``monitor=True`` adds the monitor service's own: DEBUG on, no
+        SWF_SECRET_KEY or one shorter than 32 characters, ALLOWED_HOSTS empty or ``*``.
+        Messages never contain a secret's value.
+        """
+        if self.profile != Profile.PRODUCTION:
+            return []
+        problems: list[str] = []
+        broker = self.broker
+        if not broker.user or not broker.password:
+            problems.append("ACTIVEMQ_USER and ACTIVEMQ_PASSWORD must both be set (empty broker credentials)")
+        elif broker.user == "admin" and broker.password == "admin":
+            problems.append("broker credentials admin/admin are the well-known default; set ACTIVEMQ_USER/PASSWORD")
+        if monitor:
+            mon = self.monitor
+            if mon.debug:
+                problems.append("SWF_DEBUG is on; DEBUG must be off in production")
+            if not mon.secret_key:
+                problems.append("SWF_SECRET_KEY is not set (a key generated into SWF_HOME is for dev only)")
+            elif len(mon.secret_key) < MIN_SECRET_KEY_LENGTH:
+                problems.append(f"SWF_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters")
+            hosts = [h.strip() for h in mon.allowed_hosts.split(",") if h.strip()]
+            if not hosts:
+                problems.append("SWF_ALLOWED_HOSTS is empty; name the host names the monitor serves")
+            elif "*" in hosts:
+                problems.append("SWF_ALLOWED_HOSTS contains '*'; name the host names the monitor serves")
+        return problems
+
+    def check_production(self, *, monitor: bool = False) -> None:
+        """Raise :class:`ProductionConfigError` naming every problem of :meth:`production_problems`."""
+        problems = self.production_problems(monitor=monitor)
+        if problems:
+            raise ProductionConfigError(problems)
+
+
+MIN_SECRET_KEY_LENGTH = 32
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment.
+
+    This is the single place the production checks common to every program run
+    (every program reads its settings here): with ``SWF_PROFILE=production``
+    unsafe broker credentials raise :class:`ProductionConfigError`.
+    """
+    settings = Settings()
+    settings.check_production()
+    return settings

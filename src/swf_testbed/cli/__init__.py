@@ -38,7 +38,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    # stomp.py logs every frame at INFO; that is noise for users.
+    # stomp.py logs every frame at INFO/DEBUG; that is noise for users, and its DEBUG "sending frame"
+    # line shows the CONNECT frame with the broker passcode in clear (its masking misses that form).
+    # So it stays at WARNING even with -v: never lower it.
     logging.getLogger("stomp.py").setLevel(logging.WARNING)
 
 

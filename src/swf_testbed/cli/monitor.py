@@ -110,6 +110,26 @@ def token(
     call_command("token", username, *(["--regenerate"] if regenerate else []))
 
 
+@monitor_app.command()
+def prune(
+    older_than: Annotated[float, typer.Option(help="Delete messages and logs received more than DAYS ago (> 0).",
+                                              metavar="DAYS")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Rows per transaction.", min=1)] = 5000,
+) -> None:
+    """Retention: delete old messages and logs in batches, keeping the facet counts right."""
+    if not older_than > 0:
+        _echo_err(f"--older-than must be more than 0 days (got {older_than})")
+        raise typer.Exit(2)
+    _django()
+    from django.core.management import call_command
+
+    args: list[str] = ["--older-than", str(older_than), "--batch-size", str(batch_size)]
+    if dry_run:
+        args.append("--dry-run")
+    call_command("prune_messages", *args)
+
+
 @monitor_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def manage(ctx: typer.Context) -> None:
     """Django's manage.py for the monitor, e.g. ``swf-testbed monitor manage createsuperuser``."""

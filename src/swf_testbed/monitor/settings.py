@@ -7,6 +7,9 @@ Environment (documented defaults in ``docs/monitor.md``):
 * ``SWF_SECRET_KEY`` — empty = a random key generated once into ``$SWF_HOME``.
 * ``SWF_DEBUG``, ``SWF_ALLOWED_HOSTS``, ``SWF_CSRF_TRUSTED_ORIGINS``,
   ``SWF_API_OPEN_READS``, ``SWF_SQLITE_BUSY_TIMEOUT_S``.
+* ``SWF_PROFILE=production`` — refuse to start (``ImproperlyConfigured``) on
+  DEBUG, a missing or short ``SWF_SECRET_KEY``, empty or ``*`` hosts, unsafe
+  broker credentials.
 """
 
 from __future__ import annotations
@@ -17,10 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
-from swf_testbed.settings import get_settings
+from swf_testbed.settings import ProductionConfigError, Settings, get_settings
 
-_swf = get_settings()
+
+def _checked_settings() -> Settings:
+    """The settings, refused (naming every problem at once) when the production profile finds them unsafe."""
+    try:
+        settings = get_settings()
+    except ProductionConfigError:
+        settings = Settings()  # unchecked, only to list the monitor's problems along with the broker's
+    try:
+        settings.check_production(monitor=True)
+    except ProductionConfigError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+    return settings
+
+
+_swf = _checked_settings()
 _mon = _swf.monitor
 
 BASE_DIR = Path(__file__).resolve().parent
