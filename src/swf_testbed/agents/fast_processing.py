@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from swf_testbed.agents.processing import RunBook, RunInfo
+from swf_testbed.agents.runs import RunBook, RunInfo
 from swf_testbed.agents.runtime import Agent, Listen, handles
 from swf_testbed.messages import (
     EndRun,

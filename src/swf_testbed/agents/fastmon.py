@@ -19,10 +19,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from swf_testbed.agents.processing import RunBook, RunInfo
-from swf_testbed.agents.runtime import Agent, Listen, handles
-from swf_testbed.messages import EndRun, Message, RunImminent, StfReady, TfFileRegistered
-from swf_testbed.mq.destinations import RUN_TOPIC, data_topic
+from swf_testbed.agents.runs import RunFollowingAgent, RunInfo
+from swf_testbed.agents.runtime import handles
+from swf_testbed.messages import Message, StfReady, TfFileRegistered
+from swf_testbed.mq.destinations import data_topic
 
 
 def tf_filename(stf_filename: str, tf_first: int, tf_last: int) -> str:
@@ -31,7 +31,7 @@ def tf_filename(stf_filename: str, tf_first: int, tf_last: int) -> str:
     return f"{stem}.tf{tf_first:05d}-{tf_last:05d}.tf"
 
 
-class FastMonAgent(Agent):
+class FastMonAgent(RunFollowingAgent):
     agent_type = "fastmon"
 
     def __init__(self, name: str, namespace: str, *, stf_sampling_rate: float | None = None,
@@ -44,23 +44,6 @@ class FastMonAgent(Agent):
         self.stf_sampling_rate = stf_sampling_rate
         self.tf_sample_fraction = tf_sample_fraction
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**63)
-        self.runs = RunBook()
-
-    def listens_on(self) -> list[Listen]:
-        return [Listen(RUN_TOPIC), Listen(data_topic(self.namespace), ordered=False)]
-
-    def is_busy(self) -> bool:
-        return self.runs.any_open()
-
-    @handles("run_imminent")
-    def on_run_imminent(self, msg: Message) -> None:
-        assert isinstance(msg, RunImminent)
-        self.runs.open(msg)
-
-    @handles("end_run")
-    def on_end_run(self, msg: Message) -> None:
-        assert isinstance(msg, EndRun)
-        self.runs.close(msg)
 
     # ------------------------------------------------------------------ sampling
 
