@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +18,8 @@ import pytest
 import stomp
 
 from swf_testbed.broker.frames import SERVER_COMMANDS, Frame, FrameParser, encode_frame
+from swf_testbed.testing.brokers import free_port, wait_for_port
+from tests.support.stomp_recorder import FrameRecorder
 
 HOST = "127.0.0.1"
 WAIT_S = 10.0  # failure guard for things that normally take milliseconds
@@ -28,12 +29,6 @@ WAIT_S = 10.0  # failure guard for things that normally take milliseconds
 MAX_FRAME = 1024 * 1024
 MAX_PENDING = 4 * 1024 * 1024
 SLOW_TIMEOUT_S = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -83,20 +78,11 @@ def _launch(log_dir: Path, port: int, command: list[str]) -> BrokerProc:
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, *command], stdout=out, stderr=subprocess.STDOUT)
     broker = BrokerProc(proc, port, log)
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {proc.returncode}:\n{broker.log_text()}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                broker.stop()
-                raise RuntimeError(
-                    f"broker not listening after 20 s:\n{broker.log_text()}"
-                ) from None
-            time.sleep(0.05)
+    try:
+        wait_for_port(HOST, port, 20, proc)
+    except (RuntimeError, TimeoutError) as exc:
+        broker.stop()
+        raise RuntimeError(f"{exc}:\n{broker.log_text()}") from None
     return broker
 
 
@@ -289,37 +275,10 @@ def raw(broker: BrokerProc) -> Iterator[Callable[..., Raw]]:
 # --------------------------------------------------------------------------- stomp.py
 
 
-class Collector(stomp.ConnectionListener):
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.messages: list[Any] = []
-        self.receipts: set[str] = set()
-        self.errors: list[Any] = []
-
-    def on_message(self, frame: Any) -> None:
-        with self.cond:
-            self.messages.append(frame)
-            self.cond.notify_all()
-
-    def on_receipt(self, frame: Any) -> None:
-        with self.cond:
-            self.receipts.add(frame.headers.get("receipt-id", ""))
-            self.cond.notify_all()
-
-    def on_error(self, frame: Any) -> None:
-        with self.cond:
-            self.errors.append(frame)
-            self.cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-        with self.cond:
-            return self.cond.wait_for(predicate, timeout)
-
-
 def stomp_round_trip(port: int) -> None:
     """A normal stomp.py client can subscribe, publish and receive: the broker still serves."""
     conn = stomp.Connection([(HOST, port)], heartbeats=(0, 0), auto_decode=False)
-    listener = Collector()
+    listener = FrameRecorder()
     conn.set_listener("c", listener)
     conn.connect(wait=True)
     try:

@@ -27,11 +27,11 @@ from tests.broker.conftest import (
     MAX_FRAME,
     WAIT_S,
     BrokerProc,
-    Collector,
     Raw,
     stomp_round_trip,
     unique,
 )
+from tests.support.stomp_recorder import FrameRecorder
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -789,7 +789,7 @@ def test_broker_api_in_process() -> None:
 
 def test_sigterm_exits_zero_promptly(new_broker: Callable[..., BrokerProc]) -> None:
     b = new_broker()
-    listener = Collector()
+    listener = FrameRecorder()
     conn = stomp.Connection([(HOST, b.port)], auto_decode=False)
     conn.set_listener("c", listener)
     conn.connect(wait=True)
