@@ -41,6 +41,7 @@ import stomp
 from swf_testbed import messages as msgs
 from swf_testbed.mq.destinations import data_topic
 from swf_testbed.testing.brokers import BrokerProcess, start_activemq, start_embedded
+from swf_testbed.testing.databases import create_postgres_database
 
 NAMESPACE = "bench"
 STALL_S = 30.0
@@ -130,20 +131,8 @@ def baseline(broker: BrokerProcess, n: int, prefetch: int) -> float:
 def make_database(url: str | None, workdir: Path) -> tuple[str, Any]:
     """A fresh database URL, and a function that removes it."""
     if not url:
-        path = workdir / "bench.sqlite3"
-        return f"sqlite:///{path}", lambda: None
-    import psycopg
-
-    name = f"swf_bench_{os.getpid()}"
-    admin = psycopg.connect(url, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = url.rpartition("/")
-
-    def drop() -> None:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-    return f"{base}/{name}", drop
+        return f"sqlite:///{workdir / 'bench.sqlite3'}", lambda: None
+    return create_postgres_database(url, prefix="swf_bench")
 
 
 class Counter:

@@ -31,6 +31,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from swf_testbed.testing.databases import create_postgres_database
+
 EXECUTIONS = 100
 TYPES = [("stf_gen", 30), ("slice", 25), ("slice_result", 25), ("heartbeat", 12), ("tf_file_registered", 5),
          ("start_run", 1), ("end_run", 1), ("workflow_started", 1)]
@@ -40,23 +42,18 @@ SENDERS = {"stf_gen": ["daq"], "slice": ["fastproc"], "slice_result": [f"worker-
 
 
 def make_database(url: str | None, workdir: Path) -> tuple[str, Any]:
+    """A fresh database URL, and a function that removes it (closing Django's connections first)."""
     if not url:
         return f"sqlite:///{workdir / 'scale.sqlite3'}", lambda: None
-    import psycopg
-
-    name = f"swf_scale_{os.getpid()}"
-    admin = psycopg.connect(url, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = url.rpartition("/")
+    db_url, drop_database = create_postgres_database(url, prefix="swf_scale")
 
     def drop() -> None:
         from django.db import connections
 
         connections.close_all()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        drop_database()
 
-    return f"{base}/{name}", drop
+    return db_url, drop
 
 
 def seed(n: int) -> float:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from swf_testbed.testing.brokers import BrokerProcess, activemq_available, start_activemq, start_embedded
+from swf_testbed.testing.databases import create_postgres_database
 
 BROKER_KINDS = ["embedded", "activemq"]
 
@@ -66,15 +67,6 @@ def postgres_url() -> str:
 @pytest.fixture
 def fresh_postgres_database(postgres_url: str) -> Iterator[str]:
     """A new, empty database on that server for one test; dropped afterwards."""
-    import uuid
-
-    import psycopg
-    from psycopg import sql
-
-    name = f"swf_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base, _, _ = postgres_url.rpartition("/")
-    yield f"{base}/{name}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    url, drop = create_postgres_database(postgres_url)
+    yield url
+    drop()
