@@ -14,6 +14,8 @@ from swf_testbed import __version__
 from swf_testbed.cli.agent import agent_app
 from swf_testbed.cli.broker import broker
 from swf_testbed.cli.common import console, err_console
+from swf_testbed.cli.monitor import monitor_app
+from swf_testbed.cli.orchestrator import register as register_orchestrator
 
 app = typer.Typer(
     name="swf-testbed",
@@ -26,6 +28,8 @@ docs_app = typer.Typer(help="Generate reference documentation from the code.", n
 app.add_typer(docs_app, name="docs")
 app.add_typer(agent_app, name="agent")
 app.command()(broker)
+app.add_typer(monitor_app, name="monitor")
+register_orchestrator(app)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -70,15 +74,6 @@ def docs_messages(
     else:
         output.write_text(text)
         console.print(f"wrote {output}")
-
-
-from swf_testbed.cli.monitor import monitor_app  # noqa: E402
-app.add_typer(monitor_app, name="monitor")
-
-
-from swf_testbed.cli.orchestrator import register as register_orchestrator  # noqa: E402
-
-register_orchestrator(app)
 
 
 def main() -> None:
