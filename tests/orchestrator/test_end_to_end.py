@@ -123,8 +123,16 @@ def test_fast_processing_run_is_recorded_completely_and_once(
         assert execution["namespace"] == namespace
 
 
-def _start_run(bed: Bed, port: int) -> tuple[Any, str]:
-    """``swf-testbed run`` in the background; returns it and the execution id once announced."""
+def _start_chain_run(make_bed: Any, broker: BrokerProcess, tmp_path: Path, label: str, *, workflow: str,
+                     parameters: str) -> tuple[Bed, Any, str, int]:
+    """The full chain on SQLite, ``swf-testbed run`` in the background.
+
+    Returns the bed, the run process, the execution id (once announced) and the monitor's port.
+    """
+    bed: Bed = make_bed(broker=broker)
+    port = free_port()
+    bed.write(full_chain_toml(f"{label}{port}", port, f"sqlite:///{tmp_path / 'm.sqlite3'}",
+                              workflow=workflow, parameters=parameters))
     run = bed.popen("run")
     seen = ""
     assert run.stdout is not None
@@ -133,18 +141,15 @@ def _start_run(bed: Bed, port: int) -> tuple[Any, str]:
         assert line, f"run ended early: {seen}"
         seen += line
     execution_id = seen.split("execution ")[1].split(":")[0]
-    return run, execution_id
+    return bed, run, execution_id, port
 
 
 def test_ctrl_c_mid_run_terminates_the_execution_and_the_monitor_shows_it(
     make_bed: Any, embedded_broker: BrokerProcess, tmp_path: Path
 ) -> None:
-    bed: Bed = make_bed(broker=embedded_broker)
-    port = free_port()
-    # real time, a run that would take minutes: it is stopped long before its end
-    bed.write(full_chain_toml(f"stop{port}", port, f"sqlite:///{tmp_path / 'm.sqlite3'}",
-                              workflow="time_scale = 5", parameters="stf_count = 500"))
-    run, execution_id = _start_run(bed, port)
+    # x5 real time, a run that would take minutes: it is stopped long before its end
+    _, run, execution_id, port = _start_chain_run(make_bed, embedded_broker, tmp_path, "stop",
+                                                  workflow="time_scale = 5", parameters="stf_count = 500")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10) as api:
         wait_until(lambda: count(api, "/stf-files/", execution_id=execution_id) >= 2 or "waiting", "STFs recorded")
         run.send_signal(signal.SIGINT)
@@ -168,12 +173,9 @@ def test_ctrl_c_mid_run_terminates_the_execution_and_the_monitor_shows_it(
 def test_worker_killed_mid_slice_its_slice_is_done_by_another_and_recorded_once(
     make_bed: Any, embedded_broker: BrokerProcess, tmp_path: Path
 ) -> None:
-    bed: Bed = make_bed(broker=embedded_broker)
-    port = free_port()
     # slices take 30 s simulated = 3 s at x10: a worker is surely killed holding one
-    bed.write(full_chain_toml(f"kill{port}", port, f"sqlite:///{tmp_path / 'm.sqlite3'}",
-                              workflow="time_scale = 10", parameters="stf_count = 2"))
-    run, execution_id = _start_run(bed, port)
+    bed, run, execution_id, port = _start_chain_run(make_bed, embedded_broker, tmp_path, "kill",
+                                                    workflow="time_scale = 10", parameters="stf_count = 2")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10) as api:
         wait_until(lambda: count(api, "/workflow-messages/", execution_id=execution_id, msg_type="slice") >= 1
                    or "no slice yet", "the first slices")
