@@ -293,7 +293,7 @@ def run(
 
 
 DRAIN_SETTLE_S = 5.0
-"""After the run: how long nothing may move before the agents are taken to be done."""
+"""After the run, in a testbed without a processing chain: how long to wait for stragglers."""
 
 
 def _drained(snap: dict[str, Any]) -> bool:
@@ -333,8 +333,11 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
                     last_total, last_change = total, time.monotonic()
                 if drain_deadline is None:
                     drain_deadline = time.monotonic() + drain_timeout
-                # stop at the deadline, or when nothing has moved for a while (no agent left to do it)
-                if time.monotonic() > drain_deadline or time.monotonic() - last_change > DRAIN_SETTLE_S:
+                # stop at the deadline; or, when no agent ever took up the run's data (no processing
+                # chain in this testbed), once nothing has moved for a while
+                no_chain = not (snap["stf_ready"] or snap["stf_processed"] or snap["slices"])
+                if time.monotonic() > drain_deadline or (
+                        no_chain and time.monotonic() - last_change > DRAIN_SETTLE_S):
                     break
             now = time.monotonic()
             snap = session.snapshot()
