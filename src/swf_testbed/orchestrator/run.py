@@ -442,10 +442,13 @@ class Testbed:
 
         ``broker_connected``: our own broker connection; when it has not come
         up within ``broker_grace`` seconds no heartbeat can be heard, and we
-        say so instead of waiting for the whole timeout.
+        say so instead of waiting for the whole timeout. When the testbed runs
+        the broker itself, that grace starts once it listens: on a loaded
+        machine the broker alone can take longer than the grace to start.
         """
         t0 = time.monotonic()
         deadline = t0 + timeout
+        grace_from: float | None = None
         exited_since: dict[str, float] = {}
         while True:
             health = self.check(beats, programs)
@@ -465,7 +468,11 @@ class Testbed:
                     exited_since.pop(h.namespec, None)
             if failures:
                 raise Unhealthy([self._failure(h) for h in failures])
-            if broker_connected is not None and now - t0 >= min(broker_grace, timeout) and not broker_connected():
+            broker_program = [h for h in health if h.program == "broker" and h.kind == "service"]
+            if grace_from is None and (not broker_program or self._broker_listens()):
+                grace_from = now
+            if (broker_connected is not None and grace_from is not None
+                    and now - grace_from >= min(broker_grace, timeout) and not broker_connected()):
                 raise OrchestratorError(
                     f"cannot reach the broker at {self.broker.host}:{self.broker.port} (waited {broker_grace:g} s); "
                     f"agents cannot report their health without it. Is it running? ([broker] in testbed.toml, "
@@ -476,6 +483,13 @@ class Testbed:
                 raise KeyboardInterrupt
             beats.changed.wait(0.25)
             beats.changed.clear()
+
+    def _broker_listens(self) -> bool:
+        try:
+            with socket.create_connection((self.broker.host, self.broker.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def _failure(self, h: ProcessHealth) -> Failure:
         if h.state in FAILED_STATES or h.state in ("EXITED", "STOPPED"):
