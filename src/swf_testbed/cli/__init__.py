@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.logging import RichHandler
+from rich.text import Text
 
 from swf_testbed import __version__
 from swf_testbed.cli.agent import agent_app
@@ -61,14 +62,10 @@ def version() -> None:
     console.print(f"swf-testbed {__version__}")
 
 
-@docs_app.command("messages")
-def docs_messages(
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-) -> None:
-    """The message reference (Markdown), generated from the schema."""
-    from swf_testbed.reference import messages_markdown
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
 
-    text = messages_markdown()
+
+def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
     else:
@@ -76,5 +73,71 @@ def docs_messages(
         console.print(f"wrote {output}")
 
 
+@docs_app.command("messages")
+def docs_messages(output: OutputOpt = None) -> None:
+    """The message reference (Markdown), generated from the schema."""
+    from swf_testbed.reference import messages_markdown
+
+    _emit(messages_markdown(), output)
+
+
+@docs_app.command("cli")
+def docs_cli(output: OutputOpt = None) -> None:
+    """The command line reference (Markdown): every command, its arguments and options."""
+    from swf_testbed.reference import cli_markdown
+
+    _emit(cli_markdown(), output)
+
+
+@docs_app.command("config")
+def docs_config(output: OutputOpt = None) -> None:
+    """The configuration reference (Markdown): testbed.toml keys and environment variables."""
+    from swf_testbed.reference import config_markdown
+
+    _emit(config_markdown(), output)
+
+
+@docs_app.command("openapi")
+def docs_openapi(output: OutputOpt = None) -> None:
+    """The monitor's OpenAPI schema (YAML), as /api/schema/ serves it."""
+    from swf_testbed.reference import openapi_yaml
+
+    _emit(openapi_yaml(), output)
+
+
+@docs_app.command("write")
+def docs_write(
+    directory: Annotated[Path, typer.Option("--dir", help="The reference directory.")] = Path("docs/reference"),
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if a file is out of date.")]
+    = False,
+) -> None:
+    """Regenerate every generated reference file (messages.md, cli.md, config.md, openapi.yaml)."""
+    from swf_testbed.reference import GENERATED
+
+    stale = []
+    for name, generate in GENERATED.items():
+        path = directory / name
+        text = generate()
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(path)
+        if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            console.print(f"wrote {path}")
+    if check and stale:
+        err_console.print("out of date (run `swf-testbed docs write`): " + ", ".join(map(str, stale)))
+        raise typer.Exit(1)
+    if not stale:
+        console.print(f"{directory}: every generated file is current")
+
+
 def main() -> None:
-    app()
+    """The ``swf-testbed`` command; bad settings in the environment end it with one clear message, exit 2."""
+    from swf_testbed.settings import SettingsError
+
+    try:
+        app()
+    except SettingsError as exc:
+        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        sys.exit(2)
