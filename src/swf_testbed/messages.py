@@ -456,6 +456,10 @@ def parse_message(body: bytes | str | dict[str, Any]) -> Message:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidJson(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:
+            raise InvalidJson("body is not usable JSON: arrays or objects nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InvalidJson(f"body is not usable JSON: {exc}") from None
     else:
         data = text
     if not isinstance(data, dict):
@@ -479,7 +483,7 @@ def peek_fields(body: bytes | str) -> dict[str, Any]:
     """Best-effort envelope fields of a body that may be invalid (for recording it)."""
     try:
         data = json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}

@@ -60,7 +60,9 @@ Wildcards (topics)
 
 Messages
     MESSAGE carries ``subscription``, ``destination``, ``message-id``
-    (unique, and the same on every redelivery), ``ack`` (1.2 with a client
+    (unique, the same on every redelivery, and made of the sending
+    connection's ``session`` and a serial, ``<session>:<n>``, as ActiveMQ's
+    name the producer's connection: a body cannot forge where it came from), ``ack`` (1.2 with a client
     ack mode; a per-delivery id, ActiveMQ style; an ACK naming the message-id
     instead is accepted too), ``redelivered:true`` on redeliveries, every
     header of the SEND except ``transaction``/``receipt``, and
@@ -1587,7 +1589,8 @@ class Connection(asyncio.Protocol):
         headers = {k: v for k, v in h.items() if k not in _BROKER_HEADERS}
         b = self.broker
         b.msg_serial += 1
-        msg = Message(f"{b.token}-{b.msg_serial}", headers, frame.body, name)
+        # the id names the sending connection (its session), as ActiveMQ's do: the monitor records it
+        msg = Message(f"{self.session}:{b.msg_serial}", headers, frame.body, name)
         tx = h.get("transaction")
         if tx is not None:
             actions = self.transactions.get(tx)

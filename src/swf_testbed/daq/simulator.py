@@ -122,13 +122,14 @@ class DaqConfig(BaseModel):
     stf_interval: float = Field(2.0, gt=0, description="seconds of data per STF")
     stf_generation_time: float = Field(0.1, ge=0, description="end of an STF's data to stf_gen")
     physics_period_duration: float = Field(10.0, gt=0, description="data seconds per period")
-    physics_period_count: int = Field(2, ge=0, description="physics periods; 0 = until stopped")
+    # upper bounds on counts and sizes: beyond them a value is a typo (and would overflow the monitor's columns)
+    physics_period_count: int = Field(2, ge=0, le=1_000_000, description="physics periods; 0 = until stopped")
     standby_duration: float = Field(2.0, ge=0, description="run/standby between physics periods")
-    stf_count: int = Field(0, ge=0, description="exact STFs per run (periods as needed); 0 = unset")
+    stf_count: int = Field(0, ge=0, le=1_000_000, description="exact STFs per run (periods as needed); 0 = unset")
     # STF metadata
-    stf_size_mean_bytes: int = Field(2_000_000_000, gt=0)
+    stf_size_mean_bytes: int = Field(2_000_000_000, gt=0, le=10**13)
     stf_size_sigma_fraction: float = Field(0.05, ge=0, le=1, description="spread / mean")
-    tf_per_stf: int = Field(1000, ge=1, description="mean number of time frames per STF")
+    tf_per_stf: int = Field(1000, ge=1, le=10**9, description="mean number of time frames per STF")
     tf_per_stf_sigma_fraction: float = Field(0.01, ge=0, le=1, description="spread / mean")
     filename_style: Literal["run", "dated"] = Field(
         "run",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import re
 import tomllib
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swf_testbed.settings import BrokerSettings, Settings
 
@@ -37,6 +38,12 @@ SERVICE_NAMES = frozenset({"broker", "monitor-web", "monitor-ingest", "watch"})
 
 DEFAULT_FILE = "testbed.toml"
 
+HOST_PATTERN = r"^[A-Za-z0-9_.:\[\]-]{1,253}$"
+"""A host name or address (IPv6 too): nothing that could break the generated supervisord config."""
+MAX_DURATION_S = 366 * 86400.0
+"""Longest simulated run a testbed.toml may ask for (a year): larger values are typos, not runs."""
+MAX_TIME_SCALE = 1e6
+
 
 class ConfigError(Exception):
     """A testbed.toml that cannot be used; ``problems`` are ``key: what is wrong`` lines."""
@@ -48,7 +55,8 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # no inf / nan: TOML has them, but no setting here means anything with them
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class TestbedSection(_Strict):
@@ -59,17 +67,20 @@ class TestbedSection(_Strict):
     namespace: str = Field(..., pattern=NAMESPACE_PATTERN,
                            description="the testbed instance: letters, digits, '_', '.', '-'")
     start_timeout: float = Field(120.0, gt=0, le=3600, description="seconds to wait for every program to be healthy")
-    description: str = ""
+    description: str = Field("", description="free text")
 
 
 class WorkflowSection(_Strict):
     """``[workflow]``: what ``swf-testbed run`` asks the workflow runner to run."""
 
-    name: str = Field("stf_datataking", min_length=1, max_length=200)
-    config: str = Field("stf_datataking_default", min_length=1, max_length=200)
-    duration: float = Field(0.0, ge=0, description="seconds of simulated time, 0 = until done")
+    name: str = Field("stf_datataking", min_length=1, max_length=200,
+                      description="the registered workflow the runner runs")
+    config: str = Field("stf_datataking_default", min_length=1, max_length=200,
+                        description="the workflow config (a TOML shipped with the package)")
+    duration: float = Field(0.0, ge=0, le=MAX_DURATION_S, description="seconds of simulated time, 0 = until done")
     realtime: bool | None = Field(None, description="shorthand for time_scale = 1")
-    time_scale: float | None = Field(None, ge=0, description="1 = real time, N = N× faster, 0 = as fast as possible")
+    time_scale: float | None = Field(None, ge=0, le=MAX_TIME_SCALE,
+                                     description="1 = real time, N = N× faster, 0 = as fast as possible")
 
     @model_validator(mode="after")
     def _one_speed(self) -> "WorkflowSection":
@@ -81,13 +92,14 @@ class WorkflowSection(_Strict):
 class AgentSection(_Strict):
     """``[agents.NAME]``: one agent program (``instances`` processes)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: not run (and needs no module or script)")
     module: str | None = Field(None, description="package.module:Class, run by `swf-testbed agent run`")
     script: str | None = Field(None, min_length=1, description="a command line, run as written")
-    instances: int = Field(1, ge=1, le=500)
+    instances: int = Field(1, ge=1, le=500, description="processes of this agent (NAME_00, NAME_01, … in supervisord)")
     args: list[str] = Field(default_factory=list, description="extra arguments appended to the command")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
-    heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    # the runtime's heartbeat loop ticks every 0.1 s: a shorter interval cannot be honoured
+    heartbeat_interval: float = Field(10.0, ge=0.1, le=3600, description="seconds between the agent's heartbeats")
     drain_timeout: float = Field(10.0, gt=0, le=3600, description="seconds the agent may take to drain on stop")
     options: dict[str, Any] = Field(default_factory=dict, description="agent options (module agents): --set key=value")
 
@@ -107,24 +119,40 @@ class AgentSection(_Strict):
 class BrokerSection(_Strict):
     """``[broker]``: the embedded broker (run by supervisord) or an external one."""
 
-    mode: Literal["embedded", "external"] = "embedded"
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(61613, ge=1, le=65535)
+    mode: Literal["embedded", "external"] = Field(
+        "embedded", description="embedded: supervisord runs `swf-testbed broker`; external: one runs elsewhere")
+    host: str = Field("127.0.0.1", pattern=HOST_PATTERN, description="where it listens (embedded) or is (external)")
+    port: int = Field(61613, ge=1, le=65535, description="its STOMP port")
 
 
 class MonitorSection(_Strict):
     """``[monitor]``: the embedded monitor (web + ingest, run by supervisord) or an external one."""
 
-    mode: Literal["embedded", "external"] = "embedded"
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8002, ge=1, le=65535)
+    mode: Literal["embedded", "external"] = Field(
+        "embedded", description="embedded: supervisord runs `monitor serve` and `monitor ingest`; external: elsewhere")
+    host: str = Field("127.0.0.1", pattern=HOST_PATTERN, description="where the embedded web listens")
+    port: int = Field(8002, ge=1, le=65535, description="the embedded web's HTTP port")
     url: str | None = Field(None, min_length=1, description="base URL of an external monitor")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc}): {value[:200]!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {value[:200]!r}")
+        return value
 
 
 class DatabaseSection(_Strict):
     """``[database]``: the monitor's database (``sqlite:///…`` or ``postgres://…``); empty = its default."""
 
-    url: str = ""
+    url: str = Field("", description="sqlite:///path or postgres://…; empty = SQLite in the runtime directory")
 
 
 class TestbedConfig(_Strict):
@@ -185,6 +213,10 @@ def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True,
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [_toml_error(exc)]) from None
+    except RecursionError:  # tomllib recurses into nested arrays / inline tables
+        raise ConfigError(source, ["invalid TOML: arrays or tables nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (int() refuses it)
+        raise ConfigError(source, [f"invalid TOML: {exc}"]) from None
     try:
         config = TestbedConfig.model_validate(data)
     except ValidationError as exc:
@@ -225,7 +257,7 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     for err in exc.errors(include_url=False):
         loc = [str(part) for part in err["loc"]]
-        key = ".".join(loc)
+        key = dotted(loc)
         kind = err["type"]
         got = _show(err.get("input"))
         if kind == "missing":
@@ -239,6 +271,11 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
             problems.append(f"{key}: expected {expected}, got {got}")
         elif kind == "string_pattern_mismatch" and loc == ["testbed", "namespace"]:
             problems.append(f"{key}: expected letters, digits, '_', '.' or '-' (at most 64), got {got}")
+        elif kind == "string_pattern_mismatch" and loc[-1:] == ["host"]:
+            problems.append(f"{key}: expected a host name or address (letters, digits, '.', '-', '_', ':', "
+                            f"'[', ']'), got {got}")
+        elif kind == "finite_number":
+            problems.append(f"{key}: expected a finite number, got {got}")
         elif kind == "value_error":
             msg = str(err.get("msg", "")).removeprefix("Value error, ")
             problems.append(f"{key}: {msg}" if key else msg)
@@ -247,8 +284,22 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def dotted(parts: list[str]) -> str:
+    """A dotted key for a message: a part with a '.', a quote or an unprintable character is quoted
+    and escaped, so that the key is unambiguous and the message stays one line."""
+    out = []
+    for part in parts:
+        if part and part.isprintable() and not any(c in part for c in '."\\'):
+            out.append(part)
+            continue
+        quoted = json.dumps(part, ensure_ascii=False)
+        out.append("".join(c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF
+                           else f"\\U{ord(c):08x}" for c in quoted))
+    return ".".join(out)
+
+
 def _unknown(loc: list[str]) -> str:
-    key = ".".join(loc)
+    key = dotted(loc)
     model: type[BaseModel] | None = TestbedConfig
     for part in loc[:-1]:
         if model is None:
@@ -273,8 +324,10 @@ def _unknown(loc: list[str]) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 200 else repr(value[:200]) + "…"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
@@ -299,10 +352,19 @@ def _module_findable(module_name: str, extra_paths: list[str]) -> bool:
 
 
 def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path) -> list[str]:
-    """What the schema cannot say: agent names, module availability, what supervisord can carry."""
+    """What the schema cannot say: agent names, module availability, what supervisord can carry (URLs too)."""
     problems: list[str] = []
+    for param, value in config.parameters.items():  # sent in run_workflow, a JSON body
+        if not _jsonable(value):
+            problems.append(f"{dotted(['parameters', param])}: expected a value JSON can carry "
+                            f"(no dates, times, inf or nan)")
+    # these reach supervisord's config (as environment values): say so here, naming the key
+    for key, value in (("database.url", config.database.url), ("monitor.url", config.monitor.url or "")):
+        problem = unrepresentable(value) if value else ""
+        if problem:
+            problems.append(f"{key}: {problem}")
     for name, agent in config.agents.items():
-        key = f"agents.{name}"
+        key = dotted(["agents", name])
         if not AGENT_NAME_RE.match(name):
             problems.append(f"{key}: agent names are letters, digits, '_' and '-' (at most 64)")
             continue
@@ -310,15 +372,19 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
             problems.append(f"{key}: {name!r} is the name of a testbed service; choose another agent name")
         for env_key, value in agent.env.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env_key):
-                problems.append(f"{key}.env.{env_key}: not a valid environment variable name")
+                problems.append(f"{dotted(['agents', name, 'env', env_key])}: not a valid environment variable name")
             problem = unrepresentable(value)
             if problem:
-                problems.append(f"{key}.env.{env_key}: {problem}")
+                problems.append(f"{dotted(['agents', name, 'env', env_key])}: {problem}")
         texts = [("script", agent.script or "")] + [(f"args[{i}]", a) for i, a in enumerate(agent.args)]
         for what, text in texts:
             if "\n" in text or "\r" in text or _COMMENT.search(text):
                 problems.append(f"{key}.{what}: newlines and ' ;' / ' #' cannot be passed through supervisord's "
                                 f"config; put the command in a script file")
+        for opt, value in agent.options.items():
+            if not _jsonable(value):  # passed as --set key=<JSON>
+                problems.append(f"{dotted(['agents', name, 'options', opt])}: expected a value JSON can carry "
+                                f"(no dates, times, inf or nan)")
         if check_modules and agent.enabled and agent.module:
             module_name = agent.module.partition(":")[0]
             agent_paths = [str(base_dir / entry) for entry in agent.env.get("PYTHONPATH", "").split(os.pathsep)
@@ -327,6 +393,14 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
                 problems.append(f"{key}.module: cannot find module {module_name!r} (is it installed, "
                                 f"or on PYTHONPATH in agents.{name}.env?)")
     return problems
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def unrepresentable(value: str) -> str:

@@ -104,8 +104,16 @@ class ConfigTypeError(ConfigError):
         self.expected = expected
         self.value = value
         super().__init__(
-            f"parameter {key!r} ({where}) must be {expected}, got {type(value).__name__} {value!r}"
+            f"parameter {key!r} ({where}) must be {expected}, got {type(value).__name__} {_short(value)}"
         )
+
+
+def _short(value: Any) -> str:
+    """A value for a message: never huge (nor a 5000-digit integer, which repr() refuses)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 class IncludeCycle(ConfigError):
@@ -122,15 +130,16 @@ class FastProcessingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    target_worker_count: int = Field(30, ge=0, description="workers ramped up for a run")
+    # upper bounds: beyond them a value is a typo (each slice is a message, each worker a process)
+    target_worker_count: int = Field(30, ge=0, le=10_000, description="workers ramped up for a run")
     stf_sampling_rate: float = Field(0.05, ge=0, le=1, description="fraction of STFs sampled")
-    slices_per_sample: int = Field(15, ge=1, description="slices a TF sample is cut into")
+    slices_per_sample: int = Field(15, ge=1, le=10_000, description="slices a TF sample is cut into")
     slice_processing_time: float = Field(30.0, ge=0, description="seconds a worker takes per slice")
     worker_rampup_time: float = Field(300.0, ge=0)
     worker_rampdown_time: float = Field(60.0, ge=0)
     tf_sample_fraction: float = Field(0.15, gt=0, le=1, description="fraction of TFs sampled")
     processing_time: float = Field(1.0, ge=0, description="seconds of prompt processing per STF")
-    max_slice_retries: int = Field(3, ge=0)
+    max_slice_retries: int = Field(3, ge=0, le=100)
 
 
 SECTION_MODELS: dict[str, type[BaseModel]] = {
@@ -245,6 +254,10 @@ def _read(
         data = tomllib.loads(source.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"workflow config {name!r} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"workflow config {name!r} is not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"workflow config {name!r} is not valid TOML: {exc}") from None
     include = data.get("include", [])
     if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
         raise ConfigError(f"workflow config {name!r}: include must be a list of config names")
@@ -342,7 +355,10 @@ def _coerce(qualified: str, value: Any, expected: type, where: str) -> Any:
     elif expected is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float
+                raise ConfigTypeError(qualified, "a number within the range of a float", value, where) from None
     else:
         ok = isinstance(value, expected)
     if not ok:

@@ -543,7 +543,7 @@ class WorkflowMessage(models.Model):
         """The body as JSON, or the raw text when it is not JSON."""
         try:
             return json.loads(self.body)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply to be shown as JSON
             return self.body
 
 

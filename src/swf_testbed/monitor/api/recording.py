@@ -171,7 +171,7 @@ def _insert(rows: list[Row]) -> None:
 def _json_object(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays / objects nested too deeply
         return {}
     return data if isinstance(data, dict) else {}
 
