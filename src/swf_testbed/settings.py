@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from typing import Any
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class Profile(StrEnum):
@@ -28,7 +30,11 @@ class Profile(StrEnum):
     PRODUCTION = "production"
 
 
-class ProductionConfigError(ValueError):
+class SettingsError(ValueError):
+    """The environment does not make valid settings; the message names each variable and what is wrong."""
+
+
+class ProductionConfigError(SettingsError):
     """The production profile is on and the configuration is unsafe; ``problems`` names each issue."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -49,6 +55,76 @@ class DestinationStyle(StrEnum):
     ARTEMIS = "artemis"
 
 
+SECRET_VARIABLES = ("ACTIVEMQ_PASSWORD", "SWF_SECRET_KEY", "SWF_API_TOKEN", "DATABASE_URL")
+"""Each can instead be given as ``<NAME>_FILE``: the path of a file holding it (see :class:`SecretFiles`)."""
+
+
+class SecretFileError(SettingsError):
+    """A ``<NAME>_FILE`` secret that cannot be used; the message names the variable and the file."""
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret in ``path`` (surrounding whitespace stripped), refusing a file others can read or write."""
+    file = Path(path).expanduser()
+    try:
+        mode = file.stat().st_mode
+        if mode & 0o077:
+            raise SecretFileError(
+                f"{variable}={path}: the file is open to group or others (mode {mode & 0o777:03o}); "
+                f"`chmod 600 {path}` so that only its owner can read it")
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SecretFileError(f"{variable}={path}: cannot read it: {exc.strerror}") from None
+
+
+def secret_file_variables() -> dict[str, str]:
+    """The ``<NAME>_FILE`` variables set in this environment, to hand on to child programs as they are."""
+    return {f"{name}_FILE": os.environ[f"{name}_FILE"] for name in SECRET_VARIABLES if os.environ.get(f"{name}_FILE")}
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Secrets from files: ``ACTIVEMQ_PASSWORD_FILE=/run/secrets/broker`` and the like.
+
+    Keeps secrets out of the environment of every process (and of
+    ``ps e``, supervisord's config, crash reports). Giving both ``NAME`` and
+    ``NAME_FILE`` is an error, as is a file that group or others can read.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = self._variable(field, field_name)
+        if variable not in SECRET_VARIABLES or not os.environ.get(f"{variable}_FILE"):
+            return None, field_name, False
+        if os.environ.get(variable):
+            raise SecretFileError(f"both {variable} and {variable}_FILE are set; give one of them")
+        return read_secret_file(f"{variable}_FILE", os.environ[f"{variable}_FILE"]), field_name, False
+
+    def _variable(self, field: FieldInfo, field_name: str) -> str:
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            return alias.upper()
+        return f"{self.config.get('env_prefix', '')}{field_name}".upper()
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _key, _complex = self.get_field_value(field, name)
+            if value is not None:  # keyed as the model reads its input: by alias where it has one
+                values[field.validation_alias if isinstance(field.validation_alias, str) else name] = value
+        return values
+
+
+class _Settings(BaseSettings):
+    """Environment variables first, then ``<NAME>_FILE`` secrets, then defaults."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, SecretFiles(settings_cls)
+
+
 def default_home() -> Path:
     """Runtime directory: supervisord socket, logs, SQLite file."""
     xdg = os.environ.get("XDG_STATE_HOME")
@@ -56,25 +132,29 @@ def default_home() -> Path:
     return base / "swf-testbed"
 
 
-class BrokerSettings(BaseSettings):
+class BrokerSettings(_Settings):
     """Where and how to reach the STOMP broker (``ACTIVEMQ_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="ACTIVEMQ_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(61613, ge=1, le=65535)
-    user: str = ""
-    password: str = Field("", repr=False)
-    vhost: str = ""
-    use_ssl: bool = False
-    ssl_ca_certs: Path | None = None
-    ssl_cert_file: Path | None = None
-    ssl_key_file: Path | None = None
-    destination_style: DestinationStyle = DestinationStyle.PREFIXED
+    host: str = Field("127.0.0.1", description="broker host name or address")
+    port: int = Field(61613, ge=1, le=65535, description="broker STOMP port")
+    user: str = Field("", description="STOMP login; required with SWF_PROFILE=production")
+    password: str = Field("", repr=False, description="STOMP passcode; required with SWF_PROFILE=production")
+    vhost: str = Field("", description="STOMP `host` header (virtual host); empty = the broker host")
+    use_ssl: bool = Field(False, description="connect over TLS")
+    ssl_ca_certs: Path | None = Field(None, description="CA bundle (PEM) to verify the broker; empty = the system's")
+    ssl_cert_file: Path | None = Field(None, description="client certificate (PEM), for brokers that require one")
+    ssl_key_file: Path | None = Field(None, description="the client certificate's private key (PEM)")
+    destination_style: DestinationStyle = Field(
+        DestinationStyle.PREFIXED,
+        description="prefixed: /topic/x and /queue/x (ActiveMQ Classic, the embedded broker); "
+        "artemis: bare names with destination-type / subscription-type headers",
+    )
     heartbeat_ms: int = Field(10_000, ge=0, description="STOMP heart-beat, both directions; 0 = off")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    reconnect_initial_s: float = Field(0.2, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for CONNECTED (and receipts)")
+    reconnect_initial_s: float = Field(0.2, gt=0, description="first delay before reconnecting; doubles per try")
+    reconnect_max_s: float = Field(10.0, gt=0, description="longest delay between reconnection tries")
 
     @field_validator("ssl_ca_certs", "ssl_cert_file", "ssl_key_file", mode="before")
     @classmethod
@@ -82,13 +162,13 @@ class BrokerSettings(BaseSettings):
         return None if value == "" else value
 
 
-class MonitorSettings(BaseSettings):
+class MonitorSettings(_Settings):
     """How programs reach the monitor (``SWF_MONITOR_URL``, ``SWF_API_TOKEN``)."""
 
     model_config = SettingsConfigDict(env_prefix="SWF_", extra="ignore")
 
-    monitor_url: str = "http://127.0.0.1:8002"
-    api_token: str = Field("", repr=False)
+    monitor_url: str = Field("http://127.0.0.1:8002", description="base URL of the monitor, for programs that call it")
+    api_token: str = Field("", repr=False, description="REST API token (`swf-testbed monitor token USER`) for writes")
 
     # --- the monitor service itself (web + ingest) -------------------------------------------
     secret_key: str = Field(
@@ -99,21 +179,34 @@ class MonitorSettings(BaseSettings):
         "localhost,127.0.0.1,[::1]", description="comma-separated host names the web serves"
     )
     csrf_trusted_origins: str = Field("", description="comma-separated origins, e.g. https://monitor.example.org")
+    secure_cookies: bool | None = Field(
+        None, description="mark the session and CSRF cookies Secure (sent over HTTPS only); "
+        "empty = on with SWF_PROFILE=production, off otherwise")
     api_open_reads: bool = Field(True, description="anonymous GET on the API and UI; writes always need a login")
+    api_anonymous_logs: bool = Field(
+        False, description="let anyone POST /api/logs/ (agents that log without a token); no other anonymous write"
+    )
     sqlite_busy_timeout_s: float = Field(20.0, gt=0, description="SQLite busy timeout (web and ingest write together)")
+    db_timeout_s: float = Field(
+        30.0, gt=0, description="PostgreSQL: connect timeout; the longest the ingest waits on one database call "
+        "before it drops the connection and retries; twice this, how long the server keeps a transaction left idle"
+    )
     ingest_batch_size: int = Field(500, ge=1, le=10_000, description="messages per ingest transaction at most")
     ingest_flush_ms: int = Field(100, ge=1, le=10_000, description="longest wait before a partial batch is written")
     ingest_durable: bool = Field(True, description="durable topic subscriptions, so nothing is lost while it is down")
 
 
-class Settings(BaseSettings):
+class Settings(_Settings):
     """All settings of one testbed program."""
 
     model_config = SettingsConfigDict(env_prefix="SWF_", extra="ignore")
 
-    home: Path = Field(default_factory=default_home)
+    home: Path = Field(default_factory=default_home,
+                       description="runtime directory: supervisord files and logs, SQLite database, secret key")
     profile: Profile = Field(Profile.DEV, description="dev (default) or production (refuses unsafe settings)")
-    database_url: str = Field("", validation_alias="DATABASE_URL")
+    database_url: str = Field("", validation_alias="DATABASE_URL",
+                              description="the monitor's database: sqlite:///path or postgres://user:pw@host:port/db; "
+                              "empty = SQLite in SWF_HOME")
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
@@ -167,6 +260,23 @@ def get_settings() -> Settings:
     (every program reads its settings here): with ``SWF_PROFILE=production``
     unsafe broker credentials raise :class:`ProductionConfigError`.
     """
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None
     settings.check_production()
     return settings
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad variable, by its environment name; a secret's value is never repeated."""
+    model = {cls.__name__: cls for cls in (BrokerSettings, MonitorSettings, Settings)}.get(exc.title, Settings)
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        field = model.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        variable = alias.upper() if isinstance(alias, str) else f"{model.model_config.get('env_prefix', '')}{name}".upper()
+        shown = "" if variable in SECRET_VARIABLES else f" (got {error.get('input')!r})"
+        lines.append(f"{variable}: {error['msg']}{shown}")
+    return "invalid settings in the environment:\n  - " + "\n  - ".join(lines)

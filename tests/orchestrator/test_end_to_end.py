@@ -27,9 +27,10 @@ SLICES_PER_SAMPLE = 15
 
 
 def full_chain_toml(namespace: str, monitor_port: int, database_url: str, *, workflow: str = "time_scale = 0",
-                    parameters: str = "") -> str:
+                    parameters: str = "", broker: str = 'mode = "external"', agent_extra: str = "") -> str:
+    """testbed.toml of the whole chain; ``agent_extra``: lines added to every agent's table."""
     agents = "".join(
-        f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\nheartbeat_interval = 1\n{extra}\n'
+        f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\nheartbeat_interval = 1\n{extra}{agent_extra}\n'
         for name, module, extra in (
             ("runner", "runner:WorkflowRunner", ""),
             ("data", "data:DataAgent", ""),
@@ -45,7 +46,7 @@ def full_chain_toml(namespace: str, monitor_port: int, database_url: str, *, wor
         f"[parameters]\nstf_sampling_rate = 1.0\nslices_per_sample = {SLICES_PER_SAMPLE}\n"
         f"{parameters or f'stf_count = {STFS}'}\n\n"
         f"{agents}"
-        '[broker]\nmode = "external"\n\n'
+        f"[broker]\n{broker}\n\n"
         f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n\n'
         f'[database]\nurl = "{database_url}"\n'
     )
@@ -123,17 +124,21 @@ def test_fast_processing_run_is_recorded_completely_and_once(
         assert execution["namespace"] == namespace
 
 
-def _start_chain_run(make_bed: Any, broker: BrokerProcess, tmp_path: Path, label: str, *, workflow: str,
-                     parameters: str) -> tuple[Bed, Any, str, int]:
-    """The full chain on SQLite, ``swf-testbed run`` in the background.
+def _start_chain_run(make_bed: Any, broker: BrokerProcess | None, tmp_path: Path, label: str, *, workflow: str,
+                     parameters: str, database_url: str = "", broker_section: str = 'mode = "external"',
+                     agent_extra: str = "", run_args: tuple[str, ...] = ()) -> tuple[Bed, Any, str, int]:
+    """The full chain (SQLite unless ``database_url``), ``swf-testbed run`` in the background.
 
-    Returns the bed, the run process, the execution id (once announced) and the monitor's port.
+    ``broker``: an external broker the bed points at; None with ``broker_section`` naming one
+    (e.g. the embedded broker run by supervisord). Returns the bed, the run process, the
+    execution id (once announced) and the monitor's port.
     """
     bed: Bed = make_bed(broker=broker)
     port = free_port()
-    bed.write(full_chain_toml(f"{label}{port}", port, f"sqlite:///{tmp_path / 'm.sqlite3'}",
-                              workflow=workflow, parameters=parameters))
-    run = bed.popen("run")
+    bed.write(full_chain_toml(f"{label}{port}", port, database_url or f"sqlite:///{tmp_path / 'm.sqlite3'}",
+                              workflow=workflow, parameters=parameters, broker=broker_section,
+                              agent_extra=agent_extra))
+    run = bed.popen("run", *run_args)
     seen = ""
     assert run.stdout is not None
     while "execution " not in seen or ": http" not in seen:

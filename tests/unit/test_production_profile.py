@@ -127,6 +127,16 @@ def test_a_correct_production_environment_passes(env: pytest.MonkeyPatch) -> Non
     assert django_settings["ALLOWED_HOSTS"] == ["monitor.example.org"]
 
 
+def test_cookies_are_secure_in_production_unless_said_otherwise(env: pytest.MonkeyPatch) -> None:
+    assert _monitor_settings()["SESSION_COOKIE_SECURE"] is False  # dev: plain http://127.0.0.1 must work
+    _production(env)
+    django_settings = _monitor_settings()
+    assert django_settings["SESSION_COOKIE_SECURE"] is True and django_settings["CSRF_COOKIE_SECURE"] is True
+    _production(env, SWF_SECURE_COOKIES="false")
+    django_settings = _monitor_settings()
+    assert django_settings["SESSION_COOKIE_SECURE"] is False and django_settings["CSRF_COOKIE_SECURE"] is False
+
+
 def test_secrets_are_not_in_reprs(env: pytest.MonkeyPatch) -> None:
     _production(env, SWF_API_TOKEN=TOKEN, SWF_SECRET_KEY=SECRET_KEY)
     settings = Settings()

@@ -8,6 +8,15 @@ heart-beats; by default messages of one subscription are handled in order
 (one lane per subscription), and ``ordered=False`` lets a subscription use
 every worker (competing-consumer work such as slices).
 
+``durable=True`` (the agent option ``durable``) makes its topic subscriptions
+durable, owned by the client id ``swf-agent-<namespace>-<name>``: messages
+published while the agent is disconnected (a broker restart, a dropped
+connection, the agent crashed) wait for it on the broker instead of being
+missed. ActiveMQ keeps them across its own restart; the embedded broker does
+not. A clean stop removes the subscriptions, so a stopped agent leaves no
+backlog behind. The price: one connection per agent name (the broker refuses
+a second with the same client id until it has let go of the first).
+
 Failure policy, per message:
 
 * not valid (bad JSON, unknown ``msg_type``, wrong fields) → reported in the
@@ -43,6 +52,7 @@ from typing import Any, ClassVar, TypeVar
 from swf_testbed.messages import (
     AgentStatus,
     DeadLetter,
+    MAX_BODY_BYTES,
     Heartbeat,
     Message,
     MessageError,
@@ -56,6 +66,10 @@ from swf_testbed.settings import BrokerSettings, get_settings
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+DEAD_LETTER_BODY_BYTES = MAX_BODY_BYTES // 8
+"""Most of an original body a dead letter carries: it must stay under the body limit itself, even when
+every byte becomes a 6-character JSON escape."""
 HandlerFn = Callable[[Any, Message], None]
 
 
@@ -108,7 +122,10 @@ class _Lanes:
                     self._running.discard(lane)
                     return
                 task = queue.popleft()
-            task()
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - a task that raises must not end its lane for good
+                log.exception("unexpected error handling a message")
 
 
 class Agent:
@@ -140,6 +157,7 @@ class Agent:
         retry_delay: float = 0.5,
         drain_timeout: float = 10.0,
         description: str = "",
+        durable: bool = False,
     ) -> None:
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
@@ -156,8 +174,11 @@ class Agent:
         self.retry_delay = retry_delay
         self.drain_timeout = drain_timeout
         self.description = description
+        self.durable = durable
         self.client = BrokerClient(
-            broker or get_settings().broker, client_name=name, on_state_change=self._on_mq_state
+            broker or get_settings().broker, client_name=name, on_state_change=self._on_mq_state,
+            # durable topic subscriptions belong to a stable client id: one connection per agent name
+            client_id=f"swf-agent-{namespace}-{name}" if durable else None,
         )
         self.state = OperationalState.STARTING
         self.status = AgentStatus.OK
@@ -230,6 +251,7 @@ class Agent:
                     lambda d, lane=lane: self._on_delivery(d, lane),
                     ack="client-individual",
                     prefetch=prefetch,
+                    durable=self.durable and listen.destination.is_topic,
                 )
             )
         self.on_start()
@@ -271,7 +293,7 @@ class Agent:
         self._stop.set()
         self._accepting.clear()
         for sub in self._subs:
-            self.client.unsubscribe(sub)
+            self.client.unsubscribe(sub, forget=True)  # a clean stop leaves no durable backlog behind
         deadline = time.monotonic() + self.drain_timeout
         while self._in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -446,11 +468,16 @@ class Agent:
                 self._in_flight -= 1
 
     def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        body = delivery.body
+        if len(body) > DEAD_LETTER_BODY_BYTES:
+            # an oversized body would make the dead letter itself too large to be a valid message
+            error = f"{error} (original body of {len(body)} bytes kept truncated to {DEAD_LETTER_BODY_BYTES})"
+            body = body[:DEAD_LETTER_BODY_BYTES]
         letter = self.message(
             DeadLetter,
             original_destination=delivery.destination,
             original_headers={k: v for k, v in delivery.headers.items() if len(v) < 2000},
-            original_body=delivery.body.decode("utf-8", "replace"),
+            original_body=body.decode("utf-8", "replace"),
             attempts=attempts,
             error=error[:10_000],
         )

@@ -296,10 +296,54 @@ DRAIN_SETTLE_S = 5.0
 """After the run, in a testbed without a processing chain: how long to wait for stragglers."""
 
 
-def _drained(snap: dict[str, Any]) -> bool:
-    """Every STF the run produced is processed and every slice sent has its result."""
-    return snap["stf_processed"] >= snap["stf_produced"] and \
-        snap["slices_done"] + snap["slices_failed"] >= snap["slices"]
+def _produced(snap: dict[str, Any]) -> int:
+    """STFs the run produced: the DAQ's own count once it is known (we may have missed some stf_gen)."""
+    return max(snap["stf_produced"], snap["stf_count"] or 0)
+
+
+def _drained(snap: dict[str, Any], figures: dict[str, int] | None = None) -> bool:
+    """Every STF the run produced is processed and every slice sent has its result.
+
+    ``figures``: processed / slice counts to judge by instead of the snapshot's (the monitor's).
+    """
+    f = snap if figures is None else figures
+    return f["stf_processed"] >= _produced(snap) and f["slices_done"] + f["slices_failed"] >= f["slices"]
+
+
+MONITOR_CHECK_S = 2.0
+"""How often the monitor's record is asked while draining after the broker connection was lost."""
+
+
+def _monitor_figures(monitor_url: str, execution_id: str) -> dict[str, int] | None:
+    """STFs processed and slices of the execution as the monitor recorded them; None when it cannot tell.
+
+    After the broker connection was lost mid-run our own counts are not to be
+    trusted (we missed what was sent meanwhile, and redeliveries count twice);
+    the monitor's ingest subscribes durably and records each message once.
+    """
+    import httpx
+
+    try:
+        with httpx.Client(base_url=f"{monitor_url}/api", timeout=5.0) as api:
+            def count(path: str, **params: Any) -> int:
+                response = api.get(path, params={**params, "limit": 1})
+                response.raise_for_status()
+                return int(response.json()["count"])
+
+            response = api.get("/runs/", params={"execution_id": execution_id})
+            response.raise_for_status()
+            runs = response.json()
+            runs = runs.get("results", []) if isinstance(runs, dict) else runs
+            figures = {"stf_processed": count("/stf-files/", execution_id=execution_id, status="processed"),
+                       "slices": 0, "slices_done": 0, "slices_failed": 0}
+            for run in runs:
+                number = run["run_number"]
+                figures["slices"] += count("/tf-slices/", run_number=number)
+                figures["slices_done"] += count("/tf-slices/", run_number=number, status="completed")
+                figures["slices_failed"] += count("/tf-slices/", run_number=number, status="failed")
+            return figures
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, stop_timeout: float,
@@ -322,11 +366,22 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
         live.start()
     drain_deadline: float | None = None
     last_total, last_change = -1, time.monotonic()
+    reconnects_at_start = session.listener.client.reconnects
+    recorded: dict[str, int] | None = None  # the monitor's figures, once our connection was lost
+    last_check = 0.0
     try:
         while True:
             if session.done.wait(0.2):
                 snap = session.snapshot()
-                if snap["status"] != "completed" or signals.interrupted or _drained(snap):
+                if snap["status"] != "completed" or signals.interrupted:
+                    break
+                if session.listener.client.reconnects > reconnects_at_start:
+                    if time.monotonic() - last_check >= MONITOR_CHECK_S:
+                        last_check = time.monotonic()
+                        recorded = _monitor_figures(monitor_url, snap["execution_id"]) or recorded
+                    if _drained(snap, recorded):
+                        break
+                elif _drained(snap):
                     break
                 total = snap["stf_ready"] + snap["stf_processed"] + snap["slices"] + snap["slices_done"]
                 if total != last_total:
@@ -385,16 +440,32 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
     status = snap["status"]
     eid = snap["execution_id"]
     if status == "completed":
-        slices = f", {snap['slices_done']} of {snap['slices']} slices done" if snap["slices"] else ""
-        say(f"workflow completed: execution {eid}, {snap['stf_produced']} STFs produced, "
-            f"{snap['stf_processed']} processed{slices} ({snap['elapsed_s']:.1f} s)", "green")
+        lost = session.listener.client.reconnects > reconnects_at_start
+        if lost:
+            recorded = _monitor_figures(monitor_url, str(eid)) or recorded
+        f = recorded if lost and recorded is not None else snap
+        slices = f", {f['slices_done']} of {f['slices']} slices done" if f["slices"] else ""
+        produced = _produced(snap)
+        say(f"workflow completed: execution {eid}, {produced} STFs produced, "
+            f"{f['stf_processed']} processed{slices} ({snap['elapsed_s']:.1f} s)", "green")
         say(f"monitor: {monitor_url}/executions/{eid}/")
+        if f is recorded:
+            say("(processed and slice figures from the monitor's record: the broker connection was lost "
+                "during the run, and what this command saw of it is incomplete)")
         if signals.interrupted:
             return EXIT_INTERRUPTED
-        if not _drained(snap) and (snap["stf_processed"] or snap["slices"]):  # (no processing agent: nothing to wait for)
+        if not _drained(snap, f) and (f["stf_processed"] or f["slices"]):  # (no processing agent: nothing to wait for)
+            missing = produced - f["stf_processed"]
+            dropped = ""
+            if lost:
+                # after a broker restart the shortfall is most likely loss, not slowness: say so
+                dropped = ("\nthe broker connection was lost during the run: messages in flight then were "
+                           "probably lost (the embedded broker keeps nothing across a restart); "
+                           f"the monitor's record: {monitor_url}/executions/{eid}/")
             raise fail(f"the agents did not catch up within {drain_timeout:g} s of the run's end: "
-                       f"{snap['stf_processed']} of {snap['stf_produced']} STFs processed, "
-                       f"{snap['slices_done'] + snap['slices_failed']} of {snap['slices']} slices settled")
+                       f"{f['stf_processed']} of {produced} STFs processed"
+                       f"{f' ({missing} missing)' if missing > 0 else ''}, "
+                       f"{f['slices_done'] + f['slices_failed']} of {f['slices']} slices settled{dropped}")
         return 0
     if status == "terminated":
         tail = "" if snap["end_run"] else " (no end_run seen)"

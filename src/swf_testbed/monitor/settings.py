@@ -6,7 +6,8 @@ Environment (documented defaults in ``docs/monitor.md``):
   empty = SQLite at ``$SWF_HOME/monitor.sqlite3`` (WAL mode, busy timeout).
 * ``SWF_SECRET_KEY`` — empty = a random key generated once into ``$SWF_HOME``.
 * ``SWF_DEBUG``, ``SWF_ALLOWED_HOSTS``, ``SWF_CSRF_TRUSTED_ORIGINS``,
-  ``SWF_API_OPEN_READS``, ``SWF_SQLITE_BUSY_TIMEOUT_S``.
+  ``SWF_API_OPEN_READS``, ``SWF_API_ANONYMOUS_LOGS``, ``SWF_SQLITE_BUSY_TIMEOUT_S``,
+  ``SWF_DB_TIMEOUT_S`` (PostgreSQL connect and idle-transaction timeouts).
 * ``SWF_PROFILE=production`` — refuse to start (``ImproperlyConfigured``) on
   DEBUG, a missing or short ``SWF_SECRET_KEY``, empty or ``*`` hosts, unsafe
   broker credentials.
@@ -15,6 +16,7 @@ Environment (documented defaults in ``docs/monitor.md``):
 from __future__ import annotations
 
 import importlib.util
+import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from swf_testbed.settings import ProductionConfigError, Settings, get_settings
+from swf_testbed.settings import ProductionConfigError, Profile, Settings, get_settings
 
 
 def _checked_settings() -> Settings:
@@ -86,6 +88,15 @@ def _database() -> dict[str, Any]:
     else:
         db["CONN_MAX_AGE"] = 60
         db["CONN_HEALTH_CHECKS"] = True
+    if "postgresql" in db["ENGINE"]:
+        # A server that stops answering (frozen, or the connection half-open) must not
+        # hang a program forever: connects are bounded, and the server ends a transaction
+        # its client abandoned, whose locks would block the retry on a new connection.
+        timeout_s = max(1, math.ceil(_mon.db_timeout_s))
+        options = db.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", timeout_s)
+        idle = f"-c idle_in_transaction_session_timeout={timeout_s * 2000}"
+        options["options"] = f"{options['options']} {idle}" if options.get("options") else idle
     return db
 
 
@@ -93,6 +104,9 @@ SECRET_KEY = _secret_key()
 DEBUG = _mon.debug
 ALLOWED_HOSTS = _csv(_mon.allowed_hosts)
 CSRF_TRUSTED_ORIGINS = _csv(_mon.csrf_trusted_origins)
+# Secure cookies in production unless said otherwise: a session cookie must not travel in clear text.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = (
+    _swf.profile == Profile.PRODUCTION if _mon.secure_cookies is None else _mon.secure_cookies)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -196,6 +210,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 SWF_API_OPEN_READS = _mon.api_open_reads
+SWF_API_ANONYMOUS_LOGS = _mon.api_anonymous_logs
 SWF_API_MAX_UNPAGED = 10_000
 """A list request without paging parameters returns at most this many rows (header X-Truncated)."""
 

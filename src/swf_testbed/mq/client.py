@@ -271,7 +271,8 @@ class BrokerClient:
             log.warning("no receipt for the subscription to %s; it may not be active yet", destination)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription, *, forget: bool = False) -> None:
+        """Stop the subscription; ``forget``: a durable one is removed from the broker too (its backlog goes)."""
         with self._lock:
             sub.active = False
             self._subscriptions.pop(sub.id, None)
@@ -279,6 +280,10 @@ class BrokerClient:
             if conn is not None:
                 try:
                     conn.unsubscribe(id=sub.id)
+                    if forget and sub.durable_name:
+                        # detached first, then removed by name (ActiveMQ refuses to remove one in use)
+                        conn.unsubscribe(id=sub.id, headers={"activemq.subscriptionName": sub.durable_name,
+                                                             "durable-subscription-name": sub.durable_name})
                 except StompException:
                     pass
 

@@ -424,6 +424,10 @@ class Testbed:
                         h.healthy = running
                     if h.healthy:
                         h.liveness = "ok"
+                    elif prog.health in ("tcp", "http"):
+                        h.liveness = "down"
+                        if not running:  # say what is missing: the address users and agents reach it at
+                            h.detail = f"{h.detail or h.state.lower()}: {prog.health_target} is down"
                 result.append(h)
         return result
 

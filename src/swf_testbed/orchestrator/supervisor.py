@@ -40,6 +40,7 @@ from typing import Any, Literal
 from supervisor.xmlrpc import SupervisorTransport
 
 from swf_testbed.orchestrator.config import LoadedConfig, Services, unrepresentable
+from swf_testbed.settings import secret_file_variables
 
 SOCKET_PATH_MAX = 100
 """Longest unix socket path we use (the kernel limit is 107 bytes plus NUL)."""
@@ -268,14 +269,16 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
 def _base_env(namespace: str, services: Services, home: Path) -> dict[str, str]:
     env = {"SWF_HOME": str(home), "SWF_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1",
            "SWF_MONITOR_URL": services.monitor_url}
+    from_files = secret_file_variables()  # a secret given as a file is passed on as that file, never as its value
+    env.update(from_files)
     broker = services.broker
     for name in sorted(broker.model_fields_set | {"host", "port"}):
         value = getattr(broker, name)
-        if value is None:
+        if value is None or f"ACTIVEMQ_{name.upper()}_FILE" in from_files:
             continue
         text = ("true" if value else "false") if isinstance(value, bool) else str(getattr(value, "value", value))
         env[f"ACTIVEMQ_{name.upper()}"] = text
-    if services.database_url:
+    if services.database_url and "DATABASE_URL_FILE" not in from_files:
         env["DATABASE_URL"] = services.database_url
     return env
 

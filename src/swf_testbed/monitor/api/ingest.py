@@ -19,26 +19,36 @@ It runs as its own process (``swf-testbed monitor ingest`` or
 * A database error (unavailable, locked) is retried with backoff, forever,
   holding the batch; a broker outage is the client's to heal (reconnect and
   resubscribe). Neither kills the process.
+* A database that stops answering without an error (a frozen server, a
+  half-open connection) would block a call forever: a watchdog drops the
+  connection of a call that takes longer than ``db_timeout_s`` (PostgreSQL;
+  SQLite has its busy timeout), which turns it into an error that is retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from django.db import (
+    DEFAULT_DB_ALIAS,
     DatabaseError,
     InterfaceError,
     OperationalError,
     close_old_connections,
     connection,
+    connections,
 )
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from swf_testbed.monitor.api.recording import Incoming, RecordResult, record
 from swf_testbed.mq.client import BrokerClient, Delivery
@@ -85,6 +95,77 @@ class IngestStats:
         self.projection_errors += result.projection_errors
 
 
+class DbWatchdog:
+    """Drops the database connection of a call that has not returned within ``timeout_s``.
+
+    A PostgreSQL server that stops answering without closing (frozen, or the
+    connection half-open behind a dead middlebox) leaves the client waiting
+    on its socket for ever; TCP keepalives do not help when the peer's kernel
+    still answers. Shutting the socket down from this thread makes the
+    waiting call fail at once with an error the caller retries.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.fired = 0
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._wrapper: BaseDatabaseWrapper | None = None
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Watch the database calls of the current thread made inside the block."""
+        wrapper = connections[DEFAULT_DB_ALIAS]
+        if self.timeout_s <= 0 or wrapper.vendor != "postgresql":
+            yield
+            return
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="ingest-db-watchdog", daemon=True)
+                self._thread.start()
+            self._deadline = time.monotonic() + self.timeout_s
+            self._wrapper = wrapper
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._deadline = None
+                self._wrapper = None
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                while self._deadline is None:
+                    self._cond.wait()
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                wrapper, self._deadline = self._wrapper, None
+            if wrapper is not None:
+                self._drop(wrapper)
+
+    def _drop(self, wrapper: BaseDatabaseWrapper) -> None:
+        raw = wrapper.connection  # the driver's connection; None while connecting (connect_timeout covers that)
+        try:
+            fd = raw.fileno() if raw is not None else -1
+        except Exception:  # noqa: BLE001 - closed meanwhile: nothing to drop
+            return
+        if fd < 0:
+            return
+        self.fired += 1
+        log.warning("the database has not answered for %g s; dropping the connection", self.timeout_s)
+        try:
+            # shutdown (not close) on a duplicate: the call waiting on the socket fails now,
+            # and the descriptor stays the driver's to close
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 @dataclass(slots=True)
 class _Item:
     delivery: Delivery
@@ -104,8 +185,10 @@ class Ingestor:
         durable: bool = True,
         client_id: str = DEFAULT_CLIENT_ID,
         max_db_backoff_s: float = 5.0,
+        db_timeout_s: float = 30.0,
     ) -> None:
         self.destinations = destinations
+        self.watchdog = DbWatchdog(db_timeout_s)
         self.batch_size = batch_size
         self.flush_s = flush_ms / 1000.0
         self.max_db_backoff_s = max_db_backoff_s
@@ -195,8 +278,9 @@ class Ingestor:
         integrity_failures = 0
         while True:
             try:
-                close_old_connections()
-                self.stats.add(record(incoming))
+                with self.watchdog.guard():
+                    close_old_connections()
+                    self.stats.add(record(incoming))
                 return True
             except (OperationalError, InterfaceError) as exc:
                 self.stats.db_retries += 1
@@ -222,7 +306,8 @@ class Ingestor:
             delay = 0.1
             while True:
                 try:
-                    self.stats.add(record([item]))
+                    with self.watchdog.guard():
+                        self.stats.add(record([item]))
                     break
                 except (OperationalError, InterfaceError):
                     self._drop_connection()

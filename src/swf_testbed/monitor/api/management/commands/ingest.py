@@ -40,6 +40,7 @@ class Command(BaseCommand):
             flush_ms=max(1, options["flush_ms"]),
             durable=settings.monitor.ingest_durable and not options["no_durable"],
             client_id=options["client_id"],
+            db_timeout_s=settings.monitor.db_timeout_s,
         )
 
         def _stop(signum: int, frame: object) -> None:
