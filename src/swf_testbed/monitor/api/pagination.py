@@ -26,6 +26,13 @@ class OptionalLimitOffsetPagination(LimitOffsetPagination):
             return None
         return super().paginate_queryset(queryset, request, view)
 
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """Either shape: the plain list (no paging parameters) or the page object (with them)."""
+        return {"oneOf": [
+            {**schema, "description": "without limit/offset: a plain list"},
+            super().get_paginated_response_schema(schema),
+        ]}
+
 
 class MessagePagination(OptionalLimitOffsetPagination):
     """Message pages count from the facet table when the filters allow it (millions of rows)."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from swf_testbed.messages import NAME_PATTERN
 from swf_testbed.monitor.api import models as m
 
 _NAME_RE = re.compile(NAME_PATTERN)
+_M = TypeVar("_M", bound=models.Model)
 
 
 def check_name(value: str, what: str = "namespace") -> str:
@@ -42,10 +45,39 @@ class NamespaceField(serializers.SlugRelatedField):
         return m.Namespace.objects.get(name=data)
 
 
+@extend_schema_field(OpenApiTypes.OBJECT)
+class JSONObjectField(serializers.JSONField):
+    """A JSON object (or null where the column allows it), for the models' ``default=dict`` JSON columns.
+
+    The code that reads these columns merges and iterates them as dicts (heartbeats
+    merge ``metadata``, the agent page lists ``counters``, the ingest merges
+    ``metadata``/``performance_metrics``), so another JSON value is a 400 here,
+    not a 500 later. DRF also checks for null before it parses a form value, so
+    ``counters=null`` in a form would otherwise reach a NOT NULL column.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if value is None:
+            if not self.allow_null:
+                self.fail("null")
+            return value
+        if not isinstance(value, dict):
+            raise serializers.ValidationError(f"must be a JSON object, not {type(value).__name__}")
+        return value
+
+
+class ModelSerializer(serializers.ModelSerializer[_M]):
+    # The monitor's model serializers: the models' JSON columns take JSON objects.
+    # (A comment, not a docstring: the schema would show it on every component.)
+    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping,
+                                models.JSONField: JSONObjectField}
+
+
 # --------------------------------------------------------------------------- namespaces and agents
 
 
-class NamespaceSerializer(serializers.ModelSerializer[m.Namespace]):
+class NamespaceSerializer(ModelSerializer[m.Namespace]):
     class Meta:
         model = m.Namespace
         fields = ["id", "name", "owner", "description", "created_at", "updated_at"]
@@ -61,7 +93,7 @@ class EnsureNamespaceSerializer(serializers.Serializer[Any]):
         return check_name(value)
 
 
-class SystemAgentSerializer(serializers.ModelSerializer[m.SystemAgent]):
+class SystemAgentSerializer(ModelSerializer[m.SystemAgent]):
     namespace = NamespaceField()
     liveness = serializers.SerializerMethodField()
 
@@ -129,7 +161,8 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
                     if agent is None:
                         agent = m.SystemAgent(instance_name=name, namespace_id=namespace)
                     elif "metadata" in data:
-                        data["metadata"] = {**(agent.metadata or {}), **data["metadata"]}
+                        kept = agent.metadata if isinstance(agent.metadata, dict) else {}
+                        data["metadata"] = {**kept, **data["metadata"]}
                     for field, value in data.items():
                         setattr(agent, field, value)
                     agent.save()
@@ -141,7 +174,7 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
         raise AssertionError("unreachable")
 
 
-class SubscriberSerializer(serializers.ModelSerializer[m.Subscriber]):
+class SubscriberSerializer(ModelSerializer[m.Subscriber]):
     class Meta:
         model = m.Subscriber
         fields = ["subscriber_id", "subscriber_name", "fraction", "description", "is_active", "created_at",
@@ -153,7 +186,7 @@ class SubscriberSerializer(serializers.ModelSerializer[m.Subscriber]):
 # --------------------------------------------------------------------------- workflows
 
 
-class WorkflowDefinitionSerializer(serializers.ModelSerializer[m.WorkflowDefinition]):
+class WorkflowDefinitionSerializer(ModelSerializer[m.WorkflowDefinition]):
     class Meta:
         model = m.WorkflowDefinition
         fields = ["id", "workflow_name", "version", "workflow_type", "definition", "parameter_values",
@@ -161,10 +194,10 @@ class WorkflowDefinitionSerializer(serializers.ModelSerializer[m.WorkflowDefinit
         read_only_fields = ["id", "created_at"]
 
 
-class WorkflowExecutionSerializer(serializers.ModelSerializer[m.WorkflowExecution]):
+class WorkflowExecutionSerializer(ModelSerializer[m.WorkflowExecution]):
     namespace = NamespaceField()
     workflow_name = serializers.SerializerMethodField()
-    stf_count = serializers.IntegerField(read_only=True, required=False)
+    stf_count = serializers.SerializerMethodField(help_text="STF files of the execution's runs")
 
     class Meta:
         model = m.WorkflowExecution
@@ -176,6 +209,11 @@ class WorkflowExecutionSerializer(serializers.ModelSerializer[m.WorkflowExecutio
     def get_workflow_name(self, obj: m.WorkflowExecution) -> str:
         return obj.workflow_name
 
+    def get_stf_count(self, obj: m.WorkflowExecution) -> int:
+        # annotated on lists and details; counted for the answer to a create or an update
+        annotated = getattr(obj, "stf_count", None)
+        return int(annotated) if annotated is not None else m.StfFile.objects.filter(run__execution=obj).count()
+
     def update(self, instance: m.WorkflowExecution, validated_data: dict[str, Any]) -> m.WorkflowExecution:
         if "execution_id" in validated_data and validated_data["execution_id"] != instance.execution_id:
             raise serializers.ValidationError({"execution_id": "cannot be changed"})
@@ -185,7 +223,7 @@ class WorkflowExecutionSerializer(serializers.ModelSerializer[m.WorkflowExecutio
 # --------------------------------------------------------------------------- runs and files
 
 
-class RunSerializer(serializers.ModelSerializer[m.Run]):
+class RunSerializer(ModelSerializer[m.Run]):
     namespace = NamespaceField()
 
     class Meta:
@@ -195,7 +233,7 @@ class RunSerializer(serializers.ModelSerializer[m.Run]):
         read_only_fields = ["run_id"]
 
 
-class StfFileSerializer(serializers.ModelSerializer[m.StfFile]):
+class StfFileSerializer(ModelSerializer[m.StfFile]):
     run_number = serializers.IntegerField(source="run.run_number", read_only=True)
 
     class Meta:
@@ -206,7 +244,7 @@ class StfFileSerializer(serializers.ModelSerializer[m.StfFile]):
         read_only_fields = ["file_id", "created_at", "updated_at"]
 
 
-class FastMonFileSerializer(serializers.ModelSerializer[m.FastMonFile]):
+class FastMonFileSerializer(ModelSerializer[m.FastMonFile]):
     class Meta:
         model = m.FastMonFile
         fields = ["tf_file_id", "stf_file", "tf_filename", "tf_first", "tf_last", "tf_count", "file_size_bytes",
@@ -220,7 +258,7 @@ class FastMonFileSerializer(serializers.ModelSerializer[m.FastMonFile]):
         return attrs
 
 
-class TFSliceSerializer(serializers.ModelSerializer[m.TFSlice]):
+class TFSliceSerializer(ModelSerializer[m.TFSlice]):
     class Meta:
         model = m.TFSlice
         fields = ["id", "sample", "slice_id", "tf_first", "tf_last", "tf_count", "tf_filename", "stf_filename",
@@ -238,7 +276,7 @@ class TFSliceSerializer(serializers.ModelSerializer[m.TFSlice]):
         return attrs
 
 
-class WorkerSerializer(serializers.ModelSerializer[m.Worker]):
+class WorkerSerializer(ModelSerializer[m.Worker]):
     namespace = NamespaceField()
 
     class Meta:
@@ -248,7 +286,7 @@ class WorkerSerializer(serializers.ModelSerializer[m.Worker]):
                   "metadata"]
 
 
-class RunStateSerializer(serializers.ModelSerializer[m.RunState]):
+class RunStateSerializer(ModelSerializer[m.RunState]):
     class Meta:
         model = m.RunState
         fields = ["run_number", "run", "phase", "state", "substate", "target_worker_count", "active_worker_count",
@@ -265,7 +303,7 @@ class RunStateSerializer(serializers.ModelSerializer[m.RunState]):
         return attrs
 
 
-class SystemStateEventSerializer(serializers.ModelSerializer[m.SystemStateEvent]):
+class SystemStateEventSerializer(ModelSerializer[m.SystemStateEvent]):
     namespace = NamespaceField()
 
     class Meta:
@@ -278,7 +316,7 @@ class SystemStateEventSerializer(serializers.ModelSerializer[m.SystemStateEvent]
 # --------------------------------------------------------------------------- messages and logs
 
 
-class WorkflowMessageSerializer(serializers.ModelSerializer[m.WorkflowMessage]):
+class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
     body = serializers.SerializerMethodField(help_text="the body as JSON, or as text when it is not JSON")
     # Names the existing ePIC monitor uses for the same values.
     message_type = serializers.CharField(source="msg_type", read_only=True)
@@ -300,7 +338,7 @@ class WorkflowMessageSerializer(serializers.ModelSerializer[m.WorkflowMessage]):
         return obj.parsed_body()
 
 
-class AppLogSerializer(serializers.ModelSerializer[m.AppLog]):
+class AppLogSerializer(ModelSerializer[m.AppLog]):
     class Meta:
         model = m.AppLog
         fields = ["id", "app_name", "instance_name", "timestamp", "level", "levelname", "message", "module",

@@ -101,6 +101,7 @@ class SubscriberViewSet(MonitorModelViewSet):
 
 
 class AppLogViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+    anonymous_create_setting = "SWF_API_ANONYMOUS_LOGS"  # see permissions.py: off by default
     queryset = m.AppLog.objects.all()
     serializer_class = s.AppLogSerializer
     filterset_class = f.AppLogFilter

@@ -79,7 +79,8 @@ def agent_list(request: HttpRequest) -> HttpResponse:
     agents = m.SystemAgent.objects.all()
     namespace = request.GET.get("namespace")
     if namespace:
-        agents = agents.filter(namespace_id=namespace)
+        # a NUL is in no name, and PostgreSQL refuses it in a query (a 500, not an empty list)
+        agents = agents.filter(namespace_id=namespace) if "\x00" not in namespace else agents.none()
     rows = [(agent, agent.liveness(now).value) for agent in agents]
     wanted = request.GET.get("liveness")
     if wanted:
@@ -106,7 +107,7 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "liveness": agent.liveness().value,
         "heartbeats": heartbeats,
         "messages": sent.exclude(msg_type="heartbeat").defer("body")[:50],
-        "counters": sorted((agent.counters or {}).items()),
+        "counters": sorted(agent.counters.items()) if isinstance(agent.counters, dict) else [],
     }
     return render_live(request, "front/agent_detail.html", context)
 
