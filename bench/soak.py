@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -52,12 +53,12 @@ from typing import Any
 import psutil
 import stomp
 
+from swf_testbed.orchestrator.starter import render
 from swf_testbed.testing.brokers import free_port, wait_for_port
 
 STF_INTERVAL_S = 0.6
 """ePIC: an STF is about 0.6 s of data."""
 SAMPLING = 0.05
-WORKERS = 2
 SLICE_TIME_S = 1.0
 """Wall seconds a worker spends on a slice: 2 workers then keep up with 15 slices per ~12 s."""
 PROCESSING_TIME_S = 0.3
@@ -66,28 +67,17 @@ WARMUP_S = 60.0
 
 
 def testbed_toml(namespace: str, broker_port: int, monitor_port: int, stfs: int, minutes: float) -> str:
-    agents = "".join(
-        f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\n{extra}\n'
-        for name, module, extra in (
-            ("runner", "runner:WorkflowRunner", ""),
-            ("data", "data:DataAgent", ""),
-            ("processing", "processing:ProcessingAgent", ""),
-            ("fastmon", "fastmon:FastMonAgent", ""),
-            ("fast_processing", "fast_processing:FastProcessingAgent", ""),
-            ("worker", "worker:WorkerAgent", f"instances = {WORKERS}\n"),
-        )
-    )
-    return (
-        f'[testbed]\nnamespace = "{namespace}"\n\n'
-        '[workflow]\nname = "stf_datataking"\nconfig = "fast_processing_default"\ntime_scale = 1\n\n'
-        f"[parameters]\nstf_count = {stfs}\nstf_interval = {STF_INTERVAL_S}\n"
-        f"physics_period_duration = {minutes * 60 + 60:.0f}\nstf_sampling_rate = {SAMPLING}\n"
-        f"slice_processing_time = {SLICE_TIME_S}\nprocessing_time = {PROCESSING_TIME_S}\n\n"
-        f"{agents}"
-        f'[broker]\nmode = "embedded"\nhost = "127.0.0.1"\nport = {broker_port}\n\n'
-        f'[monitor]\nmode = "embedded"\nhost = "127.0.0.1"\nport = {monitor_port}\n\n'
-        '[database]\nurl = ""\n'
-    )
+    """``swf-testbed init``'s testbed.toml (every agent, two workers, embedded services), paced to real time."""
+    text = render(namespace)
+    for old, new in (("port = 61613", f"port = {broker_port}"), ("port = 8002", f"port = {monitor_port}"),
+                     ("time_scale = 100", "time_scale = 1"), ("stf_count = 10", f"stf_count = {stfs}"),
+                     ("stf_sampling_rate = 0.2", f"stf_sampling_rate = {SAMPLING}")):
+        if old not in text:
+            raise SystemExit(f"swf-testbed init's testbed.toml no longer has {old!r}: update bench/soak.py")
+        text = text.replace(old, new, 1)
+    extra = (f"stf_interval = {STF_INTERVAL_S}\nphysics_period_duration = {minutes * 60 + 60:.0f}\n"
+             f"slice_processing_time = {SLICE_TIME_S}\nprocessing_time = {PROCESSING_TIME_S}")
+    return re.sub(r"(?m)^\[parameters\].*$", lambda m: f"{m.group(0)}\n{extra}", text, count=1)
 
 
 class Sent(stomp.ConnectionListener):

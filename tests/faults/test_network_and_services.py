@@ -38,11 +38,11 @@ import pytest
 
 from swf_testbed.messages import StfReady
 from swf_testbed.mq import BrokerClient, Queue, Topic
-from swf_testbed.mq.destinations import HEARTBEAT_TOPIC, data_topic
+from swf_testbed.mq.destinations import data_topic
 from swf_testbed.testing.brokers import BrokerProcess, start_embedded
 from swf_testbed.testing.faultproxy import FaultProxy
 from tests.monitor import ingestlib
-from tests.monitor.ingestlib import IngestProcess, probe, wait_for
+from tests.monitor.ingestlib import IngestProcess, wait_for
 from tests.support.agents import EchoAgent, stf_ready
 from tests.support.collect import Collector, eventually
 
@@ -287,17 +287,9 @@ def _probe_recorded(database_url: str, msg_id: str) -> bool:
 
 
 def _wait_ingesting(client: BrokerClient, ingest: IngestProcess, database_url: str, timeout: float = 90) -> None:
-    """Probes until one is recorded: the ingest is subscribed (its durable subscriptions exist)."""
-    sent: list[str] = []
-
-    def recorded() -> bool:
-        assert ingest.alive, f"ingest exited:\n{ingest.log()[-3000:]}"
-        msg = probe()
-        sent.append(msg.msg_id)
-        client.send(HEARTBEAT_TOPIC, msg, persistent=False)
-        return any(_probe_recorded(database_url, m) for m in sent[-5:])
-
-    wait_for(recorded, timeout, "the ingest to record a probe", interval=0.5)
+    """Probes until one is recorded, looked up in the database directly (this test runs no Django)."""
+    ingestlib.wait_until_ingesting(client, ingest, timeout,
+                                   any_recorded=lambda ids: any(_probe_recorded(database_url, m) for m in ids[-5:]))
 
 
 def _stf(ns: str, prefix: str, i: int) -> StfReady:

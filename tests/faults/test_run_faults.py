@@ -34,7 +34,7 @@ from swf_testbed.mq.destinations import MONITOR_TOPIC, RUN_TOPIC, data_topic
 from swf_testbed.orchestrator.supervisor import Supervisor, runtime_paths
 from swf_testbed.testing.brokers import BrokerProcess, activemq_available, free_port, start_activemq
 from tests.orchestrator.conftest import Bed
-from tests.orchestrator.test_end_to_end import SLICES_PER_SAMPLE, _start_chain_run, count, wait_until
+from tests.orchestrator.test_end_to_end import SLICES_PER_SAMPLE, _start_chain_run, count, stack_services, wait_until
 from tests.support.agents import EchoAgent, stf_ready
 from tests.support.collect import Collector
 
@@ -353,12 +353,7 @@ INGEST = "monitor-ingest:monitor-ingest"
 def test_ingest_down_mid_run_the_chain_goes_on_and_the_monitor_catches_up(
     stack: str, chain: Any, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if stack == "activemq+postgresql":
-        broker: BrokerProcess = request.getfixturevalue("activemq_broker")
-        database_url: str = request.getfixturevalue("fresh_postgres_database")
-    else:
-        broker = request.getfixturevalue("embedded_broker")
-        database_url = ""
+    broker, database_url = stack_services(stack, request, "")
     c: Chain = chain(broker, database_url=database_url, label="ingest")
     tap = Tap(broker.settings(), c.namespace)
     tap.client.start(wait=30)

@@ -101,9 +101,17 @@ def probe(namespace: str = "probe") -> Heartbeat:
                      instance_id=uuid.uuid4().hex, pid=1, hostname="h", operational_state="READY", interval_s=60)
 
 
-def wait_until_ingesting(client: BrokerClient, ingest: IngestProcess, timeout: float = 60.0) -> None:
-    """Send probes until one is recorded: the ingest is then subscribed (and its durable subscriptions exist)."""
-    from swf_testbed.monitor.api.models import WorkflowMessage
+def wait_until_ingesting(client: BrokerClient, ingest: IngestProcess, timeout: float = 60.0,
+                         any_recorded: Callable[[list[str]], bool] | None = None) -> None:
+    """Send probes until one is recorded: the ingest is then subscribed (and its durable subscriptions exist).
+
+    ``any_recorded(msg_ids)`` looks in the database; by default through this test's Django ORM.
+    """
+    if any_recorded is None:
+        from swf_testbed.monitor.api.models import WorkflowMessage
+
+        def any_recorded(msg_ids: list[str]) -> bool:
+            return WorkflowMessage.objects.filter(msg_id__in=msg_ids).exists()
 
     sent: list[str] = []
 
@@ -112,6 +120,6 @@ def wait_until_ingesting(client: BrokerClient, ingest: IngestProcess, timeout: f
         msg = probe()
         sent.append(msg.msg_id)
         client.send(HEARTBEAT_TOPIC, msg, persistent=False)
-        return WorkflowMessage.objects.filter(msg_id__in=sent).exists()
+        return any_recorded(sent)
 
     wait_for(recorded, timeout, "the ingest to record a probe", interval=0.3)

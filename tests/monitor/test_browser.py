@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,38 +15,13 @@ from swf_testbed.mq.client import BrokerClient
 from swf_testbed.mq.destinations import RUN_TOPIC
 from swf_testbed.testing.brokers import BrokerProcess
 
+from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
 from .ingestlib import IngestProcess, wait_until_ingesting
-
-CHROMIUM = os.environ.get("SWF_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
-
-# CI sets SWF_REQUIRE_BROWSER: there a missing Chromium fails the tests instead of skipping them.
-_REQUIRED = os.environ.get("SWF_REQUIRE_BROWSER", "") not in ("", "0", "false")
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not _REQUIRED,
-                       reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"),
+    needs_chromium,
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    # Playwright's sync API runs an event loop in this thread; the ORM calls of the test are still sync.
-    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with playwright_api.sync_playwright() as p:
-            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield chromium
-            chromium.close()
-    finally:
-        if saved is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
 
 
 @pytest.fixture

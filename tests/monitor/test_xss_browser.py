@@ -14,8 +14,6 @@ that htmx fetches are checked as raw HTML too.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,16 +22,11 @@ import pytest
 
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
-
-CHROMIUM = os.environ.get("SWF_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
-_REQUIRED = os.environ.get("SWF_REQUIRE_BROWSER", "") not in ("", "0", "false")
+from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not _REQUIRED,
-                       reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"),
+    needs_chromium,
 ]
 
 _VARIANTS = [
@@ -95,23 +88,6 @@ PAGES: dict[str, list[str]] = {
 
 
 # --------------------------------------------------------------------------- browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs a loop in this thread
-    try:
-        with playwright_api.sync_playwright() as p:
-            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield chromium
-            chromium.close()
-    finally:
-        if saved is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
 
 
 @pytest.fixture

@@ -69,16 +69,18 @@ def wait_until(predicate: Any, what: str, timeout: float = 90.0) -> None:
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
+def stack_services(stack: str, request: pytest.FixtureRequest, sqlite_url: str) -> tuple[BrokerProcess, str]:
+    """The broker and database URL of a stack: "embedded+sqlite" (that SQLite URL) or "activemq+postgresql"."""
+    if stack == "activemq+postgresql":
+        return request.getfixturevalue("activemq_broker"), request.getfixturevalue("fresh_postgres_database")
+    return request.getfixturevalue("embedded_broker"), sqlite_url
+
+
 @pytest.mark.parametrize("stack", ["embedded+sqlite", "activemq+postgresql"])
 def test_fast_processing_run_is_recorded_completely_and_once(
     stack: str, make_bed: Any, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if stack == "activemq+postgresql":
-        broker: BrokerProcess = request.getfixturevalue("activemq_broker")
-        database_url: str = request.getfixturevalue("fresh_postgres_database")
-    else:
-        broker = request.getfixturevalue("embedded_broker")
-        database_url = f"sqlite:///{tmp_path / 'monitor.sqlite3'}"
+    broker, database_url = stack_services(stack, request, f"sqlite:///{tmp_path / 'monitor.sqlite3'}")
     bed: Bed = make_bed(broker=broker)
     port = free_port()
     namespace = f"e2e{port}"
