@@ -109,9 +109,9 @@ def chain(make_bed: Any, tmp_path: Path, home: Path) -> Iterator[Any]:
 
     def start(broker: BrokerProcess | None, *, database_url: str = "",
               broker_section: str = 'mode = "external"', label: str = "fault", durable: bool = False,
-              run_args: tuple[str, ...] = ()) -> Chain:
+              run_args: tuple[str, ...] = (), workflow: str = WORKFLOW) -> Chain:
         bed, run, execution_id, port = _start_chain_run(
-            make_bed, broker, tmp_path, label, workflow=WORKFLOW, parameters=PARAMETERS,
+            make_bed, broker, tmp_path, label, workflow=workflow, parameters=PARAMETERS,
             database_url=database_url, broker_section=broker_section,
             agent_extra="options = { durable = true }\n" if durable else "", run_args=run_args)
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10)
@@ -269,8 +269,10 @@ def test_embedded_broker_killed_mid_run_the_loss_is_bounded_and_reported(
     """
     port = free_port()
     # what is lost never comes: 30 s after the run's end are plenty to give up on it
+    # at real time: the chain must be back (agents and ingest resubscribed) well before the run's last STF,
+    # also on a loaded machine where a restarted broker and the reconnections take seconds
     c: Chain = chain(None, broker_section=f'mode = "embedded"\nport = {port}', label="embkill",
-                     run_args=("--drain-timeout", "30"))
+                     run_args=("--drain-timeout", "30"), workflow="time_scale = 1")
     c.wait_mid_run()
     before = stf_sequences(c)
     old_pid = c.pid("broker")
@@ -298,7 +300,9 @@ def test_embedded_broker_killed_mid_run_the_loss_is_bounded_and_reported(
     run_number = runs[0]["run_number"]
     samples = count(api, "/fastmon-files/", execution_id=eid)
     slices = count(api, "/tf-slices/", run_number=run_number)
-    assert samples <= STFS and slices <= samples * SLICES_PER_SAMPLE  # none twice
+    # none twice (the database keeps a slice once per sample); a sample whose registration was lost at the
+    # kill can still have its slices recorded, so they are bounded by the run, not by the samples recorded
+    assert samples <= STFS and slices <= STFS * SLICES_PER_SAMPLE
     assert count(api, "/tf-slices/", run_number=run_number, status="failed") == 0
 
     if c.run.returncode == 0:  # nothing was lost this time: then all of it is there, once
