@@ -114,8 +114,8 @@ class DbWatchdog:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """Watch the database calls of the current thread made inside the block."""
+    def guard(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Watch the database calls of the current thread made inside the block (``timeout_s``: this block's)."""
         wrapper = connections[DEFAULT_DB_ALIAS]
         if self.timeout_s <= 0 or wrapper.vendor != "postgresql":
             yield
@@ -124,7 +124,7 @@ class DbWatchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="ingest-db-watchdog", daemon=True)
                 self._thread.start()
-            self._deadline = time.monotonic() + self.timeout_s
+            self._deadline = time.monotonic() + (timeout_s or self.timeout_s)
             self._wrapper = wrapper
             self._cond.notify()
         try:
@@ -276,14 +276,19 @@ class Ingestor:
         """Record the batch; retries database outages until it succeeds or the ingest stops."""
         delay = 0.1
         integrity_failures = 0
+        cut_short = 0
         while True:
+            fired = self.watchdog.fired
             try:
-                with self.watchdog.guard():
+                # each time the watchdog cut this batch short, give it twice as long: a batch that is merely
+                # slow (a loaded server, a large backlog) must get through, not be dropped again and again
+                with self.watchdog.guard(self.watchdog.timeout_s * 2 ** min(cut_short, 5)):
                     close_old_connections()
                     self.stats.add(record(incoming))
                 return True
             except (OperationalError, InterfaceError) as exc:
                 self.stats.db_retries += 1
+                cut_short += self.watchdog.fired > fired
                 log.warning("database unavailable (%s); retrying in %.1f s", str(exc).strip() or type(exc).__name__,
                             delay)
                 self._drop_connection()
