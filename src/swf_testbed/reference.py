@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from swf_testbed.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+from swf_testbed.settings import env_variable
 
 _CATEGORY_TITLES = {
     "run": "Run lifecycle (DAQ simulator → run topic)",
@@ -333,14 +334,6 @@ def _model_rows(model: Any, table: str) -> list[str]:
     return rows
 
 
-def _env_name(model: Any, name: str) -> str:
-    field = model.model_fields[name]
-    alias = field.validation_alias
-    if isinstance(alias, str):
-        return alias
-    return (model.model_config.get("env_prefix", "") + name).upper()
-
-
 def settings_variables() -> list[tuple[str, Any, str]]:
     """(environment variable, settings model, field name) for every setting read from the environment."""
     from pydantic_settings import BaseSettings
@@ -355,7 +348,7 @@ def settings_variables() -> list[tuple[str, Any, str]]:
             if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
                 walk(annotation)
                 continue
-            found.append((_env_name(model, name), model, name))
+            found.append((env_variable(model, name), model, name))
 
     walk(Settings)
     return found
@@ -372,7 +365,7 @@ def _settings_rows(group: Any) -> list[str]:
         if model is not group:
             continue
         schema = schemas.setdefault(model, model.model_json_schema())
-        prop = schema["properties"].get(name) or schema["properties"].get(_env_name(model, name), {})
+        prop = schema["properties"].get(name) or schema["properties"].get(env_variable(model, name), {})
         field = model.model_fields[name]
         if field.default_factory is default_home:
             default = "`$XDG_STATE_HOME/swf-testbed`, else `~/.local/state/swf-testbed`"

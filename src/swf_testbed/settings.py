@@ -82,6 +82,15 @@ def secret_file_variables() -> dict[str, str]:
     return {f"{name}_FILE": os.environ[f"{name}_FILE"] for name in SECRET_VARIABLES if os.environ.get(f"{name}_FILE")}
 
 
+def env_variable(model: type[BaseSettings], field_name: str) -> str:
+    """The environment variable a settings field is read from: its alias, else the model's prefix + its name."""
+    field = model.model_fields.get(field_name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, str):
+        return alias.upper()
+    return f"{model.model_config.get('env_prefix', '')}{field_name}".upper()
+
+
 class SecretFiles(PydanticBaseSettingsSource):
     """Secrets from files: ``ACTIVEMQ_PASSWORD_FILE=/run/secrets/broker`` and the like.
 
@@ -91,18 +100,13 @@ class SecretFiles(PydanticBaseSettingsSource):
     """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        variable = self._variable(field, field_name)
+        variable = env_variable(self.settings_cls, field_name)
         if variable not in SECRET_VARIABLES or not os.environ.get(f"{variable}_FILE"):
             return None, field_name, False
         if os.environ.get(variable):
             raise SecretFileError(f"both {variable} and {variable}_FILE are set; give one of them")
         return read_secret_file(f"{variable}_FILE", os.environ[f"{variable}_FILE"]), field_name, False
 
-    def _variable(self, field: FieldInfo, field_name: str) -> str:
-        alias = field.validation_alias
-        if isinstance(alias, str):
-            return alias.upper()
-        return f"{self.config.get('env_prefix', '')}{field_name}".upper()
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -274,9 +278,7 @@ def describe_settings_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""
-        field = model.model_fields.get(name)
-        alias = field.validation_alias if field is not None else None
-        variable = alias.upper() if isinstance(alias, str) else f"{model.model_config.get('env_prefix', '')}{name}".upper()
+        variable = env_variable(model, name)
         shown = "" if variable in SECRET_VARIABLES else f" (got {error.get('input')!r})"
         lines.append(f"{variable}: {error['msg']}{shown}")
     return "invalid settings in the environment:\n  - " + "\n  - ".join(lines)
