@@ -23,6 +23,10 @@ It runs as its own process (``swf-testbed monitor ingest`` or
   half-open connection) would block a call forever: a watchdog drops the
   connection of a call that takes longer than ``db_timeout_s`` (PostgreSQL;
   SQLite has its busy timeout), which turns it into an error that is retried.
+  Before the retry, the server-side sessions of the dropped connections are
+  ended: the server cannot tell them from slow clients, and the transaction
+  of one would hold the locks of the rows it inserted, blocking the retry of
+  the same batch.
 """
 
 from __future__ import annotations
@@ -108,8 +112,11 @@ class DbWatchdog:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.fired = 0
+        self.ended = 0
+        self._abandoned: list[int] = []  # server pids of the connections dropped, still to end
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        self._block_timeout_s = timeout_s
         self._wrapper: BaseDatabaseWrapper | None = None
         self._thread: threading.Thread | None = None
 
@@ -124,7 +131,8 @@ class DbWatchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="ingest-db-watchdog", daemon=True)
                 self._thread.start()
-            self._deadline = time.monotonic() + (timeout_s or self.timeout_s)
+            self._block_timeout_s = timeout_s or self.timeout_s
+            self._deadline = time.monotonic() + self._block_timeout_s
             self._wrapper = wrapper
             self._cond.notify()
         try:
@@ -143,11 +151,11 @@ class DbWatchdog:
                 if remaining > 0:
                     self._cond.wait(remaining)
                     continue
-                wrapper, self._deadline = self._wrapper, None
+                wrapper, self._deadline, waited = self._wrapper, None, self._block_timeout_s
             if wrapper is not None:
-                self._drop(wrapper)
+                self._drop(wrapper, waited)
 
-    def _drop(self, wrapper: BaseDatabaseWrapper) -> None:
+    def _drop(self, wrapper: BaseDatabaseWrapper, waited_s: float) -> None:
         raw = wrapper.connection  # the driver's connection; None while connecting (connect_timeout covers that)
         try:
             fd = raw.fileno() if raw is not None else -1
@@ -156,7 +164,10 @@ class DbWatchdog:
         if fd < 0:
             return
         self.fired += 1
-        log.warning("the database has not answered for %g s; dropping the connection", self.timeout_s)
+        with contextlib.suppress(Exception):  # the pid is known once connected
+            with self._cond:
+                self._abandoned.append(int(raw.info.backend_pid))
+        log.warning("the database has not answered for %g s; dropping the connection", waited_s)
         try:
             # shutdown (not close) on a duplicate: the call waiting on the socket fails now,
             # and the descriptor stays the driver's to close
@@ -164,6 +175,37 @@ class DbWatchdog:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def end_abandoned(self) -> None:
+        """End the server-side sessions of the connections dropped so far (call on a new connection).
+
+        A frozen link leaves its session on the server, maybe idle in a
+        transaction that holds row locks; ``idle_in_transaction_session_timeout``
+        does not reliably end it (a session frozen in the middle of reading a
+        message is never idle), so the ingest ends them itself. Only sessions
+        of this database and role are touched.
+        """
+        with self._cond:
+            pids, self._abandoned = self._abandoned, []
+        if not pids:
+            return
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
+                    "AND datname = current_database() AND usename = current_user", [pids])
+                ended = cursor.fetchone()[0]
+        except (OperationalError, InterfaceError):
+            with self._cond:
+                self._abandoned[:0] = pids  # the new connection failed too: try again on the next one
+            raise
+        except DatabaseError as exc:
+            log.warning("cannot end the abandoned database sessions %s (%s); the server's timeout will", pids, exc)
+            return
+        self.ended += ended
+        if ended:
+            log.warning("ended %d database session(s) of dropped connections (server pids %s)", ended, pids)
 
 
 @dataclass(slots=True)
@@ -282,9 +324,7 @@ class Ingestor:
             try:
                 # each time the watchdog cut this batch short, give it twice as long: a batch that is merely
                 # slow (a loaded server, a large backlog) must get through, not be dropped again and again
-                with self.watchdog.guard(self.watchdog.timeout_s * 2 ** min(cut_short, 5)):
-                    close_old_connections()
-                    self.stats.add(record(incoming))
+                self._record(incoming, self.watchdog.timeout_s * 2 ** min(cut_short, 5))
                 return True
             except (OperationalError, InterfaceError) as exc:
                 self.stats.db_retries += 1
@@ -311,8 +351,7 @@ class Ingestor:
             delay = 0.1
             while True:
                 try:
-                    with self.watchdog.guard():
-                        self.stats.add(record([item]))
+                    self._record([item])
                     break
                 except (OperationalError, InterfaceError):
                     self._drop_connection()
@@ -326,6 +365,12 @@ class Ingestor:
                     self._drop_connection()
                     break
         return True
+
+    def _record(self, incoming: list[Incoming], timeout_s: float | None = None) -> None:
+        with self.watchdog.guard(timeout_s):
+            close_old_connections()
+            self.watchdog.end_abandoned()
+            self.stats.add(record(incoming))
 
     @staticmethod
     def _drop_connection() -> None:
