@@ -180,6 +180,9 @@ def test_broker_drops_a_client_that_went_silent(any_broker: BrokerProcess,
             answers = []
             while time.monotonic() - stalled_at < 60:
                 answer = _stomp_connect(any_broker.host, any_broker.port, client_id)
+                if not answer:  # ActiveMQ now and then closes a refused CONNECT before its ERROR frame went out
+                    time.sleep(0.1)
+                    continue
                 answers.append(answer.splitlines()[0])
                 if answer.startswith("CONNECTED"):
                     break
@@ -349,6 +352,8 @@ def ingests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[IngestProcess]]:
     yield started
     for proc in started:
         proc.kill()
+        # pytest shows this only when the test failed: the ingest's own account of it
+        print(f"--- the last lines of ingest log {proc.log_path}:\n" + "\n".join(proc.log().splitlines()[-60:]))
 
 
 def _ingest(ingests: list[IngestProcess], broker: BrokerProcess, database_url: str, client_id: str, *,
@@ -489,11 +494,12 @@ def test_database_stalled_ingest_recovers(
     ``this-connection``: the ingest's open connection freezes, new ones work;
     the ingest must give up the frozen one by itself and go on.
     ``mid-transaction``: the same, frozen in the middle of the ingest's
-    transaction, after its INSERT (it waits on a lock we hold on the counts
-    table; we stall, then release it): the server keeps that abandoned
-    transaction and the locks of the rows it inserted, which block the retry
-    of the same batch on a new connection until the server ends it
-    (idle_in_transaction_session_timeout, twice SWF_DB_TIMEOUT_S).
+    transaction, after its INSERT, while it waits on a lock we hold on the
+    counts table. That session is active, not idle: no server timeout ends
+    it, and it keeps the locks of the rows it inserted, which would block the
+    retry of the same batch on a new connection for ever. We hold our lock
+    until the ingest has ended that session itself (with its watchdog's
+    record of the connections it dropped), then release it.
     ``whole-partition``: new connections freeze too, for 10 s; once restored
     the ingest must go on. Every message is recorded exactly once.
     """
@@ -514,13 +520,21 @@ def test_database_stalled_ingest_recovers(
                 with psycopg.connect(direct) as locker:
                     # the message counts are updated after the messages are inserted, in the same transaction
                     locker.execute("LOCK TABLE monitor_messagecount IN ACCESS EXCLUSIVE MODE")
-                    wait_for(lambda: locker.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'").fetchone()[0] > 0,  # type: ignore[index]
-                        30, "the ingest's transaction to wait for our lock", interval=0.05)
+
+                    def waiting_sessions() -> list[int]:
+                        return [row[0] for row in locker.execute(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock'").fetchall()]
+
+                    frozen = wait_for(waiting_sessions, 30, "the ingest's transaction to wait for our lock",
+                                      interval=0.05)
                     stalled_at = time.monotonic()
                     proxy.stall()
-                # committed: the INSERT goes on server-side, its answer goes into the black hole
+                    with psycopg.connect(direct, autocommit=True) as watcher:  # a fresh view of the sessions each time
+                        wait_for(lambda: not set(frozen) & {row[0] for row in watcher.execute(
+                            "SELECT pid FROM pg_stat_activity").fetchall()}, 90,
+                            f"the ingest to end its frozen session(s) {frozen}", interval=0.2)
+                # committed: the ingest's retries go on
             else:
                 stalled_at = time.monotonic()
                 proxy.stall(new_connections=stall == "whole-partition")
@@ -539,6 +553,8 @@ def test_database_stalled_ingest_recovers(
             assert _stored(direct, ns) == (total, total)
             assert ingest.alive
             assert "the database has not answered" in ingest.log(), "the watchdog never fired"
+            if stall == "mid-transaction":
+                assert "database session(s) of dropped connections" in ingest.log()
         finally:
             proxy.restore()
             client.close()
