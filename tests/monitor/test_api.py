@@ -248,6 +248,12 @@ def test_fastmon_file_and_tf_slice(api: Any) -> None:
     created = api.post("/api/tf-slices/", slice_payload, format="json")
     assert created.status_code == 201, created.content
     assert created.json()["sample"] == sample.json()["tf_file_id"]
+    unsliced = api.post("/api/fastmon-files/", {"stf_file": stf["file_id"], "tf_filename": "swf.100012.000001.tf.0002",
+                                                "status": "registered"}, format="json").json()
+    assert [s["tf_filename"] for s in api.get("/api/fastmon-files/", {"has_slices": "true"}).json()] == [
+        "swf.100012.000001.tf.0001"]
+    assert [s["tf_file_id"] for s in api.get("/api/fastmon-files/", {"has_slices": "false"}).json()] == [
+        unsliced["tf_file_id"]]
     done = api.patch(f"/api/tf-slices/{created.json()['id']}/", {"status": "completed",
                                                                   "assigned_worker": "w1"}, format="json")
     assert done.status_code == 200 and done.json()["status"] == "completed"

@@ -304,10 +304,15 @@ def _produced(snap: dict[str, Any]) -> int:
 def _drained(snap: dict[str, Any], figures: dict[str, int] | None = None) -> bool:
     """Every STF the run produced is processed and every slice sent has its result.
 
-    ``figures``: processed / slice counts to judge by instead of the snapshot's (the monitor's).
+    ``figures``: processed / slice counts to judge by instead of the snapshot's (the monitor's);
+    they also tell the samples that have no slice yet, which count once the run has slices at all
+    (a sample whose message a fast-processing agent missed is never sliced: its slices are not late
+    but lost, and they are in no slice count).
     """
     f = snap if figures is None else figures
-    return f["stf_processed"] >= _produced(snap) and f["slices_done"] + f["slices_failed"] >= f["slices"]
+    unsliced = f.get("samples_unsliced", 0) if f["slices"] else 0
+    return (f["stf_processed"] >= _produced(snap) and f["slices_done"] + f["slices_failed"] >= f["slices"]
+            and not unsliced)
 
 
 MONITOR_CHECK_S = 2.0
@@ -315,7 +320,9 @@ MONITOR_CHECK_S = 2.0
 
 
 def _monitor_figures(monitor_url: str, execution_id: str) -> dict[str, int] | None:
-    """STFs processed and slices of the execution as the monitor recorded them; None when it cannot tell.
+    """STFs processed, slices and unsliced samples of the execution as the monitor recorded them.
+
+    None when it cannot tell.
 
     After the broker connection was lost mid-run our own counts are not to be
     trusted (we missed what was sent meanwhile, and redeliveries count twice);
@@ -335,6 +342,7 @@ def _monitor_figures(monitor_url: str, execution_id: str) -> dict[str, int] | No
             runs = response.json()
             runs = runs.get("results", []) if isinstance(runs, dict) else runs
             figures = {"stf_processed": count("/stf-files/", execution_id=execution_id, status="processed"),
+                       "samples_unsliced": count("/fastmon-files/", execution_id=execution_id, has_slices="false"),
                        "slices": 0, "slices_done": 0, "slices_failed": 0}
             for run in runs:
                 number = run["run_number"]
@@ -379,7 +387,8 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
                     if time.monotonic() - last_check >= MONITOR_CHECK_S:
                         last_check = time.monotonic()
                         recorded = _monitor_figures(monitor_url, snap["execution_id"]) or recorded
-                    if _drained(snap, recorded):
+                    # our own counts are not to be trusted now: only the monitor's record can end the wait early
+                    if recorded is not None and _drained(snap, recorded):
                         break
                 elif _drained(snap):
                     break
@@ -456,6 +465,7 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
             return EXIT_INTERRUPTED
         if not _drained(snap, f) and (f["stf_processed"] or f["slices"]):  # (no processing agent: nothing to wait for)
             missing = produced - f["stf_processed"]
+            unsliced = f.get("samples_unsliced", 0)
             dropped = ""
             if lost:
                 # after a broker restart the shortfall is most likely loss, not slowness: say so
@@ -465,7 +475,8 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
             raise fail(f"the agents did not catch up within {drain_timeout:g} s of the run's end: "
                        f"{f['stf_processed']} of {produced} STFs processed"
                        f"{f' ({missing} missing)' if missing > 0 else ''}, "
-                       f"{f['slices_done'] + f['slices_failed']} of {f['slices']} slices settled{dropped}")
+                       f"{f['slices_done'] + f['slices_failed']} of {f['slices']} slices settled"
+                       f"{f', {unsliced} sample(s) never sliced' if unsliced else ''}{dropped}")
         return 0
     if status == "terminated":
         tail = "" if snap["end_run"] else " (no end_run seen)"

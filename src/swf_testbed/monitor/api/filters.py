@@ -6,6 +6,7 @@ from typing import Any
 
 import django_filters as df
 from django import forms
+from django.db.models import Exists, OuterRef, QuerySet
 
 from swf_testbed.monitor.api import models as m
 
@@ -108,10 +109,15 @@ class FastMonFileFilter(TimeRangeFilterSet):
     run_number = IntegerFilter(field_name="stf_file__run__run_number")
     stf_filename = df.CharFilter(field_name="stf_file__stf_filename")
     execution_id = df.CharFilter(field_name="stf_file__run__execution_id")
+    has_slices = df.BooleanFilter(method="filter_has_slices", label="the sample has at least one TF slice")
 
     class Meta:
         model = m.FastMonFile
         fields = ["stf_file", "stf_filename", "run_number", "execution_id", "status", "tf_filename"]
+
+    def filter_has_slices(self, queryset: QuerySet[m.FastMonFile], name: str, value: bool) -> QuerySet[m.FastMonFile]:
+        sliced = Exists(m.TFSlice.objects.filter(sample=OuterRef("pk")))
+        return queryset.filter(sliced) if value else queryset.exclude(sliced)
 
 
 class TFSliceFilter(TimeRangeFilterSet):
