@@ -207,6 +207,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # several models have a ``status`` field, each with its own choices: name each set
+    "ENUM_NAME_OVERRIDES": {
+        "AgentStatusEnum": "swf_testbed.monitor.api.models.AgentStatus",
+        "ExecutionStatusEnum": "swf_testbed.monitor.api.models.ExecutionStatus",
+        "FileStatusEnum": "swf_testbed.monitor.api.models.FileStatus",
+        "SliceStatusEnum": "swf_testbed.monitor.api.models.SliceStatus",
+    },
 }
 
 SWF_API_OPEN_READS = _mon.api_open_reads

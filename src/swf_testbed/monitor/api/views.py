@@ -153,7 +153,8 @@ class RunStateViewSet(MonitorModelViewSet):
     lookup_value_regex = r"\d+"
     ordering_fields = ["run_number", "state_changed_at"]
 
-    @extend_schema(request=s.RunStateSerializer, responses={200: s.RunStateSerializer, 201: s.RunStateSerializer})
+    @extend_schema(operation_id="run_states_upsert", request=s.RunStateSerializer,
+                   responses={200: s.RunStateSerializer, 201: s.RunStateSerializer})
     def upsert(self, request: Request, run_number: str) -> Response:
         data = dict(request.data) if isinstance(request.data, dict) else request.data
         if isinstance(data, dict):
