@@ -69,12 +69,13 @@ WARMUP_S = 60.0
 def testbed_toml(namespace: str, broker_port: int, monitor_port: int, stfs: int, minutes: float) -> str:
     """``swf-testbed init``'s testbed.toml (every agent, two workers, embedded services), paced to real time."""
     text = render(namespace)
-    for old, new in (("port = 61613", f"port = {broker_port}"), ("port = 8002", f"port = {monitor_port}"),
-                     ("time_scale = 100", "time_scale = 1"), ("stf_count = 10", f"stf_count = {stfs}"),
-                     ("stf_sampling_rate = 0.2", f"stf_sampling_rate = {SAMPLING}")):
-        if old not in text:
-            raise SystemExit(f"swf-testbed init's testbed.toml no longer has {old!r}: update bench/soak.py")
-        text = text.replace(old, new, 1)
+    # the default ports by value (two sections have a port); the run's own keys whatever the starter's value
+    for pattern, new in ((r"port = 61613\b", f"port = {broker_port}"), (r"port = 8002\b", f"port = {monitor_port}"),
+                         (r"time_scale = \S+", "time_scale = 1"), (r"stf_count = \S+", f"stf_count = {stfs}"),
+                         (r"stf_sampling_rate = \S+", f"stf_sampling_rate = {SAMPLING}")):
+        text, found = re.subn(rf"(?m)^{pattern}", new, text, count=1)
+        if not found:
+            raise SystemExit(f"swf-testbed init's testbed.toml no longer has {pattern!r}: update bench/soak.py")
     extra = (f"stf_interval = {STF_INTERVAL_S}\nphysics_period_duration = {minutes * 60 + 60:.0f}\n"
              f"slice_processing_time = {SLICE_TIME_S}\nprocessing_time = {PROCESSING_TIME_S}")
     return re.sub(r"(?m)^\[parameters\].*$", lambda m: f"{m.group(0)}\n{extra}", text, count=1)
