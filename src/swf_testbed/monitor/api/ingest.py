@@ -112,7 +112,6 @@ class DbWatchdog:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.fired = 0
-        self.ended = 0
         self._abandoned: list[int] = []  # server pids of the connections dropped, still to end
         self._cond = threading.Condition()
         self._deadline: float | None = None
@@ -203,7 +202,6 @@ class DbWatchdog:
         except DatabaseError as exc:
             log.warning("cannot end the abandoned database sessions %s (%s); the server's timeout will", pids, exc)
             return
-        self.ended += ended
         if ended:
             log.warning("ended %d database session(s) of dropped connections (server pids %s)", ended, pids)
 
