@@ -8,12 +8,16 @@ through :func:`get_settings`; nothing else reads ``os.environ`` for them.
 from __future__ import annotations
 
 import os
+from datetime import tzinfo
 from enum import StrEnum
 from typing import Any
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+import tzlocal
+
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -213,6 +217,34 @@ class Settings(_Settings):
                               "empty = SQLite in SWF_HOME")
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    legacy_timezone: str = Field(
+        "", description="time zone (IANA name, e.g. Europe/Berlin) in which naive timestamps of ePIC v28 agents "
+        "are read; empty = this host's local zone")
+    agent_gone_after_s: float = Field(
+        600.0, gt=0, description="an agent silent this long without having sent EXITED is shown as gone "
+        "(ended: a run-once runner, a killed process), not down, and leaves the needs-attention list")
+    _legacy_zone: tzinfo = PrivateAttr()
+
+    @field_validator("legacy_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}; give an IANA name such as UTC or "
+                                 "America/New_York") from None
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Resolved now: the monitor's Django later sets TZ=UTC in its own environment.
+        self._legacy_zone = ZoneInfo(self.legacy_timezone) if self.legacy_timezone else host_zone()
+
+    @property
+    def legacy_zone(self) -> tzinfo:
+        """The zone naive v28 timestamps are read in (``SWF_LEGACY_TIMEZONE``, else the host's)."""
+        return self._legacy_zone
 
 
     def production_problems(self, *, monitor: bool = False) -> list[str]:
@@ -254,6 +286,11 @@ class Settings(_Settings):
 
 
 MIN_SECRET_KEY_LENGTH = 32
+
+
+def host_zone() -> tzinfo:
+    """This host's local time zone (``TZ``, else the system's setting)."""
+    return tzlocal.get_localzone()
 
 
 @lru_cache(maxsize=1)

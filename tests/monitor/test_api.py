@@ -209,8 +209,9 @@ def test_run_create_and_end(api: Any) -> None:
     patched = api.patch(f"/api/runs/{run['run_id']}/", {"end_time": "2026-03-01T13:00:00Z"}, format="json")
     assert patched.status_code == 200 and patched.json()["end_time"].startswith("2026-03-01T13:00:00")
     assert api.get("/api/runs/", {"run_number": 100012}).json()[0]["run_id"] == run["run_id"]
-    assert api.post("/api/runs/", {"run_number": 100012, "start_time": "2026-03-01T12:00:00Z"},
-                    format="json").status_code == 400  # duplicate
+    again = api.post("/api/runs/", {"run_number": 100012, "start_time": "2026-03-01T12:00:00Z"}, format="json")
+    assert again.status_code == 200 and again.json()["run_id"] == run["run_id"]  # the same run: merged
+    assert again.json()["end_time"].startswith("2026-03-01T13:00:00")  # what it did not say is kept
     for bad in ({"run_number": -1}, {"run_number": "one"}, {"start_time": "later"}, {"run_number": 2**70}):
         payload = {"run_number": 5, "start_time": "2026-03-01T12:00:00Z", **bad}
         assert api.post("/api/runs/", payload, format="json").status_code == 400, bad

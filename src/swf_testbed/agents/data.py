@@ -4,7 +4,8 @@
 ``stf_ready`` on the namespace's data topic (once per STF: a repeated
 ``stf_gen`` is counted in ``stf_duplicates``, not announced again);
 ``end_run`` closes the run and checks the number of STFs it saw against
-``total_stf_files``. A mismatch is logged and shown in the heartbeat (status
+``total_stf_files``. An ePIC v28 ``stf_gen`` carries no size or checksum,
+which ``stf_ready`` needs: it is counted as seen, not announced. A mismatch is logged and shown in the heartbeat (status
 WARNING), never ignored.
 """
 
@@ -69,6 +70,14 @@ class DataAgent(Agent):
         if duplicate:
             # announced already (registered only once stf_ready was sent): at most one stf_ready per STF
             self.count("stf_duplicates")
+            return
+        if msg.size_bytes is None or msg.checksum is None:
+            # an ePIC v28 stf_gen: no size or checksum, which stf_ready needs; seen (end_run counts it), not announced
+            with self._runs_lock:
+                run.stf_files.add(msg.filename)
+            self.count("stf_not_announced")
+            log.info("%s: %s has no size or checksum (ePIC v28 stf_gen); registered, not announced",
+                     self.name, msg.filename)
             return
         self.send(data_topic(self.namespace), self.message(
             StfReady, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state, substate=msg.substate,

@@ -249,7 +249,9 @@ class FastProcessingAgent(Agent):
             state = self._state(msg, info)
             state.ended = True
             self._describe(state)
-        if state.fast:
+        if state.fast and msg.state is None:
+            self.count("worker_rampdowns_skipped")  # an ePIC v28 end_run: no DAQ state to pass on
+        elif state.fast:
             self.send(worker_topic(self.namespace), self._copy(msg))
             self.count("worker_rampdowns")
 

@@ -57,7 +57,8 @@ from swf_testbed.messages import (
     Message,
     MessageError,
     OperationalState,
-    parse_message,
+    parse_received,
+    to_ours,
 )
 from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
 from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, Destination
@@ -225,7 +226,8 @@ class Agent:
         return cls(**fields)
 
     def send(self, destination: Destination, msg: Message, *, persistent: bool = True) -> None:
-        self.client.send(destination, msg, persistent=persistent)
+        """Send ``msg``, always in our strict schema (a v28 message passed on is converted, or refused)."""
+        self.client.send(destination, to_ours(msg), persistent=persistent)
         self.count("sent")
 
     def count(self, counter: str, n: int = 1) -> None:
@@ -402,7 +404,9 @@ class Agent:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            msg = parse_message(delivery.body)
+            # tolerant on receipt: the ePIC v28 dialect too, its naive times read in SWF_LEGACY_TIMEZONE
+            msg = parse_received(delivery.body, zone=get_settings().legacy_zone,
+                                 broker_message_id=delivery.message_id or "")
         except MessageError as exc:
             self.count("invalid")
             log.warning("%s: invalid message %s on %s: %s", self.name, delivery.message_id,

@@ -23,12 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swf_testbed.liveness import Liveness, liveness
 from swf_testbed.messages import Heartbeat, Message, WorkflowCompleted, WorkflowFailed, WorkflowStarted
-
-GRACE = 1.5
-"""A heartbeat is on time within this many intervals."""
-LATE = 3.0
-"""Beyond this many intervals an agent is down."""
 HEALTHY_STATES = frozenset({"READY", "PROCESSING"})
 
 
@@ -62,14 +58,9 @@ class BeatRecord:
         return max(0.0, (now if now is not None else time.time()) - self.received_at)
 
     def liveness(self, now: float | None = None) -> str:
-        if self.operational_state == "EXITED":
-            return "down"
-        age = self.age(now)
-        if age <= self.interval_s * GRACE:
-            return "ok"
-        if age <= self.interval_s * LATE:
-            return "late"
-        return "down"
+        """ok, late or down (the orchestrator counts an exited agent as down: it is not running)."""
+        value = liveness(self.age(now), self.interval_s, exited=self.operational_state == "EXITED")
+        return "down" if value is Liveness.EXITED else value.value
 
     def healthy(self, now: float | None = None) -> bool:
         return self.liveness(now) == "ok" and self.operational_state in HEALTHY_STATES

@@ -44,6 +44,7 @@ class WorkflowMessageFilter(df.FilterSet):
     is_valid = df.BooleanFilter()
     destination = df.CharFilter()
     msg_id = df.CharFilter()
+    dialect = df.CharFilter(help_text="swf or epic-v28")
     received_after = df.IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
     received_before = df.IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
     sent_after = df.IsoDateTimeFilter(field_name="sent_at", lookup_expr="gte")

@@ -27,7 +27,11 @@ from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from swf_testbed.liveness import Liveness, liveness
 from swf_testbed.messages import NAME_PATTERN
+from swf_testbed.settings import get_settings
+
+__all__ = ["Liveness"]  # re-exported: the one rule lives in swf_testbed.liveness
 
 name_validator = RegexValidator(NAME_PATTERN, "letters, digits and _ . : @ - only; at most 128 characters")
 """Names of namespaces (and agents): the pattern of the message schema."""
@@ -91,16 +95,6 @@ class ExecutionStatus(models.TextChoices):
     COMPLETED = "completed", "Completed"
     TERMINATED = "terminated", "Terminated"
     FAILED = "failed", "Failed"
-
-
-class Liveness(StrEnum):
-    """An agent's liveness, computed from its last heartbeat and declared interval."""
-
-    OK = "ok"
-    LATE = "late"
-    DOWN = "down"
-    EXITED = "exited"
-    UNKNOWN = "unknown"
 
 
 # --------------------------------------------------------------------------- namespaces and agents
@@ -192,18 +186,15 @@ class SystemAgent(models.Model):
     def interval_s(self) -> float:
         return self.heartbeat_interval or self.DEFAULT_INTERVAL_S
 
+    CLOCK_SLACK_S = 2.0
+    """Heartbeat times are the sender's clock: this much skew is tolerated."""
+
     def liveness(self, now: datetime | None = None) -> Liveness:
-        """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond."""
-        if self.operational_state == OperationalState.EXITED:
-            return Liveness.EXITED
-        if self.last_heartbeat is None:
-            return Liveness.UNKNOWN
-        age = ((now or timezone.now()) - self.last_heartbeat).total_seconds()
-        if age <= 1.5 * self.interval_s + 2:
-            return Liveness.OK
-        if age <= 3 * self.interval_s + 2:
-            return Liveness.LATE
-        return Liveness.DOWN
+        """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when silent
+        longer than ``SWF_AGENT_GONE_AFTER_S`` without an EXITED (see :mod:`swf_testbed.liveness`)."""
+        age = None if self.last_heartbeat is None else ((now or timezone.now()) - self.last_heartbeat).total_seconds()
+        return liveness(age, self.interval_s, exited=self.operational_state == OperationalState.EXITED,
+                        slack_s=self.CLOCK_SLACK_S, gone_after_s=get_settings().agent_gone_after_s)
 
 
 class Subscriber(models.Model):
@@ -317,6 +308,15 @@ class Run(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.run_number}"
+
+    def adopt(self, execution: WorkflowExecution | None) -> None:
+        """Link to ``execution`` (and take its namespace) where this run has none yet; the caller saves."""
+        if execution is None:
+            return
+        if self.execution_id is None:
+            self.execution = execution
+        if self.namespace_id is None and execution.namespace_id and self.execution_id == execution.execution_id:
+            self.namespace_id = execution.namespace_id
 
 
 class StfFile(models.Model):
@@ -467,6 +467,35 @@ class RunState(models.Model):
     def __str__(self) -> str:
         return f"Run {self.run_number}: {self.state}/{self.substate} ({self.phase})"
 
+    @property
+    def execution_hint(self) -> str:
+        """The execution its poster named in ``metadata.execution_id`` (the v28 runner does), or empty."""
+        value = self.metadata.get("execution_id") if isinstance(self.metadata, dict) else None
+        return value[:200] if isinstance(value, str) else ""
+
+    @classmethod
+    def execution_named(cls, run_number: int) -> WorkflowExecution | None:
+        """The execution the run state of ``run_number`` names, if both exist."""
+        state = cls.objects.filter(run_number=run_number).only("metadata").first()
+        hint = state.execution_hint if state is not None else ""
+        return WorkflowExecution.objects.filter(execution_id=hint).first() if hint else None
+
+    def link_run(self) -> None:
+        """Attach the run of this number, and link it to the execution named in ``metadata``, where missing."""
+        run = self.run or Run.objects.filter(run_number=self.run_number).first()
+        if run is None:
+            return  # linked when the run is made (POST /api/runs/ or a message)
+        if self.run_id is None:
+            self.run = run
+            self.save(update_fields=["run", "updated_at"])
+        hint = self.execution_hint
+        if hint and (run.execution_id is None or run.namespace_id is None):
+            execution = WorkflowExecution.objects.filter(execution_id=hint).first()
+            before = (run.execution_id, run.namespace_id)
+            run.adopt(execution)
+            if (run.execution_id, run.namespace_id) != before:
+                run.save(update_fields=["execution", "namespace"])
+
 
 class SystemStateEvent(models.Model):
     """Append-only history of state changes (run lifecycle and the like)."""
@@ -522,6 +551,9 @@ class WorkflowMessage(models.Model):
     projection_error = models.TextField(blank=True, help_text="why bookkeeping from this message failed")
     body = models.TextField(help_text="the body as received (UTF-8)")
     headers = models.JSONField(default=dict, blank=True)
+    dialect = models.CharField(
+        max_length=16, blank=True, help_text="swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON object"
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -538,6 +570,18 @@ class WorkflowMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.msg_type or '?'} {self.msg_id}"
+
+    def extra_fields(self) -> dict[str, Any]:
+        """Top-level fields of a valid body that our schema does not have (v28's ``simulation_tick``, ...)."""
+        from swf_testbed.messages import MESSAGE_TYPES, V28_MESSAGE_TYPES
+
+        body = self.parsed_body()
+        types = V28_MESSAGE_TYPES if self.dialect == "epic-v28" else MESSAGE_TYPES
+        model = types.get(self.msg_type)
+        if not isinstance(body, dict) or model is None:
+            return {}
+        known = set(model.model_fields) | {"file_url", "created_at"}
+        return {k: v for k, v in body.items() if k not in known}
 
     def parsed_body(self) -> Any:
         """The body as JSON, or the raw text when it is not JSON."""

@@ -115,30 +115,48 @@ def project_batch(pairs: list[tuple[m.WorkflowMessage, msgs.Message | None]]) ->
 # --------------------------------------------------------------------------- helpers
 
 
-def ensure_execution(execution_id: str, namespace: str, at: datetime, batch: Batch) -> m.WorkflowExecution:
+def ensure_execution(execution_id: str, namespace: str | None, at: datetime, batch: Batch) -> m.WorkflowExecution:
     cached = batch.executions.get(execution_id)
     if cached is not None:
         return cached
-    execution, _ = m.WorkflowExecution.objects.get_or_create(
+    execution, created = m.WorkflowExecution.objects.get_or_create(
         execution_id=execution_id,
         defaults={"namespace_id": namespace, "status": m.ExecutionStatus.RUNNING, "start_time": at},
     )
+    if not created and execution.namespace_id is None and namespace:
+        execution.namespace_id = namespace  # posted without one (or made by a message without one)
+        execution.save(update_fields=["namespace"])
     batch.executions[execution_id] = execution
     return execution
 
 
 def ensure_run(msg: msgs.RunMessage, batch: Batch) -> m.Run:
+    """The run a message is about, created when unknown, and linked to its execution and namespace.
+
+    A run may exist already without either (the v28 data agent POSTs it with
+    neither); whichever source knows them fills them in, in any order.
+    """
     cached = batch.runs.get(msg.run_id)
     if cached is not None:
         return cached
-    execution = ensure_execution(msg.execution_id, msg.namespace, msg.timestamp, batch)
+    execution = ensure_execution(msg.execution_id, msg.namespace, msg.timestamp, batch) if msg.execution_id else None
+    namespace = msg.namespace or (execution.namespace_id if execution is not None else None)
     run, created = m.Run.objects.get_or_create(
         run_number=msg.run_id,
-        defaults={"namespace_id": msg.namespace, "execution": execution, "start_time": msg.timestamp},
+        defaults={"namespace_id": namespace, "execution": execution, "start_time": msg.timestamp},
     )
-    if not created and run.execution_id is None:
-        run.execution = execution
-        run.save(update_fields=["execution"])
+    if created:
+        m.RunState.objects.filter(run_number=msg.run_id, run__isnull=True).update(run=run)
+    else:
+        changed = []
+        if run.execution_id is None and execution is not None:
+            run.execution = execution
+            changed.append("execution")
+        if run.namespace_id is None and namespace:
+            run.namespace_id = namespace
+            changed.append("namespace")
+        if changed:
+            run.save(update_fields=changed)
     batch.runs[msg.run_id] = run
     return run
 
@@ -149,26 +167,33 @@ def ensure_stf(msg: msgs.RunMessage, filename: str, batch: Batch, **defaults: An
 
 
 def _state_change(msg: msgs.RunMessage, phase: str, batch: Batch, **event_data: Any) -> None:
+    """RunState and a SystemStateEvent for a lifecycle message.
+
+    A v28 ``end_run`` carries no state: it is the run's last state, when one is
+    known, and stays empty otherwise (never made up).
+    """
     run = ensure_run(msg, batch)
     state, _ = m.RunState.objects.get_or_create(
         run_number=msg.run_id, defaults={"run": run, "state_changed_at": msg.timestamp}
     )
     if state.run_id is None:
         state.run = run
+    daq_state = msg.state.value if msg.state is not None else state.state
+    daq_substate = msg.substate.value if msg.substate is not None else state.substate
     if not state.state or msg.timestamp >= state.state_changed_at:
         state.phase = phase
-        state.state = msg.state.value
-        state.substate = msg.substate.value
+        state.state = daq_state
+        state.substate = daq_substate
         state.state_changed_at = msg.timestamp
     state.save()
     m.SystemStateEvent.objects.create(
         timestamp=msg.timestamp,
         run_number=msg.run_id,
-        namespace_id=msg.namespace,
-        execution_id=msg.execution_id,
+        namespace_id=msg.namespace or run.namespace_id,
+        execution_id=msg.execution_id or "",
         event_type=msg.msg_type,
-        state=msg.state.value,
-        substate=msg.substate.value,
+        state=daq_state,
+        substate=daq_substate,
         event_data={k: v for k, v in event_data.items() if v not in (None, "", {})},
         msg_id=msg.msg_id,
     )
@@ -347,12 +372,16 @@ def on_workflow_failed(msg: msgs.WorkflowFailed, batch: Batch) -> None:
 
 
 def _stf_gen_values(msg: msgs.StfGen) -> dict[str, Any]:
-    return {
+    """What an stf_gen says about its file; what it does not say (v28: size, checksum, ...) is left out."""
+    values = {
         "file_size_bytes": msg.size_bytes, "checksum": msg.checksum, "daq_state": msg.state.value,
         "daq_substate": msg.substate.value, "machine_state": msg.substate.value, "sequence": msg.sequence,
         "tf_count": msg.tf_count, "generated_at": msg.timestamp,
-        "metadata": {"start": msg.start.isoformat(), "end": msg.end.isoformat()},
     }
+    times = {k: v.isoformat() for k, v in (("start", msg.start), ("end", msg.end)) if v is not None}
+    if times:
+        values["metadata"] = times
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _stf_ready_values(msg: msgs.StfReady) -> dict[str, Any]:
@@ -361,7 +390,7 @@ def _stf_ready_values(msg: msgs.StfReady) -> dict[str, Any]:
                               "daq_substate": msg.substate.value}
     if msg.tf_count:
         values["tf_count"] = msg.tf_count
-    return values
+    return {k: v for k, v in values.items() if v is not None}
 
 
 _STF_FIELDS = ["file_size_bytes", "checksum", "daq_state", "daq_substate", "machine_state", "sequence", "tf_count",

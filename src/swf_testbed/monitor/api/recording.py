@@ -9,12 +9,11 @@ stored too, with the reason; nothing is dropped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from django.db import transaction
@@ -23,14 +22,18 @@ from django.utils.dateparse import parse_datetime
 from swf_testbed.messages import (
     MAX_BODY_BYTES,
     NAME_PATTERN,
+    Dialect,
     Message,
     MessageError,
-    parse_message,
+    body_identity,
+    is_v28,
+    parse_received,
     peek_fields,
 )
 from swf_testbed.monitor.api import facets, projections
 from swf_testbed.monitor.api.fastinsert import insert_rows
-from swf_testbed.monitor.api.models import Namespace, WorkflowMessage
+from swf_testbed.monitor.api.models import Namespace, WorkflowExecution, WorkflowMessage
+from swf_testbed.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +73,23 @@ def _str_field(data: dict[str, Any], key: str, limit: int) -> str:
 
 
 def _run_id(value: Any) -> int | None:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)  # the v28 dialect sends run numbers as strings of digits
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _BIGINT_MAX:
         return None
     return value
 
 
-def _time(value: Any) -> datetime | None:
+def _time(value: Any, naive_zone: tzinfo | None = None) -> datetime | None:
+    """An ISO time as UTC; a naive one only when ``naive_zone`` says where it was read (v28 bodies)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = parse_datetime(value)
     except ValueError:
         return None
+    if parsed is not None and parsed.tzinfo is None and naive_zone is not None:
+        parsed = parsed.replace(tzinfo=naive_zone)
     if parsed is None or parsed.tzinfo is None:
         return None
     return parsed.astimezone(UTC)
@@ -89,10 +97,7 @@ def _time(value: Any) -> datetime | None:
 
 def _synthetic_id(incoming: Incoming, text: str) -> str:
     """An id for a body without a usable ``msg_id``: stable across redeliveries."""
-    broker_id = incoming.headers.get("message-id", "")
-    if broker_id:
-        return "mq:" + (broker_id if len(broker_id) <= 150 else hashlib.sha256(broker_id.encode()).hexdigest())
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+    return body_identity(incoming.headers.get("message-id", ""), text)
 
 
 @dataclass(slots=True)
@@ -116,6 +121,7 @@ class Row:
     projection_error: str = ""
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    dialect: str = ""
 
 
 _ROW_FIELDS = tuple(Row.__dataclass_fields__)
@@ -129,10 +135,14 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
     headers = {_clean(str(k), 200): _clean(str(v), 2000) for k, v in incoming.headers.items()}
     destination = headers.get(ORIGINAL_DESTINATION_HEADER) or incoming.destination
     row = Row(destination=_clean(destination, 255), received_at=incoming.received_at, body=text, headers=headers)
+    zone = get_settings().legacy_zone
     try:
-        msg = parse_message(raw)
+        msg = parse_received(raw, zone=zone, broker_message_id=incoming.headers.get("message-id", ""))
     except MessageError as exc:
         data = peek_fields(text) if len(raw) <= MAX_BODY_BYTES else {}
+        legacy = bool(data) and is_v28(data)
+        if data:
+            row.dialect = Dialect.EPIC_V28.value if legacy else Dialect.SWF.value
         row.is_valid = False
         row.error_reason = exc.reason
         row.validation_error = _clean(exc.detail, 10_000)
@@ -146,19 +156,40 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
         row.sender = _str_field(data, "sender", 128)
         row.execution_id = _str_field(data, "execution_id", 200)
         row.run_id = _run_id(data.get("run_id"))
-        row.sent_at = _time(data.get("timestamp"))
+        row.sent_at = _time(data.get("timestamp"), zone if legacy else None)
         full = _json_object(text)
         row.recipient = _str_field(full, "recipient", 200)
         return row, None
     row.msg_id = _clean(msg.msg_id, 200)
     row.msg_type = msg.msg_type
-    row.namespace_id = msg.namespace
-    row.sender = _clean(msg.sender, 128)
+    row.namespace_id = msg.namespace  # None for a v28 slice: derived from its execution (see record)
+    row.sender = _clean(msg.sender or "", 128)
     row.execution_id = _clean(msg.execution_id or "", 200)
     row.run_id = msg.run_id if msg.run_id is not None and msg.run_id <= _BIGINT_MAX else None
     row.sent_at = msg.timestamp
-    row.schema_version = min(msg.schema_version, 32767)
+    row.schema_version = min(msg.schema_version, 32767) if msg.schema_version is not None else None
+    row.dialect = msg.dialect
     return row, msg
+
+
+def _derive_namespaces(pairs: list[tuple[Row, Message | None]]) -> None:
+    """Give valid messages that name no namespace (v28 slices) their execution's namespace, where it is known.
+
+    Known from another message of the batch, else from the execution's row; otherwise it stays empty.
+    """
+    missing = [(row, msg) for row, msg in pairs if msg is not None and not row.namespace_id and msg.execution_id]
+    if not missing:
+        return
+    known = {msg.execution_id: msg.namespace for _, msg in pairs if msg is not None and msg.namespace
+             and msg.execution_id}
+    wanted = {msg.execution_id for _, msg in missing if msg.execution_id not in known}
+    if wanted:
+        known.update(WorkflowExecution.objects.filter(execution_id__in=wanted, namespace__isnull=False)
+                     .values_list("execution_id", "namespace"))
+    for index, (row, msg) in enumerate(pairs):
+        if msg is not None and not row.namespace_id and known.get(msg.execution_id or ""):
+            row.namespace_id = known[msg.execution_id]
+            pairs[index] = (row, msg.model_copy(update={"namespace": row.namespace_id}))
 
 
 def _insert(rows: list[Row]) -> None:
@@ -199,6 +230,7 @@ def record(batch: list[Incoming]) -> RecordResult:
         result.duplicates += len(existing)
         if not new:
             return result
+        _derive_namespaces(new)
         Namespace.ensure({row.namespace_id for row, _ in new if row.namespace_id})
         rows = [row for row, _ in new]
         _insert(rows)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import IntegrityError, models, transaction
@@ -14,6 +16,7 @@ from rest_framework import serializers
 
 from swf_testbed.messages import NAME_PATTERN
 from swf_testbed.monitor.api import models as m
+from swf_testbed.settings import get_settings
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _M = TypeVar("_M", bound=models.Model)
@@ -67,11 +70,46 @@ class JSONObjectField(serializers.JSONField):
         return value
 
 
+class DateTimeField(serializers.DateTimeField):
+    """A time; a naive one (as the ePIC v28 agents send) is read in ``SWF_LEGACY_TIMEZONE``, like their messages."""
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        if timezone.is_naive(value):
+            value = value.replace(tzinfo=get_settings().legacy_zone)
+        return super().enforce_timezone(value)
+
+
 class ModelSerializer(serializers.ModelSerializer[_M]):
-    # The monitor's model serializers: the models' JSON columns take JSON objects.
-    # (A comment, not a docstring: the schema would show it on every component.)
+    # The monitor's model serializers: the models' JSON columns take JSON objects, naive times are read in the
+    # legacy zone. (A comment, not a docstring: the schema would show it on every component.)
     serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping,
-                                models.JSONField: JSONObjectField}
+                                models.JSONField: JSONObjectField, models.DateTimeField: DateTimeField}
+
+
+class MergingCreate:
+    """A create that merges into the row a message already made (``merged`` then says so; the view answers 200).
+
+    The ePIC v28 agents POST what their messages also announce (a run, an STF
+    file, a run state); whichever arrives first makes the row, the other fills it in.
+    """
+
+    merged = False
+
+    def create_or_merge(self, find: Callable[[], Any], create: Callable[[], Any], merge: Callable[[Any], Any]) -> Any:
+        for attempt in (1, 2):
+            with transaction.atomic():
+                existing = find()
+                if existing is not None:
+                    self.merged = True
+                    return merge(existing)
+                try:
+                    with transaction.atomic():
+                        return create()
+                except IntegrityError:
+                    if attempt == 2:
+                        raise
+                    # made concurrently (by the ingest): merge into that one
+        raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- namespaces and agents
@@ -223,7 +261,14 @@ class WorkflowExecutionSerializer(ModelSerializer[m.WorkflowExecution]):
 # --------------------------------------------------------------------------- runs and files
 
 
-class RunSerializer(ModelSerializer[m.Run]):
+class RunSerializer(MergingCreate, ModelSerializer[m.Run]):
+    """A POSTed run number already known (from ``run_imminent``) is the same run: merged, not refused.
+
+    Without an execution in the payload (the v28 data agent sends none), the
+    run is linked to the one its run state names (``metadata.execution_id``
+    of ``POST /run-states/``), when known; a later message or run state links it otherwise.
+    """
+
     namespace = NamespaceField()
 
     class Meta:
@@ -231,9 +276,49 @@ class RunSerializer(ModelSerializer[m.Run]):
         fields = ["run_id", "run_number", "namespace", "execution", "start_time", "end_time", "run_conditions",
                   "total_stf_files"]
         read_only_fields = ["run_id"]
+        extra_kwargs = {"run_number": {"validators": []}}  # unique, but a repeat merges (see create)
+
+    def create(self, validated_data: dict[str, Any]) -> m.Run:
+        number = validated_data["run_number"]
+
+        def create() -> m.Run:
+            data = dict(validated_data)
+            if data.get("execution") is None:
+                data["execution"] = m.RunState.execution_named(number)
+            run = m.Run(**data)
+            run.adopt(run.execution)
+            run.save()
+            m.RunState.objects.filter(run_number=number, run__isnull=True).update(run=run)
+            return run
+
+        def merge(run: m.Run) -> m.Run:
+            start = validated_data.get("start_time")
+            if start is not None and start < run.start_time:
+                run.start_time = start  # the earliest that either source knows
+            for name in ("end_time", "total_stf_files", "execution", "namespace"):
+                if validated_data.get(name) is not None:
+                    setattr(run, name, validated_data[name])
+            if validated_data.get("run_conditions"):
+                run.run_conditions = {**(run.run_conditions or {}), **validated_data["run_conditions"]}
+            run.adopt(run.execution or m.RunState.execution_named(number))
+            run.save()
+            return run
+
+        return self.create_or_merge(lambda: m.Run.objects.select_for_update().filter(run_number=number).first(),
+                                    create, merge)
 
 
-class StfFileSerializer(ModelSerializer[m.StfFile]):
+_FILE_PROGRESS = [m.FileStatus.GENERATED, m.FileStatus.REGISTERED, m.FileStatus.PROCESSING, m.FileStatus.PROCESSED,
+                  m.FileStatus.FAILED, m.FileStatus.DONE]
+
+
+class StfFileSerializer(MergingCreate, ModelSerializer[m.StfFile]):
+    """A POSTed file name already known (from ``stf_gen``) is the same file: the POST fills it in.
+
+    Its status never moves back (a file the DAQ generated becomes registered;
+    one already processed stays processed).
+    """
+
     run_number = serializers.IntegerField(source="run.run_number", read_only=True)
 
     class Meta:
@@ -242,6 +327,26 @@ class StfFileSerializer(ModelSerializer[m.StfFile]):
                   "machine_state", "daq_state", "daq_substate", "sequence", "tf_count", "url", "generated_at",
                   "metadata", "created_at", "updated_at"]
         read_only_fields = ["file_id", "created_at", "updated_at"]
+        extra_kwargs = {"stf_filename": {"validators": []}}  # unique, but a repeat merges (see create)
+
+    def create(self, validated_data: dict[str, Any]) -> m.StfFile:
+        name = validated_data["stf_filename"]
+
+        def merge(stf: m.StfFile) -> m.StfFile:
+            for field, value in validated_data.items():
+                if field == "metadata":
+                    stf.metadata = {**(stf.metadata or {}), **(value or {})}
+                elif field == "status":
+                    if _FILE_PROGRESS.index(value) >= _FILE_PROGRESS.index(stf.status):
+                        stf.status = value
+                elif field not in ("run", "stf_filename"):
+                    setattr(stf, field, value)
+            stf.save()
+            return stf
+
+        return self.create_or_merge(
+            lambda: m.StfFile.objects.select_for_update().filter(stf_filename=name).first(),
+            lambda: m.StfFile.objects.create(**validated_data), merge)
 
 
 class FastMonFileSerializer(ModelSerializer[m.FastMonFile]):
@@ -286,13 +391,20 @@ class WorkerSerializer(ModelSerializer[m.Worker]):
                   "metadata"]
 
 
-class RunStateSerializer(ModelSerializer[m.RunState]):
+class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
+    """``POST /api/run-states/`` of a run whose state the ingest already keeps updates it (never back in time).
+
+    ``metadata.execution_id`` links the run to its execution, whichever of the
+    two (run, run state) arrives first.
+    """
+
     class Meta:
         model = m.RunState
         fields = ["run_number", "run", "phase", "state", "substate", "target_worker_count", "active_worker_count",
                   "stf_samples_received", "slices_created", "slices_queued", "slices_processing",
                   "slices_completed", "slices_failed", "state_changed_at", "updated_at", "metadata"]
         read_only_fields = ["run", "updated_at"]
+        extra_kwargs = {"run_number": {"validators": []}}  # the key, but a repeat merges (see create)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if self.instance is not None and "run_number" in attrs and attrs["run_number"] != self.instance.run_number:
@@ -301,6 +413,35 @@ class RunStateSerializer(ModelSerializer[m.RunState]):
         if number is not None and self.instance is None:
             attrs["run"] = m.Run.objects.filter(run_number=number).first()
         return attrs
+
+    def create(self, validated_data: dict[str, Any]) -> m.RunState:
+        number = validated_data["run_number"]
+
+        def merge(state: m.RunState) -> m.RunState:
+            changed_at = validated_data.get("state_changed_at")
+            older = changed_at is not None and state.state and changed_at < state.state_changed_at
+            for field, value in validated_data.items():
+                if field == "metadata":
+                    state.metadata = {**(state.metadata or {}), **(value or {})}
+                elif field in ("phase", "state", "substate", "state_changed_at") and older:
+                    continue  # the ingest has a newer state from the run's messages
+                elif field == "run":
+                    state.run = state.run or value
+                elif field != "run_number":
+                    setattr(state, field, value)
+            state.save()
+            return state
+
+        state = self.create_or_merge(
+            lambda: m.RunState.objects.select_for_update().filter(run_number=number).first(),
+            lambda: m.RunState.objects.create(**validated_data), merge)
+        state.link_run()
+        return state
+
+    def update(self, instance: m.RunState, validated_data: dict[str, Any]) -> m.RunState:
+        state = super().update(instance, validated_data)
+        state.link_run()
+        return state
 
 
 class SystemStateEventSerializer(ModelSerializer[m.SystemStateEvent]):
@@ -327,8 +468,8 @@ class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
         model = m.WorkflowMessage
         fields = ["id", "msg_id", "msg_type", "namespace", "execution_id", "run_id", "sender", "recipient",
                   "destination", "sent_at", "received_at", "schema_version", "is_valid", "error_reason",
-                  "validation_error", "projection_error", "body", "headers", "message_type", "sender_agent",
-                  "message_content"]
+                  "validation_error", "projection_error", "body", "headers", "dialect", "message_type",
+                  "sender_agent", "message_content"]
         read_only_fields = fields
 
     def get_body(self, obj: m.WorkflowMessage) -> Any:

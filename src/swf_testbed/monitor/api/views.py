@@ -40,6 +40,20 @@ class MonitorModelViewSet(MonitorViewSetMixin, viewsets.ModelViewSet):  # type: 
     pass
 
 
+class MergingCreateMixin:
+    """201 when the POST made the row, 200 when it merged into one a message had made (``s.MergingCreate``)."""
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().create(request, *args, **kwargs)  # type: ignore[misc]
+        if getattr(getattr(self, "_serializer", None), "merged", False):
+            response.status_code = status.HTTP_200_OK
+        return response
+
+    def perform_create(self, serializer: Any) -> None:
+        self._serializer = serializer
+        serializer.save()
+
+
 class NamespaceViewSet(MonitorModelViewSet):
     queryset = m.Namespace.objects.all()
     serializer_class = s.NamespaceSerializer
@@ -108,14 +122,14 @@ class AppLogViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadO
     ordering_fields = ["timestamp", "level", "app_name", "instance_name"]
 
 
-class RunViewSet(MonitorModelViewSet):
+class RunViewSet(MergingCreateMixin, MonitorModelViewSet):
     queryset = m.Run.objects.all()
     serializer_class = s.RunSerializer
     filterset_class = f.RunFilter
     ordering_fields = ["run_number", "start_time", "end_time"]
 
 
-class StfFileViewSet(MonitorModelViewSet):
+class StfFileViewSet(MergingCreateMixin, MonitorModelViewSet):
     queryset = m.StfFile.objects.select_related("run")
     serializer_class = s.StfFileSerializer
     filterset_class = f.StfFileFilter
@@ -143,7 +157,7 @@ class WorkerViewSet(MonitorModelViewSet):
     ordering_fields = ["worker_id", "started_at", "last_heartbeat", "slices_completed"]
 
 
-class RunStateViewSet(MonitorModelViewSet):
+class RunStateViewSet(MergingCreateMixin, MonitorModelViewSet):
     """Run state by run number; ``POST /api/run-states/{run_number}/`` creates or updates."""
 
     queryset = m.RunState.objects.all()

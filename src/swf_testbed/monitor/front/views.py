@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
+from swf_testbed.liveness import NEEDS_ATTENTION
 from swf_testbed.monitor.api import facets
 from swf_testbed.monitor.api import filters as f
 from swf_testbed.monitor.api import models as m
@@ -61,8 +63,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             minutes=10), end=now),
         "stf_chart": plots.rate_chart(stf_times, "STF files, last 10 min", start=now - timedelta(minutes=10),
                                       end=now),
-        "health": {k: health.get(k, 0) for k in ("ok", "late", "down", "exited", "unknown")},
-        "troubled": [a for a in agents if a.liveness(now).value in ("late", "down")][:20],
+        "health": {k: health.get(k, 0) for k in ("ok", "late", "down", "exited", "gone", "unknown")},
+        "troubled": [a for a in agents if a.liveness(now) in NEEDS_ATTENTION][:20],
         "total_messages": facets.count_from_rollup({}),
         "invalid_messages": facets.count_from_rollup({"is_valid": False}),
         "recent_messages": m.WorkflowMessage.objects.defer("body", "headers")[:10],
@@ -343,6 +345,7 @@ def message_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "body_is_json": not isinstance(body, str),
         "pretty_body": pretty_json(body) if not isinstance(body, str) else body,
         "headers": sorted((message.headers or {}).items()),
+        "extra_fields": sorted((k, json.dumps(v)) for k, v in message.extra_fields().items()) if message.is_valid else [],
         "agent": agent,
         "execution": m.WorkflowExecution.objects.filter(execution_id=message.execution_id).first()
         if message.execution_id else None,
