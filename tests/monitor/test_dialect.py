@@ -20,7 +20,7 @@ from swf_testbed.monitor.api import models as m
 from swf_testbed.monitor.api.recording import Incoming, record
 from swf_testbed.settings import get_settings
 
-from .dialectlib import ZONE, V28Run
+from tests.support.v28 import ZONE, V28Run
 
 pytestmark = pytest.mark.django_db
 

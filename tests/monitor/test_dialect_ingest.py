@@ -10,38 +10,21 @@ database is the tests' (SQLite, or PostgreSQL with ``DATABASE_URL``).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-import stomp
 
 from swf_testbed.monitor.api import models as m
 from swf_testbed.mq.client import BrokerClient
 from swf_testbed.testing.brokers import BrokerProcess
 
-from .dialectlib import V28Run
+from tests.support.v28 import V28Publisher, V28Run
+
 from .ingestlib import IngestProcess, wait_for, wait_until_ingesting
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-class V28Publisher:
-    """Publishes as the v28 BaseAgent does: stomp.py 1.1, its connect headers, JSON bodies, no ids of ours."""
-
-    def __init__(self, broker: BrokerProcess, agent_name: str) -> None:
-        self.conn = stomp.Connection([(broker.host, broker.port)], heartbeats=(30000, 30000), vhost=broker.host)
-        self.conn.connect(broker.extra.get("ACTIVEMQ_USER", "admin"), broker.extra.get("ACTIVEMQ_PASSWORD", "admin"),
-                          wait=True, headers={"client-id": agent_name})
-
-    def send(self, destination: str, body: dict[str, Any] | str) -> None:
-        self.conn.send(destination=destination, body=body if isinstance(body, str) else json.dumps(body))
-
-    def close(self) -> None:
-        self.conn.disconnect()
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ class DataAgent(Agent):
         self.send(data_topic(self.namespace), self.message(
             StfReady, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state, substate=msg.substate,
             filename=msg.filename, url=f"{self.storage_url}/{msg.filename}", sequence=msg.sequence,
-            size_bytes=msg.size_bytes, checksum=msg.checksum, tf_count=msg.tf_count,
+            size_bytes=msg.size_bytes, checksum=msg.checksum, tf_count=msg.tf_count or 0,  # 0: unknown
         ))
         with self._runs_lock:
             if msg.filename not in run.stf_files:

@@ -1,4 +1,4 @@
-"""The exact bodies and REST payloads of an ePIC v28 run (from the wire document), for the monitor's dialect tests.
+"""The exact bodies and REST payloads of an ePIC v28 run (from the wire document), and a publisher that sends them.
 
 Not the legacy-agent program (that is tests/compat/): only the shapes, so
 that each test can publish or post them in the order it needs.
@@ -6,7 +6,12 @@ that each test can publish or post them in the order it needs.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import stomp
+
+from swf_testbed.testing.brokers import BrokerProcess
 
 ZONE = "America/New_York"
 """The zone the tests read v28 naive times in (SWF_LEGACY_TIMEZONE)."""
@@ -84,3 +89,18 @@ class V28Run:
                 "machine_state": "physics", "status": "registered",
                 "metadata": {"created_by": "data-agent-alice-2", "substate": "physics", "start": self.time(seq),
                              "end": self.time(seq + 1), "sequence": seq}}
+
+
+class V28Publisher:
+    """Publishes as the v28 BaseAgent does: stomp.py, STOMP 1.1, its connect headers, JSON bodies, no ids of ours."""
+
+    def __init__(self, broker: BrokerProcess, agent_name: str) -> None:
+        self.conn = stomp.Connection([(broker.host, broker.port)], heartbeats=(30000, 30000), vhost=broker.host)
+        self.conn.connect(broker.extra.get("ACTIVEMQ_USER", "admin"), broker.extra.get("ACTIVEMQ_PASSWORD", "admin"),
+                          wait=True, headers={"client-id": agent_name})
+
+    def send(self, destination: str, body: dict[str, Any] | str) -> None:
+        self.conn.send(destination=destination, body=body if isinstance(body, str) else json.dumps(body))
+
+    def close(self) -> None:
+        self.conn.disconnect()
