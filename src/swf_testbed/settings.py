@@ -219,7 +219,7 @@ class Settings(_Settings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     legacy_timezone: str = Field(
         "", description="time zone (IANA name, e.g. Europe/Berlin) in which naive timestamps of ePIC v28 agents "
-        "are read; empty = this host's local zone")
+        "are read; empty = this host's local zone", examples=["Europe/Berlin"])
     agent_gone_after_s: float = Field(
         600.0, gt=0, description="an agent silent this long without having sent EXITED is shown as gone "
         "(ended: a run-once runner, a killed process), not down, and leaves the needs-attention list")

@@ -41,7 +41,8 @@ class MonitorModelViewSet(MonitorViewSetMixin, viewsets.ModelViewSet):  # type: 
 
 
 class MergingCreateMixin:
-    """201 when the POST made the row, 200 when it merged into one a message had made (``s.MergingCreate``)."""
+    # 201 when the POST made the row, 200 when it merged into one a message had made (s.MergingCreate).
+    # (A comment, not a docstring: the schema would show it on every operation of the view.)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().create(request, *args, **kwargs)  # type: ignore[misc]
