@@ -289,8 +289,8 @@ MIN_SECRET_KEY_LENGTH = 32
 
 
 def host_zone() -> tzinfo:
-    """This host's local time zone (``TZ``, else the system's setting)."""
-    return tzlocal.get_localzone()
+    """This host's local time zone (``TZ``, else the system's setting), read now (tzlocal would cache it)."""
+    return tzlocal.reload_localzone()
 
 
 @lru_cache(maxsize=1)

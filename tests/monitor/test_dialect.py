@@ -219,6 +219,10 @@ def test_hostile_dialect_input_is_recorded_with_a_reason_and_nothing_else_is_los
     assert "content: must be a JSON object, not list" in details
     assert "run_id: 'run-one-hundred' is not a run number" in details
     assert all(d.startswith(("slice (ePIC v28)", "start_run (ePIC v28)", "body of")) for _, d in reasons)
+    assert sorted(m.WorkflowMessage.objects.filter(is_valid=False).values_list("dialect", flat=True)) == [
+        "", "epic-v28", "epic-v28"]  # the too-large one was not read at all
+    ours = deliver(json.dumps({"msg_type": "start_run", "msg_id": "ours-1", "schema_version": 1}).encode())
+    assert ours.invalid == 1 and m.WorkflowMessage.objects.get(msg_id="ours-1").dialect == "swf"
     huge = m.WorkflowMessage.objects.get(error_reason="too_large")
     assert huge.dialect == "" and len(huge.body) <= 1024 * 1024
     # the run itself is whole

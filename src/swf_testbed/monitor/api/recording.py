@@ -140,8 +140,9 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
         msg = parse_received(raw, zone=zone, broker_message_id=incoming.headers.get("message-id", ""))
     except MessageError as exc:
         data = peek_fields(text) if len(raw) <= MAX_BODY_BYTES else {}
-        legacy = bool(data) and is_v28(data)
-        if data:
+        full = _json_object(text) if len(raw) <= MAX_BODY_BYTES else {}
+        legacy = bool(full) and is_v28(full)
+        if full:
             row.dialect = Dialect.EPIC_V28.value if legacy else Dialect.SWF.value
         row.is_valid = False
         row.error_reason = exc.reason
@@ -157,7 +158,6 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
         row.execution_id = _str_field(data, "execution_id", 200)
         row.run_id = _run_id(data.get("run_id"))
         row.sent_at = _time(data.get("timestamp"), zone if legacy else None)
-        full = _json_object(text)
         row.recipient = _str_field(full, "recipient", 200)
         return row, None
     row.msg_id = _clean(msg.msg_id, 200)
