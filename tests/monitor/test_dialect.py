@@ -96,7 +96,8 @@ def assert_projected_like_ours(run: V28Run, client: Any) -> None:
     api_row = [e for e in listed.json() if e["execution_id"] == run.execution_id][0]
     assert api_row["stf_count"] == run.stf_count
     executions = client.get("/executions/").content.decode()
-    assert run.execution_id in executions
+    row_html = executions.split(f">{run.execution_id}</a>", 1)[1].split("</tr>", 1)[0]
+    assert f'<td class="num">{run.stf_count}</td>' in row_html  # the STF column
     run_page = client.get(f"/runs/{run.run_number}/").content.decode()
     assert "messages of this run" in run_page and run.filename(1) in run_page
     listing = client.get("/messages/", {"run_id": run.run_number}).content.decode()
