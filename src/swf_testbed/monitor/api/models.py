@@ -28,7 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from swf_testbed.liveness import Liveness, liveness
-from swf_testbed.messages import NAME_PATTERN
+from swf_testbed.messages import MESSAGE_TYPES, NAME_PATTERN, V28_MESSAGE_TYPES
 from swf_testbed.settings import get_settings
 
 __all__ = ["Liveness"]  # re-exported: the one rule lives in swf_testbed.liveness
@@ -573,8 +573,6 @@ class WorkflowMessage(models.Model):
 
     def extra_fields(self) -> dict[str, Any]:
         """Top-level fields of a valid body that our schema does not have (v28's ``simulation_tick``, ...)."""
-        from swf_testbed.messages import MESSAGE_TYPES, V28_MESSAGE_TYPES
-
         body = self.parsed_body()
         types = V28_MESSAGE_TYPES if self.dialect == "epic-v28" else MESSAGE_TYPES
         model = types.get(self.msg_type)
