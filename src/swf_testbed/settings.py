@@ -193,11 +193,13 @@ class MonitorSettings(_Settings):
         "clients of SWF_API_ANONYMOUS_LOGS_FROM; false = never. No other write is ever anonymous"
     )
     api_anonymous_logs_from: str = Field(
-        "", description="comma-separated networks (e.g. 127.0.0.0/8,10.1.0.0/16) whose clients may post logs "
+        "", examples=["127.0.0.0/8,10.1.0.0/16"],
+        description="comma-separated networks (e.g. 127.0.0.0/8,10.1.0.0/16) whose clients may post logs "
         "without a token; empty = loopback only (127.0.0.0/8, ::1), and nobody with SWF_PROFILE=production"
     )
     api_anonymous_logs_rate: str = Field(
-        "300/s", description="anonymous log posts accepted per client address, as N/s, N/min or N/h; "
+        "300/s", examples=["20/min"],
+        description="anonymous log posts accepted per client address, as N/s, N/min or N/h; "
         "past it a 429 (counted on the Logs page)"
     )
     sqlite_busy_timeout_s: float = Field(20.0, gt=0, description="SQLite busy timeout (web and ingest write together)")

@@ -335,13 +335,19 @@ class WorkflowStage(models.Model):
         return self.completed_at - self.started_at if self.started_at and self.completed_at else None
 
     def link(self) -> None:
-        """Fill ``execution`` (from the run) and ``agent`` (by name) where they are known and not set."""
+        """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known and not set."""
         if self.execution_id is None and self.run_number is not None:
             self.execution_id = Run.objects.filter(run_number=self.run_number).values_list(
                 "execution_id", flat=True).first()
         if self.execution_id is None and self.stf_filename:
             self.execution_id = StfFile.objects.filter(stf_filename=self.stf_filename).values_list(
                 "run__execution_id", flat=True).first()
+        if self.execution_id is None and self.run_number is not None:
+            # v28 runners name the execution in the run state's metadata (their runs carry none)
+            named = RunState.objects.filter(run_number=self.run_number).values_list(
+                "metadata__execution_id", flat=True).first()
+            if isinstance(named, str) and WorkflowExecution.objects.filter(execution_id=named).exists():
+                self.execution_id = named
         if self.agent_id is None and self.agent_name:
             self.agent_id = SystemAgent.objects.filter(instance_name=self.agent_name).order_by(
                 F("last_heartbeat").desc(nulls_last=True)).values_list("pk", flat=True).first()
