@@ -231,7 +231,8 @@ class WorkflowStageSerializer(ModelSerializer[m.WorkflowStage]):
     execution_id = serializers.SlugRelatedField(
         source="execution", slug_field="execution_id", queryset=m.WorkflowExecution.objects.all(),
         required=False, allow_null=True, help_text="linked from run_number or stf_filename when not given")
-    agent = serializers.PrimaryKeyRelatedField(read_only=True, help_text="the SystemAgent of agent_name, if known")
+    agent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
+                                               help_text="the SystemAgent of agent_name, if known")
     metadata = JSONObjectField(required=False, allow_null=True)
 
     class Meta:

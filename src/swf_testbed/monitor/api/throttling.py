@@ -1,5 +1,8 @@
 """Rate limit of anonymous log posts: a fixed window per client address, counted in Django's cache.
 
+Each address's window opens at its first post and lasts the rate's period
+(``300/s``: at most 300 posts in the second after the first one, and so on).
+
 A refused post costs one cache increment and no database access, so a client
 flooding the monitor is answered 429 without slowing anyone else (each address
 has its own window). Refusals are counted for the Logs page
@@ -52,11 +55,13 @@ class AnonymousLogThrottle(BaseThrottle):
             return True
         limit, window = parse_rate(str(getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "300/s")))
         now = time.time()
-        slot = int(now // window)
-        key = f"{_PREFIX}:{window}:{slot}:{client_address(request)}"
-        if _increment(key, timeout=2 * window) <= limit:
+        # The window opens at the address's first post and lasts `window` seconds (the keys expire then).
+        key = f"{_PREFIX}:{window}:{client_address(request)}"
+        cache.add(f"{key}:opened", now, timeout=window)
+        if _increment(key, timeout=window) <= limit:
             return True
-        self.wait_s = (slot + 1) * window - now
+        opened = float(cache.get(f"{key}:opened", now))
+        self.wait_s = max(1.0, opened + window - now)
         _increment(_REFUSED_KEY, timeout=None)
         return False
 
