@@ -1,7 +1,7 @@
 """Rate limit of anonymous log posts: a fixed window per client address, counted in Django's cache.
 
 Each address's window opens at its first post and lasts the rate's period
-(``300/s``: at most 300 posts in the second after the first one, and so on).
+(``20000/min``: at most 20000 posts in the minute after the first one, and so on).
 
 A refused post costs one cache increment and no database access, so a client
 flooding the monitor is answered 429 without slowing anyone else (each address
@@ -53,7 +53,7 @@ class AnonymousLogThrottle(BaseThrottle):
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             return True
-        limit, window = parse_rate(str(getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "300/s")))
+        limit, window = parse_rate(str(getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "20000/min")))
         now = time.time()
         # The window opens at the address's first post and lasts `window` seconds (the keys expire then).
         key = f"{_PREFIX}:{window}:{client_address(request)}"
