@@ -7,6 +7,7 @@ through :func:`get_settings`; nothing else reads ``os.environ`` for them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import tzinfo
 from enum import StrEnum
@@ -192,7 +193,19 @@ class MonitorSettings(_Settings):
         "empty = on with SWF_PROFILE=production, off otherwise")
     api_open_reads: bool = Field(True, description="anonymous GET on the API and UI; writes always need a login")
     api_anonymous_logs: bool = Field(
-        False, description="let anyone POST /api/logs/ (agents that log without a token); no other anonymous write"
+        True, description="accept POST /api/logs/ without a token (agents that log without one) from the "
+        "clients of SWF_API_ANONYMOUS_LOGS_FROM; false = never. No other write is ever anonymous"
+    )
+    api_anonymous_logs_from: str = Field(
+        "", examples=["127.0.0.0/8,10.1.0.0/16"],
+        description="comma-separated networks (e.g. 127.0.0.0/8,10.1.0.0/16) whose clients may post logs "
+        "without a token; empty = loopback only (127.0.0.0/8, ::1), and nobody with SWF_PROFILE=production"
+    )
+    api_anonymous_logs_rate: str = Field(
+        "20000/min", examples=["20/s"],
+        description="anonymous log posts accepted per client address, as N/s, N/min or N/h; past it a 429 "
+        "(counted on the Logs page). The default takes bursts of a busy v28 run (~40 records per STF) and "
+        "bounds a flood to ~330 rows/s"
     )
     sqlite_busy_timeout_s: float = Field(20.0, gt=0, description="SQLite busy timeout (web and ingest write together)")
     db_timeout_s: float = Field(
@@ -202,6 +215,58 @@ class MonitorSettings(_Settings):
     ingest_batch_size: int = Field(500, ge=1, le=10_000, description="messages per ingest transaction at most")
     ingest_flush_ms: int = Field(100, ge=1, le=10_000, description="longest wait before a partial batch is written")
     ingest_durable: bool = Field(True, description="durable topic subscriptions, so nothing is lost while it is down")
+
+    @field_validator("api_anonymous_logs_from")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        anonymous_log_networks(value)  # raises, naming the entry that is not a network
+        return value
+
+    @field_validator("api_anonymous_logs_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    def anonymous_log_networks(self, profile: Profile) -> list[str]:
+        """The networks whose clients may post logs without a token (empty: nobody).
+
+        The listed networks when given; else loopback, except in production,
+        where a reverse proxy on the same host would make every client look local.
+        """
+        if not self.api_anonymous_logs:
+            return []
+        listed = anonymous_log_networks(self.api_anonymous_logs_from)
+        if listed or profile == Profile.PRODUCTION:
+            return [str(net) for net in listed]
+        return list(LOOPBACK_NETWORKS)
+
+
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+_RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def anonymous_log_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``127.0.0.0/8,10.1.0.0/16`` as networks; a bare address is a one-address network."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a network or an address (e.g. 10.1.0.0/16 or 127.0.0.1)") from None
+    return networks
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """``300/s`` → (300, 1): requests allowed per window, and the window in seconds."""
+    count, _, period = text.strip().partition("/")
+    window = _RATE_PERIODS.get(period.strip().lower())
+    if not count.strip().isdigit() or int(count) < 1 or window is None:
+        raise ValueError(f"{text!r} is not a rate: write N/s, N/min or N/h with N ≥ 1 (e.g. 300/s)")
+    return int(count), window
 
 
 class Settings(_Settings):

@@ -45,7 +45,8 @@ HEARTBEAT = {
     ],
 )
 def test_anonymous_writes_are_refused(anon: Any, method: str, path: str, payload: dict[str, Any]) -> None:
-    response = getattr(anon, method)(path, payload, format="json")
+    # from an address outside the anonymous-log networks (loopback by default): logs are refused too
+    response = getattr(anon, method)(path, payload, format="json", REMOTE_ADDR="192.0.2.7")
     assert response.status_code in (401, 403), response.content
     from swf_testbed.monitor.api import models as m
 
@@ -470,3 +471,39 @@ def test_openapi_schema_and_docs(anon: Any) -> None:
     assert docs.status_code in (200, 302)
     if docs.status_code == 200:
         assert b"cdn" not in docs.content.lower()
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def _list_endpoints() -> list[str]:
+    """Every list endpoint the URL conf routes to a viewset's ``list`` action."""
+    from drf_spectacular.generators import EndpointEnumerator
+
+    return sorted(path for path, _regex, method, view in EndpointEnumerator().get_api_endpoints()
+                  if method == "GET" and getattr(view, "actions", {}).get("get") == "list")
+
+
+def test_an_unknown_ordering_field_is_a_400_naming_the_allowed_ones_on_every_list(anon: Any) -> None:
+    endpoints = _list_endpoints()
+    assert len(endpoints) >= 15 and "/api/workflow-stages/" in endpoints  # the enumeration itself works
+    for path in endpoints:
+        response = anon.get(path, {"ordering": "-no_such_field,also_unknown"})
+        assert response.status_code == 400, (path, response.status_code, response.content[:300])
+        message = response.json()["ordering"][0]
+        assert "'-no_such_field', 'also_unknown'" in message, (path, message)
+        allowed = message.split("allowed (prefix - for descending): ", 1)[1].split(", ")
+        assert allowed and allowed[0], (path, message)
+        for name in (allowed[0], f"-{allowed[-1]}", f"{allowed[0]},-{allowed[-1]}"):  # the named ones work
+            assert anon.get(path, {"ordering": name}).status_code == 200, (path, name)
+        # one unknown among known ones is still refused
+        assert anon.get(path, {"ordering": f"{allowed[0]},nope"}).status_code == 400, path
+
+
+def test_system_state_event_with_a_null_substate(api: Any) -> None:
+    """The v28 fast-processing agent's body: naive timestamp, state "unknown", substate null."""
+    body = {"timestamp": "2026-03-01T12:00:00.123456", "run_number": 100012, "event_type": "slices_created",
+            "state": "unknown", "substate": None, "event_data": {"slices": 15}}
+    created = api.post("/api/system-state-events/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["substate"] == "" and created.json()["timestamp"].startswith("2026-03-01T12:00:00.123456")

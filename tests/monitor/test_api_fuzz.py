@@ -4,7 +4,7 @@ Every operation that ``/api/schema/`` documents is called with generated
 requests, valid and invalid (JSON, form and multipart bodies, odd query
 strings), as a staff user with a token and anonymously. Asserted for every
 response: never a 5xx, the content type and (for documented statuses) the body
-as the schema says; anonymously, never a write. The database is seeded with one
+as the schema says; anonymously, never a write but a log from loopback. The database is seeded with one
 row of everything first, and generated path parameters are mixed with the ids
 of those rows, so detail, update and delete operations reach real objects
 instead of only 404s. Bounded for CI: ``SWF_FUZZ_EXAMPLES`` (default 30)
@@ -140,8 +140,13 @@ def _fuzz(schema: Any, who: str, headers: dict[str, str], examples: int) -> tupl
             statuses.add(response.status_code)
             if who == "anonymous" and case.method.upper() not in SAFE:
                 # 401/403 from the permission check; 404/405/406 from routing and content negotiation,
-                # which come before it. Never a success. (The auth matrix in test_security.py is exact.)
-                assert response.status_code in (401, 403, 404, 405, 406), (
+                # which come before it. Never a success, but for the one anonymous write: a log posted
+                # from loopback (this client's address), which may also be invalid or rate-limited.
+                # (The auth matrix in test_security.py is exact.)
+                allowed = {401, 403, 404, 405, 406}
+                if case.method.upper() == "POST" and operation.path == "/api/logs/":
+                    allowed |= {201, 400, 415, 429}
+                assert response.status_code in allowed, (
                     f"anonymous {case.method.upper()} answered {response.status_code}: {response.text[:300]}")
 
         try:

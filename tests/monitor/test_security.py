@@ -9,7 +9,8 @@
 * Policy (``permissions.py``): writes need a login; DELETE needs staff; records
   have no owner, so B may update what A's agents created (the agents of a
   testbed update each other's runs, files and slices); the one anonymous write,
-  ``POST /api/logs/``, is off unless ``SWF_API_ANONYMOUS_LOGS`` is on.
+  ``POST /api/logs/``, only from clients in ``SWF_API_ANONYMOUS_LOGS_FROM``
+  (loopback by default; the test client's address is 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ RESOURCES: dict[str, Resource] = {
                                                         "event_type": "start_run", "state": "run",
                                                         "event_data": {"n": n}}),
     "/api/workflow-definitions/": Resource(lambda n, w: {"workflow_name": f"wf-{n}", "version": "1"}),
+    "/api/workflow-stages/": Resource(lambda n, w: {"agent_name": f"processing-agent-{n}",
+                                                    "agent_type": "processing", "status": "processing",
+                                                    "started_at": T0, "metadata": {"n": n}},
+                                      "stage_id", {"status": "completed"}),
     "/api/workflow-executions/": Resource(lambda n, w: {"execution_id": f"exec-{n}",
                                                         "workflow_definition": w["definition_id"],
                                                         "namespace": WORLD_NS, "status": "running",
@@ -92,7 +97,7 @@ ACTIONS: dict[tuple[str, str], Callable[[int], dict[str, Any]]] = {
 
 WRITE = "any authenticated user"
 STAFF = "staff only"
-LOGS = "any authenticated user; anyone when SWF_API_ANONYMOUS_LOGS"
+LOGS = "any authenticated user; anyone from the networks of SWF_API_ANONYMOUS_LOGS_FROM"
 
 EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/logs/"): LOGS,
@@ -108,6 +113,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/system-state-events/"): WRITE,
     ("POST", "/api/workflow-definitions/"): WRITE,
     ("POST", "/api/workflow-executions/"): WRITE,
+    ("POST", "/api/workflow-stages/"): WRITE,
     ("POST", "/api/namespaces/ensure/"): WRITE,
     ("POST", "/api/systemagents/heartbeat/"): WRITE,
     ("POST", "/api/run-states/{run_number}/"): WRITE,
@@ -144,13 +150,17 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("PUT", "/api/workflow-executions/{execution_id}/"): WRITE,
     ("PATCH", "/api/workflow-executions/{execution_id}/"): WRITE,
     ("DELETE", "/api/workflow-executions/{execution_id}/"): STAFF,
+    ("PUT", "/api/workflow-stages/{stage_id}/"): WRITE,
+    ("PATCH", "/api/workflow-stages/{stage_id}/"): WRITE,
+    ("DELETE", "/api/workflow-stages/{stage_id}/"): STAFF,
 }
 """Every write endpoint and who may call it (written out: a new endpoint needs a decision here)."""
 
 # The schema generator names a primary-key lookup {pk}; the table above names the field.
 _PK_NAMES = {"/api/systemagents/{id}/", "/api/subscribers/{subscriber_id}/", "/api/runs/{run_id}/",
              "/api/stf-files/{file_id}/", "/api/fastmon-files/{tf_file_id}/", "/api/tf-slices/{id}/",
-             "/api/workers/{worker_id}/", "/api/workflow-executions/{execution_id}/"}
+             "/api/workers/{worker_id}/", "/api/workflow-executions/{execution_id}/",
+             "/api/workflow-stages/{stage_id}/"}
 
 
 def _generator_path(path: str) -> str:
@@ -253,9 +263,9 @@ def _call(world: World, who: str, method: str, path: str) -> tuple[Any, str]:
 
 
 def _allowed(policy: str, who: str) -> bool:
-    """The expectation of the matrix with the default settings (anonymous logs off)."""
+    """The expectation of the matrix with the default settings (anonymous logs from loopback, the client's address)."""
     if who == "anonymous":
-        return False
+        return policy == LOGS
     return who == "root" if policy == STAFF else True
 
 
@@ -289,48 +299,76 @@ def test_auth_matrix(world: World, who: str, method: str, path: str) -> None:
             assert all(target.json()[k] != v for k, v in patch.items()), target.json()
 
 
-def test_anonymous_logs_setting(world: World) -> None:
-    """Off (the default): an anonymous log is a 401. On: it is recorded, and nothing else opens."""
+OUTSIDE = "192.0.2.7"
+"""An address in no network of the defaults (TEST-NET-1)."""
+
+
+def test_anonymous_logs_only_from_allowed_networks(world: World) -> None:
+    """Default: from loopback recorded, from elsewhere a 401; off: a 401 from anywhere; nothing else opens."""
     anon = world.clients["anonymous"]
     from swf_testbed.monitor.api import models as m
 
     payload = RESOURCES["/api/logs/"].create(1, world.ids)
-    assert anon.post("/api/logs/", payload, format="json").status_code == 401
+    refused = anon.post("/api/logs/", payload, format="json", REMOTE_ADDR=OUTSIDE)
+    assert refused.status_code == 401, refused.content
     assert not m.AppLog.objects.exists()
-    with override_settings(SWF_API_ANONYMOUS_LOGS=True):
-        created = anon.post("/api/logs/", payload, format="json")
-        assert created.status_code == 201, created.content
-        assert m.AppLog.objects.get().message == payload["message"]
-        log_id = created.json()["id"]
-        # still read-only and still the only anonymous write
-        for method in ("put", "patch", "delete"):
-            assert getattr(anon, method)(f"/api/logs/{log_id}/", payload, format="json").status_code in (401, 405)
-        for (method, path), policy in EXPECTED.items():
-            if policy == LOGS:
-                continue
-            response, url = _call(world, "anonymous", method, path)
-            assert response.status_code == 401, (method, url, response.status_code)
-        # bad input from anyone is still a 400
-        assert anon.post("/api/logs/", {**payload, "level": "loud"}, format="json").status_code == 400
-    assert m.AppLog.objects.count() == 1
+    for local in ("127.0.0.1", "127.0.0.2", "::1"):
+        created = anon.post("/api/logs/", payload, format="json", REMOTE_ADDR=local)
+        assert created.status_code == 201, (local, created.content)
+    assert m.AppLog.objects.count() == 3
+    log_id = created.json()["id"]
+    # still read-only and still the only anonymous write, also from loopback
+    for method in ("put", "patch", "delete"):
+        assert getattr(anon, method)(f"/api/logs/{log_id}/", payload, format="json").status_code in (401, 405)
+    for (method, path), policy in EXPECTED.items():
+        if policy == LOGS:
+            continue
+        response, url = _call(world, "anonymous", method, path)
+        assert response.status_code == 401, (method, url, response.status_code)
+    # bad input from an allowed client is still a 400
+    assert anon.post("/api/logs/", {**payload, "level": "loud"}, format="json").status_code == 400
+    with override_settings(SWF_API_ANONYMOUS_LOGS_FROM=["10.1.0.0/16"]):
+        assert anon.post("/api/logs/", payload, format="json", REMOTE_ADDR="10.1.200.3").status_code == 201
+        assert anon.post("/api/logs/", payload, format="json", REMOTE_ADDR="10.2.0.1").status_code == 401
+        assert anon.post("/api/logs/", payload, format="json").status_code == 401  # loopback is not listed
+    with override_settings(SWF_API_ANONYMOUS_LOGS=False):
+        assert anon.post("/api/logs/", payload, format="json").status_code == 401
+    assert m.AppLog.objects.count() == 4
 
 
-def test_anonymous_logs_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from swf_testbed.settings import MonitorSettings
+def test_anonymous_log_networks_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default loopback; a list replaces it; production takes the list explicitly; a bad entry is named."""
+    from swf_testbed.settings import MonitorSettings, Profile, SettingsError, get_settings
 
-    monkeypatch.delenv("SWF_API_ANONYMOUS_LOGS", raising=False)
-    assert MonitorSettings().api_anonymous_logs is False
-    monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS", "true")
+    for name in ("SWF_API_ANONYMOUS_LOGS", "SWF_API_ANONYMOUS_LOGS_FROM"):
+        monkeypatch.delenv(name, raising=False)
     assert MonitorSettings().api_anonymous_logs is True
+    assert MonitorSettings().anonymous_log_networks(Profile.DEV) == ["127.0.0.0/8", "::1/128"]
+    assert MonitorSettings().anonymous_log_networks(Profile.PRODUCTION) == []
+    monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_FROM", "127.0.0.1, 10.1.0.0/16")
+    for profile in Profile:
+        assert MonitorSettings().anonymous_log_networks(profile) == ["127.0.0.1/32", "10.1.0.0/16"]
+    monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS", "false")
+    assert MonitorSettings().anonymous_log_networks(Profile.DEV) == []
+    monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_FROM", "10.1.0.0/16,intranet")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match=r"SWF_API_ANONYMOUS_LOGS_FROM.*'intranet' is not a network"):
+            get_settings()
+        monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_FROM", "")
+        monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_RATE", "fast")
+        with pytest.raises(SettingsError, match=r"SWF_API_ANONYMOUS_LOGS_RATE.*'fast' is not a rate"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
 
 
 def test_a_bad_token_is_refused_even_where_anonymous_logs_are_open(world: World) -> None:
-    """A wrong token is an error, not a fall-back to anonymous."""
+    """A wrong token is an error, not a fall-back to anonymous (the client is on loopback)."""
     client = _client("0" * 40)
     payload = RESOURCES["/api/logs/"].create(2, world.ids)
-    with override_settings(SWF_API_ANONYMOUS_LOGS=True):
-        assert client.post("/api/logs/", payload, format="json").status_code == 401
-        assert client.get("/api/logs/").status_code == 401
+    assert client.post("/api/logs/", payload, format="json").status_code == 401
+    assert client.get("/api/logs/").status_code == 401
 
 
 def test_reads_closed_means_closed_for_anonymous_only(world: World) -> None:
@@ -598,6 +636,9 @@ def seed_everything(api: APIClient, record: Callable[..., Any], make_message: Ca
     post("/api/system-state-events/", {"timestamp": T0, "run_number": 4242, "event_type": "start_run",
                                        "state": "run", "event_data": {"by": "daq"}})
     post("/api/subscribers/", {"subscriber_name": "seed-sub", "fraction": 0.5})
+    post("/api/workflow-stages/", {"agent_name": "seed-agent", "agent_type": "processing", "status": "processing",
+                                   "run_number": 4242, "stf_filename": "swf.004242.000001.stf",
+                                   "started_at": T0})
     post("/api/logs/", {"app_name": "seed", "instance_name": "seed-agent", "timestamp": T0, "level": 20,
                         "levelname": "INFO", "message": "seeded"})
     record(make_message("workflow_started", execution_id="seed-exec-1", workflow_name="seed_wf"),

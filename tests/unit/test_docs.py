@@ -107,7 +107,7 @@ def _probe(model: Any, name: str) -> tuple[str, Any]:
         return str(default + 1.5), default + 1.5
     if "Path" in str(annotation):
         return "/probe/path", Path("/probe/path")
-    if field.examples:  # a string with a format of its own (e.g. a time zone name)
+    if field.examples:  # a string with a format of its own (a time zone, networks, rates)
         return str(field.examples[0]), field.examples[0]
     return "probe-value", "probe-value"
 

@@ -137,6 +137,17 @@ def test_cookies_are_secure_in_production_unless_said_otherwise(env: pytest.Monk
     assert django_settings["SESSION_COOKIE_SECURE"] is False and django_settings["CSRF_COOKIE_SECURE"] is False
 
 
+def test_anonymous_logs_come_only_from_listed_networks_in_production(env: pytest.MonkeyPatch) -> None:
+    """Dev: loopback by default. Production: the explicit list only (a local proxy makes every client local)."""
+    assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_FROM"] == ["127.0.0.0/8", "::1/128"]
+    _production(env)
+    assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_FROM"] == []
+    _production(env, SWF_API_ANONYMOUS_LOGS_FROM="10.1.0.0/16, 192.0.2.10")
+    assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_FROM"] == ["10.1.0.0/16", "192.0.2.10/32"]
+    _production(env, SWF_API_ANONYMOUS_LOGS_RATE="20/min")
+    assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_RATE"] == "20/min"
+
+
 def test_secrets_are_not_in_reprs(env: pytest.MonkeyPatch) -> None:
     _production(env, SWF_API_TOKEN=TOKEN, SWF_SECRET_KEY=SECRET_KEY)
     settings = Settings()

@@ -6,7 +6,8 @@ Environment (documented defaults in ``docs/monitor.md``):
   empty = SQLite at ``$SWF_HOME/monitor.sqlite3`` (WAL mode, busy timeout).
 * ``SWF_SECRET_KEY`` — empty = a random key generated once into ``$SWF_HOME``.
 * ``SWF_DEBUG``, ``SWF_ALLOWED_HOSTS``, ``SWF_CSRF_TRUSTED_ORIGINS``,
-  ``SWF_API_OPEN_READS``, ``SWF_API_ANONYMOUS_LOGS``, ``SWF_SQLITE_BUSY_TIMEOUT_S``,
+  ``SWF_API_OPEN_READS``, ``SWF_API_ANONYMOUS_LOGS`` (with ``_FROM`` and ``_RATE``),
+  ``SWF_SQLITE_BUSY_TIMEOUT_S``,
   ``SWF_DB_TIMEOUT_S`` (PostgreSQL connect and idle-transaction timeouts).
 * ``SWF_PROFILE=production`` — refuse to start (``ImproperlyConfigured``) on
   DEBUG, a missing or short ``SWF_SECRET_KEY``, empty or ``*`` hosts, unsafe
@@ -160,6 +161,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": _database()}
+# One web process (uvicorn): its memory holds the anonymous log posts' rate-limit windows and refusal count.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "swf-monitor"}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -179,6 +182,8 @@ STATIC_URL = "static/"
 STATIC_ROOT = None  # static files are served from the package by WhiteNoise
 # Serve straight from the apps' static folders: no collectstatic step needed.
 WHITENOISE_USE_FINDERS = True
+# Files served at the site's root, without a redirect: favicon.ico (a vendored icon, no CDN).
+WHITENOISE_ROOT = BASE_DIR / "front" / "root"
 WHITENOISE_AUTOREFRESH = DEBUG
 
 REST_FRAMEWORK = {
@@ -191,7 +196,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.OrderingFilter",
+        "swf_testbed.monitor.api.filters.StrictOrderingFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "swf_testbed.monitor.api.exceptions.exception_handler",
@@ -218,6 +223,10 @@ SPECTACULAR_SETTINGS = {
 
 SWF_API_OPEN_READS = _mon.api_open_reads
 SWF_API_ANONYMOUS_LOGS = _mon.api_anonymous_logs
+SWF_API_ANONYMOUS_LOGS_FROM: list[str] = _mon.anonymous_log_networks(_swf.profile)
+"""Networks whose clients may ``POST /api/logs/`` without a token (see ``permissions.py``); empty = nobody."""
+SWF_API_ANONYMOUS_LOGS_RATE = _mon.api_anonymous_logs_rate
+"""Anonymous log posts accepted per client address and window (``N/s``, ``N/min``, ``N/h``); past it a 429."""
 SWF_API_MAX_UNPAGED = 10_000
 """A list request without paging parameters returns at most this many rows (header X-Truncated)."""
 

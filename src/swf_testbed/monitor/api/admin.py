@@ -63,6 +63,16 @@ class WorkflowExecutionAdmin(admin.ModelAdmin):
     raw_id_fields = ["workflow_definition"]
 
 
+@admin.register(m.WorkflowStage)
+class WorkflowStageAdmin(admin.ModelAdmin):
+    list_display = ["stage_id", "agent_name", "agent_type", "status", "execution", "run_number", "stf_filename",
+                    "started_at", "completed_at"]
+    list_filter = ["status", "agent_type"]
+    search_fields = ["agent_name", "stf_filename", "execution__execution_id"]
+    raw_id_fields = ["execution", "agent"]
+    readonly_fields = ["created_at", "updated_at"]
+
+
 @admin.register(m.Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["run_number", "namespace", "execution", "start_time", "end_time", "total_stf_files"]

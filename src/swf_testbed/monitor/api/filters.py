@@ -7,6 +7,9 @@ from typing import Any
 import django_filters as df
 from django import forms
 from django.db.models import Exists, OuterRef, QuerySet
+from rest_framework.exceptions import ValidationError
+from rest_framework.filters import OrderingFilter
+from rest_framework.request import Request
 
 from swf_testbed.monitor.api import models as m
 
@@ -29,6 +32,22 @@ class TimeRangeFilterSet(df.FilterSet):
             filters["before"] = df.IsoDateTimeFilter(field_name=cls.time_field, lookup_expr="lt",
                                                      label=f"{cls.time_field} < (ISO 8601)")
         return filters
+
+
+class StrictOrderingFilter(OrderingFilter):
+    """DRF's ``ordering=``, where an unknown field is a 400 naming the allowed ones (not silently ignored)."""
+
+    def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> Any:
+        text = request.query_params.get(self.ordering_param)
+        if text:
+            asked = [term.strip() for term in text.split(",") if term.strip()]
+            allowed = [name for name, _label in self.get_valid_fields(queryset, view, {"request": request})]
+            unknown = [term for term in asked if term.lstrip("-") not in allowed]
+            if unknown:
+                raise ValidationError({self.ordering_param: [
+                    f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                    f"allowed (prefix - for descending): {', '.join(sorted(allowed))}"]})
+        return super().get_ordering(request, queryset, view)
 
 
 MESSAGE_FACETS = ("namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid")
@@ -159,6 +178,16 @@ class WorkflowDefinitionFilter(df.FilterSet):
     class Meta:
         model = m.WorkflowDefinition
         fields = ["workflow_name", "version", "workflow_type", "created_by"]
+
+
+class WorkflowStageFilter(TimeRangeFilterSet):
+    time_field = "created_at"
+    execution_id = df.CharFilter(field_name="execution_id")
+    run_number = IntegerFilter()
+
+    class Meta:
+        model = m.WorkflowStage
+        fields = ["execution_id", "agent_name", "agent_type", "status", "run_number", "stf_filename"]
 
 
 class WorkflowExecutionFilter(TimeRangeFilterSet):

@@ -285,6 +285,65 @@ class WorkflowExecution(models.Model):
         return end - self.start_time if end else None
 
 
+class WorkflowStage(models.Model):
+    """One agent's stage of work on a workflow (the v28 processing agent posts and patches these).
+
+    The agent names itself (``agent_name``, ``agent_type``) and says what it
+    works on (``run_number``, ``stf_filename``, or ``execution_id``); the
+    execution and the agent are linked from those when they are known, and
+    stay empty when not. ``status`` is kept as the agent sends it.
+    """
+
+    stage_id = models.AutoField(primary_key=True)
+    execution = models.ForeignKey(
+        WorkflowExecution, on_delete=models.SET_NULL, null=True, blank=True, related_name="stages"
+    )
+    agent = models.ForeignKey(
+        SystemAgent, on_delete=models.SET_NULL, null=True, blank=True, related_name="stages"
+    )
+    agent_name = models.CharField(max_length=200, blank=True, db_index=True)
+    agent_type = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=32, blank=True, default="pending", db_index=True)
+    run_number = models.BigIntegerField(null=True, blank=True, db_index=True, validators=[MinValueValidator(0)])
+    stf_filename = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True, null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-stage_id"]
+        verbose_name = "workflow stage"
+        indexes = [models.Index(fields=["execution", "created_at"], name="stage_execution_created")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_name or '?'} {self.status} ({self.stf_filename or self.run_number or '-'})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        return self.completed_at - self.started_at if self.started_at and self.completed_at else None
+
+    def link(self) -> None:
+        """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known and not set."""
+        if self.execution_id is None and self.run_number is not None:
+            self.execution_id = Run.objects.filter(run_number=self.run_number).values_list(
+                "execution_id", flat=True).first()
+        if self.execution_id is None and self.stf_filename:
+            self.execution_id = StfFile.objects.filter(stf_filename=self.stf_filename).values_list(
+                "run__execution_id", flat=True).first()
+        if self.execution_id is None and self.run_number is not None:
+            # v28 runners name the execution in the run state's metadata (their runs carry none)
+            named = RunState.objects.filter(run_number=self.run_number).values_list(
+                "metadata__execution_id", flat=True).first()
+            if isinstance(named, str) and WorkflowExecution.objects.filter(execution_id=named).exists():
+                self.execution_id = named
+        if self.agent_id is None and self.agent_name:
+            self.agent_id = SystemAgent.objects.filter(instance_name=self.agent_name).order_by(
+                F("last_heartbeat").desc(nulls_last=True)).values_list("pk", flat=True).first()
+
+
 # --------------------------------------------------------------------------- runs and files
 
 
@@ -639,7 +698,7 @@ class AppLog(models.Model):
     thread = models.BigIntegerField(default=0)
     extra_data = models.JSONField(null=True, blank=True)
     execution_id = models.CharField(max_length=200, blank=True, db_index=True, editable=False)
-    run_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    run_id = models.BigIntegerField(null=True, blank=True, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-timestamp", "-id"]

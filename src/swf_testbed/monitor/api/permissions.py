@@ -6,16 +6,27 @@
   so user B may change what user A's agent created.
 * DELETE: staff only. No agent deletes; a token handed to an agent must not be
   able to erase the record of what happened.
-* The one anonymous write, off by default: ``POST /api/logs/`` when
-  ``SWF_API_ANONYMOUS_LOGS`` is on (agents that log without a token). A view
-  opts in with ``anonymous_create_setting``; only its ``create`` action is opened.
+* The one anonymous write: ``POST /api/logs/`` (agents that log without a
+  token), from clients in ``SWF_API_ANONYMOUS_LOGS_FROM`` only (by default
+  loopback; nobody in production unless listed; nobody when
+  ``SWF_API_ANONYMOUS_LOGS`` is off), rate-limited per client address
+  (``throttling.py``). A view opts in with ``anonymous_create_setting``; only
+  its ``create`` action is opened. Any other anonymous write is a 401.
+
+The client address is ``REMOTE_ADDR``: the peer of the TCP connection. Behind
+a reverse proxy, uvicorn (``swf-testbed monitor serve`` runs it with proxy
+headers on) replaces it with the proxy's ``X-Forwarded-For`` only when the
+proxy's own address is trusted (uvicorn's ``FORWARDED_ALLOW_IPS``, default
+127.0.0.1); from any other peer that header is ignored.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
@@ -24,10 +35,27 @@ def reads_are_open() -> bool:
     return bool(getattr(settings, "SWF_API_OPEN_READS", False))
 
 
-def anonymous_create_allowed(view: Any) -> bool:
-    """True when the view opts in to anonymous creates and its setting is on."""
+def client_address(request: Request | HttpRequest) -> str:
+    """The client's address as the server saw it (see the module on proxies)."""
+    return str(request.META.get("REMOTE_ADDR") or "")
+
+
+def _listed(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+def anonymous_create_allowed(view: Any, request: Request) -> bool:
+    """True when the view opts in to anonymous creates, its setting is on and the client is in an allowed network."""
     name = getattr(view, "anonymous_create_setting", "")
-    return bool(name) and getattr(view, "action", None) == "create" and bool(getattr(settings, name, False))
+    if not name or getattr(view, "action", None) != "create" or not getattr(settings, name, False):
+        return False
+    return _listed(client_address(request), list(getattr(settings, f"{name}_FROM", [])))
 
 
 class ReadOpenWriteAuthenticated(BasePermission):
@@ -36,7 +64,7 @@ class ReadOpenWriteAuthenticated(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         if request.method in SAFE_METHODS and reads_are_open():
             return True
-        if request.method == "POST" and anonymous_create_allowed(view):
+        if request.method == "POST" and anonymous_create_allowed(view, request):
             return True
         user = request.user
         if not (user and user.is_authenticated):

@@ -258,6 +258,47 @@ class WorkflowExecutionSerializer(ModelSerializer[m.WorkflowExecution]):
         return super().update(instance, validated_data)
 
 
+class WorkflowStageSerializer(ModelSerializer[m.WorkflowStage]):
+    """A stage as the v28 processing agent sends it; every field is optional.
+
+    Fields the model does not have are kept, merged into ``metadata`` (a value
+    given in ``metadata`` wins), so nothing an agent sends is lost.
+    """
+
+    id = serializers.IntegerField(source="stage_id", read_only=True, help_text="the same as stage_id")
+    execution_id = serializers.SlugRelatedField(
+        source="execution", slug_field="execution_id", queryset=m.WorkflowExecution.objects.all(),
+        required=False, allow_null=True, help_text="linked from run_number or stf_filename when not given")
+    agent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
+                                               help_text="the SystemAgent of agent_name, if known")
+    metadata = JSONObjectField(required=False, allow_null=True)
+
+    class Meta:
+        model = m.WorkflowStage
+        fields = ["stage_id", "id", "execution_id", "agent", "agent_name", "agent_type", "status", "run_number",
+                  "stf_filename", "started_at", "completed_at", "error", "metadata", "created_at", "updated_at"]
+        read_only_fields = ["stage_id", "created_at", "updated_at"]
+
+    def to_internal_value(self, data: Any) -> Any:
+        validated = super().to_internal_value(data)
+        if isinstance(data, dict):
+            extra = {k: v for k, v in data.items() if k not in self.fields}
+            if extra:
+                given = validated.get("metadata")
+                if given is None and self.instance is not None and "metadata" not in data:
+                    given = self.instance.metadata
+                validated["metadata"] = {**extra, **(given or {})}
+        return validated
+
+    def save(self, **kwargs: Any) -> m.WorkflowStage:
+        stage = super().save(**kwargs)
+        before = (stage.execution_id, stage.agent_id)
+        stage.link()
+        if (stage.execution_id, stage.agent_id) != before:
+            stage.save(update_fields=["execution", "agent"])
+        return stage
+
+
 # --------------------------------------------------------------------------- runs and files
 
 
@@ -452,6 +493,11 @@ class SystemStateEventSerializer(ModelSerializer[m.SystemStateEvent]):
         fields = ["event_id", "timestamp", "run_number", "namespace", "execution_id", "event_type", "state",
                   "substate", "event_data", "msg_id"]
         read_only_fields = ["event_id", "msg_id"]
+        # v28 agents send "substate": null; stored as "" (no substate), like a missing one
+        extra_kwargs = {"substate": {"allow_null": True}}
+
+    def validate_substate(self, value: str | None) -> str:
+        return value or ""
 
 
 # --------------------------------------------------------------------------- messages and logs

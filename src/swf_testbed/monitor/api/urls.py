@@ -23,6 +23,7 @@ router.register("system-state-events", views.SystemStateEventViewSet, basename="
 router.register("workflow-definitions", views.WorkflowDefinitionViewSet, basename="workflowdefinition")
 router.register("workflow-executions", views.WorkflowExecutionViewSet, basename="workflowexecution")
 router.register("workflow-messages", views.WorkflowMessageViewSet, basename="workflowmessage")
+router.register("workflow-stages", views.WorkflowStageViewSet, basename="workflowstage")
 
 urlpatterns = [
     path("state/next-run-number/", views.next_run_number, name="next-run-number"),

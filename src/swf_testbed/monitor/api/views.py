@@ -17,6 +17,7 @@ from swf_testbed.monitor.api import filters as f
 from swf_testbed.monitor.api import models as m
 from swf_testbed.monitor.api import serializers as s
 from swf_testbed.monitor.api.pagination import MessagePagination
+from swf_testbed.monitor.api.throttling import AnonymousLogThrottle
 
 
 class MonitorViewSetMixin:
@@ -116,11 +117,15 @@ class SubscriberViewSet(MonitorModelViewSet):
 
 
 class AppLogViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
-    anonymous_create_setting = "SWF_API_ANONYMOUS_LOGS"  # see permissions.py: off by default
+    anonymous_create_setting = "SWF_API_ANONYMOUS_LOGS"  # see permissions.py: from allowed networks only
     queryset = m.AppLog.objects.all()
     serializer_class = s.AppLogSerializer
     filterset_class = f.AppLogFilter
     ordering_fields = ["timestamp", "level", "app_name", "instance_name"]
+
+    def get_throttles(self) -> list[Any]:
+        # anonymous posts only (the throttle lets token holders through); reads are never limited
+        return [AnonymousLogThrottle()] if self.action == "create" else []
 
 
 class RunViewSet(MergingCreateMixin, MonitorModelViewSet):
@@ -211,6 +216,16 @@ class WorkflowExecutionViewSet(MonitorModelViewSet):
         if self.action in ("list", "retrieve"):
             qs = qs.annotate(stf_count=Count("runs__stf_files"))
         return qs
+
+
+class WorkflowStageViewSet(MonitorModelViewSet):
+    """Agents' stages of work; POST to start one, PATCH to move it on."""
+
+    queryset = m.WorkflowStage.objects.all()
+    serializer_class = s.WorkflowStageSerializer
+    filterset_class = f.WorkflowStageFilter
+    ordering_fields = ["created_at", "updated_at", "started_at", "completed_at", "status", "agent_name",
+                       "run_number"]
 
 
 class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]

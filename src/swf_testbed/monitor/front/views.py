@@ -17,6 +17,7 @@ from swf_testbed.liveness import NEEDS_ATTENTION
 from swf_testbed.monitor.api import facets
 from swf_testbed.monitor.api import filters as f
 from swf_testbed.monitor.api import models as m
+from swf_testbed.monitor.api.throttling import refused_count
 from swf_testbed.monitor.front import plots
 from swf_testbed.monitor.front.utils import (
     PAGE_SIZE,
@@ -199,6 +200,9 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
         "slice_chart": plots.rate_chart(slice_times, "Slices completed", start=execution.start_time, end=end),
         "timeline": plots.state_timeline([(f"run {n}", ev) for n, ev in sorted(by_run.items())], end),
         "events": events[:200],
+        "stages": execution.stages.order_by("created_at", "stage_id")[:200],
+        "logs": m.AppLog.objects.filter(execution_id=execution.execution_id).order_by("-timestamp", "-id")[:50],
+        "log_count": m.AppLog.objects.filter(execution_id=execution.execution_id).count(),
         "by_type": facets.facet_counts({"execution_id": execution.execution_id})["msg_type"],
         "message_count": facets.count_from_rollup({"execution_id": execution.execution_id}),
     }
@@ -256,7 +260,9 @@ def slice_list(request: HttpRequest) -> HttpResponse:
 def log_list(request: HttpRequest) -> HttpResponse:
     filterset = f.AppLogFilter(request.GET, queryset=m.AppLog.objects.all())
     return render_live(request, "front/log_list.html", {"page": paginate(request, filterset.qs),
-                                                        "levels": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]})
+                                                        "levels": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                                        "rate_limited": refused_count(),
+                                                        "rate": getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "")})
 
 
 # --------------------------------------------------------------------------- messages
