@@ -130,3 +130,24 @@ def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> 
               for obj in objs]
     with connection.cursor() as cursor:
         cursor.executemany(update_sql(model, fields), params)
+
+
+def increment_rows(model: type[models.Model], field_name: str, increments: Iterable[tuple[Any, int]]) -> None:
+    """``field = field + n`` for each ``(primary key, n)``, with one ``executemany``.
+
+    Relative, not read-then-write: a concurrent writer's increment is never lost.
+    """
+    field = model._meta.get_field(field_name)
+    pk = model._meta.pk
+    adapt_pk = adapters_for([pk])[0]
+    params = [(int(n), adapt_pk(key)) for key, n in increments]
+    if not params:
+        return
+    with connection.cursor() as cursor:
+        cursor.executemany(increment_sql(model, field), params)
+
+
+def increment_sql(model: type[models.Model], field: models.Field) -> str:
+    qn = connection.ops.quote_name
+    column = qn(field.column)
+    return f"UPDATE {qn(model._meta.db_table)} SET {column} = {column} + %s WHERE {qn(model._meta.pk.column)} = %s"
