@@ -18,7 +18,7 @@ SQLite), checks that no message was lost or stored twice, and prints as its
 very last line one JSON object with the figures. ``--quick``: 3 000 messages.
 
 Usage: ``python bench/ingest.py [--quick] [--messages N] [--broker embedded|activemq]
-[--database-url postgres://postgres@127.0.0.1:5432/test] [--batch-size B]``
+[--database-url postgres://postgres@127.0.0.1:5432/test] [--batch-size B] [--profile FILE]``
 """
 
 from __future__ import annotations
@@ -158,12 +158,15 @@ class Counter:
         return int(cur.fetchone()[0])
 
 
-def run_ingest(broker: BrokerProcess, n: int, db_url: str, workdir: Path, batch_size: int) -> dict[str, Any]:
+def run_ingest(broker: BrokerProcess, n: int, db_url: str, workdir: Path, batch_size: int,
+               profile: Path | None = None) -> dict[str, Any]:
     env = {**os.environ, **broker.env, "DATABASE_URL": db_url, "SWF_HOME": str(workdir),
            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings"}
     manage = [sys.executable, "-m", "swf_testbed.monitor.manage"]
     subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True)
     log = open(workdir / "ingest.log", "ab")  # noqa: SIM115 - closed below
+    if profile is not None:  # the writer (main) thread under cProfile, written when the ingest exits
+        manage = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "swf_testbed.monitor.manage"]
     ingest = subprocess.Popen([*manage, "ingest", "--no-migrate", "--batch-size",
                                str(batch_size), "--client-id", f"bench-{uuid.uuid4().hex[:6]}"],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -219,6 +222,8 @@ def main() -> int:
     parser.add_argument("--broker", choices=["embedded", "activemq"], default="embedded")
     parser.add_argument("--database-url", default=None, help="PostgreSQL server to create a temporary database on")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="run the ingest's writer thread under cProfile into FILE (slows it down)")
     args = parser.parse_args()
     n = args.messages or (3000 if args.quick else 20_000)
 
@@ -227,7 +232,8 @@ def main() -> int:
     db_url, drop = make_database(args.database_url, workdir)
     try:
         base_rate = baseline(broker, n, prefetch=max(args.batch_size * 2, 100))
-        result = run_ingest(broker, n, db_url, workdir, args.batch_size)
+        result = run_ingest(broker, n, db_url, workdir, args.batch_size,
+                            args.profile.resolve() if args.profile else None)
     finally:
         broker.stop()
         drop()

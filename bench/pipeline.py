@@ -54,8 +54,13 @@ level (``stfs``, ``stf_per_s``, ``msgs_per_s``, ``broker_msgs_per_s``,
 every run under ``runs``. The exit status is non-zero when anything was lost
 or duplicated.
 
-``--profile DIR`` runs every agent under ``cProfile`` (all threads) and
-writes one ``<agent>.prof`` per agent into DIR when it exits.
+Each run also reports the CPU time every process spent on it (broker,
+ingest, each agent; from the operating system's accounting, so unaffected by
+profiling overhead) in microseconds per message of the run, under ``cpu_us_per_msg``.
+
+``--profile DIR`` runs every agent and the ingest under ``cProfile`` (all
+threads) and writes one ``<agent>.prof`` per agent and ``ingest.prof`` into DIR
+when they exit.
 
 Usage: ``python bench/pipeline.py [--quick] [--stfs N] [--broker embedded|activemq]``
 """
@@ -80,6 +85,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psutil
 import stomp
 
 from swf_testbed.messages import RunWorkflow
@@ -195,6 +201,30 @@ def raw_throughput(broker: BrokerProcess, n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the chain and the ingest
 
 
+class CpuMeter:
+    """CPU seconds (user + system) of named processes, read from the operating system."""
+
+    def __init__(self, procs: dict[str, subprocess.Popen[bytes] | None]) -> None:
+        self.procs = {name: psutil.Process(p.pid) for name, p in procs.items() if p is not None}
+
+    def sample(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            out[name] = times.user + times.system + times.children_user + times.children_system
+        return out
+
+    @staticmethod
+    def per_message_us(before: dict[str, float], after: dict[str, float], msgs: int) -> dict[str, float]:
+        """Microseconds of CPU per message of the run, by process (and ``total``)."""
+        spent = {name: after[name] - before[name] for name in after if name in before}
+        spent["total"] = sum(spent.values())
+        return {name: round(seconds * 1e6 / max(msgs, 1), 1) for name, seconds in spent.items()}
+
+
 def _child_env(broker: BrokerProcess) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, **broker.env, "PYTHONPATH": path}
@@ -256,6 +286,7 @@ class Ingest:
 
     broker: BrokerProcess
     home: Path
+    profile_dir: Path | None = None
     client_id: str = field(default_factory=lambda: f"bench-ingest-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
 
@@ -271,7 +302,11 @@ class Ingest:
         env = _child_env(self.broker)
         env.pop("DATABASE_URL", None)  # empty: SQLite at $SWF_HOME/monitor.sqlite3
         env["SWF_HOME"] = str(self.home)
-        cmd = [sys.executable, "-m", "swf_testbed.cli", "monitor", "ingest", "--client-id", self.client_id]
+        args = ["monitor", "ingest", "--client-id", self.client_id]
+        if self.profile_dir is not None:
+            cmd = [sys.executable, "-c", LAUNCHER, str(self.profile_dir / "ingest.prof"), *args]
+        else:
+            cmd = [sys.executable, "-m", "swf_testbed.cli", *args]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -498,6 +533,8 @@ class RunFigures:
     stf_stream_per_s: float
     """STFs per second through data and processing alone (to the last processing_complete)."""
     ingest_lag_s: float
+    cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
+    """CPU microseconds per message of the run, by process, from run_workflow sent to monitor complete."""
     broker_msgs_per_s: float = 0.0
     ratio: float = 0.0
     chain_ratio: float = 0.0
@@ -522,7 +559,7 @@ def _wait_started(counting: Counting, request_id: str) -> str:
 
 
 def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: Ingest, db: MonitorDb, stfs: int,
-            rate: float, slices_per_sample: int, stall: float) -> RunFigures:
+            rate: float, slices_per_sample: int, stall: float, cpu: CpuMeter) -> RunFigures:
     ns = agents.namespace
     before = dict(counting.beats.get("fastmon", {}))
     request = RunWorkflow(namespace=ns, sender="bench", workflow_name="stf_datataking",
@@ -531,6 +568,7 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: In
     after_id = db.max_id()  # the monitor's rows of this execution all come after it
     with counting.lock:
         counting.reset(request.msg_id)
+    cpu_before = cpu.sample()
     start = time.time()
     client.send(control_queue(ns), request)
     with counting.lock:
@@ -592,6 +630,7 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: In
             print(f"  stalled in the monitor: nothing new for {stall:g} s", file=sys.stderr)
             break
         time.sleep(0.05)
+    cpu_after = cpu.sample()
     watch.stop()
     end = watch.first_complete(target) or time.time()
     held_ids = db.msg_ids(eid)
@@ -607,6 +646,7 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: In
                       chain_seconds=chain_seconds, chain_stf_per_s=stfs / chain_seconds,
                       chain_msgs_per_s=msgs / chain_seconds,
                       stf_stream_per_s=stfs / max(stream_end - start, 1e-9), ingest_lag_s=max(0.0, end - chain_end),
+                      cpu_us_per_msg=CpuMeter.per_message_us(cpu_before, cpu_after, msgs),
                       status=final.get("status", final.get("msg_type", "no reply")))
 
 
@@ -653,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = start_embedded() if args.broker == "embedded" else start_activemq()
     ns = f"bench{uuid.uuid4().hex[:6]}"
     agents = Agents(broker, ns, args.workers, args.pace_window, args.profile)
-    ingest = Ingest(broker, Path(tempfile.mkdtemp(prefix="swf-bench-pipeline-home-")))
+    ingest = Ingest(broker, Path(tempfile.mkdtemp(prefix="swf-bench-pipeline-home-")), args.profile)
     db = MonitorDb(ingest.database)
     runs: list[RunFigures] = []
     conn: stomp.Connection | None = None
@@ -680,10 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         agents.start()
         _wait_ready(counting, set(agents.specs()), ingest, db, ns)
         client = BrokerClient(broker.settings(), client_name="bench-control").start()
+        cpu = CpuMeter({"broker": broker.proc, "ingest": ingest.proc, **agents.procs})
 
         for rate in rates:
             log(f"run: {stfs} STFs at time scale 0, sampling rate {rate:g} …")
-            fig = one_run(agents, counting, client, ingest, db, stfs, rate, args.slices_per_sample, args.stall)
+            fig = one_run(agents, counting, client, ingest, db, stfs, rate, args.slices_per_sample, args.stall, cpu)
             fig.broker_msgs_per_s = raw["msgs_per_s"]
             fig.ratio = fig.msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
             fig.chain_ratio = fig.chain_msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
@@ -697,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"    expected {fig.expected}")
             log(f"    seen     {fig.seen}")
             log(f"    monitor  {fig.monitor_held} of {fig.monitor_expected}")
+            log("    CPU µs per message: " + ", ".join(f"{k} {v:g}" for k, v in fig.cpu_us_per_msg.items()))
             time.sleep(1.5)  # let heartbeats settle (READY) before the next run
     finally:
         if client is not None:

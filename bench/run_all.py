@@ -188,6 +188,15 @@ def rows_pipeline(f: dict[str, Any]) -> list[Row]:
         rows.append((other, f"STF/s: {_num(run.get('stf_per_s'))}, msgs/s: {_num(run.get('msgs_per_s'))}",
                      f"raw broker msgs/s: {_num(run.get('broker_msgs_per_s'))}",
                      _ratio(run.get("msgs_per_s"), run.get("broker_msgs_per_s"))))
+        rows.append((f"{other}, chain alone", f"STF/s: {_num(run.get('chain_stf_per_s'))}",
+                     f"end to end STF/s: {_num(run.get('stf_per_s'))}",
+                     _ratio(run.get("chain_stf_per_s"), run.get("stf_per_s"))))
+    for rate, run in (f.get("runs") or {}).items():  # where the CPU goes: the ingest against all processes
+        cpu = run.get("cpu_us_per_msg") if isinstance(run, dict) else None
+        if cpu:
+            rows.append((f"pipeline ({run.get('stfs', '?')} STFs, sampling {rate}), CPU per message",
+                         f"ingest µs: {_num(cpu.get('ingest'))}", f"all processes µs: {_num(cpu.get('total'))}",
+                         _ratio(cpu.get("ingest"), cpu.get("total"))))
     return rows
 
 

@@ -512,6 +512,10 @@ RAW_SQL_ALLOWED: dict[tuple[str, str, str], str] = {
         "f-string of the quoted table and column names (model metadata) and %s placeholders; the ids are bound",
     ("monitor/api/fastinsert.py", "insert_rows", "executemany"):
         "INSERT built by insert_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    ("monitor/api/fastinsert.py", "increment_rows", "executemany"):
+        "UPDATE built by increment_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    ("monitor/api/fastinsert.py", "update_objects", "executemany"):
+        "UPDATE built by update_sql() from model metadata (quote_name) and %s placeholders; values are bound",
     ("monitor/api/ingest.py", "end_abandoned", "execute"):
         "constant SELECT pg_terminate_backend over pg_stat_activity; the pids (from the driver) are bound",
     ("monitor/db.py", "_migration_lock", "execute"):

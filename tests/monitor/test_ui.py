@@ -114,3 +114,29 @@ def test_static_files_are_served_without_a_cdn(client: Client) -> None:
 
     assert finders.find("front/vendor/htmx.min.js")
     assert finders.find("front/style.css")
+
+
+def test_dashboard_message_rate_and_chart_are_counted_in_the_database(client: Client, make_message: Any) -> None:
+    """The dashboard's message chart counts per 10 s bar in SQL; the last minute's rate is the last 6 bars."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from swf_testbed.monitor.api.recording import Incoming, record
+
+    now = timezone.now()
+    ages_s = [5] * 6 + [35] * 3 + [125] * 4 + [599] + [700] * 2  # 700 s: outside the 10 minutes
+    record([Incoming(body=make_message("heartbeat", agent_name=f"a{i}"), received_at=now - timedelta(seconds=age))
+            for i, age in enumerate(ages_s)])
+    context = client.get("/").context
+    assert context["message_rate"] == pytest.approx(9 / 60.0)
+    chart = context["message_chart"]
+    assert len(chart.bars) == 60
+    peak_rate = 6 / 10.0  # the six messages 5 s old share the last 10 s bar
+    heights = [bar.h for bar in chart.bars]
+    assert chart.peak == pytest.approx(peak_rate)
+    assert heights[-1] == max(heights) and heights[-1] > 0
+    assert heights[-4] == pytest.approx(heights[-1] / 2)  # 3 messages 35 s old: half the peak
+    assert heights[47] == pytest.approx(heights[-1] * 4 / 6)  # 125 s old: bar 47 of 60
+    assert heights[0] == pytest.approx(heights[-1] / 6)  # 599 s old: the first bar
+    assert sum(1 for h in heights if h > 0) == 4

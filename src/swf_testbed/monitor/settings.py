@@ -78,6 +78,13 @@ def _database() -> dict[str, Any]:
         # write, the busy timeout makes a writer wait for the other instead of
         # failing, and IMMEDIATE transactions take the write lock up front so a
         # transaction never fails half-way upgrading a read lock.
+        # synchronous=NORMAL in WAL mode: a commit has written its pages to the
+        # WAL file before it returns, without waiting for fsync. The ingest acks
+        # only after its commit returns, so a crash of the ingest (or of any
+        # process) after the ack loses nothing; only a crash of the operating
+        # system or a power cut before the next WAL sync could drop the last
+        # commits, messages already acked. That is the trade for not paying an
+        # fsync per batch; use PostgreSQL where that case matters.
         db["OPTIONS"] = {
             "timeout": _mon.sqlite_busy_timeout_s,
             "transaction_mode": "IMMEDIATE",

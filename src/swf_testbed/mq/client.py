@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -317,6 +317,47 @@ class BrokerClient:
 
     def nack(self, delivery: Delivery) -> bool:
         return self._ack_or_nack(delivery, "nack")
+
+    def ack_all(self, deliveries: Sequence[Delivery]) -> int:
+        """Acknowledge deliveries handled in the order received; returns how many were acknowledged.
+
+        On a ``client`` subscription an ACK is cumulative (it covers every
+        message the subscription delivered before it), so one frame for the
+        last delivery of each subscription acknowledges them all; the caller
+        must have handled every earlier delivery of those subscriptions.
+        ``client-individual`` ones are acknowledged one by one. Deliveries of
+        an earlier connection are not acknowledged (the broker redelivers them).
+        """
+        acked = 0
+        with self._lock:
+            conn, generation = self._conn, self._generation
+            if conn is None:
+                return 0
+            last: dict[str, tuple[Delivery, int]] = {}
+            for delivery in deliveries:
+                mode = delivery.subscription.ack
+                if mode == "auto":
+                    acked += 1
+                elif delivery.generation != generation:
+                    continue
+                elif mode == "client":
+                    covered = last.get(delivery.subscription.id, (delivery, 0))[1]
+                    last[delivery.subscription.id] = (delivery, covered + 1)
+                elif self._send_ack(conn, delivery):
+                    acked += 1
+            for delivery, covered in last.values():
+                if self._send_ack(conn, delivery):
+                    acked += covered
+        return acked
+
+    @staticmethod
+    def _send_ack(conn: stomp.Connection, delivery: Delivery) -> bool:
+        try:
+            conn.ack(delivery.ack_id, delivery.subscription.id)
+            return True
+        except StompException as exc:
+            log.warning("ack of %s failed: %s", delivery.message_id, exc)
+            return False
 
     def _ack_or_nack(self, delivery: Delivery, verb: Literal["ack", "nack"]) -> bool:
         if delivery.subscription.ack == "auto":

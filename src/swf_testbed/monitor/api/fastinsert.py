@@ -1,4 +1,4 @@
-"""Inserting many rows with one prepared statement (``executemany``), on SQLite and PostgreSQL.
+"""Inserting and updating many rows with one prepared statement (``executemany``), on SQLite and PostgreSQL.
 
 Django's ``bulk_create`` prepares every value of every row through several
 layers of the SQL compiler and, on SQLite, splits the rows into statements of
@@ -67,6 +67,12 @@ def insert_sql(model: type[models.Model], fields: Sequence[models.Field]) -> str
     return f"INSERT INTO {qn(model._meta.db_table)} ({columns}) VALUES ({placeholders})"
 
 
+def update_sql(model: type[models.Model], fields: Sequence[models.Field]) -> str:
+    qn = connection.ops.quote_name
+    assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
+    return f"UPDATE {qn(model._meta.db_table)} SET {assignments} WHERE {qn(model._meta.pk.column)} = %s"
+
+
 def insert_rows(model: type[models.Model], fields: Sequence[models.Field], rows: Iterable[Sequence[Any]]) -> None:
     """Insert value tuples (in the order of ``fields``, Python values) with one ``executemany``."""
     adapters = adapters_for(fields)
@@ -101,3 +107,47 @@ def insert_objects(objs: Sequence[models.Model]) -> None:
         obj._state.db = connection.alias
         rows.append([getattr(obj, name) for name in attnames])
     insert_rows(model, fields, rows)
+
+
+def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> None:
+    """Like ``bulk_update(objs, field_names)``: one ``UPDATE … WHERE pk = %s`` run with ``executemany``.
+
+    ``bulk_update`` builds one ``CASE WHEN pk = … THEN …`` expression per field
+    over all the objects, through the ORM's expression machinery: for a batch
+    of a few hundred slices that compiling costs far more than the database's
+    work. As with ``bulk_update``, the values are the objects' attributes as
+    they are (``auto_now`` fields are the caller's to set) and no signals are sent.
+    """
+    if not objs:
+        return
+    model = type(objs[0])
+    meta = model._meta
+    fields = [meta.get_field(name) for name in field_names]
+    pk = meta.pk
+    adapters = adapters_for([*fields, pk])
+    attnames = [f.attname for f in fields] + [pk.attname]
+    params = [tuple(adapt(getattr(obj, name)) for adapt, name in zip(adapters, attnames, strict=True))
+              for obj in objs]
+    with connection.cursor() as cursor:
+        cursor.executemany(update_sql(model, fields), params)
+
+
+def increment_rows(model: type[models.Model], field_name: str, increments: Iterable[tuple[Any, int]]) -> None:
+    """``field = field + n`` for each ``(primary key, n)``, with one ``executemany``.
+
+    Relative, not read-then-write: a concurrent writer's increment is never lost.
+    """
+    field = model._meta.get_field(field_name)
+    pk = model._meta.pk
+    adapt_pk = adapters_for([pk])[0]
+    params = [(int(n), adapt_pk(key)) for key, n in increments]
+    if not params:
+        return
+    with connection.cursor() as cursor:
+        cursor.executemany(increment_sql(model, field), params)
+
+
+def increment_sql(model: type[models.Model], field: models.Field) -> str:
+    qn = connection.ops.quote_name
+    column = qn(field.column)
+    return f"UPDATE {qn(model._meta.db_table)} SET {column} = {column} + %s WHERE {qn(model._meta.pk.column)} = %s"

@@ -13,7 +13,12 @@ It runs as its own process (``swf-testbed monitor ingest`` or
 * Deliveries are handed from the receiver thread to the writer through a
   queue; the writer stores them in batches (at most ``batch_size`` messages,
   at most ``flush_ms`` after the first one of a batch) in one transaction,
-  and acknowledges them only after that transaction committed. A crash before
+  and acknowledges them only after that transaction committed. The
+  subscriptions use ``client`` acknowledgement, where an ACK covers every
+  earlier delivery of its subscription: batches are taken in the order the
+  messages were received and written one after the other, so when a batch
+  has committed, so has everything received before it, and one ACK per
+  subscription and batch acknowledges exactly the committed messages. A crash before
   the commit loses nothing: the broker redelivers, and recording is
   idempotent on ``msg_id``.
 * A database error (unavailable, locked) is retried with backoff, forever,
@@ -247,7 +252,7 @@ class Ingestor:
         if not self._subscribed:
             prefetch = max(self.batch_size * 2, 100)
             for dest in self.destinations:
-                self.client.subscribe(dest, self._on_delivery, ack="client-individual", prefetch=prefetch,
+                self.client.subscribe(dest, self._on_delivery, ack="client", prefetch=prefetch,
                                       durable=self.durable and dest.is_topic)
             self._subscribed = True
         log.info("ingest following %s", ", ".join(str(d) for d in self.destinations))
@@ -306,11 +311,9 @@ class Ingestor:
         if not self._write(incoming):
             return  # stopping with the database still down: leave them unacknowledged, the broker keeps them
         self.stats.batches += 1
-        for item in batch:
-            if self.client.ack(item.delivery):
-                self.stats.acked += 1
-            else:
-                self.stats.ack_skipped += 1  # its connection is gone: it will be redelivered, and skipped
+        acked = self.client.ack_all([item.delivery for item in batch])
+        self.stats.acked += acked
+        self.stats.ack_skipped += len(batch) - acked  # their connection is gone: redelivered, and skipped
 
     def _write(self, incoming: list[Incoming]) -> bool:
         """Record the batch; retries database outages until it succeeds or the ingest stops."""

@@ -53,8 +53,7 @@ def rate_chart(times: Iterable[datetime], title: str, unit: str = "/s", buckets:
     end = end or stamps[-1]
     if end <= start:
         end = start + timedelta(seconds=1)
-    span = (end - start).total_seconds()
-    width_s = span / buckets
+    width_s = (end - start).total_seconds() / buckets
     counts = [0] * buckets
     for t in stamps:
         index = int((t - start).total_seconds() / width_s)
@@ -62,9 +61,17 @@ def rate_chart(times: Iterable[datetime], title: str, unit: str = "/s", buckets:
             counts[index] += 1
         elif index == buckets:
             counts[-1] += 1
+    return counts_chart(counts, title, start, end, unit)
+
+
+def counts_chart(counts: Sequence[int], title: str, start: datetime, end: datetime, unit: str = "/s") -> BarChart:
+    """Event counts of equal buckets over [start, end] (counted by the caller, e.g. in SQL) as rates per second."""
+    if not any(counts):
+        return BarChart(title, [], 0.0, unit, start, end)
+    width_s = max((end - start).total_seconds(), 1e-9) / len(counts)
     rates = [c / width_s for c in counts]
     peak = max(rates) or 1.0
-    bar_w = WIDTH / buckets
+    bar_w = WIDTH / len(counts)
     bars = []
     for i, rate in enumerate(rates):
         h = (HEIGHT - LABEL_H) * rate / peak

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -39,16 +39,36 @@ def site_context(request: HttpRequest) -> dict[str, Any]:
 # --------------------------------------------------------------------------- dashboard
 
 
+DASHBOARD_BUCKETS = 60
+"""Bars of the dashboard's 10-minute charts: 10 s each, so the last 6 are the last minute."""
+
+
+def _bucket_counts(queryset: Any, field: str, start: Any, end: Any, buckets: int = DASHBOARD_BUCKETS) -> list[int]:
+    """How many rows have ``field`` in each of ``buckets`` equal intervals of [start, end], in one query.
+
+    The database counts (one conditional count per bucket over the index
+    range) instead of sending every timestamp here: with the ingest writing
+    thousands of messages a second, the 10-minute window holds millions.
+    """
+    width = (end - start) / buckets
+    edges = [start + width * i for i in range(buckets)] + [end]
+    aggregates = {
+        f"b{i}": Count("pk", filter=Q(**{f"{field}__gte": edges[i],
+                                          f"{field}__lt" if i < buckets - 1 else f"{field}__lte": edges[i + 1]}))
+        for i in range(buckets)
+    }
+    counts = queryset.filter(**{f"{field}__gte": start, f"{field}__lte": end}).order_by().aggregate(**aggregates)
+    return [int(counts[f"b{i}"] or 0) for i in range(buckets)]
+
+
 @reads_allowed
 def dashboard(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     minute_ago = now - timedelta(seconds=60)
     agents = list(m.SystemAgent.objects.all())
     health = Counter(agent.liveness(now).value for agent in agents)
-    recent_times = list(
-        m.WorkflowMessage.objects.filter(received_at__gte=now - timedelta(minutes=10))
-        .order_by().values_list("received_at", flat=True)[:200_000]
-    )
+    window_start = now - timedelta(minutes=10)
+    message_counts = _bucket_counts(m.WorkflowMessage.objects.all(), "received_at", window_start, now)
     stf_times = list(
         m.StfFile.objects.filter(created_at__gte=now - timedelta(minutes=10)).values_list("created_at", flat=True)
     )
@@ -58,10 +78,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         .select_related("workflow_definition").annotate(stf_count=Count("runs__stf_files")).order_by("-start_time")[:20],
         "recent_executions": m.WorkflowExecution.objects.exclude(status=m.ExecutionStatus.RUNNING)
         .select_related("workflow_definition")[:5],
-        "message_rate": sum(1 for t in recent_times if t >= minute_ago) / 60.0,
+        "message_rate": sum(message_counts[-DASHBOARD_BUCKETS // 10:]) / 60.0,
         "stf_rate": sum(1 for t in stf_times if t >= minute_ago) / 60.0,
-        "message_chart": plots.rate_chart(recent_times, "Messages received, last 10 min", start=now - timedelta(
-            minutes=10), end=now),
+        "message_chart": plots.counts_chart(message_counts, "Messages received, last 10 min", window_start, now),
         "stf_chart": plots.rate_chart(stf_times, "STF files, last 10 min", start=now - timedelta(minutes=10),
                                       end=now),
         "health": {k: health.get(k, 0) for k in ("ok", "late", "down", "exited", "gone", "unknown")},
