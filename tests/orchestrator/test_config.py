@@ -214,3 +214,32 @@ def test_agent_module_found_on_its_own_pythonpath(tmp_path: Path) -> None:
     (tmp_path / "testbed.toml").write_text(MINIMAL + agent)
     with pytest.raises(ConfigError, match="agents.mine.module: cannot find module 'my_private_agent'"):
         load(tmp_path / "testbed.toml")
+
+
+def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once() -> None:
+    text = (MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
+            '[parameters]\nstf_count = "ten"\nstf_sampling_rate = 2.0\nstf_cuont = 3\nstf_interval = 0.5\n')
+    lines = problems(text).splitlines()
+    assert lines == [
+        "testbed.toml: parameters.stf_count: expected an integer, got 'ten' (workflow config "
+        "'fast_processing_default')",
+        "testbed.toml: parameters.stf_sampling_rate: input should be less than or equal to 1, got 2.0 "
+        "(workflow config 'fast_processing_default')",
+        "testbed.toml: parameters.stf_cuont: not a parameter of workflow config 'fast_processing_default' "
+        "(did you mean 'stf_count'?)",
+    ]
+    # the schema's problems and the parameters' together
+    lines = problems(MINIMAL + '[workflow]\ntime_scale = "fast"\n[parameters]\nslices_per_sample = 3\n'
+                     '[broker]\nport = 0\n').splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("testbed.toml: workflow.time_scale: expected a number")
+    assert lines[1].startswith("testbed.toml: broker.port: ")
+    assert lines[2] == ("testbed.toml: parameters.slices_per_sample: not a parameter of workflow config "
+                        "'stf_datataking_default' (known parameters: " + lines[2].split("(known parameters: ")[1])
+    assert "stf_count" in lines[2]
+    assert problems(MINIMAL + '[workflow]\nconfig = "nope"\n[parameters]\nstf_count = 1\n') == (
+        "testbed.toml: workflow.config: unknown workflow config 'nope'; available: daq_state_machine, "
+        "fast_processing_default, stf_datataking_default")
+    cfg = parse(MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
+                '[parameters]\nstf_count = 5\nstf_interval = 1\n"daq.physics_period_count" = 3\n')
+    assert cfg.parameters == {"stf_count": 5, "stf_interval": 1, "daq.physics_period_count": 3}

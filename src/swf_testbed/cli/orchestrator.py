@@ -144,6 +144,15 @@ class _Signals:
 # --------------------------------------------------------------------------- bring up + wait
 
 
+def _check_ports(tb: Any) -> None:
+    """Stop (exit 1) before anything starts when a port of an embedded service is taken."""
+    from swf_testbed.orchestrator.run import PortsInUse
+
+    conflicts = tb.port_conflicts()
+    if conflicts:
+        raise fail(str(PortsInUse(conflicts, tb.loaded.source)))
+
+
 def _bring_up(tb: Any, listener: Any, timeout: float, signals: _Signals, *,
               only: list[str] | None = None) -> list[Any]:
     """ensure_up + wait_healthy with a display; exits on failure."""
@@ -222,6 +231,7 @@ def up(
 
     loaded = _load(config)
     tb = Testbed.from_config(loaded, _settings())
+    _check_ports(tb)
     listener = Listener(tb.broker, tb.namespace).start()
     try:
         with _Signals() as signals:
@@ -254,6 +264,7 @@ def run(
     loaded = _load(config)
     cfg = loaded.config
     tb = Testbed.from_config(loaded, _settings())
+    _check_ports(tb)
     listener = Listener(tb.broker, tb.namespace, follow_data=True).start()
     code = 0
     try:

@@ -54,6 +54,7 @@ from swf_testbed.orchestrator.health import (
     HeartbeatBook,
     read_watch_file,
 )
+from swf_testbed.orchestrator.ports import PortConflict, check_port, family_pids, free_port_near, holders, listened_by
 from swf_testbed.orchestrator.supervisor import (
     FAILED_STATES,
     Program,
@@ -138,6 +139,20 @@ class Unhealthy(OrchestratorError):
         else:
             head = f"failed to start: {names}"
         super().__init__(head + "\n" + "\n".join(f.describe() for f in failures))
+
+
+class PortsInUse(OrchestratorError):
+    """Ports the embedded services need are held by other processes; nothing was started."""
+
+    def __init__(self, conflicts: list[PortConflict], source: str = "testbed.toml") -> None:
+        self.conflicts = conflicts
+        lines = [c.describe() for c in conflicts]
+        sections = {c.service: "[broker]" if c.service == "broker" else "[monitor]" for c in conflicts}
+        free = ", ".join(f"{sections[c.service]} port = {free_port_near(c.port, c.host)}" for c in conflicts)
+        lines.append(f"nothing was started. Fix: other ports in {' and '.join(sorted(set(sections.values())))} "
+                     f"of {source} (free now: {free}), or mode = \"external\" there to share the services "
+                     f"already listening on purpose")
+        super().__init__("\n".join(lines))
 
 
 def _indent(text: str, prefix: str = "    | ") -> str:
@@ -309,6 +324,9 @@ class Testbed:
         text = self.conf_text()
         changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "started": []}
         with locked(self.paths):
+            conflicts = self.port_conflicts()
+            if conflicts:
+                raise PortsInUse(conflicts, self.loaded.source)
             old = self.paths.conf.read_text() if self.paths.conf.exists() else None
             self.paths.conf.write_text(text)
             self.paths.conf.chmod(0o600)
@@ -343,6 +361,45 @@ class Testbed:
                         changes["started"].append(proc)
         return changes
 
+    def port_conflicts(self) -> list[PortConflict]:
+        """Ports of the embedded services held by anything but this testbed's own service processes.
+
+        A service left by a dead supervisord of this testbed (same runtime directory and
+        namespace) is not a conflict: :meth:`stop_orphans` stops it before the start.
+        """
+        infos: dict[str, dict[str, Any]] = {}
+        if self.supervisor.running():
+            with contextlib.suppress(SupervisorError):
+                infos = self.supervisor.infos()
+        self._orphan_services = set()
+        conflicts = []
+        for prog in self.programs:
+            if prog.kind != "service" or not prog.listen_port:
+                continue
+            own = set()
+            for proc in prog.processes:
+                pid = int((infos.get(prog.namespec(proc)) or {}).get("pid") or 0)
+                if pid:
+                    own |= family_pids(pid)
+            conflict = check_port(prog.name, prog.listen_host, prog.listen_port, own)
+            if conflict is not None and not infos:
+                orphans = {h.pid for h in conflict.holders if h.pid and self._is_own_orphan(h.pid)}
+                if orphans and all(h.pid in orphans for h in conflict.holders):
+                    self._orphan_services |= orphans
+                    continue
+            if conflict is not None:
+                conflicts.append(conflict)
+        return conflicts
+
+    def _is_own_orphan(self, pid: int) -> bool:
+        """A process started by a supervisord of this runtime directory and namespace (now gone)."""
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return (f"SWF_HOME={self.settings.home}".encode() in environ
+                and f"SWF_NAMESPACE={self.namespace}".encode() in environ)
+
     def stop_orphans(self, timeout: float = 15.0) -> list[int]:
         """SIGTERM the agents and watch a dead supervisord left running (known from watch.json).
 
@@ -350,11 +407,11 @@ class Testbed:
         line is a testbed program are touched.
         """
         snap = read_watch_file(self.paths.watch_file)
-        if snap is None or snap.hostname != socket.gethostname():
-            return []
-        pids = {r.pid for r in snap.heartbeats if r.hostname == snap.hostname and r.liveness() != "down"}
-        if snap.fresh and snap.pid:
-            pids.add(snap.pid)
+        pids = set(getattr(self, "_orphan_services", set()))  # services holding their ports (port_conflicts)
+        if snap is not None and snap.hostname == socket.gethostname():
+            pids |= {r.pid for r in snap.heartbeats if r.hostname == snap.hostname and r.liveness() != "down"}
+            if snap.fresh and snap.pid:
+                pids.add(snap.pid)
         victims = [pid for pid in pids if pid != os.getpid() and _is_testbed_process(pid, self.namespace)]
         for pid in victims:
             with contextlib.suppress(OSError):
@@ -422,6 +479,12 @@ class Testbed:
                             h.detail = f"{prog.health_target} not answering"
                     else:
                         h.healthy = running
+                    if h.healthy and prog.listen_port and not listened_by(h.pid, prog.listen_port):
+                        # something answers there, but not this process: another testbed's service?
+                        h.healthy = False
+                        who = ", ".join(x.describe() for x in holders(prog.listen_port) if x.pid != h.pid)
+                        h.detail = (f"port {prog.listen_port} answers, but from {who or 'another process'}, "
+                                    f"not this testbed's {prog.name} (pid {h.pid})")
                     if h.healthy:
                         h.liveness = "ok"
                     elif prog.health in ("tcp", "http"):

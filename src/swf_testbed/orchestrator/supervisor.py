@@ -150,6 +150,8 @@ class Program:
     heartbeat_interval: float | None = None
     health: Literal["heartbeat", "tcp", "http", "running"] = "running"
     health_target: str = ""
+    listen_host: str = ""  # services: where they listen (checked free before start, theirs when healthy)
+    listen_port: int = 0
 
     @property
     def command(self) -> str:
@@ -211,7 +213,7 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
         programs.append(Program(
             "broker", "service", argv=[*cli, "broker", "--host", host, "--port", str(port)],
             env=base_env, directory=directory, priority=PRIORITY["broker"], stopwaitsecs=10,
-            health="tcp", health_target=f"{host}:{port}",
+            health="tcp", health_target=f"{host}:{port}", listen_host=host, listen_port=port,
         ))
     if services.monitor_mode == "embedded":
         ok, why = monitor_available()
@@ -222,6 +224,7 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
                 argv=[*cli, "monitor", "serve", "--host", services.monitor_host, "--port", str(services.monitor_port)],
                 env=mon_env, directory=directory, priority=PRIORITY["monitor-web"], startsecs=2, stopwaitsecs=15,
                 health="http", health_target=services.monitor_url,
+                listen_host=services.monitor_host, listen_port=services.monitor_port,
             ))
             programs.append(Program(
                 "monitor-ingest", "service", argv=[*cli, "monitor", "ingest", "--client-id", f"swf-monitor-ingest-{ns}"],
