@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from swf_testbed.orchestrator.config import ConfigError, LoadedConfig, load, parse, resolve_services
-from swf_testbed.orchestrator.starter import EXAMPLE_NAMESPACE, render
+from swf_testbed.orchestrator.starter import EXAMPLE_NAMESPACE, choose_ports, render
 from swf_testbed.orchestrator.supervisor import build_programs, prepare, render_conf, runtime_paths
 from swf_testbed.settings import Settings
 
@@ -107,7 +107,9 @@ def test_init_writes_the_example_and_refuses_to_overwrite(tmp_path: Path) -> Non
     result = runner.invoke(app, ["init", str(target), "--namespace", EXAMPLE_NAMESPACE])
     assert result.exit_code == 0, result.output
     text = target.read_text()
-    assert text == (REPO / "examples" / "testbed.toml").read_text()
+    assert render(EXAMPLE_NAMESPACE) == (REPO / "examples" / "testbed.toml").read_text()
+    ports, _notes = choose_ports()  # the defaults, unless something on this machine holds them
+    assert text == render(EXAMPLE_NAMESPACE, broker_port=ports["broker"], monitor_port=ports["monitor"])
     cfg = load(target).config  # validates, modules of enabled agents included
     assert set(cfg.enabled_agents()) == {"runner", "data", "processing", "fastmon", "fast_processing", "worker"}
     result = runner.invoke(app, ["init", str(target)])
@@ -243,3 +245,26 @@ def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once
     cfg = parse(MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
                 '[parameters]\nstf_count = 5\nstf_interval = 1\n"daq.physics_period_count" = 3\n')
     assert cfg.parameters == {"stf_count": 5, "stf_interval": 1, "daq.physics_period_count": 3}
+
+
+def test_init_chooses_free_ports_when_the_defaults_are_taken() -> None:
+    import os
+    import socket
+
+    with socket.socket() as busy:  # stands for a default port someone else's service holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        ports, notes = choose_ports({"broker": taken, "monitor": free})
+        assert ports["monitor"] == free and ports["broker"] not in (taken, free)
+        assert len(notes) == 1, notes
+        assert notes[0].startswith(f"port {taken} (the broker's default) is in use by pid {os.getpid()} (")
+        assert notes[0].endswith(f"): wrote [broker] port = {ports['broker']} instead"), notes
+        with socket.socket() as check:
+            check.bind(("127.0.0.1", ports["broker"]))  # what was written is free
+    text = render("p", broker_port=ports["broker"], monitor_port=ports["monitor"])
+    cfg = parse(text)
+    assert (cfg.broker.port, cfg.monitor.port) == (ports["broker"], ports["monitor"])

@@ -62,6 +62,7 @@ from swf_testbed.orchestrator.supervisor import (
     Supervisor,
     SupervisorError,
     build_programs,
+    change_reasons,
     locked,
     log_tail,
     pid_alive,
@@ -313,16 +314,16 @@ class Testbed:
     # ------------------------------------------------------------------ bring up
 
     def ensure_up(self, on_event: Callable[[str], None] = lambda _m: None, *,
-                  only: list[str] | None = None) -> dict[str, list[str]]:
+                  only: list[str] | None = None) -> dict[str, Any]:
         """Write the config, start or update supervisord, start what is not running.
 
         ``only``: start only these programs (services are always started).
-        Returns the groups added/changed/removed and processes started.
+        Returns the groups added/changed/removed, processes started and, by changed group, why (``reasons``).
         """
         if self.loaded is None:
             raise OrchestratorError("a testbed.toml is needed to start programs")
         text = self.conf_text()
-        changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "started": []}
+        changes: dict[str, Any] = {"added": [], "changed": [], "removed": [], "started": []}
         with locked(self.paths):
             conflicts = self.port_conflicts()
             if conflicts:
@@ -347,6 +348,7 @@ class Testbed:
                 on_event("testbed.toml or environment changed: updating supervisord")
                 applied = self.supervisor.apply()
                 changes.update(applied)
+                changes["reasons"] = change_reasons(old or "", text)
             infos = self.supervisor.infos()
             for prog in self.programs:
                 if only is not None and prog.kind == "agent" and prog.name not in only:
@@ -661,6 +663,41 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
+RATE_WINDOW_S = 10.0
+"""The live rates are over this many recent seconds (so they fall to 0 when production stops)."""
+
+
+class RateWindow:
+    """Rates of a few counters over a recent window, not since the start.
+
+    ``add`` a sample of the counters now and then; ``rates`` is the change
+    between the oldest sample still in the window and the newest, per second.
+    Once the counters stop moving, the rates fall to 0 within the window.
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, *, min_interval_s: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self._samples: deque[tuple[float, tuple[int, ...]]] = deque()
+
+    def add(self, counts: tuple[int, ...]) -> None:
+        now = self.clock()
+        if len(self._samples) >= 2 and now - self._samples[-2][0] < self.min_interval_s:
+            self._samples[-1] = (now, counts)  # the newest is always now; those before it spaced out
+        else:
+            self._samples.append((now, counts))
+        while self._samples and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+
+    def rates(self) -> tuple[float, ...]:
+        if len(self._samples) < 2:
+            return tuple(0.0 for _ in (self._samples[0][1] if self._samples else ()))
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        return tuple((b - a) / (t1 - t0) for a, b in zip(first, last))
+
+
 _RUN_STATE_TYPES = frozenset({"run_imminent", "start_run", "pause_run", "resume_run", "end_run"})
 
 
@@ -679,7 +716,7 @@ class WorkflowSession:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending: dict[str, Counter[str]] = {}
         self._stop_sent = False
-        self._samples: deque[tuple[float, int, int, int]] = deque(maxlen=120)
+        self._rates = RateWindow()
         listener.session = self
 
     # ------------------------------------------------------------------ requests
@@ -803,17 +840,10 @@ class WorkflowSession:
             c = p.counts
             now = time.monotonic()
             produced, processed, slices = c["stf_gen"], c["processing_complete"], c["slice_done"]
-            if not self._samples or now - self._samples[-1][0] >= 0.5:
-                self._samples.append((now, produced, processed, slices))
-            rates = {"stf_gen_per_s": 0.0, "processed_per_s": 0.0, "slices_per_s": 0.0}
-            window = [s for s in self._samples if now - s[0] <= 10.0]
-            if len(window) >= 2 and window[-1][0] > window[0][0]:
-                dt = window[-1][0] - window[0][0]
-                rates = {
-                    "stf_gen_per_s": (window[-1][1] - window[0][1]) / dt,
-                    "processed_per_s": (window[-1][2] - window[0][2]) / dt,
-                    "slices_per_s": (window[-1][3] - window[0][3]) / dt,
-                }
+            self._rates.add((produced, processed, slices))
+            gen_rate, processed_rate, slice_rate = self._rates.rates()
+            rates = {"stf_gen_per_s": gen_rate, "processed_per_s": processed_rate, "slices_per_s": slice_rate,
+                     "rate_window_s": self._rates.window_s}
             return {
                 "execution_id": p.execution_id, "workflow_name": p.workflow_name, "status": p.status,
                 "error": p.error, "run_id": p.run_id, "daq_state": p.daq_state,
