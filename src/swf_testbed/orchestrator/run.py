@@ -266,6 +266,7 @@ class Testbed:
         self.paths = runtime_paths(settings.home, namespace)
         self.supervisor = Supervisor(self.paths)
         self.notices: list[str] = []
+        self._orphan_services: set[int] = set()  # found by port_conflicts, stopped by stop_orphans
         state = read_state(self.paths) or {}
         if loaded is not None:
             self.services: Services | None = resolve_services(loaded.config, settings)
@@ -409,7 +410,7 @@ class Testbed:
         line is a testbed program are touched.
         """
         snap = read_watch_file(self.paths.watch_file)
-        pids = set(getattr(self, "_orphan_services", set()))  # services holding their ports (port_conflicts)
+        pids = set(self._orphan_services)  # our own services a dead supervisord left holding their ports
         if snap is not None and snap.hostname == socket.gethostname():
             pids |= {r.pid for r in snap.heartbeats if r.hostname == snap.hostname and r.liveness() != "down"}
             if snap.fresh and snap.pid:
