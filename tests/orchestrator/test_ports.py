@@ -150,3 +150,25 @@ def test_bad_parameters_fail_before_anything_starts(make_bed: Any) -> None:
     paths = runtime_paths(Path(bed.env["SWF_HOME"]), "badparams")
     assert not Supervisor(paths).running() and not paths.pidfile.exists()
     assert not paths.conf.exists()  # not even its config was written
+
+
+@pytest.mark.slow
+def test_a_broker_left_by_a_killed_supervisord_is_replaced_not_a_conflict(make_bed: Any) -> None:
+    """Our own service still holding its port after our supervisord died is stopped, not reported."""
+    import signal
+
+    bed: Bed = make_bed("orphan-broker", broker=None)
+    port = free_port()
+    bed.write(f'[testbed]\nnamespace = "orphan-broker"\n\n{agent_toml("idle")}\n'
+              f'[broker]\nmode = "embedded"\nport = {port}\n\n[monitor]\nmode = "external"\n'
+              f'url = "http://127.0.0.1:{free_port()}"\n')
+    ok(bed.cli("up"))
+    status = bed.status()
+    old = {p["process"]: p["pid"] for p in status["programs"]}
+    os.kill(status["supervisord"]["pid"], signal.SIGKILL)  # its children, the broker too, live on
+    os.kill(old["broker"], 0)
+    out = ok(bed.cli("up"))
+    assert "stopped 3 processes left by a previous supervisord" in out, out
+    new = {p["process"]: p["pid"] for p in bed.status()["programs"]}
+    assert new["broker"] != old["broker"] and bed.status()["healthy"] is True
+    ok(bed.cli("stop", "--all"))

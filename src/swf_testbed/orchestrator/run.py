@@ -400,7 +400,8 @@ class Testbed:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             return False
-        return (f"SWF_HOME={self.settings.home}".encode() in environ
+        home = Path(self.settings.home).expanduser().absolute()  # as build_programs passes it on
+        return (f"SWF_HOME={home}".encode() in environ
                 and f"SWF_NAMESPACE={self.namespace}".encode() in environ)
 
     def stop_orphans(self, timeout: float = 15.0) -> list[int]:
