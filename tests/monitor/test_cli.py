@@ -82,3 +82,36 @@ def test_serve_and_ingest_on_embedded_defaults(embedded_broker: BrokerProcess) -
             except subprocess.TimeoutExpired:
                 proc.kill()
     assert ingest.returncode == 0, (home / "ingest.log").read_text()[-2000:]
+
+
+def test_user_creates_a_login_from_a_password_file_and_refuses_weak_ones(tmp_path: Path) -> None:
+    import sqlite3
+
+    from django.contrib.auth.hashers import check_password
+
+    home = tmp_path / "home"
+    secret = tmp_path / "password"
+    secret.write_text("streaming-testbed-42\n")
+
+    def user(*args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, "monitor", "user", *args], env=_env(home), capture_output=True, text=True,
+                              timeout=120, input=password, check=False)
+
+    made = user("erin", "--password-file", str(secret))
+    assert made.returncode == 0, made.stderr
+    assert "created login erin; log in at http://127.0.0.1:8002/login/" in made.stdout
+    again = user("erin", "--staff", "--password-file", str(secret))
+    assert again.returncode == 0 and "password set for erin (staff: may also use the admin)" in again.stdout
+    weak = tmp_path / "weak"
+    weak.write_text("erin\n")
+    refused = user("frank", "--password-file", str(weak))
+    assert refused.returncode == 2 and "error: password refused: " in refused.stderr, refused.stderr
+    prompted = user("gina", password="streaming-testbed-43\nstreaming-testbed-43\n")  # the prompt, twice
+    assert prompted.returncode == 0, prompted.stderr
+    with sqlite3.connect(home / "monitor.sqlite3") as db:
+        rows = {name: (encoded, staff) for name, encoded, staff in
+                db.execute("select username, password, is_staff from auth_user")}
+    assert set(rows) == {"erin", "gina"}  # frank was refused
+    assert check_password("streaming-testbed-42", rows["erin"][0]) and rows["erin"][1] == 1
+    assert check_password("streaming-testbed-43", rows["gina"][0]) and rows["gina"][1] == 0
+    assert "streaming-testbed" not in made.stdout + made.stderr  # never echoed

@@ -6,7 +6,9 @@
 ``workflow_completed``; ``stop_workflow`` ends the run early (status
 ``terminated``); a second request while one runs is refused. Parameters:
 ``stf_count`` (3), ``stf_interval`` (seconds, 0.05), ``fail`` (a message:
-end with ``workflow_failed``).
+end with ``workflow_failed``), ``slices_per_sample`` (that many slices sent to
+the worker topic after the first STF, which no one works on: a run whose
+agents never catch up).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from swf_testbed.messages import (
     Message,
     RunImminent,
     RunWorkflow,
+    Slice,
     StartRun,
     StfGen,
     StopWorkflow,
@@ -31,7 +34,7 @@ from swf_testbed.messages import (
     WorkflowFailed,
     WorkflowStarted,
 )
-from swf_testbed.mq.destinations import RUN_TOPIC, control_queue, replies_topic
+from swf_testbed.mq.destinations import RUN_TOPIC, control_queue, replies_topic, worker_topic
 
 
 class Idle(Agent):
@@ -97,6 +100,11 @@ class TinyRunner(Agent):
                     StfGen, state="run", substate="physics", filename=name, sequence=seq, size_bytes=1000,
                     checksum=f"{zlib.adler32(name.encode()):08x}", tf_count=10, start=now, end=now, **common))
                 sent += 1
+                if seq == 0:
+                    for slice_id in range(int(params.get("slices_per_sample", 0))):
+                        self.send(worker_topic(self.namespace), self.message(
+                            Slice, state="run", substate="physics", slice_id=slice_id, tf_filename=f"{name}.tf",
+                            stf_filename=name, tf_first=slice_id, tf_last=slice_id, tf_count=1, **common))
             self.send(RUN_TOPIC, self.message(EndRun, state="beam", substate="not_ready",
                                               total_stf_files=sent, **common))
             replies = replies_topic(self.namespace)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from swf_testbed.orchestrator.config import ConfigError, LoadedConfig, load, parse, resolve_services
-from swf_testbed.orchestrator.starter import EXAMPLE_NAMESPACE, render
+from swf_testbed.orchestrator.starter import EXAMPLE_NAMESPACE, choose_ports, render
 from swf_testbed.orchestrator.supervisor import build_programs, prepare, render_conf, runtime_paths
 from swf_testbed.settings import Settings
 
@@ -107,7 +107,9 @@ def test_init_writes_the_example_and_refuses_to_overwrite(tmp_path: Path) -> Non
     result = runner.invoke(app, ["init", str(target), "--namespace", EXAMPLE_NAMESPACE])
     assert result.exit_code == 0, result.output
     text = target.read_text()
-    assert text == (REPO / "examples" / "testbed.toml").read_text()
+    assert render(EXAMPLE_NAMESPACE) == (REPO / "examples" / "testbed.toml").read_text()
+    ports, _notes = choose_ports()  # the defaults, unless something on this machine holds them
+    assert text == render(EXAMPLE_NAMESPACE, broker_port=ports["broker"], monitor_port=ports["monitor"])
     cfg = load(target).config  # validates, modules of enabled agents included
     assert set(cfg.enabled_agents()) == {"runner", "data", "processing", "fastmon", "fast_processing", "worker"}
     result = runner.invoke(app, ["init", str(target)])
@@ -214,3 +216,55 @@ def test_agent_module_found_on_its_own_pythonpath(tmp_path: Path) -> None:
     (tmp_path / "testbed.toml").write_text(MINIMAL + agent)
     with pytest.raises(ConfigError, match="agents.mine.module: cannot find module 'my_private_agent'"):
         load(tmp_path / "testbed.toml")
+
+
+def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once() -> None:
+    text = (MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
+            '[parameters]\nstf_count = "ten"\nstf_sampling_rate = 2.0\nstf_cuont = 3\nstf_interval = 0.5\n')
+    lines = problems(text).splitlines()
+    assert lines == [
+        "testbed.toml: parameters.stf_count: expected an integer, got 'ten' (workflow config "
+        "'fast_processing_default')",
+        "testbed.toml: parameters.stf_sampling_rate: input should be less than or equal to 1, got 2.0 "
+        "(workflow config 'fast_processing_default')",
+        "testbed.toml: parameters.stf_cuont: not a parameter of workflow config 'fast_processing_default' "
+        "(did you mean 'stf_count'?)",
+    ]
+    # the schema's problems and the parameters' together
+    lines = problems(MINIMAL + '[workflow]\ntime_scale = "fast"\n[parameters]\nslices_per_sample = 3\n'
+                     '[broker]\nport = 0\n').splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("testbed.toml: workflow.time_scale: expected a number")
+    assert lines[1].startswith("testbed.toml: broker.port: ")
+    assert lines[2] == ("testbed.toml: parameters.slices_per_sample: not a parameter of workflow config "
+                        "'stf_datataking_default' (known parameters: " + lines[2].split("(known parameters: ")[1])
+    assert "stf_count" in lines[2]
+    assert problems(MINIMAL + '[workflow]\nconfig = "nope"\n[parameters]\nstf_count = 1\n') == (
+        "testbed.toml: workflow.config: unknown workflow config 'nope'; available: daq_state_machine, "
+        "fast_processing_default, stf_datataking_default")
+    cfg = parse(MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
+                '[parameters]\nstf_count = 5\nstf_interval = 1\n"daq.physics_period_count" = 3\n')
+    assert cfg.parameters == {"stf_count": 5, "stf_interval": 1, "daq.physics_period_count": 3}
+
+
+def test_init_chooses_free_ports_when_the_defaults_are_taken() -> None:
+    import os
+    import socket
+
+    with socket.socket() as busy:  # stands for a default port someone else's service holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        ports, notes = choose_ports({"broker": taken, "monitor": free})
+        assert ports["monitor"] == free and ports["broker"] not in (taken, free)
+        assert len(notes) == 1, notes
+        assert notes[0].startswith(f"port {taken} (the broker's default) is in use by pid {os.getpid()} (")
+        assert notes[0].endswith(f"): wrote [broker] port = {ports['broker']} instead"), notes
+        with socket.socket() as check:
+            check.bind(("127.0.0.1", ports["broker"]))  # what was written is free
+    text = render("p", broker_port=ports["broker"], monitor_port=ports["monitor"])
+    cfg = parse(text)
+    assert (cfg.broker.port, cfg.monitor.port) == (ports["broker"], ports["monitor"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -149,6 +150,21 @@ def test_ctrl_c_stops_the_workflow_and_leaves_agents_up(make_bed: Any) -> None:
     assert _pids(after) == pids and after["healthy"] is True  # agents stay up
 
 
+def test_ctrl_c_while_draining_says_what_is_still_in_progress(make_bed: Any) -> None:
+    bed: Bed = make_bed()
+    bed.write(bed_toml("drain", RUNNER, workflow='config = "fast_processing_default"\ntime_scale = 0',
+                       parameters="stf_count = 2\nslices_per_sample = 3"))  # 3 slices no one works on
+    ok(bed.cli("up"))
+    run = bed.popen("run")
+    bed.wait_status(lambda s: s["execution_status"] == "completed", what="the run's end")
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 130, out
+    assert ("interrupted while 3 of 3 slices were still in progress (the workers carry on; "
+            "`swf-testbed status` shows them)") in out, out
+    assert "workflow completed" not in out
+
+
 def test_two_namespaces_on_one_host_and_broker_do_not_cross_talk(make_bed: Any) -> None:
     one: Bed = make_bed("one")
     two: Bed = make_bed("two")
@@ -180,7 +196,10 @@ def test_changed_testbed_toml_is_applied_on_the_next_command(make_bed: Any) -> N
                        monitor_port=port))
     assert bed.status()["pending_changes"] is True
     out = ok(bed.cli("up"))
-    assert "removed: old" in out and "added: new" in out and "restarted (changed): tuned" in out
+    assert "removed: old" in out and "added: new" in out
+    # which program and why, in one line
+    assert ("restarted (changed): tuned: command (1 -> 2), environment (SWF_HEARTBEAT_INTERVAL) changed"
+            in out), out
     after = bed.status()
     assert {p["process"] for p in after["programs"]} == {"watch", "keep", "new", "tuned"}
     assert after["pending_changes"] is False and after["healthy"] is True
@@ -252,3 +271,24 @@ def test_agents_left_by_a_killed_supervisord_are_replaced_not_duplicated(make_be
             raise AssertionError(f"process {pid} of the killed supervisord still runs")
     new = _pids(bed.status())
     assert new["idle"] != old["idle"]
+
+
+def test_the_same_testbed_from_another_directory_restarts_nothing(make_bed: Any, tmp_path: Any) -> None:
+    """The working directory (and how the interpreter was named) is no part of a program's identity."""
+    bed: Bed = make_bed("here", broker=None)
+    port = free_port()
+    bed.write(bed_toml("cwd", RUNNER + agent_toml("idle"), broker=f'mode = "embedded"\nport = {port}'))
+    ok(bed.cli("up"))
+    before = _pids(bed.status())
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+    python = os.path.join(os.path.dirname(sys.executable), "..", os.path.basename(os.path.dirname(sys.executable)),
+                          os.path.basename(sys.executable))  # the same interpreter, named another way
+    for cwd, config in ((elsewhere, os.path.relpath(bed.toml, elsewhere)), (tmp_path, str(bed.toml))):
+        result = subprocess.run([python, "-m", "swf_testbed.cli", "run", config], cwd=cwd, env=bed.env,
+                                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        out = ok(result)
+        assert "workflow completed" in out
+        assert "changed" not in out and "restarted" not in out and "starting supervisord" not in out, out
+        assert _pids(bed.status()) == before
+    ok(bed.cli("stop", "--all"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -108,6 +109,40 @@ def token(
 
     migrate()
     call_command("token", username, *(["--regenerate"] if regenerate else []))
+
+
+@monitor_app.command()
+def user(
+    username: Annotated[str, typer.Argument(help="The login's user name.")],
+    staff: Annotated[bool, typer.Option("--staff", help="Also let it use the Django admin.")] = False,
+    password_file: Annotated[Path | None, typer.Option(
+        help="Read the password from this file (its first line) instead of a prompt.")] = None,
+) -> None:
+    """Create a login for a person (or set its password); log in at /login/ on the monitor."""
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _echo_err(f"error: --password-file {password_file}: cannot read: {exc}")
+            raise typer.Exit(2) from None
+        password = text.splitlines()[0] if text else ""
+    else:
+        password = typer.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True)
+    _django()
+    from swf_testbed.monitor.api.accounts import LoginError, set_login
+    from swf_testbed.monitor.db import migrate
+
+    migrate()
+    try:
+        login, created = set_login(username, password, staff=staff)
+    except LoginError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(2) from None
+    role = " (staff: may also use the admin)" if login.is_staff else ""
+    from swf_testbed.settings import get_settings
+
+    typer.echo(f"{'created login' if created else 'password set for'} {username}{role}; "
+               f"log in at {get_settings().monitor.monitor_url.rstrip('/')}/login/")
 
 
 @monitor_app.command()

@@ -96,11 +96,15 @@ def _testbed(config: Path | None, namespace: str | None) -> Any:
     return Testbed.from_config(loaded, settings)
 
 
-def _health_table(health: list[Any], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("program", "supervisord", "pid", "heartbeat", "liveness", "state", "detail"):
-        table.add_column(col, overflow="fold")
+def _health_table(health: list[Any], title: str | None = None) -> Group:
+    """The programs' health: a table that fits 80 columns with names that never break, then each
+    process's detail in full on its own line."""
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1),
+                  header_style="bold")
+    for col in ("program", "supervisord", "pid", "heartbeat", "liveness", "state"):
+        table.add_column(col, no_wrap=True)
     colours = {"ok": "green", "late": "yellow", "down": "red", "n/a": "dim"}
+    details: list[Text] = []
     for h in health:
         age = f"{h.heartbeat_age:.1f} s ago" if h.heartbeat_age is not None else "-"
         sup_style = "green" if h.state == "RUNNING" else ("yellow" if h.state == "STARTING" else "red")
@@ -109,9 +113,10 @@ def _health_table(health: list[Any], title: str | None = None) -> Table:
             age if h.kind == "agent" else "-",
             Text(h.liveness, style=colours.get(h.liveness, "")),
             h.operational_state or ("-" if h.kind == "agent" else h.kind),
-            Text(h.detail or ""),
         )
-    return table
+        if h.detail:
+            details.append(Text(f"{h.process}: ", style="bold") + Text(h.detail))
+    return Group(table, *details)
 
 
 class _Signals:
@@ -144,6 +149,15 @@ class _Signals:
 # --------------------------------------------------------------------------- bring up + wait
 
 
+def _check_ports(tb: Any) -> None:
+    """Stop (exit 1) before anything starts when a port of an embedded service is taken."""
+    from swf_testbed.orchestrator.run import PortsInUse
+
+    conflicts = tb.port_conflicts()
+    if conflicts:
+        raise fail(str(PortsInUse(conflicts, tb.loaded.source)))
+
+
 def _bring_up(tb: Any, listener: Any, timeout: float, signals: _Signals, *,
               only: list[str] | None = None) -> list[Any]:
     """ensure_up + wait_healthy with a display; exits on failure."""
@@ -156,9 +170,12 @@ def _bring_up(tb: Any, listener: Any, timeout: float, signals: _Signals, *,
         changes = tb.ensure_up(lambda m: say(m, "dim"), only=only)
     except (SupervisorError, OrchestratorError) as exc:
         raise fail(str(exc)) from None
-    for key, verb in (("removed", "removed"), ("changed", "restarted (changed)"), ("added", "added")):
+    for key, verb in (("removed", "removed"), ("added", "added")):
         if changes.get(key) and not (key == "added" and changes["added"] == [p.name for p in tb.programs]):
             say(f"{verb}: {', '.join(changes[key])}", "dim")
+    reasons = changes.get("reasons", {})
+    for name in changes.get("changed", []):  # one line per restarted program: which and why
+        say(f"restarted (changed): {name}: {reasons.get(name, 'its settings changed')}", "yellow")
     listener.seed_from_watch(tb.paths)
     programs = None if only is None else [p for p in tb.programs if p.kind == "service" or p.name in only]
     names = [p.name for p in (programs or tb.programs)]
@@ -199,17 +216,20 @@ def init(
 ) -> None:
     """Write a commented starter testbed.toml that runs as it is."""
     from swf_testbed.orchestrator.config import ConfigError, parse
-    from swf_testbed.orchestrator.starter import render
+    from swf_testbed.orchestrator.starter import choose_ports, render
 
     if path.exists() and not force:
         raise fail(f"{path} exists; use --force to overwrite it")
-    text = render(namespace)
+    ports, notes = choose_ports()
+    text = render(namespace, broker_port=ports["broker"], monitor_port=ports["monitor"])
     try:
         parse(text, str(path), check_modules=False)
     except ConfigError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    for note in notes:
+        warn(note)
     say(f"wrote {path}; start it with: swf-testbed run {path}")
 
 
@@ -222,6 +242,7 @@ def up(
 
     loaded = _load(config)
     tb = Testbed.from_config(loaded, _settings())
+    _check_ports(tb)
     listener = Listener(tb.broker, tb.namespace).start()
     try:
         with _Signals() as signals:
@@ -254,6 +275,7 @@ def run(
     loaded = _load(config)
     cfg = loaded.config
     tb = Testbed.from_config(loaded, _settings())
+    _check_ports(tb)
     listener = Listener(tb.broker, tb.namespace, follow_data=True).start()
     code = 0
     try:
@@ -455,6 +477,17 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
         f = recorded if lost and recorded is not None else snap
         slices = f", {f['slices_done']} of {f['slices']} slices done" if f["slices"] else ""
         produced = _produced(snap)
+        if signals.interrupted and not _drained(snap, f):
+            # the run ended, the agents had not caught up: it is not "completed" for the person
+            # who pressed Ctrl+C, and the agents go on with it
+            if f["slices"]:
+                pending = f"{f['slices'] - f['slices_done'] - f['slices_failed']} of {f['slices']} slices"
+            else:
+                pending = f"{max(produced - f['stf_processed'], 0)} of {produced} STFs"
+            warn(f"interrupted while {pending} were still in progress (the workers carry on; "
+                 f"`swf-testbed status` shows them)")
+            say(f"monitor: {monitor_url}/executions/{eid}/")
+            return EXIT_INTERRUPTED
         say(f"workflow completed: execution {eid}, {produced} STFs produced, "
             f"{f['stf_processed']} processed{slices} ({snap['elapsed_s']:.1f} s)", "green")
         say(f"monitor: {monitor_url}/executions/{eid}/")
@@ -504,7 +537,7 @@ def _progress_line(s: dict[str, Any]) -> str:
     return (f"[{s['elapsed_s']:.0f} s] {s['status']} run {s['run_id'] if s['run_id'] is not None else '-'} "
             f"{s['daq_state'] or '-'}: STFs produced {s['stf_produced']}, ready {s['stf_ready']}, processed "
             f"{s['stf_processed']}; samples {s['samples']}; slices {s['slices_done']} done, "
-            f"{s['slices_failed']} failed; {s['stf_gen_per_s']:.2f} STF/s")
+            f"{s['slices_failed']} failed; {s['stf_gen_per_s']:.2f} STF/s (last {s['rate_window_s']:g} s)")
 
 
 def _progress_view(s: dict[str, Any], monitor_url: str) -> Group:
@@ -519,10 +552,10 @@ def _progress_view(s: dict[str, Any], monitor_url: str) -> Group:
     table.add_row("run", f"{s['run_id'] if s['run_id'] is not None else '-'}  {s['daq_state'] or ''}")
     table.add_row("STFs", f"produced {s['stf_produced']}  ready {s['stf_ready']}  processed "
                           f"{s['stf_processed']}  ({s['stf_gen_per_s']:.2f}/s produced, "
-                          f"{s['processed_per_s']:.2f}/s processed)")
+                          f"{s['processed_per_s']:.2f}/s processed, last {s['rate_window_s']:g} s)")
     table.add_row("samples", str(s["samples"]))
     table.add_row("slices", f"{s['slices']} sent  {s['slices_done']} done  {s['slices_failed']} failed  "
-                            f"({s['slices_per_s']:.2f}/s)")
+                            f"({s['slices_per_s']:.2f}/s, last {s['rate_window_s']:g} s)")
     table.add_row("elapsed", f"{s['elapsed_s']:.0f} s")
     if s["execution_id"]:
         table.add_row("monitor", f"{monitor_url}/executions/{s['execution_id']}/")

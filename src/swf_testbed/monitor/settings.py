@@ -177,8 +177,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "front:login"  # the monitor's own page (the admin has its own for staff)
 LOGIN_REDIRECT_URL = "front:dashboard"
+LOGOUT_REDIRECT_URL = "front:dashboard"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -217,13 +217,20 @@ def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True,
         raise ConfigError(source, ["invalid TOML: arrays or tables nested too deeply"]) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits (int() refuses it)
         raise ConfigError(source, [f"invalid TOML: {exc}"]) from None
+    # every problem of the file at once: the schema's, then the [parameters] overrides against the
+    # workflow config they are for, then what the schema cannot say
+    problems: list[str] = []
+    config: TestbedConfig | None = None
     try:
         config = TestbedConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _describe(exc, data)) from None
-    problems = _check_agents(config, check_modules=check_modules, base_dir=base_dir or Path.cwd())
+        problems += _describe(exc, data)
+    problems += _check_parameters(data)
+    if config is not None:
+        problems += _check_agents(config, check_modules=check_modules, base_dir=base_dir or Path.cwd())
     if problems:
         raise ConfigError(source, problems)
+    assert config is not None
     return config
 
 
@@ -354,10 +361,6 @@ def _module_findable(module_name: str, extra_paths: list[str]) -> bool:
 def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path) -> list[str]:
     """What the schema cannot say: agent names, module availability, what supervisord can carry (URLs too)."""
     problems: list[str] = []
-    for param, value in config.parameters.items():  # sent in run_workflow, a JSON body
-        if not _jsonable(value):
-            problems.append(f"{dotted(['parameters', param])}: expected a value JSON can carry "
-                            f"(no dates, times, inf or nan)")
     # these reach supervisord's config (as environment values): say so here, naming the key
     for key, value in (("database.url", config.database.url), ("monitor.url", config.monitor.url or "")):
         problem = unrepresentable(value) if value else ""
@@ -393,6 +396,55 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
                 problems.append(f"{key}.module: cannot find module {module_name!r} (is it installed, "
                                 f"or on PYTHONPATH in agents.{name}.env?)")
     return problems
+
+
+def _check_parameters(data: dict[str, Any]) -> list[str]:
+    """``[parameters]`` checked as the workflow runner will check them: each key must be a parameter
+    of the workflow config, of its type and within its bounds. One line per bad key."""
+    from swf_testbed.workflows.config import ConfigError as WorkflowConfigError
+    from swf_testbed.workflows.config import ConfigTypeError, UnknownParameter, available_configs, load_config
+
+    params = data.get("parameters", {})
+    workflow = data.get("workflow", {})
+    name = workflow.get("config", WorkflowSection.model_fields["config"].default) \
+        if isinstance(workflow, dict) else None
+    if not isinstance(params, dict) or not isinstance(name, str):
+        return []  # the schema says what is wrong with them
+    available = available_configs()
+    if name not in available:
+        return [f"workflow.config: unknown workflow config {_show(name)}; available: {', '.join(available)}"]
+    problems: list[str] = []
+    for key, value in params.items():
+        where = dotted(["parameters", str(key)])
+        if not _jsonable(value):  # sent in run_workflow, a JSON body
+            problems.append(f"{where}: expected a value JSON can carry (no dates, times, inf or nan)")
+            continue
+        try:
+            load_config(name, {key: value})
+        except UnknownParameter as exc:
+            hint = (f"did you mean {' or '.join(repr(s) for s in exc.suggestions)}?" if exc.suggestions
+                    else f"known parameters: {', '.join(sorted(_parameter_names(name)))}")
+            problems.append(f"{where}: not a parameter of workflow config {name!r} ({hint})")
+        except ConfigTypeError as exc:
+            problems.append(f"{where}: expected {exc.expected}, got {_show(value)} (workflow config {name!r})")
+        except WorkflowConfigError as exc:
+            text = str(exc).removeprefix(f"workflow config {name!r}: ")
+            text = re.sub(r"^[\w.]+ \(override\): ", "", text)
+            problems.append(f"{where}: {text[:1].lower()}{text[1:]}, got {_show(value)} "
+                            f"(workflow config {name!r})")
+    if not problems and params:
+        try:  # each key is fine alone; together too?
+            load_config(name, params)
+        except WorkflowConfigError as exc:
+            problems.append(f"parameters: {exc}")
+    return problems
+
+
+def _parameter_names(config_name: str) -> list[str]:
+    from swf_testbed.workflows.config import load_config
+
+    merged = load_config(config_name)
+    return [key for table in merged.values.values() for key in table]
 
 
 def _jsonable(value: Any) -> bool:

@@ -54,6 +54,7 @@ from swf_testbed.orchestrator.health import (
     HeartbeatBook,
     read_watch_file,
 )
+from swf_testbed.orchestrator.ports import PortConflict, check_port, family_pids, free_port_near, holders, listened_by
 from swf_testbed.orchestrator.supervisor import (
     FAILED_STATES,
     Program,
@@ -61,6 +62,7 @@ from swf_testbed.orchestrator.supervisor import (
     Supervisor,
     SupervisorError,
     build_programs,
+    change_reasons,
     locked,
     log_tail,
     pid_alive,
@@ -138,6 +140,20 @@ class Unhealthy(OrchestratorError):
         else:
             head = f"failed to start: {names}"
         super().__init__(head + "\n" + "\n".join(f.describe() for f in failures))
+
+
+class PortsInUse(OrchestratorError):
+    """Ports the embedded services need are held by other processes; nothing was started."""
+
+    def __init__(self, conflicts: list[PortConflict], source: str = "testbed.toml") -> None:
+        self.conflicts = conflicts
+        lines = [c.describe() for c in conflicts]
+        sections = {c.service: "[broker]" if c.service == "broker" else "[monitor]" for c in conflicts}
+        free = ", ".join(f"{sections[c.service]} port = {free_port_near(c.port, c.host)}" for c in conflicts)
+        lines.append(f"nothing was started. Fix: other ports in {' and '.join(sorted(set(sections.values())))} "
+                     f"of {source} (free now: {free}), or mode = \"external\" there to share the services "
+                     f"already listening on purpose")
+        super().__init__("\n".join(lines))
 
 
 def _indent(text: str, prefix: str = "    | ") -> str:
@@ -250,6 +266,7 @@ class Testbed:
         self.paths = runtime_paths(settings.home, namespace)
         self.supervisor = Supervisor(self.paths)
         self.notices: list[str] = []
+        self._orphan_services: set[int] = set()  # found by port_conflicts, stopped by stop_orphans
         state = read_state(self.paths) or {}
         if loaded is not None:
             self.services: Services | None = resolve_services(loaded.config, settings)
@@ -298,17 +315,20 @@ class Testbed:
     # ------------------------------------------------------------------ bring up
 
     def ensure_up(self, on_event: Callable[[str], None] = lambda _m: None, *,
-                  only: list[str] | None = None) -> dict[str, list[str]]:
+                  only: list[str] | None = None) -> dict[str, Any]:
         """Write the config, start or update supervisord, start what is not running.
 
         ``only``: start only these programs (services are always started).
-        Returns the groups added/changed/removed and processes started.
+        Returns the groups added/changed/removed, processes started and, by changed group, why (``reasons``).
         """
         if self.loaded is None:
             raise OrchestratorError("a testbed.toml is needed to start programs")
         text = self.conf_text()
-        changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "started": []}
+        changes: dict[str, Any] = {"added": [], "changed": [], "removed": [], "started": []}
         with locked(self.paths):
+            conflicts = self.port_conflicts()
+            if conflicts:
+                raise PortsInUse(conflicts, self.loaded.source)
             old = self.paths.conf.read_text() if self.paths.conf.exists() else None
             self.paths.conf.write_text(text)
             self.paths.conf.chmod(0o600)
@@ -329,6 +349,7 @@ class Testbed:
                 on_event("testbed.toml or environment changed: updating supervisord")
                 applied = self.supervisor.apply()
                 changes.update(applied)
+                changes["reasons"] = change_reasons(old or "", text)
             infos = self.supervisor.infos()
             for prog in self.programs:
                 if only is not None and prog.kind == "agent" and prog.name not in only:
@@ -343,6 +364,46 @@ class Testbed:
                         changes["started"].append(proc)
         return changes
 
+    def port_conflicts(self) -> list[PortConflict]:
+        """Ports of the embedded services held by anything but this testbed's own service processes.
+
+        A service left by a dead supervisord of this testbed (same runtime directory and
+        namespace) is not a conflict: :meth:`stop_orphans` stops it before the start.
+        """
+        infos: dict[str, dict[str, Any]] = {}
+        if self.supervisor.running():
+            with contextlib.suppress(SupervisorError):
+                infos = self.supervisor.infos()
+        self._orphan_services = set()
+        conflicts = []
+        for prog in self.programs:
+            if prog.kind != "service" or not prog.listen_port:
+                continue
+            own = set()
+            for proc in prog.processes:
+                pid = int((infos.get(prog.namespec(proc)) or {}).get("pid") or 0)
+                if pid:
+                    own |= family_pids(pid)
+            conflict = check_port(prog.name, prog.listen_host, prog.listen_port, own)
+            if conflict is not None and not infos:
+                orphans = {h.pid for h in conflict.holders if h.pid and self._is_own_orphan(h.pid)}
+                if orphans and all(h.pid in orphans for h in conflict.holders):
+                    self._orphan_services |= orphans
+                    continue
+            if conflict is not None:
+                conflicts.append(conflict)
+        return conflicts
+
+    def _is_own_orphan(self, pid: int) -> bool:
+        """A process started by a supervisord of this runtime directory and namespace (now gone)."""
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        home = Path(self.settings.home).expanduser().absolute()  # as build_programs passes it on
+        return (f"SWF_HOME={home}".encode() in environ
+                and f"SWF_NAMESPACE={self.namespace}".encode() in environ)
+
     def stop_orphans(self, timeout: float = 15.0) -> list[int]:
         """SIGTERM the agents and watch a dead supervisord left running (known from watch.json).
 
@@ -350,11 +411,11 @@ class Testbed:
         line is a testbed program are touched.
         """
         snap = read_watch_file(self.paths.watch_file)
-        if snap is None or snap.hostname != socket.gethostname():
-            return []
-        pids = {r.pid for r in snap.heartbeats if r.hostname == snap.hostname and r.liveness() != "down"}
-        if snap.fresh and snap.pid:
-            pids.add(snap.pid)
+        pids = set(self._orphan_services)  # our own services a dead supervisord left holding their ports
+        if snap is not None and snap.hostname == socket.gethostname():
+            pids |= {r.pid for r in snap.heartbeats if r.hostname == snap.hostname and r.liveness() != "down"}
+            if snap.fresh and snap.pid:
+                pids.add(snap.pid)
         victims = [pid for pid in pids if pid != os.getpid() and _is_testbed_process(pid, self.namespace)]
         for pid in victims:
             with contextlib.suppress(OSError):
@@ -422,6 +483,12 @@ class Testbed:
                             h.detail = f"{prog.health_target} not answering"
                     else:
                         h.healthy = running
+                    if h.healthy and prog.listen_port and not listened_by(h.pid, prog.listen_port):
+                        # something answers there, but not this process: another testbed's service?
+                        h.healthy = False
+                        who = ", ".join(x.describe() for x in holders(prog.listen_port) if x.pid != h.pid)
+                        h.detail = (f"port {prog.listen_port} answers, but from {who or 'another process'}, "
+                                    f"not this testbed's {prog.name} (pid {h.pid})")
                     if h.healthy:
                         h.liveness = "ok"
                     elif prog.health in ("tcp", "http"):
@@ -598,6 +665,41 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
+RATE_WINDOW_S = 10.0
+"""The live rates are over this many recent seconds (so they fall to 0 when production stops)."""
+
+
+class RateWindow:
+    """Rates of a few counters over a recent window, not since the start.
+
+    ``add`` a sample of the counters now and then; ``rates`` is the change
+    between the oldest sample still in the window and the newest, per second.
+    Once the counters stop moving, the rates fall to 0 within the window.
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, *, min_interval_s: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self._samples: deque[tuple[float, tuple[int, ...]]] = deque()
+
+    def add(self, counts: tuple[int, ...]) -> None:
+        now = self.clock()
+        if len(self._samples) >= 2 and now - self._samples[-2][0] < self.min_interval_s:
+            self._samples[-1] = (now, counts)  # the newest is always now; those before it spaced out
+        else:
+            self._samples.append((now, counts))
+        while self._samples and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+
+    def rates(self) -> tuple[float, ...]:
+        if len(self._samples) < 2:
+            return tuple(0.0 for _ in (self._samples[0][1] if self._samples else ()))
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        return tuple((b - a) / (t1 - t0) for a, b in zip(first, last))
+
+
 _RUN_STATE_TYPES = frozenset({"run_imminent", "start_run", "pause_run", "resume_run", "end_run"})
 
 
@@ -616,7 +718,7 @@ class WorkflowSession:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending: dict[str, Counter[str]] = {}
         self._stop_sent = False
-        self._samples: deque[tuple[float, int, int, int]] = deque(maxlen=120)
+        self._rates = RateWindow()
         listener.session = self
 
     # ------------------------------------------------------------------ requests
@@ -740,17 +842,10 @@ class WorkflowSession:
             c = p.counts
             now = time.monotonic()
             produced, processed, slices = c["stf_gen"], c["processing_complete"], c["slice_done"]
-            if not self._samples or now - self._samples[-1][0] >= 0.5:
-                self._samples.append((now, produced, processed, slices))
-            rates = {"stf_gen_per_s": 0.0, "processed_per_s": 0.0, "slices_per_s": 0.0}
-            window = [s for s in self._samples if now - s[0] <= 10.0]
-            if len(window) >= 2 and window[-1][0] > window[0][0]:
-                dt = window[-1][0] - window[0][0]
-                rates = {
-                    "stf_gen_per_s": (window[-1][1] - window[0][1]) / dt,
-                    "processed_per_s": (window[-1][2] - window[0][2]) / dt,
-                    "slices_per_s": (window[-1][3] - window[0][3]) / dt,
-                }
+            self._rates.add((produced, processed, slices))
+            gen_rate, processed_rate, slice_rate = self._rates.rates()
+            rates = {"stf_gen_per_s": gen_rate, "processed_per_s": processed_rate, "slices_per_s": slice_rate,
+                     "rate_window_s": self._rates.window_s}
             return {
                 "execution_id": p.execution_id, "workflow_name": p.workflow_name, "status": p.status,
                 "error": p.error, "run_id": p.run_id, "daq_state": p.daq_state,

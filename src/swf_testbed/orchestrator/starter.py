@@ -71,12 +71,12 @@ instances = 2
 [broker]
 mode = "embedded"               # the small STOMP broker shipped with swf-testbed
 host = "127.0.0.1"
-port = 61613
+port = {broker_port}
 
 [monitor]
 mode = "embedded"               # web UI + REST API, and the ingest (broker -> database)
 host = "127.0.0.1"
-port = 8002
+port = {monitor_port}
 # url = "https://monitor.example.org"   # for mode = "external"
 
 [database]
@@ -94,6 +94,33 @@ def default_namespace() -> str:
     return name or "testbed"
 
 
-def render(namespace: str | None = None) -> str:
+DEFAULT_PORTS = {"broker": 61613, "monitor": 8002}
+"""The embedded services' ports the starter file asks for, when they are free."""
+
+
+def render(namespace: str | None = None, *, broker_port: int = DEFAULT_PORTS["broker"],
+           monitor_port: int = DEFAULT_PORTS["monitor"]) -> str:
     """The starter file for ``namespace`` (default: the user's name)."""
-    return STARTER.format(namespace=namespace or default_namespace())
+    return STARTER.format(namespace=namespace or default_namespace(), broker_port=broker_port,
+                          monitor_port=monitor_port)
+
+
+def choose_ports(defaults: dict[str, int] | None = None, host: str = "127.0.0.1") -> tuple[dict[str, int], list[str]]:
+    """Ports for the starter file: the defaults where they are free now, else free ones near them;
+    and a line for each port that was taken (who holds it)."""
+    from swf_testbed.orchestrator.ports import bindable, free_port_near, holders
+
+    chosen, notes = {}, []
+    taken: set[int] = set()
+    for service, port in (defaults or DEFAULT_PORTS).items():
+        if bindable(host, port) and port not in taken:
+            chosen[service] = port
+        else:
+            chosen[service] = free_port_near(port, host)
+            while chosen[service] in taken:
+                chosen[service] = free_port_near(chosen[service], host)
+            who = ", ".join(h.describe() for h in holders(port)) or "another process"
+            notes.append(f"port {port} (the {service}'s default) is in use by {who}: "
+                         f"wrote [{service}] port = {chosen[service]} instead")
+        taken.add(chosen[service])
+    return chosen, notes

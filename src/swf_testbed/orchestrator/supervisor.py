@@ -17,6 +17,7 @@ restarted, new ones added.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import fcntl
 import hashlib
@@ -150,6 +151,8 @@ class Program:
     heartbeat_interval: float | None = None
     health: Literal["heartbeat", "tcp", "http", "running"] = "running"
     health_target: str = ""
+    listen_host: str = ""  # services: where they listen (checked free before start, theirs when healthy)
+    listen_port: int = 0
 
     @property
     def command(self) -> str:
@@ -197,7 +200,9 @@ def monitor_available() -> tuple[bool, str]:
 def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: RuntimePaths, *,
                    python: str | None = None) -> tuple[list[Program], list[str]]:
     """The programs a testbed.toml asks for, and notices for the user (skipped services)."""
-    python = python or sys.executable
+    # absolute, but symlinks kept (a virtualenv's python is a symlink): the same interpreter whatever
+    # the directory the command was started from, so the programs' identity does not depend on it
+    python = os.path.abspath(python or sys.executable)
     cfg = loaded.config
     ns = cfg.testbed.namespace
     directory = str(loaded.path.parent)
@@ -211,7 +216,7 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
         programs.append(Program(
             "broker", "service", argv=[*cli, "broker", "--host", host, "--port", str(port)],
             env=base_env, directory=directory, priority=PRIORITY["broker"], stopwaitsecs=10,
-            health="tcp", health_target=f"{host}:{port}",
+            health="tcp", health_target=f"{host}:{port}", listen_host=host, listen_port=port,
         ))
     if services.monitor_mode == "embedded":
         ok, why = monitor_available()
@@ -222,6 +227,7 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
                 argv=[*cli, "monitor", "serve", "--host", services.monitor_host, "--port", str(services.monitor_port)],
                 env=mon_env, directory=directory, priority=PRIORITY["monitor-web"], startsecs=2, stopwaitsecs=15,
                 health="http", health_target=services.monitor_url,
+                listen_host=services.monitor_host, listen_port=services.monitor_port,
             ))
             programs.append(Program(
                 "monitor-ingest", "service", argv=[*cli, "monitor", "ingest", "--client-id", f"swf-monitor-ingest-{ns}"],
@@ -267,7 +273,7 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
 
 
 def _base_env(namespace: str, services: Services, home: Path) -> dict[str, str]:
-    env = {"SWF_HOME": str(home), "SWF_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1",
+    env = {"SWF_HOME": str(Path(home).expanduser().absolute()), "SWF_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1",
            "SWF_MONITOR_URL": services.monitor_url}
     from_files = secret_file_variables()  # a secret given as a file is passed on as that file, never as its value
     env.update(from_files)
@@ -362,6 +368,60 @@ def render_conf(paths: RuntimePaths, programs: list[Program], namespace: str) ->
             "",
         ]
     return "\n".join(lines)
+
+
+def _program_sections(text: str) -> dict[str, dict[str, str]]:
+    parser = configparser.RawConfigParser(strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text)
+    except configparser.Error:
+        return {}
+    return {section.removeprefix("program:"): dict(parser.items(section))
+            for section in parser.sections() if section.startswith("program:")}
+
+
+def _env_values(line: str) -> dict[str, str]:
+    """``environment=`` of a program section (as :func:`_env_line` writes it) → variables."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace, lexer.whitespace_split = ",", True
+    out = {}
+    try:
+        for item in lexer:
+            key, _, value = item.partition("=")
+            out[key] = value
+    except ValueError:  # unbalanced quotes: not ours
+        pass
+    return out
+
+
+def change_reasons(old_text: str, new_text: str) -> dict[str, str]:
+    """For each program in both configs whose settings differ: what changed, in a few words."""
+    old, new = _program_sections(old_text), _program_sections(new_text)
+    reasons: dict[str, str] = {}
+    for name in sorted(old.keys() & new.keys()):
+        before, after = old[name], new[name]
+        parts = []
+        for key in sorted(before.keys() | after.keys()):
+            if before.get(key) == after.get(key):
+                continue
+            if key == "environment":
+                a, b = _env_values(before.get(key, "")), _env_values(after.get(key, ""))
+                names = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+                parts.append(f"environment ({', '.join(names)})")
+            elif key == "command":
+                a_argv, b_argv = before.get(key, "").split(), after.get(key, "").split()
+                diff = [f"{x} -> {y}" for x, y in zip(a_argv, b_argv) if x != y][:2]
+                if len(a_argv) != len(b_argv):
+                    diff.append("arguments added or removed")
+                parts.append(f"command ({'; '.join(diff)})" if diff else "command")
+            elif key == "directory":
+                parts.append(f"directory ({before.get(key)} -> {after.get(key)})")
+            else:
+                parts.append(f"{key} ({before.get(key)} -> {after.get(key)})")
+        if parts:
+            reasons[name] = ", ".join(parts) + " changed"
+    return reasons
 
 
 # --------------------------------------------------------------------------- XML-RPC client

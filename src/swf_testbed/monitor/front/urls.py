@@ -1,5 +1,6 @@
 """The UI's pages."""
 
+from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from django.urls.converters import PathConverter
 
@@ -37,4 +38,6 @@ urlpatterns = [
     path("samples/", views.sample_list, name="samples"),
     path("slices/", views.slice_list, name="slices"),
     path("logs/", views.log_list, name="logs"),
+    path("login/", auth_views.LoginView.as_view(template_name="front/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),  # POST, with the CSRF token
 ]
