@@ -43,6 +43,8 @@ class MonitorStack:
     port: int = 0
     token: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    web_command: list[str] = field(default_factory=lambda: list(CLI))
+    """How ``monitor serve`` is run (a benchmark runs it under a profiler)."""
 
     @property
     def url(self) -> str:
@@ -52,9 +54,9 @@ class MonitorStack:
         return {**clean_environ(), **self.broker.env, "DATABASE_URL": self.database_url, "SWF_HOME": str(self.home),
                 **self.monitor_env}
 
-    def _popen(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _popen(self, name: str, *args: str, command: list[str] = CLI) -> subprocess.Popen[bytes]:
         with open(self.home / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen([*CLI, *args], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([*command, *args], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
         self.procs.append(proc)
         return proc
@@ -67,7 +69,7 @@ class MonitorStack:
         self.token = made.stdout.strip()
         self.port = self.port or free_port()
         web = self._popen("web", "monitor", "serve", "--port", str(self.port), "--no-migrate", "--log-level",
-                          "warning")
+                          "warning", command=self.web_command)
         self._popen("ingest", "monitor", "ingest", "--no-migrate", "--client-id", f"legacy-{uuid.uuid4().hex[:8]}")
         wait_for_port("127.0.0.1", self.port, timeout, web)
         self.wait_ingesting(timeout)
@@ -125,13 +127,13 @@ class MonitorStack:
         path = self.home / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
             try:
-                proc.wait(20)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)

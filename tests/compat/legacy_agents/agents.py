@@ -80,7 +80,7 @@ class LegacyAgent:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.name = ""
-        self.rest = Rest(ctx.env, f"{self.agent_type.lower()}-agent", ctx.calls)
+        self.rest = Rest(ctx.env, self.app_name, ctx.calls)
         self.log = logging.getLogger(f"legacy.{self.app_name}.{id(self)}")
         self.stomp: Stomp | None = None
         self.execution_id = ""
@@ -96,7 +96,6 @@ class LegacyAgent:
 
     def start(self, max_wait_s: float = 120.0) -> None:
         self.name = f"{self.agent_type.lower()}-agent-{self.ctx.user}-{self._next_agent_id(max_wait_s)}"
-        self.rest.agent = self.name
         self.log.setLevel(logging.DEBUG)
         self.log.propagate = False
         self.handler = RestLogHandler(self.rest, self.app_name, self.name, self._log_extra)
