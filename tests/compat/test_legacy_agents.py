@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ def needs(feature: str, section: str) -> pytest.MarkDecorator:
 @dataclass
 class LegacyRun:
     stack: MonitorStack
-    report: dict[str, Any]
-    stdout: str
+    report: dict[str, Any] = field(repr=False)
+    stdout: str = field(repr=False)
 
     @property
     def execution_id(self) -> str:
@@ -239,6 +239,23 @@ def test_the_executions_list_shows_the_stf_count(legacy_run: LegacyRun) -> None:
     rows = [row for row in page.split("<tr>") if f">{html.escape(legacy_run.execution_id)}</a>" in row]
     assert len(rows) == 1
     assert re.findall(r'<td class="num">([^<]*)</td>', rows[0])[-1] == str(STFS)
+
+
+@needs("the v28 dialect projected (run linking, run_id of string form)", "2")
+def test_the_run_page_links_its_execution_and_its_messages(legacy_run: LegacyRun) -> None:
+    """The run page names its execution and namespace; "messages of this run" finds the run's messages."""
+    n = legacy_run.run_number
+    page = legacy_run.stack.page(f"/runs/{n}/")
+    assert f'href="/executions/{legacy_run.execution_id}/"' in page
+    assert f"<dt>Namespace</dt><dd>{legacy_run.namespace}</dd>" in page
+    assert f"/messages/?run_id={n}" in page
+    topic = [m for m in legacy_run.sent() if m["destination"].startswith("/topic/")]
+    legacy_run.wait_recorded(lambda rows: sum(r["destination"].startswith("/topic/") for r in rows) >= len(topic),
+                             "the topic messages")
+    of_run = legacy_run.stack.api("/api/workflow-messages/", run_id=n, destination="/topic/epictopic", limit=1)
+    assert of_run["count"] == len(topic)
+    listed = legacy_run.stack.page("/messages/", run_id=n, msg_type="stf_gen")
+    assert f"{STFS} messages" in listed and listed.count("<tr data-msg-id=") == STFS
 
 
 @needs("POST /api/system-state-events/ with a null substate", "3")
