@@ -39,6 +39,16 @@ Destinations
     destination as the subscriber spelled it (wildcard subscriptions: the
     topic the message was sent to, below).
 
+Mirrored queues
+    As ActiveMQ Classic with ``<broker useMirroredQueues="true">``: every
+    message sent to queue ``Q`` is also published, same message-id, headers
+    and body, on the topic ``VirtualTopic.Mirror.Q``, so a monitor can see
+    queue traffic without competing with the queue's consumers (it is a
+    topic: with nobody subscribed the copy is not kept; a durable
+    subscription keeps it). The queue's own delivery is unchanged. Temporary
+    queues are not mirrored. On by default; ``mirror_queues=False``
+    (``swf-testbed broker --no-mirror-queues``) turns it off.
+
 Wildcards (topics)
     ActiveMQ syntax: a name is dot-separated elements; in a topic SUBSCRIBE
     an element ``*`` matches exactly one element, and a last element ``>``
@@ -223,6 +233,9 @@ _BROKER_HEADERS = frozenset(
 )
 
 MIN_HEARTBEAT_MS = 100
+
+MIRROR_PREFIX = "VirtualTopic.Mirror."
+"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ Classic's default ``<mirroredQueue>`` prefix)."""
 
 # SUBSCRIBE/UNSUBSCRIBE headers naming a durable subscription: ActiveMQ Classic, Artemis.
 _DURABLE_NAME_HEADERS = ("activemq.subscriptionName", "durable-subscription-name")
@@ -693,6 +706,13 @@ class Message:
         parts.append(f"content-length:{len(self.body)}\n\n")
         b = enc[version] = "".join(parts).encode("utf-8")
         return b
+
+    def mirror_copy(self, topic: str) -> Message:
+        """The same message (id, headers, body) as published on ``topic``."""
+        m = self.redelivered_copy()
+        m.redelivered = False
+        m.topic = topic
+        return m
 
     def redelivered_copy(self) -> Message:
         m = Message.__new__(Message)
@@ -1911,7 +1931,9 @@ class Broker:
       of each durable subscription (past it the oldest messages are dropped);
     * ``connect_timeout``: seconds to wait for CONNECT (0: forever);
     * ``close_grace``: seconds a closing connection gets to take its last
-      frames before it is aborted.
+      frames before it is aborted;
+    * ``mirror_queues``: publish a copy of every queue message on the topic
+      ``VirtualTopic.Mirror.<queue>`` (ActiveMQ's ``useMirroredQueues``).
     """
 
     def __init__(
@@ -1934,8 +1956,10 @@ class Broker:
         connect_timeout: float = 30.0,
         close_grace: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        mirror_queues: bool = True,
     ) -> None:
         self.host = host
+        self.mirror_prefix: str | None = MIRROR_PREFIX if mirror_queues else None
         self.ssl_context = ssl_context
         self._requested_port = port
         self.login = login
@@ -2066,6 +2090,20 @@ class Broker:
             queue.messages.append(msg)
             if queue.subs:
                 queue.dispatch()
+            if self.mirror_prefix is not None and not name.startswith("/"):
+                self._mirror(name, msg)
+
+    def _mirror(self, queue_name: str, msg: Message) -> None:
+        """Publish a copy of a queue message on the queue's mirror topic (ActiveMQ's mirrored queues).
+
+        The copy keeps the message-id and every header; topic semantics apply
+        (nobody subscribed: nothing is kept), so it never competes with the
+        queue's consumers. Temporary queues are not mirrored.
+        """
+        mirror = self.mirror_prefix + queue_name  # type: ignore[operator]
+        if mirror not in self.topics and not self.wild:
+            return
+        self.route(TOPIC, mirror, msg.mirror_copy(mirror))
 
     def _match_wild(self, name: str) -> tuple[WildTopic, ...]:
         matching = tuple(w for w in self.wild.values() if w.matches(name))
