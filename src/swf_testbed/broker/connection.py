@@ -370,7 +370,11 @@ class Connection(asyncio.Protocol):
         if not handler(self, frame):
             receipt = frame.headers.get("receipt")
             if receipt is not None:
-                self.send_receipt(receipt)
+                journal = self.broker.journal
+                if journal is not None and journal.pending:
+                    self.broker.defer_receipt(self, receipt)  # after the fsync that covers it
+                else:
+                    self.send_receipt(receipt)
 
     def shutdown(self) -> None:
         """Broker stopping: close without ceremony."""

@@ -93,7 +93,18 @@ class Message:
     topic in their MESSAGE frames).
     """
 
-    __slots__ = ("_enc", "avoid", "body", "headers", "id", "id_b", "redelivered", "size", "topic")
+    __slots__ = (
+        "_enc",
+        "avoid",
+        "body",
+        "headers",
+        "id",
+        "id_b",
+        "redelivered",
+        "seq",
+        "size",
+        "topic",
+    )
 
     def __init__(self, mid: str, headers: dict[str, str], body: bytes, topic: str = "") -> None:
         self.id = mid
@@ -105,6 +116,7 @@ class Message:
         self.redelivered = False
         self.avoid: Subscription | None = None  # NACKed by: prefer another subscription
         self._enc: dict[str, bytes] | None = None
+        self.seq = 0  # journal sequence number of a persistent queue message (0: not journaled)
 
     def encoded_headers(self, version: str) -> bytes:
         """User headers + content-length + the blank line, escaped for ``version`` (cached)."""
@@ -125,6 +137,7 @@ class Message:
         m = self.redelivered_copy()
         m.redelivered = False
         m.topic = topic
+        m.seq = 0  # the copy is a topic message: never journaled
         return m
 
     def redelivered_copy(self) -> Message:
@@ -140,6 +153,7 @@ class Message:
         m.redelivered = True
         m.avoid = None
         m._enc = self._enc
+        m.seq = self.seq
         return m
 
 
@@ -231,6 +245,8 @@ class Subscription:
     def deliver(self, msg: Message) -> None:
         conn = self.conn
         head = self.head or self._head_for(msg)
+        if msg.seq and self.ack == AUTO:
+            conn.broker.done(msg)  # consumed on delivery: the journal can forget it
         if self.ack != AUTO:
             self.unacked[msg.id] = msg
             if conn.v12:

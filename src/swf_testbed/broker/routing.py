@@ -13,6 +13,7 @@ from typing import Any
 
 from swf_testbed.broker.destinations import (
     CLIENT,
+    QUEUE,
     TOPIC,
     Durable,
     Message,
@@ -23,6 +24,7 @@ from swf_testbed.broker.destinations import (
 )
 from swf_testbed.broker.frames import ProtocolError
 from swf_testbed.broker.selectors import compile_selector
+from swf_testbed.broker.store import Journal
 
 log = logging.getLogger("swf_testbed.broker")
 
@@ -46,6 +48,27 @@ class Router:
         self._wild_cache: dict[str, tuple[WildTopic, ...]] = {}
         self.durables: dict[tuple[str, str], Durable] = {}  # (client-id, name)
         self._selectors: dict[str, Callable[[dict[str, str]], bool]] = {}
+        self.journal: Journal | None = None  # persistent queue messages (the Broker opens it)
+
+    # -- the journal: persistent queue messages are written before they are confirmed
+
+    def journal_message(self, name: str, msg: Message) -> None:
+        """A ``persistent:true`` message for queue ``name``: into the journal's current group."""
+        assert self.journal is not None
+        msg.seq = self.journal.append(QUEUE, name, msg.id, msg.headers, msg.body)
+        self.schedule_commit()
+
+    def done(self, msg: Message) -> None:
+        """A journaled message was consumed (acknowledged, or delivered to an auto-ack subscription)."""
+        if self.journal is not None and msg.seq:
+            self.journal.ack(msg.seq)
+            msg.seq = 0
+            self.schedule_commit()
+
+    def schedule_commit(self) -> None:
+        """Commit the journal's group soon (the broker does it after the current batch of events)."""
+        if self.journal is not None:
+            self.journal.commit()  # no event loop to batch on: at once
 
     def clear(self) -> None:
         """Forget every destination (the broker stopped)."""
@@ -81,6 +104,12 @@ class Router:
             queue = self.queues.get(name)
             if queue is None:
                 queue = self.queues[name] = Queue(name, self)
+            if (
+                self.journal is not None
+                and msg.headers.get("persistent") == "true"
+                and not name.startswith("/")
+            ):
+                self.journal_message(name, msg)
             queue.messages.append(msg)
             if queue.subs:
                 queue.dispatch()
@@ -192,10 +221,15 @@ class Router:
         if sub.ack == CLIENT:
             popitem = unacked.popitem
             while unacked:
-                if popitem(last=False)[0] == mid:
+                acked_id, acked = popitem(last=False)
+                if acked.seq:
+                    self.done(acked)
+                if acked_id == mid:
                     break
         else:
-            del unacked[mid]
+            acked = unacked.pop(mid)
+            if acked.seq:
+                self.done(acked)
         target = sub.target
         if isinstance(target, Queue):
             target.dispatch()

@@ -20,13 +20,15 @@ import logging
 import secrets
 import signal
 import ssl
+from pathlib import Path
 from typing import Any
 
 from swf_testbed.broker.connection import Connection
-from swf_testbed.broker.destinations import topic_matches
+from swf_testbed.broker.destinations import Message, Queue, topic_matches
 from swf_testbed.broker.frames import Limits, ProtocolError
 from swf_testbed.broker.routing import Router
 from swf_testbed.broker.selectors import SelectorError, compile_selector
+from swf_testbed.broker.store import Journal, JournalError
 
 __all__ = [
     "Broker",
@@ -61,6 +63,9 @@ class Broker(Router):
     * ``connect_timeout``: seconds to wait for CONNECT (0: forever);
     * ``close_grace``: seconds a closing connection gets to take its last
       frames before it is aborted;
+    * ``data_dir``: keep ``persistent:true`` queue messages in a journal
+      there (written and synced before the RECEIPT of their SEND, replayed
+      on start, marked ``redelivered:true``); None: memory only;
     * ``mirror_queues``: publish a copy of every queue message on the topic
       ``VirtualTopic.Mirror.<queue>`` (ActiveMQ's ``useMirroredQueues``).
     """
@@ -86,8 +91,12 @@ class Broker(Router):
         close_grace: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
         mirror_queues: bool = True,
+        data_dir: Path | None = None,
     ) -> None:
         super().__init__(mirror_queues=mirror_queues)
+        self.data_dir = data_dir
+        self._commit_scheduled = False
+        self._awaiting_commit: list[tuple[Connection, str]] = []  # receipts held until the fsync
         self.host = host
         self.ssl_context = ssl_context
         self._requested_port = port
@@ -125,6 +134,8 @@ class Broker(Router):
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.stopping = False
+        if self.data_dir is not None and self.journal is None:
+            self._replay(Journal(self.data_dir / "journal"))
         self._server = await self.loop.create_server(
             lambda: Connection(self),
             self.host,
@@ -153,6 +164,56 @@ class Broker(Router):
             self._server = None
         self.clear()
         self.clients.clear()
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def _replay(self, journal: Journal) -> None:
+        """Open the journal; its unacknowledged messages go back to their queues, in order, redelivered."""
+        stored = journal.open()
+        for m in stored:
+            msg = Message(m.message_id, m.headers, m.body, m.destination)
+            msg.seq = m.seq
+            msg.redelivered = True
+            queue = self.queues.get(m.destination)
+            if queue is None:
+                queue = self.queues[m.destination] = Queue(m.destination, self)
+            queue.messages.append(msg)
+        self.journal = journal
+        log.info(
+            "journal %s: %d unacknowledged message(s) replayed%s",
+            journal.directory,
+            len(stored),
+            f", {journal.torn_records} torn record skipped" if journal.torn_records else "",
+        )
+
+    # -- group commit: one fsync per batch of events; receipts of what it covers after it
+
+    def schedule_commit(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            self.loop.call_soon(self._commit)
+
+    def defer_receipt(self, conn: Connection, receipt: str) -> None:
+        """``receipt`` confirms journaled data: send it once the group is on disk."""
+        self._awaiting_commit.append((conn, receipt))
+        self.schedule_commit()
+
+    def _commit(self) -> None:
+        self._commit_scheduled = False
+        waiting = self._awaiting_commit
+        self._awaiting_commit = []
+        assert self.journal is not None
+        try:
+            self.journal.commit()
+        except JournalError as exc:
+            log.error("%s", exc)
+            for conn in {c for c, _ in waiting}:
+                conn.fail("journal write failed", f"the message was not stored: {exc}")
+            return
+        for conn, receipt in waiting:
+            if not conn.closing:
+                conn.send_receipt(receipt)
 
     async def serve_forever(self) -> None:
         assert self._server is not None

@@ -15,7 +15,7 @@ and cut off, never fatal. Segments are rotated at ``segment_bytes``; the
 oldest segment is deleted once every message in it is acknowledged
 (compaction), so the journal holds about what is still unacknowledged.
 
-Not yet wired into the broker: this module is the store, tested on its own.
+The broker uses it with ``--data-dir`` (``Broker(data_dir=...)``), for queues.
 """
 
 from __future__ import annotations
