@@ -7,7 +7,11 @@ producer. The consumers are stomp.py clients, each in its own process so the
 GIL does not couple them to the producer or to each other. Topics use
 ``auto`` ack; the queue uses ``client-individual`` with an ACK per message
 and a prefetch of 100 (``activemq.prefetchSize``); the client code is the
-same for both brokers.
+same for both brokers. The two persistent rows send ``persistent:true`` with
+a receipt on every SEND, at most 100 awaiting their RECEIPT (a window, as an
+agent runtime would keep): the embedded broker journals them in its
+``--data-dir`` and confirms after the group's fsync, ActiveMQ stores them in
+KahaDB.
 
 Measured: messages delivered per second end to end, from the first SEND to
 the last MESSAGE received by any consumer, counting every consumer's copy of
@@ -28,6 +32,7 @@ import argparse
 import json
 import multiprocessing as mp
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -53,6 +58,7 @@ class Pattern:
     label: str
     kind: str  # "topic" | "queue"
     consumers: int
+    persistent: bool = False  # persistent:true, each SEND with a receipt, RECEIPT_WINDOW outstanding
 
     @property
     def ack(self) -> str:
@@ -67,7 +73,26 @@ PATTERNS = (
     Pattern("topic_1_1", "topic 1→1", "topic", 1),
     Pattern("topic_1_3", "topic 1→3", "topic", 3),
     Pattern("queue_1_4", "queue 1→4", "queue", 4),
+    Pattern("queue-persistent_1_1", "queue 1→1 persistent", "queue", 1, persistent=True),
+    Pattern("queue-persistent_1_4", "queue 1→4 persistent", "queue", 4, persistent=True),
 )
+RECEIPT_WINDOW = 100  # persistent rows: most sends awaiting their RECEIPT, as an agent runtime would keep
+
+
+class _Receipts(stomp.ConnectionListener):
+    """The producer's window of outstanding receipts."""
+
+    def __init__(self) -> None:
+        self.window = threading.Semaphore(RECEIPT_WINDOW)
+        self.received = 0
+
+    def on_receipt(self, frame: Any) -> None:
+        self.received += 1
+        self.window.release()
+
+    def acquire(self) -> None:
+        if not self.window.acquire(timeout=60):
+            raise RuntimeError("no RECEIPT for a persistent send within 60 s")
 
 
 # --------------------------------------------------------------------------- consumer process
@@ -177,11 +202,18 @@ def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], co
                 raise RuntimeError(f"consumer {proc.pid} did not subscribe on {broker.name}")
 
         producer = stomp.Connection([(broker.host, broker.port)], auto_decode=False)
+        receipts = _Receipts()
+        producer.set_listener("receipts", receipts)
         producer.connect(wait=True)
         expected = pattern.deliveries(messages)
         start = time.time()
-        for body in bodies:
-            producer.send(destination, body)
+        if pattern.persistent:
+            for i, body in enumerate(bodies):
+                receipts.acquire()
+                producer.send(destination, body, headers={"persistent": "true", "receipt": f"r{i}"})
+        else:
+            for body in bodies:
+                producer.send(destination, body)
 
         last_total, last_change = -1, time.monotonic()
         while True:
@@ -195,6 +227,9 @@ def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], co
                 break
             time.sleep(0.01)
         time.sleep(0.2)  # late duplicates, if any, show up in the counts
+        if pattern.persistent:
+            for _ in range(RECEIPT_WINDOW):  # every send confirmed
+                receipts.acquire()
         producer.disconnect()
         stop.set()
         reports = [results.get(timeout=60) for _ in procs]
@@ -250,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             console.print(f"starting {name} broker …")
-            brokers[name] = start_embedded() if name == "embedded" else start_activemq()
+            # the embedded broker journals persistent messages (--data-dir); ActiveMQ in KahaDB, its default
+            brokers[name] = start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")]) \
+                if name == "embedded" else start_activemq()
         for name, broker in brokers.items():  # JIT, connection set-up, first-destination costs
             run_pattern(broker, PATTERNS[0], warmup, console)
         for pattern in PATTERNS:

@@ -22,7 +22,7 @@ import pytest
 
 from swf_testbed.broker import Broker
 from swf_testbed.broker.frames import Frame
-from swf_testbed.broker.server import topic_matches
+from swf_testbed.broker.destinations import topic_matches
 from tests.broker.conftest import (
     WAIT_S,
     BrokerProc,

@@ -17,7 +17,7 @@ from swf_testbed.broker.frames import (
     escape,
     unescape,
 )
-from swf_testbed.broker.server import SelectorError, compile_selector
+from swf_testbed.broker.selectors import SelectorError, compile_selector
 
 
 def parse_all(

@@ -224,14 +224,14 @@ def test_half_open_agent_connection_is_replaced_and_no_work_lost(
             proxy.stall()  # the agent's connection is black-holed; a new one would go through
             during = [f"during{i}.stf" for i in range(30)]
             for name in during:
-                sender.send(work, stf_ready(ns, name), mirror=False)
+                sender.send(work, stf_ready(ns, name))
             eventually(lambda: states.first(True, stalled_at) is not None, 60, "the agent to reconnect")
             down_at = states.first(False, stalled_at)
             up_at = states.first(True, stalled_at)
             assert down_at is not None and up_at is not None
             after = [f"after{i}.stf" for i in range(30)]
             for name in after:
-                sender.send(work, stf_ready(ns, name), mirror=False)
+                sender.send(work, stf_ready(ns, name))
             expected = set(during + after)
             watch.wait_for(lambda ms: expected <= {getattr(m, "filename", "") for m in ms}, 60,
                            "every work item answered")
@@ -713,7 +713,7 @@ def test_slow_consumer_under_a_full_speed_producer(kind: str, broker_kind: str, 
         dest = Topic(destination.split("/", 2)[2]) if kind == "topic" else Queue(destination.split("/", 2)[2])
         t0 = time.monotonic()
         for i in range(SLOW_MESSAGES):
-            producer.send(dest, b"%08d" % i + pad, persistent=False, mirror=False)
+            producer.send(dest, b"%08d" % i + pad, persistent=False)
         producer_s = time.monotonic() - t0
         consumer.wait(timeout=500)
         consumer_s = time.monotonic() - t0

@@ -362,6 +362,56 @@ def test_messages_wait_in_a_queue_for_a_later_subscriber(clients: Callable[..., 
     assert consumer.bodies() == [*expected, b"last"]
 
 
+def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_queue(
+        clients: Callable[..., Client]) -> None:
+    """Mirrored queues (ActiveMQ ``useMirroredQueues``, the embedded broker by default): a message sent
+    to queue Q is also published on ``/topic/VirtualTopic.Mirror.Q``, same message-id, headers and body;
+    exact, wildcard and durable wildcard subscriptions get it, and the queue's consumers still get
+    every message once."""
+    queue = unique("queue", "mirrored")
+    name = queue.removeprefix("/queue/")
+    consumers = [clients() for _ in range(2)]
+    for consumer in consumers:
+        consumer.subscribe(queue, headers={"activemq.prefetchSize": "1"})
+    exact = clients()
+    exact.subscribe(f"/topic/VirtualTopic.Mirror.{name}")
+    wildcard = clients()
+    wildcard.subscribe("/topic/VirtualTopic.Mirror.>")
+    client_id = f"conformance-mirror-{uuid.uuid4().hex}"
+    durable = clients(connect_headers={"client-id": client_id})
+    durable_name = {"activemq.subscriptionName": "mirror"}
+    durable_id = durable.subscribe("/topic/VirtualTopic.Mirror.>", headers=durable_name)
+    try:
+        _check_mirrored(queue, name, consumers, (exact, wildcard, durable), clients())
+    finally:  # detach, then remove: a durable wildcard left behind would keep every later mirror copy
+        durable.unsubscribe(durable_id)
+        durable.unsubscribe(durable_id, headers=durable_name)
+
+
+def _check_mirrored(queue: str, name: str, consumers: list[Client], watchers: tuple[Client, ...],
+                    producer: Client) -> None:
+    total = 20
+    for i in range(total):
+        producer.send(queue, b"m%d" % i, headers={"msg_id": f"id-{i}", "persistent": "true"})
+
+    def of_queue(c: Client) -> list[Any]:
+        return [f for f in c.listener.messages if f.headers["destination"] == f"/topic/VirtualTopic.Mirror.{name}"]
+
+    for watcher in watchers:
+        assert watcher.listener.wait_for(lambda w=watcher: len(of_queue(w)) >= total), \
+            f"{len(of_queue(watcher))} of {total} mirrored"
+    assert consumers[0].listener.wait_for(lambda: sum(len(c.listener.messages) for c in consumers) >= total)
+    time.sleep(0.3)  # room for a (wrong) duplicate to show up
+    queued = [f for c in consumers for f in c.listener.messages]
+    assert sorted(f.body for f in queued) == sorted(b"m%d" % i for i in range(total))
+    assert all(f.headers["destination"] == queue for f in queued)
+    ids = {f.headers["msg_id"]: f.headers["message-id"] for f in queued}
+    for watcher in watchers:
+        mirrored = of_queue(watcher)
+        assert [f.body for f in mirrored] == [b"m%d" % i for i in range(total)]  # once each, in send order
+        assert {f.headers["msg_id"]: f.headers["message-id"] for f in mirrored} == ids
+
+
 # --------------------------------------------------------------------------- bodies and headers
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import stomp
 from django.db import connection
 
 from swf_testbed import messages as msgs
@@ -148,6 +149,44 @@ def test_every_message_recorded_once_and_projected(any_broker: BrokerProcess, cl
     assert ingest.stop() == 0
 
 
+def test_queue_message_of_a_plain_stomp_client_is_recorded_once_and_still_consumed(
+        any_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]) -> None:
+    """Not our client, no copy to the monitor: the broker's queue mirror is how the ingest sees it,
+    and the queue's own consumer still receives every message."""
+    ingest = _start(ingests, any_broker)
+    wait_until_ingesting(client_for(any_broker), ingest)
+    ns = f"ns{uuid.uuid4().hex[:6]}"
+    prefix = f"tq-{uuid.uuid4().hex[:6]}-"
+    queue = f"/queue/legacy.{uuid.uuid4().hex[:8]}"
+    consumed: list[bytes] = []
+
+    class Consumer(stomp.ConnectionListener):
+        def on_message(self, frame: Any) -> None:
+            consumed.append(frame.body)
+
+    consumer = stomp.Connection([(any_broker.host, any_broker.port)], auto_decode=False)
+    consumer.set_listener("consumer", Consumer())
+    consumer.connect(wait=True)
+    consumer.subscribe(queue, id="1", ack="auto")
+    producer = stomp.Connection([(any_broker.host, any_broker.port)], auto_decode=False)
+    producer.connect(wait=True)
+    n = 10
+    bodies = [_stf_gen(prefix, i, ns).to_bytes() for i in range(n)]
+    try:
+        for body in bodies:
+            producer.send(queue, body, headers={"persistent": "true"})
+        wait_for(lambda: _ours(prefix) >= n and len(consumed) >= n, 60, f"{n} rows and {n} deliveries")
+        time.sleep(0.5)  # anything extra (a duplicate) would show up now
+        assert _ours(prefix) == n
+        assert sorted(consumed) == sorted(bodies)
+        rows = m.WorkflowMessage.objects.filter(msg_id__startswith=prefix)
+        assert set(rows.values_list("destination", flat=True)) == {queue}  # the queue, not its mirror topic
+        assert all(rows.values_list("is_valid", flat=True))
+    finally:
+        producer.disconnect()
+        consumer.disconnect()
+
+
 # --------------------------------------------------------------------------- crash
 
 
@@ -172,7 +211,7 @@ def test_killed_mid_batch_and_restarted_loses_and_duplicates_nothing(
     def publish() -> None:
         for i in range(n):
             msg = _slice_result(prefix, i, ns, "worker-k") if i % 2 else _stf_gen(prefix, i, ns, run_id=7000)
-            client.send(dest, msg, mirror=False)
+            client.send(dest, msg)
 
     sender = threading.Thread(target=publish)
     sender.start()

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from swf_testbed.mq.destinations import Destination, Queue, Topic, control_queue
+from swf_testbed.mq.destinations import (
+    MONITOR_TOPIC,
+    Destination,
+    Queue,
+    Topic,
+    control_queue,
+    mirror_topic,
+    mirrored_queue,
+)
 from swf_testbed.settings import BrokerSettings, DestinationStyle, Settings
 
 
@@ -53,3 +61,16 @@ def test_destinations_spelled_per_broker_style() -> None:
         Destination.parse("epictopic")
     with pytest.raises(ValueError, match="bad destination name"):
         Topic("a/b")
+
+
+def test_queue_mirror_names_as_activemq_spells_them() -> None:
+    queue = control_queue("ns1")
+    assert str(mirror_topic(queue)) == "/topic/VirtualTopic.Mirror.swf.ns1.control"
+    assert str(MONITOR_TOPIC) == "/topic/VirtualTopic.Mirror.>"
+    for spelled in ("/topic/VirtualTopic.Mirror.swf.ns1.control", "topic://VirtualTopic.Mirror.swf.ns1.control",
+                    "VirtualTopic.Mirror.swf.ns1.control"):
+        assert mirrored_queue(spelled) == "/queue/swf.ns1.control"
+    for not_a_mirror in ("/topic/swf.ns1.data", "/queue/VirtualTopic.Mirror.x", "/topic/VirtualTopic.Mirror.", ""):
+        assert mirrored_queue(not_a_mirror) is None
+    with pytest.raises(ValueError, match="only queues are mirrored"):
+        mirror_topic(Topic("swf.ns1.data"))

@@ -14,8 +14,8 @@ Destinations (namespace ``ns``):
 * ``slice_results_queue(ns)`` (``/queue/swf.<ns>.slice_results``):
   ``slice_result`` from the workers. A queue rather than the data topic:
   results wait there if this agent restarts, and they are not fanned out to
-  every data-topic subscriber (the client mirrors queue sends to the monitor
-  topic, so the monitor sees them all the same).
+  every data-topic subscriber (the broker mirrors queue messages to
+  ``VirtualTopic.Mirror.<queue>``, so the monitor sees them all the same).
 
 A failed slice is sent again with ``retries`` + 1 (and a new ``msg_id``) until
 it has been retried ``max_slice_retries`` times; then it counts as failed.

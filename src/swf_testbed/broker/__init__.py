@@ -1,7 +1,7 @@
 """The embedded STOMP broker (``swf-testbed broker``): the default broker for one machine.
 
-See :mod:`swf_testbed.broker.server` for what it does and the choices it
-makes, and :mod:`swf_testbed.broker.frames` for the wire format.
+docs/broker.md says what it does and the choices it makes;
+:mod:`swf_testbed.broker.server` lists its modules.
 """
 
 from swf_testbed.broker.frames import Frame, FrameError, FrameParser, Limits, encode_frame

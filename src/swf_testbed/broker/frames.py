@@ -42,6 +42,7 @@ __all__ = [
     "FrameError",
     "FrameParser",
     "Limits",
+    "ProtocolError",
     "encode_frame",
     "escape",
     "unescape",
@@ -91,6 +92,18 @@ class FrameError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail or message
+
+
+class ProtocolError(Exception):
+    """A frame the broker refuses: answered with ERROR, then the connection closes."""
+
+    def __init__(
+        self, message: str, detail: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or message
+        self.headers = headers or {}
 
 
 @dataclass(slots=True)

@@ -38,6 +38,13 @@ def broker(
     durable_max_bytes: Annotated[int, typer.Option(
         help="Bytes a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
         min=1)] = 512 * 2**20,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Keep persistent:true queue messages in a journal in this directory (synced before the send's "
+             "RECEIPT, replayed on start); without it the broker keeps everything in memory only.",
+        file_okay=False)] = None,
+    mirror_queues: Annotated[bool, typer.Option(
+        help="Copy every queue message to the topic VirtualTopic.Mirror.<queue> (the monitor reads queue traffic "
+             "there; ActiveMQ's useMirroredQueues).")] = True,
 ) -> None:
     """Run the embedded STOMP broker until SIGTERM or Ctrl+C (for one machine; ActiveMQ in production)."""
     from swf_testbed.broker.frames import Limits
@@ -60,7 +67,8 @@ def broker(
     try:
         run(host, port, login, passcode, limits=limits, max_pending_bytes=max_pending_bytes,
             slow_consumer_timeout=slow_consumer_timeout, ssl_context=ssl_context,
-            durable_max_messages=durable_max_messages, durable_max_bytes=durable_max_bytes)
+            durable_max_messages=durable_max_messages, durable_max_bytes=durable_max_bytes,
+            mirror_queues=mirror_queues, data_dir=data_dir)
     except OSError as exc:
         err_console.print(f"[red]cannot listen on {host}:{port}:[/red] {exc}")
         raise typer.Exit(1) from None

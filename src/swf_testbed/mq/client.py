@@ -34,7 +34,7 @@ import stomp
 from stomp.exception import StompException
 
 from swf_testbed.messages import Message
-from swf_testbed.mq.destinations import MONITOR_TOPIC, Destination
+from swf_testbed.mq.destinations import Destination
 from swf_testbed.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -384,19 +384,15 @@ class BrokerClient:
         persistent: bool = True,
         receipt: bool = False,
         timeout: float = 30.0,
-        mirror: bool = True,
     ) -> None:
         """Send one message; waits up to ``timeout`` for a connection (and the receipt).
 
-        A message to a queue is consumed by one receiver only, so unless
-        ``mirror`` is false a copy also goes to the monitor topic: that is how
-        the monitor sees every message, whatever its destination.
+        A message to a queue is consumed by one receiver only; the monitor
+        sees it on the queue's mirror topic, which the broker publishes
+        (``VirtualTopic.Mirror.<queue>``: the embedded broker by default,
+        ActiveMQ with ``useMirroredQueues``), so nothing is sent twice here.
         """
         self._send_one(destination, body, headers, persistent, receipt, timeout)
-        if mirror and not destination.is_topic:
-            extra = dict(headers or {})
-            extra["swf-original-destination"] = str(destination)
-            self._send_one(MONITOR_TOPIC, body, extra, persistent, False, timeout)
 
     def _send_one(
         self,

@@ -80,14 +80,43 @@ RUN_TOPIC = Topic("epictopic")
 HEARTBEAT_TOPIC = Topic("swf.heartbeats")
 """Agent heartbeats, all namespaces (the monitor and the orchestrator listen)."""
 
-MONITOR_TOPIC = Topic("swf.monitor")
-"""Copies of queue traffic, so that the monitor sees every message (queues have one consumer)."""
+QUEUE_MIRROR_PREFIX = "VirtualTopic.Mirror."
+"""The broker copies each message sent to queue Q to the topic ``VirtualTopic.Mirror.Q``.
 
-ALL_TESTBED_TOPICS = (RUN_TOPIC, Topic("swf.>"))
-"""Every topic the testbed uses, all namespaces (the monitor ingest subscribes to these)."""
+ActiveMQ Classic's mirrored queues (``<broker useMirroredQueues="true">``,
+default prefix) and the embedded broker (on by default) both do. A queue
+message reaches one consumer only; the mirror is how the monitor sees it.
+"""
+
+MONITOR_TOPIC = Topic(QUEUE_MIRROR_PREFIX + ">")
+"""The mirror topics of every queue (a wildcard): where the monitor, and anyone, sees queue traffic."""
+
+ALL_TESTBED_TOPICS = (RUN_TOPIC, Topic("swf.>"), MONITOR_TOPIC)
+"""Every topic the testbed uses, all namespaces, and the mirrors of every queue (the monitor ingest follows these)."""
 
 DEAD_LETTER_QUEUE = Queue("swf.dead_letter")
 """Messages no handler could process after every allowed attempt."""
+
+
+def mirror_topic(queue: Destination) -> Destination:
+    """The topic on which the broker mirrors ``queue``'s messages."""
+    if queue.is_topic:
+        raise ValueError(f"{queue} is a topic; only queues are mirrored")
+    return Topic(QUEUE_MIRROR_PREFIX + queue.name)
+
+
+def mirrored_queue(destination: str) -> str | None:
+    """``/queue/Q`` for a mirror topic's address (``/topic/VirtualTopic.Mirror.Q``), else None.
+
+    Both spellings a broker may use in a MESSAGE frame are understood:
+    ``/topic/VirtualTopic.Mirror.Q`` and ``topic://VirtualTopic.Mirror.Q``;
+    also the bare name (Artemis style).
+    """
+    for prefix in ("/topic/", "topic://", ""):
+        if destination.startswith(prefix + QUEUE_MIRROR_PREFIX):
+            name = destination[len(prefix) + len(QUEUE_MIRROR_PREFIX):]
+            return f"/queue/{name}" if name else None
+    return None
 
 
 def control_queue(namespace: str) -> Destination:

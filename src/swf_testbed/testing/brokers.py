@@ -115,7 +115,10 @@ def start_activemq(port: int | None = None, host: str = "127.0.0.1", workdir: Pa
 
     The packaged config opens only OpenWire; we copy it, add a STOMP
     transport connector on a free loopback port (and move OpenWire to a free
-    port too, so several instances never collide), and start it.
+    port too, so several instances never collide), turn on mirrored queues
+    (``useMirroredQueues``: every queue message is copied to the topic
+    ``VirtualTopic.Mirror.<queue>``, where the monitor reads queue traffic, as
+    on the embedded broker), and start it.
     """
     if not activemq_available():
         raise RuntimeError(f"ActiveMQ Classic is not installed ({ACTIVEMQ_HOME}); apt-get install -y activemq")
@@ -139,6 +142,11 @@ def start_activemq(port: int | None = None, host: str = "127.0.0.1", workdir: Pa
         start = xml.index("<transportConnectors>")
         end = xml.index("</transportConnectors>") + len("</transportConnectors>")
         xml = xml[:start] + connectors + xml[end:]
+        if "useMirroredQueues" not in xml:
+            tag = '<broker xmlns="http://activemq.apache.org/schema/core"'
+            if tag not in xml:
+                raise RuntimeError(f"{xml_path}: no <broker> element to turn useMirroredQueues on in")
+            xml = xml.replace(tag, tag + ' useMirroredQueues="true"', 1)
         xml_path.write_text(xml)
     log_path = base / "activemq.out"
     cmd = [

@@ -4,9 +4,10 @@ It runs as its own process (``swf-testbed monitor ingest`` or
 ``manage.py ingest``), never inside the web workers.
 
 * It subscribes to every testbed topic of every namespace: the run topic
-  and the wildcard ``/topic/swf.>`` (heartbeats, each namespace's topics,
-  and the monitor topic where the client copies every message sent to a
-  queue), plus any extra destination.
+  and the wildcard ``/topic/swf.>`` (heartbeats, each namespace's topics),
+  the broker's queue mirrors ``/topic/VirtualTopic.Mirror.>`` (a copy of
+  every message sent to any queue: the embedded broker by default, ActiveMQ
+  with ``useMirroredQueues``), plus any extra destination.
 * Topic subscriptions are durable (a stable client id, a subscription name
   per topic; ActiveMQ Classic, Artemis and the embedded broker), so messages
   sent while the ingest is down wait for it.
@@ -61,7 +62,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from swf_testbed.monitor.api.recording import Incoming, RecordResult, record
 from swf_testbed.mq.client import BrokerClient, Delivery
-from swf_testbed.mq.destinations import ALL_TESTBED_TOPICS, Destination
+from swf_testbed.mq.destinations import ALL_TESTBED_TOPICS, Destination, mirrored_queue
 from swf_testbed.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,13 @@ DEFAULT_CLIENT_ID = "swf-monitor-ingest"
 def destinations_for(extra: Iterable[Destination] = ()) -> list[Destination]:
     """Every destination the ingest follows: all testbed topics of all namespaces, and ``extra``.
 
-    ``/topic/swf.>`` (a wildcard) covers heartbeats, every namespace's topics
-    and the monitor topic, where the client copies each message sent to a
-    queue (control, slices, dead letters): so the ingest sees every message
-    once, without knowing the namespaces.
+    ``/topic/swf.>`` (a wildcard) covers heartbeats and every namespace's
+    topics; ``/topic/VirtualTopic.Mirror.>`` the mirror topics where the
+    broker copies each message sent to any queue (control, slices, dead
+    letters, and queues of programs that are not ours): so the ingest sees
+    every message once, without knowing the namespaces, and without taking
+    anything from a queue's consumers. A mirrored message is recorded with
+    its queue as destination.
     """
     unique: list[Destination] = []
     for dest in (*ALL_TESTBED_TOPICS, *extra):
@@ -304,7 +308,8 @@ class Ingestor:
     def _write_and_ack(self, batch: list[_Item]) -> None:
         incoming = [
             Incoming(body=item.delivery.body, headers=item.delivery.headers,
-                     destination=item.delivery.destination, received_at=item.received_at)
+                     destination=mirrored_queue(item.delivery.destination) or item.delivery.destination,
+                     received_at=item.received_at)
             for item in batch
         ]
         self.stats.received += len(batch)

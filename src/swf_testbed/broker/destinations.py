@@ -1,0 +1,573 @@
+"""Destinations: messages, subscriptions, topics (exact and wildcard), queues, durable subscriptions.
+
+What each holds and how it hands messages on; :mod:`.routing` decides which
+destination a message goes to. See docs/broker.md for the behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from swf_testbed.broker.frames import escape
+
+if TYPE_CHECKING:
+    from swf_testbed.broker.connection import Connection
+    from swf_testbed.broker.server import Broker
+
+log = logging.getLogger("swf_testbed.broker")
+
+AUTO, CLIENT, INDIVIDUAL = 0, 1, 2
+ACK_MODES = {"auto": AUTO, "client": CLIENT, "client-individual": INDIVIDUAL}
+
+TOPIC, QUEUE = "topic", "queue"
+
+DROP_REPORT_S = 1.0  # a durable backlog that drops messages says so at most this often
+
+# =========================================================================== wildcards
+
+_WILD_ELEMENTS = frozenset({"*", ">"})
+
+
+def has_wildcard(name: str) -> bool:
+    """Whether an element of ``name`` is ``*`` or ``>`` (two substring tests for a plain name)."""
+    if "*" not in name and ">" not in name:
+        return False
+    return not _WILD_ELEMENTS.isdisjoint(name.split("."))
+
+
+def wildcard_pattern(name: str) -> tuple[str, ...] | None:
+    """The elements of a wildcard topic name; None for a plain name.
+
+    Raises ValueError when ``>`` is not the last element.
+    """
+    if not has_wildcard(name):
+        return None
+    elements = tuple(name.split("."))
+    if ">" in elements[:-1]:
+        raise ValueError(
+            "'>' stands for the remaining elements of a name: only the last may be '>'"
+        )
+    return elements
+
+
+def _pattern_matches(pattern: tuple[str, ...], name: str) -> bool:
+    """``pattern``: elements from :func:`wildcard_pattern`; ``name``: a plain topic name."""
+    if name.startswith("/temp-") != pattern[0].startswith("/temp-"):
+        return False  # temporary topics only match wildcards written with their prefix
+    elements = name.split(".")
+    if pattern[-1] == ">":
+        n = len(pattern) - 1
+        if len(elements) < n:  # ">" takes zero or more elements (ActiveMQ Classic 5.17)
+            return False
+    elif len(elements) != len(pattern):
+        return False
+    else:
+        n = len(pattern)
+    for i in range(n):
+        p = pattern[i]
+        if p != "*" and p != elements[i]:
+            return False
+    return True
+
+
+def topic_matches(pattern: str, name: str) -> bool:
+    """Whether a topic subscription to ``pattern`` gets what is sent to the topic ``name``.
+
+    ActiveMQ wildcards: ``*`` is one element, a last ``>`` the remaining
+    elements (zero or more); a pattern without wildcards matches itself only.
+    """
+    elements = wildcard_pattern(pattern)
+    if elements is None:
+        return pattern == name
+    return _pattern_matches(elements, name)
+
+
+class Message:
+    """One message as sent: the broker's id, the user headers, the body.
+
+    ``topic``: the name it was sent to (wildcard subscriptions name that
+    topic in their MESSAGE frames).
+    """
+
+    __slots__ = (
+        "_enc",
+        "avoid",
+        "body",
+        "headers",
+        "id",
+        "id_b",
+        "redelivered",
+        "seq",
+        "size",
+        "topic",
+    )
+
+    def __init__(self, mid: str, headers: dict[str, str], body: bytes, topic: str = "") -> None:
+        self.id = mid
+        self.id_b = mid.encode()
+        self.headers = headers
+        self.body = body
+        self.topic = topic
+        self.size = len(body) + 128 + sum(len(k) + len(v) + 2 for k, v in headers.items())
+        self.redelivered = False
+        self.avoid: Subscription | None = None  # NACKed by: prefer another subscription
+        self._enc: dict[str, bytes] | None = None
+        self.seq = 0  # journal sequence number of a persistent queue message (0: not journaled)
+
+    def encoded_headers(self, version: str) -> bytes:
+        """User headers + content-length + the blank line, escaped for ``version`` (cached)."""
+        enc = self._enc
+        if enc is None:
+            enc = self._enc = {}
+        else:
+            b = enc.get(version)
+            if b is not None:
+                return b
+        parts = [f"{escape(k, version)}:{escape(v, version)}\n" for k, v in self.headers.items()]
+        parts.append(f"content-length:{len(self.body)}\n\n")
+        b = enc[version] = "".join(parts).encode("utf-8")
+        return b
+
+    def mirror_copy(self, topic: str) -> Message:
+        """The same message (id, headers, body) as published on ``topic``."""
+        m = self.redelivered_copy()
+        m.redelivered = False
+        m.topic = topic
+        m.seq = 0  # the copy is a topic message: never journaled
+        return m
+
+    def redelivered_copy(self) -> Message:
+        m = Message.__new__(Message)
+        m.id, m.id_b, m.headers, m.body, m.size, m.topic = (
+            self.id,
+            self.id_b,
+            self.headers,
+            self.body,
+            self.size,
+            self.topic,
+        )
+        m.redelivered = True
+        m.avoid = None
+        m._enc = self._enc
+        m.seq = self.seq
+        return m
+
+
+class Subscription:
+    __slots__ = (
+        "ack",
+        "ack_suffix",
+        "active",
+        "conn",
+        "destination",
+        "head",
+        "heads",
+        "id",
+        "key",
+        "kind",
+        "pending",
+        "prefetch",
+        "prefix",
+        "selector",
+        "serial",
+        "target",
+        "unacked",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        sid: str | None,
+        key: str,
+        serial: str,
+        destination: str,
+        kind: str,
+        ack: int,
+        prefetch: int,
+        selector: Callable[[dict[str, str]], bool] | None,
+    ) -> None:
+        self.conn = conn
+        self.id = sid
+        self.key = key
+        self.serial = serial
+        self.destination = destination
+        self.kind = kind
+        self.target: Topic | Queue | None = None
+        self.ack = ack
+        self.prefetch = prefetch
+        self.unacked: OrderedDict[str, Message] = OrderedDict()
+        self.pending: deque[Message] = deque()  # topic messages held over the prefetch
+        self.selector = selector
+        v = conn.version
+        head = "" if sid is None else f"subscription:{escape(sid, v)}\n"
+        head += f"destination:{escape(destination, v)}\n"
+        self.head = head.encode("utf-8")
+        self.heads: dict[str, bytes] | None = None  # wildcard: MESSAGE head per topic
+        self.prefix = ""
+        self.ack_suffix = b"/" + serial.encode()
+        self.active = True
+
+    def set_wildcard(self, name: str) -> None:
+        """A wildcard subscription (``name``: the pattern): MESSAGE frames name the actual topic."""
+        self.head = b""
+        self.heads = {}
+        # how the subscriber spelled topics: "/topic/" + name, or name alone (MULTICAST)
+        self.prefix = self.destination[: len(self.destination) - len(name)]
+
+    def _head_for(self, msg: Message) -> bytes:
+        heads = self.heads
+        assert heads is not None
+        head = heads.get(msg.topic)
+        if head is None:
+            if len(heads) >= 1024:
+                heads.clear()
+            v = self.conn.version
+            text = "" if self.id is None else f"subscription:{escape(self.id, v)}\n"
+            text += f"destination:{escape(self.prefix + msg.topic, v)}\n"
+            head = heads[msg.topic] = text.encode("utf-8")
+        return head
+
+    def can_take(self) -> bool:
+        """Room for one more queue message: under the prefetch and the connection not backed up."""
+        conn = self.conn
+        if conn.paused or conn.out_bytes >= conn.broker.write_buffer_high:
+            if not conn.closing:
+                conn.blocked = True
+            return False
+        if conn.closing:
+            return False
+        return self.ack == AUTO or len(self.unacked) < self.prefetch
+
+    def deliver(self, msg: Message) -> None:
+        conn = self.conn
+        head = self.head or self._head_for(msg)
+        if msg.seq and self.ack == AUTO:
+            conn.broker.done(msg)  # consumed on delivery: the journal can forget it
+        if self.ack != AUTO:
+            self.unacked[msg.id] = msg
+            if conn.v12:
+                parts = [
+                    b"MESSAGE\n",
+                    head,
+                    b"message-id:",
+                    msg.id_b,
+                    b"\nack:",
+                    msg.id_b,
+                    self.ack_suffix,
+                    b"\n",
+                ]
+            else:
+                parts = [b"MESSAGE\n", head, b"message-id:", msg.id_b, b"\n"]
+        else:
+            parts = [b"MESSAGE\n", head, b"message-id:", msg.id_b, b"\n"]
+        if msg.redelivered:
+            parts.append(b"redelivered:true\n")
+        hdrs = msg.encoded_headers(conn.version)
+        parts.append(hdrs)
+        parts.append(msg.body)
+        parts.append(b"\x00")
+        conn.write_parts(parts, msg.size)
+
+    def offer_topic(self, msg: Message) -> None:
+        """A topic message for this subscription (selector already applied)."""
+        conn = self.conn
+        if self.ack != AUTO and (self.pending or len(self.unacked) >= self.prefetch):
+            self.pending.append(msg)
+            conn.pending_bytes += msg.size
+            conn.check_slow()
+            return
+        self.deliver(msg)
+        if conn.paused or conn.out_bytes >= conn.broker.write_buffer_high:
+            conn.throttle()
+
+    def drain_pending(self) -> None:
+        pending = self.pending
+        conn = self.conn
+        while pending and len(self.unacked) < self.prefetch and not conn.closing:
+            msg = pending.popleft()
+            conn.pending_bytes -= msg.size
+            self.deliver(msg)
+
+
+class Topic:
+    """The subscriptions of one topic name: plain ones, and durable subscriptions (online or not)."""
+
+    __slots__ = ("name", "subs")
+    kind = TOPIC
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subs: list[Subscription | Durable] = []
+
+    def publish(self, msg: Message) -> None:
+        subs = self.subs
+        if len(subs) == 1:
+            sub = subs[0]
+            if sub.selector is None or sub.selector(msg.headers):
+                sub.offer_topic(msg)
+            return
+        for sub in tuple(subs):
+            if sub.active and (sub.selector is None or sub.selector(msg.headers)):
+                sub.offer_topic(msg)
+
+
+class WildTopic(Topic):
+    """The subscriptions of one wildcard pattern (``name``: the pattern, e.g. ``swf.>``)."""
+
+    __slots__ = ("pattern",)
+
+    def __init__(self, name: str, pattern: tuple[str, ...]) -> None:
+        super().__init__(name)
+        self.pattern = pattern
+
+    def matches(self, name: str) -> bool:
+        return _pattern_matches(self.pattern, name)
+
+
+class Queue:
+    __slots__ = ("broker", "dispatching", "messages", "name", "rr", "selectors", "subs")
+    kind = QUEUE
+
+    def __init__(self, name: str, broker: Broker) -> None:
+        self.name = name
+        self.messages: deque[Message] = deque()
+        self.subs: list[Subscription] = []
+        self.rr = 0
+        self.selectors = 0  # subscriptions with a selector
+        self.broker = broker
+        self.dispatching = False
+
+    def dispatch(self) -> None:
+        """Hand queued messages to subscriptions that can take them, round robin."""
+        if self.dispatching or self.broker.stopping or not self.messages or not self.subs:
+            return
+        self.dispatching = True
+        try:
+            if self.selectors:
+                self._dispatch_selective()
+            else:
+                self._dispatch_simple()
+        finally:
+            self.dispatching = False
+
+    def _pick(self, msg: Message | None) -> Subscription | None:
+        subs = self.subs
+        n = len(subs)
+        rr = self.rr % n
+        avoid = msg.avoid if msg is not None else None
+        fallback = None
+        for i in range(n):
+            idx = (rr + i) % n
+            sub = subs[idx]
+            if msg is not None and sub.selector is not None and not sub.selector(msg.headers):
+                continue
+            if not sub.can_take():
+                continue
+            if sub is avoid and n > 1:
+                fallback = (sub, idx)
+                continue
+            self.rr = idx + 1
+            return sub
+        if fallback is not None:
+            self.rr = fallback[1] + 1
+            return fallback[0]
+        return None
+
+    def _dispatch_simple(self) -> None:
+        messages = self.messages
+        subs = self.subs
+        while messages and subs:
+            msg = messages[0]
+            if msg.avoid is None and len(subs) == 1:
+                sub = subs[0]
+                if not sub.can_take():
+                    return
+            else:
+                picked = self._pick(msg)
+                if picked is None:
+                    return
+                sub = picked
+            messages.popleft()
+            msg.avoid = None
+            sub.deliver(msg)
+
+    def put_back(self, msg: Message, sub: Subscription) -> None:
+        """A NACKed message: back to the head, to another subscription when one can take it."""
+        msg.redelivered = True
+        msg.avoid = sub
+        self.messages.appendleft(msg)
+        self.dispatch()
+
+    def _dispatch_selective(self) -> None:
+        kept: deque[Message] = deque()
+        messages = self.messages
+        while messages and self.subs:
+            if not any(s.can_take() for s in self.subs):
+                break
+            msg = messages.popleft()
+            sub = self._pick(msg)
+            if sub is None:
+                kept.append(msg)
+                continue
+            msg.avoid = None
+            sub.deliver(msg)
+        kept.extend(messages)
+        self.messages = kept
+
+
+class Durable(Queue):
+    """A durable topic subscription: a private queue that its topic (or pattern) feeds.
+
+    It sits in its :class:`Topic`'s (or :class:`WildTopic`'s) subscriber list
+    for its whole life, attached to a consumer (:class:`Subscription`) or
+    not; every message it matches goes to its backlog (``messages``, bounded
+    by the broker's ``durable_max_messages``/``durable_max_bytes``: past
+    them the oldest are dropped), and from there to the consumer as a queue
+    hands messages out. Messages are shared with the other subscribers of
+    the topic, so they are never modified here: redeliveries are copies.
+    """
+
+    __slots__ = (
+        "_drop_timer",
+        "active",
+        "burst",
+        "client_id",
+        "consumer",
+        "dropped",
+        "nbytes",
+        "selector",
+        "selector_text",
+        "source",
+        "sub_name",
+        "topic_name",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        client_id: str,
+        sub_name: str,
+        source: Topic,
+        selector_text: str | None,
+        selector: Callable[[dict[str, str]], bool] | None,
+    ) -> None:
+        super().__init__(f"{client_id}:{sub_name}", broker)
+        self.client_id = client_id
+        self.sub_name = sub_name
+        self.source = source
+        self.topic_name = source.name
+        self.selector_text = selector_text
+        self.selector = selector  # applied by the topic, before the backlog
+        self.consumer: Subscription | None = None
+        self.active = True
+        self.nbytes = 0
+        self.dropped = 0  # in all
+        self.burst = 0  # since the last report
+        self._drop_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.sub_name} (client-id {self.client_id})"
+
+    # -- as a subscriber of its topic
+
+    def offer_topic(self, msg: Message) -> None:
+        sub = self.consumer
+        if sub is not None and not self.messages and not self.dispatching and sub.can_take():
+            sub.deliver(msg)  # nothing waiting, room: straight through
+            return
+        self.messages.append(msg)
+        self.nbytes += msg.size
+        b = self.broker
+        if self.nbytes > b.durable_max_bytes or len(self.messages) > b.durable_max_messages:
+            self.trim()
+        if self.consumer is not None:
+            self.dispatch()
+
+    # -- as a queue with (at most) one consumer
+
+    def attach(self, sub: Subscription) -> None:
+        self.consumer = sub
+        sub.target = self
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        sub = self.consumer
+        messages = self.messages
+        if sub is None or not messages or self.dispatching or self.broker.stopping:
+            return
+        self.dispatching = True
+        try:
+            while messages and sub.can_take():
+                msg = messages.popleft()
+                self.nbytes -= msg.size
+                sub.deliver(msg)
+        finally:
+            self.dispatching = False
+
+    def put_back(self, msg: Message, sub: Subscription) -> None:
+        self.messages.appendleft(msg.redelivered_copy())
+        self.nbytes += msg.size
+        self.trim()
+        self.dispatch()
+
+    def consumer_gone(self, sub: Subscription) -> None:
+        """Detached: its unacknowledged messages go back to the head of the backlog, redelivered."""
+        if self.consumer is sub:
+            self.consumer = None
+        if sub.unacked:
+            msgs = [m.redelivered_copy() for m in sub.unacked.values()]
+            sub.unacked.clear()
+            self.messages.extendleft(reversed(msgs))
+            self.nbytes += sum(m.size for m in msgs)
+            self.trim()
+
+    # -- the bound
+
+    def trim(self) -> None:
+        """Drop the oldest messages while over a bound; count them and say so (once per burst)."""
+        b = self.broker
+        messages = self.messages
+        max_messages, max_bytes = b.durable_max_messages, b.durable_max_bytes
+        n = 0
+        while messages and (len(messages) > max_messages or self.nbytes > max_bytes):
+            self.nbytes -= messages.popleft().size
+            n += 1
+        if n:
+            self.dropped += n
+            self.burst += n
+            if self._drop_timer is None and b.loop is not None:
+                self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
+
+    def report_drops(self) -> None:
+        """Log the drops since the last report; keep watching while the burst goes on."""
+        self._drop_timer = None
+        if not self.burst:
+            return  # the burst is over
+        b = self.broker
+        log.warning(
+            "durable subscription %s: dropped %d messages (backlog full: limits %d messages, "
+            "%d bytes; %d dropped in all)",
+            self.label,
+            self.burst,
+            b.durable_max_messages,
+            b.durable_max_bytes,
+            self.dropped,
+        )
+        self.burst = 0
+        if self.active and not b.stopping and b.loop is not None:
+            self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
+
+    def close(self) -> None:
+        """Removed (or the broker stops): report pending drops, let go of the backlog."""
+        self.active = False
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
+        self.report_drops()
+        self.messages.clear()
+        self.nbytes = 0

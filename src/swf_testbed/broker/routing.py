@@ -1,0 +1,327 @@
+"""Routing: which destinations a message goes to, subscriptions attached and detached, acks.
+
+:class:`Router` holds every topic, wildcard pattern, queue and durable
+subscription of the broker; the :class:`~swf_testbed.broker.server.Broker`
+is a Router that also listens on a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from swf_testbed.broker.destinations import (
+    CLIENT,
+    QUEUE,
+    TOPIC,
+    Durable,
+    Message,
+    Queue,
+    Subscription,
+    Topic,
+    WildTopic,
+)
+from swf_testbed.broker.frames import ProtocolError
+from swf_testbed.broker.selectors import compile_selector
+from swf_testbed.broker.store import Journal
+
+log = logging.getLogger("swf_testbed.broker")
+
+MIRROR_PREFIX = "VirtualTopic.Mirror."
+"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ Classic's default ``<mirroredQueue>`` prefix)."""
+
+
+class Router:
+    """The destinations of a broker and the routing between them (no I/O)."""
+
+    def __init__(self, *, mirror_queues: bool = True) -> None:
+        self.mirror_prefix: str | None = MIRROR_PREFIX if mirror_queues else None
+        self.stopping = False  # the broker is shutting down: queues hand nothing more out
+        self.msg_serial = 0
+        self.topics: dict[str, Topic] = {}
+        self.queues: dict[str, Queue] = {}
+        # Wildcard subscriptions: one WildTopic per pattern, and for each topic name
+        # the patterns it matches (computed on the name's first message; cleared when
+        # a pattern comes or goes -- subscribers of an existing pattern need no change).
+        self.wild: dict[str, WildTopic] = {}
+        self._wild_cache: dict[str, tuple[WildTopic, ...]] = {}
+        self.durables: dict[tuple[str, str], Durable] = {}  # (client-id, name)
+        self._selectors: dict[str, Callable[[dict[str, str]], bool]] = {}
+        self.journal: Journal | None = None  # persistent queue messages (the Broker opens it)
+
+    # -- the journal: persistent queue messages are written before they are confirmed
+
+    def journal_message(self, name: str, msg: Message) -> None:
+        """A ``persistent:true`` message for queue ``name``: into the journal's current group."""
+        assert self.journal is not None
+        msg.seq = self.journal.append(QUEUE, name, msg.id, msg.headers, msg.body)
+        self.schedule_commit()
+
+    def done(self, msg: Message) -> None:
+        """A journaled message was consumed (acknowledged, or delivered to an auto-ack subscription)."""
+        if self.journal is not None and msg.seq:
+            self.journal.ack(msg.seq)
+            msg.seq = 0
+            self.schedule_commit()
+
+    def schedule_commit(self) -> None:
+        """Commit the journal's group soon (the broker does it after the current batch of events)."""
+        if self.journal is not None:
+            self.journal.commit()  # no event loop to batch on: at once
+
+    def clear(self) -> None:
+        """Forget every destination (the broker stopped)."""
+        for durable in self.durables.values():
+            durable.close()
+        self.durables.clear()
+        self.topics.clear()
+        self.queues.clear()
+        self.wild.clear()
+        self._wild_cache.clear()
+
+    def selector(self, text: str) -> Callable[[dict[str, str]], bool]:
+        fn = self._selectors.get(text)
+        if fn is None:
+            fn = compile_selector(text)
+            if len(self._selectors) > 10000:
+                self._selectors.clear()
+            self._selectors[text] = fn
+        return fn
+
+    def route(self, kind: str, name: str, msg: Message) -> None:
+        if kind == TOPIC:
+            topic = self.topics.get(name)
+            if topic is not None:
+                topic.publish(msg)
+            if self.wild:
+                matching = self._wild_cache.get(name)
+                if matching is None:
+                    matching = self._match_wild(name)
+                for wild in matching:
+                    wild.publish(msg)
+        else:
+            queue = self.queues.get(name)
+            if queue is None:
+                queue = self.queues[name] = Queue(name, self)
+            if (
+                self.journal is not None
+                and msg.headers.get("persistent") == "true"
+                and not name.startswith("/")
+            ):
+                self.journal_message(name, msg)
+            queue.messages.append(msg)
+            if queue.subs:
+                queue.dispatch()
+            if self.mirror_prefix is not None and not name.startswith("/"):
+                self._mirror(name, msg)
+
+    def _mirror(self, queue_name: str, msg: Message) -> None:
+        """Publish a copy of a queue message on the queue's mirror topic (ActiveMQ's mirrored queues).
+
+        The copy keeps the message-id and every header; topic semantics apply
+        (nobody subscribed: nothing is kept), so it never competes with the
+        queue's consumers. Temporary queues are not mirrored.
+        """
+        mirror = self.mirror_prefix + queue_name  # type: ignore[operator]
+        if mirror not in self.topics and not self.wild:
+            return
+        self.route(TOPIC, mirror, msg.mirror_copy(mirror))
+
+    def _match_wild(self, name: str) -> tuple[WildTopic, ...]:
+        matching = tuple(w for w in self.wild.values() if w.matches(name))
+        cache = self._wild_cache
+        if len(cache) >= 10000:
+            cache.clear()
+        cache[name] = matching
+        return matching
+
+    def _topic(self, name: str, pattern: tuple[str, ...] | None) -> Topic:
+        """The Topic of ``name`` (the WildTopic of a pattern), made when missing."""
+        if pattern is None:
+            topic = self.topics.get(name)
+            if topic is None:
+                topic = self.topics[name] = Topic(name)
+            return topic
+        wild = self.wild.get(name)
+        if wild is None:
+            wild = self.wild[name] = WildTopic(name, pattern)
+            self._wild_cache.clear()
+        return wild
+
+    def _topic_unused(self, topic: Topic) -> None:
+        """``topic`` has no subscriber left: forget it."""
+        if isinstance(topic, WildTopic):
+            if self.wild.get(topic.name) is topic:
+                del self.wild[topic.name]
+                self._wild_cache.clear()
+        elif self.topics.get(topic.name) is topic:
+            del self.topics[topic.name]
+
+    def attach(
+        self, sub: Subscription, kind: str, name: str, pattern: tuple[str, ...] | None = None
+    ) -> None:
+        if kind == TOPIC:
+            topic = self._topic(name, pattern)
+            topic.subs.append(sub)
+            sub.target = topic
+        else:
+            queue = self.queues.get(name)
+            if queue is None:
+                queue = self.queues[name] = Queue(name, self)
+            queue.subs.append(sub)
+            if sub.selector is not None:
+                queue.selectors += 1
+            sub.target = queue
+            queue.dispatch()
+
+    def detach(self, sub: Subscription) -> None:
+        """Remove a subscription; its unacknowledged queue messages go back to the queue head."""
+        if not sub.active:
+            return
+        sub.active = False
+        target = sub.target
+        if isinstance(target, Topic):
+            try:
+                target.subs.remove(sub)
+            except ValueError:
+                pass
+            if sub.pending:
+                sub.conn.pending_bytes -= sum(m.size for m in sub.pending)
+                sub.pending.clear()
+            sub.unacked.clear()
+            if not target.subs:
+                self._topic_unused(target)
+        elif isinstance(target, Durable):
+            target.consumer_gone(sub)
+        elif isinstance(target, Queue):
+            try:
+                target.subs.remove(sub)
+            except ValueError:
+                pass
+            if sub.selector is not None:
+                target.selectors -= 1
+            if sub.unacked:
+                msgs = list(sub.unacked.values())
+                sub.unacked.clear()
+                for m in msgs:
+                    m.redelivered = True
+                    m.avoid = None
+                target.messages.extendleft(reversed(msgs))
+            target.dispatch()
+            if not target.subs and not target.messages and self.queues.get(target.name) is target:
+                del self.queues[target.name]
+
+    def ack(self, sub: Subscription, mid: str) -> None:
+        if not sub.active:
+            return
+        unacked = sub.unacked
+        if mid not in unacked:
+            return
+        if sub.ack == CLIENT:
+            popitem = unacked.popitem
+            while unacked:
+                acked_id, acked = popitem(last=False)
+                if acked.seq:
+                    self.done(acked)
+                if acked_id == mid:
+                    break
+        else:
+            acked = unacked.pop(mid)
+            if acked.seq:
+                self.done(acked)
+        target = sub.target
+        if isinstance(target, Queue):
+            target.dispatch()
+        elif sub.pending:
+            sub.drain_pending()
+
+    def nack(self, sub: Subscription, mid: str) -> None:
+        if not sub.active:
+            return
+        msg = sub.unacked.pop(mid, None)
+        if msg is None:
+            return
+        target = sub.target
+        if isinstance(target, Queue):
+            target.put_back(msg, sub)
+        else:
+            sub.deliver(msg.redelivered_copy())
+            if sub.pending:
+                sub.drain_pending()
+
+    # -- durable subscriptions
+
+    def durable_for(
+        self,
+        client_id: str,
+        name: str,
+        topic_name: str,
+        pattern: tuple[str, ...] | None,
+        selector_text: str | None,
+        selector: Callable[[dict[str, str]], bool] | None,
+    ) -> Durable:
+        """The durable subscription (client_id, name) for a SUBSCRIBE, found, replaced or made."""
+        key = (client_id, name)
+        durable = self.durables.get(key)
+        if durable is not None:
+            if durable.consumer is not None:
+                raise ProtocolError(
+                    f"Durable consumer is in use for client: {client_id} and subscriptionName: {name}",
+                    "that durable subscription is already attached to a subscription",
+                )
+            if durable.topic_name == topic_name and durable.selector_text == selector_text:
+                return durable
+            log.info(
+                "durable subscription %s: now %s%s instead of %s%s; replaced, %d waiting "
+                "messages discarded",
+                durable.label,
+                topic_name,
+                f" [{selector_text}]" if selector_text else "",
+                durable.topic_name,
+                f" [{durable.selector_text}]" if durable.selector_text else "",
+                len(durable.messages),
+            )
+            self.remove_durable(durable)
+        source = self._topic(topic_name, pattern)
+        durable = Durable(self, client_id, name, source, selector_text, selector)
+        source.subs.append(durable)
+        self.durables[key] = durable
+        return durable
+
+    def remove_durable(self, durable: Durable) -> None:
+        """Delete a detached durable subscription and its backlog."""
+        key = (durable.client_id, durable.sub_name)
+        if self.durables.get(key) is durable:
+            del self.durables[key]
+        source = durable.source
+        try:
+            source.subs.remove(durable)
+        except ValueError:
+            pass
+        if not source.subs:
+            self._topic_unused(source)
+        durable.close()
+
+    # -- introspection (tests, status)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "topics": {n: len(t.subs) for n, t in self.topics.items()},
+            "queues": {
+                n: {"messages": len(q.messages), "subscriptions": len(q.subs)}
+                for n, q in self.queues.items()
+            },
+            "wildcard_topics": {n: len(t.subs) for n, t in self.wild.items()},
+            "durable_subscriptions": {
+                f"{d.client_id}:{d.sub_name}": {
+                    "topic": d.topic_name,
+                    "attached": d.consumer is not None,
+                    "messages": len(d.messages),
+                    "bytes": d.nbytes,
+                    "dropped": d.dropped,
+                }
+                for d in self.durables.values()
+            },
+            "messages_routed": self.msg_serial,
+        }
