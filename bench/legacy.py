@@ -6,9 +6,7 @@ fixture of the test suite (``python -m tests.compat.legacy_agents``: stomp.py
 and plain HTTP, the v28 dialect) unpaced: 200 STFs (``--quick``: 20) at
 sampling 1.0 with 15 slices per sample. Each of its agents makes its REST
 calls in series, as those agents do: about 75 per sampled STF, log posts
-included (they are anonymous, so the monitor here accepts anonymous log posts
-with ``SWF_API_ANONYMOUS_LOGS=1`` until the loopback allow-list of issue 10 §4
-lands).
+included (anonymous, accepted from loopback by the monitor's default).
 
 Reported: STF/s end to end (the runner's first REST call → every agent has
 handled ``end_run``), REST p50 / p95 per endpoint, and the baselines measured
@@ -99,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     home = Path(tempfile.mkdtemp(prefix="swf-bench-legacy-"))
     broker = start_embedded(log_dir=home)
-    stack = MonitorStack(broker, f"sqlite:///{home / 'monitor.sqlite3'}", home,
-                         monitor_env={"SWF_API_ANONYMOUS_LOGS": "1"})
+    stack = MonitorStack(broker, f"sqlite:///{home / 'monitor.sqlite3'}", home)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         stack.web_command = [sys.executable, "-c", WEB_LAUNCHER, str(args.profile.resolve() / "web.prof")]

@@ -5,8 +5,6 @@ plain HTTP, nothing of ours) against a real broker and the real monitor (web and
 processes), once on the embedded broker + SQLite and once on ActiveMQ Classic + PostgreSQL. One run per
 stack; each test checks one requirement of issue 10 on it.
 
-Tests marked ``xfail`` check what other parts of issue 10 build (the dialect on receipt, REST gaps,
-anonymous logs, the queue mirror); the mark names the part, and goes once it is merged.
 """
 
 from __future__ import annotations
@@ -37,9 +35,6 @@ SLICES = 15
 PAUSE_AFTER = 5
 QUEUE_TYPES = {"stf_ready": "/queue/processing_agent", "slice": "/queue/panda.transformer.slices"}
 
-
-def needs(feature: str, section: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(reason=f"needs {feature} (issue 10 §{section})", strict=False)
 
 
 @dataclass
@@ -103,7 +98,8 @@ def legacy_run(request: pytest.FixtureRequest) -> Iterator[LegacyRun]:
     else:
         broker = request.getfixturevalue("embedded_broker")
         database_url = f"sqlite:///{home / 'monitor.sqlite3'}"
-    stack = MonitorStack(broker, database_url, home)
+    # The agents post their logs from 127.0.0.1; 127.0.0.2 stands for an address outside the list.
+    stack = MonitorStack(broker, database_url, home, monitor_env={"SWF_API_ANONYMOUS_LOGS_FROM": "127.0.0.1/32"})
     try:
         stack.start()
         namespace = f"legacy{uuid.uuid4().hex[:6]}"
@@ -125,15 +121,14 @@ def legacy_run(request: pytest.FixtureRequest) -> Iterator[LegacyRun]:
 
 def test_the_legacy_run_completes_and_every_call_is_answered(legacy_run: LegacyRun) -> None:
     """The fixture ran the whole chain: every agent handled end_run, every REST call got an HTTP answer,
-    none a server error, and the calls swf-testbed already supports are all 2xx."""
+    none a server error, and every one is 2xx."""
     report = legacy_run.report
     assert report["completed"], report["errors"]
     assert report["sampled"] == STFS and report["slices"] == STFS * SLICES
     unanswered = [c for c in legacy_run.calls() if c["status"] is None or c["status"] >= 500]
     assert unanswered == []
-    in_progress = {"POST /system-state-events/", "POST /logs/"}  # the xfail tests below
-    failed = [(c["endpoint"], c["status"], c["error"][:200]) for c in legacy_run.calls() if c["endpoint"] not in in_progress
-              and not 200 <= c["status"] < 300]
+    failed = [(c["endpoint"], c["status"], c["error"][:200]) for c in legacy_run.calls()
+              if not 200 <= c["status"] < 300]
     assert failed == []
     by_endpoint = Counter(c["endpoint"] for c in legacy_run.calls(anonymous=False))
     assert by_endpoint["POST /stf-files/"] == by_endpoint["PATCH /stf-files/{id}/"] == STFS
@@ -176,7 +171,6 @@ def test_every_topic_message_is_recorded_once_with_its_body(legacy_run: LegacyRu
 # --------------------------------------------------------------------------- needs the other parts of issue 10
 
 
-@needs("the v28 dialect accepted as valid on receipt", "1")
 def test_every_message_is_recorded_valid(legacy_run: LegacyRun) -> None:
     """Every message recorded (the topic's for sure; the queues' once mirrored, checked again below) is valid."""
     expected = sum(m["destination"].startswith("/topic/") for m in legacy_run.sent())
@@ -186,7 +180,6 @@ def test_every_message_is_recorded_valid(legacy_run: LegacyRun) -> None:
     assert invalid == []
 
 
-@needs("the queue mirror", "5")
 def test_queue_traffic_reaches_the_monitor(legacy_run: LegacyRun) -> None:
     """stf_ready on /queue/processing_agent (nobody consumes it) and the slices on
     /queue/panda.transformer.slices: each recorded once, whoever sent it."""
@@ -203,7 +196,6 @@ def test_queue_traffic_reaches_the_monitor(legacy_run: LegacyRun) -> None:
     assert len(slice_ids) == STFS * SLICES and max(slice_ids.values()) == 1
 
 
-@needs("run ↔ execution linking", "2")
 def test_the_run_is_linked_to_its_execution_and_namespace(legacy_run: LegacyRun) -> None:
     """The run the data agent POSTed (no execution, no namespace) and the one run_imminent announced are one
     row, linked to the execution and namespace of the messages; the execution's STF count is the run's."""
@@ -215,7 +207,6 @@ def test_the_run_is_linked_to_its_execution_and_namespace(legacy_run: LegacyRun)
     assert api(f"/api/workflow-executions/{legacy_run.execution_id}/")["stf_count"] == STFS
 
 
-@needs("the v28 dialect projected (run linking, state events from its messages)", "2")
 def test_the_execution_page_shows_the_run_in_full(legacy_run: LegacyRun) -> None:
     """STF count, the run-state timeline (beam, physics, standby), the run with its STFs, its state events."""
     n = legacy_run.run_number
@@ -233,7 +224,6 @@ def test_the_execution_page_shows_the_run_in_full(legacy_run: LegacyRun) -> None
         assert f"<td>{msg_type}</td>" in events, msg_type
 
 
-@needs("the v28 dialect projected (run linking)", "2")
 def test_the_executions_list_shows_the_stf_count(legacy_run: LegacyRun) -> None:
     page = legacy_run.stack.page("/executions/", namespace=legacy_run.namespace)
     rows = [row for row in page.split("<tr>") if f">{html.escape(legacy_run.execution_id)}</a>" in row]
@@ -241,7 +231,6 @@ def test_the_executions_list_shows_the_stf_count(legacy_run: LegacyRun) -> None:
     assert re.findall(r'<td class="num">([^<]*)</td>', rows[0])[-1] == str(STFS)
 
 
-@needs("the v28 dialect projected (run linking, run_id of string form)", "2")
 def test_the_run_page_links_its_execution_and_its_messages(legacy_run: LegacyRun) -> None:
     """The run page names its execution and namespace; "messages of this run" finds the run's messages."""
     n = legacy_run.run_number
@@ -258,7 +247,6 @@ def test_the_run_page_links_its_execution_and_its_messages(legacy_run: LegacyRun
     assert f"{STFS} messages" in listed and listed.count("<tr data-msg-id=") == STFS
 
 
-@needs("POST /api/system-state-events/ with a null substate", "3")
 def test_state_events_with_null_substate_are_kept(legacy_run: LegacyRun) -> None:
     posts = legacy_run.calls("POST /system-state-events/")
     assert len(posts) == STFS + 2  # one per sample, run_imminent, run_ended
@@ -269,7 +257,6 @@ def test_state_events_with_null_substate_are_kept(legacy_run: LegacyRun) -> None
     assert {e["substate"] for e in sampled} <= {None, ""}
 
 
-@needs("anonymous log posts from loopback, linked to execution and run", "4")
 def test_every_log_record_is_kept_and_linked(legacy_run: LegacyRun) -> None:
     """About 40 anonymous log posts per STF, each 2xx (the agents never fell silent), each kept, linked to
     the execution and run of its extra_data, and shown on the execution page."""
@@ -293,7 +280,6 @@ def _log_body(message: str) -> dict[str, Any]:
                                                       "username": "test"}}
 
 
-@needs("anonymous log posts from loopback", "4")
 def test_anonymous_log_post_from_loopback_is_accepted(legacy_run: LegacyRun) -> None:
     marker = f"from loopback {uuid.uuid4().hex}"
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1")) as client:
@@ -304,7 +290,7 @@ def test_anonymous_log_post_from_loopback_is_accepted(legacy_run: LegacyRun) -> 
 
 
 def test_anonymous_log_post_from_an_unlisted_address_is_refused(legacy_run: LegacyRun) -> None:
-    """The same post from 127.0.0.2 (a real socket bound there; not in the default allow-list) is a 401, and
+    """The same post from 127.0.0.2 (a real socket bound there; outside the monitor's list) is a 401, and
     nothing is kept. A token still may."""
     marker = f"from elsewhere {uuid.uuid4().hex}"
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as client:

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('monitor', '0001_initial'),
+        ('monitor', '0002_dialect_message_dialect'),
     ]
 
     operations = [
