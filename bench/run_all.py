@@ -8,7 +8,7 @@ gets a row saying so, with its exit code and the last lines of its stderr,
 and this program then exits non-zero. The last line of this program's own
 output is one JSON object with every benchmark's figures.
 
-    .venv/bin/python bench/run_all.py                 # all four, --quick
+    .venv/bin/python bench/run_all.py                 # all five, --quick
     .venv/bin/python bench/run_all.py --full          # the full runs
     .venv/bin/python bench/run_all.py --only ingest --only pipeline
 """
@@ -36,12 +36,13 @@ from rich.text import Text
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-BENCHMARKS = ("broker_throughput", "ingest", "monitor_scale", "pipeline")
+BENCHMARKS = ("broker_throughput", "ingest", "monitor_scale", "pipeline", "stream")
 TITLES = {
     "broker_throughput": "broker throughput",
     "ingest": "monitor ingest",
     "monitor_scale": "monitor scale",
     "pipeline": "pipeline",
+    "stream": "message stream",
 }
 MONITOR_AIM_MS = 150.0
 """``monitor_scale.py``'s aim for the worst p95 (it prints it, but does not put it in its JSON)."""
@@ -191,11 +192,18 @@ def rows_pipeline(f: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_stream(f: dict[str, Any]) -> list[Row]:
+    return [(f"page p95 with {f.get('connected', '?')} idle streams",
+             f"p95 ms: {_num(f.get('with_streams_p95_ms'))}", f"no streams p95 ms: {_num(f.get('baseline_p95_ms'))}",
+             f.get("ratio", _ratio(f.get("with_streams_p95_ms"), f.get("baseline_p95_ms"))))]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "broker_throughput": rows_broker_throughput,
     "ingest": rows_ingest,
     "monitor_scale": rows_monitor_scale,
     "pipeline": rows_pipeline,
+    "stream": rows_stream,
 }
 
 

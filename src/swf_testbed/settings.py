@@ -198,6 +198,13 @@ class MonitorSettings(_Settings):
     ingest_batch_size: int = Field(500, ge=1, le=10_000, description="messages per ingest transaction at most")
     ingest_flush_ms: int = Field(100, ge=1, le=10_000, description="longest wait before a partial batch is written")
     ingest_durable: bool = Field(True, description="durable topic subscriptions, so nothing is lost while it is down")
+    stream_poll_s: float = Field(0.5, gt=0, le=60, description="message stream: how often each web process "
+                                 "looks for new messages (one query per process, whatever the number of clients)")
+    stream_heartbeat_s: float = Field(30.0, gt=0, description="message stream: a heartbeat event after this long idle")
+    stream_client_buffer: int = Field(1000, ge=1, description="message stream: events queued per client; "
+                                      "a slower client loses the oldest and gets a 'dropped' event")
+    stream_replay_max: int = Field(1000, ge=0, description="message stream: most events replayed to a client "
+                                   "reconnecting with Last-Event-ID")
 
 
 class Settings(_Settings):
