@@ -182,7 +182,7 @@ import re
 import secrets
 import signal
 import ssl
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -817,6 +817,8 @@ class Subscription:
             parts = [b"MESSAGE\n", head, b"message-id:", msg.id_b, b"\n"]
         if msg.redelivered:
             parts.append(b"redelivered:true\n")
+            conn.broker.redeliveries += 1
+        conn.broker.messages_out[self.destination] += 1  # (stats hook: the subscribed name, pattern or not)
         hdrs = msg.encoded_headers(conn.version)
         parts.append(hdrs)
         parts.append(msg.body)
@@ -1956,6 +1958,10 @@ class Broker:
         self.token = "ID-swf-" + secrets.token_hex(4)
         self.conn_serial = 0
         self.msg_serial = 0
+        # stats hook (metrics): messages routed to / delivered from each destination, redeliveries
+        self.messages_in: Counter[tuple[str, str]] = Counter()  # (kind, name)
+        self.messages_out: Counter[str] = Counter()
+        self.redeliveries = 0
         self.topics: dict[str, Topic] = {}
         self.queues: dict[str, Queue] = {}
         # Wildcard subscriptions: one WildTopic per pattern, and for each topic name
@@ -2049,6 +2055,7 @@ class Broker:
         return fn
 
     def route(self, kind: str, name: str, msg: Message) -> None:
+        self.messages_in[kind, name] += 1  # stats hook
         if kind == TOPIC:
             topic = self.topics.get(name)
             if topic is not None:
@@ -2259,6 +2266,11 @@ class Broker:
                 for d in self.durables.values()
             },
             "messages_routed": self.msg_serial,
+            "messages_in": {f"/{kind}/{name}": n for (kind, name), n in self.messages_in.items()},
+            "messages_out": dict(self.messages_out),
+            "redeliveries": self.redeliveries,
+            "held_bytes": sum(m.size for q in self.queues.values() for m in q.messages)
+            + sum(d.nbytes for d in self.durables.values()) + sum(c.pending_bytes for c in self.conns),
         }
 
 
@@ -2273,7 +2285,7 @@ def _configure_logging(level: int | str = logging.INFO) -> None:
         log.setLevel(logging.INFO)
 
 
-async def _serve(broker: Broker) -> None:
+async def _serve(broker: Broker, metrics: tuple[str, int] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -2283,6 +2295,11 @@ async def _serve(broker: Broker) -> None:
             pass
     await broker.start()
     log.info("swf-testbed broker listening on %s:%d", broker.host, broker.port)
+    if metrics is not None:  # stats hook: Prometheus figures of broker.stats() on their own port
+        from swf_testbed.broker.metrics import serve_metrics
+
+        port = serve_metrics(broker, *metrics)
+        log.info("broker metrics on http://%s:%d/metrics", metrics[0], port)
     try:
         await stop.wait()
     finally:
@@ -2315,6 +2332,7 @@ def run(
     passcode: str | None = None,
     *,
     limits: Limits | None = None,
+    metrics: tuple[str, int] | None = None,
     **options: Any,
 ) -> None:
     """Run the broker until SIGTERM or SIGINT, then close every connection and return.
@@ -2324,4 +2342,4 @@ def run(
     """
     _configure_logging()
     broker = Broker(host, port, login, passcode, limits, **options)
-    asyncio.run(_serve(broker))
+    asyncio.run(_serve(broker, metrics))

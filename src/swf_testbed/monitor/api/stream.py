@@ -287,6 +287,11 @@ def hub() -> StreamHub:
     return _hub
 
 
+def current_hub() -> StreamHub | None:
+    """This process's hub if a stream was ever opened here (for the metrics), without making one."""
+    return _hub
+
+
 async def _authenticated_user(request: HttpRequest) -> str | None:
     """The user name of a valid token (``Authorization: Token <key>``) or session; None otherwise."""
     header = request.headers.get("Authorization", "")
