@@ -54,7 +54,7 @@ def serve(
     import uvicorn
 
     uvicorn.run("swf_testbed.monitor.asgi:application", host=host, port=port, log_level=log_level,
-                proxy_headers=True, lifespan="off")
+                proxy_headers=True, lifespan="on")
 
 
 @monitor_app.command()
