@@ -202,3 +202,16 @@ def test_the_hub_waits_briefly_at_a_hole_in_the_ids() -> None:
     assert hub._up_to_first_gap(rows) == [{"id": 11}]  # 12 may still be committing
     hub.gap_grace_s = 0
     assert hub._up_to_first_gap(rows) == rows  # a hole that stays is a rolled-back row: passed over
+
+
+def test_the_web_stops_on_sigterm_with_a_stream_open(stack: dict[str, Any]) -> None:
+    """An open stream never ends by itself: the server cuts it after its short grace instead of being killed."""
+    import signal
+
+    reader = StreamReader(stack["web"].url + STREAM, headers=stack["auth"])
+    try:
+        assert reader.next().event == "connected"
+        stack["web"].stop()  # SIGTERM, then SIGKILL after 20 s
+        assert stack["web"].proc.returncode in (0, -signal.SIGTERM), stack["web"].log()[-2000:]
+    finally:
+        reader.close()
