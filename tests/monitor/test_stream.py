@@ -35,8 +35,10 @@ def stack(embedded_broker: BrokerProcess) -> Iterator[dict[str, Any]]:
 
     token = Token.objects.create(user=User.objects.create_user("streamer", password="x" * 12)).key
     ingest = IngestProcess(embedded_broker, "--client-id", f"stream-{uuid.uuid4().hex[:8]}").start()
-    web = MonitorWebProcess(database_url_of_tests(), env={"SWF_STREAM_HEARTBEAT_S": "1",
-                                                          "SWF_STREAM_POLL_S": "0.2"}).start()
+    from django.conf import settings
+
+    web = MonitorWebProcess(database_url_of_tests(), env={  # the same secret key: sessions made here are valid there
+        "SWF_STREAM_HEARTBEAT_S": "1", "SWF_STREAM_POLL_S": "0.2", "SWF_SECRET_KEY": settings.SECRET_KEY}).start()
     client = BrokerClient(embedded_broker.settings(), client_name="stream-test").start(wait=30)
     try:
         wait_until_ingesting(client, ingest)
@@ -69,6 +71,29 @@ def test_stream_needs_a_login_and_answers_401_json(stack: dict[str, Any]) -> Non
     assert httpx.get(base + STREAM + "status/", timeout=30).status_code == 401
     bad = httpx.get(base + STREAM, headers=stack["auth"], params={"run_ids": "abc"}, timeout=30)
     assert bad.status_code == 400 and "run_ids" in bad.json()["detail"]
+
+
+def test_a_session_login_opens_the_stream_too(stack: dict[str, Any]) -> None:
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user = User.objects.get(username="streamer")
+    session = SessionStore()
+    session.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
+                    HASH_SESSION_KEY: user.get_session_auth_hash()})
+    session.save()
+    cookie = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={session.session_key}"}
+    reader = StreamReader(stack["web"].url + STREAM, headers=cookie)
+    try:
+        assert reader.status_code == 200 and reader.next().event == "connected"
+    finally:
+        reader.close()
+    status = httpx.get(stack["web"].url + STREAM + "status/", headers=cookie, timeout=30)
+    assert status.status_code == 200 and "connected_clients" in status.json()
+    stale = {"Cookie": f"{settings.SESSION_COOKIE_NAME}=not-a-session"}
+    assert httpx.get(stack["web"].url + STREAM, headers=stale, timeout=30).status_code == 401
 
 
 def test_a_run_streams_live_in_order_with_filters(stack: dict[str, Any]) -> None:
