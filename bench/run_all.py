@@ -36,13 +36,14 @@ from rich.text import Text
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-BENCHMARKS = ("broker_throughput", "ingest", "monitor_scale", "pipeline", "legacy")
+BENCHMARKS = ("broker_throughput", "ingest", "monitor_scale", "pipeline", "legacy", "stream")
 TITLES = {
     "broker_throughput": "broker throughput",
     "ingest": "monitor ingest",
     "monitor_scale": "monitor scale",
     "pipeline": "pipeline",
     "legacy": "legacy agents",
+    "stream": "message stream",
 }
 MONITOR_AIM_MS = 150.0
 """``monitor_scale.py``'s aim for the worst p95 (it prints it, but does not put it in its JSON)."""
@@ -211,12 +212,19 @@ def rows_legacy(f: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_stream(f: dict[str, Any]) -> list[Row]:
+    return [(f"page p95 with {f.get('connected', '?')} idle streams",
+             f"p95 ms: {_num(f.get('with_streams_p95_ms'))}", f"no streams p95 ms: {_num(f.get('baseline_p95_ms'))}",
+             f.get("ratio", _ratio(f.get("with_streams_p95_ms"), f.get("baseline_p95_ms"))))]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "broker_throughput": rows_broker_throughput,
     "ingest": rows_ingest,
     "monitor_scale": rows_monitor_scale,
     "pipeline": rows_pipeline,
     "legacy": rows_legacy,
+    "stream": rows_stream,
 }
 
 

@@ -215,6 +215,16 @@ class MonitorSettings(_Settings):
     ingest_batch_size: int = Field(500, ge=1, le=10_000, description="messages per ingest transaction at most")
     ingest_flush_ms: int = Field(100, ge=1, le=10_000, description="longest wait before a partial batch is written")
     ingest_durable: bool = Field(True, description="durable topic subscriptions, so nothing is lost while it is down")
+    ingest_metrics_port: int = Field(0, ge=0, le=65535, description="the ingest serves its Prometheus metrics "
+                                     "(batch commit time, lag) on this port; 0 = not at all")
+    ingest_metrics_host: str = Field("127.0.0.1", description="address of the ingest's metrics port")
+    stream_poll_s: float = Field(0.5, gt=0, le=60, description="message stream: how often each web process "
+                                 "looks for new messages (one query per process, whatever the number of clients)")
+    stream_heartbeat_s: float = Field(30.0, gt=0, description="message stream: a heartbeat event after this long idle")
+    stream_client_buffer: int = Field(1000, ge=1, description="message stream: events queued per client; "
+                                      "a slower client loses the oldest and gets a 'dropped' event")
+    stream_replay_max: int = Field(1000, ge=0, description="message stream: most events replayed to a client "
+                                   "reconnecting with Last-Event-ID")
 
     @field_validator("api_anonymous_logs_from")
     @classmethod

@@ -266,6 +266,8 @@ class Subscription:
             parts = [b"MESSAGE\n", head, b"message-id:", msg.id_b, b"\n"]
         if msg.redelivered:
             parts.append(b"redelivered:true\n")
+            conn.broker.redeliveries += 1
+        conn.broker.messages_out[self.destination] += 1  # stats: the subscribed name, pattern or not
         hdrs = msg.encoded_headers(conn.version)
         parts.append(hdrs)
         parts.append(msg.body)

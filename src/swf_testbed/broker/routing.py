@@ -8,6 +8,7 @@ is a Router that also listens on a socket.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,10 @@ class Router:
         self.mirror_prefix: str | None = MIRROR_PREFIX if mirror_queues else None
         self.stopping = False  # the broker is shutting down: queues hand nothing more out
         self.msg_serial = 0
+        # stats (metrics): messages routed to / delivered from each destination, redeliveries
+        self.messages_in: Counter[tuple[str, str]] = Counter()  # (kind, name)
+        self.messages_out: Counter[str] = Counter()
+        self.redeliveries = 0
         self.topics: dict[str, Topic] = {}
         self.queues: dict[str, Queue] = {}
         # Wildcard subscriptions: one WildTopic per pattern, and for each topic name
@@ -90,6 +95,7 @@ class Router:
         return fn
 
     def route(self, kind: str, name: str, msg: Message) -> None:
+        self.messages_in[kind, name] += 1
         if kind == TOPIC:
             topic = self.topics.get(name)
             if topic is not None:
@@ -324,4 +330,7 @@ class Router:
                 for d in self.durables.values()
             },
             "messages_routed": self.msg_serial,
+            "messages_in": {f"/{kind}/{name}": n for (kind, name), n in self.messages_in.items()},
+            "messages_out": dict(self.messages_out),
+            "redeliveries": self.redeliveries,
         }

@@ -237,7 +237,9 @@ class Broker(Router):
     # -- introspection (tests, status)
 
     def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.conns), **super().stats()}
+        held = (sum(m.size for q in self.queues.values() for m in q.messages)
+                + sum(d.nbytes for d in self.durables.values()) + sum(c.pending_bytes for c in self.conns))
+        return {"connections": len(self.conns), **super().stats(), "held_bytes": held}
 
 
 # =========================================================================== running it
@@ -251,7 +253,7 @@ def _configure_logging(level: int | str = logging.INFO) -> None:
         log.setLevel(logging.INFO)
 
 
-async def _serve(broker: Broker) -> None:
+async def _serve(broker: Broker, metrics: tuple[str, int] | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -261,6 +263,11 @@ async def _serve(broker: Broker) -> None:
             pass
     await broker.start()
     log.info("swf-testbed broker listening on %s:%d", broker.host, broker.port)
+    if metrics is not None:  # Prometheus figures of broker.stats() on their own port
+        from swf_testbed.broker.metrics import serve_metrics
+
+        port = serve_metrics(broker, *metrics)
+        log.info("broker metrics on http://%s:%d/metrics", metrics[0], port)
     try:
         await stop.wait()
     finally:
@@ -293,6 +300,7 @@ def run(
     passcode: str | None = None,
     *,
     limits: Limits | None = None,
+    metrics: tuple[str, int] | None = None,
     **options: Any,
 ) -> None:
     """Run the broker until SIGTERM or SIGINT, then close every connection and return.
@@ -302,4 +310,4 @@ def run(
     """
     _configure_logging()
     broker = Broker(host, port, login, passcode, limits, **options)
-    asyncio.run(_serve(broker))
+    asyncio.run(_serve(broker, metrics))

@@ -45,6 +45,10 @@ def broker(
     mirror_queues: Annotated[bool, typer.Option(
         help="Copy every queue message to the topic VirtualTopic.Mirror.<queue> (the monitor reads queue traffic "
              "there; ActiveMQ's useMirroredQueues).")] = True,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve Prometheus metrics (connections, messages per destination, queue depth, consumers, "
+             "redeliveries, memory) on this port at /metrics; 0 picks a free one.", min=0, max=65535)] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "127.0.0.1",
 ) -> None:
     """Run the embedded STOMP broker until SIGTERM or Ctrl+C (for one machine; ActiveMQ in production)."""
     from swf_testbed.broker.frames import Limits
@@ -68,7 +72,8 @@ def broker(
         run(host, port, login, passcode, limits=limits, max_pending_bytes=max_pending_bytes,
             slow_consumer_timeout=slow_consumer_timeout, ssl_context=ssl_context,
             durable_max_messages=durable_max_messages, durable_max_bytes=durable_max_bytes,
-            mirror_queues=mirror_queues, data_dir=data_dir)
+            mirror_queues=mirror_queues, data_dir=data_dir,
+            metrics=(metrics_host, metrics_port) if metrics_port is not None else None)
     except OSError as exc:
         err_console.print(f"[red]cannot listen on {host}:{port}:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -54,8 +54,10 @@ def serve(
     _echo_err(f"monitor on http://{host}:{port}/ ({describe()})")
     import uvicorn
 
+    # lifespan: the MCP app's session manager (monitor/asgi.py); a graceful shutdown does not wait for ever
+    # on open message streams (they never end by themselves): after a few seconds they are cut
     uvicorn.run("swf_testbed.monitor.asgi:application", host=host, port=port, log_level=log_level,
-                proxy_headers=True, lifespan="off")
+                proxy_headers=True, lifespan="on", timeout_graceful_shutdown=3)
 
 
 @monitor_app.command()

@@ -137,6 +137,7 @@ if HAS_SIDECAR:
     INSTALLED_APPS.append("drf_spectacular_sidecar")
 
 MIDDLEWARE = [
+    "swf_testbed.monitor.metrics.request_latency",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -61,6 +61,7 @@ from django.db import (
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from swf_testbed.monitor.api.recording import Incoming, RecordResult, record
+from swf_testbed.monitor.metrics import observe_batch
 from swf_testbed.mq.client import BrokerClient, Delivery
 from swf_testbed.mq.destinations import ALL_TESTBED_TOPICS, Destination, mirrored_queue
 from swf_testbed.settings import BrokerSettings
@@ -376,7 +377,10 @@ class Ingestor:
         with self.watchdog.guard(timeout_s):
             close_old_connections()
             self.watchdog.end_abandoned()
-            self.stats.add(record(incoming))
+            started = time.perf_counter()
+            result = record(incoming)
+            self.stats.add(result)
+        observe_batch((item.received_at for item in incoming), time.perf_counter() - started, result)
 
     @staticmethod
     def _drop_connection() -> None:

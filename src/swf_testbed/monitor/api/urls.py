@@ -6,7 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from swf_testbed.monitor.api import views
+from swf_testbed.monitor.api import stream, views
 
 router = DefaultRouter()
 router.register("namespaces", views.NamespaceViewSet, basename="namespace")
@@ -30,6 +30,8 @@ urlpatterns = [
     path("state/next-agent-id/", views.next_agent_id, name="next-agent-id"),
     path("state/next-workflow-execution-id/", views.next_workflow_execution_id, name="next-workflow-execution-id"),
     path("run-states/<int:run_number>/", views.run_state_detail(), name="runstate-detail"),
+    path("messages/stream/", stream.message_stream, name="message-stream"),
+    path("messages/stream/status/", stream.stream_status, name="message-stream-status"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include(router.urls)),
 ]

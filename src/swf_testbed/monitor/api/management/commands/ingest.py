@@ -48,6 +48,15 @@ class Command(BaseCommand):
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _stop)
+        if settings.monitor.ingest_metrics_port:
+            from prometheus_client import start_http_server
+
+            from swf_testbed.monitor.metrics import INGEST_REGISTRY
+
+            start_http_server(settings.monitor.ingest_metrics_port, settings.monitor.ingest_metrics_host,
+                              registry=INGEST_REGISTRY)
+            self.stderr.write(f"ingest metrics on http://{settings.monitor.ingest_metrics_host}:"
+                              f"{settings.monitor.ingest_metrics_port}/metrics")
         ingestor.start(wait=None)
         self.stderr.write(f"ingest running (broker {settings.broker.host}:{settings.broker.port})")
         ingestor.run()
