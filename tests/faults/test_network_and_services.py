@@ -625,8 +625,10 @@ def test_monitor_web_down_agents_and_ingest_go_on_and_the_orchestrator_says_so(
         result = bed.cli("status")
         assert result.returncode == 1, result.stdout  # not healthy
         lines = result.stdout.splitlines()
-        web_line = next(line for line in lines if "monitor-web" in line)
-        assert "STOPPED" in web_line and "down" in web_line and f"{url} is down" in web_line, result.stdout
+        web_line = next(line for line in lines if line.lstrip().startswith("monitor-web "))  # its row of the table
+        assert "STOPPED" in web_line.split() and "down" in web_line.split(), result.stdout
+        details = [line.strip() for line in lines]  # each program's detail is printed under the table
+        assert f"monitor-web: stopped: {url} is down" in details, result.stdout
         assert f"monitor not reachable at {url}" in result.stdout, result.stdout
         after = bed.programs()
         for name in ("runner", "idle", "monitor-ingest"):
