@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from swf_testbed.messages import EndRun, RunImminent, StartRun, StfGen
-from swf_testbed.testing.brokers import BrokerProcess, free_port
+from swf_testbed.testing.brokers import free_port
 
 from .conftest import Bed, ok
-from .test_end_to_end import SLICES_PER_SAMPLE, STFS, count, full_chain_toml, wait_until
+from .test_end_to_end import SLICES_PER_SAMPLE, STFS, count, full_chain_toml, stack_services, wait_until
 
 TYPES = ("run_imminent", "start_run", "stf_gen", "stf_ready", "processing_complete", "tf_file_registered",
          "run_imminent_worker", "slice", "slice_result", "end_run", "workflow_started", "workflow_completed")
@@ -56,13 +56,14 @@ def names(api: httpx.Client, path: str, execution_id: str, key: str) -> set[str]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stack", ["embedded+sqlite", "activemq+postgresql"])
 def test_a_recorded_run_replayed_into_another_namespace_ends_the_same(
-    make_bed: Any, embedded_broker: BrokerProcess, tmp_path: Path
+    stack: str, make_bed: Any, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    database_url = f"sqlite:///{tmp_path / 'monitor.sqlite3'}"
+    broker, database_url = stack_services(stack, request, f"sqlite:///{tmp_path / 'monitor.sqlite3'}")
     port = free_port()
     recorded_ns, replay_ns = f"rec{port}", f"rep{port}"
-    recorder: Bed = make_bed("recorder")
+    recorder: Bed = make_bed("recorder", broker=broker)
     recorder.write(full_chain_toml(recorded_ns, port, database_url))  # sampling rate 1.0: every STF is sampled
     out = ok(recorder.cli("run", timeout=300))
     recorded = out.split("workflow completed: execution ")[1].split(",")[0]
@@ -80,7 +81,7 @@ def test_a_recorded_run_replayed_into_another_namespace_ends_the_same(
         assert done.returncode == 0, done.stderr
 
         # a second testbed: the same chain of agents in another namespace, reporting to the same monitor
-        replayer: Bed = make_bed("replayer")
+        replayer: Bed = make_bed("replayer", broker=broker)
         toml = full_chain_toml(replay_ns, port, database_url)
         toml = toml.replace(f'[monitor]\nmode = "embedded"\nport = {port}\n',
                             f'[monitor]\nmode = "external"\nurl = "http://127.0.0.1:{port}"\n')
