@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from swf_testbed.messages import EndRun, RunImminent, StartRun, StfGen
-from swf_testbed.testing.brokers import free_port
+from swf_testbed.testing.brokers import BrokerProcess, free_port
 
 from .conftest import Bed, ok
 from .test_end_to_end import SLICES_PER_SAMPLE, STFS, count, full_chain_toml, stack_services, wait_until
@@ -141,7 +142,8 @@ def export_lines(run_id: int = 1234) -> list[str]:
     (lambda lines: lines[:-1] + [lines[-1][:40]], (), ":5: the line is cut short"),
     (lambda lines: lines[:2] + ["{not json\n"] + lines[3:], (), ":3: not JSON"),
     (lambda lines: lines, ("--types", "stf_gen,slice"), "slice; replayable are run_imminent"),
-    (lambda lines: lines, ("--speed", "3", "--as-fast-as-possible"), "not both"),
+    (lambda lines: lines, ("--speed", "1", "--as-fast-as-possible"), "not both"),
+    (lambda lines: lines, ("--namespace", "a:b"), "--namespace 'a:b'"),
     (lambda lines: [lines[0].replace('"messages": 4', '"messages": 1'), lines[1]], ("--types", "stf_gen"),
      "no stf_gen message on the run topic in execution exec-R: nothing to replay"),
 ])
@@ -150,7 +152,54 @@ def test_a_bad_file_or_request_is_refused_before_anything_is_sent(tmp_path: Path
     path = tmp_path / "damaged.jsonl"
     path.write_text("".join(damage(export_lines())))
     env = {"PATH": "/usr/bin:/bin", "SWF_HOME": str(tmp_path), "ACTIVEMQ_PORT": str(free_port()), "COLUMNS": "300"}
-    done = cli(env, "replay", str(path), "--namespace", "dst", *args, timeout=60)
+    done = cli(env, "replay", str(path), "--namespace", "dst", *args, timeout=60)  # the last --namespace wins
     assert done.returncode == 2, done.stderr
     assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "replaying" not in done.stderr
+
+
+def test_ctrl_c_mid_replay_closes_the_run_and_ends_the_execution_terminated(
+    embedded_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    from swf_testbed.messages import parse_message
+    from swf_testbed.mq import BrokerClient
+    from swf_testbed.mq.destinations import RUN_TOPIC, replies_topic
+
+    lines = export_lines()
+    stf_gen = json.loads(lines[3])
+    body = json.loads(stf_gen["body"])
+    body["timestamp"] = "2099-01-01T00:00:00Z"  # a recorded gap of decades: the replay waits at the STF
+    stf_gen["body"] = json.dumps(body)
+    lines[3] = json.dumps(stf_gen) + "\n"
+    path = tmp_path / "slow.jsonl"
+    path.write_text("".join(lines))
+
+    heard: list[Any] = []
+    with BrokerClient(embedded_broker.settings(), client_name="replay-test") as client:
+        for dest in (RUN_TOPIC, replies_topic("dst")):
+            client.subscribe(dest, lambda d: heard.append(parse_message(d.body)), ack="auto")
+        probe = export_lines()[1]  # heard back on both: the subscriptions are in place
+        client.send(RUN_TOPIC, json.loads(probe)["body"])
+        client.send(replies_topic("dst"), json.loads(probe)["body"])
+        wait_until(lambda: len(heard) == 2 or heard, "the probes")
+        env = {"PATH": "/usr/bin:/bin", "SWF_HOME": str(tmp_path), "COLUMNS": "300", **embedded_broker.env}
+        proc = subprocess.Popen([sys.executable, "-m", "swf_testbed.cli", "replay", str(path), "--namespace", "dst"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: [m.msg_type for m in heard if m.namespace == "dst"][-1:] == ["start_run"] or heard,
+                       "the replay up to start_run")
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, out
+        assert "replay interrupted" in out and "2 messages sent, 0 STFs" in out, out
+        wait_until(lambda: [m.msg_type for m in heard if m.namespace == "dst"][-1:] == ["workflow_completed"]
+                   or [m.msg_type for m in heard], "the end of the replayed execution")
+    mine = [m for m in heard if m.namespace == "dst"]
+    assert [m.msg_type for m in mine] == ["workflow_started", "run_imminent", "start_run", "end_run",
+                                          "workflow_completed"]
+    assert mine[3].total_stf_files == 0 and mine[-1].status == "terminated"
+    assert len({m.execution_id for m in mine}) == 1

@@ -68,8 +68,8 @@ def import_cmd(
 def replay_cmd(
     file: Annotated[Path, typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False)],
     namespace: Annotated[str, typer.Option("--namespace", "-n", help="The namespace to replay into.")],
-    speed: Annotated[float, typer.Option("--speed", min=0.001,
-                                         help="Divide the recorded gaps between messages by this.")] = 1.0,
+    speed: Annotated[float | None, typer.Option(
+        "--speed", min=0.001, help="Divide the recorded gaps between messages by this (default 1).")] = None,
     as_fast_as_possible: Annotated[bool, typer.Option("--as-fast-as-possible",
                                                       help="No gaps: send one message after the other.")] = False,
     types: Annotated[str | None, typer.Option(
@@ -87,10 +87,10 @@ def replay_cmd(
     import signal
     import threading
 
-    from swf_testbed.messages import NAME_PATTERN
     from swf_testbed.monitor.exchange import ExportFileError, read_export
     from swf_testbed.mq import BrokerClient
     from swf_testbed.mq.client import BrokerUnavailable
+    from swf_testbed.orchestrator.config import NAMESPACE_PATTERN
     from swf_testbed.orchestrator.replay import ReplayError, parse_types, plan_replay, replay
     from swf_testbed.settings import get_settings
 
@@ -98,9 +98,9 @@ def replay_cmd(
         err_console.print(f"[red]{escape(text)}[/red]", highlight=False, soft_wrap=True)
         return typer.Exit(2)
 
-    if not re.match(NAME_PATTERN, namespace):
-        raise refuse(f"--namespace {namespace!r}: letters, digits, _ . : @ - (at most 128)")
-    if as_fast_as_possible and speed != 1.0:
+    if not re.match(NAMESPACE_PATTERN, namespace):
+        raise refuse(f"--namespace {namespace!r}: letters, digits, _ . - (at most 64, a letter or digit first)")
+    if as_fast_as_possible and speed is not None:
         raise refuse("give --speed or --as-fast-as-possible, not both")
     try:
         chosen = parse_types(types)
@@ -111,7 +111,8 @@ def replay_cmd(
     for problem in plan.skipped:
         err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False, soft_wrap=True)
     runs = ", ".join(f"{old} → {new}" for old, new in plan.run_numbers.items())
-    pace = "as fast as possible" if as_fast_as_possible else f"at speed {speed:g}"
+    speed = None if as_fast_as_possible else (speed or 1.0)
+    pace = "as fast as possible" if speed is None else f"at speed {speed:g}"
     err_console.print(f"replaying {len(plan.messages)} messages of {plan.source_execution} into namespace "
                       f"{namespace} {pace}: execution {plan.execution_id}, run {runs}", highlight=False)
     client = BrokerClient(get_settings().broker, client_name=f"swf-replay-{namespace}")
@@ -123,8 +124,7 @@ def replay_cmd(
         raise typer.Exit(1) from None
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:  # Ctrl+C: the open run gets its end_run, the execution ends terminated
-        outcome = replay(plan, lambda dest, msg: client.send(dest, msg, receipt=True), stop=stop,
-                         speed=None if as_fast_as_possible else speed)
+        outcome = replay(plan, lambda dest, msg: client.send(dest, msg, receipt=True), stop=stop, speed=speed)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

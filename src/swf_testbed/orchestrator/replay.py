@@ -229,7 +229,8 @@ def replay(plan: ReplayPlan, send: Send, *, speed: float | None, stop: threading
     sent = stfs = 0
     open_runs: dict[int, int] = {}  # new run number → STFs sent in it
     for rec, offset in zip(plan.messages, plan.recorded_offsets, strict=True):
-        if speed is not None and stop.wait(max(0.0, started + offset / speed - time.monotonic())):
+        due = started + offset / speed - time.monotonic() if speed is not None else 0.0
+        if due > 0 and stop.wait(min(due, threading.TIMEOUT_MAX)):
             break
         if stop.is_set():
             break
