@@ -15,7 +15,7 @@ from swf_testbed import __version__
 from swf_testbed.cli.agent import agent_app
 from swf_testbed.cli.broker import broker
 from swf_testbed.cli.common import console, err_console
-from swf_testbed.cli.exchange import export, import_cmd
+from swf_testbed.cli.exchange import export, import_cmd, replay_cmd
 from swf_testbed.cli.mcp_cmd import mcp
 from swf_testbed.cli.monitor import monitor_app
 from swf_testbed.cli.orchestrator import register as register_orchestrator
@@ -35,6 +35,7 @@ app.add_typer(monitor_app, name="monitor")
 app.command()(mcp)
 app.command()(export)
 app.command("import")(import_cmd)
+app.command("replay")(replay_cmd)
 register_orchestrator(app)
 
 

@@ -63,3 +63,74 @@ def import_cmd(
     err_console.print(f"imported {export_file.execution['execution_id']}: {result['stored']} messages stored, "
                       f"{result['already_there']} already there"
                       + ("" if result["execution_created"] else " (the execution existed)"))
+
+
+def replay_cmd(
+    file: Annotated[Path, typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False)],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="The namespace to replay into.")],
+    speed: Annotated[float | None, typer.Option(
+        "--speed", min=0.001, help="Divide the recorded gaps between messages by this (default 1).")] = None,
+    as_fast_as_possible: Annotated[bool, typer.Option("--as-fast-as-possible",
+                                                      help="No gaps: send one message after the other.")] = False,
+    types: Annotated[str | None, typer.Option(
+        "--types", help="Comma-separated message types to replay (default: run_imminent, start_run, pause_run, "
+                        "resume_run, stf_gen, end_run).")] = None,
+) -> None:
+    """Publish the run messages of an export again into another namespace, re-timed, for its agents to react to.
+
+    The replay is a new execution, with new run numbers and STF file names (docs/interfaces.md has the mapping),
+    announced with workflow_started and ended with workflow_completed. It uses the broker of ACTIVEMQ_*.
+
+    A truncated or edited file is refused naming the line, exit 2; Ctrl+C ends the open run (end_run), exit 130.
+    """
+    import re
+    import signal
+    import threading
+
+    from swf_testbed.monitor.exchange import ExportFileError, read_export
+    from swf_testbed.mq import BrokerClient
+    from swf_testbed.mq.client import BrokerUnavailable
+    from swf_testbed.orchestrator.config import NAMESPACE_PATTERN
+    from swf_testbed.orchestrator.replay import ReplayError, parse_types, plan_replay, replay
+    from swf_testbed.settings import get_settings
+
+    def refuse(text: str) -> typer.Exit:
+        err_console.print(f"[red]{escape(text)}[/red]", highlight=False, soft_wrap=True)
+        return typer.Exit(2)
+
+    if not re.match(NAMESPACE_PATTERN, namespace):
+        raise refuse(f"--namespace {namespace!r}: letters, digits, _ . - (at most 64, a letter or digit first)")
+    if as_fast_as_possible and speed is not None:
+        raise refuse("give --speed or --as-fast-as-possible, not both")
+    try:
+        chosen = parse_types(types)
+        export_file = read_export(file)
+        plan = plan_replay(export_file, file, namespace, chosen)
+    except (ExportFileError, ReplayError) as exc:
+        raise refuse(str(exc)) from None
+    for problem in plan.skipped:
+        err_console.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False, soft_wrap=True)
+    runs = ", ".join(f"{old} → {new}" for old, new in plan.run_numbers.items())
+    speed = None if as_fast_as_possible else (speed or 1.0)
+    pace = "as fast as possible" if speed is None else f"at speed {speed:g}"
+    err_console.print(f"replaying {len(plan.messages)} messages of {plan.source_execution} into namespace "
+                      f"{namespace} {pace}: execution {plan.execution_id}, run {runs}", highlight=False)
+    client = BrokerClient(get_settings().broker, client_name=f"swf-replay-{namespace}")
+    stop = threading.Event()
+    try:
+        client.start(wait=30)
+    except BrokerUnavailable as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # Ctrl+C: the open run gets its end_run, the execution ends terminated
+        outcome = replay(plan, lambda dest, msg: client.send(dest, msg, receipt=True), stop=stop, speed=speed)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        client.close()
+    err_console.print(f"replay {'interrupted' if outcome.interrupted else 'completed'}: execution "
+                      f"{plan.execution_id}, {outcome.sent} messages sent, {outcome.stf_count} STFs",
+                      highlight=False)
+    if outcome.interrupted:
+        raise typer.Exit(130)
