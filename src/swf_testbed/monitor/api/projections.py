@@ -199,16 +199,29 @@ def _state_change(msg: msgs.RunMessage, phase: str, batch: Batch, **event_data: 
     )
 
 
+_RUN_COUNTERS = ["slices_created", "slices_queued", "slices_processing", "slices_completed", "slices_failed",
+                 "stf_samples_received", "active_worker_count", "updated_at"]
+
+
 def recount_run(run_number: int) -> None:
-    """Slice and sample counters of a run, counted from the tables they summarise."""
+    """Slice and sample counters of a run, counted from the tables they summarise.
+
+    Called by the ingest after a batch and by the REST writes of slices and samples. The run state's
+    row is locked before counting (PostgreSQL; SQLite has one writer at a time): a count made by a
+    transaction that commits later then always sees what the earlier ones wrote, so the last writer
+    leaves the true figures. Only the counters are written, never a phase or state set meanwhile.
+    """
+    state = m.RunState.objects.select_for_update().filter(run_number=run_number).first()
+    if state is None:
+        state, _ = m.RunState.objects.get_or_create(
+            run_number=run_number, defaults={"run": m.Run.objects.filter(run_number=run_number).first()}
+        )
+        state = m.RunState.objects.select_for_update().get(pk=state.pk)
     by_status = dict(
         m.TFSlice.objects.filter(run_number=run_number).order_by().values_list("status").annotate(n=Count("id"))
     )
     samples = m.FastMonFile.objects.filter(stf_file__run__run_number=run_number).count()
     active = m.Worker.objects.filter(run_number=run_number, status="active").count()
-    state, _ = m.RunState.objects.get_or_create(
-        run_number=run_number, defaults={"run": m.Run.objects.filter(run_number=run_number).first()}
-    )
     state.slices_created = sum(by_status.values())
     state.slices_queued = by_status.get(m.SliceStatus.QUEUED, 0)
     state.slices_processing = by_status.get(m.SliceStatus.PROCESSING, 0)
@@ -216,7 +229,7 @@ def recount_run(run_number: int) -> None:
     state.slices_failed = by_status.get(m.SliceStatus.FAILED, 0)
     state.stf_samples_received = samples
     state.active_worker_count = active
-    state.save()
+    state.save(update_fields=_RUN_COUNTERS)
 
 
 # --------------------------------------------------------------------------- agents
@@ -416,7 +429,10 @@ _STF_FIELDS = ["file_size_bytes", "checksum", "daq_state", "daq_substate", "mach
 
 def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, merge: Any) -> None:
     names = {msg.filename for msg in messages}
-    existing = {stf.stf_filename: stf for stf in m.StfFile.objects.filter(stf_filename__in=names)}
+    # Locked (PostgreSQL) so that a REST update of the same files, committed between this read and the
+    # write below, is not overwritten with what was read (an STF's status never moves back).
+    locked = m.StfFile.objects.select_for_update().filter(stf_filename__in=names)
+    existing = {stf.stf_filename: stf for stf in locked}
     new: dict[str, m.StfFile] = {}
     changed: dict[str, m.StfFile] = {}
     now = timezone.now()
@@ -439,7 +455,10 @@ def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, me
 def bulk_processing_complete(messages: list[msgs.ProcessingComplete], batch: Batch) -> None:
     """``on_processing_complete`` for a batch: one read, one insert and one update."""
     names = {msg.filename for msg in messages}
-    existing = {stf.stf_filename: stf for stf in m.StfFile.objects.filter(stf_filename__in=names)}
+    # Locked (PostgreSQL) so that a REST update of the same files, committed between this read and the
+    # write below, is not overwritten with what was read (an STF's status never moves back).
+    locked = m.StfFile.objects.select_for_update().filter(stf_filename__in=names)
+    existing = {stf.stf_filename: stf for stf in locked}
     new: dict[str, m.StfFile] = {}
     changed: dict[str, m.StfFile] = {}
     now = timezone.now()

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from swf_testbed.monitor.api import filters as f
 from swf_testbed.monitor.api import models as m
+from swf_testbed.monitor.api import projections
 from swf_testbed.monitor.api import serializers as s
 from swf_testbed.monitor.api.pagination import MessagePagination
 from swf_testbed.monitor.api.throttling import AnonymousLogThrottle
@@ -54,6 +55,30 @@ class MergingCreateMixin:
     def perform_create(self, serializer: Any) -> None:
         self._serializer = serializer
         serializer.save()
+
+
+class RecountsRunMixin:
+    # A slice or sample written over REST recounts its run's counters from the tables, in the same
+    # transaction, as the ingest does after each batch: whichever of the two writes last, the run
+    # state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by the count).
+
+    def run_number_of(self, instance: Any) -> int | None:
+        raise NotImplementedError
+
+    def perform_create(self, serializer: Any) -> None:
+        with transaction.atomic():
+            super().perform_create(serializer)  # type: ignore[misc]
+            self._recount(serializer.instance)
+
+    def perform_update(self, serializer: Any) -> None:
+        with transaction.atomic():
+            super().perform_update(serializer)  # type: ignore[misc]
+            self._recount(serializer.instance)
+
+    def _recount(self, instance: Any) -> None:
+        run_number = self.run_number_of(instance)
+        if run_number is not None:
+            projections.recount_run(run_number)
 
 
 class NamespaceViewSet(MonitorModelViewSet):
@@ -142,18 +167,25 @@ class StfFileViewSet(MergingCreateMixin, MonitorModelViewSet):
     ordering_fields = ["created_at", "stf_filename", "sequence", "file_size_bytes"]
 
 
-class FastMonFileViewSet(MonitorModelViewSet):
+class FastMonFileViewSet(RecountsRunMixin, MonitorModelViewSet):
     queryset = m.FastMonFile.objects.all()
     serializer_class = s.FastMonFileSerializer
     filterset_class = f.FastMonFileFilter
     ordering_fields = ["created_at", "tf_filename"]
 
+    def run_number_of(self, instance: m.FastMonFile) -> int | None:
+        run = instance.stf_file.run if instance.stf_file_id else None
+        return run.run_number if run is not None else None
 
-class TFSliceViewSet(MonitorModelViewSet):
+
+class TFSliceViewSet(RecountsRunMixin, MonitorModelViewSet):
     queryset = m.TFSlice.objects.all()
     serializer_class = s.TFSliceSerializer
     filterset_class = f.TFSliceFilter
     ordering_fields = ["created_at", "updated_at", "slice_id", "run_number", "status"]
+
+    def run_number_of(self, instance: m.TFSlice) -> int | None:
+        return instance.run_number
 
 
 class WorkerViewSet(MonitorModelViewSet):
