@@ -93,9 +93,11 @@ def _database() -> dict[str, Any]:
         name = Path(db["NAME"])
         # The test database must be a file: the ingest under test is another process.
         db["TEST"] = {"NAME": str(name.with_name(name.stem + "-test.sqlite3"))}
-    else:
-        db["CONN_MAX_AGE"] = 60
-        db["CONN_HEALTH_CHECKS"] = True
+    # Persistent connections, one per thread (the web's fixed pool, see asgi.py; the ingest's one):
+    # a request does not open a connection and run its setup (SQLite's PRAGMAs) again. The health
+    # check replaces a connection that broke (a database restarted) before a request uses it.
+    db["CONN_MAX_AGE"] = 60
+    db["CONN_HEALTH_CHECKS"] = True
     if "postgresql" in db["ENGINE"]:
         # A server that stops answering (frozen, or the connection half-open) must not
         # hang a program forever: connects are bounded, and the server ends a transaction

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -84,6 +85,17 @@ class ModelSerializer(serializers.ModelSerializer[_M]):
     # legacy zone. (A comment, not a docstring: the schema would show it on every component.)
     serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping,
                                 models.JSONField: JSONObjectField, models.DateTimeField: DateTimeField}
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        # DRF builds a model serializer's fields from the model on every instance (a third of a log post's
+        # time). They depend on the class alone here (Meta, declared fields, the model), so they are built
+        # once per class and each instance gets a fresh copy, as DRF does for a plain serializer's fields.
+        cls = type(self)
+        template = cls.__dict__.get("_field_template")
+        if template is None:
+            template = super().get_fields()
+            cls._field_template = template  # type: ignore[attr-defined]
+        return copy.deepcopy(template)
 
 
 class MergingCreate:

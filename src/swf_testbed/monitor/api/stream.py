@@ -293,7 +293,16 @@ def current_hub() -> StreamHub | None:
 
 
 async def _authenticated_user(request: HttpRequest) -> str | None:
-    """The user name of a valid token (``Authorization: Token <key>``) or session; None otherwise."""
+    """The user name of a valid token (``Authorization: Token <key>``) or session; None otherwise.
+
+    The lookup runs on the hub's database thread: its connection is kept and reused. (A query made in
+    the request's own context would open a connection there that, with persistent connections, is
+    not closed at the end of the request.)
+    """
+    return await hub().db(_user_name, request)  # type: ignore[no-any-return]
+
+
+def _user_name(request: HttpRequest) -> str | None:
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, key = header.partition(" ")
@@ -301,9 +310,9 @@ async def _authenticated_user(request: HttpRequest) -> str | None:
             return None
         from rest_framework.authtoken.models import Token
 
-        token = await Token.objects.select_related("user").filter(key=key.strip()).afirst()
+        token = Token.objects.select_related("user").filter(key=key.strip()).first()
         return token.user.get_username() if token and token.user.is_active else None
-    user = await request.auser()
+    user = request.user
     return user.get_username() if user.is_authenticated else None
 
 
