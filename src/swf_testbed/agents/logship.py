@@ -4,8 +4,8 @@
 needs of a record into a :class:`LogBuffer` (bounded; a record that finds it
 full is dropped and counted) and returns. It never touches the network, so
 logging never waits for a broker or a monitor. :class:`LogShipper`, a
-background thread, takes what is buffered every ``flush_interval`` seconds and
-sends it as one ``log_batch`` message per batch (at most
+background thread, takes what is buffered every ``flush_interval`` seconds (at
+once when the buffer is half full) and sends it as one ``log_batch`` message per batch (at most
 :data:`~swf_testbed.messages.LOG_BATCH_MAX_RECORDS` records). While the broker
 is unreachable the records stay in the buffer, up to its bound; the next batch
 that gets through says how many were dropped meanwhile.
@@ -123,6 +123,9 @@ class LogBuffer:
         self._dropped_unreported = 0
         self.dropped_total = 0
         self.accepted_total = 0
+        self.on_pressure: Callable[[], None] | None = None
+        """Called (outside the lock) when a record brings the buffer to ``pressure_at`` records: send now."""
+        self.pressure_at = max(1, capacity // 2)
 
     def put(self, item: BufferedRecord) -> bool:
         """Keep ``item``; False (and counted) when the buffer is full."""
@@ -133,7 +136,10 @@ class LogBuffer:
                 return False
             self._items.append(item)
             self.accepted_total += 1
-            return True
+            pressed = len(self._items) == self.pressure_at
+        if pressed and self.on_pressure is not None:
+            self.on_pressure()
+        return True
 
     def __len__(self) -> int:
         with self._lock:
@@ -218,6 +224,8 @@ class LogShipper:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        buffer.pressure_at = max(1, min(buffer.capacity // 2, self.batch_size))
+        buffer.on_pressure = self._wake.set  # a burst is sent at once, not at the next tick
 
     @property
     def thread_ident(self) -> int | None:
