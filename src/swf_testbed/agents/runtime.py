@@ -38,7 +38,9 @@ go to the monitor too: a handler on the root logger buffers them (at most
 ``log_records_dropped``) and a background thread sends them in ``log_batch``
 messages on ``swf.<namespace>.logs`` (:mod:`swf_testbed.agents.logship`).
 Neither a broker nor a monitor outage blocks or slows the agent. A record
-logged while a handler runs carries that message's execution and run.
+logged while a handler runs carries that message's execution and run. The
+handler is on the root logger: meant for one agent per process (``swf-testbed
+agent run``); in a process running several agents, each one sends every record.
 """
 
 from __future__ import annotations
