@@ -367,6 +367,60 @@ class DeadLetter(Message):
     category: ClassVar[str] = "agent"
 
 
+LOG_BATCH_MAX_RECORDS = 100
+"""Most records one ``log_batch`` carries (with the field limits below it stays well under the body limit)."""
+LOG_MESSAGE_MAX_CHARS = 4000
+LOG_EXCEPTION_MAX_CHARS = 4000
+
+
+class LogEntry(BaseModel):
+    """One log record of an agent, as carried in a ``log_batch``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timestamp: datetime = Field(..., description="when it was logged, UTC")
+    level: int = Field(..., ge=0, le=100, description="numeric level (WARNING = 30)")
+    levelname: str = Field(..., min_length=1, max_length=50)
+    logger: str = Field("", max_length=255, description="the logger's name")
+    message: str = Field(..., max_length=LOG_MESSAGE_MAX_CHARS)
+    module: str = Field("", max_length=255)
+    funcname: str = Field("", max_length=255)
+    lineno: int = Field(0, ge=0)
+    thread: str = Field("", max_length=255, description="the thread's name")
+    exception: str = Field("", max_length=LOG_EXCEPTION_MAX_CHARS, description="the formatted traceback, if any")
+    execution_id: str | None = Field(None, max_length=200, description="the execution of the message being handled")
+    run_id: int | None = Field(None, ge=0, description="the run of the message being handled")
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp must carry a UTC offset, e.g. 2026-01-01T00:00:00Z")
+        return value.astimezone(UTC)
+
+
+class LogBatch(Message):
+    """An agent's log records (at its configured level and above), sent in batches off the logging path.
+
+    ``dropped`` counts the records lost since the previous batch because the
+    agent's bounded buffer was full (the broker was unreachable, or records came
+    faster than they could be sent); ``dropped_total`` since the agent started.
+    """
+
+    msg_type: Literal["log_batch"] = "log_batch"
+    agent_name: Name = Field(..., description="stable logical name from the testbed config")
+    agent_type: str = Field(..., min_length=1, max_length=100)
+    instance_id: str = Field(..., min_length=1, max_length=200)
+    pid: int = Field(..., ge=0)
+    hostname: str = Field(..., min_length=1, max_length=255)
+    records: list[LogEntry] = Field(default_factory=list, max_length=LOG_BATCH_MAX_RECORDS)
+    dropped: int = Field(0, ge=0, description="records dropped since the previous batch (buffer full)")
+    dropped_total: int = Field(0, ge=0, description="records dropped since the agent started")
+    buffer_size: int = Field(..., ge=1, description="the agent's buffer bound, in records")
+
+    category: ClassVar[str] = "agent"
+
+
 AnyMessage: TypeAlias = Annotated[
     Union[
         RunImminent,
@@ -388,6 +442,7 @@ AnyMessage: TypeAlias = Annotated[
         WorkflowFailed,
         Heartbeat,
         DeadLetter,
+        LogBatch,
     ],
     Field(discriminator="msg_type"),
 ]

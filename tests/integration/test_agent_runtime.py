@@ -9,12 +9,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from swf_testbed.messages import DeadLetter, Heartbeat, OperationalState, ProcessingComplete, parse_message
+from swf_testbed.messages import DeadLetter, Heartbeat, LogBatch, OperationalState, ProcessingComplete, parse_message
 from swf_testbed.mq import BrokerClient, Queue, Topic
-from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC
+from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, logs_topic
 from swf_testbed.testing.brokers import BrokerProcess, start_activemq, start_embedded
 from tests.support.agents import EchoAgent, stf_ready
 from tests.support.collect import Collector, eventually
@@ -223,3 +224,30 @@ def test_agent_reconnects_and_resubscribes_everything_after_broker_restart(
         watch.close()
     finally:
         broker.stop()
+
+
+def test_records_logged_by_a_handler_go_out_in_log_batches_with_their_execution(any_broker: BrokerProcess) -> None:
+    ns, topic, _, out = _names()
+    settings = any_broker.settings()
+    watch = Collector(settings, logs_topic(ns), Topic(out))
+    # a handler that fails once logs a WARNING (will retry) inside the message's context
+    agent = EchoAgent("echo", ns, topic=topic, reply_topic=out, fail_times=1, broker=settings, retry_delay=0.05,
+                      log_flush_interval=0.1).start()
+    try:
+        with BrokerClient(settings).start() as sender:
+            sender.send(Topic(topic), stf_ready(ns, "once.stf", run_id=4711))
+            watch.wait_for(lambda ms: any(m.msg_type == "processing_complete" for m in ms), what="the reply")
+
+        def retries(ms: list) -> list[Any]:
+            return [r for m in ms if isinstance(m, LogBatch) for r in m.records if "will retry" in r.message]
+
+        batches = watch.wait_for(lambda ms: bool(retries(ms)), what="the retry warning in a log_batch")
+        (record,) = retries(batches)
+        assert (record.levelname, record.execution_id, record.run_id) == ("WARNING", "exec-1", 4711)
+        batch = next(m for m in batches if isinstance(m, LogBatch))
+        assert (batch.agent_name, batch.agent_type, batch.namespace, batch.pid) == ("echo", "test-echo", ns,
+                                                                                    os.getpid())
+        assert batch.buffer_size == agent.log_buffer.capacity and batch.dropped == 0
+    finally:
+        agent.shutdown()
+        watch.close()

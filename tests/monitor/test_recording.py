@@ -241,3 +241,75 @@ def test_one_bad_message_in_a_set_fails_alone(record: Any, make_message: Any) ->
     assert result.stored == 5 and result.projection_errors == 1
     assert sorted(m.StfFile.objects.values_list("stf_filename", flat=True)) == ["f0", "f1", "f3", "f4"]
     assert m.WorkflowMessage.objects.exclude(projection_error="").count() == 1
+
+
+# --------------------------------------------------------------------------- agents' own logs
+
+
+def _log_batch(make_message: Any, *, dropped: int = 0, **fields: Any) -> bytes:
+    records = [
+        {"timestamp": "2026-01-01T00:00:01Z", "level": 30, "levelname": "WARNING", "logger": "swf.agent",
+         "message": "slow storage", "module": "data", "funcname": "on_stf", "lineno": 12, "thread": "data-h_0",
+         "execution_id": "exec-1", "run_id": 100200},
+        {"timestamp": "2026-01-01T00:00:02Z", "level": 40, "levelname": "ERROR", "logger": "swf.agent",
+         "message": "no such file \x00 here", "exception": "Traceback …\nOSError: gone"},
+    ]
+    return make_message("log_batch", sender="data", agent_name="data", agent_type="data", instance_id="data-h-1",
+                        pid=77, hostname="h1", records=records, dropped=dropped, dropped_total=dropped + 3,
+                        buffer_size=50, **fields)
+
+
+def test_log_batch_becomes_log_rows_tied_to_namespace_agent_execution_and_run(record: Any,
+                                                                              make_message: Any) -> None:
+    body = _log_batch(make_message)
+    assert record(body, destination="/topic/swf.ns1.logs").stored == 1
+    record(body)  # a redelivery adds nothing
+    batch = m.WorkflowMessage.objects.get(msg_type="log_batch")
+    assert batch.is_valid and not batch.projection_error
+    rows = list(m.AppLog.objects.order_by("timestamp"))
+    assert len(rows) == 2
+    warning, error = rows
+    assert (warning.namespace_id, warning.instance_name, warning.app_name) == ("ns1", "data", "data")
+    assert (warning.execution_id, warning.run_id, warning.levelname, warning.level) == ("exec-1", 100200, "WARNING", 30)
+    assert (warning.module, warning.funcname, warning.lineno, warning.process) == ("data", "on_stf", 12, 77)
+    assert warning.source_msg_id == batch.msg_id
+    assert (error.execution_id, error.run_id) == ("", None)
+    assert error.message == "no such file \ufffd here"
+    assert error.extra_data["exception"].endswith("OSError: gone")
+
+
+def test_log_batch_with_drops_says_so_in_the_log(record: Any, make_message: Any) -> None:
+    record(_log_batch(make_message, dropped=7))
+    gap = m.AppLog.objects.get(extra_data__logger=m.AppLog.DROPPED_LOGGER)
+    assert gap.levelname == "WARNING" and gap.instance_name == "data" and gap.namespace_id == "ns1"
+    assert gap.message.startswith("7 log records dropped: the agent's log buffer (50 records) was full")
+    assert gap.extra_data["dropped_total"] == 10
+    assert m.AppLog.objects.count() == 3
+
+
+def test_log_batch_with_bad_record_is_recorded_invalid_and_projects_nothing(record: Any) -> None:
+    body = json.dumps({"msg_type": "log_batch", "msg_id": "lb-bad", "schema_version": 1, "namespace": "ns1",
+                       "sender": "data", "timestamp": "2026-01-01T00:00:00Z", "agent_name": "data",
+                       "agent_type": "data", "instance_id": "i", "pid": 1, "hostname": "h", "buffer_size": 5,
+                       "records": [{"timestamp": "2026-01-01T00:00:00Z", "level": 30, "levelname": "WARNING",
+                                    "message": "m", "colour": "red"}]}).encode()
+    result = record(body)
+    assert (result.stored, result.invalid) == (1, 1)
+    row = m.WorkflowMessage.objects.get(msg_id="lb-bad")
+    assert row.error_reason == "invalid_fields" and "records.0.colour" in row.validation_error
+    assert m.AppLog.objects.count() == 0
+
+
+def test_logs_page_facets_and_drop_counts(record: Any, make_message: Any, client: Any) -> None:
+    record(_log_batch(make_message))
+    record(make_message("heartbeat", sender="data", agent_name="data", counters={"log_records_dropped": 4}))
+    page = client.get("/logs/?execution_id=exec-1").content.decode()
+    assert "slow storage" in page and "no such file" not in page
+    assert 'id="log-facets"' in page and "Agent" in page and "Execution" in page
+    assert "1 log record" in page
+    dropped = page.split('id="logs-dropped"', 1)[1].split("</table>", 1)[0]
+    assert ">data</a>" in dropped and '<td class="num">4</td>' in dropped
+    agent = m.SystemAgent.objects.get(instance_name="data")
+    agent_page = client.get(f"/agents/{agent.pk}/").content.decode()
+    assert 'id="agent-logs"' in agent_page and "2 log records" in agent_page and "slow storage" in agent_page
+    assert "4 dropped by its log buffer" in agent_page

@@ -268,3 +268,37 @@ def test_init_chooses_free_ports_when_the_defaults_are_taken() -> None:
     text = render("p", broker_port=ports["broker"], monitor_port=ports["monitor"])
     cfg = parse(text)
     assert (cfg.broker.port, cfg.monitor.port) == (ports["broker"], ports["monitor"])
+
+
+def test_agent_log_level_and_buffer_reach_the_agent_process(tmp_path: Path) -> None:
+    from supervisor.options import ServerOptions
+
+    text = MINIMAL + """
+[agents.proc]
+module = "swf_testbed.agents.processing:ProcessingAgent"
+log_level = "INFO"
+log_buffer = 50
+
+[agents.quiet]
+module = "swf_testbed.agents.processing:ProcessingAgent"
+"""
+    (tmp_path / "testbed.toml").write_text(text)
+    loaded = load(tmp_path / "testbed.toml")
+    settings = Settings(home=tmp_path / "home")
+    paths = runtime_paths(settings.home, "t1")
+    programs, _ = build_programs(loaded, resolve_services(loaded.config, settings), settings.home, paths,
+                                 python="/opt/py/bin/python")
+    prepare(paths)
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render_conf(paths, programs, "t1"))
+    options = ServerOptions()
+    options.configfile = str(conf)
+    groups = {g.name: g for g in options.read_config(str(conf)).process_group_configs}
+    proc, quiet = groups["proc"].process_configs[0], groups["quiet"].process_configs[0]
+    # `swf-testbed agent run` reads these (its --log-level / --log-buffer)
+    assert (proc.environment["SWF_AGENT_LOG_LEVEL"], proc.environment["SWF_AGENT_LOG_BUFFER"]) == ("INFO", "50")
+    assert (quiet.environment["SWF_AGENT_LOG_LEVEL"], quiet.environment["SWF_AGENT_LOG_BUFFER"]) == ("WARNING", "1000")
+    wrong = problems(MINIMAL + '[agents.a]\nmodule = "m.n:C"\nlog_level = "LOUD"\nlog_buffer = 0\n',
+                     check_modules=False)
+    assert "agents.a.log_level" in wrong and "'WARNING'" in wrong
+    assert "agents.a.log_buffer" in wrong

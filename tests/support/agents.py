@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from swf_testbed.agents import Agent, Listen, handles
 from swf_testbed.messages import Message, ProcessingComplete, StfReady
 from swf_testbed.mq import Queue, Topic
+
+log = logging.getLogger(__name__)
 
 
 class EchoAgent(Agent):
@@ -65,3 +68,42 @@ def stf_ready(namespace: str, filename: str, *, sender: str = "test", run_id: in
         namespace=namespace, sender=sender, execution_id="exec-1", run_id=run_id, state="run", substate="physics",
         filename=filename, url=f"file:///buffer/{filename}", sequence=0, size_bytes=100, checksum="0000abcd",
     )
+
+
+class LoggingAgent(Agent):
+    """stf_ready on its topic → a WARNING naming the file, and processing_complete on its reply topic.
+
+    While its broker connection is down it logs a WARNING ``tick N`` every ``tick_s`` seconds (work it
+    goes on doing, with nobody to tell), which fills its log buffer.
+    """
+
+    agent_type = "test-logging"
+
+    def __init__(self, name: str, namespace: str, *, topic: str = "", reply_topic: str = "", tick_s: float = 0.01,
+                 **kwargs: Any) -> None:
+        super().__init__(name, namespace, **kwargs)
+        self.topic = topic
+        self.reply_topic = reply_topic
+        self.tick_s = tick_s
+        self.ticks = 0
+
+    def listens_on(self) -> list[Listen]:
+        return [Listen(Topic(self.topic))]
+
+    def on_start(self) -> None:
+        threading.Thread(target=self._tick, name=f"{self.name}-tick", daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            if not self.client.connected:
+                self.ticks += 1
+                log.warning("tick %d: the broker is away, work goes on", self.ticks)
+
+    @handles("stf_ready")
+    def on_stf_ready(self, msg: Message) -> None:
+        assert isinstance(msg, StfReady)
+        log.warning("handled %s", msg.filename)
+        self.send(Topic(self.reply_topic), self.message(
+            ProcessingComplete, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
+            substate=msg.substate, filename=msg.filename, processing_time_s=0,
+        ))

@@ -45,6 +45,11 @@ EXAMPLES: dict[str, dict] = {
                   "interval_s": 30, "counters": {"handled": 3}},
     "dead_letter": {"namespace": "ns1", "sender": "a1", "original_destination": "/topic/x",
                     "original_body": "{", "attempts": 1, "error": "invalid_json"},
+    "log_batch": {"namespace": "ns1", "sender": "a1", "agent_name": "a1", "agent_type": "data",
+                  "instance_id": "a1-h-1", "pid": 1, "hostname": "h", "buffer_size": 1000, "dropped": 2,
+                  "dropped_total": 5, "records": [{"timestamp": "2026-01-01T00:00:00Z", "level": 30,
+                                                   "levelname": "WARNING", "message": "slow", "run_id": 7,
+                                                   "execution_id": "e1"}]},
 }
 
 

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from swf_testbed.agents.logship import logging_for
 from swf_testbed.agents.runtime import Agent, Listen, handles
 from swf_testbed.messages import (
     DaqState,
@@ -302,6 +303,11 @@ class WorkflowRunner(Agent):
         ))
 
     def _execute(self, execution: Execution) -> None:
+        # what this thread logs belongs to the execution (and goes to the monitor with it)
+        with logging_for(execution.ctx.execution_id, execution.ctx.run_id):
+            self._execute_logged(execution)
+
+    def _execute_logged(self, execution: Execution) -> None:
         ctx = execution.ctx
         outcome: WorkflowOutcome | None = None
         error = ""

@@ -31,6 +31,16 @@ heartbeat every ``heartbeat_interval`` seconds and on every state change.
 SIGTERM, SIGINT and SIGQUIT stop the agent gracefully within
 ``drain_timeout`` seconds; a second signal exits at once. Nothing happens at
 import time.
+
+Log records at ``log_level`` and above (WARNING by default; ``None``: none)
+go to the monitor too: a handler on the root logger buffers them (at most
+``log_buffer`` records; more are dropped and counted, the heartbeat counter
+``log_records_dropped``) and a background thread sends them in ``log_batch``
+messages on ``swf.<namespace>.logs`` (:mod:`swf_testbed.agents.logship`).
+Neither a broker nor a monitor outage blocks or slows the agent. A record
+logged while a handler runs carries that message's execution and run. The
+handler is on the root logger: meant for one agent per process (``swf-testbed
+agent run``); in a process running several agents, each one sends every record.
 """
 
 from __future__ import annotations
@@ -49,11 +59,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from swf_testbed.agents.logship import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_LOG_LEVEL,
+    BrokerLogHandler,
+    LogBuffer,
+    LogShipper,
+    level_number,
+    logging_for,
+)
 from swf_testbed.messages import (
     AgentStatus,
     DeadLetter,
     MAX_BODY_BYTES,
     Heartbeat,
+    LogBatch,
     Message,
     MessageError,
     OperationalState,
@@ -61,7 +81,7 @@ from swf_testbed.messages import (
     to_ours,
 )
 from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
-from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, Destination
+from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, Destination, logs_topic
 from swf_testbed.settings import BrokerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -159,11 +179,23 @@ class Agent:
         drain_timeout: float = 10.0,
         description: str = "",
         durable: bool = False,
+        log_level: str | int | None = DEFAULT_LOG_LEVEL,
+        log_buffer: int = DEFAULT_BUFFER_SIZE,
+        log_flush_interval: float = 0.5,
     ) -> None:
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if log_buffer < 1:
+            raise ValueError("log_buffer must be >= 1 (records)")
+        if log_flush_interval <= 0:
+            raise ValueError("log_flush_interval must be > 0")
+        self.log_level = None if log_level is None else level_number(log_level)
+        self.log_buffer = LogBuffer(log_buffer)
+        self.log_flush_interval = log_flush_interval
+        self._log_handler: BrokerLogHandler | None = None
+        self._log_shipper: LogShipper | None = None
         self.name = name
         self.namespace = namespace
         self.hostname = socket.gethostname()
@@ -242,6 +274,7 @@ class Agent:
         self._lanes = _Lanes(self._pool)
         self._accepting.set()
         self.client.start(wait=wait)
+        self._start_log_shipping()
         self.publish_heartbeat()  # STARTING
         for item in self.listens_on():
             listen = item if isinstance(item, Listen) else Listen(item)
@@ -307,6 +340,7 @@ class Agent:
         except Exception:  # noqa: BLE001
             log.exception("on_stop failed")
         self.status = AgentStatus.EXITED
+        self._stop_log_shipping()
         self._set_state(OperationalState.EXITED, publish_timeout=2.0)
         self.client.close()
         if self._pool is not None:
@@ -322,11 +356,47 @@ class Agent:
         log.info("%s: %s received, stopping", self.name, signal.Signals(signum).name)
         self._stop.set()
 
+    # ------------------------------------------------------------------ logs to the monitor
+
+    def _start_log_shipping(self) -> None:
+        if self.log_level is None or self._log_shipper is not None:
+            return
+        handler = BrokerLogHandler(self.log_buffer, self.log_level)
+        shipper = LogShipper(self.log_buffer, self._send_log_batch, self._log_batch,
+                             flush_interval=self.log_flush_interval, name=f"{self.name}-logs").start()
+        handler.ignored_thread = shipper.thread_ident
+        root = logging.getLogger()
+        if root.getEffectiveLevel() > self.log_level:
+            # the root's level would stop these records before any handler: lower it, and keep
+            # the handlers already there (the console, i.e. supervisord's log files) where they were
+            for existing in root.handlers:
+                if existing.level == logging.NOTSET:
+                    existing.setLevel(root.getEffectiveLevel())
+            root.setLevel(self.log_level)
+        root.addHandler(handler)
+        self._log_handler, self._log_shipper = handler, shipper
+
+    def _stop_log_shipping(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+        if self._log_shipper is not None:
+            self._log_shipper.stop(timeout=2.0)  # sends what it holds, if the broker takes it
+
+    def _log_batch(self, **fields: Any) -> LogBatch:
+        return self.message(LogBatch, agent_name=self.name, agent_type=self.agent_type,
+                            instance_id=self.instance_id, pid=self.pid, hostname=self.hostname, **fields)
+
+    def _send_log_batch(self, batch: LogBatch) -> None:
+        # a short wait: while the broker is away the records stay buffered (bounded), nothing waits for it
+        self.client.send(logs_topic(self.namespace), batch, timeout=1.0)
+
     # ------------------------------------------------------------------ state and heartbeats
 
     def heartbeat(self) -> Heartbeat:
         with self._counter_lock:
             counters = dict(self.counters)
+        if self.log_level is not None:
+            counters["log_records_dropped"] = self.log_buffer.dropped_total
         return self.message(
             Heartbeat,
             agent_name=self.name,
@@ -424,7 +494,8 @@ class Agent:
             return
         key = f"{delivery.subscription.destination}|{delivery.message_id}"
         try:
-            getattr(self, method)(msg)
+            with logging_for(msg.execution_id, msg.run_id):
+                getattr(self, method)(msg)
         except Exception as exc:  # noqa: BLE001 - a handler must never take the agent down
             self._on_failure(delivery, key, msg, exc)
             return
@@ -442,13 +513,14 @@ class Agent:
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if attempts >= self.max_attempts:
             log.error("%s: %s %s failed %d times, dead-lettered: %s", self.name, msg.msg_type, msg.msg_id,
-                      attempts, error)
+                      attempts, error, extra={"execution_id": msg.execution_id, "run_id": msg.run_id})
             self._attempts.pop(key, None)
             self._dead_letter(delivery, error, attempts)
             return
         self.count("retried")
         log.warning("%s: %s %s failed (attempt %d of %d), will retry: %s", self.name, msg.msg_type,
-                    msg.msg_id, attempts, self.max_attempts, error)
+                    msg.msg_id, attempts, self.max_attempts, error,
+                    extra={"execution_id": msg.execution_id, "run_id": msg.run_id})
         if self.client.nack_redelivers:
             self.client.nack(delivery)
             return

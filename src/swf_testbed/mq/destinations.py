@@ -142,3 +142,8 @@ def slice_queue(namespace: str) -> Destination:
 def worker_topic(namespace: str) -> Destination:
     """Worker ramp up / down broadcasts of a namespace."""
     return Topic(f"swf.{namespace}.workers")
+
+
+def logs_topic(namespace: str) -> Destination:
+    """The log records of a namespace's agents (``log_batch``; the monitor's ingest records them)."""
+    return Topic(f"swf.{namespace}.logs")

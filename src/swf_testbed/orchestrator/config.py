@@ -102,6 +102,10 @@ class AgentSection(_Strict):
     heartbeat_interval: float = Field(10.0, ge=0.1, le=3600, description="seconds between the agent's heartbeats")
     drain_timeout: float = Field(10.0, gt=0, le=3600, description="seconds the agent may take to drain on stop")
     options: dict[str, Any] = Field(default_factory=dict, description="agent options (module agents): --set key=value")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE"] = Field(
+        "WARNING", description="lowest level of the agent's log records sent to the monitor (NONE: none)")
+    log_buffer: int = Field(1000, ge=1, le=1_000_000,
+                            description="log records held while they cannot be sent; more are dropped and counted")
 
     @model_validator(mode="after")
     def _what_runs(self) -> "AgentSection":

@@ -38,7 +38,8 @@ stf_sampling_rate = 0.5         # ePIC's 0.05 would rarely sample a run this sho
 # with `swf-testbed agent run`; `script` runs a command line as written (it
 # gets SWF_NAMESPACE, SWF_AGENT_NAME, SWF_HEARTBEAT_INTERVAL and the broker
 # settings in its environment). Keys: enabled, module | script, instances,
-# args, env, heartbeat_interval, drain_timeout, options.
+# args, env, heartbeat_interval, drain_timeout, options, log_level (its log
+# records sent to the monitor: "WARNING" and above by default) and log_buffer.
 
 [agents.runner]                 # receives run_workflow, drives the simulated DAQ
 module = "swf_testbed.agents.runner:WorkflowRunner"

@@ -250,7 +250,8 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
         agent_name = name if agent.instances == 1 else f"{name}_{INSTANCE_SUFFIX}"
         env = {**base_env, "SWF_AGENT_NAME": agent_name,
                "SWF_HEARTBEAT_INTERVAL": f"{agent.heartbeat_interval:g}",
-               "SWF_AGENT_INSTANCE": "%(process_num)d", **agent.env}
+               "SWF_AGENT_INSTANCE": "%(process_num)d", "SWF_AGENT_LOG_LEVEL": agent.log_level,
+               "SWF_AGENT_LOG_BUFFER": str(agent.log_buffer), **agent.env}
         stopwait = int(agent.drain_timeout + 10)
         if agent.module:
             argv = [*cli, "agent", "run", agent.module, "--namespace", ns,  # --name: SWF_AGENT_NAME

@@ -96,10 +96,11 @@ class AppLogFilter(TimeRangeFilterSet):
     time_field = "timestamp"
     min_level = IntegerFilter(field_name="level", lookup_expr="gte")
     run_id = IntegerFilter()
+    namespace = df.CharFilter(field_name="namespace_id")
 
     class Meta:
         model = m.AppLog
-        fields = ["app_name", "instance_name", "levelname", "level", "execution_id", "run_id"]
+        fields = ["namespace", "app_name", "instance_name", "levelname", "level", "execution_id", "run_id"]
 
 
 class RunFilter(TimeRangeFilterSet):

@@ -683,8 +683,16 @@ class MessageCount(models.Model):
 
 
 class AppLog(models.Model):
-    """A log record posted by a program (the REST logging handler of existing agents)."""
+    """A log record of a program: posted over REST (the logging handler of existing agents), or sent by one
+    of our agents in a ``log_batch`` message (``source_msg_id``; ``namespace``, ``execution_id`` and ``run_id``
+    from the agent)."""
 
+    DROPPED_LOGGER = "swf_testbed.agents.logship"
+    """The logger name of the rows that say how many records an agent's buffer dropped."""
+
+    namespace = _namespace_fk("logs")
+    source_msg_id = models.CharField(max_length=200, blank=True, db_index=True, editable=False,
+                                     help_text="msg_id of the log_batch message it came in; empty: posted over REST")
     app_name = models.CharField(max_length=100, db_index=True)
     instance_name = models.CharField(max_length=200, db_index=True)
     timestamp = models.DateTimeField(db_index=True)

@@ -53,7 +53,7 @@ class Batch:
 ORDER = (
     "workflow_started", "run_imminent", "start_run", "pause_run", "resume_run", "stf_gen", "stf_ready",
     "processing_complete", "tf_file_registered", "slice", "slice_result", "run_imminent_worker", "end_run",
-    "workflow_completed", "workflow_failed", "heartbeat",
+    "workflow_completed", "workflow_failed", "heartbeat", "log_batch",
 )
 """The order in which a batch's messages are projected, by type (each type keeps the stream's order).
 
@@ -647,7 +647,53 @@ def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch)
         update_objects(orphans, ["sample"])
 
 
+# --------------------------------------------------------------------------- agents' own logs
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd")  # PostgreSQL refuses NUL in text and in JSON
+
+
+def _log_rows(msg: msgs.LogBatch) -> list[m.AppLog]:
+    common = {"namespace_id": msg.namespace, "source_msg_id": msg.msg_id, "app_name": _text(msg.agent_type)[:100],
+              "instance_name": msg.agent_name, "process": msg.pid}
+    rows = []
+    for rec in msg.records:
+        extra: dict[str, Any] = {"logger": _text(rec.logger), "thread": _text(rec.thread),
+                                 "instance_id": _text(msg.instance_id), "hostname": _text(msg.hostname)}
+        if rec.exception:
+            extra["exception"] = _text(rec.exception)
+        if rec.execution_id:
+            extra["execution_id"] = rec.execution_id
+        if rec.run_id is not None:
+            extra["run_id"] = rec.run_id
+        rows.append(m.AppLog(
+            **common, timestamp=rec.timestamp, level=rec.level, levelname=_text(rec.levelname),
+            message=_text(rec.message), module=_text(rec.module), funcname=_text(rec.funcname),
+            lineno=rec.lineno, extra_data=extra, execution_id=rec.execution_id or "", run_id=rec.run_id))
+    if msg.dropped:
+        # the gap is shown where it happened, in the agent's own log
+        rows.append(m.AppLog(
+            **common, timestamp=msg.timestamp, level=logging.WARNING, levelname="WARNING",
+            message=f"{msg.dropped} log record{'s' if msg.dropped != 1 else ''} dropped: the agent's log buffer "
+                    f"({msg.buffer_size} records) was full ({msg.dropped_total} dropped since it started)",
+            module="logship", funcname="", lineno=0,
+            extra_data={"logger": m.AppLog.DROPPED_LOGGER, "dropped": msg.dropped,
+                        "dropped_total": msg.dropped_total, "instance_id": _text(msg.instance_id),
+                        "hostname": _text(msg.hostname)}))
+    return rows
+
+
+def on_log_batch(msg: msgs.LogBatch, batch: Batch) -> None:
+    m.AppLog.objects.bulk_create(_log_rows(msg))
+
+
+def bulk_log_batch(messages: list[msgs.LogBatch], batch: Batch) -> None:
+    m.AppLog.objects.bulk_create([row for msg in messages for row in _log_rows(msg)], batch_size=500)
+
+
 BULK_HANDLERS: dict[str, Callable[[Any, Batch], None]] = {
+    "log_batch": bulk_log_batch,
     "heartbeat": bulk_heartbeat,
     "stf_gen": bulk_stf_gen,
     "stf_ready": bulk_stf_ready,
@@ -676,4 +722,5 @@ HANDLERS: dict[str, Callable[[Any, Batch], None]] = {
     "workflow_started": on_workflow_started,
     "workflow_completed": on_workflow_completed,
     "workflow_failed": on_workflow_failed,
+    "log_batch": on_log_batch,
 }

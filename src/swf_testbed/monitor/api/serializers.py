@@ -541,8 +541,9 @@ class AppLogSerializer(ModelSerializer[m.AppLog]):
     class Meta:
         model = m.AppLog
         fields = ["id", "app_name", "instance_name", "timestamp", "level", "levelname", "message", "module",
-                  "funcname", "lineno", "process", "thread", "extra_data", "execution_id", "run_id"]
-        read_only_fields = ["id", "execution_id", "run_id"]
+                  "funcname", "lineno", "process", "thread", "extra_data", "execution_id", "run_id", "namespace",
+                  "source_msg_id"]
+        read_only_fields = ["id", "execution_id", "run_id", "namespace", "source_msg_id"]
         extra_kwargs = {"message": {"allow_blank": True}}
 
     def validate_extra_data(self, value: Any) -> Any:

@@ -130,8 +130,19 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "heartbeats": heartbeats,
         "messages": sent.exclude(msg_type="heartbeat").defer("body")[:50],
         "counters": sorted(agent.counters.items()) if isinstance(agent.counters, dict) else [],
+        **agent_logs_context(agent),
     }
     return render_live(request, "front/agent_detail.html", context)
+
+
+def agent_logs_context(agent: m.SystemAgent) -> dict[str, Any]:
+    """The agent page's logs block: its latest records, how many there are, and how many its buffer dropped."""
+    logs = m.AppLog.objects.filter(instance_name=agent.instance_name)
+    if agent.namespace_id:
+        logs = logs.filter(namespace_id=agent.namespace_id)
+    dropped = agent.counters.get("log_records_dropped") if isinstance(agent.counters, dict) else None
+    return {"agent_logs": logs.order_by("-timestamp", "-id")[:20], "agent_log_count": logs.count(),
+            "agent_logs_dropped": dropped if isinstance(dropped, int) else None}
 
 
 # --------------------------------------------------------------------------- namespaces and workflows
@@ -275,13 +286,53 @@ def slice_list(request: HttpRequest) -> HttpResponse:
                                                           "statuses": m.SliceStatus.choices})
 
 
+LOG_FACETS = (("instance_name", "Agent"), ("levelname", "Level"), ("execution_id", "Execution"))
+LOG_FACET_LIMIT = 15
+
+
+def _log_facets(request: HttpRequest, qs: Any) -> list[dict[str, Any]]:
+    """Counts of the filtered logs by agent, level and execution (the most frequent first), with what is left out."""
+    blocks = []
+    for name, label in LOG_FACETS:
+        counts = list(qs.order_by().values_list(name).annotate(n=Count("pk")).order_by("-n", name))
+        shown = counts[:LOG_FACET_LIMIT]
+        active = request.GET.get(name, "")
+        blocks.append({
+            "name": name, "label": label,
+            "items": [{"label": value or "(none)", "count": n, "selected": active == value and value != "",
+                       "href": query_with(request, **{name: value}, page=None)} for value, n in shown],
+            "more": len(counts) - len(shown), "more_records": sum(n for _, n in counts[LOG_FACET_LIMIT:]),
+            "clear": query_with(request, **{name: None, "page": None}) if active else None,
+        })
+    return blocks
+
+
+def agents_dropping_logs(namespace: str | None = None) -> list[tuple[m.SystemAgent, int]]:
+    """Agents whose log buffer dropped records (their heartbeat counter ``log_records_dropped``), most first."""
+    agents = m.SystemAgent.objects.all()
+    if namespace:
+        agents = agents.filter(namespace_id=namespace)
+    rows = []
+    for agent in agents:
+        dropped = agent.counters.get("log_records_dropped", 0) if isinstance(agent.counters, dict) else 0
+        if isinstance(dropped, int) and dropped > 0:
+            rows.append((agent, dropped))
+    return sorted(rows, key=lambda row: (-row[1], row[0].instance_name))
+
+
 @reads_allowed
 def log_list(request: HttpRequest) -> HttpResponse:
     filterset = f.AppLogFilter(request.GET, queryset=m.AppLog.objects.all())
-    return render_live(request, "front/log_list.html", {"page": paginate(request, filterset.qs),
-                                                        "levels": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                                                        "rate_limited": refused_count(),
-                                                        "rate": getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "")})
+    valid = filterset.is_valid()
+    qs = filterset.qs if valid else m.AppLog.objects.none()
+    namespace = request.GET.get("namespace") or None
+    return render_live(request, "front/log_list.html", {
+        "page": paginate(request, qs), "total": qs.count(), "errors": None if valid else filterset.errors,
+        "facets": _log_facets(request, qs) if valid else [],
+        "dropping": agents_dropping_logs(namespace if namespace and "\x00" not in namespace else None),
+        "levels": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        "rate_limited": refused_count(),
+        "rate": getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "")})
 
 
 # --------------------------------------------------------------------------- messages
