@@ -509,27 +509,32 @@ def test_system_state_event_with_a_null_substate(api: Any) -> None:
     assert created.json()["substate"] == "" and created.json()["timestamp"].startswith("2026-03-01T12:00:00.123456")
 
 
-def test_rest_slice_and_sample_writes_leave_the_run_state_counted_from_the_tables(api: Any) -> None:
+def test_rest_slice_and_sample_writes_leave_the_run_state_counted_from_the_tables(
+        api: Any, django_capture_on_commit_callbacks: Any) -> None:
     """An agent's read-then-PATCH of a counter (as v28 fast processing does) races the ingest's recount;
-    a slice or sample written over REST recounts its run, so the last writer leaves the true figures."""
+    a slice or sample written over REST recounts its run once committed, so the last recount leaves the true
+    figures. (The test runs in a transaction: its commit callbacks are run as each request ends.)"""
     run = _run(api)
     api.post("/api/run-states/100012/", {"phase": "running", "state": "run"}, format="json")
     stf = api.post("/api/stf-files/", {"run": run["run_id"], "stf_filename": "swf.100012.000001.stf",
                                        "status": "registered"}, format="json").json()
     api.patch("/api/run-states/100012/", {"stf_samples_received": 7, "slices_created": 99, "slices_queued": 99},
               format="json")  # counted by an agent from a stale read
-    sample = api.post("/api/fastmon-files/", {"stf_file": stf["file_id"], "tf_filename": "swf.100012.000001.tf.0001",
-                                              "status": "registered"}, format="json")
+    with django_capture_on_commit_callbacks(execute=True):
+        sample = api.post("/api/fastmon-files/", {"stf_file": stf["file_id"], "tf_filename": "swf.100012.000001.tf.0001",
+                                                  "status": "registered"}, format="json")
     assert sample.status_code == 201, sample.content
     state = api.get("/api/run-states/100012/").json()
     assert (state["stf_samples_received"], state["slices_created"]) == (1, 0)
     for slice_id in (1, 2, 3):
-        created = api.post("/api/tf-slices/", {
-            "slice_id": slice_id, "tf_first": slice_id * 10, "tf_last": slice_id * 10 + 9, "tf_count": 10,
-            "tf_filename": "swf.100012.000001.tf.0001", "stf_filename": "swf.100012.000001.stf",
-            "run_number": 100012, "status": "queued", "retries": 0, "metadata": {}}, format="json")
+        with django_capture_on_commit_callbacks(execute=True):
+            created = api.post("/api/tf-slices/", {
+                "slice_id": slice_id, "tf_first": slice_id * 10, "tf_last": slice_id * 10 + 9, "tf_count": 10,
+                "tf_filename": "swf.100012.000001.tf.0001", "stf_filename": "swf.100012.000001.stf",
+                "run_number": 100012, "status": "queued", "retries": 0, "metadata": {}}, format="json")
         assert created.status_code == 201, created.content
-    done = api.patch(f"/api/tf-slices/{created.json()['id']}/", {"status": "completed"}, format="json")
+    with django_capture_on_commit_callbacks(execute=True):
+        done = api.patch(f"/api/tf-slices/{created.json()['id']}/", {"status": "completed"}, format="json")
     assert done.status_code == 200
     state = api.get("/api/run-states/100012/").json()
     assert (state["phase"], state["state"]) == ("running", "run")  # the recount writes counters only

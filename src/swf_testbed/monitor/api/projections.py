@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
@@ -232,6 +232,21 @@ def recount_run(run_number: int) -> None:
     state.save(update_fields=_RUN_COUNTERS)
 
 
+def recount_run_alone(run_number: int) -> None:
+    """:func:`recount_run` in a transaction of its own (after a REST write of a slice or sample).
+
+    A run state made at the same moment by the ingest is a unique conflict: counted again then.
+    """
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                recount_run(run_number)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
+
+
 # --------------------------------------------------------------------------- agents
 
 
@@ -430,8 +445,9 @@ _STF_FIELDS = ["file_size_bytes", "checksum", "daq_state", "daq_substate", "mach
 def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, merge: Any) -> None:
     names = {msg.filename for msg in messages}
     # Locked (PostgreSQL) so that a REST update of the same files, committed between this read and the
-    # write below, is not overwritten with what was read (an STF's status never moves back).
-    locked = m.StfFile.objects.select_for_update().filter(stf_filename__in=names)
+    # write below, is not overwritten with what was read (an STF's status never moves back). NO KEY:
+    # the REST inserts of samples that refer to these files (a foreign-key check) are not blocked.
+    locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
     existing = {stf.stf_filename: stf for stf in locked}
     new: dict[str, m.StfFile] = {}
     changed: dict[str, m.StfFile] = {}
@@ -456,8 +472,9 @@ def bulk_processing_complete(messages: list[msgs.ProcessingComplete], batch: Bat
     """``on_processing_complete`` for a batch: one read, one insert and one update."""
     names = {msg.filename for msg in messages}
     # Locked (PostgreSQL) so that a REST update of the same files, committed between this read and the
-    # write below, is not overwritten with what was read (an STF's status never moves back).
-    locked = m.StfFile.objects.select_for_update().filter(stf_filename__in=names)
+    # write below, is not overwritten with what was read (an STF's status never moves back). NO KEY:
+    # the REST inserts of samples that refer to these files (a foreign-key check) are not blocked.
+    locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
     existing = {stf.stf_filename: stf for stf in locked}
     new: dict[str, m.StfFile] = {}
     changed: dict[str, m.StfFile] = {}

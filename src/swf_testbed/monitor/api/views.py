@@ -58,27 +58,27 @@ class MergingCreateMixin:
 
 
 class RecountsRunMixin:
-    # A slice or sample written over REST recounts its run's counters from the tables, in the same
-    # transaction, as the ingest does after each batch: whichever of the two writes last, the run
+    # A slice or sample written over REST recounts its run's counters from the tables once the write
+    # has committed, as the ingest does after each batch: whichever of the two recounts last, the run
     # state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by the count).
+    # The recount is a transaction of its own that locks only the run state, so it cannot deadlock
+    # with the ingest's batch.
 
     def run_number_of(self, instance: Any) -> int | None:
         raise NotImplementedError
 
     def perform_create(self, serializer: Any) -> None:
-        with transaction.atomic():
-            super().perform_create(serializer)  # type: ignore[misc]
-            self._recount(serializer.instance)
+        super().perform_create(serializer)  # type: ignore[misc]
+        self._recount_after_commit(serializer.instance)
 
     def perform_update(self, serializer: Any) -> None:
-        with transaction.atomic():
-            super().perform_update(serializer)  # type: ignore[misc]
-            self._recount(serializer.instance)
+        super().perform_update(serializer)  # type: ignore[misc]
+        self._recount_after_commit(serializer.instance)
 
-    def _recount(self, instance: Any) -> None:
+    def _recount_after_commit(self, instance: Any) -> None:
         run_number = self.run_number_of(instance)
         if run_number is not None:
-            projections.recount_run(run_number)
+            transaction.on_commit(lambda: projections.recount_run_alone(run_number))
 
 
 class NamespaceViewSet(MonitorModelViewSet):
