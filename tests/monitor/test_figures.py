@@ -36,7 +36,7 @@ def test_an_execution_without_runs_has_no_daq_time(db: None) -> None:
                                                    start_time=sc.at(0), end_time=sc.at(0.4))
     assert execution.daq_span == (None, None) and execution.daq_duration is None
     assert execution.work_duration == timedelta(seconds=0.4)
-    assert duration(execution.work_duration) == "0.4 s"  # not "0 s"
+    assert duration(execution.work_duration) == "400 ms"  # not "0 s"
 
 
 def test_agent_stf_counters_are_the_ones_its_newest_heartbeat_carried(recorded: m.WorkflowExecution) -> None:
@@ -94,9 +94,16 @@ def test_plots_have_time_and_value_ticks() -> None:
     assert positions == sorted(positions, reverse=True)  # higher values higher up
 
 
+def test_ticks_of_a_run_that_took_milliseconds_name_milliseconds() -> None:
+    chart = plots.rate_chart([sc.at(0.001 * i) for i in range(10)], "x", start=sc.at(0), end=sc.at(0.02))
+    labels = [t.label for t in chart.x_ticks]
+    assert labels[:2] == ["12:00:00.000", "12:00:00.005"] and chart.bin_text == "1 ms"
+
+
 def test_times_are_rounded_for_people() -> None:
     assert seconds_h(1.23456) == "1.2 s"
     assert seconds_h(0.0421) == "0.04 s"
+    assert duration(timedelta(seconds=0.0021)) == "2 ms"
     assert seconds_h(125.4) == "2 min 5 s"
     assert duration(timedelta(seconds=59.6)) == "60 s"
     assert duration(timedelta(seconds=3.04)) == "3.0 s"

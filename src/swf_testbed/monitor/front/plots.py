@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 WIDTH = 1000
 """Width of the SVG coordinate system; the CSS scales every plot to the page's width."""
 HEIGHT = 190
-MARGIN_LEFT = 64
+MARGIN_LEFT = 100
 MARGIN_RIGHT = 12
 MARGIN_TOP = 22
 MARGIN_BOTTOM = 26
@@ -24,7 +24,7 @@ PLOT_W = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
 
 TICK_LABEL_HALF_W = 30
 TARGET_BINS = 60
-NICE_STEPS_S = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+NICE_STEPS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
                 43200, 86400)
 
 # Okabe & Ito, "Color Universal Design" (2008)
@@ -45,7 +45,7 @@ MIN_SEGMENT_W = 3.0
 def seconds_text(seconds: float) -> str:
     """A bin width or duration as people write it: '0.5 s', '10 s', '2 min', '1 h'."""
     if seconds < 60:
-        return f"{seconds:g} s" if seconds >= 1 else f"{seconds:.1f} s"
+        return f"{seconds:g} s" if seconds >= 0.1 else f"{seconds * 1000:.0f} ms"
     if seconds < 3600:
         return f"{seconds / 60:g} min"
     return f"{seconds / 3600:g} h"
@@ -72,17 +72,18 @@ def time_ticks(start: datetime, end: datetime, target: int = 8) -> list[Tick]:
     midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
     first = math.ceil((start - midnight).total_seconds() / step) * step
     fmt = "%H:%M:%S.%f" if step < 1 else ("%H:%M:%S" if step < 60 else "%H:%M")
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
     ticks = []
-    offset = first
+    k = 0
     while True:
-        when = midnight + timedelta(seconds=offset)
+        when = midnight + timedelta(seconds=round(first + k * step, 6))
         if when > end:
             break
-        label = when.strftime(fmt)[:10] if step < 1 else when.strftime(fmt)
+        label = when.strftime(fmt)[:9 + decimals] if step < 1 else when.strftime(fmt)
         pos = MARGIN_LEFT + PLOT_W * (when - start).total_seconds() / span
         if pos <= WIDTH - TICK_LABEL_HALF_W:  # a label cut off at the right edge is not readable
             ticks.append(Tick(pos, label))
-        offset += step
+        k += 1
     return ticks
 
 
@@ -243,7 +244,7 @@ def state_timeline(runs: Sequence[tuple[str, Sequence[tuple[datetime, str, str]]
         return Timeline(title, [], None, None)
     start = min(all_times)
     stop = max(max(all_times), end)
-    span = max((stop - start).total_seconds(), 1.0)
+    span = max((stop - start).total_seconds(), 1e-3)
     rows = []
     for row_index, (label, events) in enumerate(runs):
         segments = []

@@ -26,8 +26,12 @@ def duration(value: timedelta | None) -> str:
     exact = value.total_seconds()
     if exact < 0:
         return "0 s"
+    if 0 < exact < 0.001:
+        return "< 1 ms"
+    if 0 < exact < 1:
+        return f"{exact * 1000:.0f} ms"  # a 40 ms run is not "0 s"
     if exact < 10:
-        return f"{exact:.1f} s"  # a 0.4 s run is not "0 s"
+        return f"{exact:.1f} s"
     seconds = round(exact)
     if seconds < 120:
         return f"{seconds} s"
