@@ -328,6 +328,8 @@ MESSAGE_SORTS = {
     "msg_type": ("msg_type", "-received_at"),
     "sender": ("sender", "-received_at"),
 }
+SORT_LABELS = {"-received_at": "newest received", "received_at": "oldest received", "-sent_at": "newest sent",
+               "sent_at": "oldest sent", "msg_type": "type", "sender": "sender"}
 FACET_SHOWN = 15
 FACET_ALL = 1000
 """A facet lists its top values; "and N more" lists up to this many."""
@@ -392,7 +394,7 @@ def message_list(request: HttpRequest) -> HttpResponse:
         "next_href": query_with(request, page=page_number + 1) if has_next else None,
         "prev_href": query_with(request, page=page_number - 1) if page_number > 1 else None,
         "sort": sort,
-        "sort_links": {key: query_with(request, sort=key, page=None) for key in MESSAGE_SORTS},
+        "sort_links": {key: (SORT_LABELS[key], query_with(request, sort=key, page=None)) for key in MESSAGE_SORTS},
         "form": filterset.form,
         "heartbeats_hidden": request.GET.get("exclude_type") == "heartbeat",
         "hide_heartbeats_href": query_with(request, exclude_type="heartbeat", page=None),
