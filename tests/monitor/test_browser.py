@@ -101,3 +101,138 @@ def test_html_in_a_body_renders_as_text(live_server: Any, page: Any, record: Any
         page.get_by_text("<script>window.__xss = 1</script>", exact=False).first.wait_for()
         assert page.evaluate("typeof window.__xss") == "undefined"
         assert page.locator("main script").count() == 0
+
+
+# --------------------------------------------------------------------------- figures and plots of a 10-STF run
+
+
+@pytest.fixture
+def shots(tmp_path: Any) -> Any:
+    """Where the screenshots of the plots go, for people to look at (the path is printed; run with -s)."""
+    directory = tmp_path / "screenshots"
+    directory.mkdir()
+    print(f"\nscreenshots in {directory}")
+    return directory
+
+
+def _check_plots(page: Any, shots: Any, prefix: str) -> int:
+    """Every plot on the page: as wide as the page, a time axis with labels, bar charts with y values."""
+    figures = page.locator("figure.plot")
+    main_width = page.locator("main").bounding_box()["width"]
+    for i in range(figures.count()):
+        figure = figures.nth(i)
+        box = figure.locator("svg").bounding_box()
+        assert box["width"] >= 0.9 * main_width - 48, f"plot {i} of {prefix} is {box['width']} px of {main_width}"
+        x_labels = figure.locator("text.x-tick").all_text_contents()
+        assert len(x_labels) >= 3 and all(label.count(":") >= 1 for label in x_labels), x_labels
+        if figure.locator("rect.segment").count() == 0:  # a bar chart: values on the y axis, bin width in the title
+            y_labels = figure.locator("text.y-tick").all_text_contents()
+            assert y_labels[0] == "0" and len(y_labels) >= 2, y_labels
+            assert "bins of" in figure.locator("svg").get_attribute("aria-label")
+        figure.screenshot(path=str(shots / f"{prefix}-plot-{i}.png"))
+    return figures.count()
+
+
+def test_execution_page_of_a_10_stf_run_shows_true_figures_and_readable_plots(
+    live_server: Any, page: Any, record: Any, shots: Any
+) -> None:
+    from . import runscenario as sc
+
+    record(*sc.bodies())
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(f"{live_server.url}/executions/{sc.EXECUTION}/")
+    assert page.locator("#daq-time").inner_text().startswith("10 s")  # start_run → end_run
+    assert page.locator("#work-time").inner_text().startswith("15 s")  # until the last slice result
+    assert " 0 s" not in page.locator("dl.fields").inner_text()
+    assert _check_plots(page, shots, "execution") == 3  # run state, STF rate, slices
+    timeline = page.locator("figure.plot", has=page.locator("rect.segment"))
+    states = [timeline.locator("rect.segment").nth(i).get_attribute("data-state")
+              for i in range(timeline.locator("rect.segment").count())]
+    assert states == ["beam/not_ready", "run/physics", "run/standby", "run/physics", "ended"]
+    standby = timeline.locator('rect[data-state="run/standby"]').bounding_box()
+    assert standby["width"] >= 3  # a short standby still shows
+    assert "standby" in timeline.locator("figcaption").inner_text()  # the legend, outside the plot
+    events = page.locator("h2:has-text('State events') + table tr").all_inner_texts()
+    assert sum("end_run" in row for row in events) == 1
+    run_row = page.locator("h2:has-text('Runs') + table tr", has_text=str(sc.RUN)).inner_text()
+    assert "ended" in run_row and "physics" not in run_row
+    page.screenshot(path=str(shots / "execution-page.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/runs/{sc.RUN}/")
+    _check_plots(page, shots, "run")
+    page.screenshot(path=str(shots / "run-page.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/agents/")
+    for agent, counters in (("data", sc.DATA_COUNTERS), ("processing", sc.PROCESSING_COUNTERS)):
+        row = page.locator("tr", has=page.locator("a", has_text=agent)).first.locator("td.stf-counters").inner_text()
+        own = {k.replace("_", " "): v for k, v in counters.items() if "stf" in k}
+        assert row == ", ".join(f"{k} {v}" for k, v in own.items()), row
+    page.screenshot(path=str(shots / "agents.png"), full_page=True)
+
+    page.locator("a", has_text="data").first.click()
+    page.locator("#stf-counters").wait_for()
+    assert page.locator("#stf-counters [data-counter='stf registered']").inner_text() == str(sc.STF_COUNT)
+    assert page.locator("#heartbeat-table").count() == 0  # collapsed, below the useful content
+    assert "(2 recorded)" in page.locator("#heartbeat-history").inner_text()
+    page.locator("#heartbeat-history-toggle").click()
+    page.wait_for_url("**heartbeats=show")
+    assert page.locator("#heartbeat-table tr").count() == 1 + 2
+
+    page.goto(f"{live_server.url}/slices/")
+    assert "1.2 s" in page.locator("main table").inner_text() and "1.23456" not in page.content()
+
+
+def test_heartbeats_hide_with_one_click_and_senders_link_to_their_agent(
+    live_server: Any, page: Any, record: Any, make_message: Any, shots: Any
+) -> None:
+    from . import runscenario as sc
+
+    record(*sc.bodies())
+    page.goto(live_server.url + "/")
+    latest = page.locator("h2:has-text('Latest messages') + table")
+    latest.wait_for()
+    assert "heartbeat" not in latest.inner_text()  # hidden by default on the dashboard
+    page.locator("#heartbeat-toggle").click()
+    page.wait_for_url("**/?heartbeats=show")
+    assert "heartbeat" in page.locator("h2:has-text('Latest messages') + table").inner_text()
+    _check_plots(page, shots, "dashboard")
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+
+    page.goto(live_server.url + "/messages/")
+    rows = page.locator("#message-table tr[data-msg-id]")
+    rows.first.wait_for()
+    with_heartbeats = rows.count()
+    assert "heartbeat" in page.locator("#message-table").inner_text()
+    page.locator("#heartbeat-toggle").click()
+    page.wait_for_url("**exclude_type=heartbeat**")
+    assert "heartbeat" not in page.locator("#message-table").inner_text()
+    assert rows.count() == with_heartbeats - 3
+    assert page.locator(".pager").first.inner_text().startswith(f"{with_heartbeats - 3} messages")  # counts agree
+    assert "received after" in page.locator("#message-filters").inner_text()
+    assert "received_after" not in page.locator("#message-filters").inner_text()
+    page.screenshot(path=str(shots / "messages.png"), full_page=True)
+    page.goto(live_server.url + "/messages/?msg_type=heartbeat")
+    page.locator("#message-table a.agent-link", has_text="processing").first.click()
+    page.wait_for_url("**/agents/*/")
+    assert "Agent processing" in page.locator("h1").inner_text()
+
+
+def test_a_facet_says_how_many_more_values_it_has_and_shows_them(
+    live_server: Any, page: Any, record: Any, make_message: Any
+) -> None:
+    senders = [f"agent-{i:02d}" for i in range(22)]
+    record(*(make_message("heartbeat", sender=name, agent_name=name) for name in senders),
+           make_message("heartbeat", sender="agent-00", agent_name="agent-00"))
+    page.goto(live_server.url + "/messages/")
+    facet = page.locator("aside.facets h3:has-text('Sender') + ul")
+    facet.locator("li").first.wait_for()
+    assert facet.locator("li:not(.more)").count() == 15
+    more = facet.locator("li.more a")
+    assert more.inner_text() == f"and {len(senders) - 15} more"
+    more.click()
+    page.wait_for_url("**more=sender**")
+    facet = page.locator("aside.facets h3:has-text('Sender') + ul")
+    items = facet.locator("li:not(.more)")
+    assert items.count() == len(senders)
+    assert sum(int(t) for t in items.locator(".count").all_inner_texts()) == len(senders) + 1  # they add up
+    assert facet.locator("li.more a").inner_text() == "show fewer"

@@ -140,3 +140,26 @@ def test_dashboard_message_rate_and_chart_are_counted_in_the_database(client: Cl
     assert heights[47] == pytest.approx(heights[-1] * 4 / 6)  # 125 s old: bar 47 of 60
     assert heights[0] == pytest.approx(heights[-1] / 6)  # 599 s old: the first bar
     assert sum(1 for h in heights if h > 0) == 4
+
+
+def test_a_sender_name_leads_to_its_agent_page(client: Client, seeded: None) -> None:
+    agent = m.SystemAgent.objects.get()
+    response = client.get("/agents/named/", {"name": agent.instance_name, "namespace": agent.namespace_id})
+    assert response.status_code == 302 and response["Location"] == f"/agents/{agent.pk}/"
+    assert client.get("/agents/named/", {"name": "nobody"}).status_code == 404
+    assert client.get("/agents/named/", {"name": "x\x00"}).status_code == 404
+    page = client.get("/messages/").content.decode()
+    assert f'/agents/named/?name={agent.instance_name}&amp;namespace={agent.namespace_id}' in page
+
+
+def test_hiding_heartbeats_keeps_the_counts_true(client: Client, seeded: None) -> None:
+    everything = m.WorkflowMessage.objects.count()
+    beats = m.WorkflowMessage.objects.filter(msg_type="heartbeat").count()
+    assert beats >= 1
+    page = client.get("/messages/", {"exclude_type": "heartbeat"}).content.decode()
+    assert f"{everything - beats} message" in page and ">heartbeat<" not in page
+    assert "show heartbeats" in page and "newest received" in page
+    assert "received after" in page and "received_after " not in page
+    assert '<option value="false">invalid</option>' in page
+    assert ">heartbeat<" not in client.get("/").content.decode()
+    assert ">heartbeat<" in client.get("/", {"heartbeats": "show"}).content.decode()

@@ -83,7 +83,9 @@ def _q(filters: dict[str, Any], exclude: str | None = None) -> Q:
     for name, value in filters.items():
         if name == exclude or value in (None, ""):
             continue
-        if name == "run_id":
+        if name == "exclude_type":
+            q &= ~Q(msg_type=str(value))
+        elif name == "run_id":
             q &= Q(run_id=int(value))
         elif name == "is_valid":
             q &= Q(is_valid=bool(value))
@@ -96,6 +98,15 @@ def count_from_rollup(filters: dict[str, Any]) -> int:
     """Number of messages matching ``filters`` (facet values only)."""
     total = MessageCount.objects.filter(_q(filters)).aggregate(total=Sum("count"))["total"]
     return int(total or 0)
+
+
+def facet_sizes(filters: dict[str, Any]) -> dict[str, int]:
+    """For each facet, how many distinct values have messages under the *other* active filters."""
+    return {
+        facet: MessageCount.objects.filter(_q(filters, exclude=facet)).values(facet).annotate(n=Sum("count"))
+        .filter(n__gt=0).order_by().count()
+        for facet in FACETS
+    }
 
 
 def facet_counts(filters: dict[str, Any], limit: int = 25) -> dict[str, list[tuple[Any, int]]]:

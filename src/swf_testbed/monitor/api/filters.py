@@ -50,7 +50,7 @@ class StrictOrderingFilter(OrderingFilter):
         return super().get_ordering(request, queryset, view)
 
 
-MESSAGE_FACETS = ("namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid")
+MESSAGE_FACETS = ("namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid", "exclude_type")
 """Filters that the facet table can answer (see :mod:`swf_testbed.monitor.api.facets`)."""
 
 
@@ -82,6 +82,30 @@ class WorkflowMessageFilter(df.FilterSet):
         if any(k not in MESSAGE_FACETS for k in data):
             return None
         return data
+
+
+class MessagePageFilter(WorkflowMessageFilter):
+    """The messages page's filters: those of the API, and a type to leave out (one click hides heartbeats)."""
+
+    exclude_type = df.CharFilter(field_name="msg_type", exclude=True, label="hide type",
+                                 help_text="leave out messages of this type (e.g. heartbeat)")
+
+    class Meta(WorkflowMessageFilter.Meta):
+        pass
+
+    LABELS = {"namespace": "namespace", "execution_id": "execution", "run_id": "run", "msg_type": "type",
+              "exclude_type": "hide type", "sender": "sender", "is_valid": "valid", "destination": "destination",
+              "msg_id": "message id", "dialect": "dialect", "received_after": "received after",
+              "received_before": "received before", "sent_after": "sent after", "sent_before": "sent before"}
+    """What people read on the form (the API documents the parameters by their names)."""
+
+    @property
+    def form(self) -> forms.Form:
+        form = super().form
+        for name, label in self.LABELS.items():
+            form.fields[name].label = label
+        form.fields["is_valid"].widget = forms.Select(choices=[("", "any"), ("true", "valid"), ("false", "invalid")])
+        return form
 
 
 class SystemAgentFilter(df.FilterSet):

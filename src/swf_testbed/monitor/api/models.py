@@ -15,6 +15,7 @@ the execution or run it names being known.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -24,7 +25,7 @@ from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from swf_testbed.liveness import Liveness, liveness
@@ -186,6 +187,17 @@ class SystemAgent(models.Model):
     def interval_s(self) -> float:
         return self.heartbeat_interval or self.DEFAULT_INTERVAL_S
 
+    @property
+    def stf_counters(self) -> list[tuple[str, int]]:
+        """The agent's STF counters as its heartbeats last carried them (``counters`` keys naming STFs),
+        or the ``current_stf_count``/``total_stf_processed`` a v28 agent posts over REST."""
+        counters = self.counters if isinstance(self.counters, dict) else {}
+        found = sorted((key.replace("_", " "), int(value)) for key, value in counters.items()
+                       if "stf" in key.lower() and isinstance(value, int))
+        if not found and (self.current_stf_count or self.total_stf_processed):
+            found = [("current", self.current_stf_count), ("total processed", self.total_stf_processed)]
+        return found
+
     CLOCK_SLACK_S = 2.0
     """Heartbeat times are the sender's clock: this much skew is tolerated."""
 
@@ -284,6 +296,41 @@ class WorkflowExecution(models.Model):
         end = self.end_time or (timezone.now() if self.status == ExecutionStatus.RUNNING else None)
         return end - self.start_time if end else None
 
+    @functools.cached_property
+    def daq_span(self) -> tuple[datetime | None, datetime | None]:
+        """(first run's start, last run's end_run) of this execution; the end is None while a run is open."""
+        spans = [run.daq_span for run in self.runs.all()]
+        if not spans:
+            return None, None
+        ends = [end for _, end in spans]
+        return min(start for start, _ in spans), (None if None in ends else max(e for e in ends if e))
+
+    @property
+    def daq_duration(self) -> timedelta | None:
+        """DAQ time: the first start_run to the last end_run (to now while a run is open)."""
+        start, end = self.daq_span
+        if start is None:
+            return None
+        return (end or timezone.now()) - start
+
+    @functools.cached_property
+    def work_end(self) -> datetime | None:
+        """When the last of its work finished: the latest end_run, slice, stage or the execution's own end."""
+        run_numbers = list(self.runs.values_list("run_number", flat=True))
+        candidates = [self.end_time, self.daq_span[1],
+                      TFSlice.objects.filter(run_number__in=run_numbers).aggregate(t=Max("completed_at"))["t"],
+                      self.stages.aggregate(t=Max("completed_at"))["t"]]
+        known = [t for t in candidates if t is not None]
+        return max(known) if known else None
+
+    @property
+    def work_duration(self) -> timedelta | None:
+        """Start to the end of the last slice or processing (to now while running)."""
+        end = self.work_end
+        if self.status == ExecutionStatus.RUNNING:
+            end = timezone.now()
+        return end - self.start_time if end else None
+
 
 class WorkflowStage(models.Model):
     """One agent's stage of work on a workflow (the v28 processing agent posts and patches these).
@@ -367,6 +414,23 @@ class Run(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.run_number}"
+
+    @functools.cached_property
+    def daq_span(self) -> tuple[datetime, datetime | None]:
+        """(first start_run, first end_run) of this run; the run's own times where a message is missing.
+
+        The first ``end_run`` counts: a repeat (a v28 runner's, a redelivery) does not make the run longer.
+        """
+        firsts = dict(SystemStateEvent.objects.filter(run_number=self.run_number,
+                                                      event_type__in=("start_run", "end_run"))
+                      .order_by().values_list("event_type").annotate(t=models.Min("timestamp")))
+        return firsts.get("start_run", self.start_time), firsts.get("end_run", self.end_time)
+
+    @property
+    def daq_duration(self) -> timedelta | None:
+        """start_run to end_run (to now while the run is open)."""
+        start, end = self.daq_span
+        return (end or timezone.now()) - start
 
     def adopt(self, execution: WorkflowExecution | None) -> None:
         """Link to ``execution`` (and take its namespace) where this run has none yet; the caller saves."""
@@ -527,6 +591,15 @@ class RunState(models.Model):
         return f"Run {self.run_number}: {self.state}/{self.substate} ({self.phase})"
 
     @property
+    def shown_state(self) -> str:
+        """What the run is in, for people: "ended" once ended (its last DAQ state is history, even when
+        slices finish later), otherwise the phase and the DAQ state."""
+        if self.phase == "ended":
+            return "ended"
+        daq = f"{self.state}/{self.substate}" if self.substate else self.state
+        return f"{self.phase} ({daq})" if daq else self.phase
+
+    @property
     def execution_hint(self) -> str:
         """The execution its poster named in ``metadata.execution_id`` (the v28 runner does), or empty."""
         value = self.metadata.get("execution_id") if isinstance(self.metadata, dict) else None
@@ -576,6 +649,27 @@ class SystemStateEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} run {self.run_number} at {self.timestamp:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def shown_state(self) -> tuple[str, str]:
+        """(state, substate) the run is in from this event on: ``("ended", "")`` after an end_run."""
+        return ("ended", "") if self.event_type == "end_run" else (self.state, self.substate)
+
+    @classmethod
+    def history(cls, run_numbers: list[int]) -> list["SystemStateEvent"]:
+        """The state changes of these runs in time order, each listed once.
+
+        A transition repeated for the same run (an ``end_run`` seen from both the
+        DAQ and a v28 runner, or redelivered under another id) is not a change.
+        """
+        seen_last: dict[int, str] = {}
+        kept = []
+        for event in cls.objects.filter(run_number__in=run_numbers).order_by("timestamp", "event_id"):
+            if seen_last.get(event.run_number) == event.event_type:
+                continue
+            seen_last[event.run_number] = event.event_type
+            kept.append(event)
+        return kept
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:

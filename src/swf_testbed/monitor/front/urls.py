@@ -24,6 +24,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("agents/", views.agent_list, name="agents"),
     path("agents/<int:pk>/", views.agent_detail, name="agent"),
+    path("agents/named/", views.agent_named, name="agent_named"),
     path("namespaces/", views.namespace_list, name="namespaces"),
     path("namespaces/<text:name>/", views.namespace_detail, name="namespace"),
     path("workflows/", views.definition_list, name="definitions"),

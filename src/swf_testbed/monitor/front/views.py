@@ -9,8 +9,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
 from django.utils import timezone
 
 from swf_testbed.liveness import NEEDS_ATTENTION
@@ -72,6 +72,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     stf_times = list(
         m.StfFile.objects.filter(created_at__gte=now - timedelta(minutes=10)).values_list("created_at", flat=True)
     )
+    # heartbeats drown everything else: hidden unless asked for
+    show_heartbeats = request.GET.get("heartbeats") == "show"
+    recent = m.WorkflowMessage.objects.defer("body", "headers")
+    if not show_heartbeats:
+        recent = recent.exclude(msg_type="heartbeat")
     context = {
         "now": now,
         "running": m.WorkflowExecution.objects.filter(status=m.ExecutionStatus.RUNNING)
@@ -81,13 +86,14 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "message_rate": sum(message_counts[-DASHBOARD_BUCKETS // 10:]) / 60.0,
         "stf_rate": sum(1 for t in stf_times if t >= minute_ago) / 60.0,
         "message_chart": plots.counts_chart(message_counts, "Messages received, last 10 min", window_start, now),
-        "stf_chart": plots.rate_chart(stf_times, "STF files, last 10 min", start=now - timedelta(minutes=10),
+        "stf_chart": plots.rate_chart(stf_times, "STF files recorded, last 10 min", start=now - timedelta(minutes=10),
                                       end=now),
         "health": {k: health.get(k, 0) for k in ("ok", "late", "down", "exited", "gone", "unknown")},
         "troubled": [a for a in agents if a.liveness(now) in NEEDS_ATTENTION][:20],
         "total_messages": facets.count_from_rollup({}),
         "invalid_messages": facets.count_from_rollup({"is_valid": False}),
-        "recent_messages": m.WorkflowMessage.objects.defer("body", "headers")[:10],
+        "recent_messages": recent[:10],
+        "heartbeats_shown": show_heartbeats,
     }
     return render_live(request, "front/dashboard.html", context)
 
@@ -112,14 +118,19 @@ def agent_list(request: HttpRequest) -> HttpResponse:
         "liveness_choices": [v.value for v in m.Liveness]})
 
 
+HEARTBEAT_HISTORY = 50
+
+
 @reads_allowed
 def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     agent = get_object_or_404(m.SystemAgent, pk=pk)
     sent = m.WorkflowMessage.objects.filter(sender=agent.instance_name).defer("headers")
     if agent.namespace_id:
         sent = sent.filter(namespace_id=agent.namespace_id)
+    # the history is long and rarely wanted: collapsed unless asked for (a parameter, so the live refresh keeps it)
+    show_heartbeats = request.GET.get("heartbeats") == "show"
     heartbeats = []
-    for message in sent.filter(msg_type="heartbeat")[:50]:
+    for message in sent.filter(msg_type="heartbeat")[:HEARTBEAT_HISTORY if show_heartbeats else 0]:
         body = message.parsed_body()
         body = body if isinstance(body, dict) else {}
         heartbeats.append({"message": message, "state": body.get("operational_state", ""),
@@ -128,6 +139,11 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "agent": agent,
         "liveness": agent.liveness().value,
         "heartbeats": heartbeats,
+        "show_heartbeats": show_heartbeats,
+        "heartbeat_limit": HEARTBEAT_HISTORY,
+        "heartbeat_count": facets.count_from_rollup(
+            {"sender": agent.instance_name, "msg_type": "heartbeat",
+             **({"namespace": agent.namespace_id} if agent.namespace_id else {})}),
         "messages": sent.exclude(msg_type="heartbeat").defer("body")[:50],
         "counters": sorted(agent.counters.items()) if isinstance(agent.counters, dict) else [],
         **agent_logs_context(agent),
@@ -143,6 +159,20 @@ def agent_logs_context(agent: m.SystemAgent) -> dict[str, Any]:
     dropped = agent.counters.get("log_records_dropped") if isinstance(agent.counters, dict) else None
     return {"agent_logs": logs.order_by("-timestamp", "-id")[:20], "agent_log_count": logs.count(),
             "agent_logs_dropped": dropped if isinstance(dropped, int) else None}
+
+
+@reads_allowed
+def agent_named(request: HttpRequest) -> HttpResponse:
+    """The agent page of a sender name (``?name=&namespace=``): where a message's sender links to."""
+    name = request.GET.get("name", "")
+    agents = m.SystemAgent.objects.filter(instance_name=name) if "\x00" not in name else m.SystemAgent.objects.none()
+    namespace = request.GET.get("namespace")
+    if namespace and "\x00" not in namespace:
+        agents = agents.filter(namespace_id=namespace)
+    agent = agents.order_by("-last_heartbeat").first()
+    if agent is None:
+        raise Http404("no agent of that name has sent a heartbeat")
+    return redirect("front:agent", pk=agent.pk)
 
 
 # --------------------------------------------------------------------------- namespaces and workflows
@@ -201,6 +231,10 @@ def execution_list(request: HttpRequest) -> HttpResponse:
         "query_with": lambda **kw: query_with(request, **kw)})
 
 
+STF_RATE_TITLE = "STF files generated"
+"""One definition on every page: STF files by the time of their stf_gen, per second, in bins the title names."""
+
+
 @reads_allowed
 def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
     execution = get_object_or_404(m.WorkflowExecution.objects.select_related("workflow_definition"),
@@ -216,17 +250,17 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
                        .values_list("completed_at", flat=True))
     # the agents finish the run's work after the execution ends: the plots cover that too
     end = max([end, *stf_times, *slice_times])
-    events = m.SystemStateEvent.objects.filter(run_number__in=run_numbers).order_by("timestamp")
+    events = m.SystemStateEvent.history(run_numbers)
     by_run: dict[int, list[tuple[Any, str, str]]] = {}
     for event in events:
-        by_run.setdefault(event.run_number, []).append((event.timestamp, event.state, event.substate))
+        by_run.setdefault(event.run_number, []).append((event.timestamp, *event.shown_state))
     context = {
         "execution": execution,
         "runs": runs,
         "config": pretty_json(execution.parameter_values),
         "metrics": pretty_json(execution.performance_metrics),
         "stf_total": len(stf_times),
-        "stf_chart": plots.rate_chart(stf_times, "STF rate", start=execution.start_time, end=end),
+        "stf_chart": plots.rate_chart(stf_times, STF_RATE_TITLE, start=execution.start_time, end=end),
         "slice_chart": plots.rate_chart(slice_times, "Slices completed", start=execution.start_time, end=end),
         "timeline": plots.state_timeline([(f"run {n}", ev) for n, ev in sorted(by_run.items())], end),
         "events": events[:200],
@@ -250,7 +284,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
 @reads_allowed
 def run_detail(request: HttpRequest, run_number: int) -> HttpResponse:
     run = get_object_or_404(m.Run.objects.select_related("execution"), run_number=run_number)
-    events = list(m.SystemStateEvent.objects.filter(run_number=run_number).order_by("timestamp"))
+    events = m.SystemStateEvent.history([run_number])
     end = run.end_time or timezone.now()
     stf_times = [gen or created for gen, created in run.stf_files.values_list("generated_at", "created_at")]
     context = {
@@ -258,8 +292,8 @@ def run_detail(request: HttpRequest, run_number: int) -> HttpResponse:
         "state": m.RunState.objects.filter(run_number=run_number).first(),
         "events": events,
         "timeline": plots.state_timeline(
-            [(f"run {run_number}", [(e.timestamp, e.state, e.substate) for e in events])], end),
-        "stf_chart": plots.rate_chart(stf_times, "STF rate", start=run.start_time, end=end),
+            [(f"run {run_number}", [(e.timestamp, *e.shown_state) for e in events])], end),
+        "stf_chart": plots.rate_chart(stf_times, STF_RATE_TITLE, start=run.start_time, end=end),
         "stf_files": run.stf_files.order_by("-sequence", "-created_at")[:100],
         "conditions": pretty_json(run.run_conditions),
     }
@@ -345,13 +379,18 @@ MESSAGE_SORTS = {
     "msg_type": ("msg_type", "-received_at"),
     "sender": ("sender", "-received_at"),
 }
+SORT_LABELS = {"-received_at": "newest received", "received_at": "oldest received", "-sent_at": "newest sent",
+               "sent_at": "oldest sent", "msg_type": "type", "sender": "sender"}
+FACET_SHOWN = 15
+FACET_ALL = 1000
+"""A facet lists its top values; "and N more" lists up to this many."""
 FACET_LABELS = {"namespace": "Namespace", "execution_id": "Execution", "run_id": "Run", "msg_type": "Type",
                 "sender": "Sender", "is_valid": "Validity"}
 
 
 @reads_allowed
 def message_list(request: HttpRequest) -> HttpResponse:
-    filterset = f.WorkflowMessageFilter(request.GET, queryset=m.WorkflowMessage.objects.defer("body", "headers"))
+    filterset = f.MessagePageFilter(request.GET, queryset=m.WorkflowMessage.objects.defer("body", "headers"))
     sort = request.GET.get("sort", "-received_at")
     if sort not in MESSAGE_SORTS:
         sort = "-received_at"
@@ -375,7 +414,11 @@ def message_list(request: HttpRequest) -> HttpResponse:
     total = facets.count_from_rollup(facet_filters) if facet_filters is not None else None
     facet_blocks = []
     if facet_filters is not None:
-        for name, values in facets.facet_counts(facet_filters, limit=15).items():
+        expanded = request.GET.get("more", "")
+        sizes = facets.facet_sizes(facet_filters)
+        counted = facets.facet_counts(facet_filters, limit=FACET_ALL if expanded in FACET_LABELS else FACET_SHOWN)
+        for name, values in counted.items():
+            values = values if name == expanded else values[:FACET_SHOWN]
             items = []
             for value, count in values:
                 shown = ("valid" if value else "invalid") if name == "is_valid" else (value if value not in (
@@ -384,7 +427,10 @@ def message_list(request: HttpRequest) -> HttpResponse:
                 selected = name in active and str(active[name]).lower() == str(param).lower()
                 items.append({"label": shown, "count": count, "selected": selected,
                               "href": query_with(request, **{name: param}, page=None)})
-            facet_blocks.append({"name": name, "label": FACET_LABELS[name], "items": items,
+            more = sizes[name] - len(items)
+            facet_blocks.append({"name": name, "label": FACET_LABELS[name], "items": items, "more": more,
+                                 "more_href": query_with(request, more=name) if more > 0 else None,
+                                 "less_href": query_with(request, more=None) if expanded == name else None,
                                  "clear": query_with(request, **{name: None, "page": None}) if name in active
                                  else None})
     context = {
@@ -399,8 +445,11 @@ def message_list(request: HttpRequest) -> HttpResponse:
         "next_href": query_with(request, page=page_number + 1) if has_next else None,
         "prev_href": query_with(request, page=page_number - 1) if page_number > 1 else None,
         "sort": sort,
-        "sort_links": {key: query_with(request, sort=key, page=None) for key in MESSAGE_SORTS},
+        "sort_links": {key: (SORT_LABELS[key], query_with(request, sort=key, page=None)) for key in MESSAGE_SORTS},
         "form": filterset.form,
+        "heartbeats_hidden": request.GET.get("exclude_type") == "heartbeat",
+        "hide_heartbeats_href": query_with(request, exclude_type="heartbeat", page=None),
+        "show_heartbeats_href": query_with(request, exclude_type=None, page=None),
         "clear_all": "?",
     }
     return render_live(request, "front/message_list.html", context)

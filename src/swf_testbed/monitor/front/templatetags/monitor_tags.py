@@ -23,9 +23,16 @@ def age(value: datetime | None) -> str:
 def duration(value: timedelta | None) -> str:
     if value is None:
         return "–"
-    seconds = int(value.total_seconds())
-    if seconds < 0:
+    exact = value.total_seconds()
+    if exact < 0:
         return "0 s"
+    if 0 < exact < 0.001:
+        return "< 1 ms"
+    if 0 < exact < 1:
+        return f"{exact * 1000:.0f} ms"  # a 40 ms run is not "0 s"
+    if exact < 10:
+        return f"{exact:.1f} s"
+    seconds = round(exact)
     if seconds < 120:
         return f"{seconds} s"
     if seconds < 7200:
@@ -53,3 +60,13 @@ def bytes_h(value: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return str(value)
+
+
+@register.filter
+def seconds_h(value: float | None) -> str:
+    """Seconds rounded to what a person reads: '0.42 s', '3.1 s', '42 s', '2 min 5 s'."""
+    if value is None:
+        return "–"
+    if value < 1:
+        return f"{value:.2f} s"
+    return duration(timedelta(seconds=value))
