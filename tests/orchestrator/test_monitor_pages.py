@@ -94,6 +94,10 @@ def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters
         page.goto(f"{monitor}/messages/?execution_id={execution_id}")
         page.locator("#message-table tr[data-msg-id]").first.wait_for()
         page.screenshot(path=str(shots / "messages.png"), full_page=True)
+        page.goto(f"{monitor}/logs/?execution_id={execution_id}")
+        assert page.locator("h1").first.inner_text().startswith("Application logs")
+        page.locator("#live").wait_for()
+        page.screenshot(path=str(shots / "logs.png"), full_page=True)
     finally:
         context.close()
         ok(bed.cli("stop", "--all", "-c", str(bed.toml)))
