@@ -442,13 +442,20 @@ _STF_FIELDS = ["file_size_bytes", "checksum", "daq_state", "daq_substate", "mach
                "generated_at", "metadata", "url", "status", "updated_at"]
 
 
+def _stf_files_for_update(names: set[str]) -> dict[str, m.StfFile]:
+    """The STF files of these names, by name, locked until the batch commits (PostgreSQL).
+
+    So that a REST update of the same files, committed between this read and the batch's write, is not
+    overwritten with what was read (an STF's status never moves back). NO KEY: the REST inserts of
+    samples that refer to these files (a foreign-key check) are not blocked, which would deadlock.
+    """
+    locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
+    return {stf.stf_filename: stf for stf in locked}
+
+
 def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, merge: Any) -> None:
     names = {msg.filename for msg in messages}
-    # Locked (PostgreSQL) so that a REST update of the same files, committed between this read and the
-    # write below, is not overwritten with what was read (an STF's status never moves back). NO KEY:
-    # the REST inserts of samples that refer to these files (a foreign-key check) are not blocked.
-    locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
-    existing = {stf.stf_filename: stf for stf in locked}
+    existing = _stf_files_for_update(names)
     new: dict[str, m.StfFile] = {}
     changed: dict[str, m.StfFile] = {}
     now = timezone.now()
@@ -471,11 +478,7 @@ def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, me
 def bulk_processing_complete(messages: list[msgs.ProcessingComplete], batch: Batch) -> None:
     """``on_processing_complete`` for a batch: one read, one insert and one update."""
     names = {msg.filename for msg in messages}
-    # Locked (PostgreSQL) so that a REST update of the same files, committed between this read and the
-    # write below, is not overwritten with what was read (an STF's status never moves back). NO KEY:
-    # the REST inserts of samples that refer to these files (a foreign-key check) are not blocked.
-    locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
-    existing = {stf.stf_filename: stf for stf in locked}
+    existing = _stf_files_for_update(names)
     new: dict[str, m.StfFile] = {}
     changed: dict[str, m.StfFile] = {}
     now = timezone.now()
