@@ -24,8 +24,16 @@ from swf_testbed.messages import LogBatch
 
 
 def _batch(**fields: object) -> LogBatch:
-    return LogBatch(namespace="bench", sender="bench", agent_name="bench", agent_type="bench", instance_id="b-1",
-                    pid=os.getpid(), hostname="h", **fields)  # type: ignore[arg-type]
+    return LogBatch(
+        namespace="bench",
+        sender="bench",
+        agent_name="bench",
+        agent_type="bench",
+        instance_id="b-1",
+        pid=os.getpid(),
+        hostname="h",
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 def _time_calls(logger: logging.Logger, calls: int) -> float:
@@ -45,7 +53,9 @@ def _logger(*handlers: logging.Handler) -> logging.Logger:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 000 calls per case instead of 200 000")
+    parser.add_argument(
+        "--quick", action="store_true", help="20 000 calls per case instead of 200 000"
+    )
     parser.add_argument("--calls", type=int, default=0)
     args = parser.parse_args()
     calls = args.calls or (20_000 if args.quick else 200_000)
@@ -82,14 +92,30 @@ def main() -> None:
         "bytes_built": sent,
     }
     print(f"log call, console handler only:         {baseline:8.0f} ns")
-    print(f"  + buffering for the monitor (shipped): {shipping:8.0f} ns  ×{shipping / baseline:.2f}")
-    print(f"  + buffer full (dropped, counted):      {dropping:8.0f} ns  ×{dropping / baseline:.2f}")
+    print(
+        f"  + buffering for the monitor (shipped): {shipping:8.0f} ns  ×{shipping / baseline:.2f}"
+    )
+    print(
+        f"  + buffer full (dropped, counted):      {dropping:8.0f} ns  ×{dropping / baseline:.2f}"
+    )
     print(json.dumps(figures))
 
 
 def _placeholder() -> BufferedRecord:
-    return BufferedRecord(created=time.time(), level=30, levelname="WARNING", logger="bench", message="held",
-                          module="", funcname="", lineno=0, thread="", exception="", execution_id=None, run_id=None)
+    return BufferedRecord(
+        created=time.time(),
+        level=30,
+        levelname="WARNING",
+        logger="bench",
+        message="held",
+        module="",
+        funcname="",
+        lineno=0,
+        thread="",
+        exception="",
+        execution_id=None,
+        run_id=None,
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ class Pattern:
     label: str
     kind: str  # "topic" | "queue"
     consumers: int
-    persistent: bool = False  # persistent:true, each SEND with a receipt, RECEIPT_WINDOW outstanding
+    persistent: bool = (
+        False  # persistent:true, each SEND with a receipt, RECEIPT_WINDOW outstanding
+    )
 
     @property
     def ack(self) -> str:
@@ -76,7 +78,9 @@ PATTERNS = (
     Pattern("queue-persistent_1_1", "queue 1→1 persistent", "queue", 1, persistent=True),
     Pattern("queue-persistent_1_4", "queue 1→4 persistent", "queue", 4, persistent=True),
 )
-RECEIPT_WINDOW = 100  # persistent rows: most sends awaiting their RECEIPT, as an agent runtime would keep
+RECEIPT_WINDOW = (
+    100  # persistent rows: most sends awaiting their RECEIPT, as an agent runtime would keep
+)
 
 
 class _Receipts(stomp.ConnectionListener):
@@ -99,7 +103,9 @@ class _Receipts(stomp.ConnectionListener):
 
 
 class _Counter(stomp.ConnectionListener):
-    def __init__(self, conn: stomp.Connection, messages: int, ack: bool, counter: Synchronized[int]) -> None:
+    def __init__(
+        self, conn: stomp.Connection, messages: int, ack: bool, counter: Synchronized[int]
+    ) -> None:
         self.conn = conn
         self.ack = ack
         self.seen = bytearray(messages)
@@ -130,21 +136,41 @@ class _Counter(stomp.ConnectionListener):
         self.counter.value = self.count  # single writer: no lock needed
 
 
-def consume(host: str, port: int, destination: str, ack: str, messages: int,
-            counter: Synchronized[int], ready: Any, stop: Any, results: Any) -> None:
+def consume(
+    host: str,
+    port: int,
+    destination: str,
+    ack: str,
+    messages: int,
+    counter: Synchronized[int],
+    ready: Any,
+    stop: Any,
+    results: Any,
+) -> None:
     """One consumer: subscribe, count and check every message until told to stop, report."""
     conn = stomp.Connection([(host, port)], auto_decode=False)
     listener = _Counter(conn, messages, ack != "auto", counter)
     conn.set_listener("counter", listener)
     conn.connect(wait=True)
-    conn.subscribe(destination, id="1", ack=ack,
-                   headers={"activemq.prefetchSize": PREFETCH, "receipt": "subscribed"})
+    conn.subscribe(
+        destination,
+        id="1",
+        ack=ack,
+        headers={"activemq.prefetchSize": PREFETCH, "receipt": "subscribed"},
+    )
     if not listener.subscribed.wait(30):
         raise RuntimeError(f"no RECEIPT for SUBSCRIBE {destination}")
     ready.set()
     stop.wait()
-    results.put({"count": listener.count, "first": listener.first, "last": listener.last,
-                 "seen": bytes(listener.seen), "extra": listener.extra})
+    results.put(
+        {
+            "count": listener.count,
+            "first": listener.first,
+            "last": listener.last,
+            "seen": bytes(listener.seen),
+            "extra": listener.extra,
+        }
+    )
     conn.disconnect()
 
 
@@ -172,15 +198,22 @@ def make_bodies(messages: int) -> list[bytes]:
     bodies = []
     for seq in range(messages):
         body = {
-            "msg_type": "stf_gen", "namespace": "bench", "sender": "bench-producer",
-            "msg_id": uuid.UUID(int=seq).hex, "timestamp": "2025-01-01T00:00:00.000000+00:00",
-            "run_id": 100001, "seq": seq, "filename": f"swf.100001.{seq:06d}.stf",
+            "msg_type": "stf_gen",
+            "namespace": "bench",
+            "sender": "bench-producer",
+            "msg_id": uuid.UUID(int=seq).hex,
+            "timestamp": "2025-01-01T00:00:00.000000+00:00",
+            "run_id": 100001,
+            "seq": seq,
+            "filename": f"swf.100001.{seq:06d}.stf",
         }
         bodies.append(json.dumps(body, separators=(",", ":")).encode())
     return bodies
 
 
-def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], console: Console) -> Result:
+def run_pattern(
+    broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], console: Console
+) -> Result:
     ctx = mp.get_context("spawn")
     destination = f"/{pattern.kind}/bench.{pattern.key}.{uuid.uuid4().hex}"
     messages = len(bodies)
@@ -189,9 +222,21 @@ def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], co
     counters = [ctx.Value("q", 0, lock=False) for _ in range(pattern.consumers)]
     readies = [ctx.Event() for _ in range(pattern.consumers)]
     procs = [
-        ctx.Process(target=consume, daemon=True,
-                    args=(broker.host, broker.port, destination, pattern.ack, messages, counters[i], readies[i],
-                          stop, results))
+        ctx.Process(
+            target=consume,
+            daemon=True,
+            args=(
+                broker.host,
+                broker.port,
+                destination,
+                pattern.ack,
+                messages,
+                counters[i],
+                readies[i],
+                stop,
+                results,
+            ),
+        )
         for i in range(pattern.consumers)
     ]
     for proc in procs:
@@ -223,7 +268,9 @@ def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], co
             if total != last_total:
                 last_total, last_change = total, time.monotonic()
             elif time.monotonic() - last_change > STALL_S:
-                console.print(f"[red]{broker.name} {pattern.label}: stalled at {total} of {expected}[/red]")
+                console.print(
+                    f"[red]{broker.name} {pattern.label}: stalled at {total} of {expected}[/red]"
+                )
                 break
             time.sleep(0.01)
         time.sleep(0.2)  # late duplicates, if any, show up in the counts
@@ -254,8 +301,16 @@ def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], co
         lost = merged.count(0)
         duplicated = sum(n - 1 for n in merged if n > 1)
     duplicated += sum(r["extra"] for r in reports)
-    return Result(delivered / seconds, sum(per_consumer) / max(len(per_consumer), 1), delivered,
-                  pattern.deliveries(messages), lost, duplicated, seconds, counts)
+    return Result(
+        delivered / seconds,
+        sum(per_consumer) / max(len(per_consumer), 1),
+        delivered,
+        pattern.deliveries(messages),
+        lost,
+        duplicated,
+        seconds,
+        counts,
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -263,12 +318,23 @@ def run_pattern(broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], co
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small run: 3 000 messages per pattern")
-    parser.add_argument("--messages", type=int, default=None, help="messages per pattern (default 20 000)")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="runs per pattern and broker, the median is reported (default 3; 1 with --quick)")
-    parser.add_argument("--brokers", default=",".join(BROKERS),
-                        help="comma-separated subset of: embedded,activemq (default both)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small run: 3 000 messages per pattern"
+    )
+    parser.add_argument(
+        "--messages", type=int, default=None, help="messages per pattern (default 20 000)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per pattern and broker, the median is reported (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--brokers",
+        default=",".join(BROKERS),
+        help="comma-separated subset of: embedded,activemq (default both)",
+    )
     args = parser.parse_args(argv)
     messages = args.messages or (3_000 if args.quick else 20_000)
     repeat = max(1, args.repeat or (1 if args.quick else 3))
@@ -286,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             console.print(f"starting {name} broker …")
             # the embedded broker journals persistent messages (--data-dir); ActiveMQ in KahaDB, its default
-            brokers[name] = start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")]) \
-                if name == "embedded" else start_activemq()
+            brokers[name] = (
+                start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")])
+                if name == "embedded"
+                else start_activemq()
+            )
         for name, broker in brokers.items():  # JIT, connection set-up, first-destination costs
             run_pattern(broker, PATTERNS[0], warmup, console)
         for pattern in PATTERNS:
@@ -296,22 +365,35 @@ def main(argv: list[str] | None = None) -> int:
                 for name, broker in brokers.items():
                     result = run_pattern(broker, pattern, bodies, console)
                     runs[name].append(result)
-                    flag = "" if result.ok else f"  [red]LOST {result.lost} DUPLICATED {result.duplicated}[/red]"
-                    console.print(f"{name:>9} {pattern.label}: {result.rate:9.0f} msg/s "
-                                  f"({result.delivered}/{result.expected} in {result.seconds:.2f} s, "
-                                  f"per consumer {result.counts}){flag}")
+                    flag = (
+                        ""
+                        if result.ok
+                        else f"  [red]LOST {result.lost} DUPLICATED {result.duplicated}[/red]"
+                    )
+                    console.print(
+                        f"{name:>9} {pattern.label}: {result.rate:9.0f} msg/s "
+                        f"({result.delivered}/{result.expected} in {result.seconds:.2f} s, "
+                        f"per consumer {result.counts}){flag}"
+                    )
             for name, found in runs.items():
                 median = sorted(found, key=lambda r: r.rate)[len(found) // 2]
                 # the median run's rates; a loss or duplicate in any run counts
                 results[pattern.key][name] = replace(
-                    median, lost=sum(r.lost for r in found), duplicated=sum(r.duplicated for r in found),
-                    delivered=median.delivered if all(r.ok for r in found) else min(r.delivered for r in found))
+                    median,
+                    lost=sum(r.lost for r in found),
+                    duplicated=sum(r.duplicated for r in found),
+                    delivered=median.delivered
+                    if all(r.ok for r in found)
+                    else min(r.delivered for r in found),
+                )
     finally:
         for broker in brokers.values():
             broker.stop()
 
-    table = Table(title=f"STOMP throughput: {messages} messages of ~{len(bodies[-1])} B per pattern, "
-                        f"stomp.py clients, median of {repeat}")
+    table = Table(
+        title=f"STOMP throughput: {messages} messages of ~{len(bodies[-1])} B per pattern, "
+        f"stomp.py clients, median of {repeat}"
+    )
     table.add_column("pattern")
     for name in names:
         table.add_column(f"{DISPLAY[name]} msg/s", justify="right")

@@ -50,21 +50,48 @@ STALL_S = 30.0
 def build_bodies(n: int, tag: str) -> list[bytes]:
     """A realistic mix: STFs, slices of their samples, and slice results."""
     bodies = []
-    common = {"namespace": NAMESPACE, "execution_id": f"bench-{tag}", "run_id": 1, "state": "run",
-              "substate": "physics"}
+    common = {
+        "namespace": NAMESPACE,
+        "execution_id": f"bench-{tag}",
+        "run_id": 1,
+        "state": "run",
+        "substate": "physics",
+    }
     for i in range(n):
         kind = i % 10
         if kind < 4:
-            msg: msgs.Message = msgs.StfGen(sender="daq", filename=f"swf.{tag}.{i:07d}.stf", sequence=i,
-                                            size_bytes=2_000_000_000, checksum="0a0b0c0d", tf_count=1000,
-                                            start="2026-01-01T00:00:00Z", end="2026-01-01T00:00:01Z", **common)
+            msg: msgs.Message = msgs.StfGen(
+                sender="daq",
+                filename=f"swf.{tag}.{i:07d}.stf",
+                sequence=i,
+                size_bytes=2_000_000_000,
+                checksum="0a0b0c0d",
+                tf_count=1000,
+                start="2026-01-01T00:00:00Z",
+                end="2026-01-01T00:00:01Z",
+                **common,
+            )
         elif kind < 7:
-            msg = msgs.Slice(sender="fastproc", slice_id=i, tf_filename=f"swf.{tag}.{i // 100:05d}.tf",
-                             stf_filename=f"swf.{tag}.{i // 100:05d}.stf", tf_first=0, tf_last=9, tf_count=10,
-                             **common)
+            msg = msgs.Slice(
+                sender="fastproc",
+                slice_id=i,
+                tf_filename=f"swf.{tag}.{i // 100:05d}.tf",
+                stf_filename=f"swf.{tag}.{i // 100:05d}.stf",
+                tf_first=0,
+                tf_last=9,
+                tf_count=10,
+                **common,
+            )
         else:
-            msg = msgs.SliceResult(sender=f"worker-{i % 8}", slice_id=i, tf_filename=f"swf.{tag}.{i // 100:05d}.tf",
-                                   worker_id=f"worker-{i % 8}", status="completed", processing_time_s=0.5, **common)
+            msg = msgs.SliceResult(
+                sender=f"worker-{i % 8}",
+                slice_id=i,
+                tf_filename=f"swf.{tag}.{i // 100:05d}.tf",
+                worker_id=f"worker-{i % 8}",
+                status="completed",
+                processing_time_s=0.5,
+                **common,
+            )
         bodies.append(msg.to_bytes())
     return bodies
 
@@ -74,14 +101,19 @@ def _produce(host: str, port: int, destination: str, bodies: list[bytes], starte
     conn.connect(wait=True)
     started.value = time.time()
     for body in bodies:
-        conn.send(destination=destination, body=body, headers={"persistent": "true",
-                                                               "content-type": "application/json"})
+        conn.send(
+            destination=destination,
+            body=body,
+            headers={"persistent": "true", "content-type": "application/json"},
+        )
     conn.disconnect()
 
 
 def produce(broker: BrokerProcess, destination: str, bodies: list[bytes]) -> tuple[mp.Process, Any]:
     started = mp.Value("d", 0.0)
-    proc = mp.Process(target=_produce, args=(broker.host, broker.port, destination, bodies, started))
+    proc = mp.Process(
+        target=_produce, args=(broker.host, broker.port, destination, bodies, started)
+    )
     proc.start()
     return proc, started
 
@@ -97,7 +129,9 @@ class _Consumer(stomp.ConnectionListener):
     def on_message(self, frame: stomp.utils.Frame) -> None:
         self.count += 1
         self.last = time.time()
-        self.conn.ack(frame.headers.get("ack") or frame.headers["message-id"], frame.headers["subscription"])
+        self.conn.ack(
+            frame.headers.get("ack") or frame.headers["message-id"], frame.headers["subscription"]
+        )
         if self.count >= self.expected:
             self.done.set()
 
@@ -108,8 +142,12 @@ def baseline(broker: BrokerProcess, n: int, prefetch: int) -> float:
     listener = _Consumer(conn, n)
     conn.set_listener("", listener)
     conn.connect(wait=True)
-    conn.subscribe(destination=destination, id="1", ack="client-individual",
-                   headers={"activemq.prefetchSize": str(prefetch)})
+    conn.subscribe(
+        destination=destination,
+        id="1",
+        ack="client-individual",
+        headers={"activemq.prefetchSize": str(prefetch)},
+    )
     time.sleep(0.5)
     proc, started = produce(broker, destination, build_bodies(n, "base"))
     last_count, last_change = 0, time.time()
@@ -143,7 +181,7 @@ class Counter:
         if url.startswith("sqlite:///"):
             import sqlite3
 
-            self.conn: Any = sqlite3.connect(url[len("sqlite:///"):], timeout=30)
+            self.conn: Any = sqlite3.connect(url[len("sqlite:///") :], timeout=30)
         else:
             import psycopg
 
@@ -154,22 +192,56 @@ class Counter:
         return int(cur.fetchone()[0])
 
     def distinct(self, where: str) -> int:
-        cur = self.conn.execute(f"SELECT count(DISTINCT msg_id) FROM monitor_workflowmessage WHERE {where}")
+        cur = self.conn.execute(
+            f"SELECT count(DISTINCT msg_id) FROM monitor_workflowmessage WHERE {where}"
+        )
         return int(cur.fetchone()[0])
 
 
-def run_ingest(broker: BrokerProcess, n: int, db_url: str, workdir: Path, batch_size: int,
-               profile: Path | None = None) -> dict[str, Any]:
-    env = {**os.environ, **broker.env, "DATABASE_URL": db_url, "SWF_HOME": str(workdir),
-           "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings"}
+def run_ingest(
+    broker: BrokerProcess,
+    n: int,
+    db_url: str,
+    workdir: Path,
+    batch_size: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        **broker.env,
+        "DATABASE_URL": db_url,
+        "SWF_HOME": str(workdir),
+        "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
+    }
     manage = [sys.executable, "-m", "swf_testbed.monitor.manage"]
     subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True)
     log = open(workdir / "ingest.log", "ab")  # noqa: SIM115 - closed below
-    if profile is not None:  # the writer (main) thread under cProfile, written when the ingest exits
-        manage = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "swf_testbed.monitor.manage"]
-    ingest = subprocess.Popen([*manage, "ingest", "--no-migrate", "--batch-size",
-                               str(batch_size), "--client-id", f"bench-{uuid.uuid4().hex[:6]}"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    if (
+        profile is not None
+    ):  # the writer (main) thread under cProfile, written when the ingest exits
+        manage = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(profile),
+            "-m",
+            "swf_testbed.monitor.manage",
+        ]
+    ingest = subprocess.Popen(
+        [
+            *manage,
+            "ingest",
+            "--no-migrate",
+            "--batch-size",
+            str(batch_size),
+            "--client-id",
+            f"bench-{uuid.uuid4().hex[:6]}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     counter = Counter(db_url)
     try:
         # wait until subscribed: probes until one is recorded
@@ -178,9 +250,20 @@ def run_ingest(broker: BrokerProcess, n: int, db_url: str, workdir: Path, batch_
         deadline = time.time() + 60
         while counter_safe(counter, "msg_type = 'heartbeat'") == 0:
             if time.time() > deadline or ingest.poll() is not None:
-                raise SystemExit(f"the ingest did not start:\n{(workdir / 'ingest.log').read_text()[-2000:]}")
-            probe = msgs.Heartbeat(namespace=NAMESPACE, sender="probe", agent_name="probe", agent_type="probe",
-                                   instance_id="p", pid=1, hostname="h", operational_state="READY", interval_s=60)
+                raise SystemExit(
+                    f"the ingest did not start:\n{(workdir / 'ingest.log').read_text()[-2000:]}"
+                )
+            probe = msgs.Heartbeat(
+                namespace=NAMESPACE,
+                sender="probe",
+                agent_name="probe",
+                agent_type="probe",
+                instance_id="p",
+                pid=1,
+                hostname="h",
+                operational_state="READY",
+                interval_s=60,
+            )
             conn.send(destination=str(data_topic(NAMESPACE)), body=probe.to_bytes())
             time.sleep(0.3)
         conn.disconnect()
@@ -220,10 +303,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 000 messages (well under a minute)")
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--broker", choices=["embedded", "activemq"], default="embedded")
-    parser.add_argument("--database-url", default=None, help="PostgreSQL server to create a temporary database on")
+    parser.add_argument(
+        "--database-url", default=None, help="PostgreSQL server to create a temporary database on"
+    )
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
-                        help="run the ingest's writer thread under cProfile into FILE (slows it down)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run the ingest's writer thread under cProfile into FILE (slows it down)",
+    )
     args = parser.parse_args()
     n = args.messages or (3000 if args.quick else 20_000)
 
@@ -232,8 +322,14 @@ def main() -> int:
     db_url, drop = make_database(args.database_url, workdir)
     try:
         base_rate = baseline(broker, n, prefetch=max(args.batch_size * 2, 100))
-        result = run_ingest(broker, n, db_url, workdir, args.batch_size,
-                            args.profile.resolve() if args.profile else None)
+        result = run_ingest(
+            broker,
+            n,
+            db_url,
+            workdir,
+            args.batch_size,
+            args.profile.resolve() if args.profile else None,
+        )
     finally:
         broker.stop()
         drop()
@@ -245,10 +341,18 @@ def main() -> int:
     print(f"  bare stomp.py consumer: {base_rate:9.0f} msg/s received")
     print(f"  monitor ingest:         {result['rate']:9.0f} msg/s persisted and projected")
     print(f"  ratio ingest/baseline:  {ratio:9.2f}   (lost {lost}, duplicated {duplicated})")
-    figures = {"benchmark": "ingest", "broker": args.broker, "database": database, "messages": n,
-               "batch_size": args.batch_size, "baseline_msgs_per_s": round(base_rate, 1),
-               "ingest_msgs_per_s": round(result["rate"], 1), "ratio": round(ratio, 3), "lost": lost,
-               "duplicated": duplicated}
+    figures = {
+        "benchmark": "ingest",
+        "broker": args.broker,
+        "database": database,
+        "messages": n,
+        "batch_size": args.batch_size,
+        "baseline_msgs_per_s": round(base_rate, 1),
+        "ingest_msgs_per_s": round(result["rate"], 1),
+        "ratio": round(ratio, 3),
+        "lost": lost,
+        "duplicated": duplicated,
+    }
     print(json.dumps(figures))
     return 1 if lost or duplicated else 0
 

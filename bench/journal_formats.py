@@ -57,10 +57,22 @@ class Figures:
 
 
 def _bodies(n: int) -> list[bytes]:
-    return [json.dumps({"msg_type": "slice", "msg_id": f"bench-{i:08d}", "namespace": "bench",
-                        "run_id": 1, "slice_id": i, "tf_first": 0, "tf_last": 9,
-                        "tf_filename": "swf.000001.000001.tf", "padding": "x" * 40}).encode()
-            for i in range(n)]
+    return [
+        json.dumps(
+            {
+                "msg_type": "slice",
+                "msg_id": f"bench-{i:08d}",
+                "namespace": "bench",
+                "run_id": 1,
+                "slice_id": i,
+                "tf_first": 0,
+                "tf_last": 9,
+                "tf_filename": "swf.000001.000001.tf",
+                "padding": "x" * 40,
+            }
+        ).encode()
+        for i in range(n)
+    ]
 
 
 def _batches(n: int, batch: int) -> list[range]:
@@ -75,12 +87,15 @@ def _segment(path: Path, bodies: list[bytes], batch: int) -> Figures:
     seg = path / "00000001.seg"
     fd = os.open(seg, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
+
         def record(kind: int, payload: bytes) -> bytes:
             return _HEADER.pack(len(payload), zlib.crc32(payload, kind), kind) + payload
 
         t0 = time.perf_counter()
         for chunk in _batches(len(bodies), batch):
-            os.write(fd, b"".join(record(_MESSAGE, struct.pack("<Q", i) + bodies[i]) for i in chunk))
+            os.write(
+                fd, b"".join(record(_MESSAGE, struct.pack("<Q", i) + bodies[i]) for i in chunk)
+            )
             os.fdatasync(fd)
         write_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -96,7 +111,7 @@ def _segment(path: Path, bodies: list[bytes], batch: int) -> Figures:
     live: set[int] = set()
     while pos + _HEADER.size <= len(data):
         length, crc, kind = _HEADER.unpack_from(data, pos)
-        payload = data[pos + _HEADER.size: pos + _HEADER.size + length]
+        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
         if len(payload) < length or zlib.crc32(payload, kind) != crc:
             break  # a torn last record
         (mid,) = struct.unpack_from("<Q", payload)
@@ -189,15 +204,26 @@ def _lmdb_available() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run: 2 000 messages")
-    parser.add_argument("--messages", type=int, default=None, help="messages per format (default 20 000)")
-    parser.add_argument("--batch", type=int, default=64, help="messages per group commit (default 64)")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where to write (default a temporary directory; the disk is what is measured)")
+    parser.add_argument(
+        "--messages", type=int, default=None, help="messages per format (default 20 000)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="messages per group commit (default 64)"
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write (default a temporary directory; the disk is what is measured)",
+    )
     args = parser.parse_args(argv)
     n = args.messages or (2_000 if args.quick else 20_000)
     console = Console(stderr=True, soft_wrap=True)
     bodies = _bodies(n)
-    formats: dict[str, Callable[[Path, list[bytes], int], Figures]] = {"segment": _segment, "sqlite-wal": _sqlite}
+    formats: dict[str, Callable[[Path, list[bytes], int], Figures]] = {
+        "segment": _segment,
+        "sqlite-wal": _sqlite,
+    }
     if _lmdb_available():
         formats["lmdb"] = _lmdb
     else:
@@ -212,28 +238,58 @@ def main(argv: list[str] | None = None) -> int:
                 sample = bodies if batch > 1 else bodies[: max(200, n // 10)]
                 results[key] = run(base / key.replace("/", "-"), sample, batch)
                 f = results[key]
-                console.print(f"{key:>16}: {f.write_per_s:10,.0f} writes/s {f.ack_per_s:10,.0f} acks/s "
-                              f"replay {f.replay_s * 1000:7.1f} ms ({len(sample)} messages)")
+                console.print(
+                    f"{key:>16}: {f.write_per_s:10,.0f} writes/s {f.ack_per_s:10,.0f} acks/s "
+                    f"replay {f.replay_s * 1000:7.1f} ms ({len(sample)} messages)"
+                )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     baseline = results["segment/1"]
-    table = Table(title=f"Journal formats: ~{len(bodies[-1])} B messages, commit per message vs per {args.batch}")
-    for column in ("format / batch", "durable writes/s", "× segment/1", "acks/s", "× segment/1", "replay µs/msg"):
+    table = Table(
+        title=f"Journal formats: ~{len(bodies[-1])} B messages, commit per message vs per {args.batch}"
+    )
+    for column in (
+        "format / batch",
+        "durable writes/s",
+        "× segment/1",
+        "acks/s",
+        "× segment/1",
+        "replay µs/msg",
+    ):
         table.add_column(column, justify="right")
     figures: dict[str, Any] = {}
     for key, f in results.items():
         per_msg = f.replay_s / f.records * 1e6
         write_ratio = f.write_per_s / baseline.write_per_s
         ack_ratio = f.ack_per_s / baseline.ack_per_s
-        table.add_row(key, f"{f.write_per_s:,.0f}", f"{write_ratio:.2f}", f"{f.ack_per_s:,.0f}",
-                      f"{ack_ratio:.2f}", f"{per_msg:.2f}")
-        figures[key] = {"writes_per_s": round(f.write_per_s, 1), "acks_per_s": round(f.ack_per_s, 1),
-                        "write_ratio": round(write_ratio, 3), "ack_ratio": round(ack_ratio, 3),
-                        "replay_us_per_record": round(per_msg, 3)}
+        table.add_row(
+            key,
+            f"{f.write_per_s:,.0f}",
+            f"{write_ratio:.2f}",
+            f"{f.ack_per_s:,.0f}",
+            f"{ack_ratio:.2f}",
+            f"{per_msg:.2f}",
+        )
+        figures[key] = {
+            "writes_per_s": round(f.write_per_s, 1),
+            "acks_per_s": round(f.ack_per_s, 1),
+            "write_ratio": round(write_ratio, 3),
+            "ack_ratio": round(ack_ratio, 3),
+            "replay_us_per_record": round(per_msg, 3),
+        }
     Console(width=120).print(table)
-    print(json.dumps({"benchmark": "journal_formats", "messages": n, "batch": args.batch,
-                      "baseline": "segment/1", "results": figures}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "journal_formats",
+                "messages": n,
+                "batch": args.batch,
+                "baseline": "segment/1",
+                "results": figures,
+            }
+        )
+    )
     return 0
 
 

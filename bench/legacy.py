@@ -51,7 +51,9 @@ from pipeline import LAUNCHER  # noqa: E402 - the same every-thread cProfile lau
 from swf_testbed.testing.brokers import start_embedded  # noqa: E402
 from tests.compat.stack import MonitorStack  # noqa: E402
 
-WEB_LAUNCHER = "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n" + LAUNCHER
+WEB_LAUNCHER = (
+    "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n" + LAUNCHER
+)
 """uvicorn re-raises the SIGTERM it caught once it has shut down: a handler of ours then exits cleanly, so
 that the profiles are written (atexit)."""
 AIM_STF_PER_S = 4.0
@@ -89,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=15)
     parser.add_argument("--sampling", type=float, default=1.0)
     parser.add_argument("--baseline-calls", type=int, default=200)
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="run the monitor's web server under cProfile; web.prof in DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the monitor's web server under cProfile; web.prof in DIR",
+    )
     args = parser.parse_args(argv)
     stfs = args.stfs or (20 if args.quick else 200)
     console = Console(stderr=True)
@@ -100,19 +107,42 @@ def main(argv: list[str] | None = None) -> int:
     stack = MonitorStack(broker, f"sqlite:///{home / 'monitor.sqlite3'}", home)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-        stack.web_command = [sys.executable, "-c", WEB_LAUNCHER, str(args.profile.resolve() / "web.prof")]
+        stack.web_command = [
+            sys.executable,
+            "-c",
+            WEB_LAUNCHER,
+            str(args.profile.resolve() / "web.prof"),
+        ]
     try:
         stack.start()
         console.print(f"monitor on {stack.url} ({home}); baselines …")
         get_times = round_trips(stack.url, "GET", "/api/", args.baseline_calls)
-        write_times = round_trips(stack.url, "POST", "/api/state/next-agent-id/", args.baseline_calls, stack.token)
-        console.print(f"legacy agents: {stfs} STFs unpaced, sampling {args.sampling}, {args.slices} slices/sample …")
-        result = stack.run_legacy("--stfs", str(stfs), "--sampling", str(args.sampling), "--slices", str(args.slices),
-                                  "--unpaced", "--namespace", "benchlegacy", "--timeout", "3600",
-                                  report=home / "report.json", timeout=4000)
+        write_times = round_trips(
+            stack.url, "POST", "/api/state/next-agent-id/", args.baseline_calls, stack.token
+        )
+        console.print(
+            f"legacy agents: {stfs} STFs unpaced, sampling {args.sampling}, {args.slices} slices/sample …"
+        )
+        result = stack.run_legacy(
+            "--stfs",
+            str(stfs),
+            "--sampling",
+            str(args.sampling),
+            "--slices",
+            str(args.slices),
+            "--unpaced",
+            "--namespace",
+            "benchlegacy",
+            "--timeout",
+            "3600",
+            report=home / "report.json",
+            timeout=4000,
+        )
         report = json.loads((home / "report.json").read_text())
     finally:
-        stack.stop(timeout=300 if args.profile else 20)  # a profiled web server writes its profile first
+        stack.stop(
+            timeout=300 if args.profile else 20
+        )  # a profiled web server writes its profile first
         broker.stop()
 
     calls = report["calls"]
@@ -128,41 +158,74 @@ def main(argv: list[str] | None = None) -> int:
     all_times = [c["seconds"] for c in calls]
     baseline_get_p50 = percentile(get_times, 50)
 
-    table = Table(title=f"legacy agents on swf-testbed: {stfs} STFs, {len(calls)} REST calls in {wall:.1f} s")
+    table = Table(
+        title=f"legacy agents on swf-testbed: {stfs} STFs, {len(calls)} REST calls in {wall:.1f} s"
+    )
     for col in ("endpoint", "calls", "p50 ms", "p95 ms", "total s"):
         table.add_column(col, justify="left" if col == "endpoint" else "right")
     endpoints = {}
     for endpoint, times in sorted(by_endpoint.items(), key=lambda kv: -sum(kv[1])):
-        endpoints[endpoint] = {"calls": len(times), "p50_ms": ms(percentile(times, 50)),
-                               "p95_ms": ms(percentile(times, 95)), "total_s": round(sum(times), 2)}
+        endpoints[endpoint] = {
+            "calls": len(times),
+            "p50_ms": ms(percentile(times, 50)),
+            "p95_ms": ms(percentile(times, 95)),
+            "total_s": round(sum(times), 2),
+        }
         e = endpoints[endpoint]
-        table.add_row(endpoint, str(e["calls"]), f"{e['p50_ms']:.1f}", f"{e['p95_ms']:.1f}", f"{e['total_s']:.1f}")
+        table.add_row(
+            endpoint,
+            str(e["calls"]),
+            f"{e['p50_ms']:.1f}",
+            f"{e['p95_ms']:.1f}",
+            f"{e['total_s']:.1f}",
+        )
     out = Console(width=None if sys.stdout.isatty() else 140)
     out.print(table)
-    out.print(f"STF/s end to end: {stf_per_s:.2f} (aim {AIM_STF_PER_S}); REST p50 {ms(percentile(all_times, 50))} ms, "
-              f"p95 {ms(percentile(all_times, 95))} ms; trivial GET p50 {ms(baseline_get_p50)} ms, "
-              f"smallest write p50 {ms(percentile(write_times, 50))} ms")
-    out.print("REST seconds per agent / wall: " + ", ".join(
-        f"{agent}: {seconds / wall:.0%}" for agent, seconds in sorted(by_agent.items(), key=lambda kv: -kv[1])))
+    out.print(
+        f"STF/s end to end: {stf_per_s:.2f} (aim {AIM_STF_PER_S}); REST p50 {ms(percentile(all_times, 50))} ms, "
+        f"p95 {ms(percentile(all_times, 95))} ms; trivial GET p50 {ms(baseline_get_p50)} ms, "
+        f"smallest write p50 {ms(percentile(write_times, 50))} ms"
+    )
+    out.print(
+        "REST seconds per agent / wall: "
+        + ", ".join(
+            f"{agent}: {seconds / wall:.0%}"
+            for agent, seconds in sorted(by_agent.items(), key=lambda kv: -kv[1])
+        )
+    )
     if failed:
-        out.print(f"[red]{len(failed)} REST calls not 2xx[/red] ({len(fatal)} outside the known gaps), e.g. "
-                  f"{failed[0]['endpoint']} {failed[0]['status']} {failed[0]['error'][:200]}")
+        out.print(
+            f"[red]{len(failed)} REST calls not 2xx[/red] ({len(fatal)} outside the known gaps), e.g. "
+            f"{failed[0]['endpoint']} {failed[0]['status']} {failed[0]['error'][:200]}"
+        )
     if args.profile is not None and (args.profile / "web.prof").exists():
         stats = pstats.Stats(str(args.profile / "web.prof"))
         stats.sort_stats("cumulative").print_stats(40)
         stats.sort_stats("tottime").print_stats(25)
 
     figures: dict[str, Any] = {
-        "stfs": stfs, "sampling_rate": args.sampling, "slices_per_sample": args.slices,
-        "completed": report.get("completed", False), "end_to_end_s": round(wall, 2), "stf_per_s": round(stf_per_s, 3),
-        "aim_stf_per_s": AIM_STF_PER_S, "rest_calls": len(calls),
-        "rest_calls_per_stf": round(len(calls) / stfs, 1), "rest_failed": len(failed), "rest_failed_fatal": len(fatal),
-        "rest_p50_ms": ms(percentile(all_times, 50)), "rest_p95_ms": ms(percentile(all_times, 95)),
-        "baseline_get_p50_ms": ms(baseline_get_p50), "baseline_get_p95_ms": ms(percentile(get_times, 95)),
+        "stfs": stfs,
+        "sampling_rate": args.sampling,
+        "slices_per_sample": args.slices,
+        "completed": report.get("completed", False),
+        "end_to_end_s": round(wall, 2),
+        "stf_per_s": round(stf_per_s, 3),
+        "aim_stf_per_s": AIM_STF_PER_S,
+        "rest_calls": len(calls),
+        "rest_calls_per_stf": round(len(calls) / stfs, 1),
+        "rest_failed": len(failed),
+        "rest_failed_fatal": len(fatal),
+        "rest_p50_ms": ms(percentile(all_times, 50)),
+        "rest_p95_ms": ms(percentile(all_times, 95)),
+        "baseline_get_p50_ms": ms(baseline_get_p50),
+        "baseline_get_p95_ms": ms(percentile(get_times, 95)),
         "baseline_write_p50_ms": ms(percentile(write_times, 50)),
         "ratio": round(percentile(all_times, 50) / baseline_get_p50, 2),
-        "agent_rest_share": {agent: round(seconds / wall, 3) for agent, seconds in by_agent.items()},
-        "endpoints": endpoints, "errors": report.get("errors", [])[:5],
+        "agent_rest_share": {
+            agent: round(seconds / wall, 3) for agent, seconds in by_agent.items()
+        },
+        "endpoints": endpoints,
+        "errors": report.get("errors", [])[:5],
     }
     sys.stdout.flush()
     print(json.dumps(figures), flush=True)

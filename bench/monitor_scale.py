@@ -34,11 +34,26 @@ from typing import Any
 from swf_testbed.testing.databases import create_postgres_database
 
 EXECUTIONS = 100
-TYPES = [("stf_gen", 30), ("slice", 25), ("slice_result", 25), ("heartbeat", 12), ("tf_file_registered", 5),
-         ("start_run", 1), ("end_run", 1), ("workflow_started", 1)]
-SENDERS = {"stf_gen": ["daq"], "slice": ["fastproc"], "slice_result": [f"worker-{i}" for i in range(12)],
-           "heartbeat": ["daq", "data", "processing", "fastmon", "fastproc"], "tf_file_registered": ["fastmon"],
-           "start_run": ["daq"], "end_run": ["daq"], "workflow_started": ["runner"]}
+TYPES = [
+    ("stf_gen", 30),
+    ("slice", 25),
+    ("slice_result", 25),
+    ("heartbeat", 12),
+    ("tf_file_registered", 5),
+    ("start_run", 1),
+    ("end_run", 1),
+    ("workflow_started", 1),
+]
+SENDERS = {
+    "stf_gen": ["daq"],
+    "slice": ["fastproc"],
+    "slice_result": [f"worker-{i}" for i in range(12)],
+    "heartbeat": ["daq", "data", "processing", "fastmon", "fastproc"],
+    "tf_file_registered": ["fastmon"],
+    "start_run": ["daq"],
+    "end_run": ["daq"],
+    "workflow_started": ["runner"],
+}
 
 
 def make_database(url: str | None, workdir: Path) -> tuple[str, Any]:
@@ -77,17 +92,37 @@ def seed(n: int) -> float:
             sender = rng.choice(SENDERS[msg_type])
             run_id = None if msg_type == "heartbeat" else run_base + i * 3 // per_exec
             when = start + timedelta(seconds=e * 3600 + i * 0.3)
-            body = {"msg_type": msg_type, "msg_id": f"m{e:03d}-{i:07d}", "namespace": ns, "sender": sender,
-                    "timestamp": when.isoformat(), "execution_id": execution_id if run_id else None,
-                    "run_id": run_id, "state": "run", "substate": "physics",
-                    "filename": f"swf.{run_id}.{i:06d}.stf", "size_bytes": 2_000_000_000, "checksum": "0a0b0c0d"}
-            rows.append(WorkflowMessage(
-                msg_id=body["msg_id"], msg_type=msg_type, namespace_id=ns,
-                execution_id=execution_id if run_id else "", run_id=run_id, sender=sender,
-                destination="/topic/epictopic", sent_at=when, received_at=when + timedelta(milliseconds=3),
-                schema_version=1, body=json.dumps(body), headers={"destination": "/topic/epictopic"},
-                is_valid=(i % 5000 != 17),
-            ))
+            body = {
+                "msg_type": msg_type,
+                "msg_id": f"m{e:03d}-{i:07d}",
+                "namespace": ns,
+                "sender": sender,
+                "timestamp": when.isoformat(),
+                "execution_id": execution_id if run_id else None,
+                "run_id": run_id,
+                "state": "run",
+                "substate": "physics",
+                "filename": f"swf.{run_id}.{i:06d}.stf",
+                "size_bytes": 2_000_000_000,
+                "checksum": "0a0b0c0d",
+            }
+            rows.append(
+                WorkflowMessage(
+                    msg_id=body["msg_id"],
+                    msg_type=msg_type,
+                    namespace_id=ns,
+                    execution_id=execution_id if run_id else "",
+                    run_id=run_id,
+                    sender=sender,
+                    destination="/topic/epictopic",
+                    sent_at=when,
+                    received_at=when + timedelta(milliseconds=3),
+                    schema_version=1,
+                    body=json.dumps(body),
+                    headers={"destination": "/topic/epictopic"},
+                    is_valid=(i % 5000 != 17),
+                )
+            )
             if len(rows) >= 20_000:
                 WorkflowMessage.objects.bulk_create(rows, batch_size=2000)
                 rows.clear()
@@ -104,23 +139,32 @@ def timed(fn: Any, repeat: int) -> dict[str, float]:
         fn()
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return {"p50_ms": round(statistics.median(times), 1),
-            "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1)}
+    return {
+        "p50_ms": round(statistics.median(times), 1),
+        "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 000 messages")
     parser.add_argument("--messages", type=int, default=None)
-    parser.add_argument("--database-url", default=None, help="PostgreSQL server to create a temporary database on")
+    parser.add_argument(
+        "--database-url", default=None, help="PostgreSQL server to create a temporary database on"
+    )
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     n = args.messages or (100_000 if args.quick else 1_000_000)
 
     workdir = Path(tempfile.mkdtemp(prefix="swf-bench-scale-"))
     db_url, drop = make_database(args.database_url, workdir)
-    os.environ.update({"DATABASE_URL": db_url, "SWF_HOME": str(workdir),
-                       "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings"})
+    os.environ.update(
+        {
+            "DATABASE_URL": db_url,
+            "SWF_HOME": str(workdir),
+            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
+        }
+    )
     from swf_testbed.monitor import setup
 
     setup()
@@ -139,7 +183,9 @@ def main() -> int:
         else:
             with connection.cursor() as cursor:
                 cursor.execute("ANALYZE")
-        print(f"seeded {n} messages over {EXECUTIONS} executions in {seconds:.0f} s ({connection.vendor})")
+        print(
+            f"seeded {n} messages over {EXECUTIONS} executions in {seconds:.0f} s ({connection.vendor})"
+        )
         client = Client(HTTP_HOST="localhost")
         filters = {
             "unfiltered": {},
@@ -156,8 +202,9 @@ def main() -> int:
 
         for label, params in filters.items():
             results[f"page_{label}"] = timed(lambda p=params: get("/messages/", p), args.repeat)
-            results[f"api_{label}"] = timed(lambda p=params: get("/api/workflow-messages/", {**p, "limit": "50"}),
-                                            args.repeat)
+            results[f"api_{label}"] = timed(
+                lambda p=params: get("/api/workflow-messages/", {**p, "limit": "50"}), args.repeat
+            )
             results[f"facets_{label}"] = timed(lambda p=params: facets.facet_counts(p), args.repeat)
     finally:
         drop()
@@ -167,9 +214,19 @@ def main() -> int:
         print(f"{key:<{width}}  {value['p50_ms']:>8}  {value['p95_ms']:>8}")
     worst = max(v["p95_ms"] for v in results.values())
     print(f"worst p95: {worst} ms (aim < 150 ms)")
-    print(json.dumps({"benchmark": "monitor_scale", "database": connection.vendor, "messages": n,
-                      "executions": EXECUTIONS, "seed_seconds": round(seconds, 1), "worst_p95_ms": worst,
-                      **{k: v for k, v in results.items()}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "monitor_scale",
+                "database": connection.vendor,
+                "messages": n,
+                "executions": EXECUTIONS,
+                "seed_seconds": round(seconds, 1),
+                "worst_p95_ms": worst,
+                **{k: v for k, v in results.items()},
+            }
+        )
+    )
     return 0
 
 

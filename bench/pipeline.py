@@ -176,15 +176,29 @@ def raw_throughput(broker: BrokerProcess, n: int) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     destination = f"/topic/bench.raw.{uuid.uuid4().hex[:8]}"
     ready, results = ctx.Event(), ctx.Queue()
-    proc = ctx.Process(target=_raw_consumer, args=(broker.host, broker.port, destination, n, ready, results),
-                       daemon=True)
+    proc = ctx.Process(
+        target=_raw_consumer,
+        args=(broker.host, broker.port, destination, n, ready, results),
+        daemon=True,
+    )
     proc.start()
     if not ready.wait(60):
         raise RuntimeError("raw consumer did not subscribe")
-    body = {"msg_type": "stf_ready", "namespace": "bench", "sender": "raw", "run_id": 1, "execution_id": "x" * 40,
-            "filename": "swf.000001.000001.stf", "url": "file:///swf/exit-buffer/swf.000001.000001.stf",
-            "checksum": "0000abcd", "size_bytes": 2_000_000_000, "tf_count": 1000}
-    bodies = [json.dumps({**body, "sequence": i, "msg_id": uuid.uuid4().hex}).encode() for i in range(n)]
+    body = {
+        "msg_type": "stf_ready",
+        "namespace": "bench",
+        "sender": "raw",
+        "run_id": 1,
+        "execution_id": "x" * 40,
+        "filename": "swf.000001.000001.stf",
+        "url": "file:///swf/exit-buffer/swf.000001.000001.stf",
+        "checksum": "0000abcd",
+        "size_bytes": 2_000_000_000,
+        "tf_count": 1000,
+    }
+    bodies = [
+        json.dumps({**body, "sequence": i, "msg_id": uuid.uuid4().hex}).encode() for i in range(n)
+    ]
     conn = stomp.Connection([(broker.host, broker.port)], auto_decode=False)
     conn.connect(wait=True)
     start = time.time()
@@ -194,8 +208,12 @@ def raw_throughput(broker: BrokerProcess, n: int) -> dict[str, Any]:
     conn.disconnect()
     proc.join(10)
     seconds = max(report["last"] - start, 1e-9)
-    return {"messages": n, "received": report["count"], "msgs_per_s": report["count"] / seconds,
-            "body_bytes": len(bodies[0])}
+    return {
+        "messages": n,
+        "received": report["count"],
+        "msgs_per_s": report["count"] / seconds,
+        "body_bytes": len(bodies[0]),
+    }
 
 
 # --------------------------------------------------------------------------- the chain and the ingest
@@ -218,7 +236,9 @@ class CpuMeter:
         return out
 
     @staticmethod
-    def per_message_us(before: dict[str, float], after: dict[str, float], msgs: int) -> dict[str, float]:
+    def per_message_us(
+        before: dict[str, float], after: dict[str, float], msgs: int
+    ) -> dict[str, float]:
         """Microseconds of CPU per message of the run, by process (and ``total``)."""
         spent = {name: after[name] - before[name] for name in after if name in before}
         spent["total"] = sum(spent.values())
@@ -242,7 +262,10 @@ class Agents:
 
     def specs(self) -> dict[str, tuple[str, list[str]]]:
         out = {
-            "runner": ("swf_testbed.agents.runner:WorkflowRunner", ["--set", f"pace_window={self.pace_window}"]),
+            "runner": (
+                "swf_testbed.agents.runner:WorkflowRunner",
+                ["--set", f"pace_window={self.pace_window}"],
+            ),
             "data": ("swf_testbed.agents.data:DataAgent", []),
             "processing": ("swf_testbed.agents.processing:ProcessingAgent", []),
             "fastmon": ("swf_testbed.agents.fastmon:FastMonAgent", []),
@@ -255,14 +278,32 @@ class Agents:
     def start(self) -> None:
         env = _child_env(self.broker)
         for name, (target, extra) in self.specs().items():
-            args = ["agent", "run", target, "--name", name, "--namespace", self.namespace,
-                    "--heartbeat-interval", "1", *extra]
+            args = [
+                "agent",
+                "run",
+                target,
+                "--name",
+                name,
+                "--namespace",
+                self.namespace,
+                "--heartbeat-interval",
+                "1",
+                *extra,
+            ]
             if self.profile_dir is not None:
-                cmd = [sys.executable, "-c", LAUNCHER, str(self.profile_dir / f"{name}.prof"), *args]
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    LAUNCHER,
+                    str(self.profile_dir / f"{name}.prof"),
+                    *args,
+                ]
             else:
                 cmd = [sys.executable, "-m", "swf_testbed.cli", *args]
             with open(self.logs / f"{name}.log", "ab") as out:
-                self.procs[name] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+                self.procs[name] = subprocess.Popen(
+                    cmd, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
 
     def stop(self) -> None:
         _terminate(self.procs.values())
@@ -312,7 +353,9 @@ class Ingest:
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"the ingest exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"the ingest exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}"
+            )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -330,8 +373,9 @@ class MonitorDb:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
+            )
         return self._conn
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -341,8 +385,10 @@ class MonitorDb:
             return []
 
     def count_heartbeats(self, namespace: str) -> int:
-        rows = self._query(f"SELECT count(*) FROM {self.TABLE} WHERE namespace = ? AND msg_type = 'heartbeat'",
-                           (namespace,))
+        rows = self._query(
+            f"SELECT count(*) FROM {self.TABLE} WHERE namespace = ? AND msg_type = 'heartbeat'",
+            (namespace,),
+        )
         return int(rows[0][0]) if rows else 0
 
     def max_id(self) -> int:
@@ -356,20 +402,25 @@ class MonitorDb:
         poller that remembers the largest id it has seen reads each row once,
         and each poll costs what is new, not what the table holds.
         """
-        rows = self._query(f"SELECT id, msg_type, execution_id FROM {self.TABLE} WHERE id > ? ORDER BY id",
-                           (last_id,))
+        rows = self._query(
+            f"SELECT id, msg_type, execution_id FROM {self.TABLE} WHERE id > ? ORDER BY id",
+            (last_id,),
+        )
         return [(int(i), str(t), str(e)) for i, t, e in rows]
 
     def msg_ids(self, execution_id: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for t, mid in self._query(f"SELECT msg_type, msg_id FROM {self.TABLE} WHERE execution_id = ?",
-                                  (execution_id,)):
+        for t, mid in self._query(
+            f"SELECT msg_type, msg_id FROM {self.TABLE} WHERE execution_id = ?", (execution_id,)
+        ):
             out.setdefault(str(t), set()).add(str(mid))
         return out
 
     def duplicate_rows(self, execution_id: str) -> int:
-        rows = self._query(f"SELECT count(*) - count(DISTINCT msg_id) FROM {self.TABLE} WHERE execution_id = ?",
-                           (execution_id,))
+        rows = self._query(
+            f"SELECT count(*) - count(DISTINCT msg_id) FROM {self.TABLE} WHERE execution_id = ?",
+            (execution_id,),
+        )
         return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
@@ -381,7 +432,9 @@ class MonitorDb:
 class MonitorWatch(threading.Thread):
     """Polls the monitor's row counts of one execution; keeps every change with the time it was first seen."""
 
-    def __init__(self, db: MonitorDb, execution_id: str, after_id: int, interval: float = 0.02) -> None:
+    def __init__(
+        self, db: MonitorDb, execution_id: str, after_id: int, interval: float = 0.02
+    ) -> None:
         super().__init__(name="monitor-watch", daemon=True)
         self.db = db
         self.execution_id = execution_id
@@ -426,7 +479,14 @@ class MonitorWatch(threading.Thread):
 class Counting(stomp.ConnectionListener):
     """Counts the namespace's messages by identity; json only (no schema), to stay light."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("stf_gen", "stf_ready", "processing_complete", "tf_file_registered", "slice", "slice_completed")
+    KINDS: ClassVar[tuple[str, ...]] = (
+        "stf_gen",
+        "stf_ready",
+        "processing_complete",
+        "tf_file_registered",
+        "slice",
+        "slice_completed",
+    )
     MSG_TYPE: ClassVar[dict[str, str]] = {"slice_completed": "slice_result"}
     """The monitor's msg_type of each kind (the same name unless listed)."""
 
@@ -475,7 +535,9 @@ class Counting(stomp.ConnectionListener):
             if t in ("workflow_started", "workflow_completed", "workflow_failed"):
                 self.replies.append(m)
                 if t == "workflow_started" and m.get("in_reply_to") == self.request_id:
-                    self.execution_id = m["execution_id"]  # before the run's first message is looked at
+                    self.execution_id = m[
+                        "execution_id"
+                    ]  # before the run's first message is looked at
             eid = self.execution_id
             if eid is None or m.get("execution_id") != eid:
                 self.changed.notify_all()
@@ -558,13 +620,32 @@ def _wait_started(counting: Counting, request_id: str) -> str:
     return str(reply["execution_id"])
 
 
-def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: Ingest, db: MonitorDb, stfs: int,
-            rate: float, slices_per_sample: int, stall: float, cpu: CpuMeter) -> RunFigures:
+def one_run(
+    agents: Agents,
+    counting: Counting,
+    client: BrokerClient,
+    ingest: Ingest,
+    db: MonitorDb,
+    stfs: int,
+    rate: float,
+    slices_per_sample: int,
+    stall: float,
+    cpu: CpuMeter,
+) -> RunFigures:
     ns = agents.namespace
     before = dict(counting.beats.get("fastmon", {}))
-    request = RunWorkflow(namespace=ns, sender="bench", workflow_name="stf_datataking",
-                          config="fast_processing_default", time_scale=0,
-                          params={"stf_count": stfs, "stf_sampling_rate": rate, "slices_per_sample": slices_per_sample})
+    request = RunWorkflow(
+        namespace=ns,
+        sender="bench",
+        workflow_name="stf_datataking",
+        config="fast_processing_default",
+        time_scale=0,
+        params={
+            "stf_count": stfs,
+            "stf_sampling_rate": rate,
+            "slices_per_sample": slices_per_sample,
+        },
+    )
     after_id = db.max_id()  # the monitor's rows of this execution all come after it
     with counting.lock:
         counting.reset(request.msg_id)
@@ -581,21 +662,32 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: In
         seen_by_fastmon = fastmon.get("stf_seen", 0) - before.get("stf_seen", 0)
         sampled = fastmon.get("stf_sampled", 0) - before.get("stf_sampled", 0)
         slices = sum(min(slices_per_sample, n) for n in counting.slice_sizes.values())
-        return {"stf_gen": stfs, "stf_ready": stfs, "processing_complete": stfs,
-                # fastmon's own count, once its heartbeat shows it saw every STF
-                "tf_file_registered": sampled if seen_by_fastmon >= stfs else -1,
-                "slice": slices, "slice_completed": slices}
+        return {
+            "stf_gen": stfs,
+            "stf_ready": stfs,
+            "processing_complete": stfs,
+            # fastmon's own count, once its heartbeat shows it saw every STF
+            "tf_file_registered": sampled if seen_by_fastmon >= stfs else -1,
+            "slice": slices,
+            "slice_completed": slices,
+        }
 
     def unique(kind: str) -> int:
-        return len(counting.seen[kind]) if kind != "slice" else len({k[0] for k in counting.seen["slice"]})
+        return (
+            len(counting.seen[kind])
+            if kind != "slice"
+            else len({k[0] for k in counting.seen["slice"]})
+        )
 
     # 1. the chain, on the broker
     with counting.lock:
         while True:
             exp = expected()
             done = exp["tf_file_registered"] >= 0 and all(unique(k) >= v for k, v in exp.items())
-            completed = any(r.get("execution_id") == eid and r["msg_type"] != "workflow_started"
-                            for r in counting.replies)
+            completed = any(
+                r.get("execution_id") == eid and r["msg_type"] != "workflow_started"
+                for r in counting.replies
+            )
             if done and completed:
                 break
             if time.monotonic() - counting.last_change > stall:
@@ -611,12 +703,22 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: In
         dup = sum(n - 1 for k in counting.KINDS for n in counting.seen[k].values() if n > 1)
         msgs = counting.total
         stream_end = counting.last_new.get("processing_complete", chain_end)
-        broker_ids = {counting.MSG_TYPE.get(k, k): set(counting.ids.get(counting.MSG_TYPE.get(k, k), ()))
-                      for k in counting.KINDS}
-        final = next((r for r in counting.replies if r.get("execution_id") == eid
-                      and r["msg_type"] != "workflow_started"), {})
-    target = {counting.MSG_TYPE.get(k, k): max(exp[k], len(broker_ids[counting.MSG_TYPE.get(k, k)]))
-              for k in counting.KINDS}
+        broker_ids = {
+            counting.MSG_TYPE.get(k, k): set(counting.ids.get(counting.MSG_TYPE.get(k, k), ()))
+            for k in counting.KINDS
+        }
+        final = next(
+            (
+                r
+                for r in counting.replies
+                if r.get("execution_id") == eid and r["msg_type"] != "workflow_started"
+            ),
+            {},
+        )
+    target = {
+        counting.MSG_TYPE.get(k, k): max(exp[k], len(broker_ids[counting.MSG_TYPE.get(k, k)]))
+        for k in counting.KINDS
+    }
 
     # 2. the monitor, in its database
     last_counts = watch.latest()[1]
@@ -635,22 +737,40 @@ def one_run(agents: Agents, counting: Counting, client: BrokerClient, ingest: In
     end = watch.first_complete(target) or time.time()
     held_ids = db.msg_ids(eid)
     held = {t: len(held_ids.get(t, ())) for t in target}
-    lost = sum(max(target[t] - held[t], len(broker_ids[t] - held_ids.get(t, set()))) for t in target)
+    lost = sum(
+        max(target[t] - held[t], len(broker_ids[t] - held_ids.get(t, set()))) for t in target
+    )
     dup += db.duplicate_rows(eid)
 
     seconds = max(end - start, 1e-9)
     chain_seconds = max(chain_end - start, 1e-9)
-    return RunFigures(rate=rate, stfs=stfs, seconds=seconds, stf_per_s=stfs / seconds, msgs=msgs,
-                      msgs_per_s=msgs / seconds, expected=exp, seen=seen, monitor_expected=target,
-                      monitor_held=held, lost=lost, duplicated=dup, chain_lost=chain_lost,
-                      chain_seconds=chain_seconds, chain_stf_per_s=stfs / chain_seconds,
-                      chain_msgs_per_s=msgs / chain_seconds,
-                      stf_stream_per_s=stfs / max(stream_end - start, 1e-9), ingest_lag_s=max(0.0, end - chain_end),
-                      cpu_us_per_msg=CpuMeter.per_message_us(cpu_before, cpu_after, msgs),
-                      status=final.get("status", final.get("msg_type", "no reply")))
+    return RunFigures(
+        rate=rate,
+        stfs=stfs,
+        seconds=seconds,
+        stf_per_s=stfs / seconds,
+        msgs=msgs,
+        msgs_per_s=msgs / seconds,
+        expected=exp,
+        seen=seen,
+        monitor_expected=target,
+        monitor_held=held,
+        lost=lost,
+        duplicated=dup,
+        chain_lost=chain_lost,
+        chain_seconds=chain_seconds,
+        chain_stf_per_s=stfs / chain_seconds,
+        chain_msgs_per_s=msgs / chain_seconds,
+        stf_stream_per_s=stfs / max(stream_end - start, 1e-9),
+        ingest_lag_s=max(0.0, end - chain_end),
+        cpu_us_per_msg=CpuMeter.per_message_us(cpu_before, cpu_after, msgs),
+        status=final.get("status", final.get("msg_type", "no reply")),
+    )
 
 
-def _wait_ready(counting: Counting, names: set[str], ingest: Ingest, db: MonitorDb, namespace: str) -> None:
+def _wait_ready(
+    counting: Counting, names: set[str], ingest: Ingest, db: MonitorDb, namespace: str
+) -> None:
     """Every agent READY on the broker, and the ingest recording (it holds their heartbeats)."""
     deadline = time.monotonic() + 120
     with counting.lock:
@@ -672,15 +792,29 @@ def log(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 STFs per run instead of 1000")
-    parser.add_argument("--stfs", type=int, default=None, help="STFs per run (default 1000, --quick 100)")
+    parser.add_argument(
+        "--stfs", type=int, default=None, help="STFs per run (default 1000, --quick 100)"
+    )
     parser.add_argument("--broker", choices=("embedded", "activemq"), default="embedded")
-    parser.add_argument("--rates", default=",".join(str(r) for r in RATES), help="STF sampling rates, comma-separated")
+    parser.add_argument(
+        "--rates",
+        default=",".join(str(r) for r in RATES),
+        help="STF sampling rates, comma-separated",
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--slices-per-sample", type=int, default=15)
-    parser.add_argument("--pace-window", type=int, default=100, help="STFs in flight the runner allows")
-    parser.add_argument("--raw-messages", type=int, default=None, help="raw baseline messages (default 5000)")
-    parser.add_argument("--stall", type=float, default=30.0, help="seconds without progress that end a wait")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR", help="cProfile every agent into DIR")
+    parser.add_argument(
+        "--pace-window", type=int, default=100, help="STFs in flight the runner allows"
+    )
+    parser.add_argument(
+        "--raw-messages", type=int, default=None, help="raw baseline messages (default 5000)"
+    )
+    parser.add_argument(
+        "--stall", type=float, default=30.0, help="seconds without progress that end a wait"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, metavar="DIR", help="cProfile every agent into DIR"
+    )
     args = parser.parse_args(argv)
     stfs = args.stfs or (100 if args.quick else 1000)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -699,7 +833,9 @@ def main(argv: list[str] | None = None) -> int:
     conn: stomp.Connection | None = None
     client: BrokerClient | None = None
     try:
-        log(f"raw broker throughput: {raw_n} messages, one stomp.py producer → one consumer on a topic …")
+        log(
+            f"raw broker throughput: {raw_n} messages, one stomp.py producer → one consumer on a topic …"
+        )
         raw = raw_throughput(broker, raw_n)
         log(f"  {raw['msgs_per_s']:.0f} msg/s ({raw['received']}/{raw['messages']} received)")
 
@@ -707,15 +843,24 @@ def main(argv: list[str] | None = None) -> int:
         conn = stomp.Connection([(broker.host, broker.port)], auto_decode=False, heartbeats=(0, 0))
         conn.set_listener("count", counting)
         conn.connect(wait=True)
-        dests = [RUN_TOPIC, data_topic(ns), worker_topic(ns), replies_topic(ns), MONITOR_TOPIC, HEARTBEAT_TOPIC]
+        dests = [
+            RUN_TOPIC,
+            data_topic(ns),
+            worker_topic(ns),
+            replies_topic(ns),
+            MONITOR_TOPIC,
+            HEARTBEAT_TOPIC,
+        ]
         for i, dest in enumerate(dests):
             conn.subscribe(str(dest), id=str(i), ack="auto", headers={"receipt": f"sub{i}"})
         with counting.lock:
             while counting.subscribed < len(dests):
                 counting.changed.wait(1)
 
-        log(f"starting the monitor ingest (SWF_HOME {ingest.home}) and {len(agents.specs())} agent processes "
-            f"in namespace {ns} (logs in {agents.logs}) …")
+        log(
+            f"starting the monitor ingest (SWF_HOME {ingest.home}) and {len(agents.specs())} agent processes "
+            f"in namespace {ns} (logs in {agents.logs}) …"
+        )
         ingest.start()
         agents.start()
         _wait_ready(counting, set(agents.specs()), ingest, db, ns)
@@ -724,21 +869,39 @@ def main(argv: list[str] | None = None) -> int:
 
         for rate in rates:
             log(f"run: {stfs} STFs at time scale 0, sampling rate {rate:g} …")
-            fig = one_run(agents, counting, client, ingest, db, stfs, rate, args.slices_per_sample, args.stall, cpu)
+            fig = one_run(
+                agents,
+                counting,
+                client,
+                ingest,
+                db,
+                stfs,
+                rate,
+                args.slices_per_sample,
+                args.stall,
+                cpu,
+            )
             fig.broker_msgs_per_s = raw["msgs_per_s"]
             fig.ratio = fig.msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
             fig.chain_ratio = fig.chain_msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
             runs.append(fig)
-            log(f"  end to end (monitor complete): {fig.stf_per_s:.1f} STF/s, {fig.msgs_per_s:.0f} msg/s "
+            log(
+                f"  end to end (monitor complete): {fig.stf_per_s:.1f} STF/s, {fig.msgs_per_s:.0f} msg/s "
                 f"({fig.msgs} messages in {fig.seconds:.2f} s), ratio to raw broker {fig.ratio:.3f}, "
-                f"lost {fig.lost}, duplicated {fig.duplicated}, {fig.status}")
-            log(f"  chain alone (broker): {fig.chain_stf_per_s:.1f} STF/s, {fig.chain_msgs_per_s:.0f} msg/s "
+                f"lost {fig.lost}, duplicated {fig.duplicated}, {fig.status}"
+            )
+            log(
+                f"  chain alone (broker): {fig.chain_stf_per_s:.1f} STF/s, {fig.chain_msgs_per_s:.0f} msg/s "
                 f"in {fig.chain_seconds:.2f} s ({fig.stf_stream_per_s:.1f} STF/s through data and processing), "
-                f"lost {fig.chain_lost}; ingest lag {fig.ingest_lag_s:.2f} s")
+                f"lost {fig.chain_lost}; ingest lag {fig.ingest_lag_s:.2f} s"
+            )
             log(f"    expected {fig.expected}")
             log(f"    seen     {fig.seen}")
             log(f"    monitor  {fig.monitor_held} of {fig.monitor_expected}")
-            log("    CPU µs per message: " + ", ".join(f"{k} {v:g}" for k, v in fig.cpu_us_per_msg.items()))
+            log(
+                "    CPU µs per message: "
+                + ", ".join(f"{k} {v:g}" for k, v in fig.cpu_us_per_msg.items())
+            )
             time.sleep(1.5)  # let heartbeats settle (READY) before the next run
     finally:
         if client is not None:
@@ -752,27 +915,42 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
 
     print()
-    print(f"{'sampling rate':>14} {'STFs':>6} {'STF/s':>9} {'msg/s':>9} {'chain STF/s':>12} {'chain msg/s':>12} "
-          f"{'lag s':>6} {'lost':>5} {'dup':>5} {'raw msg/s':>10} {'ratio':>6}")
+    print(
+        f"{'sampling rate':>14} {'STFs':>6} {'STF/s':>9} {'msg/s':>9} {'chain STF/s':>12} {'chain msg/s':>12} "
+        f"{'lag s':>6} {'lost':>5} {'dup':>5} {'raw msg/s':>10} {'ratio':>6}"
+    )
     for fig in runs:
-        print(f"{fig.rate:>14g} {fig.stfs:>6} {fig.stf_per_s:>9.1f} {fig.msgs_per_s:>9.0f} "
-              f"{fig.chain_stf_per_s:>12.1f} {fig.chain_msgs_per_s:>12.0f} {fig.ingest_lag_s:>6.2f} {fig.lost:>5} "
-              f"{fig.duplicated:>5} {fig.broker_msgs_per_s:>10.0f} {fig.ratio:>6.3f}")
+        print(
+            f"{fig.rate:>14g} {fig.stfs:>6} {fig.stf_per_s:>9.1f} {fig.msgs_per_s:>9.0f} "
+            f"{fig.chain_stf_per_s:>12.1f} {fig.chain_msgs_per_s:>12.0f} {fig.ingest_lag_s:>6.2f} {fig.lost:>5} "
+            f"{fig.duplicated:>5} {fig.broker_msgs_per_s:>10.0f} {fig.ratio:>6.3f}"
+        )
     headline = next((f for f in runs if f.rate == 0.05), runs[0])
-    print(f"target at sampling rate 0.05: {TARGET_STF_PER_S:.0f} STF/s (100x ePIC real time); "
-          f"measured {headline.stf_per_s:.1f} STF/s end to end")
+    print(
+        f"target at sampling rate 0.05: {TARGET_STF_PER_S:.0f} STF/s (100x ePIC real time); "
+        f"measured {headline.stf_per_s:.1f} STF/s end to end"
+    )
     lost = sum(f.lost for f in runs)
     dup = sum(f.duplicated for f in runs)
     figures = {
-        "broker": args.broker, "database": "sqlite", "stfs": headline.stfs, "sampling_rate": headline.rate,
-        "stf_per_s": round(headline.stf_per_s, 1), "msgs_per_s": round(headline.msgs_per_s, 1),
-        "chain_stf_per_s": round(headline.chain_stf_per_s, 1), "chain_msgs_per_s": round(headline.chain_msgs_per_s, 1),
+        "broker": args.broker,
+        "database": "sqlite",
+        "stfs": headline.stfs,
+        "sampling_rate": headline.rate,
+        "stf_per_s": round(headline.stf_per_s, 1),
+        "msgs_per_s": round(headline.msgs_per_s, 1),
+        "chain_stf_per_s": round(headline.chain_stf_per_s, 1),
+        "chain_msgs_per_s": round(headline.chain_msgs_per_s, 1),
         "ingest_lag_s": round(headline.ingest_lag_s, 3),
-        "lost": lost, "duplicated": dup, "broker_msgs_per_s": round(headline.broker_msgs_per_s, 1),
-        "ratio": round(headline.ratio, 4), "chain_ratio": round(headline.chain_ratio, 4),
+        "lost": lost,
+        "duplicated": dup,
+        "broker_msgs_per_s": round(headline.broker_msgs_per_s, 1),
+        "ratio": round(headline.ratio, 4),
+        "chain_ratio": round(headline.chain_ratio, 4),
         "target_stf_per_s": TARGET_STF_PER_S,
         "meets_target": headline.stf_per_s >= TARGET_STF_PER_S and headline.lost == 0,
-        "workers": args.workers, "pace_window": args.pace_window,
+        "workers": args.workers,
+        "pace_window": args.pace_window,
         "runs": {f"{f.rate:g}": f.as_dict() for f in runs},
     }
     sys.stdout.flush()

@@ -96,12 +96,15 @@ def last_json(stdout: str) -> dict[str, Any] | None:
 def run_one(name: str, full: bool, timeout: float, logs: Path, console: Console) -> Outcome:
     argv = [sys.executable, str(BENCH / f"{name}.py"), *([] if full else ["--quick"])]
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
-    console.print(f"[bold]{name}[/bold]: {' '.join(Path(a).name if a.endswith('.py') else a for a in argv[1:])} …")
+    console.print(
+        f"[bold]{name}[/bold]: {' '.join(Path(a).name if a.endswith('.py') else a for a in argv[1:])} …"
+    )
     started = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         # its own session: on a timeout or Ctrl+C the bench and everything it started are stopped together
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             exit_code: int | None = proc.wait(timeout)
             problem = ""
@@ -113,12 +116,18 @@ def run_one(name: str, full: bool, timeout: float, logs: Path, console: Console)
             raise
     seconds = time.monotonic() - started
     stdout = out_path.read_text(errors="replace")
-    stderr_lines = [line for line in err_path.read_text(errors="replace").splitlines() if line.strip()]
+    stderr_lines = [
+        line for line in err_path.read_text(errors="replace").splitlines() if line.strip()
+    ]
     figures = last_json(stdout)
     if figures is None and not problem:
         problem = "no JSON object on its last line of output"
-    outcome = Outcome(name, exit_code, seconds, figures, problem, stderr_lines[-STDERR_LINES:], logs)
-    status = "[green]ok[/green]" if outcome.ok else f"[red]FAILED[/red] (exit {exit_code}) {problem}"
+    outcome = Outcome(
+        name, exit_code, seconds, figures, problem, stderr_lines[-STDERR_LINES:], logs
+    )
+    status = (
+        "[green]ok[/green]" if outcome.ok else f"[red]FAILED[/red] (exit {exit_code}) {problem}"
+    )
     console.print(f"  {status} in {seconds:.0f} s")
     return outcome
 
@@ -153,69 +162,134 @@ def rows_broker_throughput(f: dict[str, Any]) -> list[Row]:
             continue  # messages, repeat, body_bytes, ok
         pattern = key.replace("_", " ", 1).replace("_", "→")  # topic_1_3 -> "topic 1→3"
         ratio = entry.get("ratio")
-        baseline = f"ActiveMQ msg/s: {_num(entry['activemq'])}" if "activemq" in entry else "ActiveMQ: not run"
-        rows.append((f"broker throughput, {pattern}", f"embedded msg/s: {_num(entry['embedded'])}", baseline,
-                     ratio if ratio is not None else _ratio(entry.get("embedded"), entry.get("activemq"))))
+        baseline = (
+            f"ActiveMQ msg/s: {_num(entry['activemq'])}"
+            if "activemq" in entry
+            else "ActiveMQ: not run"
+        )
+        rows.append(
+            (
+                f"broker throughput, {pattern}",
+                f"embedded msg/s: {_num(entry['embedded'])}",
+                baseline,
+                ratio
+                if ratio is not None
+                else _ratio(entry.get("embedded"), entry.get("activemq")),
+            )
+        )
     return rows
 
 
 def rows_ingest(f: dict[str, Any]) -> list[Row]:
-    return [(f"monitor ingest ({f.get('database', '?')})",
-             f"ingest msg/s: {_num(f.get('ingest_msgs_per_s'))}",
-             f"bare consumer msg/s: {_num(f.get('baseline_msgs_per_s'))}",
-             f.get("ratio", _ratio(f.get("ingest_msgs_per_s"), f.get("baseline_msgs_per_s"))))]
+    return [
+        (
+            f"monitor ingest ({f.get('database', '?')})",
+            f"ingest msg/s: {_num(f.get('ingest_msgs_per_s'))}",
+            f"bare consumer msg/s: {_num(f.get('baseline_msgs_per_s'))}",
+            f.get("ratio", _ratio(f.get("ingest_msgs_per_s"), f.get("baseline_msgs_per_s"))),
+        )
+    ]
 
 
 def rows_monitor_scale(f: dict[str, Any]) -> list[Row]:
     worst = f.get("worst_p95_ms")
-    return [(f"monitor scale ({_num(f.get('messages'))} msgs, {f.get('database', '?')})",
-             f"worst p95 ms: {_num(worst)}", f"aim ms: < {_num(MONITOR_AIM_MS)}", _ratio(worst, MONITOR_AIM_MS))]
+    return [
+        (
+            f"monitor scale ({_num(f.get('messages'))} msgs, {f.get('database', '?')})",
+            f"worst p95 ms: {_num(worst)}",
+            f"aim ms: < {_num(MONITOR_AIM_MS)}",
+            _ratio(worst, MONITOR_AIM_MS),
+        )
+    ]
 
 
 def rows_pipeline(f: dict[str, Any]) -> list[Row]:
     label = f"pipeline ({f.get('stfs', '?')} STFs, sampling {f.get('sampling_rate', '?')})"
     rows: list[Row] = [
-        (label, f"STF/s: {_num(f.get('stf_per_s'))}", f"aim STF/s: {_num(f.get('target_stf_per_s'))}",
-         _ratio(f.get("stf_per_s"), f.get("target_stf_per_s"))),
-        (label, f"msgs/s: {_num(f.get('msgs_per_s'))}", f"raw broker msgs/s: {_num(f.get('broker_msgs_per_s'))}",
-         f.get("ratio", _ratio(f.get("msgs_per_s"), f.get("broker_msgs_per_s")))),
-        (f"{label}, chain alone", f"msgs/s: {_num(f.get('chain_msgs_per_s'))}",
-         f"raw broker msgs/s: {_num(f.get('broker_msgs_per_s'))}",
-         f.get("chain_ratio", _ratio(f.get("chain_msgs_per_s"), f.get("broker_msgs_per_s")))),
+        (
+            label,
+            f"STF/s: {_num(f.get('stf_per_s'))}",
+            f"aim STF/s: {_num(f.get('target_stf_per_s'))}",
+            _ratio(f.get("stf_per_s"), f.get("target_stf_per_s")),
+        ),
+        (
+            label,
+            f"msgs/s: {_num(f.get('msgs_per_s'))}",
+            f"raw broker msgs/s: {_num(f.get('broker_msgs_per_s'))}",
+            f.get("ratio", _ratio(f.get("msgs_per_s"), f.get("broker_msgs_per_s"))),
+        ),
+        (
+            f"{label}, chain alone",
+            f"msgs/s: {_num(f.get('chain_msgs_per_s'))}",
+            f"raw broker msgs/s: {_num(f.get('broker_msgs_per_s'))}",
+            f.get("chain_ratio", _ratio(f.get("chain_msgs_per_s"), f.get("broker_msgs_per_s"))),
+        ),
     ]
-    for rate, run in (f.get("runs") or {}).items():  # the other sampling rates (the headline is 0.05)
+    for rate, run in (
+        f.get("runs") or {}
+    ).items():  # the other sampling rates (the headline is 0.05)
         if not isinstance(run, dict) or run.get("rate") == f.get("sampling_rate"):
             continue
         other = f"pipeline ({run.get('stfs', '?')} STFs, sampling {rate})"
-        rows.append((other, f"STF/s: {_num(run.get('stf_per_s'))}, msgs/s: {_num(run.get('msgs_per_s'))}",
-                     f"raw broker msgs/s: {_num(run.get('broker_msgs_per_s'))}",
-                     _ratio(run.get("msgs_per_s"), run.get("broker_msgs_per_s"))))
-        rows.append((f"{other}, chain alone", f"STF/s: {_num(run.get('chain_stf_per_s'))}",
-                     f"end to end STF/s: {_num(run.get('stf_per_s'))}",
-                     _ratio(run.get("chain_stf_per_s"), run.get("stf_per_s"))))
-    for rate, run in (f.get("runs") or {}).items():  # where the CPU goes: the ingest against all processes
+        rows.append(
+            (
+                other,
+                f"STF/s: {_num(run.get('stf_per_s'))}, msgs/s: {_num(run.get('msgs_per_s'))}",
+                f"raw broker msgs/s: {_num(run.get('broker_msgs_per_s'))}",
+                _ratio(run.get("msgs_per_s"), run.get("broker_msgs_per_s")),
+            )
+        )
+        rows.append(
+            (
+                f"{other}, chain alone",
+                f"STF/s: {_num(run.get('chain_stf_per_s'))}",
+                f"end to end STF/s: {_num(run.get('stf_per_s'))}",
+                _ratio(run.get("chain_stf_per_s"), run.get("stf_per_s")),
+            )
+        )
+    for rate, run in (
+        f.get("runs") or {}
+    ).items():  # where the CPU goes: the ingest against all processes
         cpu = run.get("cpu_us_per_msg") if isinstance(run, dict) else None
         if cpu:
-            rows.append((f"pipeline ({run.get('stfs', '?')} STFs, sampling {rate}), CPU per message",
-                         f"ingest µs: {_num(cpu.get('ingest'))}", f"all processes µs: {_num(cpu.get('total'))}",
-                         _ratio(cpu.get("ingest"), cpu.get("total"))))
+            rows.append(
+                (
+                    f"pipeline ({run.get('stfs', '?')} STFs, sampling {rate}), CPU per message",
+                    f"ingest µs: {_num(cpu.get('ingest'))}",
+                    f"all processes µs: {_num(cpu.get('total'))}",
+                    _ratio(cpu.get("ingest"), cpu.get("total")),
+                )
+            )
     return rows
 
 
 def rows_legacy(f: dict[str, Any]) -> list[Row]:
     label = f"legacy agents ({f.get('stfs', '?')} STFs, sampling {f.get('sampling_rate', '?')}, serial REST)"
     return [
-        (label, f"STF/s: {_num(f.get('stf_per_s'))}", f"aim STF/s: {_num(f.get('aim_stf_per_s'))}",
-         _ratio(f.get("stf_per_s"), f.get("aim_stf_per_s"))),
-        (label, f"REST p50 ms: {_num(f.get('rest_p50_ms'))}", f"trivial GET p50 ms: {_num(f.get('baseline_get_p50_ms'))}",
-         f.get("ratio", _ratio(f.get("rest_p50_ms"), f.get("baseline_get_p50_ms")))),
+        (
+            label,
+            f"STF/s: {_num(f.get('stf_per_s'))}",
+            f"aim STF/s: {_num(f.get('aim_stf_per_s'))}",
+            _ratio(f.get("stf_per_s"), f.get("aim_stf_per_s")),
+        ),
+        (
+            label,
+            f"REST p50 ms: {_num(f.get('rest_p50_ms'))}",
+            f"trivial GET p50 ms: {_num(f.get('baseline_get_p50_ms'))}",
+            f.get("ratio", _ratio(f.get("rest_p50_ms"), f.get("baseline_get_p50_ms"))),
+        ),
     ]
 
 
 def rows_stream(f: dict[str, Any]) -> list[Row]:
-    return [(f"page p95 with {f.get('connected', '?')} idle streams",
-             f"p95 ms: {_num(f.get('with_streams_p95_ms'))}", f"no streams p95 ms: {_num(f.get('baseline_p95_ms'))}",
-             f.get("ratio", _ratio(f.get("with_streams_p95_ms"), f.get("baseline_p95_ms"))))]
+    return [
+        (
+            f"page p95 with {f.get('connected', '?')} idle streams",
+            f"p95 ms: {_num(f.get('with_streams_p95_ms'))}",
+            f"no streams p95 ms: {_num(f.get('baseline_p95_ms'))}",
+            f.get("ratio", _ratio(f.get("with_streams_p95_ms"), f.get("baseline_p95_ms"))),
+        )
+    ]
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
@@ -229,8 +303,10 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
 
 
 def table_of(outcomes: list[Outcome], mode: str) -> Table:
-    table = Table(title=f"swf-testbed benchmarks ({mode})",
-                  caption="ratio = figure / baseline; monitor scale: below 1 meets the aim (lower is better)")
+    table = Table(
+        title=f"swf-testbed benchmarks ({mode})",
+        caption="ratio = figure / baseline; monitor scale: below 1 meets the aim (lower is better)",
+    )
     table.add_column("benchmark")
     table.add_column("figure")
     table.add_column("baseline")
@@ -249,7 +325,8 @@ def table_of(outcomes: list[Outcome], mode: str) -> Table:
             table.add_row(
                 Text(TITLES[outcome.name], style="red"),
                 Text(f"FAILED: exit code {outcome.exit_code}, {why}", style="red"),
-                Text(detail + f"\n(logs: {outcome.log_dir})"), "–",
+                Text(detail + f"\n(logs: {outcome.log_dir})"),
+                "–",
             )
     return table
 
@@ -262,11 +339,21 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the small runs (the default)")
     mode.add_argument("--full", action="store_true", help="the full runs (takes much longer)")
-    parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME", default=None,
-                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds one benchmark may take before it is stopped and counted failed "
-                             "(default 900 quick, 7200 full)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        default=None,
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds one benchmark may take before it is stopped and counted failed "
+        "(default 900 quick, 7200 full)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in BENCHMARKS if n in args.only] if args.only else list(BENCHMARKS)
     mode_name = "full" if args.full else "quick"
@@ -284,9 +371,17 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode_name,
         "ok": ok,
         "benchmarks": {
-            o.name: {"ok": o.ok, "exit_code": o.exit_code, "seconds": round(o.seconds, 1),
-                     **({"error": o.problem or "exited non-zero", "stderr_tail": o.stderr_tail} if not o.ok else {}),
-                     "figures": o.figures}
+            o.name: {
+                "ok": o.ok,
+                "exit_code": o.exit_code,
+                "seconds": round(o.seconds, 1),
+                **(
+                    {"error": o.problem or "exited non-zero", "stderr_tail": o.stderr_tail}
+                    if not o.ok
+                    else {}
+                ),
+                "figures": o.figures,
+            }
             for o in outcomes
         },
     }

@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +66,28 @@ PROCESSING_TIME_S = 0.3
 WARMUP_S = 60.0
 
 
-def testbed_toml(namespace: str, broker_port: int, monitor_port: int, stfs: int, minutes: float) -> str:
+def testbed_toml(
+    namespace: str, broker_port: int, monitor_port: int, stfs: int, minutes: float
+) -> str:
     """``swf-testbed init``'s testbed.toml (every agent, two workers, embedded services), paced to real time."""
     text = render(namespace)
     # the default ports by value (two sections have a port); the run's own keys whatever the starter's value
-    for pattern, new in ((r"port = 61613\b", f"port = {broker_port}"), (r"port = 8002\b", f"port = {monitor_port}"),
-                         (r"time_scale = \S+", "time_scale = 1"), (r"stf_count = \S+", f"stf_count = {stfs}"),
-                         (r"stf_sampling_rate = \S+", f"stf_sampling_rate = {SAMPLING}")):
+    for pattern, new in (
+        (r"port = 61613\b", f"port = {broker_port}"),
+        (r"port = 8002\b", f"port = {monitor_port}"),
+        (r"time_scale = \S+", "time_scale = 1"),
+        (r"stf_count = \S+", f"stf_count = {stfs}"),
+        (r"stf_sampling_rate = \S+", f"stf_sampling_rate = {SAMPLING}"),
+    ):
         text, found = re.subn(rf"(?m)^{pattern}", new, text, count=1)
         if not found:
-            raise SystemExit(f"swf-testbed init's testbed.toml no longer has {pattern!r}: update bench/soak.py")
-    extra = (f"stf_interval = {STF_INTERVAL_S}\nphysics_period_duration = {minutes * 60 + 60:.0f}\n"
-             f"slice_processing_time = {SLICE_TIME_S}\nprocessing_time = {PROCESSING_TIME_S}")
+            raise SystemExit(
+                f"swf-testbed init's testbed.toml no longer has {pattern!r}: update bench/soak.py"
+            )
+    extra = (
+        f"stf_interval = {STF_INTERVAL_S}\nphysics_period_duration = {minutes * 60 + 60:.0f}\n"
+        f"slice_processing_time = {SLICE_TIME_S}\nprocessing_time = {PROCESSING_TIME_S}"
+    )
     return re.sub(r"(?m)^\[parameters\].*$", lambda m: f"{m.group(0)}\n{extra}", text, count=1)
 
 
@@ -107,7 +117,7 @@ class Sent(stomp.ConnectionListener):
 def _utc(text: str) -> float:
     """A Django SQLite datetime ('YYYY-MM-DD HH:MM:SS[.ffffff]', UTC) as epoch seconds."""
     value = datetime.fromisoformat(text)
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 class Recorded(threading.Thread):
@@ -140,11 +150,15 @@ class Recorded(threading.Thread):
     def poll(self, db: sqlite3.Connection) -> None:
         rows = db.execute(
             "SELECT id, msg_id, sent_at, received_at FROM monitor_workflowmessage "
-            "WHERE id > ? AND namespace = ? ORDER BY id", (self.last_id, self.namespace)).fetchall()
+            "WHERE id > ? AND namespace = ? ORDER BY id",
+            (self.last_id, self.namespace),
+        ).fetchall()
         now = time.time()
         for row_id, msg_id, sent_at, received_at in rows:
             self.last_id = max(self.last_id, row_id)
-            self.seen.setdefault(msg_id, (now, _utc(sent_at) if sent_at else None, _utc(received_at)))
+            self.seen.setdefault(
+                msg_id, (now, _utc(sent_at) if sent_at else None, _utc(received_at))
+            )
 
 
 @dataclass
@@ -186,7 +200,8 @@ class Sampler(threading.Thread):
                 with proc.oneshot():
                     times = proc.cpu_times()
                     self.samples.setdefault(name, []).append(
-                        ProcessSample(now, proc.memory_info().rss, times.user + times.system))
+                        ProcessSample(now, proc.memory_info().rss, times.user + times.system)
+                    )
             except psutil.Error:
                 continue
 
@@ -232,8 +247,12 @@ def process_figures(sampler: Sampler, started: float, ended: float) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the run (wall time)")
-    parser.add_argument("--sample", type=float, default=15.0, help="seconds between CPU/RSS samples")
-    parser.add_argument("--keep", action="store_true", help="keep the runtime directory (logs, database)")
+    parser.add_argument(
+        "--sample", type=float, default=15.0, help="seconds between CPU/RSS samples"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the runtime directory (logs, database)"
+    )
     args = parser.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="swf-soak-"))
@@ -253,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"soak: {stfs} STFs at one per {STF_INTERVAL_S} s, namespace {namespace}, runtime {home}")
     subprocess.run([*cli, "up", str(config)], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
-        status = json.loads(subprocess.run([*cli, "status", "--json", "-c", str(config)], env=env,
-                                           capture_output=True, text=True).stdout)
+        status = json.loads(
+            subprocess.run(
+                [*cli, "status", "--json", "-c", str(config)],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         wait_for_port("127.0.0.1", broker_port, 30)
 
         sent = Sent(namespace)
@@ -272,8 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         run_log = home / "run.log"
         with open(run_log, "wb") as out:
-            code = subprocess.run([*cli, "run", str(config), "--drain-timeout", "600"], env=env,
-                                  stdout=out, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(
+                [*cli, "run", str(config), "--drain-timeout", "600"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            ).returncode
         ended = time.time()
         sampler.sample()
         sampler.done.set()
@@ -289,16 +318,24 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             conn.disconnect()
     finally:
-        subprocess.run([*cli, "stop", "--all", "-c", str(config)], env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*cli, "stop", "--all", "-c", str(config)], env=env, stdout=subprocess.DEVNULL
+        )
 
     missing = sorted(set(sent_types) - set(recorded.seen))
     missing_by_type: dict[str, int] = {}
     for msg_id in missing:
         missing_by_type[sent_types[msg_id]] = missing_by_type.get(sent_types[msg_id], 0) + 1
-    lags = [seen - sent_at for msg_id, (seen, sent_at, _r) in recorded.seen.items()
-            if msg_id in sent_types and sent_at is not None]
-    ingest_lags = [recv - sent_at for msg_id, (_s, sent_at, recv) in recorded.seen.items()
-                   if msg_id in sent_types and sent_at is not None]
+    lags = [
+        seen - sent_at
+        for msg_id, (seen, sent_at, _r) in recorded.seen.items()
+        if msg_id in sent_types and sent_at is not None
+    ]
+    ingest_lags = [
+        recv - sent_at
+        for msg_id, (_s, sent_at, recv) in recorded.seen.items()
+        if msg_id in sent_types and sent_at is not None
+    ]
     kinds: dict[str, int] = {}
     for kind in sent_types.values():
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -306,25 +343,43 @@ def main(argv: list[str] | None = None) -> int:
     tail = run_log.read_text(errors="replace").strip().splitlines()[-3:]
 
     figures: dict[str, Any] = {
-        "minutes": round((ended - started) / 60, 1), "stfs_asked": stfs, "run_exit": code,
-        "sent": len(sent_types), "recorded": len(set(sent_types) & set(recorded.seen)),
-        "missing": len(missing), "missing_by_type": missing_by_type, "sent_by_type": kinds,
+        "minutes": round((ended - started) / 60, 1),
+        "stfs_asked": stfs,
+        "run_exit": code,
+        "sent": len(sent_types),
+        "recorded": len(set(sent_types) & set(recorded.seen)),
+        "missing": len(missing),
+        "missing_by_type": missing_by_type,
+        "sent_by_type": kinds,
         "lag_p50_s": round(statistics.median(lags), 3) if lags else None,
         "lag_p99_s": round(percentile(lags, 0.99) or 0, 3) if lags else None,
         "lag_max_s": round(max(lags), 3) if lags else None,
-        "ingest_receive_lag_p50_s": round(statistics.median(ingest_lags), 3) if ingest_lags else None,
-        "ingest_receive_lag_p99_s": round(percentile(ingest_lags, 0.99) or 0, 3) if ingest_lags else None,
-        "processes": procs, "run_tail": tail,
+        "ingest_receive_lag_p50_s": round(statistics.median(ingest_lags), 3)
+        if ingest_lags
+        else None,
+        "ingest_receive_lag_p99_s": round(percentile(ingest_lags, 0.99) or 0, 3)
+        if ingest_lags
+        else None,
+        "processes": procs,
+        "run_tail": tail,
     }
     print(f"run: exit {code}; " + " | ".join(tail[-2:]))
-    print(f"messages: sent {figures['sent']}, recorded {figures['recorded']}, missing {figures['missing']} "
-          f"{missing_by_type or ''}")
-    print(f"lag (timestamp -> visible in the monitor): p50 {figures['lag_p50_s']} s, "
-          f"p99 {figures['lag_p99_s']} s, max {figures['lag_max_s']} s")
-    print(f"{'process':<28}{'RSS start':>11}{'RSS end':>10}{'peak':>8}{'growth':>8}{'CPU% start':>12}{'CPU% end':>10}")
+    print(
+        f"messages: sent {figures['sent']}, recorded {figures['recorded']}, missing {figures['missing']} "
+        f"{missing_by_type or ''}"
+    )
+    print(
+        f"lag (timestamp -> visible in the monitor): p50 {figures['lag_p50_s']} s, "
+        f"p99 {figures['lag_p99_s']} s, max {figures['lag_max_s']} s"
+    )
+    print(
+        f"{'process':<28}{'RSS start':>11}{'RSS end':>10}{'peak':>8}{'growth':>8}{'CPU% start':>12}{'CPU% end':>10}"
+    )
     for name, p in procs.items():
-        print(f"{name:<28}{p['rss_start_mb']:>9.1f}MB{p['rss_end_mb']:>8.1f}MB{p['rss_peak_mb']:>6.1f}MB"
-              f"{p['rss_growth_mb']:>+6.1f}MB{p['cpu_start_pct']:>12.1f}{p['cpu_end_pct']:>10.1f}")
+        print(
+            f"{name:<28}{p['rss_start_mb']:>9.1f}MB{p['rss_end_mb']:>8.1f}MB{p['rss_peak_mb']:>6.1f}MB"
+            f"{p['rss_growth_mb']:>+6.1f}MB{p['cpu_start_pct']:>12.1f}{p['cpu_end_pct']:>10.1f}"
+        )
     if not args.keep:
         import shutil
 

@@ -49,13 +49,33 @@ def seed(n: int) -> str:
     batch: list[Incoming] = []
     for i in range(n):
         if i % 10 == 0:
-            msg: Any = Heartbeat(namespace="bench", sender=f"agent-{i % 7}", agent_name=f"agent-{i % 7}",
-                                 agent_type="bench", instance_id=f"i{i % 7}", pid=1, hostname="h",
-                                 operational_state="READY", interval_s=30)
+            msg: Any = Heartbeat(
+                namespace="bench",
+                sender=f"agent-{i % 7}",
+                agent_name=f"agent-{i % 7}",
+                agent_type="bench",
+                instance_id=f"i{i % 7}",
+                pid=1,
+                hostname="h",
+                operational_state="READY",
+                interval_s=30,
+            )
         else:
-            msg = StfGen(namespace="bench", sender="daq", execution_id=f"exec-{i // 1000}", run_id=1000 + i // 1000,
-                         state="run", substate="physics", filename=f"swf.{i:08d}.stf", sequence=i,
-                         size_bytes=1000, checksum="0000abcd", tf_count=10, start=now, end=now)
+            msg = StfGen(
+                namespace="bench",
+                sender="daq",
+                execution_id=f"exec-{i // 1000}",
+                run_id=1000 + i // 1000,
+                state="run",
+                substate="physics",
+                filename=f"swf.{i:08d}.stf",
+                sequence=i,
+                size_bytes=1000,
+                checksum="0000abcd",
+                tf_count=10,
+                start=now,
+                end=now,
+            )
         batch.append(Incoming(body=msg.to_bytes(), destination="/topic/epictopic"))
         if len(batch) == 500:
             record(batch)
@@ -77,9 +97,11 @@ def page_times(base: str, repeat: int) -> dict[str, float]:
                 client.get(page).raise_for_status()
                 times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return {"p50_ms": round(statistics.median(times), 1),
-            "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1),
-            "requests": len(times)}
+    return {
+        "p50_ms": round(statistics.median(times), 1),
+        "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1),
+        "requests": len(times),
+    }
 
 
 class IdleStreams:
@@ -96,9 +118,12 @@ class IdleStreams:
     async def _one(self, client: httpx.AsyncClient, index: int) -> None:
         assert self._stop is not None
         try:
-            async with client.stream("GET", "/api/messages/stream/",
-                                     params={"namespace": f"nobody-{index}"},
-                                     headers={"Authorization": f"Token {self.token}"}) as response:
+            async with client.stream(
+                "GET",
+                "/api/messages/stream/",
+                params={"namespace": f"nobody-{index}"},
+                headers={"Authorization": f"Token {self.token}"},
+            ) as response:
                 if response.status_code != 200:
                     self.failures.append(f"HTTP {response.status_code}")
                     return
@@ -122,8 +147,9 @@ class IdleStreams:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         limits = httpx.Limits(max_connections=self.count + 10, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=self.base, limits=limits,
-                                     timeout=httpx.Timeout(60, read=None)) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base, limits=limits, timeout=httpx.Timeout(60, read=None)
+        ) as client:
             await asyncio.gather(*(self._one(client, i) for i in range(self.count)))
 
     def open(self, timeout: float = 300) -> None:
@@ -132,7 +158,9 @@ class IdleStreams:
         while self.connected < self.count and not self.failures and time.monotonic() < deadline:
             time.sleep(0.1)
         if self.connected < self.count:
-            raise SystemExit(f"only {self.connected} of {self.count} streams connected: {self.failures[:3]}")
+            raise SystemExit(
+                f"only {self.connected} of {self.count} streams connected: {self.failures[:3]}"
+            )
 
     def close(self) -> None:
         if self._loop and self._stop:
@@ -152,8 +180,13 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="swf-bench-stream-"))
     db_url = f"sqlite:///{workdir / 'stream.sqlite3'}"
-    os.environ.update({"DATABASE_URL": db_url, "SWF_HOME": str(workdir),
-                       "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings"})
+    os.environ.update(
+        {
+            "DATABASE_URL": db_url,
+            "SWF_HOME": str(workdir),
+            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
+        }
+    )
     from swf_testbed.monitor import setup
 
     setup()
@@ -170,11 +203,16 @@ def main() -> int:
         t = time.perf_counter()
         streams.open()
         connect_s = time.perf_counter() - t
-        status = httpx.get(web.url + "/api/messages/stream/status/",
-                           headers={"Authorization": f"Token {token}"}, timeout=60).json()
+        status = httpx.get(
+            web.url + "/api/messages/stream/status/",
+            headers={"Authorization": f"Token {token}"},
+            timeout=60,
+        ).json()
         with_streams = page_times(web.url, repeat)
-        print(f"{status['connected_clients']} idle streams: p50 {with_streams['p50_ms']} ms, "
-              f"p95 {with_streams['p95_ms']} ms (all connected in {connect_s:.1f} s)")
+        print(
+            f"{status['connected_clients']} idle streams: p50 {with_streams['p50_ms']} ms, "
+            f"p95 {with_streams['p95_ms']} ms (all connected in {connect_s:.1f} s)"
+        )
         streams.close()
         after = page_times(web.url, repeat)
         print(f"no streams again:  p50 {after['p50_ms']} ms, p95 {after['p95_ms']} ms")
@@ -183,11 +221,24 @@ def main() -> int:
     baseline = (before["p95_ms"] + after["p95_ms"]) / 2
     ratio = round(with_streams["p95_ms"] / baseline, 2) if baseline else None
     print(f"p95 with {args.streams} streams / without: {ratio} (aim < 2)")
-    print(json.dumps({"benchmark": "stream", "streams": args.streams, "connected": status["connected_clients"],
-                      "messages": n, "page_loads_per_phase": with_streams["requests"],
-                      "connect_s": round(connect_s, 1), "without_streams": before, "with_streams": with_streams,
-                      "without_streams_after": after, "baseline_p95_ms": round(baseline, 1),
-                      "with_streams_p95_ms": with_streams["p95_ms"], "ratio": ratio}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "stream",
+                "streams": args.streams,
+                "connected": status["connected_clients"],
+                "messages": n,
+                "page_loads_per_phase": with_streams["requests"],
+                "connect_s": round(connect_s, 1),
+                "without_streams": before,
+                "with_streams": with_streams,
+                "without_streams_after": after,
+                "baseline_p95_ms": round(baseline, 1),
+                "with_streams_p95_ms": with_streams["p95_ms"],
+                "ratio": ratio,
+            }
+        )
+    )
     return 0
 
 

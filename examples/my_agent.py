@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunCount:
-    stfs: set[str] = field(default_factory=set)  # file names: a redelivered stf_ready is not counted twice
+    stfs: set[str] = field(
+        default_factory=set
+    )  # file names: a redelivered stf_ready is not counted twice
     total: int | None = None  # the DAQ's count, once end_run has arrived
     reported: bool = False
 
@@ -63,4 +65,10 @@ class StfCounter(Agent):
         if run.reported or run.total is None or len(run.stfs) < run.total:
             return
         run.reported = True
-        log.info("%s: run %d ended: %d STFs counted, DAQ reports %d", self.name, run_id, len(run.stfs), run.total)
+        log.info(
+            "%s: run %d ended: %d STFs counted, DAQ reports %d",
+            self.name,
+            run_id,
+            len(run.stfs),
+            run.total,
+        )

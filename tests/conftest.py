@@ -12,7 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from swf_testbed.testing.brokers import BrokerProcess, activemq_available, start_activemq, start_embedded
+from swf_testbed.testing.brokers import (
+    BrokerProcess,
+    activemq_available,
+    start_activemq,
+    start_embedded,
+)
 from swf_testbed.testing.databases import create_postgres_database
 
 BROKER_KINDS = ["embedded", "activemq"]
@@ -59,7 +64,9 @@ def postgres_url() -> str:
         psycopg.connect(url, connect_timeout=3).close()
     except psycopg.Error as exc:
         if _required("SWF_REQUIRE_POSTGRES"):
-            pytest.fail(f"SWF_REQUIRE_POSTGRES is set but PostgreSQL at {url} is unreachable: {exc}")
+            pytest.fail(
+                f"SWF_REQUIRE_POSTGRES is set but PostgreSQL at {url} is unreachable: {exc}"
+            )
         pytest.skip(f"PostgreSQL not reachable at {url}")
     return url
 

@@ -31,8 +31,14 @@ NEEDS_ATTENTION = frozenset({Liveness.LATE, Liveness.DOWN})
 """Liveness values someone should look at (an exited or gone agent ended; nothing to fix)."""
 
 
-def liveness(age_s: float | None, interval_s: float, *, exited: bool = False, slack_s: float = 0.0,
-             gone_after_s: float | None = None) -> Liveness:
+def liveness(
+    age_s: float | None,
+    interval_s: float,
+    *,
+    exited: bool = False,
+    slack_s: float = 0.0,
+    gone_after_s: float | None = None,
+) -> Liveness:
     """The liveness of an agent whose last heartbeat is ``age_s`` old (None: never heard)."""
     if exited:
         return Liveness.EXITED

@@ -17,7 +17,7 @@ import re
 import uuid
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -234,7 +234,9 @@ class Slice(RunMessage):
     tf_count: int = Field(..., ge=1)
     retries: int = Field(0, ge=0)
     work_time_s: float | None = Field(
-        None, ge=0, description="simulation: wall seconds a worker spends on it (already scaled by the time scale); "
+        None,
+        ge=0,
+        description="simulation: wall seconds a worker spends on it (already scaled by the time scale); "
         "absent = the worker's own setting",
     )
 
@@ -275,7 +277,9 @@ class RunWorkflow(Message):
     workflow_name: str = Field(..., min_length=1, max_length=200)
     config: str = Field(..., min_length=1, max_length=200)
     realtime: bool = False
-    time_scale: float | None = Field(None, ge=0, description="1 = real time, N = N× faster, 0 = as fast as possible")
+    time_scale: float | None = Field(
+        None, ge=0, description="1 = real time, N = N× faster, 0 = as fast as possible"
+    )
     duration: float = Field(0, ge=0, description="seconds of simulated time, 0 = until done")
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -308,11 +312,17 @@ class WorkflowStarted(WorkflowReply):
     execution_id: str = Field(..., min_length=1, max_length=200)
     config: dict[str, Any] = Field(default_factory=dict, description="the fully merged config")
     workflow_version: str = Field("", max_length=100, description="version of the workflow code")
-    workflow_module: str = Field("", max_length=200, description="Python module the workflow comes from")
-    git_commit: str = Field(
-        "", max_length=80, description="git commit of the workflow's source tree, if known (-dirty: file differs)"
+    workflow_module: str = Field(
+        "", max_length=200, description="Python module the workflow comes from"
     )
-    time_scale: float | None = Field(None, ge=0, description="the time scale in effect (0 = as fast as possible)")
+    git_commit: str = Field(
+        "",
+        max_length=80,
+        description="git commit of the workflow's source tree, if known (-dirty: file differs)",
+    )
+    time_scale: float | None = Field(
+        None, ge=0, description="the time scale in effect (0 = as fast as possible)"
+    )
 
 
 class WorkflowCompleted(WorkflowReply):
@@ -387,8 +397,12 @@ class LogEntry(BaseModel):
     funcname: str = Field("", max_length=255)
     lineno: int = Field(0, ge=0)
     thread: str = Field("", max_length=255, description="the thread's name")
-    exception: str = Field("", max_length=LOG_EXCEPTION_MAX_CHARS, description="the formatted traceback, if any")
-    execution_id: str | None = Field(None, max_length=200, description="the execution of the message being handled")
+    exception: str = Field(
+        "", max_length=LOG_EXCEPTION_MAX_CHARS, description="the formatted traceback, if any"
+    )
+    execution_id: str | None = Field(
+        None, max_length=200, description="the execution of the message being handled"
+    )
     run_id: int | None = Field(None, ge=0, description="the run of the message being handled")
 
     @field_validator("timestamp", mode="after")
@@ -414,7 +428,9 @@ class LogBatch(Message):
     pid: int = Field(..., ge=0)
     hostname: str = Field(..., min_length=1, max_length=255)
     records: list[LogEntry] = Field(default_factory=list, max_length=LOG_BATCH_MAX_RECORDS)
-    dropped: int = Field(0, ge=0, description="records dropped since the previous batch (buffer full)")
+    dropped: int = Field(
+        0, ge=0, description="records dropped since the previous batch (buffer full)"
+    )
     dropped_total: int = Field(0, ge=0, description="records dropped since the agent started")
     buffer_size: int = Field(..., ge=1, description="the agent's buffer bound, in records")
 
@@ -422,28 +438,7 @@ class LogBatch(Message):
 
 
 AnyMessage: TypeAlias = Annotated[
-    Union[
-        RunImminent,
-        StartRun,
-        PauseRun,
-        ResumeRun,
-        StfGen,
-        EndRun,
-        StfReady,
-        ProcessingComplete,
-        TfFileRegistered,
-        Slice,
-        SliceResult,
-        RunImminentWorker,
-        RunWorkflow,
-        StopWorkflow,
-        WorkflowStarted,
-        WorkflowCompleted,
-        WorkflowFailed,
-        Heartbeat,
-        DeadLetter,
-        LogBatch,
-    ],
+    RunImminent | StartRun | PauseRun | ResumeRun | StfGen | EndRun | StfReady | ProcessingComplete | TfFileRegistered | Slice | SliceResult | RunImminentWorker | RunWorkflow | StopWorkflow | WorkflowStarted | WorkflowCompleted | WorkflowFailed | Heartbeat | DeadLetter | LogBatch,
     Field(discriminator="msg_type"),
 ]
 
@@ -480,7 +475,13 @@ class UnknownMessageType(MessageError):
 class InvalidMessage(MessageError):
     reason = "invalid_fields"
 
-    def __init__(self, detail: str, *, msg_type: str | None = None, errors: list[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        msg_type: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ):
         super().__init__(detail, msg_type=msg_type)
         self.errors = errors or []
 
@@ -513,13 +514,19 @@ def decode_body(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
         text = body
     if isinstance(text, str):
         if len(text) > MAX_BODY_BYTES:
-            raise BodyTooLarge(f"body of {len(text)} characters exceeds the limit of {MAX_BODY_BYTES}")
+            raise BodyTooLarge(
+                f"body of {len(text)} characters exceeds the limit of {MAX_BODY_BYTES}"
+            )
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidJson(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raise InvalidJson(
+                f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
         except RecursionError:
-            raise InvalidJson("body is not usable JSON: arrays or objects nested too deeply") from None
+            raise InvalidJson(
+                "body is not usable JSON: arrays or objects nested too deeply"
+            ) from None
         except ValueError as exc:  # e.g. an integer of more than 4300 digits
             raise InvalidJson(f"body is not usable JSON: {exc}") from None
     else:
@@ -532,7 +539,9 @@ def decode_body(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _validate(data: dict[str, Any], types: dict[str, type[Message]], adapter: TypeAdapter[Message]) -> Message:
+def _validate(
+    data: dict[str, Any], types: dict[str, type[Message]], adapter: TypeAdapter[Message]
+) -> Message:
     msg_type = data["msg_type"]
     if msg_type not in types:
         raise UnknownMessageType(
@@ -542,7 +551,9 @@ def _validate(data: dict[str, Any], types: dict[str, type[Message]], adapter: Ty
         return adapter.validate_python(data)
     except ValidationError as exc:
         raise InvalidMessage(
-            _describe(exc, msg_type), msg_type=msg_type, errors=exc.errors(include_url=False, include_context=False)
+            _describe(exc, msg_type),
+            msg_type=msg_type,
+            errors=exc.errors(include_url=False, include_context=False),
         ) from None
 
 
@@ -581,7 +592,10 @@ class _V28:
 
 
 _OptionalName = Annotated[str | None, Field(None, pattern=NAME_PATTERN)]
-_V28Id = Annotated[str, Field(..., min_length=1, max_length=200, description="the broker's message-id, else a hash")]
+_V28Id = Annotated[
+    str,
+    Field(..., min_length=1, max_length=200, description="the broker's message-id, else a hash"),
+]
 
 
 class RunImminentV28(_V28, RunImminent):
@@ -699,8 +713,7 @@ class StatusRequestV28(_V28, Message):
 
 
 AnyV28Message: TypeAlias = Annotated[
-    Union[RunImminentV28, StartRunV28, PauseRunV28, ResumeRunV28, StfGenV28, EndRunV28, StfReadyV28, SliceV28,
-          RunWorkflowV28, StopWorkflowV28, StatusRequestV28],
+    RunImminentV28 | StartRunV28 | PauseRunV28 | ResumeRunV28 | StfGenV28 | EndRunV28 | StfReadyV28 | SliceV28 | RunWorkflowV28 | StopWorkflowV28 | StatusRequestV28,
     Field(discriminator="msg_type"),
 ]
 
@@ -745,7 +758,9 @@ def _aware(value: Any, where: str, zone: tzinfo) -> Any:
 def _run_number(value: Any, where: str) -> Any:
     if isinstance(value, str):
         if not _DIGITS.match(value):
-            raise InvalidMessage(f"{where}: {value[:80]!r} is not a run number (a string of digits)")
+            raise InvalidMessage(
+                f"{where}: {value[:80]!r} is not a run number (a string of digits)"
+            )
         return int(value)
     return value
 
@@ -762,10 +777,20 @@ def normalise_v28(data: dict[str, Any], *, msg_id: str, zone: tzinfo) -> dict[st
     if msg_type == "slice":
         content = out.get("content", {})
         if not isinstance(content, dict):
-            raise InvalidMessage(f"content: must be a JSON object, not {type(content).__name__}", msg_type=msg_type)
-        for ours, theirs in (("run_id", "run_id"), ("execution_id", "execution_id"), ("slice_id", "slice_id"),
-                             ("tf_filename", "tf_filename"), ("stf_filename", "filename"), ("tf_first", "start"),
-                             ("tf_last", "end"), ("tf_count", "tf_count"), ("retries", "retries")):
+            raise InvalidMessage(
+                f"content: must be a JSON object, not {type(content).__name__}", msg_type=msg_type
+            )
+        for ours, theirs in (
+            ("run_id", "run_id"),
+            ("execution_id", "execution_id"),
+            ("slice_id", "slice_id"),
+            ("tf_filename", "tf_filename"),
+            ("stf_filename", "filename"),
+            ("tf_first", "start"),
+            ("tf_last", "end"),
+            ("tf_count", "tf_count"),
+            ("retries", "retries"),
+        ):
             if theirs in content and ours not in out:
                 out[ours] = content[theirs]
         if "timestamp" not in out and "created_at" in out:
@@ -779,7 +804,9 @@ def normalise_v28(data: dict[str, Any], *, msg_id: str, zone: tzinfo) -> dict[st
     return out
 
 
-def parse_received(body: bytes | str | dict[str, Any], *, zone: tzinfo, broker_message_id: str = "") -> Message:
+def parse_received(
+    body: bytes | str | dict[str, Any], *, zone: tzinfo, broker_message_id: str = ""
+) -> Message:
     """Validate a received body in either dialect: ours (strict), or ePIC v28 (tolerant).
 
     A v28 body (no ``msg_id``, no ``schema_version``) is normalised and checked
@@ -793,7 +820,9 @@ def parse_received(body: bytes | str | dict[str, Any], *, zone: tzinfo, broker_m
         text = body if isinstance(body, str) else json.dumps(body, sort_keys=True, default=str)
     msg_type = data["msg_type"]
     if not is_v28(data) or msg_type not in V28_MESSAGE_TYPES:
-        if "msg_id" not in data:  # a stable identity, not a new one per delivery (the model's default)
+        if (
+            "msg_id" not in data
+        ):  # a stable identity, not a new one per delivery (the model's default)
             identity = body_identity(broker_message_id, text)
             if len(identity) > 64:
                 identity = "h:" + hashlib.sha256(identity.encode()).hexdigest()[:62]
@@ -807,7 +836,8 @@ def parse_received(body: bytes | str | dict[str, Any], *, zone: tzinfo, broker_m
         return _v28_adapter.validate_python(normalised)
     except ValidationError as exc:
         raise InvalidMessage(
-            _describe(exc, msg_type).replace(f"{msg_type}: ", f"{msg_type} (ePIC v28): ", 1), msg_type=msg_type,
+            _describe(exc, msg_type).replace(f"{msg_type}: ", f"{msg_type} (ePIC v28): ", 1),
+            msg_type=msg_type,
             errors=exc.errors(include_url=False, include_context=False),
         ) from None
 
@@ -822,15 +852,22 @@ def to_ours(msg: Message) -> Message:
         return msg
     model = MESSAGE_TYPES.get(msg.msg_type)
     if model is None:
-        raise InvalidMessage(f"{msg.msg_type}: no such message in our schema", msg_type=msg.msg_type)
-    fields = {k: v for k, v in msg.model_dump(exclude=set(msg.model_extra or {})).items()
-              if v is not None and k in model.model_fields}
+        raise InvalidMessage(
+            f"{msg.msg_type}: no such message in our schema", msg_type=msg.msg_type
+        )
+    fields = {
+        k: v
+        for k, v in msg.model_dump(exclude=set(msg.model_extra or {})).items()
+        if v is not None and k in model.model_fields
+    }
     fields["schema_version"] = SCHEMA_VERSION
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidMessage(_describe(exc, msg.msg_type) + " (missing from the ePIC v28 message)",
-                             msg_type=msg.msg_type) from None
+        raise InvalidMessage(
+            _describe(exc, msg.msg_type) + " (missing from the ePIC v28 message)",
+            msg_type=msg.msg_type,
+        ) from None
 
 
 def peek_fields(body: bytes | str) -> dict[str, Any]:

@@ -38,8 +38,14 @@ def _type_name(schema: dict[str, Any]) -> str:
 
 def _constraints(schema: dict[str, Any]) -> str:
     parts = []
-    for key, label in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"),
-                       ("minLength", "min length"), ("maxLength", "max length"), ("pattern", "pattern")):
+    for key, label in (
+        ("minimum", "≥"),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "≤"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("pattern", "pattern"),
+    ):
         if key in schema:
             value = schema[key]
             parts.append(f"{label} `{value}`" if key == "pattern" else f"{label} {value}")
@@ -51,8 +57,14 @@ def _message_section(model: type[Message]) -> list[str]:
     required = set(schema.get("required", []))
     defs = schema.get("$defs", {})
     msg_type = model.model_fields["msg_type"].default
-    lines = [f"### `{msg_type}`", "", ((model.__doc__ or "").strip().splitlines() or [""])[0], "",
-             "| field | type | required | default | notes |", "|---|---|---|---|---|"]
+    lines = [
+        f"### `{msg_type}`",
+        "",
+        ((model.__doc__ or "").strip().splitlines() or [""])[0],
+        "",
+        "| field | type | required | default | notes |",
+        "|---|---|---|---|---|",
+    ]
     for name, prop in schema["properties"].items():
         if name == "msg_type":
             continue
@@ -62,13 +74,17 @@ def _message_section(model: type[Message]) -> list[str]:
             target = defs.get(ref.rsplit("/", 1)[-1], {})
             if "enum" in target:
                 type_name = _type_name(target)
-        default_text = f"`{prop['default']!r}`" if "default" in prop and name not in required else ""
+        default_text = (
+            f"`{prop['default']!r}`" if "default" in prop and name not in required else ""
+        )
         if name == "msg_id":
             default_text = "new UUID"
         if name == "timestamp":
             default_text = "now"
         notes = "; ".join(x for x in (prop.get("description", ""), _constraints(prop)) if x)
-        lines.append(f"| `{name}` | {type_name} | {'yes' if name in required else ''} | {default_text} | {notes} |")
+        lines.append(
+            f"| `{name}` | {type_name} | {'yes' if name in required else ''} | {default_text} | {notes} |"
+        )
     lines.append("")
     return lines
 
@@ -247,8 +263,12 @@ def cli_markdown() -> str:
         if hasattr(command, "list_commands"):
             subs = command.list_commands(ctx)
             if subs:
-                lines += ["Subcommands: " + ", ".join(f"[`{path} {s}`](#{_anchor(f'{path} {s}')})" for s in subs)
-                          + ".", ""]
+                lines += [
+                    "Subcommands: "
+                    + ", ".join(f"[`{path} {s}`](#{_anchor(f'{path} {s}')})" for s in subs)
+                    + ".",
+                    "",
+                ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -279,8 +299,14 @@ def _json_type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     if "const" in schema:
         return f"`{schema['const']}`"
     kind = schema.get("type", "any")
-    names = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
-             "object": "table", "array": "array"}
+    names = {
+        "string": "string",
+        "integer": "integer",
+        "number": "number",
+        "boolean": "boolean",
+        "object": "table",
+        "array": "array",
+    }
     if kind == "array":
         return f"array of {names.get(schema.get('items', {}).get('type', ''), 'values')}s"
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
@@ -365,7 +391,9 @@ def _settings_rows(group: Any) -> list[str]:
         if model is not group:
             continue
         schema = schemas.setdefault(model, model.model_json_schema())
-        prop = schema["properties"].get(name) or schema["properties"].get(env_variable(model, name), {})
+        prop = schema["properties"].get(name) or schema["properties"].get(
+            env_variable(model, name), {}
+        )
         field = model.model_fields[name]
         if field.default_factory is default_home:
             default = "`$XDG_STATE_HOME/swf-testbed`, else `~/.local/state/swf-testbed`"
@@ -373,12 +401,16 @@ def _settings_rows(group: Any) -> list[str]:
             default = "empty"
         else:
             value = field.default
-            default = f"`{value.value if hasattr(value, 'value') else _toml_value(value).strip(chr(34))}`"
+            default = (
+                f"`{value.value if hasattr(value, 'value') else _toml_value(value).strip(chr(34))}`"
+            )
         notes = "; ".join(x for x in (field.description or "", _all_constraints(prop)) if x)
         secret = "" if field.repr else " (secret: kept out of logs and reprs)"
         if env in _secret_variables():
             secret += f"; or `{env}_FILE`: a file holding it"
-        rows.append(f"| `{env}` | {_json_type(prop, schema.get('$defs', {}))} | {default} | {_cell(notes + secret)} |")
+        rows.append(
+            f"| `{env}` | {_json_type(prop, schema.get('$defs', {}))} | {default} | {_cell(notes + secret)} |"
+        )
     return rows
 
 
@@ -412,7 +444,7 @@ def config_markdown() -> str:
         "",
         "## testbed.toml",
         "",
-        "Unknown tables and keys are errors, types are strict (`enabled = \"yes\"` is refused), and an error",
+        'Unknown tables and keys are errors, types are strict (`enabled = "yes"` is refused), and an error',
         "names the file, the key and what was expected. Addresses in the file give way to the environment",
         "(`ACTIVEMQ_HOST`, `ACTIVEMQ_PORT`, `SWF_MONITOR_URL`, `DATABASE_URL`).",
         "",
@@ -421,7 +453,11 @@ def config_markdown() -> str:
 
     for name, field in TestbedConfig.model_fields.items():
         annotation = field.annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
         if name == "agents":
             model, table = AgentSection, "[agents.NAME]"
         else:
@@ -441,10 +477,24 @@ def config_markdown() -> str:
         "What the orchestrator sets for the programs it starts is in [../orchestrator.md](../orchestrator.md).",
         "",
     ]
-    for title, group in (("Runtime", Settings), ("Broker (`ACTIVEMQ_*`)", BrokerSettings),
-                         ("Monitor (`SWF_*`)", MonitorSettings)):
-        doc = _model_doc(group) if group is not Settings else "Runtime directory, profile, the monitor's database."
-        lines += [f"### {title}", "", doc, "", "| variable | type | default | meaning |", "|---|---|---|---|"]
+    for title, group in (
+        ("Runtime", Settings),
+        ("Broker (`ACTIVEMQ_*`)", BrokerSettings),
+        ("Monitor (`SWF_*`)", MonitorSettings),
+    ):
+        doc = (
+            _model_doc(group)
+            if group is not Settings
+            else "Runtime directory, profile, the monitor's database."
+        )
+        lines += [
+            f"### {title}",
+            "",
+            doc,
+            "",
+            "| variable | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         lines += _settings_rows(group)
         lines.append("")
     secrets = _secret_variables()

@@ -11,13 +11,12 @@ import ipaddress
 import os
 from datetime import tzinfo
 from enum import StrEnum
-from typing import Any
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import tzlocal
-
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -44,7 +43,9 @@ class ProductionConfigError(SettingsError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("SWF_PROFILE=production refuses this configuration:\n  - " + "\n  - ".join(problems))
+        super().__init__(
+            "SWF_PROFILE=production refuses this configuration:\n  - " + "\n  - ".join(problems)
+        )
 
 
 class DestinationStyle(StrEnum):
@@ -76,7 +77,8 @@ def read_secret_file(variable: str, path: str) -> str:
         if mode & 0o077:
             raise SecretFileError(
                 f"{variable}={path}: the file is open to group or others (mode {mode & 0o777:03o}); "
-                f"`chmod 600 {path}` so that only its owner can read it")
+                f"`chmod 600 {path}` so that only its owner can read it"
+            )
         return file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise SecretFileError(f"{variable}={path}: cannot read it: {exc.strerror}") from None
@@ -84,7 +86,11 @@ def read_secret_file(variable: str, path: str) -> str:
 
 def secret_file_variables() -> dict[str, str]:
     """The ``<NAME>_FILE`` variables set in this environment, to hand on to child programs as they are."""
-    return {f"{name}_FILE": os.environ[f"{name}_FILE"] for name in SECRET_VARIABLES if os.environ.get(f"{name}_FILE")}
+    return {
+        f"{name}_FILE": os.environ[f"{name}_FILE"]
+        for name in SECRET_VARIABLES
+        if os.environ.get(f"{name}_FILE")
+    }
 
 
 def env_variable(model: type[BaseSettings], field_name: str) -> str:
@@ -110,15 +116,20 @@ class SecretFiles(PydanticBaseSettingsSource):
             return None, field_name, False
         if os.environ.get(variable):
             raise SecretFileError(f"both {variable} and {variable}_FILE are set; give one of them")
-        return read_secret_file(f"{variable}_FILE", os.environ[f"{variable}_FILE"]), field_name, False
-
+        return (
+            read_secret_file(f"{variable}_FILE", os.environ[f"{variable}_FILE"]),
+            field_name,
+            False,
+        )
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, field in self.settings_cls.model_fields.items():
             value, _key, _complex = self.get_field_value(field, name)
             if value is not None:  # keyed as the model reads its input: by alias where it has one
-                values[field.validation_alias if isinstance(field.validation_alias, str) else name] = value
+                values[
+                    field.validation_alias if isinstance(field.validation_alias, str) else name
+                ] = value
         return values
 
 
@@ -126,11 +137,14 @@ class _Settings(BaseSettings):
     """Environment variables first, then ``<NAME>_FILE`` secrets, then defaults."""
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, SecretFiles(settings_cls)
 
 
@@ -149,21 +163,39 @@ class BrokerSettings(_Settings):
     host: str = Field("127.0.0.1", description="broker host name or address")
     port: int = Field(61613, ge=1, le=65535, description="broker STOMP port")
     user: str = Field("", description="STOMP login; required with SWF_PROFILE=production")
-    password: str = Field("", repr=False, description="STOMP passcode; required with SWF_PROFILE=production")
-    vhost: str = Field("", description="STOMP `host` header (virtual host); empty = the broker host")
+    password: str = Field(
+        "", repr=False, description="STOMP passcode; required with SWF_PROFILE=production"
+    )
+    vhost: str = Field(
+        "", description="STOMP `host` header (virtual host); empty = the broker host"
+    )
     use_ssl: bool = Field(False, description="connect over TLS")
-    ssl_ca_certs: Path | None = Field(None, description="CA bundle (PEM) to verify the broker; empty = the system's")
-    ssl_cert_file: Path | None = Field(None, description="client certificate (PEM), for brokers that require one")
-    ssl_key_file: Path | None = Field(None, description="the client certificate's private key (PEM)")
+    ssl_ca_certs: Path | None = Field(
+        None, description="CA bundle (PEM) to verify the broker; empty = the system's"
+    )
+    ssl_cert_file: Path | None = Field(
+        None, description="client certificate (PEM), for brokers that require one"
+    )
+    ssl_key_file: Path | None = Field(
+        None, description="the client certificate's private key (PEM)"
+    )
     destination_style: DestinationStyle = Field(
         DestinationStyle.PREFIXED,
         description="prefixed: /topic/x and /queue/x (ActiveMQ Classic, the embedded broker); "
         "artemis: bare names with destination-type / subscription-type headers",
     )
-    heartbeat_ms: int = Field(10_000, ge=0, description="STOMP heart-beat, both directions; 0 = off")
-    connect_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for CONNECTED (and receipts)")
-    reconnect_initial_s: float = Field(0.2, gt=0, description="first delay before reconnecting; doubles per try")
-    reconnect_max_s: float = Field(10.0, gt=0, description="longest delay between reconnection tries")
+    heartbeat_ms: int = Field(
+        10_000, ge=0, description="STOMP heart-beat, both directions; 0 = off"
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="seconds to wait for CONNECTED (and receipts)"
+    )
+    reconnect_initial_s: float = Field(
+        0.2, gt=0, description="first delay before reconnecting; doubles per try"
+    )
+    reconnect_max_s: float = Field(
+        10.0, gt=0, description="longest delay between reconnection tries"
+    )
 
     @field_validator("ssl_ca_certs", "ssl_cert_file", "ssl_key_file", mode="before")
     @classmethod
@@ -176,8 +208,12 @@ class MonitorSettings(_Settings):
 
     model_config = SettingsConfigDict(env_prefix="SWF_", extra="ignore")
 
-    monitor_url: str = Field("http://127.0.0.1:8002", description="base URL of the monitor, for programs that call it")
-    api_token: str = Field("", repr=False, description="REST API token (`swf-testbed monitor token USER`) for writes")
+    monitor_url: str = Field(
+        "http://127.0.0.1:8002", description="base URL of the monitor, for programs that call it"
+    )
+    api_token: str = Field(
+        "", repr=False, description="REST API token (`swf-testbed monitor token USER`) for writes"
+    )
 
     # --- the monitor service itself (web + ingest) -------------------------------------------
     secret_key: str = Field(
@@ -187,44 +223,85 @@ class MonitorSettings(_Settings):
     allowed_hosts: str = Field(
         "localhost,127.0.0.1,[::1]", description="comma-separated host names the web serves"
     )
-    csrf_trusted_origins: str = Field("", description="comma-separated origins, e.g. https://monitor.example.org")
+    csrf_trusted_origins: str = Field(
+        "", description="comma-separated origins, e.g. https://monitor.example.org"
+    )
     secure_cookies: bool | None = Field(
-        None, description="mark the session and CSRF cookies Secure (sent over HTTPS only); "
-        "empty = on with SWF_PROFILE=production, off otherwise")
-    api_open_reads: bool = Field(True, description="anonymous GET on the API and UI; writes always need a login")
+        None,
+        description="mark the session and CSRF cookies Secure (sent over HTTPS only); "
+        "empty = on with SWF_PROFILE=production, off otherwise",
+    )
+    api_open_reads: bool = Field(
+        True, description="anonymous GET on the API and UI; writes always need a login"
+    )
     api_anonymous_logs: bool = Field(
-        True, description="accept POST /api/logs/ without a token (agents that log without one) from the "
-        "clients of SWF_API_ANONYMOUS_LOGS_FROM; false = never. No other write is ever anonymous"
+        True,
+        description="accept POST /api/logs/ without a token (agents that log without one) from the "
+        "clients of SWF_API_ANONYMOUS_LOGS_FROM; false = never. No other write is ever anonymous",
     )
     api_anonymous_logs_from: str = Field(
-        "", examples=["127.0.0.0/8,10.1.0.0/16"],
+        "",
+        examples=["127.0.0.0/8,10.1.0.0/16"],
         description="comma-separated networks (e.g. 127.0.0.0/8,10.1.0.0/16) whose clients may post logs "
-        "without a token; empty = loopback only (127.0.0.0/8, ::1), and nobody with SWF_PROFILE=production"
+        "without a token; empty = loopback only (127.0.0.0/8, ::1), and nobody with SWF_PROFILE=production",
     )
     api_anonymous_logs_rate: str = Field(
-        "20000/min", examples=["20/s"],
+        "20000/min",
+        examples=["20/s"],
         description="anonymous log posts accepted per client address, as N/s, N/min or N/h; past it a 429 "
         "(counted on the Logs page). The default takes bursts of a busy v28 run (~40 records per STF) and "
-        "bounds a flood to ~330 rows/s"
+        "bounds a flood to ~330 rows/s",
     )
-    sqlite_busy_timeout_s: float = Field(20.0, gt=0, description="SQLite busy timeout (web and ingest write together)")
+    sqlite_busy_timeout_s: float = Field(
+        20.0, gt=0, description="SQLite busy timeout (web and ingest write together)"
+    )
     db_timeout_s: float = Field(
-        30.0, gt=0, description="PostgreSQL: connect timeout; the longest the ingest waits on one database call "
-        "before it drops the connection and retries; twice this, how long the server keeps a transaction left idle"
+        30.0,
+        gt=0,
+        description="PostgreSQL: connect timeout; the longest the ingest waits on one database call "
+        "before it drops the connection and retries; twice this, how long the server keeps a transaction left idle",
     )
-    ingest_batch_size: int = Field(500, ge=1, le=10_000, description="messages per ingest transaction at most")
-    ingest_flush_ms: int = Field(100, ge=1, le=10_000, description="longest wait before a partial batch is written")
-    ingest_durable: bool = Field(True, description="durable topic subscriptions, so nothing is lost while it is down")
-    ingest_metrics_port: int = Field(0, ge=0, le=65535, description="the ingest serves its Prometheus metrics "
-                                     "(batch commit time, lag) on this port; 0 = not at all")
-    ingest_metrics_host: str = Field("127.0.0.1", description="address of the ingest's metrics port")
-    stream_poll_s: float = Field(0.5, gt=0, le=60, description="message stream: how often each web process "
-                                 "looks for new messages (one query per process, whatever the number of clients)")
-    stream_heartbeat_s: float = Field(30.0, gt=0, description="message stream: a heartbeat event after this long idle")
-    stream_client_buffer: int = Field(1000, ge=1, description="message stream: events queued per client; "
-                                      "a slower client loses the oldest and gets a 'dropped' event")
-    stream_replay_max: int = Field(1000, ge=0, description="message stream: most events replayed to a client "
-                                   "reconnecting with Last-Event-ID")
+    ingest_batch_size: int = Field(
+        500, ge=1, le=10_000, description="messages per ingest transaction at most"
+    )
+    ingest_flush_ms: int = Field(
+        100, ge=1, le=10_000, description="longest wait before a partial batch is written"
+    )
+    ingest_durable: bool = Field(
+        True, description="durable topic subscriptions, so nothing is lost while it is down"
+    )
+    ingest_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="the ingest serves its Prometheus metrics "
+        "(batch commit time, lag) on this port; 0 = not at all",
+    )
+    ingest_metrics_host: str = Field(
+        "127.0.0.1", description="address of the ingest's metrics port"
+    )
+    stream_poll_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="message stream: how often each web process "
+        "looks for new messages (one query per process, whatever the number of clients)",
+    )
+    stream_heartbeat_s: float = Field(
+        30.0, gt=0, description="message stream: a heartbeat event after this long idle"
+    )
+    stream_client_buffer: int = Field(
+        1000,
+        ge=1,
+        description="message stream: events queued per client; "
+        "a slower client loses the oldest and gets a 'dropped' event",
+    )
+    stream_replay_max: int = Field(
+        1000,
+        ge=0,
+        description="message stream: most events replayed to a client "
+        "reconnecting with Last-Event-ID",
+    )
 
     @field_validator("api_anonymous_logs_from")
     @classmethod
@@ -254,7 +331,16 @@ class MonitorSettings(_Settings):
 
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
-_RATE_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_RATE_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+}
 
 
 def anonymous_log_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -266,7 +352,9 @@ def anonymous_log_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.
         try:
             networks.append(ipaddress.ip_network(part, strict=False))
         except ValueError:
-            raise ValueError(f"{part!r} is not a network or an address (e.g. 10.1.0.0/16 or 127.0.0.1)") from None
+            raise ValueError(
+                f"{part!r} is not a network or an address (e.g. 10.1.0.0/16 or 127.0.0.1)"
+            ) from None
     return networks
 
 
@@ -284,20 +372,33 @@ class Settings(_Settings):
 
     model_config = SettingsConfigDict(env_prefix="SWF_", extra="ignore")
 
-    home: Path = Field(default_factory=default_home,
-                       description="runtime directory: supervisord files and logs, SQLite database, secret key")
-    profile: Profile = Field(Profile.DEV, description="dev (default) or production (refuses unsafe settings)")
-    database_url: str = Field("", validation_alias="DATABASE_URL",
-                              description="the monitor's database: sqlite:///path or postgres://user:pw@host:port/db; "
-                              "empty = SQLite in SWF_HOME")
+    home: Path = Field(
+        default_factory=default_home,
+        description="runtime directory: supervisord files and logs, SQLite database, secret key",
+    )
+    profile: Profile = Field(
+        Profile.DEV, description="dev (default) or production (refuses unsafe settings)"
+    )
+    database_url: str = Field(
+        "",
+        validation_alias="DATABASE_URL",
+        description="the monitor's database: sqlite:///path or postgres://user:pw@host:port/db; "
+        "empty = SQLite in SWF_HOME",
+    )
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     legacy_timezone: str = Field(
-        "", description="time zone (IANA name, e.g. Europe/Berlin) in which naive timestamps of ePIC v28 agents "
-        "are read; empty = this host's local zone", examples=["Europe/Berlin"])
+        "",
+        description="time zone (IANA name, e.g. Europe/Berlin) in which naive timestamps of ePIC v28 agents "
+        "are read; empty = this host's local zone",
+        examples=["Europe/Berlin"],
+    )
     agent_gone_after_s: float = Field(
-        600.0, gt=0, description="an agent silent this long without having sent EXITED is shown as gone "
-        "(ended: a run-once runner, a killed process), not down, and leaves the needs-attention list")
+        600.0,
+        gt=0,
+        description="an agent silent this long without having sent EXITED is shown as gone "
+        "(ended: a run-once runner, a killed process), not down, and leaves the needs-attention list",
+    )
     _legacy_zone: tzinfo = PrivateAttr()
 
     @field_validator("legacy_timezone")
@@ -308,8 +409,10 @@ class Settings(_Settings):
             try:
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r}; give an IANA name such as UTC or "
-                                 "America/New_York") from None
+                raise ValueError(
+                    f"unknown time zone {value!r}; give an IANA name such as UTC or "
+                    "America/New_York"
+                ) from None
         return value
 
     def model_post_init(self, context: Any, /) -> None:
@@ -320,7 +423,6 @@ class Settings(_Settings):
     def legacy_zone(self) -> tzinfo:
         """The zone naive v28 timestamps are read in (``SWF_LEGACY_TIMEZONE``, else the host's)."""
         return self._legacy_zone
-
 
     def production_problems(self, *, monitor: bool = False) -> list[str]:
         """What the production profile refuses here (empty in the dev profile or when all is well).
@@ -335,22 +437,34 @@ class Settings(_Settings):
         problems: list[str] = []
         broker = self.broker
         if not broker.user or not broker.password:
-            problems.append("ACTIVEMQ_USER and ACTIVEMQ_PASSWORD must both be set (empty broker credentials)")
+            problems.append(
+                "ACTIVEMQ_USER and ACTIVEMQ_PASSWORD must both be set (empty broker credentials)"
+            )
         elif broker.user == "admin" and broker.password == "admin":
-            problems.append("broker credentials admin/admin are the well-known default; set ACTIVEMQ_USER/PASSWORD")
+            problems.append(
+                "broker credentials admin/admin are the well-known default; set ACTIVEMQ_USER/PASSWORD"
+            )
         if monitor:
             mon = self.monitor
             if mon.debug:
                 problems.append("SWF_DEBUG is on; DEBUG must be off in production")
             if not mon.secret_key:
-                problems.append("SWF_SECRET_KEY is not set (a key generated into SWF_HOME is for dev only)")
+                problems.append(
+                    "SWF_SECRET_KEY is not set (a key generated into SWF_HOME is for dev only)"
+                )
             elif len(mon.secret_key) < MIN_SECRET_KEY_LENGTH:
-                problems.append(f"SWF_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters")
+                problems.append(
+                    f"SWF_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters"
+                )
             hosts = [h.strip() for h in mon.allowed_hosts.split(",") if h.strip()]
             if not hosts:
-                problems.append("SWF_ALLOWED_HOSTS is empty; name the host names the monitor serves")
+                problems.append(
+                    "SWF_ALLOWED_HOSTS is empty; name the host names the monitor serves"
+                )
             elif "*" in hosts:
-                problems.append("SWF_ALLOWED_HOSTS contains '*'; name the host names the monitor serves")
+                problems.append(
+                    "SWF_ALLOWED_HOSTS contains '*'; name the host names the monitor serves"
+                )
         return problems
 
     def check_production(self, *, monitor: bool = False) -> None:
@@ -386,7 +500,9 @@ def get_settings() -> Settings:
 
 def describe_settings_error(exc: ValidationError) -> str:
     """One line per bad variable, by its environment name; a secret's value is never repeated."""
-    model = {cls.__name__: cls for cls in (BrokerSettings, MonitorSettings, Settings)}.get(exc.title, Settings)
+    model = {cls.__name__: cls for cls in (BrokerSettings, MonitorSettings, Settings)}.get(
+        exc.title, Settings
+    )
     lines = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""

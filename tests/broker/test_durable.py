@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from swf_testbed.broker import Broker
-from swf_testbed.broker.frames import Frame
 from swf_testbed.broker.destinations import topic_matches
+from swf_testbed.broker.frames import Frame
 from tests.broker.conftest import (
     WAIT_S,
     BrokerProc,

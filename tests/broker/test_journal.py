@@ -10,11 +10,14 @@ from tests.broker.conftest import BrokerProc, Raw, unique
 
 def _send(producer: Raw, queue: str, bodies: list[bytes], persistent: bool = True) -> None:
     for body in bodies:  # each SEND's RECEIPT comes only once the message is on disk
-        producer.receipt("SEND", {"destination": queue, "persistent": "true" if persistent else "false"}, body)
+        producer.receipt(
+            "SEND", {"destination": queue, "persistent": "true" if persistent else "false"}, body
+        )
 
 
 def test_confirmed_persistent_messages_survive_kill_9_in_order_and_redelivered(
-        new_broker: Callable[..., BrokerProc], tmp_path: Path) -> None:
+    new_broker: Callable[..., BrokerProc], tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     first = new_broker("--data-dir", str(data))
     queue, other = unique("queue"), unique("queue")
@@ -31,7 +34,9 @@ def test_confirmed_persistent_messages_survive_kill_9_in_order_and_redelivered(
     consumer = Raw(second.port)
     consumer.subscribe(queue)
     frames = consumer.messages(len(persistent))
-    assert [f.body for f in frames] == persistent  # in their original order; the non-persistent one is gone
+    assert [
+        f.body for f in frames
+    ] == persistent  # in their original order; the non-persistent one is gone
     assert all(f.headers.get("redelivered") == "true" for f in frames)
     assert consumer.sync() == []  # nothing else, nothing twice
     elsewhere = Raw(second.port)
@@ -39,7 +44,9 @@ def test_confirmed_persistent_messages_survive_kill_9_in_order_and_redelivered(
     assert [f.body for f in elsewhere.messages(1)] == [b"other queue"]
 
 
-def test_acknowledged_messages_are_not_replayed(new_broker: Callable[..., BrokerProc], tmp_path: Path) -> None:
+def test_acknowledged_messages_are_not_replayed(
+    new_broker: Callable[..., BrokerProc], tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     first = new_broker("--data-dir", str(data))
     queue = unique("queue")
@@ -61,7 +68,8 @@ def test_acknowledged_messages_are_not_replayed(new_broker: Callable[..., Broker
 
 
 def test_auto_acknowledged_deliveries_are_done_and_not_replayed(
-        new_broker: Callable[..., BrokerProc], tmp_path: Path) -> None:
+    new_broker: Callable[..., BrokerProc], tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     first = new_broker("--data-dir", str(data))
     queue = unique("queue")

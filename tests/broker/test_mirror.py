@@ -59,7 +59,8 @@ def test_mirror_copies_follow_the_send_not_the_redeliveries(raw: Callable[..., R
 
 
 def test_wildcard_subscription_sees_every_queue_and_temporary_queues_are_not_mirrored(
-        raw: Callable[..., Raw]) -> None:
+    raw: Callable[..., Raw],
+) -> None:
     queues = [unique("queue") for _ in range(3)]
     watcher = raw()
     watcher.subscribe("/topic/VirtualTopic.Mirror.>")

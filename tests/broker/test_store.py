@@ -17,8 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fill(journal: Journal, n: int, start: int = 0) -> list[int]:
-    return [journal.append("queue", "swf.ns.slices", f"ID-x:{i}", {"msg_id": f"m{i}", "persistent": "true"},
-                           b"body %d" % i) for i in range(start, start + n)]
+    return [
+        journal.append(
+            "queue",
+            "swf.ns.slices",
+            f"ID-x:{i}",
+            {"msg_id": f"m{i}", "persistent": "true"},
+            b"body %d" % i,
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def test_replay_gives_back_the_unacknowledged_messages_in_order(tmp_path: Path) -> None:
@@ -35,7 +43,12 @@ def test_replay_gives_back_the_unacknowledged_messages_in_order(tmp_path: Path) 
     assert [m.seq for m in live] == seqs[1::2]
     first = live[0]
     assert (first.kind, first.destination, first.message_id, first.headers, first.body) == (
-        "queue", "swf.ns.slices", "ID-x:1", {"msg_id": "m1", "persistent": "true"}, b"body 1")
+        "queue",
+        "swf.ns.slices",
+        "ID-x:1",
+        {"msg_id": "m1", "persistent": "true"},
+        b"body 1",
+    )
     assert again.torn_records == 0
     assert _fill(again, 1)[0] > seqs[-1]  # sequence numbers go on after a restart
     again.close()
@@ -46,7 +59,9 @@ def test_what_was_not_committed_is_not_there(tmp_path: Path) -> None:
     journal.open()
     _fill(journal, 3)
     journal.commit()
-    _fill(journal, 2, start=3)  # buffered only: a crash now loses them, and they were never confirmed
+    _fill(
+        journal, 2, start=3
+    )  # buffered only: a crash now loses them, and they were never confirmed
     assert journal.pending > 0
     assert [m.message_id for m in Journal(tmp_path).open()] == ["ID-x:0", "ID-x:1", "ID-x:2"]
 
@@ -126,8 +141,13 @@ _WRITER = textwrap.dedent(r"""
 
 
 def test_kill_9_during_group_commits_loses_no_confirmed_message(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.stdout is not None
     confirmed = 0
     try:
@@ -138,10 +158,14 @@ def test_kill_9_during_group_commits_loses_no_confirmed_message(tmp_path: Path) 
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    ids = [int(m.message_id.split(":")[1]) for m in Journal(tmp_path, segment_bytes=64 * 1024).open()]
+    ids = [
+        int(m.message_id.split(":")[1]) for m in Journal(tmp_path, segment_bytes=64 * 1024).open()
+    ]
     assert confirmed >= 5000
     assert ids == list(range(len(ids)))  # in order, no gap, no duplicate
-    assert len(ids) >= confirmed  # every confirmed one; a group in flight at the kill may be there or not
+    assert (
+        len(ids) >= confirmed
+    )  # every confirmed one; a group in flight at the kill may be there or not
 
 
 _FULL = textwrap.dedent(r"""
@@ -167,8 +191,15 @@ _FULL = textwrap.dedent(r"""
 
 def test_a_full_disk_is_reported(tmp_path: Path) -> None:
     """A file-size limit (``ulimit -f``) in a subprocess stands for a full disk, not the machine's disk."""
-    done = subprocess.run([sys.executable, "-c", _FULL, str(tmp_path)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     assert "REPORTED" in done.stdout and "cannot write the journal" in done.stdout, done.stdout
     assert "too large" in done.stdout.lower()

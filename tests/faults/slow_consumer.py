@@ -60,8 +60,14 @@ def main() -> None:
     errors = BrokerErrors()
     logging.getLogger("swf_testbed.mq.client").addHandler(errors)
     seen = bytearray(args.expect)
-    state = {"received": 0, "distinct": 0, "duplicates": 0, "out_of_range": 0, "last": time.monotonic(),
-             "downs": 0}
+    state = {
+        "received": 0,
+        "distinct": 0,
+        "duplicates": 0,
+        "out_of_range": 0,
+        "last": time.monotonic(),
+        "downs": 0,
+    }
     done = threading.Event()
     client: BrokerClient
 
@@ -86,18 +92,31 @@ def main() -> None:
         if not connected:
             state["downs"] += 1
 
-    settings = BrokerSettings(host=args.host, port=args.port, heartbeat_ms=2000, reconnect_initial_s=0.1,
-                              reconnect_max_s=1.0)
+    settings = BrokerSettings(
+        host=args.host,
+        port=args.port,
+        heartbeat_ms=2000,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=1.0,
+    )
     client = BrokerClient(settings, client_name="slow-consumer", on_state_change=on_state).start()
-    client.subscribe(Destination.parse(args.destination), on_message, ack=args.ack,  # type: ignore[arg-type]
-                     prefetch=args.prefetch)
+    client.subscribe(
+        Destination.parse(args.destination),
+        on_message,
+        ack=args.ack,  # type: ignore[arg-type]
+        prefetch=args.prefetch,
+    )
     rss_at_subscribe = vm_kib("self", "VmRSS")
     print("subscribed", flush=True)
     while not done.wait(0.5):
         if time.monotonic() - state["last"] > args.idle_s:
             break
-    result = {**state, "broker_errors": errors.errors, "peak_rss_kib": vm_kib("self", "VmHWM"),
-              "rss_at_subscribe_kib": rss_at_subscribe}
+    result = {
+        **state,
+        "broker_errors": errors.errors,
+        "peak_rss_kib": vm_kib("self", "VmHWM"),
+        "rss_at_subscribe_kib": rss_at_subscribe,
+    }
     result.pop("last")
     client.close()
     args.out.write_text(json.dumps(result))

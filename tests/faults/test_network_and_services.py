@@ -146,8 +146,9 @@ def test_fault_proxy_forwards_stalls_cuts_and_restores() -> None:
 def _stomp_connect(host: str, port: int, client_id: str, timeout: float = 5.0) -> str:
     """One raw STOMP CONNECT with ``client_id``: the command the broker answers (CONNECTED or ERROR) and why."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(f"CONNECT\naccept-version:1.2\nhost:{host}\nclient-id:{client_id}\nheart-beat:0,0\n\n\0"
-                     .encode())
+        sock.sendall(
+            f"CONNECT\naccept-version:1.2\nhost:{host}\nclient-id:{client_id}\nheart-beat:0,0\n\n\0".encode()
+        )
         data = b""
         while b"\0" not in data:
             chunk = sock.recv(4096)
@@ -160,8 +161,9 @@ def _stomp_connect(host: str, port: int, client_id: str, timeout: float = 5.0) -
         return text.split("\0")[0]
 
 
-def test_broker_drops_a_client_that_went_silent(any_broker: BrokerProcess,
-                                                record_property: Callable[[str, Any], None]) -> None:
+def test_broker_drops_a_client_that_went_silent(
+    any_broker: BrokerProcess, record_property: Callable[[str, Any], None]
+) -> None:
     """A client behind a black hole: the broker notices by heart-beat and frees its client id.
 
     The client id of a connection is unique on both brokers, so the moment a
@@ -170,17 +172,24 @@ def test_broker_drops_a_client_that_went_silent(any_broker: BrokerProcess,
     """
     client_id = f"silent-{uuid.uuid4().hex[:8]}"
     with FaultProxy(any_broker.host, any_broker.port) as proxy:
-        victim = BrokerClient(any_broker.settings(host=proxy.host, port=proxy.port, heartbeat_ms=2000),
-                              client_name="victim", client_id=client_id).start()
+        victim = BrokerClient(
+            any_broker.settings(host=proxy.host, port=proxy.port, heartbeat_ms=2000),
+            client_name="victim",
+            client_id=client_id,
+        ).start()
         try:
             time.sleep(3)  # heart-beats flowing both ways
-            assert "already connected" in _stomp_connect(any_broker.host, any_broker.port, client_id)
+            assert "already connected" in _stomp_connect(
+                any_broker.host, any_broker.port, client_id
+            )
             stalled_at = time.monotonic()
             proxy.stall(new_connections=True)  # and the victim's reconnects are black-holed too
             answers = []
             while time.monotonic() - stalled_at < 60:
                 answer = _stomp_connect(any_broker.host, any_broker.port, client_id)
-                if not answer:  # ActiveMQ now and then closes a refused CONNECT before its ERROR frame went out
+                if (
+                    not answer
+                ):  # ActiveMQ now and then closes a refused CONNECT before its ERROR frame went out
                     time.sleep(0.1)
                     continue
                 answers.append(answer.splitlines()[0])
@@ -188,36 +197,61 @@ def test_broker_drops_a_client_that_went_silent(any_broker: BrokerProcess,
                     break
                 time.sleep(0.1)
             dropped_after = time.monotonic() - stalled_at
-            assert answers[-1] == "CONNECTED", f"the broker never dropped the silent client: {answers[-3:]}"
+            assert answers[-1] == "CONNECTED", (
+                f"the broker never dropped the silent client: {answers[-3:]}"
+            )
             assert answers[0] == "ERROR", "the client id was free at once: the test proves nothing"
         finally:
             proxy.restore()
             victim.close()
-    report(record_property, f"broker_drops_silent_client_s[{any_broker.name}]", round(dropped_after, 2))
+    report(
+        record_property, f"broker_drops_silent_client_s[{any_broker.name}]", round(dropped_after, 2)
+    )
     if any_broker.name == "embedded":
-        eventually(lambda: "heart-beat timeout" in (any_broker.log_path.read_text() if any_broker.log_path else ""),
-                   5, "the broker's log line")
+        eventually(
+            lambda: (
+                "heart-beat timeout"
+                in (any_broker.log_path.read_text() if any_broker.log_path else "")
+            ),
+            5,
+            "the broker's log line",
+        )
 
 
 def test_half_open_agent_connection_is_replaced_and_no_work_lost(
-        any_broker: BrokerProcess, record_property: Callable[[str, Any], None]) -> None:
+    any_broker: BrokerProcess, record_property: Callable[[str, Any], None]
+) -> None:
     """An agent's broker connection goes half-open: heart-beats detect it, a new one replaces it,
     and every work item sent during and after the stall is done exactly once."""
     tag = uuid.uuid4().hex[:8]
-    ns, topic_in, work, out = f"ns{tag}", Topic(f"fault.in.{tag}"), Queue(f"fault.q.{tag}"), Topic(f"fault.out.{tag}")
+    ns, topic_in, work, out = (
+        f"ns{tag}",
+        Topic(f"fault.in.{tag}"),
+        Queue(f"fault.q.{tag}"),
+        Topic(f"fault.out.{tag}"),
+    )
     direct = any_broker.settings()
     with FaultProxy(any_broker.host, any_broker.port) as proxy:
         watch = Collector(direct, out)
         sender = BrokerClient(direct, client_name="sender").start()
-        agent = EchoAgent("echo", ns, topic=topic_in.name, queue=work.name, reply_topic=out.name,
-                          broker=any_broker.settings(host=proxy.host, port=proxy.port, heartbeat_ms=2000),
-                          heartbeat_interval=1.0)
+        agent = EchoAgent(
+            "echo",
+            ns,
+            topic=topic_in.name,
+            queue=work.name,
+            reply_topic=out.name,
+            broker=any_broker.settings(host=proxy.host, port=proxy.port, heartbeat_ms=2000),
+            heartbeat_interval=1.0,
+        )
         states = StateLog(agent.client)
         agent.start()
         try:
             sender.send(topic_in, stf_ready(ns, "before.stf"))
-            watch.wait_for(lambda ms: any(getattr(m, "filename", "") == "before.stf" for m in ms), 30,
-                           "the agent's answer through the proxy")
+            watch.wait_for(
+                lambda ms: any(getattr(m, "filename", "") == "before.stf" for m in ms),
+                30,
+                "the agent's answer through the proxy",
+            )
             assert proxy.accepted == 1
             time.sleep(5)  # steady state: heart-beats have flowed for a while
             stalled_at = time.monotonic()
@@ -225,7 +259,9 @@ def test_half_open_agent_connection_is_replaced_and_no_work_lost(
             during = [f"during{i}.stf" for i in range(30)]
             for name in during:
                 sender.send(work, stf_ready(ns, name))
-            eventually(lambda: states.first(True, stalled_at) is not None, 60, "the agent to reconnect")
+            eventually(
+                lambda: states.first(True, stalled_at) is not None, 60, "the agent to reconnect"
+            )
             down_at = states.first(False, stalled_at)
             up_at = states.first(True, stalled_at)
             assert down_at is not None and up_at is not None
@@ -233,10 +269,15 @@ def test_half_open_agent_connection_is_replaced_and_no_work_lost(
             for name in after:
                 sender.send(work, stf_ready(ns, name))
             expected = set(during + after)
-            watch.wait_for(lambda ms: expected <= {getattr(m, "filename", "") for m in ms}, 60,
-                           "every work item answered")
+            watch.wait_for(
+                lambda ms: expected <= {getattr(m, "filename", "") for m in ms},
+                60,
+                "every work item answered",
+            )
             time.sleep(1.0)  # a duplicate would show up now
-            answered = Counter(getattr(m, "filename", "") for m in watch.of_type("processing_complete"))
+            answered = Counter(
+                getattr(m, "filename", "") for m in watch.of_type("processing_complete")
+            )
             assert {f: answered[f] for f in expected} == {f: 1 for f in expected}
             assert agent.client.reconnects >= 1 and proxy.accepted >= 2
             assert agent.client.connected
@@ -246,8 +287,16 @@ def test_half_open_agent_connection_is_replaced_and_no_work_lost(
             agent.shutdown()
             sender.close()
             watch.close()
-    report(record_property, f"agent_half_open_detected_s[{any_broker.name}]", round(down_at - stalled_at, 2))
-    report(record_property, f"agent_half_open_reconnected_s[{any_broker.name}]", round(up_at - stalled_at, 2))
+    report(
+        record_property,
+        f"agent_half_open_detected_s[{any_broker.name}]",
+        round(down_at - stalled_at, 2),
+    )
+    report(
+        record_property,
+        f"agent_half_open_reconnected_s[{any_broker.name}]",
+        round(up_at - stalled_at, 2),
+    )
 
 
 # --------------------------------------------------------------------------- the ingest, through the proxy
@@ -255,16 +304,27 @@ def test_half_open_agent_connection_is_replaced_and_no_work_lost(
 
 def _migrate(database_url: str, home: Path) -> None:
     """The monitor's schema in a database of our own (the ingest runs with --no-migrate)."""
-    env = {**os.environ, "DATABASE_URL": database_url, "SWF_HOME": str(home),
-           "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings"}
-    result = subprocess.run([sys.executable, "-m", "swf_testbed.monitor.manage", "migrate", "-v", "0"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SWF_HOME": str(home),
+        "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "swf_testbed.monitor.manage", "migrate", "-v", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def _stored(database_url: str, namespace: str) -> tuple[int, int]:
     """Rows of the namespace's messages (msg_id ``NS-…``) in the monitor's table, and distinct msg_ids."""
-    query = "SELECT count(*), count(DISTINCT msg_id) FROM monitor_workflowmessage WHERE msg_id LIKE {}"
+    query = (
+        "SELECT count(*), count(DISTINCT msg_id) FROM monitor_workflowmessage WHERE msg_id LIKE {}"
+    )
     pattern = f"{namespace}-%"
     if database_url.startswith("sqlite:///"):
         with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as conn:
@@ -289,16 +349,33 @@ def _probe_recorded(database_url: str, msg_id: str) -> bool:
         return conn.execute(query.format("%s"), (msg_id,)).fetchone() is not None
 
 
-def _wait_ingesting(client: BrokerClient, ingest: IngestProcess, database_url: str, timeout: float = 90) -> None:
+def _wait_ingesting(
+    client: BrokerClient, ingest: IngestProcess, database_url: str, timeout: float = 90
+) -> None:
     """Probes until one is recorded, looked up in the database directly (this test runs no Django)."""
-    ingestlib.wait_until_ingesting(client, ingest, timeout,
-                                   any_recorded=lambda ids: any(_probe_recorded(database_url, m) for m in ids[-5:]))
+    ingestlib.wait_until_ingesting(
+        client,
+        ingest,
+        timeout,
+        any_recorded=lambda ids: any(_probe_recorded(database_url, m) for m in ids[-5:]),
+    )
 
 
 def _stf(ns: str, prefix: str, i: int) -> StfReady:
-    return StfReady(msg_id=f"{prefix}{i:06d}", namespace=ns, sender="faults", execution_id=f"{ns}-exec",
-                    run_id=1, state="run", substate="physics", filename=f"{prefix}{i:06d}.stf", url="file:///x",
-                    sequence=i, size_bytes=1, checksum="00000001")
+    return StfReady(
+        msg_id=f"{prefix}{i:06d}",
+        namespace=ns,
+        sender="faults",
+        execution_id=f"{ns}-exec",
+        run_id=1,
+        state="run",
+        substate="physics",
+        filename=f"{prefix}{i:06d}.stf",
+        url="file:///x",
+        sequence=i,
+        size_bytes=1,
+        checksum="00000001",
+    )
 
 
 class Publisher:
@@ -353,11 +430,21 @@ def ingests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[IngestProcess]]:
     for proc in started:
         proc.kill()
         # pytest shows this only when the test failed: the ingest's own account of it
-        print(f"--- the last lines of ingest log {proc.log_path}:\n" + "\n".join(proc.log().splitlines()[-60:]))
+        print(
+            f"--- the last lines of ingest log {proc.log_path}:\n"
+            + "\n".join(proc.log().splitlines()[-60:])
+        )
 
 
-def _ingest(ingests: list[IngestProcess], broker: BrokerProcess, database_url: str, client_id: str, *,
-            via: FaultProxy | None = None, env: dict[str, str] | None = None) -> IngestProcess:
+def _ingest(
+    ingests: list[IngestProcess],
+    broker: BrokerProcess,
+    database_url: str,
+    client_id: str,
+    *,
+    via: FaultProxy | None = None,
+    env: dict[str, str] | None = None,
+) -> IngestProcess:
     extra = {"DATABASE_URL": database_url, **(env or {})}
     if via is not None:
         extra.update({"ACTIVEMQ_HOST": via.host, "ACTIVEMQ_PORT": str(via.port)})
@@ -367,15 +454,20 @@ def _ingest(ingests: list[IngestProcess], broker: BrokerProcess, database_url: s
 
 
 def test_half_open_ingest_connection_is_replaced_and_every_message_recorded_once(
-        any_broker: BrokerProcess, ingests: list[IngestProcess], tmp_path: Path,
-        record_property: Callable[[str, Any], None]) -> None:
+    any_broker: BrokerProcess,
+    ingests: list[IngestProcess],
+    tmp_path: Path,
+    record_property: Callable[[str, Any], None],
+) -> None:
     """The ingest's broker connection goes half-open while messages keep coming: it reconnects
     (once the broker has freed its client id) and records every message exactly once."""
     database_url = f"sqlite:///{tmp_path / 'monitor.sqlite3'}"
     _migrate(database_url, tmp_path)
     ns = f"ho{uuid.uuid4().hex[:8]}"
     with FaultProxy(any_broker.host, any_broker.port) as proxy:
-        ingest = _ingest(ingests, any_broker, database_url, f"fault-ingest-{uuid.uuid4().hex[:8]}", via=proxy)
+        ingest = _ingest(
+            ingests, any_broker, database_url, f"fault-ingest-{uuid.uuid4().hex[:8]}", via=proxy
+        )
         client = BrokerClient(any_broker.settings(), client_name="publisher").start()
         try:
             _wait_ingesting(client, ingest, database_url)
@@ -385,7 +477,9 @@ def test_half_open_ingest_connection_is_replaced_and_every_message_recorded_once
             accepted = proxy.accepted
             stalled_at = time.monotonic()
             proxy.stall()
-            new_link = proxy.wait_accepted(accepted + 1, 60)  # the ingest gave up the old connection
+            new_link = proxy.wait_accepted(
+                accepted + 1, 60
+            )  # the ingest gave up the old connection
             first_after = publisher.index_after(stalled_at)
 
             def recovered() -> bool:
@@ -402,9 +496,16 @@ def test_half_open_ingest_connection_is_replaced_and_every_message_recorded_once
         finally:
             proxy.restore()
             client.close()
-    report(record_property, f"ingest_half_open_new_connection_s[{any_broker.name}]",
-           round(new_link.accepted_at - stalled_at, 2))
-    report(record_property, f"ingest_half_open_recovered_s[{any_broker.name}]", round(recovered_at - stalled_at, 2))
+    report(
+        record_property,
+        f"ingest_half_open_new_connection_s[{any_broker.name}]",
+        round(new_link.accepted_at - stalled_at, 2),
+    )
+    report(
+        record_property,
+        f"ingest_half_open_recovered_s[{any_broker.name}]",
+        round(recovered_at - stalled_at, 2),
+    )
     report(record_property, f"ingest_half_open_messages[{any_broker.name}]", total)
 
 
@@ -430,8 +531,12 @@ DB_TIMEOUT_S = 3
 
 
 def test_database_cut_for_10_s_ingest_retries_acks_nothing_uncommitted_catches_up(
-        embedded_broker: BrokerProcess, fresh_postgres_database: str, ingests: list[IngestProcess],
-        tmp_path: Path, record_property: Callable[[str, Any], None]) -> None:
+    embedded_broker: BrokerProcess,
+    fresh_postgres_database: str,
+    ingests: list[IngestProcess],
+    tmp_path: Path,
+    record_property: Callable[[str, Any], None],
+) -> None:
     """PostgreSQL unreachable (connections closed, new ones refused) for 10 s while messages keep coming.
 
     First outage: the ingest retries, never dies, and catches up. Second
@@ -460,9 +565,13 @@ def test_database_cut_for_10_s_ingest_retries_acks_nothing_uncommitted_catches_u
             restored_at = time.monotonic()
             proxy.restore()
             sent_by_restore = publisher.sent
-            wait_for(lambda: _stored(direct, ns)[0] >= sent_by_restore, 90, "the backlog of the outage")
+            wait_for(
+                lambda: _stored(direct, ns)[0] >= sent_by_restore, 90, "the backlog of the outage"
+            )
             caught_up_s = time.monotonic() - restored_at
-            assert frozen < sent_by_restore, "nothing was sent during the outage: the test proves nothing"
+            assert frozen < sent_by_restore, (
+                "nothing was sent during the outage: the test proves nothing"
+            )
             assert "database unavailable" in ingest.log()
 
             proxy.cut()
@@ -472,7 +581,11 @@ def test_database_cut_for_10_s_ingest_retries_acks_nothing_uncommitted_catches_u
             proxy.restore()
             total = publisher.stop()
             _ingest(ingests, embedded_broker, via, client_id, env=env)
-            wait_for(lambda: _stored(direct, ns)[0] >= total, 90, f"all {total} messages after the restart")
+            wait_for(
+                lambda: _stored(direct, ns)[0] >= total,
+                90,
+                f"all {total} messages after the restart",
+            )
             time.sleep(1.0)
             assert _stored(direct, ns) == (total, total)
             assert held > 0
@@ -487,8 +600,13 @@ def test_database_cut_for_10_s_ingest_retries_acks_nothing_uncommitted_catches_u
 
 @pytest.mark.parametrize("stall", ["this-connection", "mid-transaction", "whole-partition"])
 def test_database_stalled_ingest_recovers(
-        stall: str, embedded_broker: BrokerProcess, fresh_postgres_database: str,
-        ingests: list[IngestProcess], tmp_path: Path, record_property: Callable[[str, Any], None]) -> None:
+    stall: str,
+    embedded_broker: BrokerProcess,
+    fresh_postgres_database: str,
+    ingests: list[IngestProcess],
+    tmp_path: Path,
+    record_property: Callable[[str, Any], None],
+) -> None:
     """PostgreSQL black-holed under the ingest (no error, no answer) while messages keep coming.
 
     ``this-connection``: the ingest's open connection freezes, new ones work;
@@ -509,8 +627,13 @@ def test_database_stalled_ingest_recovers(
     _migrate(direct, tmp_path)
     ns = f"st{uuid.uuid4().hex[:8]}"
     with FaultProxy(*_pg_target(direct)) as proxy:
-        ingest = _ingest(ingests, embedded_broker, _via(direct, proxy), f"fault-ingest-{uuid.uuid4().hex[:8]}",
-                         env={"SWF_DB_TIMEOUT_S": str(DB_TIMEOUT_S)})
+        ingest = _ingest(
+            ingests,
+            embedded_broker,
+            _via(direct, proxy),
+            f"fault-ingest-{uuid.uuid4().hex[:8]}",
+            env={"SWF_DB_TIMEOUT_S": str(DB_TIMEOUT_S)},
+        )
         client = BrokerClient(embedded_broker.settings(), client_name="publisher").start()
         try:
             _wait_ingesting(client, ingest, direct)
@@ -522,18 +645,39 @@ def test_database_stalled_ingest_recovers(
                     locker.execute("LOCK TABLE monitor_messagecount IN ACCESS EXCLUSIVE MODE")
 
                     def waiting_sessions() -> list[int]:
-                        return [row[0] for row in locker.execute(
-                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND wait_event_type = 'Lock'").fetchall()]
+                        return [
+                            row[0]
+                            for row in locker.execute(
+                                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND wait_event_type = 'Lock'"
+                            ).fetchall()
+                        ]
 
-                    frozen = wait_for(waiting_sessions, 30, "the ingest's transaction to wait for our lock",
-                                      interval=0.05)
+                    frozen = wait_for(
+                        waiting_sessions,
+                        30,
+                        "the ingest's transaction to wait for our lock",
+                        interval=0.05,
+                    )
                     stalled_at = time.monotonic()
                     proxy.stall()
-                    with psycopg.connect(direct, autocommit=True) as watcher:  # a fresh view of the sessions each time
-                        wait_for(lambda: not set(frozen) & {row[0] for row in watcher.execute(
-                            "SELECT pid FROM pg_stat_activity").fetchall()}, 90,
-                            f"the ingest to end its frozen session(s) {frozen}", interval=0.2)
+                    with psycopg.connect(
+                        direct, autocommit=True
+                    ) as watcher:  # a fresh view of the sessions each time
+                        wait_for(
+                            lambda: (
+                                not set(frozen)
+                                & {
+                                    row[0]
+                                    for row in watcher.execute(
+                                        "SELECT pid FROM pg_stat_activity"
+                                    ).fetchall()
+                                }
+                            ),
+                            90,
+                            f"the ingest to end its frozen session(s) {frozen}",
+                            interval=0.2,
+                        )
                 # committed: the ingest's retries go on
             else:
                 stalled_at = time.monotonic()
@@ -543,8 +687,12 @@ def test_database_stalled_ingest_recovers(
                 time.sleep(10)
                 assert ingest.alive
                 proxy.restore()
-            wait_for(lambda: _probe_recorded(direct, f"{ns}-{first_after:06d}"), 120,
-                     "a message sent during the stall to be recorded", interval=0.1)
+            wait_for(
+                lambda: _probe_recorded(direct, f"{ns}-{first_after:06d}"),
+                120,
+                "a message sent during the stall to be recorded",
+                interval=0.1,
+            )
             recovered_s = time.monotonic() - stalled_at
             time.sleep(2)
             total = publisher.stop()
@@ -560,7 +708,11 @@ def test_database_stalled_ingest_recovers(
             client.close()
     report(record_property, f"db_stall_{stall}_recovered_s", round(recovered_s, 2))
     report(record_property, f"db_stall_{stall}_messages", total)
-    report(record_property, f"db_stall_{stall}_watchdog_fired", ingest.log().count("the database has not answered"))
+    report(
+        record_property,
+        f"db_stall_{stall}_watchdog_fired",
+        ingest.log().count("the database has not answered"),
+    )
 
 
 # =========================================================================== 3. the monitor web down
@@ -570,22 +722,30 @@ def _monitor_bed_toml(namespace: str, monitor_port: int, database_url: str) -> s
     from tests.orchestrator.conftest import agent_toml
 
     agents = agent_toml("runner", "TinyRunner") + agent_toml("idle")
-    return (f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 120\n\n[workflow]\ntime_scale = 0\n\n'
-            f"[parameters]\nstf_count = 3\n\n{agents}\n"
-            f'[broker]\nmode = "external"\n\n'
-            f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n\n'
-            f'[database]\nurl = "{database_url}"\n')
+    return (
+        f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 120\n\n[workflow]\ntime_scale = 0\n\n'
+        f"[parameters]\nstf_count = 3\n\n{agents}\n"
+        f'[broker]\nmode = "external"\n\n'
+        f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n\n'
+        f'[database]\nurl = "{database_url}"\n'
+    )
 
 
 def _rows(database_url: str, where: str, *params: Any) -> int:
     with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as conn:
-        row = conn.execute(f"SELECT count(*) FROM monitor_workflowmessage WHERE {where}", params).fetchone()
+        row = conn.execute(
+            f"SELECT count(*) FROM monitor_workflowmessage WHERE {where}", params
+        ).fetchone()
     return int(row[0])
 
 
 def test_monitor_web_down_agents_and_ingest_go_on_and_the_orchestrator_says_so(
-        make_bed: Any, home: Path, embedded_broker: BrokerProcess, tmp_path: Path,
-        record_property: Callable[[str, Any], None]) -> None:
+    make_bed: Any,
+    home: Path,
+    embedded_broker: BrokerProcess,
+    tmp_path: Path,
+    record_property: Callable[[str, Any], None],
+) -> None:
     """The monitor web stopped (supervisorctl) and then hung (SIGSTOP), under a running testbed.
 
     Agents and the ingest carry on (messages still recorded, checked in the
@@ -617,22 +777,37 @@ def test_monitor_web_down_agents_and_ingest_go_on_and_the_orchestrator_says_so(
         sent = [_stf(ns, f"{ns}-", i) for i in range(20)]
         for msg in sent:
             client.send(data_topic(ns), msg)
-        wait_for(lambda: _rows(database_url, "msg_id LIKE ?", f"{ns}-%") == len(sent), 60,
-                 "the messages sent while the web is down, in the database")
-        wait_for(lambda: _rows(database_url, "msg_type = 'heartbeat' AND sender = 'idle'") >= beats_at_stop + 3,
-                 30, "the idle agent's heartbeats, recorded while the web is down")
+        wait_for(
+            lambda: _rows(database_url, "msg_id LIKE ?", f"{ns}-%") == len(sent),
+            60,
+            "the messages sent while the web is down, in the database",
+        )
+        wait_for(
+            lambda: (
+                _rows(database_url, "msg_type = 'heartbeat' AND sender = 'idle'")
+                >= beats_at_stop + 3
+            ),
+            30,
+            "the idle agent's heartbeats, recorded while the web is down",
+        )
 
         result = bed.cli("status")
         assert result.returncode == 1, result.stdout  # not healthy
         lines = result.stdout.splitlines()
-        web_line = next(line for line in lines if line.lstrip().startswith("monitor-web "))  # its row of the table
+        web_line = next(
+            line for line in lines if line.lstrip().startswith("monitor-web ")
+        )  # its row of the table
         assert "STOPPED" in web_line.split() and "down" in web_line.split(), result.stdout
-        details = [line.strip() for line in lines]  # each program's detail is printed under the table
+        details = [
+            line.strip() for line in lines
+        ]  # each program's detail is printed under the table
         assert f"monitor-web: stopped: {url} is down" in details, result.stdout
         assert f"monitor not reachable at {url}" in result.stdout, result.stdout
         after = bed.programs()
         for name in ("runner", "idle", "monitor-ingest"):
-            assert after[name]["pid"] == before[name]["pid"] and after[name]["healthy"] is True, after[name]
+            assert after[name]["pid"] == before[name]["pid"] and after[name]["healthy"] is True, (
+                after[name]
+            )
 
         # `run` starts the stopped web again, and the workflow runs
         out = ok(bed.cli("run", timeout=300))
@@ -641,8 +816,11 @@ def test_monitor_web_down_agents_and_ingest_go_on_and_the_orchestrator_says_so(
         assert restarted["healthy"] is True and restarted["pid"] != web["pid"]
         import httpx
 
-        listed = httpx.get(f"{url}/api/workflow-messages/", params={"msg_type": "stf_ready", "limit": 1},
-                           timeout=10).json()
+        listed = httpx.get(
+            f"{url}/api/workflow-messages/",
+            params={"msg_type": "stf_ready", "limit": 1},
+            timeout=10,
+        ).json()
         assert listed["count"] >= len(sent)
 
         # a hung web (accepts connections, never answers): run's preflight names it and its URL
@@ -662,8 +840,11 @@ def test_monitor_web_down_agents_and_ingest_go_on_and_the_orchestrator_says_so(
     finally:
         client.close()
     report(record_property, "hung_web_run_refused_after_s", round(refused_s, 1))
-    report(record_property, "hung_web_run_said", " | ".join(line.strip() for line in said.splitlines()
-                                                            if "monitor-web" in line))
+    report(
+        record_property,
+        "hung_web_run_said",
+        " | ".join(line.strip() for line in said.splitlines() if "monitor-web" in line),
+    )
     report(record_property, "stopped_web_status_line", " ".join(web_line.split()))
 
 
@@ -676,10 +857,16 @@ SLOW_SIZE = 2048
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("kind", ["topic", "queue"])
-@pytest.mark.parametrize("broker_kind", ["embedded", pytest.param("activemq", marks=pytest.mark.activemq)])
-def test_slow_consumer_under_a_full_speed_producer(kind: str, broker_kind: str, tmp_path: Path,
-                                                   request: pytest.FixtureRequest,
-                                                   record_property: Callable[[str, Any], None]) -> None:
+@pytest.mark.parametrize(
+    "broker_kind", ["embedded", pytest.param("activemq", marks=pytest.mark.activemq)]
+)
+def test_slow_consumer_under_a_full_speed_producer(
+    kind: str,
+    broker_kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    record_property: Callable[[str, Any], None],
+) -> None:
     """One producer sends 40 000 messages of 2 KiB (80 MiB) as fast as it can; one consumer
     (its own process) sleeps 0.2 ms per message. Every message arrives exactly once, on both brokers.
 
@@ -705,14 +892,31 @@ def test_slow_consumer_under_a_full_speed_producer(kind: str, broker_kind: str, 
     if kind == "queue":
         args += ["--ack", "client-individual", "--prefetch", "10"]
     consumer = subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.slow_consumer", broker.host, str(broker.port), destination, str(out),
-         *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tests.faults.slow_consumer",
+            broker.host,
+            str(broker.port),
+            destination,
+            str(out),
+            *args,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert consumer.stdout is not None and consumer.stdout.readline().strip() == "subscribed"
         broker_base = vm_kib(broker.proc.pid, "VmRSS") if own else 0  # type: ignore[union-attr]
         producer = BrokerClient(broker.settings(), client_name="producer").start()
         pad = b"x" * (SLOW_SIZE - 8)
-        dest = Topic(destination.split("/", 2)[2]) if kind == "topic" else Queue(destination.split("/", 2)[2])
+        dest = (
+            Topic(destination.split("/", 2)[2])
+            if kind == "topic"
+            else Queue(destination.split("/", 2)[2])
+        )
         t0 = time.monotonic()
         for i in range(SLOW_MESSAGES):
             producer.send(dest, b"%08d" % i + pad, persistent=False)
@@ -732,12 +936,16 @@ def test_slow_consumer_under_a_full_speed_producer(kind: str, broker_kind: str, 
     broker_growth = broker_peak - broker_base
     consumer_growth = result["peak_rss_kib"] - result["rss_at_subscribe_kib"]
     figures: list[tuple[str, Any]] = [
-        ("producer_s", round(producer_s, 1)), ("consumer_s", round(consumer_s, 1)),
+        ("producer_s", round(producer_s, 1)),
+        ("consumer_s", round(consumer_s, 1)),
         ("consumer_rss_growth_mib", round(consumer_growth / 1024, 1)),
-        ("consumer_peak_rss_mib", round(result["peak_rss_kib"] / 1024, 1))]
+        ("consumer_peak_rss_mib", round(result["peak_rss_kib"] / 1024, 1)),
+    ]
     if own:
-        figures += [("broker_rss_growth_mib", round(broker_growth / 1024, 1)),
-                    ("broker_peak_rss_mib", round(broker_peak / 1024, 1))]
+        figures += [
+            ("broker_rss_growth_mib", round(broker_growth / 1024, 1)),
+            ("broker_peak_rss_mib", round(broker_peak / 1024, 1)),
+        ]
     for name, value in figures:
         report(record_property, f"slow_{kind}_{name}[{broker_kind}]", value)
     assert result["distinct"] == SLOW_MESSAGES, result
@@ -746,6 +954,10 @@ def test_slow_consumer_under_a_full_speed_producer(kind: str, broker_kind: str, 
     # the consumer reads no faster than it handles: it never holds the backlog either
     assert consumer_growth < sent_kib // 4, result
     if own and kind == "topic":
-        assert broker_growth < sent_kib // 4, f"broker grew {broker_growth} KiB for {sent_kib} KiB sent"
+        assert broker_growth < sent_kib // 4, (
+            f"broker grew {broker_growth} KiB for {sent_kib} KiB sent"
+        )
     elif own:
-        assert broker_growth < 2 * sent_kib + 32 * 1024, f"broker grew {broker_growth} KiB for {sent_kib} KiB sent"
+        assert broker_growth < 2 * sent_kib + 32 * 1024, (
+            f"broker grew {broker_growth} KiB for {sent_kib} KiB sent"
+        )

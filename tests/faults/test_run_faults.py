@@ -34,7 +34,13 @@ from swf_testbed.mq.destinations import MONITOR_TOPIC, RUN_TOPIC, data_topic
 from swf_testbed.orchestrator.supervisor import Supervisor, runtime_paths
 from swf_testbed.testing.brokers import BrokerProcess, activemq_available, free_port, start_activemq
 from tests.orchestrator.conftest import Bed
-from tests.orchestrator.test_end_to_end import SLICES_PER_SAMPLE, _start_chain_run, count, stack_services, wait_until
+from tests.orchestrator.test_end_to_end import (
+    SLICES_PER_SAMPLE,
+    _start_chain_run,
+    count,
+    stack_services,
+    wait_until,
+)
 from tests.support.agents import EchoAgent, stf_ready
 from tests.support.collect import Collector
 
@@ -52,12 +58,16 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
-def report(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], **figures: Any) -> None:
+def report(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], **figures: Any
+) -> None:
     """Measured figures: on the terminal (even under capture) and as junit properties."""
     for key, value in figures.items():
         request.node.user_properties.append((key, value))
     with capsys.disabled():
-        print(f"\n[faults] {request.node.name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        print(
+            f"\n[faults] {request.node.name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())
+        )
 
 
 @dataclass
@@ -82,7 +92,10 @@ class Chain:
 
     def wait_mid_run(self) -> int:
         """Until the monitor holds ``FAULT_AFTER_STFS`` STFs of the run (and not all of them)."""
-        wait_until(lambda: self.stfs_recorded() >= FAULT_AFTER_STFS or self.stfs_recorded(), "the run under way")
+        wait_until(
+            lambda: self.stfs_recorded() >= FAULT_AFTER_STFS or self.stfs_recorded(),
+            "the run under way",
+        )
         got = self.stfs_recorded()
         assert got < STFS, f"the run was over ({got} STFs) before the fault: pace it slower"
         return got
@@ -94,8 +107,9 @@ class Chain:
             if count(self.api, "/workflow-messages/", sent_after=iso(since), **filters) > 0:
                 return time.time() - since
             time.sleep(0.2)
-        raise AssertionError(f"no message sent after the fault reached the monitor within {timeout:g} s "
-                             f"({filters})")
+        raise AssertionError(
+            f"no message sent after the fault reached the monitor within {timeout:g} s ({filters})"
+        )
 
     def finish(self, timeout: float = 300) -> str:
         out, _ = self.run.communicate(timeout=timeout)
@@ -107,13 +121,28 @@ def chain(make_bed: Any, tmp_path: Path, home: Path) -> Iterator[Any]:
     """``chain(broker, database_url="", broker_section=...)``: start a paced whole-chain run."""
     clients: list[httpx.Client] = []
 
-    def start(broker: BrokerProcess | None, *, database_url: str = "",
-              broker_section: str = 'mode = "external"', label: str = "fault", durable: bool = False,
-              run_args: tuple[str, ...] = (), workflow: str = WORKFLOW) -> Chain:
+    def start(
+        broker: BrokerProcess | None,
+        *,
+        database_url: str = "",
+        broker_section: str = 'mode = "external"',
+        label: str = "fault",
+        durable: bool = False,
+        run_args: tuple[str, ...] = (),
+        workflow: str = WORKFLOW,
+    ) -> Chain:
         bed, run, execution_id, port = _start_chain_run(
-            make_bed, broker, tmp_path, label, workflow=workflow, parameters=PARAMETERS,
-            database_url=database_url, broker_section=broker_section,
-            agent_extra="options = { durable = true }\n" if durable else "", run_args=run_args)
+            make_bed,
+            broker,
+            tmp_path,
+            label,
+            workflow=workflow,
+            parameters=PARAMETERS,
+            database_url=database_url,
+            broker_section=broker_section,
+            agent_extra="options = { durable = true }\n" if durable else "",
+            run_args=run_args,
+        )
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10)
         clients.append(api)
         return Chain(bed, run, execution_id, api, home, f"{label}{port}")
@@ -139,9 +168,16 @@ def check_recorded_exactly_once(chain: Chain, *, timeout: float = 120.0) -> dict
             "execution": api.get(f"/workflow-executions/{eid}/").json().get("status"),
         }
         if runs:
-            got["slices_completed"] = count(api, "/tf-slices/", run_number=runs[0]["run_number"], status="completed")
-        want = {"stf_files": STFS, "samples": STFS, "run_ended": True, "execution": "completed",
-                "slices_completed": SLICES}
+            got["slices_completed"] = count(
+                api, "/tf-slices/", run_number=runs[0]["run_number"], status="completed"
+            )
+        want = {
+            "stf_files": STFS,
+            "samples": STFS,
+            "run_ended": True,
+            "execution": "completed",
+            "slices_completed": SLICES,
+        }
         return got == want or got
 
     wait_until(complete, "every STF, sample and slice in the monitor", timeout=timeout)
@@ -154,11 +190,24 @@ def check_recorded_exactly_once(chain: Chain, *, timeout: float = 120.0) -> dict
     state = api.get(f"/run-states/{run_number}/").json()
     assert state["phase"] == "ended", state
     assert state["slices_completed"] == SLICES and state["slices_failed"] == 0, state
-    types = ("run_imminent", "start_run", "stf_gen", "stf_ready", "processing_complete", "tf_file_registered",
-             "slice", "slice_result", "end_run", "workflow_started", "workflow_completed")
+    types = (
+        "run_imminent",
+        "start_run",
+        "stf_gen",
+        "stf_ready",
+        "processing_complete",
+        "tf_file_registered",
+        "slice",
+        "slice_result",
+        "end_run",
+        "workflow_started",
+        "workflow_completed",
+    )
     messages = {t: count(api, "/workflow-messages/", execution_id=eid, msg_type=t) for t in types}
     # what the DAQ announced, once each (the runner never sends a run message twice)
-    assert messages["stf_gen"] == STFS and messages["run_imminent"] == 1 and messages["start_run"] == 1, messages
+    assert (
+        messages["stf_gen"] == STFS and messages["run_imminent"] == 1 and messages["start_run"] == 1
+    ), messages
     assert messages["workflow_completed"] == 1, messages
     return messages
 
@@ -186,10 +235,15 @@ def restart_activemq(broker: BrokerProcess) -> BrokerProcess:
 
 @pytest.mark.activemq
 def test_activemq_killed_mid_run_everything_recorded_once(
-    chain: Any, own_activemq: BrokerProcess, fresh_postgres_database: str, request: pytest.FixtureRequest,
+    chain: Any,
+    own_activemq: BrokerProcess,
+    fresh_postgres_database: str,
+    request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    c: Chain = chain(own_activemq, database_url=fresh_postgres_database, label="amqkill", durable=True)
+    c: Chain = chain(
+        own_activemq, database_url=fresh_postgres_database, label="amqkill", durable=True
+    )
     stfs_at_kill = c.wait_mid_run()
     killed_at = time.time()
     own_activemq.kill()
@@ -201,10 +255,19 @@ def test_activemq_killed_mid_run_everything_recorded_once(
         run_recovery = c.first_new_message(killed_at, execution_id=c.execution_id)
         out = c.finish()
         assert c.run.returncode == 0, out
-        assert f"{STFS} STFs produced, {STFS} processed, {SLICES} of {SLICES} slices done" in out, out
+        assert f"{STFS} STFs produced, {STFS} processed, {SLICES} of {SLICES} slices done" in out, (
+            out
+        )
         messages = check_recorded_exactly_once(c)
-        report(request, capsys, stfs_at_kill=stfs_at_kill, broker_back_s=round(restarted_after, 1),
-               recovery_s=round(recovery, 1), run_recovery_s=round(run_recovery, 1), messages=messages)
+        report(
+            request,
+            capsys,
+            stfs_at_kill=stfs_at_kill,
+            broker_back_s=round(restarted_after, 1),
+            recovery_s=round(recovery, 1),
+            run_recovery_s=round(run_recovery, 1),
+            messages=messages,
+        )
     finally:
         restarted.stop()
 
@@ -221,7 +284,9 @@ def test_durable_agent_gets_what_was_published_while_it_was_away(any_broker: Bro
     ns, topic, out = f"dur{tag}", f"in.{tag}", f"out.{tag}"
 
     def echo() -> EchoAgent:
-        return EchoAgent("echo", ns, topic=topic, reply_topic=out, broker=settings, durable=True).start()
+        return EchoAgent(
+            "echo", ns, topic=topic, reply_topic=out, broker=settings, durable=True
+        ).start()
 
     watch = Collector(settings, Topic(out))
     first = echo()
@@ -232,15 +297,24 @@ def test_durable_agent_gets_what_was_published_while_it_was_away(any_broker: Bro
         first.client.close()  # gone without unsubscribing: as after a crash or a lost connection
         sender.send(Topic(topic), stf_ready(ns, "while-away.stf"))
         second = echo()
-        watch.wait_for(lambda ms: any(getattr(m, "filename", "") == "while-away.stf" for m in ms),
-                       what="the message published while the agent was away")
+        watch.wait_for(
+            lambda ms: any(getattr(m, "filename", "") == "while-away.stf" for m in ms),
+            what="the message published while the agent was away",
+        )
         second.shutdown()  # a clean stop: the durable subscription goes
         sender.send(Topic(topic), stf_ready(ns, "after-clean-stop.stf"))
         third = echo()
         sender.send(Topic(topic), stf_ready(ns, "last.stf"))
-        watch.wait_for(lambda ms: any(getattr(m, "filename", "") == "last.stf" for m in ms), what="the last reply")
+        watch.wait_for(
+            lambda ms: any(getattr(m, "filename", "") == "last.stf" for m in ms),
+            what="the last reply",
+        )
         third.shutdown()
-    assert sorted(getattr(m, "filename", "") for m in watch.messages) == ["before.stf", "last.stf", "while-away.stf"]
+    assert sorted(getattr(m, "filename", "") for m in watch.messages) == [
+        "before.stf",
+        "last.stf",
+        "while-away.stf",
+    ]
     watch.close()
 
 
@@ -249,7 +323,9 @@ def test_durable_agent_gets_what_was_published_while_it_was_away(any_broker: Bro
 
 def stf_sequences(chain: Chain) -> set[int]:
     """Sequence numbers of the run's STFs the monitor holds (``swf.<run>.<seq>.stf``)."""
-    rows = chain.api.get("/stf-files/", params={"execution_id": chain.execution_id, "limit": 1000}).json()
+    rows = chain.api.get(
+        "/stf-files/", params={"execution_id": chain.execution_id, "limit": 1000}
+    ).json()
     rows = rows["results"] if isinstance(rows, dict) else rows
     return {int(r["stf_filename"].split(".")[2]) for r in rows}
 
@@ -271,22 +347,33 @@ def test_embedded_broker_killed_mid_run_the_loss_is_bounded_and_reported(
     # what is lost never comes: 30 s after the run's end are plenty to give up on it
     # at real time: the chain must be back (agents and ingest resubscribed) well before the run's last STF,
     # also on a loaded machine where a restarted broker and the reconnections take seconds
-    c: Chain = chain(None, broker_section=f'mode = "embedded"\nport = {port}', label="embkill",
-                     run_args=("--drain-timeout", "30"), workflow="time_scale = 1")
+    c: Chain = chain(
+        None,
+        broker_section=f'mode = "embedded"\nport = {port}',
+        label="embkill",
+        run_args=("--drain-timeout", "30"),
+        workflow="time_scale = 1",
+    )
     c.wait_mid_run()
     before = stf_sequences(c)
     old_pid = c.pid("broker")
     killed_at = time.time()
     os.kill(old_pid, signal.SIGKILL)  # supervisord starts it again at once
-    wait_until(lambda: c.bed.programs()["broker"]["pid"] not in (None, old_pid) or "not restarted",
-               "supervisord to restart the broker")
+    wait_until(
+        lambda: c.bed.programs()["broker"]["pid"] not in (None, old_pid) or "not restarted",
+        "supervisord to restart the broker",
+    )
     recovery = c.first_new_message(killed_at, namespace=c.namespace)
     run_recovery = c.first_new_message(killed_at, execution_id=c.execution_id)
     out = c.finish()
 
     api, eid = c.api, c.execution_id
-    wait_until(lambda: api.get(f"/workflow-executions/{eid}/").json().get("status") == "completed" or "running",
-               "the execution to complete in the monitor")
+    wait_until(
+        lambda: (
+            api.get(f"/workflow-executions/{eid}/").json().get("status") == "completed" or "running"
+        ),
+        "the execution to complete in the monitor",
+    )
     runs = api.get("/runs/", params={"execution_id": eid}).json()
     assert len(runs) == 1 and runs[0]["end_time"] is not None, runs
     # what the DAQ announced is in the monitor, next to what it recorded
@@ -295,8 +382,13 @@ def test_embedded_broker_killed_mid_run_the_loss_is_bounded_and_reported(
     missing = sorted(set(range(1, STFS + 1)) - after)
     assert before <= after  # nothing recorded before the fault went missing
     assert STFS in after, f"the run did not recover: its last STF is not recorded ({sorted(after)})"
-    assert all(seq > max(before) for seq in missing), (sorted(before), missing)  # lost only at the fault
-    assert count(api, "/workflow-messages/", execution_id=eid, msg_type="stf_gen") <= STFS  # none twice
+    assert all(seq > max(before) for seq in missing), (
+        sorted(before),
+        missing,
+    )  # lost only at the fault
+    assert (
+        count(api, "/workflow-messages/", execution_id=eid, msg_type="stf_gen") <= STFS
+    )  # none twice
     run_number = runs[0]["run_number"]
     samples = count(api, "/fastmon-files/", execution_id=eid)
     slices = count(api, "/tf-slices/", run_number=run_number)
@@ -312,11 +404,22 @@ def test_embedded_broker_killed_mid_run_the_loss_is_bounded_and_reported(
     else:
         assert c.run.returncode == 1, out
         assert f"workflow completed: execution {eid}, {STFS} STFs produced" in out, out
-        assert "the agents did not catch up within 30 s" in out and f"of {STFS} STFs processed" in out, out
+        assert (
+            "the agents did not catch up within 30 s" in out and f"of {STFS} STFs processed" in out
+        ), out
         assert "the broker connection was lost during the run" in out, out
-    report(request, capsys, stfs_at_kill=len(before), recovery_s=round(recovery, 1),
-           run_recovery_s=round(run_recovery, 1), exit=c.run.returncode, stfs_missing_in_monitor=missing,
-           samples=samples, slices=slices, summary=out.strip().splitlines()[-3:])
+    report(
+        request,
+        capsys,
+        stfs_at_kill=len(before),
+        recovery_s=round(recovery, 1),
+        run_recovery_s=round(run_recovery, 1),
+        exit=c.run.returncode,
+        stfs_missing_in_monitor=missing,
+        samples=samples,
+        slices=slices,
+        summary=out.strip().splitlines()[-3:],
+    )
 
 
 # --------------------------------------------------------------------------- 3. the monitor's ingest down
@@ -353,7 +456,9 @@ class Tap:
 INGEST = "monitor-ingest:monitor-ingest"
 
 
-@pytest.mark.parametrize("stack", ["embedded+sqlite", pytest.param("activemq+postgresql", marks=pytest.mark.activemq)])
+@pytest.mark.parametrize(
+    "stack", ["embedded+sqlite", pytest.param("activemq+postgresql", marks=pytest.mark.activemq)]
+)
 def test_ingest_down_mid_run_the_chain_goes_on_and_the_monitor_catches_up(
     stack: str, chain: Any, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -363,42 +468,74 @@ def test_ingest_down_mid_run_the_chain_goes_on_and_the_monitor_catches_up(
     tap.client.start(wait=30)
     try:
         # mid-run as the broker sees it: on a loaded machine the monitor can lag the chain by many STFs
-        wait_until(lambda: tap.get("processing_complete") >= FAULT_AFTER_STFS or tap.counts, "the run under way")
+        wait_until(
+            lambda: tap.get("processing_complete") >= FAULT_AFTER_STFS or tap.counts,
+            "the run under way",
+        )
         sup = c.supervisor()
         old_pid = c.pid("monitor-ingest")
         os.kill(old_pid, signal.SIGKILL)  # mid-batch, unacknowledged messages in hand
         down_at = time.monotonic()
         # supervisord restarts it at once; once it has, stop it and keep it down
-        wait_until(lambda: sup.infos()[INGEST]["pid"] != old_pid or "not restarted yet", "supervisord to notice")
+        wait_until(
+            lambda: sup.infos()[INGEST]["pid"] != old_pid or "not restarted yet",
+            "supervisord to notice",
+        )
         sup.stop_process(INGEST)
         assert sup.infos()[INGEST]["statename"] == "STOPPED"
         recorded_at_stop = count(c.api, "/workflow-messages/", execution_id=c.execution_id)
         processed_at_stop = tap.get("processing_complete")
         slices_at_stop = tap.get("slice_result")
-        assert processed_at_stop < STFS, f"the run was over ({processed_at_stop} STFs) before the fault: pace it slower"
+        assert processed_at_stop < STFS, (
+            f"the run was over ({processed_at_stop} STFs) before the fault: pace it slower"
+        )
         # the agents do not need the monitor: STFs keep being processed while it is down
         more = min(5, STFS - processed_at_stop)
-        wait_until(lambda: tap.get("processing_complete") >= processed_at_stop + more or tap.counts,
-                   "the chain to go on while the ingest is down")
+        wait_until(
+            lambda: tap.get("processing_complete") >= processed_at_stop + more or tap.counts,
+            "the chain to go on while the ingest is down",
+        )
         processed_during = tap.get("processing_complete") - processed_at_stop
         slices_during = tap.get("slice_result") - slices_at_stop
-        assert count(c.api, "/workflow-messages/", execution_id=c.execution_id) == recorded_at_stop, \
-            "the monitor recorded messages while its ingest was down"
+        assert (
+            count(c.api, "/workflow-messages/", execution_id=c.execution_id) == recorded_at_stop
+        ), "the monitor recorded messages while its ingest was down"
         outage_s = time.monotonic() - down_at
         up_at = time.monotonic()
         sup.start_process(INGEST)
         backlog = tap.get("processing_complete")
-        wait_until(lambda: count(c.api, "/workflow-messages/", execution_id=c.execution_id,
-                                 msg_type="processing_complete") >= backlog or "catching up",
-                   "the ingest to catch up with what was sent while it was down")
+        wait_until(
+            lambda: (
+                count(
+                    c.api,
+                    "/workflow-messages/",
+                    execution_id=c.execution_id,
+                    msg_type="processing_complete",
+                )
+                >= backlog
+                or "catching up"
+            ),
+            "the ingest to catch up with what was sent while it was down",
+        )
         catch_up_s = time.monotonic() - up_at
         out = c.finish()
         assert c.run.returncode == 0, out
-        assert f"{STFS} STFs produced, {STFS} processed, {SLICES} of {SLICES} slices done" in out, out
+        assert f"{STFS} STFs produced, {STFS} processed, {SLICES} of {SLICES} slices done" in out, (
+            out
+        )
         messages = check_recorded_exactly_once(c)
         # nothing twice: every STF processed once, so one processing_complete each (msg_id is the key)
-        assert messages["processing_complete"] == STFS and messages["slice_result"] == SLICES, messages
-        report(request, capsys, outage_s=round(outage_s, 1), stfs_processed_during_outage=processed_during,
-               slices_done_during_outage=slices_during, catch_up_s=round(catch_up_s, 1), messages=messages)
+        assert messages["processing_complete"] == STFS and messages["slice_result"] == SLICES, (
+            messages
+        )
+        report(
+            request,
+            capsys,
+            outage_s=round(outage_s, 1),
+            stfs_processed_during_outage=processed_during,
+            slices_done_during_outage=slices_during,
+            catch_up_s=round(catch_up_s, 1),
+            messages=messages,
+        )
     finally:
         tap.close()

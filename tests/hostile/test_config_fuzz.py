@@ -34,8 +34,15 @@ BASE: dict[str, Any] = {
     "workflow": {"name": "stf_datataking", "config": "stf_datataking_default", "duration": 0.0},
     "parameters": {"stf_count": 3},
     "agents": {
-        "data": {"module": "swf_testbed.agents.data:DataAgent", "heartbeat_interval": 1.0, "instances": 1,
-                 "drain_timeout": 2.0, "args": ["--x"], "env": {"PYTHONPATH": "."}, "options": {"k": 1}},
+        "data": {
+            "module": "swf_testbed.agents.data:DataAgent",
+            "heartbeat_interval": 1.0,
+            "instances": 1,
+            "drain_timeout": 2.0,
+            "args": ["--x"],
+            "env": {"PYTHONPATH": "."},
+            "options": {"k": 1},
+        },
         "tool": {"script": "sleep 1000", "enabled": True},
     },
     "broker": {"mode": "embedded", "host": "127.0.0.1", "port": 61613},
@@ -94,12 +101,32 @@ _scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 1e-300, 5e-324, 1e308, -1e308, float("inf"), float("nan")]),
     _text,
-    st.sampled_from(["", " ", "../../etc/passwd", "/etc/passwd", "a\nb", "x ; y", "x # y", "é", "\u202e",
-                     "\x00", "'\"", "%(here)s", "http://[x", "http://a:99999", "127.0.0.1\n[program:x]"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a\nb",
+            "x ; y",
+            "x # y",
+            "é",
+            "\u202e",
+            "\x00",
+            "'\"",
+            "%(here)s",
+            "http://[x",
+            "http://a:99999",
+            "127.0.0.1\n[program:x]",
+        ]
+    ),
     st.datetimes(timezones=st.none()),
 )
-hostile = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(_text, inner, max_size=3)), max_leaves=6)
+hostile = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_text, inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def _paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -112,10 +139,21 @@ def _paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str
 
 
 EXISTING = _paths(BASE)
-UNKNOWN = [("zzz",), ("testbed", "zzz"), ("agents", "data", "zzz"), ("broker", "portt"), ("monitor", "url"),
-           ("workflow", "time_scale"), ("workflow", "realtime"), ("agents", "data", "env", "VAR"),
-           ("agents", "data", "env", "bad name"), ("agents", "new-agent"), ("agents", "é"),
-           ("agents", "broker"), ("parameters", "stf_count")]
+UNKNOWN = [
+    ("zzz",),
+    ("testbed", "zzz"),
+    ("agents", "data", "zzz"),
+    ("broker", "portt"),
+    ("monitor", "url"),
+    ("workflow", "time_scale"),
+    ("workflow", "realtime"),
+    ("agents", "data", "env", "VAR"),
+    ("agents", "data", "env", "bad name"),
+    ("agents", "new-agent"),
+    ("agents", "é"),
+    ("agents", "broker"),
+    ("parameters", "stf_count"),
+]
 
 
 def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -130,7 +168,7 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, A
 def _named_key(line: str) -> str:
     """``fuzz.toml: agents.data.port: what`` → ``agents.data.port``."""
     assert line.startswith(f"{FILE}: "), line
-    rest = line[len(FILE) + 2:]
+    rest = line[len(FILE) + 2 :]
     return rest.split(": ", 1)[0] if ": " in rest else ""
 
 
@@ -160,7 +198,9 @@ def _assert_runnable(config: Any, tmp: Path) -> None:
 
 @FUZZ
 @given(path=st.sampled_from(EXISTING + UNKNOWN), value=hostile)
-def test_testbed_toml_one_hostile_value(path: tuple[str, ...], value: Any, tmp_path_factory: Any) -> None:
+def test_testbed_toml_one_hostile_value(
+    path: tuple[str, ...], value: Any, tmp_path_factory: Any
+) -> None:
     """One key of a valid file set to a hostile value: a runnable config, or an error naming file and key."""
     text = toml_document(_set(BASE, path, value))
     try:
@@ -182,7 +222,10 @@ def test_testbed_toml_one_hostile_value(path: tuple[str, ...], value: Any, tmp_p
 
 
 @FUZZ
-@given(data=st.dictionaries(_text, hostile, max_size=4), extra=st.dictionaries(_text, hostile, max_size=3))
+@given(
+    data=st.dictionaries(_text, hostile, max_size=4),
+    extra=st.dictionaries(_text, hostile, max_size=3),
+)
 def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str, Any]) -> None:
     """Arbitrary documents (and arbitrary sections next to a valid one): only ConfigError, naming the file."""
     for doc in (data, {**BASE, **extra}):
@@ -192,30 +235,60 @@ def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str,
             assert all(line.startswith(f"{FILE}: ") for line in str(exc).splitlines()), str(exc)
 
 
-@pytest.mark.parametrize("text, named", [
-    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "invalid TOML"),
-    ('[testbed]\nnamespace = "x"\n[agents.a]\nmodule = "a.b:C"\noptions = { v = ' + "{ a = " * 3000 + "1"
-     + " }" * 3000 + " }\n", "invalid TOML"),
-    ('[testbed]\nnamespace = "x"\n[broker]\nport = ' + "9" * 5000 + "\n", "invalid TOML"),
-    ('[testbed]\nnamespace = "x"\n[broker]\nport = ' + "9" * 4000 + "\n", "broker.port"),
-    ('[testbed]\nnamespace = "x"\n[workflow]\nduration = inf\n', "workflow.duration"),
-    ('[testbed]\nnamespace = "x"\n[workflow]\ntime_scale = 1e308\n', "workflow.time_scale"),
-    ('[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\ninstances = 1000000000\n', "agents.w.instances"),
-    ('[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\nheartbeat_interval = 1e308\n',
-     "agents.w.heartbeat_interval"),
-    ('[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\nheartbeat_interval = 1e-300\n',
-     "agents.w.heartbeat_interval"),
-    ('[testbed]\nnamespace = "x"\n[broker]\nhost = "127.0.0.1\\n[program:evil]"\n', "broker.host"),
-    ('[testbed]\nnamespace = "x"\n[monitor]\nmode = "external"\nurl = "../../etc/passwd"\n', "monitor.url"),
-    ('[testbed]\nnamespace = "x"\n[monitor]\nurl = "http://[::1"\n', "monitor.url"),
-    ('[testbed]\nnamespace = "x"\n[database]\nurl = "sqlite:///x.db\\nuser=root"\n', "database.url"),
-    ('[testbed]\nnamespace = "x"\n[testbed.sub]\nx = 1\n', "testbed.sub"),
-    ('[testbed]\nnamespace = { a = 1 }\n', "testbed.namespace"),
-    ('[testbed]\nnamespace = "x"\n[agents.a]\nmodule = "a.b:C"\noptions = { when = 2026-01-01T00:00:00 }\n',
-     "agents.a.options.when"),
-    ('[testbed]\nnamespace = "x"\n[parameters]\nstf_interval = nan\n', "parameters.stf_interval"),
-    ('[testbed]\nnamespace = "x"\n[parameters]\nstart = 2026-01-01\n', "parameters.start"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "invalid TOML"),
+        (
+            '[testbed]\nnamespace = "x"\n[agents.a]\nmodule = "a.b:C"\noptions = { v = '
+            + "{ a = " * 3000
+            + "1"
+            + " }" * 3000
+            + " }\n",
+            "invalid TOML",
+        ),
+        ('[testbed]\nnamespace = "x"\n[broker]\nport = ' + "9" * 5000 + "\n", "invalid TOML"),
+        ('[testbed]\nnamespace = "x"\n[broker]\nport = ' + "9" * 4000 + "\n", "broker.port"),
+        ('[testbed]\nnamespace = "x"\n[workflow]\nduration = inf\n', "workflow.duration"),
+        ('[testbed]\nnamespace = "x"\n[workflow]\ntime_scale = 1e308\n', "workflow.time_scale"),
+        (
+            '[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\ninstances = 1000000000\n',
+            "agents.w.instances",
+        ),
+        (
+            '[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\nheartbeat_interval = 1e308\n',
+            "agents.w.heartbeat_interval",
+        ),
+        (
+            '[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\nheartbeat_interval = 1e-300\n',
+            "agents.w.heartbeat_interval",
+        ),
+        (
+            '[testbed]\nnamespace = "x"\n[broker]\nhost = "127.0.0.1\\n[program:evil]"\n',
+            "broker.host",
+        ),
+        (
+            '[testbed]\nnamespace = "x"\n[monitor]\nmode = "external"\nurl = "../../etc/passwd"\n',
+            "monitor.url",
+        ),
+        ('[testbed]\nnamespace = "x"\n[monitor]\nurl = "http://[::1"\n', "monitor.url"),
+        (
+            '[testbed]\nnamespace = "x"\n[database]\nurl = "sqlite:///x.db\\nuser=root"\n',
+            "database.url",
+        ),
+        ('[testbed]\nnamespace = "x"\n[testbed.sub]\nx = 1\n', "testbed.sub"),
+        ("[testbed]\nnamespace = { a = 1 }\n", "testbed.namespace"),
+        (
+            '[testbed]\nnamespace = "x"\n[agents.a]\nmodule = "a.b:C"\noptions = { when = 2026-01-01T00:00:00 }\n',
+            "agents.a.options.when",
+        ),
+        (
+            '[testbed]\nnamespace = "x"\n[parameters]\nstf_interval = nan\n',
+            "parameters.stf_interval",
+        ),
+        ('[testbed]\nnamespace = "x"\n[parameters]\nstart = 2026-01-01\n', "parameters.start"),
+    ],
+)
 def test_known_hostile_values(text: str, named: str) -> None:
     """Values the fuzzer may not reach: deep nesting, huge integers, inf, newlines into supervisord."""
     with pytest.raises(ConfigError) as info:
@@ -228,15 +301,34 @@ def test_known_hostile_values(text: str, named: str) -> None:
 # --------------------------------------------------------------------------- workflow configs
 
 
-WORKFLOW_KEYS = ["stf_count", "stf_interval", "daq.stf_count", "physics_period_count", "filename_style",
-                 "stf_size_mean_bytes", "tf_per_stf", "broadcast_delay", "stf_size_sigma_fraction",
-                 "target_worker_count", "slices_per_sample", "max_slice_retries", "stf_sampling_rate",
-                 "daq", "daq.", ".x", "nope", "fast_processing.nope", ""]
+WORKFLOW_KEYS = [
+    "stf_count",
+    "stf_interval",
+    "daq.stf_count",
+    "physics_period_count",
+    "filename_style",
+    "stf_size_mean_bytes",
+    "tf_per_stf",
+    "broadcast_delay",
+    "stf_size_sigma_fraction",
+    "target_worker_count",
+    "slices_per_sample",
+    "max_slice_retries",
+    "stf_sampling_rate",
+    "daq",
+    "daq.",
+    ".x",
+    "nope",
+    "fast_processing.nope",
+    "",
+]
 
 
 @FUZZ
-@given(overrides=st.dictionaries(st.sampled_from(WORKFLOW_KEYS) | _text, hostile, max_size=3),
-       name=st.sampled_from(["stf_datataking_default", "fast_processing_default"]))
+@given(
+    overrides=st.dictionaries(st.sampled_from(WORKFLOW_KEYS) | _text, hostile, max_size=3),
+    name=st.sampled_from(["stf_datataking_default", "fast_processing_default"]),
+)
 def test_parameters_overrides(overrides: dict[str, Any], name: str) -> None:
     """testbed.toml [parameters] as overrides of a shipped workflow config: a config or a ConfigError."""
     try:
@@ -257,13 +349,23 @@ def test_parameters_overrides(overrides: dict[str, Any], name: str) -> None:
 
 
 @FUZZ
-@given(daq=st.dictionaries(st.sampled_from(["stf_count", "stf_interval", "tf_per_stf", "zzz"]) | _text, hostile,
-                           max_size=3),
-       top=st.dictionaries(_text, hostile, max_size=2),
-       include=st.lists(st.sampled_from(["daq_state_machine", "../../etc/passwd", "/etc/passwd", "mine", "nope",
-                                         ""]), max_size=3))
-def test_workflow_config_files(daq: dict[str, Any], top: dict[str, Any], include: list[str],
-                               tmp_path_factory: Any) -> None:
+@given(
+    daq=st.dictionaries(
+        st.sampled_from(["stf_count", "stf_interval", "tf_per_stf", "zzz"]) | _text,
+        hostile,
+        max_size=3,
+    ),
+    top=st.dictionaries(_text, hostile, max_size=2),
+    include=st.lists(
+        st.sampled_from(
+            ["daq_state_machine", "../../etc/passwd", "/etc/passwd", "mine", "nope", ""]
+        ),
+        max_size=3,
+    ),
+)
+def test_workflow_config_files(
+    daq: dict[str, Any], top: dict[str, Any], include: list[str], tmp_path_factory: Any
+) -> None:
     """A user's own workflow config file with hostile sections, keys and includes (paths outside too)."""
     root = tmp_path_factory.mktemp("configs")
     doc: dict[str, Any] = {"include": include, "daq": daq, **top}
@@ -294,17 +396,25 @@ def test_include_outside_the_config_directory_is_a_clear_error(tmp_path: Path) -
 # --------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.parametrize("text, key", [
-    ('[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\ninstances = 1000000000\n', "agents.w.instances"),
-    ('[testbed]\nnamespace = "x"\n[workflow]\nduration = inf\n', "workflow.duration"),
-    ('[testbed]\nnamespace = "x"\n[broker]\nport = ' + "9" * 5000 + "\n", "invalid TOML"),
-    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "invalid TOML"),
-    ('[testbed]\nnamespace = "x"\n[monitor]\nurl = "http://[::1"\n', "monitor.url"),
-    ('[testbed]\nnamespace = "x"\nnamespace = "y"\n', "line 3"),
-    ("\xff\xfe garbage", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (
+            '[testbed]\nnamespace = "x"\n[agents.w]\nscript = "x"\ninstances = 1000000000\n',
+            "agents.w.instances",
+        ),
+        ('[testbed]\nnamespace = "x"\n[workflow]\nduration = inf\n', "workflow.duration"),
+        ('[testbed]\nnamespace = "x"\n[broker]\nport = ' + "9" * 5000 + "\n", "invalid TOML"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "invalid TOML"),
+        ('[testbed]\nnamespace = "x"\n[monitor]\nurl = "http://[::1"\n', "monitor.url"),
+        ('[testbed]\nnamespace = "x"\nnamespace = "y"\n', "line 3"),
+        ("\xff\xfe garbage", "cannot read"),
+    ],
+)
 @pytest.mark.parametrize("command", ["status", "run"])
-def test_cli_refuses_bad_files_with_exit_2(tmp_path: Path, text: str, key: str, command: str) -> None:
+def test_cli_refuses_bad_files_with_exit_2(
+    tmp_path: Path, text: str, key: str, command: str
+) -> None:
     """The real CLI: exit code 2 and one clear line per problem naming file and key, no traceback."""
     bad = tmp_path / "bad.toml"
     if text.startswith("\xff"):
@@ -313,8 +423,15 @@ def test_cli_refuses_bad_files_with_exit_2(tmp_path: Path, text: str, key: str, 
         bad.write_text(text, encoding="utf-8")
     env = {**os.environ, "SWF_HOME": str(tmp_path / "home"), "COLUMNS": "400"}
     args = ["status", "-c", str(bad)] if command == "status" else ["run", str(bad)]
-    result = subprocess.run([sys.executable, "-m", "swf_testbed.cli", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "swf_testbed.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -85,34 +85,73 @@ class Bed:
         return Topic(f"swf.{ns}.out")
 
     def beats(self, agent: str) -> list[Heartbeat]:
-        return [b for b in self.watch.of_type("heartbeat")  # type: ignore[misc]
-                if isinstance(b, Heartbeat) and b.agent_name == agent and b.namespace == self.agents[agent].namespace]
+        return [
+            b
+            for b in self.watch.of_type("heartbeat")  # type: ignore[misc]
+            if isinstance(b, Heartbeat)
+            and b.agent_name == agent
+            and b.namespace == self.agents[agent].namespace
+        ]
 
     def replies(self, ns: str) -> set[str]:
-        return {m.filename for m in self.watch.of_type("processing_complete")
-                if isinstance(m, ProcessingComplete) and m.namespace == ns}
+        return {
+            m.filename
+            for m in self.watch.of_type("processing_complete")
+            if isinstance(m, ProcessingComplete) and m.namespace == ns
+        }
 
     def raw_send(self, destination: str, body: bytes, **headers: str) -> None:
         self.raw.send(destination, body, headers={"persistent": "true", **headers})
 
     def assert_alive(self) -> None:
-        assert self.ingest.alive and self.ingest.proc is not None and self.ingest.proc.pid == self.pids["ingest"], \
-            f"ingest died:\n{self.ingest.log()[-3000:]}"
+        assert (
+            self.ingest.alive
+            and self.ingest.proc is not None
+            and self.ingest.proc.pid == self.pids["ingest"]
+        ), f"ingest died:\n{self.ingest.log()[-3000:]}"
         for name, agent in self.agents.items():
-            assert agent.proc.poll() is None and agent.proc.pid == self.pids[name], \
+            assert agent.proc.poll() is None and agent.proc.pid == self.pids[name], (
                 f"{name} died:\n{agent.log()[-3000:]}"
+            )
 
 
 def _start_agent(broker: BrokerProcess, name: str, ns: str, workdir: Path) -> AgentProc:
     log_path = workdir / f"{name}.log"
-    env = {**os.environ, **broker.env, "PYTHONPATH": str(ROOT), "SWF_HOME": str(workdir),
-           "ACTIVEMQ_HEARTBEAT_MS": "2000", "ACTIVEMQ_RECONNECT_INITIAL_S": "0.1", "ACTIVEMQ_RECONNECT_MAX_S": "1.0"}
+    env = {
+        **os.environ,
+        **broker.env,
+        "PYTHONPATH": str(ROOT),
+        "SWF_HOME": str(workdir),
+        "ACTIVEMQ_HEARTBEAT_MS": "2000",
+        "ACTIVEMQ_RECONNECT_INITIAL_S": "0.1",
+        "ACTIVEMQ_RECONNECT_MAX_S": "1.0",
+    }
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "swf_testbed.cli", "agent", "run", "tests.support.agents:EchoAgent",
-             "--name", name, "--namespace", ns, "--heartbeat-interval", "0.5", "--drain-timeout", "2",
-             "--set", f"topic=swf.{ns}.data", "--set", f"reply_topic=swf.{ns}.out"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "swf_testbed.cli",
+                "agent",
+                "run",
+                "tests.support.agents:EchoAgent",
+                "--name",
+                name,
+                "--namespace",
+                ns,
+                "--heartbeat-interval",
+                "0.5",
+                "--drain-timeout",
+                "2",
+                "--set",
+                f"topic=swf.{ns}.data",
+                "--set",
+                f"reply_topic=swf.{ns}.out",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     return AgentProc(name, ns, proc, log_path)
 
@@ -130,19 +169,37 @@ def bed(any_broker: BrokerProcess) -> Iterator[Bed]:
     tag = uuid.uuid4().hex[:6]
     a, b = f"hostA{tag}", f"hostB{tag}"
     workdir = Path(tempfile.mkdtemp(prefix="swf-hostile-"))
-    ingest = IngestProcess(any_broker, "--client-id", f"hostile-ingest-{tag}", "--flush-ms", "50").start()
-    watch = Collector(any_broker.settings(), HEARTBEAT_TOPIC, Topic(f"swf.{a}.out"), Topic(f"swf.{b}.out"))
+    ingest = IngestProcess(
+        any_broker, "--client-id", f"hostile-ingest-{tag}", "--flush-ms", "50"
+    ).start()
+    watch = Collector(
+        any_broker.settings(), HEARTBEAT_TOPIC, Topic(f"swf.{a}.out"), Topic(f"swf.{b}.out")
+    )
     client = BrokerClient(any_broker.settings(), client_name=f"legit-{tag}").start(wait=30)
-    agents = {name: _start_agent(any_broker, name, ns, workdir) for name, ns in (("echo-a", a), ("echo-b", b))}
+    agents = {
+        name: _start_agent(any_broker, name, ns, workdir)
+        for name, ns in (("echo-a", a), ("echo-b", b))
+    }
     raw = None
     try:
         wait_until_ingesting(client, ingest)
         for name, agent in agents.items():
-            watch.wait_for(lambda ms, agent=agent: any(
-                isinstance(x, Heartbeat) and x.agent_name == agent.name and x.namespace == agent.namespace
-                and x.operational_state is OperationalState.READY for x in ms), timeout=60, what=f"{name} READY")
+            watch.wait_for(
+                lambda ms, agent=agent: any(
+                    isinstance(x, Heartbeat)
+                    and x.agent_name == agent.name
+                    and x.namespace == agent.namespace
+                    and x.operational_state is OperationalState.READY
+                    for x in ms
+                ),
+                timeout=60,
+                what=f"{name} READY",
+            )
         raw = _raw_connection(any_broker)
-        pids = {"ingest": ingest.proc.pid if ingest.proc else -1, **{n: ag.proc.pid for n, ag in agents.items()}}
+        pids = {
+            "ingest": ingest.proc.pid if ingest.proc else -1,
+            **{n: ag.proc.pid for n, ag in agents.items()},
+        }
         yield Bed(any_broker, a, b, ingest, agents, watch, client, raw, pids)
     finally:
         if raw is not None and raw.is_connected():
@@ -168,17 +225,30 @@ def _counters(bed: Bed, agent: str, after: float = 0.0) -> dict[str, int]:
 
 
 def _wait_counter(bed: Bed, agent: str, counter: str, at_least: int, timeout: float = 60.0) -> None:
-    wait_for(lambda: _counters(bed, agent).get(counter, 0) >= at_least, timeout,
-             f"{agent} heartbeat counter {counter} >= {at_least} (now {_counters(bed, agent)})", interval=0.2)
+    wait_for(
+        lambda: _counters(bed, agent).get(counter, 0) >= at_least,
+        timeout,
+        f"{agent} heartbeat counter {counter} >= {at_least} (now {_counters(bed, agent)})",
+        interval=0.2,
+    )
 
 
 def _ready_again(bed: Bed, since: float) -> None:
     """Every agent, same pid, heartbeats READY after ``since`` (wall clock of the heartbeat)."""
     for name, agent in bed.agents.items():
-        bed.watch.wait_for(lambda ms, name=name, agent=agent: any(
-            isinstance(x, Heartbeat) and x.agent_name == name and x.namespace == agent.namespace
-            and x.pid == bed.pids[name] and x.operational_state is OperationalState.READY
-            and x.timestamp.timestamp() > since for x in ms), timeout=180, what=f"{name} READY again")
+        bed.watch.wait_for(
+            lambda ms, name=name, agent=agent: any(
+                isinstance(x, Heartbeat)
+                and x.agent_name == name
+                and x.namespace == agent.namespace
+                and x.pid == bed.pids[name]
+                and x.operational_state is OperationalState.READY
+                and x.timestamp.timestamp() > since
+                for x in ms
+            ),
+            timeout=180,
+            what=f"{name} READY again",
+        )
 
 
 def _producer(message_id: str) -> str:
@@ -205,21 +275,49 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
         (tagged(2), b"\xff\xfe" + tagged(2).encode() + b"\x00\x01 not utf-8", "invalid_json"),
         (tagged(3), b'["' + tagged(3).encode() + b'", ' + b"[" * 200_000, "invalid_json"),
         (tagged(4), json.dumps([tagged(4), 1, 2]).encode(), "invalid_fields"),
-        (tagged(5), json.dumps({"msg_type": "stf_ready", "msg_id": tagged(5), "namespace": a,
-                                "sender": "x"}).encode(), "invalid_fields"),
-        (tagged(6), json.dumps({"msg_type": 5, "msg_id": tagged(6), "namespace": a}).encode(), "invalid_fields"),
-        (tagged(7), json.dumps({"msg_type": "self_destruct", "msg_id": tagged(7), "namespace": a,
-                                "sender": "x"}).encode(), "unknown_msg_type"),
-        (tagged(8), (f'{{"msg_id": "{tagged(8)}", "msg_type": "stf_ready", "run_id": {huge_int}}}').encode(),
-         "invalid_json"),
-        (tagged(9), (f'{{"msg_id": "{tagged(9)}", "msg_type": "stf_ready", "namespace": "{a}", "pad": "'
-                     + "x" * (1536 * 1024) + '"}').encode(), "too_large"),
+        (
+            tagged(5),
+            json.dumps(
+                {"msg_type": "stf_ready", "msg_id": tagged(5), "namespace": a, "sender": "x"}
+            ).encode(),
+            "invalid_fields",
+        ),
+        (
+            tagged(6),
+            json.dumps({"msg_type": 5, "msg_id": tagged(6), "namespace": a}).encode(),
+            "invalid_fields",
+        ),
+        (
+            tagged(7),
+            json.dumps(
+                {"msg_type": "self_destruct", "msg_id": tagged(7), "namespace": a, "sender": "x"}
+            ).encode(),
+            "unknown_msg_type",
+        ),
+        (
+            tagged(8),
+            (
+                f'{{"msg_id": "{tagged(8)}", "msg_type": "stf_ready", "run_id": {huge_int}}}'
+            ).encode(),
+            "invalid_json",
+        ),
+        (
+            tagged(9),
+            (
+                f'{{"msg_id": "{tagged(9)}", "msg_type": "stf_ready", "namespace": "{a}", "pad": "'
+                + "x" * (1536 * 1024)
+                + '"}'
+            ).encode(),
+            "too_large",
+        ),
     ]
     started = time.time()
     for marker, body, _reason in cases:  # to namespace A's data topic: agent A must deal with each
         bed.raw_send(bed.data(a), body)
-    epic = [(f"{marker}-epic", body.replace(marker.encode(), f"{marker}-epic".encode()), reason)
-            for marker, body, reason in cases[:2] + cases[6:8]]
+    epic = [
+        (f"{marker}-epic", body.replace(marker.encode(), f"{marker}-epic".encode()), reason)
+        for marker, body, reason in cases[:2] + cases[6:8]
+    ]
     for marker, body, _reason in epic:  # the run topic: only the ingest listens there
         bed.raw_send(str(RUN_TOPIC), body)
 
@@ -232,14 +330,23 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
 
     # --- the ingest recorded every bad body, with its reason
     def rows(marker: str) -> list[m.WorkflowMessage]:
-        return [r for r in m.WorkflowMessage.objects.filter(body__contains=marker).exclude(msg_type="dead_letter")
-                if marker + "-epic" not in r.body or marker.endswith("-epic")]
+        return [
+            r
+            for r in m.WorkflowMessage.objects.filter(body__contains=marker).exclude(
+                msg_type="dead_letter"
+            )
+            if marker + "-epic" not in r.body or marker.endswith("-epic")
+        ]
 
     for marker, _body, reason in cases + epic:
         found = wait_for(lambda marker=marker: rows(marker), 120, f"the ingest to record {marker}")
         assert len(found) == 1, [(r.msg_id, r.destination) for r in found]
         row = found[0]
-        assert not row.is_valid and row.error_reason == reason, (marker, row.error_reason, row.validation_error)
+        assert not row.is_valid and row.error_reason == reason, (
+            marker,
+            row.error_reason,
+            row.validation_error,
+        )
         assert row.validation_error.strip(), marker
     # ... and the monitor's API and UI show each of them (nothing in them breaks a page)
     web = DjangoClient()
@@ -249,19 +356,28 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
         assert api.status_code == 200, (marker, api.status_code)
         assert api.json()["error_reason"] == reason and api.json()["is_valid"] is False
         page = web.get(f"/messages/{row.pk}/")
-        assert page.status_code == 200 and reason.encode() in page.content, (marker, page.status_code)
+        assert page.status_code == 200 and reason.encode() in page.content, (
+            marker,
+            page.status_code,
+        )
     too_large = rows(tagged(9))[0]
     assert "exceeds the limit" in too_large.validation_error and len(too_large.body) <= 1024 * 1024
     deep = rows(tagged(3))[0]
     assert "nested too deeply" in deep.validation_error
 
-    wrong_row = wait_for(lambda: m.WorkflowMessage.objects.filter(msg_id=wrong_ns.msg_id).first(), 60, "wrong-ns row")
-    assert wrong_row.is_valid and wrong_row.namespace_id == b and wrong_row.destination == bed.data(a)
+    wrong_row = wait_for(
+        lambda: m.WorkflowMessage.objects.filter(msg_id=wrong_ns.msg_id).first(), 60, "wrong-ns row"
+    )
+    assert (
+        wrong_row.is_valid and wrong_row.namespace_id == b and wrong_row.destination == bed.data(a)
+    )
 
     # --- agent A dead-lettered each bad body with the reason; the dead letters are recorded, valid
     def letters() -> dict[str, m.WorkflowMessage]:
         out = {}
-        for row in m.WorkflowMessage.objects.filter(msg_type="dead_letter", namespace_id=a, body__contains=mark):
+        for row in m.WorkflowMessage.objects.filter(
+            msg_type="dead_letter", namespace_id=a, body__contains=mark
+        ):
             original = json.loads(row.body)["original_body"]
             for marker, _body, _reason in cases:
                 if marker in original:
@@ -272,11 +388,16 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
     for marker, _body, reason in cases:
         row = letters()[marker]
         letter = json.loads(row.body)
-        assert row.is_valid and row.sender == "echo-a" and row.destination == "/queue/swf.dead_letter"
+        assert (
+            row.is_valid and row.sender == "echo-a" and row.destination == "/queue/swf.dead_letter"
+        )
         assert letter["error"].startswith(f"{reason}:"), (marker, letter["error"][:200])
         assert letter["original_destination"] == bed.data(a) and letter["attempts"] == 1
     oversized_letter = json.loads(letters()[tagged(9)].body)
-    assert "truncated" in oversized_letter["error"] and len(oversized_letter["original_body"]) < 1024 * 1024
+    assert (
+        "truncated" in oversized_letter["error"]
+        and len(oversized_letter["original_body"]) < 1024 * 1024
+    )
 
     # ... and said so in its log, and counted them (heartbeat counters)
     _wait_counter(bed, "echo-a", "dead_lettered", len(cases))
@@ -285,19 +406,35 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
     assert counters["invalid"] == len(cases) and counters["dead_lettered"] == len(cases)
     assert counters["other_namespace"] == 1
     log = bed.agents["echo-a"].log()
-    assert len(re.findall(r"echo-a: invalid message .* on /topic/swf\.\S+\.data: ", log)) == len(cases), log[-3000:]
+    assert len(re.findall(r"echo-a: invalid message .* on /topic/swf\.\S+\.data: ", log)) == len(
+        cases
+    ), log[-3000:]
     assert "Traceback" not in log, log[-3000:]
 
     # --- the wrong-namespace message was not handled; the forged one was (it is a valid message)...
-    wait_for(lambda: f"{mark}-forged.stf" in bed.replies(a), 60, "echo-a to handle the forged stf_ready")
+    wait_for(
+        lambda: f"{mark}-forged.stf" in bed.replies(a), 60, "echo-a to handle the forged stf_ready"
+    )
     assert f"{mark}-wrong-ns.stf" not in bed.replies(a) | bed.replies(b)
-    assert _counters(bed, "echo-b").get("invalid", 0) == 0 and _counters(bed, "echo-b").get("handled", 0) == 0
+    assert (
+        _counters(bed, "echo-b").get("invalid", 0) == 0
+        and _counters(bed, "echo-b").get("handled", 0) == 0
+    )
 
     # ... but the monitor shows it came from another connection than echo-a's own messages
-    forged_row = wait_for(lambda: m.WorkflowMessage.objects.filter(msg_id=forged.msg_id).first(), 60, "forged row")
+    forged_row = wait_for(
+        lambda: m.WorkflowMessage.objects.filter(msg_id=forged.msg_id).first(), 60, "forged row"
+    )
     assert forged_row.sender == "echo-a" and forged_row.is_valid
-    own = wait_for(lambda: list(m.WorkflowMessage.objects.filter(
-        sender="echo-a", namespace_id=a, msg_type="processing_complete")), 60, "echo-a's own replies recorded")
+    own = wait_for(
+        lambda: list(
+            m.WorkflowMessage.objects.filter(
+                sender="echo-a", namespace_id=a, msg_type="processing_complete"
+            )
+        ),
+        60,
+        "echo-a's own replies recorded",
+    )
     own_producers = {_producer(r.headers["message-id"]) for r in own}
     assert len(own_producers) == 1, own_producers  # one agent, one connection
     forged_producer = _producer(forged_row.headers["message-id"])
@@ -311,12 +448,17 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
     bed.assert_alive()
     bed.client.send(Topic(f"swf.{b}.data"), stf_ready(b, f"{mark}-b-after.stf"))
     bed.client.send(Topic(f"swf.{a}.data"), stf_ready(a, f"{mark}-a-after.stf"))
-    wait_for(lambda: f"{mark}-b-after.stf" in bed.replies(b) and f"{mark}-a-after.stf" in bed.replies(a), 60,
-             "both agents to handle a legitimate message afterwards")
+    wait_for(
+        lambda: f"{mark}-b-after.stf" in bed.replies(b) and f"{mark}-a-after.stf" in bed.replies(a),
+        60,
+        "both agents to handle a legitimate message afterwards",
+    )
     assert "Traceback" not in bed.ingest.log(), bed.ingest.log()[-3000:]
-    print(f"\n[{bed.broker.name}] bad bodies recorded: {len(cases) + len(epic)}, dead-lettered by echo-a: "
-          f"{len(cases)}, in {time.time() - started:.1f} s; forged message from connection {forged_producer}, "
-          f"echo-a's own from {own_producers.pop()}")
+    print(
+        f"\n[{bed.broker.name}] bad bodies recorded: {len(cases) + len(epic)}, dead-lettered by echo-a: "
+        f"{len(cases)}, in {time.time() - started:.1f} s; forged message from connection {forged_producer}, "
+        f"echo-a's own from {own_producers.pop()}"
+    )
 
 
 # --------------------------------------------------------------------------- the flood
@@ -327,17 +469,30 @@ def _logged_drops(broker: BrokerProcess, client_id: str) -> int:
     if broker.log_path is None or not broker.log_path.exists():
         return 0
     text = broker.log_path.read_text(errors="replace")
-    return sum(int(n) for label, n in re.findall(r"durable subscription (\S+): dropped (\d+) messages", text)
-               if client_id in label)
+    return sum(
+        int(n)
+        for label, n in re.findall(r"durable subscription (\S+): dropped (\d+) messages", text)
+        if client_id in label
+    )
 
 
 def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
     a, b = bed.a, bed.b
     prefix = f"flood-{uuid.uuid4().hex[:8]}-"
-    template = ProcessingComplete(msg_id=f"{prefix}000000", namespace=a, sender="flooder", execution_id="flood",
-                                  run_id=1, state="run", substate="physics", filename="f.stf",
-                                  processing_time_s=0.0).to_json()
-    bodies = [template.replace(f"{prefix}000000", f"{prefix}{i:06d}").encode() for i in range(FLOOD)]
+    template = ProcessingComplete(
+        msg_id=f"{prefix}000000",
+        namespace=a,
+        sender="flooder",
+        execution_id="flood",
+        run_id=1,
+        state="run",
+        substate="physics",
+        filename="f.stf",
+        processing_time_s=0.0,
+    ).to_json()
+    bodies = [
+        template.replace(f"{prefix}000000", f"{prefix}{i:06d}").encode() for i in range(FLOOD)
+    ]
     destination = bed.data(a)
     quarter = threading.Event()
     sent = 0
@@ -366,10 +521,18 @@ def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
     # during the flood: B handles a legitimate message and keeps heartbeating
     b_sent_at = time.monotonic()
     bed.client.send(Topic(f"swf.{b}.data"), stf_ready(b, f"{prefix}b-during.stf"))
-    wait_for(lambda: f"{prefix}b-during.stf" in bed.replies(b), 120, "echo-b to handle a message during the flood")
+    wait_for(
+        lambda: f"{prefix}b-during.stf" in bed.replies(b),
+        120,
+        "echo-b to handle a message during the flood",
+    )
     b_latency = time.monotonic() - b_sent_at
     b_during_flood = thread.is_alive()
-    wait_for(lambda: len(bed.beats("echo-b")) >= b_beats_before + 2, 60, "echo-b heartbeats during the flood")
+    wait_for(
+        lambda: len(bed.beats("echo-b")) >= b_beats_before + 2,
+        60,
+        "echo-b heartbeats during the flood",
+    )
     thread.join(600)
     assert not thread.is_alive() and not errors, errors
     assert sent == FLOOD
@@ -377,11 +540,17 @@ def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
 
     # every flood message recorded by the ingest (or dropped by the broker, and logged as such)
     def recorded() -> int:
-        return m.WorkflowMessage.objects.filter(msg_id__startswith=prefix, msg_type="processing_complete").count()
+        return m.WorkflowMessage.objects.filter(
+            msg_id__startswith=prefix, msg_type="processing_complete"
+        ).count()
 
     client_id = bed.ingest.args[1]
-    wait_for(lambda: recorded() + _logged_drops(bed.broker, client_id) >= FLOOD, 600,
-             f"the ingest to record the flood ({recorded()} of {FLOOD} so far)", interval=1.0)
+    wait_for(
+        lambda: recorded() + _logged_drops(bed.broker, client_id) >= FLOOD,
+        600,
+        f"the ingest to record the flood ({recorded()} of {FLOOD} so far)",
+        interval=1.0,
+    )
     catch_up = time.monotonic() - timing["end"]
     time.sleep(1.0)  # a duplicate would show up now
     count, dropped = recorded(), _logged_drops(bed.broker, client_id)
@@ -406,9 +575,14 @@ def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
     _ready_again(bed, time.time())
     bed.assert_alive()
     a_counters = _counters(bed, "echo-a")
-    assert "Traceback" not in bed.ingest.log() + bed.agents["echo-a"].log() + bed.agents["echo-b"].log()
-    print(f"\n[{bed.broker.name}] flood: {FLOOD} messages sent at {rate:,.0f} msg/s "
-          f"({time.time() - wall_start:.1f} s in all); ingest recorded {count}, broker dropped {dropped}; "
-          f"ingest caught up {catch_up:.1f} s after the last send; echo-b answered in {b_latency:.2f} s "
-          f"(flood still running: {b_during_flood}); echo-a counters {a_counters}; "
-          f"echo-a connection losses: {bed.agents['echo-a'].log().count('lost the broker connection')}")
+    assert (
+        "Traceback"
+        not in bed.ingest.log() + bed.agents["echo-a"].log() + bed.agents["echo-b"].log()
+    )
+    print(
+        f"\n[{bed.broker.name}] flood: {FLOOD} messages sent at {rate:,.0f} msg/s "
+        f"({time.time() - wall_start:.1f} s in all); ingest recorded {count}, broker dropped {dropped}; "
+        f"ingest caught up {catch_up:.1f} s after the last send; echo-b answered in {b_latency:.2f} s "
+        f"(flood still running: {b_during_flood}); echo-a counters {a_counters}; "
+        f"echo-a connection losses: {bed.agents['echo-a'].log().count('lost the broker connection')}"
+    )

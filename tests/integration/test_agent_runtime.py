@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from swf_testbed.messages import DeadLetter, Heartbeat, LogBatch, OperationalState, ProcessingComplete, parse_message
+from swf_testbed.messages import (
+    DeadLetter,
+    Heartbeat,
+    LogBatch,
+    OperationalState,
+    parse_message,
+)
 from swf_testbed.mq import BrokerClient, Queue, Topic
 from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, logs_topic
 from swf_testbed.testing.brokers import BrokerProcess, start_activemq, start_embedded
@@ -32,21 +38,36 @@ def _dead_letters_for(collector: Collector, namespace: str) -> list[DeadLetter]:
     return [m for m in collector.of_type("dead_letter") if m.namespace == namespace]  # type: ignore[misc]
 
 
-def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(any_broker: BrokerProcess) -> None:
+def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(
+    any_broker: BrokerProcess,
+) -> None:
     ns, topic, _, out = _names()
     settings = any_broker.settings()
     watch = Collector(settings, Topic(out), DEAD_LETTER_QUEUE)
-    agent = EchoAgent("echo", ns, topic=topic, reply_topic=out, fail_always=["bad.stf"], fail_times=1,
-                      broker=settings, max_attempts=3, retry_delay=0.05).start()
+    agent = EchoAgent(
+        "echo",
+        ns,
+        topic=topic,
+        reply_topic=out,
+        fail_always=["bad.stf"],
+        fail_times=1,
+        broker=settings,
+        max_attempts=3,
+        retry_delay=0.05,
+    ).start()
     try:
         sender = BrokerClient(settings).start()
         sender.send(Topic(topic), stf_ready(ns, "bad.stf"))
         for i in range(5):
             sender.send(Topic(topic), stf_ready(ns, f"good{i}.stf"))
-        watch.wait_for(lambda ms: len([m for m in ms if m.msg_type == "processing_complete"]) == 5,
-                       what="5 processing_complete")
-        watch.wait_for(lambda ms: any(m.msg_type == "dead_letter" and m.namespace == ns for m in ms),
-                       what="a dead letter")
+        watch.wait_for(
+            lambda ms: len([m for m in ms if m.msg_type == "processing_complete"]) == 5,
+            what="5 processing_complete",
+        )
+        watch.wait_for(
+            lambda ms: any(m.msg_type == "dead_letter" and m.namespace == ns for m in ms),
+            what="a dead letter",
+        )
         letters = _dead_letters_for(watch, ns)
         assert len(letters) == 1
         assert letters[0].attempts == 3
@@ -58,11 +79,15 @@ def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(any_
         assert agent.seen.count("bad.stf") == 3
         assert agent.client.connected
         # the agent counts just after it sends: wait for the counters rather than race them
-        eventually(lambda: agent.counters["dead_lettered"] == 1 and agent.counters["handled"] == 5,
-                   what="the agent's counters")
+        eventually(
+            lambda: agent.counters["dead_lettered"] == 1 and agent.counters["handled"] == 5,
+            what="the agent's counters",
+        )
         # still serving after all that
         sender.send(Topic(topic), stf_ready(ns, "after.stf"))
-        watch.wait_for(lambda ms: any(getattr(m, "filename", "") == "after.stf" for m in ms), what="after.stf")
+        watch.wait_for(
+            lambda ms: any(getattr(m, "filename", "") == "after.stf" for m in ms), what="after.stf"
+        )
         sender.close()
     finally:
         agent.shutdown()
@@ -77,14 +102,34 @@ def test_invalid_bodies_are_reported_and_agent_keeps_running(any_broker: BrokerP
     try:
         sender = BrokerClient(settings).start()
         sender.send(Topic(topic), b"{this is not json")
-        sender.send(Topic(topic), b'{"msg_type": "no_such_type", "namespace": "' + ns.encode() + b'"}')
-        sender.send(Topic(topic), b'{"msg_type": "stf_ready", "namespace": "' + ns.encode() + b'", "sender": "x"}')
+        sender.send(
+            Topic(topic), b'{"msg_type": "no_such_type", "namespace": "' + ns.encode() + b'"}'
+        )
+        sender.send(
+            Topic(topic),
+            b'{"msg_type": "stf_ready", "namespace": "' + ns.encode() + b'", "sender": "x"}',
+        )
         sender.send(Topic(topic), stf_ready(ns, "fine.stf"))
-        watch.wait_for(lambda ms: any(m.msg_type == "processing_complete" for m in ms), what="processing_complete")
-        watch.wait_for(lambda ms: len([m for m in ms if m.msg_type == "dead_letter"
-                                       and m.original_destination.endswith(topic)]) == 3,  # type: ignore[attr-defined]
-                       what="3 dead letters")
-        letters = [m for m in watch.of_type("dead_letter") if m.original_destination.endswith(topic)]  # type: ignore[attr-defined]
+        watch.wait_for(
+            lambda ms: any(m.msg_type == "processing_complete" for m in ms),
+            what="processing_complete",
+        )
+        watch.wait_for(
+            lambda ms: (
+                len(
+                    [
+                        m
+                        for m in ms
+                        if m.msg_type == "dead_letter" and m.original_destination.endswith(topic)
+                    ]
+                )
+                == 3
+            ),  # type: ignore[attr-defined]
+            what="3 dead letters",
+        )
+        letters = [
+            m for m in watch.of_type("dead_letter") if m.original_destination.endswith(topic)
+        ]  # type: ignore[attr-defined]
         errors = sorted(m.error.split(":")[0] for m in letters)  # type: ignore[attr-defined]
         assert errors == ["invalid_fields", "invalid_json", "unknown_msg_type"]
         eventually(lambda: agent.counters["invalid"] == 3, what="3 invalid counted")
@@ -107,7 +152,9 @@ def test_other_namespaces_are_ignored(any_broker: BrokerProcess) -> None:
         watch.wait_for(lambda ms: len(ms) >= 1, what="a reply")
         time.sleep(0.3)
         assert [m.filename for m in watch.messages] == ["ours.stf"]  # type: ignore[attr-defined]
-        eventually(lambda: agent.counters["other_namespace"] == 1, what="1 other-namespace message counted")
+        eventually(
+            lambda: agent.counters["other_namespace"] == 1, what="1 other-namespace message counted"
+        )
         sender.close()
     finally:
         agent.shutdown()
@@ -118,21 +165,40 @@ def test_heartbeats_follow_operational_state(any_broker: BrokerProcess) -> None:
     ns, topic, _, out = _names()
     settings = any_broker.settings()
     watch = Collector(settings, HEARTBEAT_TOPIC)
-    agent = EchoAgent("echo", ns, topic=topic, reply_topic=out, sleep_s=0.5, broker=settings,
-                      heartbeat_interval=0.5).start()
+    agent = EchoAgent(
+        "echo",
+        ns,
+        topic=topic,
+        reply_topic=out,
+        sleep_s=0.5,
+        broker=settings,
+        heartbeat_interval=0.5,
+    ).start()
     try:
         sender = BrokerClient(settings).start()
         sender.send(Topic(topic), stf_ready(ns, "slow.stf"))
 
         def states(ms: list) -> list[OperationalState]:
-            return [m.operational_state for m in ms if m.msg_type == "heartbeat" and m.namespace == ns]
+            return [
+                m.operational_state for m in ms if m.msg_type == "heartbeat" and m.namespace == ns
+            ]
 
         watch.wait_for(lambda ms: OperationalState.PROCESSING in states(ms), what="PROCESSING")
-        watch.wait_for(lambda ms: states(ms)[-1] is OperationalState.READY
-                       and OperationalState.PROCESSING in states(ms), what="READY after PROCESSING")
+        watch.wait_for(
+            lambda ms: (
+                states(ms)[-1] is OperationalState.READY
+                and OperationalState.PROCESSING in states(ms)
+            ),
+            what="READY after PROCESSING",
+        )
         agent.shutdown()
-        beats = [m for m in watch.wait_for(lambda ms: states(ms)[-1] is OperationalState.EXITED, what="EXITED")
-                 if m.msg_type == "heartbeat" and m.namespace == ns]
+        beats = [
+            m
+            for m in watch.wait_for(
+                lambda ms: states(ms)[-1] is OperationalState.EXITED, what="EXITED"
+            )
+            if m.msg_type == "heartbeat" and m.namespace == ns
+        ]
         seq = [b.operational_state for b in beats]
         assert seq[0] is OperationalState.STARTING
         assert seq.index(OperationalState.READY) < seq.index(OperationalState.PROCESSING)
@@ -150,31 +216,64 @@ def test_heartbeats_follow_operational_state(any_broker: BrokerProcess) -> None:
 def _agent_process(broker: BrokerProcess, ns: str, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, **broker.env, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "swf_testbed.cli", "agent", "run", "tests.support.agents:EchoAgent",
-         "--name", "echo-proc", "--namespace", ns, "--heartbeat-interval", "0.5", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "swf_testbed.cli",
+            "agent",
+            "run",
+            "tests.support.agents:EchoAgent",
+            "--name",
+            "echo-proc",
+            "--namespace",
+            ns,
+            "--heartbeat-interval",
+            "0.5",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
-def test_stop_signal_during_long_handler_exits_within_bound(embedded_broker: BrokerProcess, sig: int) -> None:
+def test_stop_signal_during_long_handler_exits_within_bound(
+    embedded_broker: BrokerProcess, sig: int
+) -> None:
     ns, topic, _, _ = _names()
     watch = Collector(embedded_broker.settings(), HEARTBEAT_TOPIC)
-    proc = _agent_process(embedded_broker, ns, "--drain-timeout", "1", "--set", f"topic={topic}",
-                          "--set", "sleep_s=600")
+    proc = _agent_process(
+        embedded_broker,
+        ns,
+        "--drain-timeout",
+        "1",
+        "--set",
+        f"topic={topic}",
+        "--set",
+        "sleep_s=600",
+    )
     try:
+
         def mine(ms: list) -> list[Heartbeat]:
             return [m for m in ms if m.msg_type == "heartbeat" and m.namespace == ns]
 
-        watch.wait_for(lambda ms: any(b.operational_state is OperationalState.READY for b in mine(ms)), what="READY")
+        watch.wait_for(
+            lambda ms: any(b.operational_state is OperationalState.READY for b in mine(ms)),
+            what="READY",
+        )
         with BrokerClient(embedded_broker.settings()).start() as sender:
             sender.send(Topic(topic), stf_ready(ns, "long.stf"))
-        watch.wait_for(lambda ms: any(b.operational_state is OperationalState.PROCESSING for b in mine(ms)),
-                       what="PROCESSING")
+        watch.wait_for(
+            lambda ms: any(b.operational_state is OperationalState.PROCESSING for b in mine(ms)),
+            what="PROCESSING",
+        )
         proc.send_signal(sig)
         # the handler would run for 10 minutes; the drain bound is 1 s
         assert proc.wait(timeout=60) == 0
-        beats = watch.wait_for(lambda ms: mine(ms)[-1].operational_state is OperationalState.EXITED, what="EXITED")
+        beats = watch.wait_for(
+            lambda ms: mine(ms)[-1].operational_state is OperationalState.EXITED, what="EXITED"
+        )
         assert mine(beats)[-1].pid == proc.pid
     finally:
         if proc.poll() is None:
@@ -201,7 +300,9 @@ def test_agent_reconnects_and_resubscribes_everything_after_broker_restart(
     ns, topic, queue, out = _names()
     try:
         settings = broker.settings()
-        agent = EchoAgent("echo", ns, topic=topic, queue=queue, reply_topic=out, broker=settings).start()
+        agent = EchoAgent(
+            "echo", ns, topic=topic, queue=queue, reply_topic=out, broker=settings
+        ).start()
         watch = Collector(settings, Topic(out))
         with BrokerClient(settings).start() as sender:
             sender.send(Topic(topic), stf_ready(ns, "before-topic.stf"))
@@ -210,15 +311,19 @@ def test_agent_reconnects_and_resubscribes_everything_after_broker_restart(
         broker = _restart(broker)
         # wait until both clients are back (no polling on sleeps: the client says when)
         deadline = time.monotonic() + 60
-        while not (agent.client.connected and watch.client.connected and agent.client.reconnects >= 1):
+        while not (
+            agent.client.connected and watch.client.connected and agent.client.reconnects >= 1
+        ):
             assert time.monotonic() < deadline, "agent did not reconnect"
             time.sleep(0.05)
         with BrokerClient(settings).start() as sender:
             sender.send(Topic(topic), stf_ready(ns, "after-topic.stf"))
             sender.send(Queue(queue), stf_ready(ns, "after-queue.stf"))
             names = lambda ms: {getattr(m, "filename", "") for m in ms}  # noqa: E731
-            watch.wait_for(lambda ms: {"after-topic.stf", "after-queue.stf"} <= names(ms),
-                           what="replies on both subscriptions after restart")
+            watch.wait_for(
+                lambda ms: {"after-topic.stf", "after-queue.stf"} <= names(ms),
+                what="replies on both subscriptions after restart",
+            )
         assert agent.client.reconnects >= 1
         agent.shutdown()
         watch.close()
@@ -226,27 +331,51 @@ def test_agent_reconnects_and_resubscribes_everything_after_broker_restart(
         broker.stop()
 
 
-def test_records_logged_by_a_handler_go_out_in_log_batches_with_their_execution(any_broker: BrokerProcess) -> None:
+def test_records_logged_by_a_handler_go_out_in_log_batches_with_their_execution(
+    any_broker: BrokerProcess,
+) -> None:
     ns, topic, _, out = _names()
     settings = any_broker.settings()
     watch = Collector(settings, logs_topic(ns), Topic(out))
     # a handler that fails once logs a WARNING (will retry) inside the message's context
-    agent = EchoAgent("echo", ns, topic=topic, reply_topic=out, fail_times=1, broker=settings, retry_delay=0.05,
-                      log_flush_interval=0.1).start()
+    agent = EchoAgent(
+        "echo",
+        ns,
+        topic=topic,
+        reply_topic=out,
+        fail_times=1,
+        broker=settings,
+        retry_delay=0.05,
+        log_flush_interval=0.1,
+    ).start()
     try:
         with BrokerClient(settings).start() as sender:
             sender.send(Topic(topic), stf_ready(ns, "once.stf", run_id=4711))
-            watch.wait_for(lambda ms: any(m.msg_type == "processing_complete" for m in ms), what="the reply")
+            watch.wait_for(
+                lambda ms: any(m.msg_type == "processing_complete" for m in ms), what="the reply"
+            )
 
         def retries(ms: list) -> list[Any]:
-            return [r for m in ms if isinstance(m, LogBatch) for r in m.records if "will retry" in r.message]
+            return [
+                r
+                for m in ms
+                if isinstance(m, LogBatch)
+                for r in m.records
+                if "will retry" in r.message
+            ]
 
-        batches = watch.wait_for(lambda ms: bool(retries(ms)), what="the retry warning in a log_batch")
+        batches = watch.wait_for(
+            lambda ms: bool(retries(ms)), what="the retry warning in a log_batch"
+        )
         (record,) = retries(batches)
         assert (record.levelname, record.execution_id, record.run_id) == ("WARNING", "exec-1", 4711)
         batch = next(m for m in batches if isinstance(m, LogBatch))
-        assert (batch.agent_name, batch.agent_type, batch.namespace, batch.pid) == ("echo", "test-echo", ns,
-                                                                                    os.getpid())
+        assert (batch.agent_name, batch.agent_type, batch.namespace, batch.pid) == (
+            "echo",
+            "test-echo",
+            ns,
+            os.getpid(),
+        )
         assert batch.buffer_size == agent.log_buffer.capacity and batch.dropped == 0
     finally:
         agent.shutdown()

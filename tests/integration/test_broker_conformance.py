@@ -40,25 +40,41 @@ def unique(kind: str, label: str) -> str:
 class Client:
     """One stomp.py connection with its collector."""
 
-    def __init__(self, broker: BrokerProcess, heartbeats: tuple[int, int] = (0, 0),
-                 on_message: Callable[["Client", Any], None] | None = None,
-                 connect_headers: dict[str, str] | None = None) -> None:
-        self.conn = stomp.Connection([(broker.host, broker.port)], heartbeats=heartbeats, auto_decode=False)
+    def __init__(
+        self,
+        broker: BrokerProcess,
+        heartbeats: tuple[int, int] = (0, 0),
+        on_message: Callable[[Client, Any], None] | None = None,
+        connect_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.conn = stomp.Connection(
+            [(broker.host, broker.port)], heartbeats=heartbeats, auto_decode=False
+        )
         hook = (lambda frame: on_message(self, frame)) if on_message is not None else None
         self.listener = FrameRecorder(hook)
         self.conn.set_listener("collector", self.listener)
         self.conn.connect(wait=True, headers=connect_headers)
 
-    def subscribe(self, destination: str, ack: str = "auto", headers: dict[str, str] | None = None) -> str:
+    def subscribe(
+        self, destination: str, ack: str = "auto", headers: dict[str, str] | None = None
+    ) -> str:
         """SUBSCRIBE and wait for the broker's RECEIPT, so the subscription is live on return."""
         sub_id = uuid.uuid4().hex
         receipt = f"sub-{sub_id}"
-        self.conn.subscribe(destination, id=sub_id, ack=ack, headers={**(headers or {}), "receipt": receipt})
+        self.conn.subscribe(
+            destination, id=sub_id, ack=ack, headers={**(headers or {}), "receipt": receipt}
+        )
         self.listener.wait_receipt(receipt)
         return sub_id
 
-    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None,
-             receipt: bool = False, **keyword_headers: str) -> None:
+    def send(
+        self,
+        destination: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        receipt: bool = False,
+        **keyword_headers: str,
+    ) -> None:
         headers = dict(headers or {})
         rid = None
         if receipt:
@@ -152,7 +168,9 @@ def test_wildcard_subscription_names_the_real_destination(clients: Callable[...,
     assert not consumer.listener.errors, consumer.listener.error_text()
 
 
-def test_durable_subscription_keeps_messages_across_a_disconnect(clients: Callable[..., Client]) -> None:
+def test_durable_subscription_keeps_messages_across_a_disconnect(
+    clients: Callable[..., Client],
+) -> None:
     """ActiveMQ's durable topic subscription: client-id + ``activemq.subscriptionName``.
 
     UNSUBSCRIBE with the id only detaches it; UNSUBSCRIBE carrying the name
@@ -193,7 +211,7 @@ def test_durable_subscription_keeps_messages_across_a_disconnect(clients: Callab
     producer.send(topic, b"fresh", receipt=True)
     consumer.listener.wait_messages(len(offline) + 2)
     time.sleep(0.2)  # room for a (wrong) "after removal" to show up
-    assert consumer.bodies()[len(offline) + 1:] == [b"fresh"]
+    assert consumer.bodies()[len(offline) + 1 :] == [b"fresh"]
     consumer.unsubscribe(sub_id)
     consumer.unsubscribe(sub_id, headers=durable)
     assert not consumer.listener.errors, consumer.listener.error_text()
@@ -229,7 +247,9 @@ def test_queue_competing_consumers_each_message_once(clients: Callable[..., Clie
     assert len(bodies) == total, f"{len(bodies)} deliveries for {total} messages"
     assert sorted(int(b) for b in bodies) == list(range(total))
     per_consumer = [len(c.listener.messages) for c in consumers]
-    assert sum(1 for n in per_consumer if n > 0) > 1, f"one consumer got all the work: {per_consumer}"
+    assert sum(1 for n in per_consumer if n > 0) > 1, (
+        f"one consumer got all the work: {per_consumer}"
+    )
     for c in consumers:  # each consumer sees its share in send order
         mine = [int(b) for b in c.bodies()]
         assert mine == sorted(mine)
@@ -269,12 +289,14 @@ def _read_line(proc: subprocess.Popen[str], lines: list[str], timeout: float) ->
     return lines[-1]
 
 
-def test_unacked_messages_of_a_killed_consumer_go_to_another(any_broker: BrokerProcess,
-                                                             clients: Callable[..., Client]) -> None:
+def test_unacked_messages_of_a_killed_consumer_go_to_another(
+    any_broker: BrokerProcess, clients: Callable[..., Client]
+) -> None:
     queue = unique("queue", "killed")
     proc = subprocess.Popen(
         [sys.executable, "-c", _UNACKING_CONSUMER, any_broker.host, str(any_broker.port), queue],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     try:
@@ -338,7 +360,9 @@ def test_nack(any_broker: BrokerProcess, clients: Callable[..., Client]) -> None
         dlq = clients()
         dlq.subscribe("/queue/ActiveMQ.DLQ", ack="client-individual")
         assert dlq.listener.wait_for(
-            lambda: any(f.headers.get("original-destination") == queue for f in dlq.listener.messages)
+            lambda: any(
+                f.headers.get("original-destination") == queue for f in dlq.listener.messages
+            )
         ), "the NACKed message is not in ActiveMQ.DLQ"
         for frame in list(dlq.listener.messages):
             if frame.headers.get("original-destination") == queue:
@@ -363,7 +387,8 @@ def test_messages_wait_in_a_queue_for_a_later_subscriber(clients: Callable[..., 
 
 
 def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_queue(
-        clients: Callable[..., Client]) -> None:
+    clients: Callable[..., Client],
+) -> None:
     """Mirrored queues (ActiveMQ ``useMirroredQueues``, the embedded broker by default): a message sent
     to queue Q is also published on ``/topic/VirtualTopic.Mirror.Q``, same message-id, headers and body;
     exact, wildcard and durable wildcard subscriptions get it, and the queue's consumers still get
@@ -388,19 +413,27 @@ def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_que
         durable.unsubscribe(durable_id, headers=durable_name)
 
 
-def _check_mirrored(queue: str, name: str, consumers: list[Client], watchers: tuple[Client, ...],
-                    producer: Client) -> None:
+def _check_mirrored(
+    queue: str, name: str, consumers: list[Client], watchers: tuple[Client, ...], producer: Client
+) -> None:
     total = 20
     for i in range(total):
         producer.send(queue, b"m%d" % i, headers={"msg_id": f"id-{i}", "persistent": "true"})
 
     def of_queue(c: Client) -> list[Any]:
-        return [f for f in c.listener.messages if f.headers["destination"] == f"/topic/VirtualTopic.Mirror.{name}"]
+        return [
+            f
+            for f in c.listener.messages
+            if f.headers["destination"] == f"/topic/VirtualTopic.Mirror.{name}"
+        ]
 
     for watcher in watchers:
-        assert watcher.listener.wait_for(lambda w=watcher: len(of_queue(w)) >= total), \
+        assert watcher.listener.wait_for(lambda w=watcher: len(of_queue(w)) >= total), (
             f"{len(of_queue(watcher))} of {total} mirrored"
-    assert consumers[0].listener.wait_for(lambda: sum(len(c.listener.messages) for c in consumers) >= total)
+        )
+    assert consumers[0].listener.wait_for(
+        lambda: sum(len(c.listener.messages) for c in consumers) >= total
+    )
     time.sleep(0.3)  # room for a (wrong) duplicate to show up
     queued = [f for c in consumers for f in c.listener.messages]
     assert sorted(f.body for f in queued) == sorted(b"m%d" % i for i in range(total))
@@ -408,7 +441,9 @@ def _check_mirrored(queue: str, name: str, consumers: list[Client], watchers: tu
     ids = {f.headers["msg_id"]: f.headers["message-id"] for f in queued}
     for watcher in watchers:
         mirrored = of_queue(watcher)
-        assert [f.body for f in mirrored] == [b"m%d" % i for i in range(total)]  # once each, in send order
+        assert [f.body for f in mirrored] == [
+            b"m%d" % i for i in range(total)
+        ]  # once each, in send order
         assert {f.headers["msg_id"]: f.headers["message-id"] for f in mirrored} == ids
 
 
@@ -505,8 +540,12 @@ def test_server_heartbeats_keep_coming_between_frames(any_broker: BrokerProcess)
     interval = 0.5
     tolerance = 1.5 if any_broker.name == "embedded" else 2.5
     arrivals = _ArrivalTimes()
-    conn = stomp.Connection([(any_broker.host, any_broker.port)], heartbeats=(500, 500), auto_decode=False,
-                            heart_beat_receive_scale=20)  # we judge the gaps ourselves
+    conn = stomp.Connection(
+        [(any_broker.host, any_broker.port)],
+        heartbeats=(500, 500),
+        auto_decode=False,
+        heart_beat_receive_scale=20,
+    )  # we judge the gaps ourselves
     conn.set_listener("arrivals", arrivals)
     conn.connect(wait=True)
     try:
@@ -523,7 +562,9 @@ def test_server_heartbeats_keep_coming_between_frames(any_broker: BrokerProcess)
     times = [start, *[t for t in arrivals.times if t >= start]]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(times) > 8, f"the broker sent too few heart-beats: {len(times) - 1} arrivals"
-    assert max(gaps) <= tolerance * interval, f"{any_broker.name}: max gap {max(gaps):.3f} s, gaps {gaps}"
+    assert max(gaps) <= tolerance * interval, (
+        f"{any_broker.name}: max gap {max(gaps):.3f} s, gaps {gaps}"
+    )
 
 
 def test_send_with_receipt_gets_receipt(clients: Callable[..., Client]) -> None:

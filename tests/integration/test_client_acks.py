@@ -34,7 +34,9 @@ class _Inbox:
 
 
 @pytest.mark.parametrize("mode", ["client", "client-individual"])
-def test_ack_all_acknowledges_the_handled_deliveries_and_no_later_one(any_broker: BrokerProcess, mode: str) -> None:
+def test_ack_all_acknowledges_the_handled_deliveries_and_no_later_one(
+    any_broker: BrokerProcess, mode: str
+) -> None:
     queue = Queue(f"swf.test.acks.{uuid.uuid4().hex[:8]}")
     bodies = [f"message {i}".encode() for i in range(6)]
     with BrokerClient(any_broker.settings(), client_name="ack-sender").start() as sender:
@@ -67,7 +69,9 @@ def test_ack_all_skips_deliveries_of_an_earlier_connection(embedded_broker: Brok
     client.subscribe(queue, inbox, ack="client")
     client.send(queue, b"one")
     delivery = inbox.wait_for(1)[0]
-    stale = Delivery(delivery.subscription, delivery.headers, delivery.body, delivery.generation - 1)
+    stale = Delivery(
+        delivery.subscription, delivery.headers, delivery.body, delivery.generation - 1
+    )
     assert client.ack_all([stale]) == 0
     assert client.ack_all([delivery]) == 1
     client.close()

@@ -33,7 +33,9 @@ RUNS = {101: 3, 102: 5}  # run id: STFs
 
 def doc_code() -> str:
     text = DOC.read_text(encoding="utf-8")
-    assert text.count(BEGIN) == 1 and text.count(END) == 1, f"{DOC.name}: expected one {BEGIN} … {END} block"
+    assert text.count(BEGIN) == 1 and text.count(END) == 1, (
+        f"{DOC.name}: expected one {BEGIN} … {END} block"
+    )
     block = text.split(BEGIN, 1)[1].split(END, 1)[0]
     m = re.fullmatch(r"\s*```python\n(.*?)```\s*", block, re.DOTALL)
     assert m, f"{DOC.name}: between the markers there must be exactly one ```python code block"
@@ -45,14 +47,22 @@ def test_doc_shows_the_example_verbatim() -> None:
 
 
 def _beats(ms: list[Message], ns: str) -> list[Heartbeat]:
-    return [m for m in ms if m.msg_type == "heartbeat" and m.namespace == ns  # type: ignore[misc]
-            and m.agent_name == "counter"]  # type: ignore[attr-defined]
+    return [
+        m
+        for m in ms
+        if m.msg_type == "heartbeat"
+        and m.namespace == ns  # type: ignore[misc]
+        and m.agent_name == "counter"
+    ]  # type: ignore[attr-defined]
 
 
 def _counted(beat: Heartbeat) -> bool:
     c = beat.counters
-    return (c.get("runs_ended") == len(RUNS) and c.get("stf_ready") == sum(RUNS.values())
-            and all(c.get(f"run_{run}_stfs") == n for run, n in RUNS.items()))
+    return (
+        c.get("runs_ended") == len(RUNS)
+        and c.get("stf_ready") == sum(RUNS.values())
+        and all(c.get(f"run_{run}_stfs") == n for run, n in RUNS.items())
+    )
 
 
 def test_example_agent_counts_stfs_per_run(embedded_broker: BrokerProcess, tmp_path: Path) -> None:
@@ -63,34 +73,76 @@ def test_example_agent_counts_stfs_per_run(embedded_broker: BrokerProcess, tmp_p
     env = {**os.environ, **embedded_broker.env, "PYTHONPATH": str(EXAMPLE.parent)}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "swf_testbed.cli", "agent", "run", "my_agent:StfCounter", "--name", "counter",
-             "--namespace", ns, "--heartbeat-interval", "0.3", "--drain-timeout", "2"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "swf_testbed.cli",
+                "agent",
+                "run",
+                "my_agent:StfCounter",
+                "--name",
+                "counter",
+                "--namespace",
+                ns,
+                "--heartbeat-interval",
+                "0.3",
+                "--drain-timeout",
+                "2",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     data = DataAgent("data", ns, broker=settings, heartbeat_interval=5).start()
     try:
         try:
-            watch.wait_for(lambda ms: any(b.operational_state is OperationalState.READY for b in _beats(ms, ns)),
-                           timeout=30, what="the counter READY")
+            watch.wait_for(
+                lambda ms: any(
+                    b.operational_state is OperationalState.READY for b in _beats(ms, ns)
+                ),
+                timeout=30,
+                what="the counter READY",
+            )
         except AssertionError:
-            raise AssertionError(f"the example agent did not get READY:\n{log_path.read_text()}") from None
+            raise AssertionError(
+                f"the example agent did not get READY:\n{log_path.read_text()}"
+            ) from None
         assert _beats(watch.messages, ns)[-1].agent_type == "stf-counter"
 
         with BrokerClient(settings, client_name="daq").start() as daq:
             for run_id, stfs in RUNS.items():
-                sim = DaqSimulator(DaqConfig(stf_count=stfs), lambda m: daq.send(RUN_TOPIC, m), namespace=ns,
-                                   sender="daqsim", execution_id=f"doc-{ns}-{run_id}", run_id=run_id, seed=1)
+                sim = DaqSimulator(
+                    DaqConfig(stf_count=stfs),
+                    lambda m: daq.send(RUN_TOPIC, m),
+                    namespace=ns,
+                    sender="daqsim",
+                    execution_id=f"doc-{ns}-{run_id}",
+                    run_id=run_id,
+                    seed=1,
+                )
                 assert sim.run(time_scale=0).stf_count == stfs
 
-        beats = watch.wait_for(lambda ms: any(_counted(b) for b in _beats(ms, ns)), timeout=20,
-                               what=f"the counter's heartbeat counters for runs {RUNS}")
+        beats = watch.wait_for(
+            lambda ms: any(_counted(b) for b in _beats(ms, ns)),
+            timeout=20,
+            what=f"the counter's heartbeat counters for runs {RUNS}",
+        )
         last = [b for b in _beats(beats, ns) if _counted(b)][-1]
-        assert last.counters["sent"] == 0  # it publishes nothing (heartbeats are not counted as sent)
+        assert (
+            last.counters["sent"] == 0
+        )  # it publishes nothing (heartbeats are not counted as sent)
         assert last.counters.get("stf_duplicates", 0) == 0 and last.counters["failed"] == 0
 
-        lines = {run: f"counter: run {run} ended: {n} STFs counted, DAQ reports {n}" for run, n in RUNS.items()}
-        eventually(lambda: all(line in log_path.read_text() for line in lines.values()), timeout=10,
-                   what="one log line per run")
+        lines = {
+            run: f"counter: run {run} ended: {n} STFs counted, DAQ reports {n}"
+            for run, n in RUNS.items()
+        }
+        eventually(
+            lambda: all(line in log_path.read_text() for line in lines.values()),
+            timeout=10,
+            what="one log line per run",
+        )
         text = log_path.read_text()
         for line in lines.values():
             assert text.count(line) == 1, text

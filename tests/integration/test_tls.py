@@ -24,15 +24,27 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def tls_broker(pki: Pki) -> Iterator[BrokerProcess]:
-    broker = start_embedded(args=["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
-                                  "--tls-client-ca", str(pki.ca_cert)])
+    broker = start_embedded(
+        args=[
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+            "--tls-client-ca",
+            str(pki.ca_cert),
+        ]
+    )
     yield broker
     broker.stop()
 
 
 def test_round_trip_over_tls_with_client_certificate(tls_broker: BrokerProcess, pki: Pki) -> None:
-    settings = tls_broker.settings(use_ssl=True, ssl_ca_certs=pki.ca_cert, ssl_cert_file=pki.client_cert,
-                                   ssl_key_file=pki.client_key)
+    settings = tls_broker.settings(
+        use_ssl=True,
+        ssl_ca_certs=pki.ca_cert,
+        ssl_cert_file=pki.client_cert,
+        ssl_key_file=pki.client_key,
+    )
     watch = Collector(settings, Topic("tls.test"))
     try:
         with BrokerClient(settings).start(wait=20) as sender:
@@ -43,10 +55,17 @@ def test_round_trip_over_tls_with_client_certificate(tls_broker: BrokerProcess, 
         watch.close()
 
 
-def test_server_certificate_from_another_ca_is_refused(tls_broker: BrokerProcess, pki: Pki, tmp_path: Path) -> None:
+def test_server_certificate_from_another_ca_is_refused(
+    tls_broker: BrokerProcess, pki: Pki, tmp_path: Path
+) -> None:
     other = make_pki(tmp_path / "other", name="rogue-ca")
-    settings = tls_broker.settings(use_ssl=True, ssl_ca_certs=other.ca_cert, ssl_cert_file=pki.client_cert,
-                                   ssl_key_file=pki.client_key, connect_timeout_s=3)
+    settings = tls_broker.settings(
+        use_ssl=True,
+        ssl_ca_certs=other.ca_cert,
+        ssl_cert_file=pki.client_cert,
+        ssl_key_file=pki.client_key,
+        connect_timeout_s=3,
+    )
     client = BrokerClient(settings)
     with pytest.raises(BrokerUnavailable):
         client.start(wait=3)

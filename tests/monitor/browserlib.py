@@ -10,14 +10,22 @@ from typing import Any
 import pytest
 
 CHROMIUM = os.environ.get("SWF_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 # CI sets SWF_REQUIRE_BROWSER: there a missing Chromium fails the tests instead of skipping them.
 _REQUIRED = os.environ.get("SWF_REQUIRE_BROWSER", "") not in ("", "0", "false")
 
-needs_chromium = pytest.mark.skipif(not shutil.which(CHROMIUM) and not _REQUIRED,
-                                    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+needs_chromium = pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and not _REQUIRED,
+    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)",
+)
 
 
 @pytest.fixture(scope="module")

@@ -82,8 +82,15 @@ def make_message() -> Callable[..., bytes]:
         if issubclass(model, messages.RunMessage):
             defaults.update(execution_id="exec-1", run_id=1, state="run", substate="physics")
         if msg_type == "heartbeat":
-            defaults.update(agent_name="tester", agent_type="test", instance_id="tester-1", pid=1,
-                            hostname="host", operational_state="READY", interval_s=30)
+            defaults.update(
+                agent_name="tester",
+                agent_type="test",
+                instance_id="tester-1",
+                pid=1,
+                hostname="host",
+                operational_state="READY",
+                interval_s=30,
+            )
         defaults.update(fields)
         return model(**defaults).to_bytes()
 

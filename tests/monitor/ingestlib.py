@@ -35,7 +35,9 @@ def database_url_of_tests() -> str:
 class IngestProcess:
     """``python -m swf_testbed.monitor.manage ingest`` as a child process."""
 
-    def __init__(self, broker: BrokerProcess, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, broker: BrokerProcess, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.broker = broker
         self.args = list(args)
         self.extra_env = env or {}
@@ -56,8 +58,17 @@ class IngestProcess:
         }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "swf_testbed.monitor.manage", "ingest", "--no-migrate", *self.args],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "swf_testbed.monitor.manage",
+                    "ingest",
+                    "--no-migrate",
+                    *self.args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
         return self
 
@@ -97,12 +108,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def probe(namespace: str = "probe") -> Heartbeat:
-    return Heartbeat(namespace=namespace, sender="probe", agent_name="probe", agent_type="probe",
-                     instance_id=uuid.uuid4().hex, pid=1, hostname="h", operational_state="READY", interval_s=60)
+    return Heartbeat(
+        namespace=namespace,
+        sender="probe",
+        agent_name="probe",
+        agent_type="probe",
+        instance_id=uuid.uuid4().hex,
+        pid=1,
+        hostname="h",
+        operational_state="READY",
+        interval_s=60,
+    )
 
 
-def wait_until_ingesting(client: BrokerClient, ingest: IngestProcess, timeout: float = 60.0,
-                         any_recorded: Callable[[list[str]], bool] | None = None) -> None:
+def wait_until_ingesting(
+    client: BrokerClient,
+    ingest: IngestProcess,
+    timeout: float = 60.0,
+    any_recorded: Callable[[list[str]], bool] | None = None,
+) -> None:
     """Send probes until one is recorded: the ingest is then subscribed (and its durable subscriptions exist).
 
     ``any_recorded(msg_ids)`` looks in the database; by default through this test's Django ORM.

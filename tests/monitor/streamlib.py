@@ -24,15 +24,23 @@ class Event:
 class StreamReader:
     """``GET url`` as a stream; every event lands in :attr:`events` (a queue) until :meth:`close`."""
 
-    def __init__(self, url: str, *, headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
-                 read_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        read_timeout: float = 120.0,
+    ) -> None:
         self.events: queue.Queue[Event | BaseException] = queue.Queue()
         self.status_code: int | None = None
         self.content_type = ""
         self._ready = threading.Event()
         self._client = httpx.Client(timeout=httpx.Timeout(30.0, read=read_timeout))
         self._closed = False
-        self._thread = threading.Thread(target=self._read, args=(url, headers or {}, params or {}), daemon=True)
+        self._thread = threading.Thread(
+            target=self._read, args=(url, headers or {}, params or {}), daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(60):
             raise AssertionError(f"no answer from {url} within 60 s")
@@ -47,15 +55,21 @@ class StreamReader:
                 for line in response.iter_lines():
                     if line == "":
                         if fields:
-                            self.events.put(Event(event=(fields.get("event") or ["message"])[-1],
-                                                  data="\n".join(fields.get("data", [])),
-                                                  id=(fields.get("id") or [None])[-1]))
+                            self.events.put(
+                                Event(
+                                    event=(fields.get("event") or ["message"])[-1],
+                                    data="\n".join(fields.get("data", [])),
+                                    id=(fields.get("id") or [None])[-1],
+                                )
+                            )
                         fields = {}
                         continue
                     if line.startswith(":"):
                         continue
                     name, _, value = line.partition(":")
-                    fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+                    fields.setdefault(name, []).append(
+                        value[1:] if value.startswith(" ") else value
+                    )
         except BaseException as exc:  # noqa: BLE001 - handed to the test that waits
             if not self._closed:
                 self.events.put(exc)

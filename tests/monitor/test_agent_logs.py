@@ -44,14 +44,36 @@ class AgentProcess:
 
     def __init__(self, broker_env: dict[str, str], namespace: str, name: str, *args: str) -> None:
         self.log_path = Path(tempfile.mkdtemp(prefix="swf-agent-")) / "agent.log"
-        env = {**os.environ, **broker_env, "PYTHONPATH": str(ROOT), "ACTIVEMQ_HEARTBEAT_MS": "2000",
-               "ACTIVEMQ_RECONNECT_INITIAL_S": "0.1", "ACTIVEMQ_RECONNECT_MAX_S": "0.5"}
+        env = {
+            **os.environ,
+            **broker_env,
+            "PYTHONPATH": str(ROOT),
+            "ACTIVEMQ_HEARTBEAT_MS": "2000",
+            "ACTIVEMQ_RECONNECT_INITIAL_S": "0.1",
+            "ACTIVEMQ_RECONNECT_MAX_S": "0.5",
+        }
         env.pop("DJANGO_SETTINGS_MODULE", None)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "swf_testbed.cli", "agent", "run", "tests.support.agents:LoggingAgent",
-                 "--name", name, "--namespace", namespace, "--heartbeat-interval", "0.5", *args],
-                env=env, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "swf_testbed.cli",
+                    "agent",
+                    "run",
+                    "tests.support.agents:LoggingAgent",
+                    "--name",
+                    name,
+                    "--namespace",
+                    namespace,
+                    "--heartbeat-interval",
+                    "0.5",
+                    *args,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -96,19 +118,35 @@ def _get(url: str) -> str:
 
 
 def _stf(ns: str, filename: str, execution_id: str, run_id: int) -> StfReady:
-    return StfReady(namespace=ns, sender="test", execution_id=execution_id, run_id=run_id, state="run",
-                    substate="physics", filename=filename, url=f"file:///buffer/{filename}", sequence=0,
-                    size_bytes=100, checksum="0000abcd")
+    return StfReady(
+        namespace=ns,
+        sender="test",
+        execution_id=execution_id,
+        run_id=run_id,
+        state="run",
+        substate="physics",
+        filename=filename,
+        url=f"file:///buffer/{filename}",
+        sequence=0,
+        size_bytes=100,
+        checksum="0000abcd",
+    )
 
 
 def _ready(watch: Collector, ns: str) -> None:
-    watch.wait_for(lambda ms: any(x.msg_type == "heartbeat" and x.namespace == ns
-                                  and x.operational_state.value == "READY" for x in ms),
-                   timeout=TIMEOUT, what="the agent READY")
+    watch.wait_for(
+        lambda ms: any(
+            x.msg_type == "heartbeat" and x.namespace == ns and x.operational_state.value == "READY"
+            for x in ms
+        ),
+        timeout=TIMEOUT,
+        what="the agent READY",
+    )
 
 
-def test_a_warning_during_a_run_is_on_the_logs_page_of_its_execution(broker: BrokerProcess,
-                                                                     started: list[Any]) -> None:
+def test_a_warning_during_a_run_is_on_the_logs_page_of_its_execution(
+    broker: BrokerProcess, started: list[Any]
+) -> None:
     tag = uuid.uuid4().hex[:8]
     ns, topic, out, execution_id = f"ns{tag}", f"in.{tag}", f"out.{tag}", f"exec-{tag}"
     client = BrokerClient(broker.settings(), client_name="test").start(wait=30)
@@ -120,11 +158,17 @@ def test_a_warning_during_a_run_is_on_the_logs_page_of_its_execution(broker: Bro
     wait_until_ingesting(client, ingest)
     watch = Collector(broker.settings(), HEARTBEAT_TOPIC)
     started.append(watch)
-    agent = AgentProcess(broker.env, ns, "logger", "--set", f"topic={topic}", "--set", f"reply_topic={out}")
+    agent = AgentProcess(
+        broker.env, ns, "logger", "--set", f"topic={topic}", "--set", f"reply_topic={out}"
+    )
     started.append(agent)
     _ready(watch, ns)
-    client.send(replies_topic(ns), WorkflowStarted(namespace=ns, sender="runner", execution_id=execution_id,
-                                                   workflow_name="stf_datataking"))
+    client.send(
+        replies_topic(ns),
+        WorkflowStarted(
+            namespace=ns, sender="runner", execution_id=execution_id, workflow_name="stf_datataking"
+        ),
+    )
     client.send(Topic(topic), _stf(ns, "swf.run.000001.stf", execution_id, 100001))
     client.send(Topic(topic), _stf(ns, "swf.other.000001.stf", f"exec-other-{tag}", 100002))
 
@@ -139,13 +183,17 @@ def test_a_warning_during_a_run_is_on_the_logs_page_of_its_execution(broker: Bro
     log = m.AppLog.objects.get(message="handled swf.run.000001.stf")
     assert (log.namespace_id, log.instance_name, log.app_name) == (ns, "logger", "test-logging")
     assert (log.execution_id, log.run_id, log.levelname) == (execution_id, 100001, "WARNING")
-    wait_for(lambda: m.WorkflowExecution.objects.filter(execution_id=execution_id).exists(), TIMEOUT,
-             "the execution recorded")
+    wait_for(
+        lambda: m.WorkflowExecution.objects.filter(execution_id=execution_id).exists(),
+        TIMEOUT,
+        "the execution recorded",
+    )
     assert "handled swf.run.000001.stf" in _get(f"{web.url}/executions/{execution_id}/")
 
 
-def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(broker: BrokerProcess,
-                                                                          started: list[Any]) -> None:
+def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(
+    broker: BrokerProcess, started: list[Any]
+) -> None:
     tag = uuid.uuid4().hex[:8]
     ns, topic, out = f"ns{tag}", f"in.{tag}", f"out.{tag}"
     bound, n = 20, 100
@@ -161,19 +209,40 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(bro
     started.append(watch)
     proxy = FaultProxy(broker.host, broker.port).start()
     started.append(proxy)
-    proxied = {**broker.env, "ACTIVEMQ_HOST": proxy.address[0], "ACTIVEMQ_PORT": str(proxy.address[1])}
-    agent = AgentProcess(proxied, ns, "logger", "--log-buffer", str(bound), "--set", f"topic={topic}",
-                         "--set", f"reply_topic={out}")
+    proxied = {
+        **broker.env,
+        "ACTIVEMQ_HOST": proxy.address[0],
+        "ACTIVEMQ_PORT": str(proxy.address[1]),
+    }
+    agent = AgentProcess(
+        proxied,
+        ns,
+        "logger",
+        "--log-buffer",
+        str(bound),
+        "--set",
+        f"topic={topic}",
+        "--set",
+        f"reply_topic={out}",
+    )
     started.append(agent)
     _ready(watch, ns)
 
     def replies(prefix: str) -> list[str]:
-        return [x.filename for x in watch.of_type("processing_complete")  # type: ignore[attr-defined]
-                if x.namespace == ns and x.filename.startswith(prefix)]
+        return [
+            x.filename
+            for x in watch.of_type("processing_complete")  # type: ignore[attr-defined]
+            if x.namespace == ns and x.filename.startswith(prefix)
+        ]
 
     def logged(ms: list[Any], prefix: str) -> list[str]:
-        return [r.message for x in ms if isinstance(x, LogBatch) and x.namespace == ns for r in x.records
-                if r.message.startswith(prefix)]
+        return [
+            r.message
+            for x in ms
+            if isinstance(x, LogBatch) and x.namespace == ns
+            for r in x.records
+            if r.message.startswith(prefix)
+        ]
 
     # with the ingest up, then with it down: the same work, all of it, in the same order
     for phase in ("up", "down"):
@@ -182,21 +251,36 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(bro
         names = [f"{phase}.{i:04d}.stf" for i in range(n)]
         chunk = bound // 2  # what fits the small buffer: the drops are for the cut below
         for start in range(0, n, chunk):
-            for name in names[start:start + chunk]:
+            for name in names[start : start + chunk]:
                 client.send(Topic(topic), _stf(ns, name, f"exec-{tag}", 100003))
             done = start + chunk
-            watch.wait_for(lambda ms: len(logged(ms, f"handled {phase}.")) >= done, timeout=TIMEOUT,
-                           what=f"{done} warnings ({phase}) sent")
-        watch.wait_for(lambda ms: len(replies(f"{phase}.")) == n, timeout=TIMEOUT, what=f"{n} replies ({phase})")
+            watch.wait_for(
+                lambda ms: len(logged(ms, f"handled {phase}.")) >= done,
+                timeout=TIMEOUT,
+                what=f"{done} warnings ({phase}) sent",
+            )
+        watch.wait_for(
+            lambda ms: len(replies(f"{phase}.")) == n,
+            timeout=TIMEOUT,
+            what=f"{n} replies ({phase})",
+        )
         assert replies(f"{phase}.") == names
         assert logged(watch.messages, f"handled {phase}.") == [f"handled {name}" for name in names]
     assert not any(x.dropped for x in watch.of_type("log_batch") if x.namespace == ns)  # type: ignore[attr-defined]
     # the agent's link to the broker cut: it keeps at most `bound` records, and counts the rest
     proxy.cut()
-    wait_for(lambda: agent.ticks() >= 3 * bound, TIMEOUT, f"{3 * bound} ticks logged by the agent", interval=0.2)
+    wait_for(
+        lambda: agent.ticks() >= 3 * bound,
+        TIMEOUT,
+        f"{3 * bound} ticks logged by the agent",
+        interval=0.2,
+    )
     proxy.restore()
-    batches = watch.wait_for(lambda ms: any(isinstance(x, LogBatch) and x.namespace == ns and x.dropped
-                                            for x in ms), timeout=TIMEOUT, what="a batch reporting drops")
+    batches = watch.wait_for(
+        lambda ms: any(isinstance(x, LogBatch) and x.namespace == ns and x.dropped for x in ms),
+        timeout=TIMEOUT,
+        what="a batch reporting drops",
+    )
     mine = [x for x in batches if isinstance(x, LogBatch) and x.namespace == ns]
     dropped = sum(x.dropped for x in mine)
     ticks_sent = logged(batches, "tick ")
@@ -207,13 +291,29 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(bro
     # the ingest back: everything the broker kept for it arrives, the drops are shown
     ingest = IngestProcess(broker, "--client-id", ingest_id).start()
     started.append(ingest)
-    wait_for(lambda: m.AppLog.objects.filter(namespace_id=ns, message__startswith="handled down.").count() == n,
-             TIMEOUT, f"the {n} warnings logged while the ingest was down", interval=0.5)
+    wait_for(
+        lambda: (
+            m.AppLog.objects.filter(namespace_id=ns, message__startswith="handled down.").count()
+            == n
+        ),
+        TIMEOUT,
+        f"the {n} warnings logged while the ingest was down",
+        interval=0.5,
+    )
     assert m.AppLog.objects.filter(namespace_id=ns, message__startswith="handled up.").count() == n
-    wait_for(lambda: m.AppLog.objects.filter(namespace_id=ns, message__startswith="tick ").count()
-             == len(logged(watch.messages, "tick ")), TIMEOUT, "the ticks that were sent", interval=0.5)
+    wait_for(
+        lambda: (
+            m.AppLog.objects.filter(namespace_id=ns, message__startswith="tick ").count()
+            == len(logged(watch.messages, "tick "))
+        ),
+        TIMEOUT,
+        "the ticks that were sent",
+        interval=0.5,
+    )
     gaps = m.AppLog.objects.filter(namespace_id=ns, extra_data__logger=m.AppLog.DROPPED_LOGGER)
-    wait_for(lambda: sum(g.extra_data["dropped"] for g in gaps) == dropped, TIMEOUT, "the drops recorded")
+    wait_for(
+        lambda: sum(g.extra_data["dropped"] for g in gaps) == dropped, TIMEOUT, "the drops recorded"
+    )
     total = max(x.dropped_total for x in mine)
 
     def drop_shown() -> bool:
@@ -225,4 +325,5 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(bro
     wait_for(drop_shown, TIMEOUT, "the drop count on the Logs page", interval=0.5)
     agent_row = m.SystemAgent.objects.get(namespace_id=ns, instance_name="logger")
     assert f"{agent_row.counters['log_records_dropped']} dropped by its log buffer" in _get(
-        f"{web.url}/agents/{agent_row.pk}/")
+        f"{web.url}/agents/{agent_row.pk}/"
+    )

@@ -45,7 +45,10 @@ def _checks() -> list[Any]:
     schema-valid data" (the schema carries no pattern for names, no existence of foreign keys).
     """
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+    )
 
     return [not_a_server_error, content_type_conformance, response_schema_conformance]
 
@@ -92,7 +95,9 @@ def api_schema(live_server: Any, staff_token: str, record: Any, make_message: An
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {staff_token}")
     seed_everything(api, record, make_message)
-    schema = schemathesis.openapi.from_url(f"{live_server.url}/api/schema/", config=_config(), timeout=60)
+    schema = schemathesis.openapi.from_url(
+        f"{live_server.url}/api/schema/", config=_config(), timeout=60
+    )
     existing = _existing_path_parameters(api, schema)
     assert len(existing) >= 10, existing  # the seed reaches most detail operations
 
@@ -116,7 +121,9 @@ def _strategy(operation: Any) -> Any:
     return st.one_of(*strategies)
 
 
-def _fuzz(schema: Any, who: str, headers: dict[str, str], examples: int) -> tuple[list[str], dict[str, Any]]:
+def _fuzz(
+    schema: Any, who: str, headers: dict[str, str], examples: int
+) -> tuple[list[str], dict[str, Any]]:
     """Every operation of the schema, ``examples`` generated requests each; failures per operation."""
     from hypothesis import HealthCheck, Phase
 
@@ -127,9 +134,15 @@ def _fuzz(schema: Any, who: str, headers: dict[str, str], examples: int) -> tupl
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @hypothesis.settings(max_examples=examples, deadline=None, database=None, derandomize=False,
-                             phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-                             print_blob=False)
+        @hypothesis.settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+            print_blob=False,
+        )
         @hypothesis.seed(SEED)
         @hypothesis.given(case=_strategy(operation))
         def call(case: Any) -> None:
@@ -147,14 +160,19 @@ def _fuzz(schema: Any, who: str, headers: dict[str, str], examples: int) -> tupl
                 if case.method.upper() == "POST" and operation.path == "/api/logs/":
                     allowed |= {201, 400, 415, 429}
                 assert response.status_code in allowed, (
-                    f"anonymous {case.method.upper()} answered {response.status_code}: {response.text[:300]}")
+                    f"anonymous {case.method.upper()} answered {response.status_code}: {response.text[:300]}"
+                )
 
         try:
             call()
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every failing operation is reported
             failures.append(f"{who} {operation.label}:\n{exc}"[:4000])
-    return failures, {"operations": len(calls), "calls": sum(calls.values()), "statuses": sorted(statuses),
-                      "request_seconds": round(waited[0], 1)}
+    return failures, {
+        "operations": len(calls),
+        "calls": sum(calls.values()),
+        "statuses": sorted(statuses),
+        "request_seconds": round(waited[0], 1),
+    }
 
 
 def test_fuzz_every_operation_as_staff_and_anonymously(api_schema: Any, staff_token: str) -> None:
@@ -162,8 +180,10 @@ def test_fuzz_every_operation_as_staff_and_anonymously(api_schema: Any, staff_to
     operations = sum(1 for _ in api_schema.get_all_operations())
     figures = {}
     failures: list[str] = []
-    for who, headers, examples in (("staff", {"Authorization": f"Token {staff_token}"}, EXAMPLES),
-                                   ("anonymous", {}, ANONYMOUS_EXAMPLES)):
+    for who, headers, examples in (
+        ("staff", {"Authorization": f"Token {staff_token}"}, EXAMPLES),
+        ("anonymous", {}, ANONYMOUS_EXAMPLES),
+    ):
         started = time.monotonic()
         found, figures[who] = _fuzz(api_schema, who, headers, examples)
         figures[who]["seconds"] = round(time.monotonic() - started, 1)

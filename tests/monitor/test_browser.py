@@ -34,15 +34,28 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _stf(execution_id: str, run_id: int, seq: int) -> bytes:
-    return msgs.StfGen(namespace="ns1", sender="daq", execution_id=execution_id, run_id=run_id, state="run",
-                       substate="physics", filename=f"swf.{run_id:06d}.{seq:06d}.stf", sequence=seq, size_bytes=1,
-                       checksum="0000000a", tf_count=1, start="2026-01-01T00:00:00Z",
-                       end="2026-01-01T00:00:01Z").to_bytes()
+    return msgs.StfGen(
+        namespace="ns1",
+        sender="daq",
+        execution_id=execution_id,
+        run_id=run_id,
+        state="run",
+        substate="physics",
+        filename=f"swf.{run_id:06d}.{seq:06d}.stf",
+        sequence=seq,
+        size_bytes=1,
+        checksum="0000000a",
+        tf_count=1,
+        start="2026-01-01T00:00:00Z",
+        end="2026-01-01T00:00:01Z",
+    ).to_bytes()
 
 
 def test_dashboard_loads(live_server: Any, page: Any, record: Any, make_message: Any) -> None:
-    record(make_message("workflow_started", execution_id="exec-live", workflow_name="stf_datataking"),
-           make_message("heartbeat"))
+    record(
+        make_message("workflow_started", execution_id="exec-live", workflow_name="stf_datataking"),
+        make_message("heartbeat"),
+    )
     page.goto(live_server.url + "/")
     assert "Dashboard" in page.title()
     page.get_by_text("Running executions").wait_for()
@@ -50,7 +63,9 @@ def test_dashboard_loads(live_server: Any, page: Any, record: Any, make_message:
     assert page.evaluate("typeof htmx") == "object"  # the vendored htmx loaded (no CDN)
 
 
-def test_messages_filtered_by_execution_show_only_it(live_server: Any, page: Any, record: Any) -> None:
+def test_messages_filtered_by_execution_show_only_it(
+    live_server: Any, page: Any, record: Any
+) -> None:
     record(*(_stf("exec-A", 1, i) for i in range(5)), *(_stf("exec-B", 2, i) for i in range(3)))
     page.goto(live_server.url + "/messages/?execution_id=exec-B")
     rows = page.locator("#message-table tr[data-msg-id]")
@@ -58,7 +73,9 @@ def test_messages_filtered_by_execution_show_only_it(live_server: Any, page: Any
     assert rows.count() == 3
     texts = rows.all_inner_texts()
     assert all("exec-B" in t for t in texts) and not any("exec-A" in t for t in texts)
-    assert page.locator("input[name=execution_id]").input_value() == "exec-B"  # the filter stays in the URL/form
+    assert (
+        page.locator("input[name=execution_id]").input_value() == "exec-B"
+    )  # the filter stays in the URL/form
 
 
 def test_message_detail_shows_the_flattened_body(live_server: Any, page: Any, record: Any) -> None:
@@ -67,7 +84,11 @@ def test_message_detail_shows_the_flattened_body(live_server: Any, page: Any, re
     page.goto(f"{live_server.url}/messages/{message.pk}/")
     table = page.locator("#flat-body")
     table.wait_for()
-    for key, value in (("filename", "swf.000001.000007.stf"), ("checksum", "0000000a"), ("run_id", "1")):
+    for key, value in (
+        ("filename", "swf.000001.000007.stf"),
+        ("checksum", "0000000a"),
+        ("run_id", "1"),
+    ):
         row = table.locator("tr", has=page.locator("td", has_text=key)).first
         assert value in row.inner_text()
 
@@ -75,7 +96,9 @@ def test_message_detail_shows_the_flattened_body(live_server: Any, page: Any, re
 def test_a_message_published_while_the_page_is_open_appears_without_reload(
     live_server: Any, page: Any, embedded_broker: BrokerProcess
 ) -> None:
-    ingest = IngestProcess(embedded_broker, "--client-id", f"browser-{uuid.uuid4().hex[:6]}").start()
+    ingest = IngestProcess(
+        embedded_broker, "--client-id", f"browser-{uuid.uuid4().hex[:6]}"
+    ).start()
     client = BrokerClient(embedded_broker.settings(), client_name="browser-test").start(wait=30)
     try:
         wait_until_ingesting(client, ingest)
@@ -93,8 +116,17 @@ def test_a_message_published_while_the_page_is_open_appears_without_reload(
 
 def test_html_in_a_body_renders_as_text(live_server: Any, page: Any, record: Any) -> None:
     evil = "<script>window.__xss = 1</script><img src=x onerror='window.__xss = 2'>"
-    record(json.dumps({"msg_type": "stf_gen", "msg_id": "evil", "namespace": "ns1", "sender": evil,
-                       "note": evil}).encode())
+    record(
+        json.dumps(
+            {
+                "msg_type": "stf_gen",
+                "msg_id": "evil",
+                "namespace": "ns1",
+                "sender": evil,
+                "note": evil,
+            }
+        ).encode()
+    )
     message = m.WorkflowMessage.objects.get()
     for path in ("/messages/", f"/messages/{message.pk}/"):
         page.goto(live_server.url + path)
@@ -122,10 +154,14 @@ def _check_plots(page: Any, shots: Any, prefix: str) -> int:
     for i in range(figures.count()):
         figure = figures.nth(i)
         box = figure.locator("svg").bounding_box()
-        assert box["width"] >= 0.9 * main_width - 48, f"plot {i} of {prefix} is {box['width']} px of {main_width}"
+        assert box["width"] >= 0.9 * main_width - 48, (
+            f"plot {i} of {prefix} is {box['width']} px of {main_width}"
+        )
         x_labels = figure.locator("text.x-tick").all_text_contents()
         assert len(x_labels) >= 3 and all(label.count(":") >= 1 for label in x_labels), x_labels
-        if figure.locator("rect.segment").count() == 0:  # a bar chart: values on the y axis, bin width in the title
+        if (
+            figure.locator("rect.segment").count() == 0
+        ):  # a bar chart: values on the y axis, bin width in the title
             y_labels = figure.locator("text.y-tick").all_text_contents()
             assert y_labels[0] == "0" and len(y_labels) >= 2, y_labels
             assert "bins of" in figure.locator("svg").get_attribute("aria-label")
@@ -146,8 +182,10 @@ def test_execution_page_of_a_10_stf_run_shows_true_figures_and_readable_plots(
     assert " 0 s" not in page.locator("dl.fields").inner_text()
     assert _check_plots(page, shots, "execution") == 3  # run state, STF rate, slices
     timeline = page.locator("figure.plot", has=page.locator("rect.segment"))
-    states = [timeline.locator("rect.segment").nth(i).get_attribute("data-state")
-              for i in range(timeline.locator("rect.segment").count())]
+    states = [
+        timeline.locator("rect.segment").nth(i).get_attribute("data-state")
+        for i in range(timeline.locator("rect.segment").count())
+    ]
     assert states == ["beam/not_ready", "run/physics", "run/standby", "run/physics", "ended"]
     standby = timeline.locator('rect[data-state="run/standby"]').bounding_box()
     assert standby["width"] >= 3  # a short standby still shows
@@ -164,14 +202,20 @@ def test_execution_page_of_a_10_stf_run_shows_true_figures_and_readable_plots(
 
     page.goto(f"{live_server.url}/agents/")
     for agent, counters in (("data", sc.DATA_COUNTERS), ("processing", sc.PROCESSING_COUNTERS)):
-        row = page.locator("tr", has=page.locator("a", has_text=agent)).first.locator("td.stf-counters").inner_text()
+        row = (
+            page.locator("tr", has=page.locator("a", has_text=agent))
+            .first.locator("td.stf-counters")
+            .inner_text()
+        )
         own = {k.replace("_", " "): v for k, v in counters.items() if "stf" in k}
         assert row == ", ".join(f"{k} {v}" for k, v in own.items()), row
     page.screenshot(path=str(shots / "agents.png"), full_page=True)
 
     page.locator("a", has_text="data").first.click()
     page.locator("#stf-counters").wait_for()
-    assert page.locator("#stf-counters [data-counter='stf registered']").inner_text() == str(sc.STF_COUNT)
+    assert page.locator("#stf-counters [data-counter='stf registered']").inner_text() == str(
+        sc.STF_COUNT
+    )
     assert page.locator("#heartbeat-table").count() == 0  # collapsed, below the useful content
     assert "(2 recorded)" in page.locator("#heartbeat-history").inner_text()
     page.locator("#heartbeat-history-toggle").click()
@@ -207,7 +251,9 @@ def test_heartbeats_hide_with_one_click_and_senders_link_to_their_agent(
     page.wait_for_url("**exclude_type=heartbeat**")
     assert "heartbeat" not in page.locator("#message-table").inner_text()
     assert rows.count() == with_heartbeats - 3
-    assert page.locator(".pager").first.inner_text().startswith(f"{with_heartbeats - 3} messages")  # counts agree
+    assert (
+        page.locator(".pager").first.inner_text().startswith(f"{with_heartbeats - 3} messages")
+    )  # counts agree
     assert "received after" in page.locator("#message-filters").inner_text()
     assert "received_after" not in page.locator("#message-filters").inner_text()
     page.screenshot(path=str(shots / "messages.png"), full_page=True)
@@ -221,8 +267,10 @@ def test_a_facet_says_how_many_more_values_it_has_and_shows_them(
     live_server: Any, page: Any, record: Any, make_message: Any
 ) -> None:
     senders = [f"agent-{i:02d}" for i in range(22)]
-    record(*(make_message("heartbeat", sender=name, agent_name=name) for name in senders),
-           make_message("heartbeat", sender="agent-00", agent_name="agent-00"))
+    record(
+        *(make_message("heartbeat", sender=name, agent_name=name) for name in senders),
+        make_message("heartbeat", sender="agent-00", agent_name="agent-00"),
+    )
     page.goto(live_server.url + "/messages/")
     facet = page.locator("aside.facets h3:has-text('Sender') + ul")
     facet.locator("li").first.wait_for()
@@ -234,5 +282,7 @@ def test_a_facet_says_how_many_more_values_it_has_and_shows_them(
     facet = page.locator("aside.facets h3:has-text('Sender') + ul")
     items = facet.locator("li:not(.more)")
     assert items.count() == len(senders)
-    assert sum(int(t) for t in items.locator(".count").all_inner_texts()) == len(senders) + 1  # they add up
+    assert (
+        sum(int(t) for t in items.locator(".count").all_inner_texts()) == len(senders) + 1
+    )  # they add up
     assert facet.locator("li.more a").inner_text() == "show fewer"

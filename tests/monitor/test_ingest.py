@@ -35,7 +35,9 @@ def client_for() -> Iterator[Any]:
     clients: list[BrokerClient] = []
 
     def make(broker: BrokerProcess) -> BrokerClient:
-        client = BrokerClient(broker.settings(), client_name=f"test-{uuid.uuid4().hex[:6]}").start(wait=30)
+        client = BrokerClient(broker.settings(), client_name=f"test-{uuid.uuid4().hex[:6]}").start(
+            wait=30
+        )
         clients.append(client)
         return client
 
@@ -52,8 +54,12 @@ def ingests() -> Iterator[list[IngestProcess]]:
         proc.kill()
 
 
-def _start(ingests: list[IngestProcess], broker: BrokerProcess, *args: str, **kw: Any) -> IngestProcess:
-    proc = IngestProcess(broker, "--client-id", f"test-ingest-{uuid.uuid4().hex[:8]}", *args, **kw).start()
+def _start(
+    ingests: list[IngestProcess], broker: BrokerProcess, *args: str, **kw: Any
+) -> IngestProcess:
+    proc = IngestProcess(
+        broker, "--client-id", f"test-ingest-{uuid.uuid4().hex[:8]}", *args, **kw
+    ).start()
     ingests.append(proc)
     return proc
 
@@ -62,28 +68,60 @@ def _ours(prefix: str) -> int:
     return m.WorkflowMessage.objects.filter(msg_id__startswith=prefix).count()
 
 
-def _run_msg(cls: type[msgs.RunMessage], prefix: str, i: int, ns: str, **fields: Any) -> msgs.RunMessage:
-    return cls(msg_id=f"{prefix}{i:06d}", namespace=ns, sender="daq", execution_id=f"{ns}-exec", run_id=fields.pop(
-        "run_id", 4242), state="run", substate="physics", **fields)
+def _run_msg(
+    cls: type[msgs.RunMessage], prefix: str, i: int, ns: str, **fields: Any
+) -> msgs.RunMessage:
+    return cls(
+        msg_id=f"{prefix}{i:06d}",
+        namespace=ns,
+        sender="daq",
+        execution_id=f"{ns}-exec",
+        run_id=fields.pop("run_id", 4242),
+        state="run",
+        substate="physics",
+        **fields,
+    )
 
 
 def _stf_gen(prefix: str, i: int, ns: str, run_id: int = 4242) -> msgs.StfGen:
-    return _run_msg(msgs.StfGen, prefix, i, ns, run_id=run_id, filename=f"{prefix}.{i:06d}.stf", sequence=i,
-                    size_bytes=1000 + i, checksum="0a0b0c0d", tf_count=10, start="2026-01-01T00:00:00Z",
-                    end="2026-01-01T00:00:01Z")  # type: ignore[return-value]
+    return _run_msg(
+        msgs.StfGen,
+        prefix,
+        i,
+        ns,
+        run_id=run_id,
+        filename=f"{prefix}.{i:06d}.stf",
+        sequence=i,
+        size_bytes=1000 + i,
+        checksum="0a0b0c0d",
+        tf_count=10,
+        start="2026-01-01T00:00:00Z",
+        end="2026-01-01T00:00:01Z",
+    )  # type: ignore[return-value]
 
 
-def _slice_result(prefix: str, i: int, ns: str, worker: str, slice_id: int | None = None) -> msgs.SliceResult:
-    return _run_msg(msgs.SliceResult, prefix, i, ns, slice_id=i if slice_id is None else slice_id,
-                    tf_filename=f"{prefix}.tf", worker_id=worker, status="completed",
-                    processing_time_s=0.1)  # type: ignore[return-value]
+def _slice_result(
+    prefix: str, i: int, ns: str, worker: str, slice_id: int | None = None
+) -> msgs.SliceResult:
+    return _run_msg(
+        msgs.SliceResult,
+        prefix,
+        i,
+        ns,
+        slice_id=i if slice_id is None else slice_id,
+        tf_filename=f"{prefix}.tf",
+        worker_id=worker,
+        status="completed",
+        processing_time_s=0.1,
+    )  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- normal operation
 
 
-def test_every_message_recorded_once_and_projected(any_broker: BrokerProcess, client_for: Any,
-                                                   ingests: list[IngestProcess]) -> None:
+def test_every_message_recorded_once_and_projected(
+    any_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]
+) -> None:
     ns = f"ns{uuid.uuid4().hex[:6]}"
     prefix = f"t1-{uuid.uuid4().hex[:6]}-"
     ingest = _start(ingests, any_broker, "--flush-ms", "50")
@@ -101,32 +139,77 @@ def test_every_message_recorded_once_and_projected(any_broker: BrokerProcess, cl
     for i in range(2, 52):
         send(RUN_TOPIC, _stf_gen(prefix, i, ns))
     for i in range(52, 62):  # data flow on the namespace's topic
-        send(data_topic(ns), _run_msg(msgs.StfReady, prefix, i, ns, filename=f"{prefix}.{i - 50:06d}.stf",
-                                      url="file:///x", sequence=i - 50, size_bytes=1, checksum="00000001"))
+        send(
+            data_topic(ns),
+            _run_msg(
+                msgs.StfReady,
+                prefix,
+                i,
+                ns,
+                filename=f"{prefix}.{i - 50:06d}.stf",
+                url="file:///x",
+                sequence=i - 50,
+                size_bytes=1,
+                checksum="00000001",
+            ),
+        )
     for i in range(62, 72):  # sent to a queue: reaches the monitor through the mirror topic
-        send(slice_queue(ns), _run_msg(msgs.Slice, prefix, i, ns, slice_id=i, tf_filename=f"{prefix}.tf",
-                                       stf_filename=f"{prefix}.000002.stf", tf_first=0, tf_last=9, tf_count=10))
+        send(
+            slice_queue(ns),
+            _run_msg(
+                msgs.Slice,
+                prefix,
+                i,
+                ns,
+                slice_id=i,
+                tf_filename=f"{prefix}.tf",
+                stf_filename=f"{prefix}.000002.stf",
+                tf_first=0,
+                tf_last=9,
+                tf_count=10,
+            ),
+        )
     for i in range(72, 82):
         send(data_topic(ns), _slice_result(prefix, i, ns, "worker-1", slice_id=i - 10))
     send(RUN_TOPIC, _run_msg(msgs.EndRun, prefix, 99, ns, total_stf_files=50))
     # bodies that are not valid messages are recorded too, never dropped
     client.send(RUN_TOPIC, b"{this is not json")
-    client.send(RUN_TOPIC, json.dumps({"msg_type": "no_such_type", "msg_id": f"{prefix}bad-1",
-                                       "namespace": ns}).encode())
-    client.send(RUN_TOPIC, json.dumps({"msg_type": "stf_gen", "msg_id": f"{prefix}bad-2", "namespace": ns,
-                                       "sender": "daq", "<script>": "x"}).encode())
+    client.send(
+        RUN_TOPIC,
+        json.dumps(
+            {"msg_type": "no_such_type", "msg_id": f"{prefix}bad-1", "namespace": ns}
+        ).encode(),
+    )
+    client.send(
+        RUN_TOPIC,
+        json.dumps(
+            {
+                "msg_type": "stf_gen",
+                "msg_id": f"{prefix}bad-2",
+                "namespace": ns,
+                "sender": "daq",
+                "<script>": "x",
+            }
+        ).encode(),
+    )
     expected = len(sent) + 2  # bad-1, bad-2 (the non-JSON one has a broker-made id)
 
     wait_for(lambda: _ours(prefix) >= expected, 60, f"{expected} messages")
     time.sleep(0.5)  # anything extra (a duplicate) would show up now
     assert _ours(prefix) == expected
-    stored = set(m.WorkflowMessage.objects.filter(msg_id__startswith=prefix).values_list("msg_id", flat=True))
+    stored = set(
+        m.WorkflowMessage.objects.filter(msg_id__startswith=prefix).values_list("msg_id", flat=True)
+    )
     assert stored == {*sent, f"{prefix}bad-1", f"{prefix}bad-2"}
 
     garbage = m.WorkflowMessage.objects.get(body="{this is not json")
     assert not garbage.is_valid and garbage.error_reason == "invalid_json"
     unknown = m.WorkflowMessage.objects.get(msg_id=f"{prefix}bad-1")
-    assert not unknown.is_valid and unknown.error_reason == "unknown_msg_type" and unknown.namespace_id == ns
+    assert (
+        not unknown.is_valid
+        and unknown.error_reason == "unknown_msg_type"
+        and unknown.namespace_id == ns
+    )
     invalid = m.WorkflowMessage.objects.get(msg_id=f"{prefix}bad-2")
     assert invalid.error_reason == "invalid_fields" and "filename" in invalid.validation_error
 
@@ -141,8 +224,9 @@ def test_every_message_recorded_once_and_projected(any_broker: BrokerProcess, cl
     assert m.StfFile.objects.filter(run=run, status="registered").count() == 10
     state = m.RunState.objects.get(run_number=4242)
     assert state.phase == "ended" and state.slices_created == 10 and state.slices_completed == 10
-    assert list(m.SystemStateEvent.objects.filter(run_number=4242).values_list("event_type", flat=True)) == [
-        "run_imminent", "start_run", "end_run"]
+    assert list(
+        m.SystemStateEvent.objects.filter(run_number=4242).values_list("event_type", flat=True)
+    ) == ["run_imminent", "start_run", "end_run"]
     assert m.Worker.objects.get(worker_id="worker-1").slices_completed == 10
     assert m.SystemAgent.objects.filter(namespace_id="probe", instance_name="probe").exists()
     assert ingest.alive
@@ -150,7 +234,8 @@ def test_every_message_recorded_once_and_projected(any_broker: BrokerProcess, cl
 
 
 def test_queue_message_of_a_plain_stomp_client_is_recorded_once_and_still_consumed(
-        any_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]) -> None:
+    any_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]
+) -> None:
     """Not our client, no copy to the monitor: the broker's queue mirror is how the ingest sees it,
     and the queue's own consumer still receives every message."""
     ingest = _start(ingests, any_broker)
@@ -175,12 +260,16 @@ def test_queue_message_of_a_plain_stomp_client_is_recorded_once_and_still_consum
     try:
         for body in bodies:
             producer.send(queue, body, headers={"persistent": "true"})
-        wait_for(lambda: _ours(prefix) >= n and len(consumed) >= n, 60, f"{n} rows and {n} deliveries")
+        wait_for(
+            lambda: _ours(prefix) >= n and len(consumed) >= n, 60, f"{n} rows and {n} deliveries"
+        )
         time.sleep(0.5)  # anything extra (a duplicate) would show up now
         assert _ours(prefix) == n
         assert sorted(consumed) == sorted(bodies)
         rows = m.WorkflowMessage.objects.filter(msg_id__startswith=prefix)
-        assert set(rows.values_list("destination", flat=True)) == {queue}  # the queue, not its mirror topic
+        assert set(rows.values_list("destination", flat=True)) == {
+            queue
+        }  # the queue, not its mirror topic
         assert all(rows.values_list("is_valid", flat=True))
     finally:
         producer.disconnect()
@@ -198,8 +287,16 @@ def test_killed_mid_batch_and_restarted_loses_and_duplicates_nothing(
     prefix = f"t2-{uuid.uuid4().hex[:6]}-"
     queue = Queue(f"swf.test.{uuid.uuid4().hex[:8]}")
     client_id = f"test-ingest-{uuid.uuid4().hex[:8]}"
-    args = ["--client-id", client_id, "--batch-size", "50", "--flush-ms", "20",
-            "--destination", str(queue)]
+    args = [
+        "--client-id",
+        client_id,
+        "--batch-size",
+        "50",
+        "--flush-ms",
+        "20",
+        "--destination",
+        str(queue),
+    ]
     first = IngestProcess(any_broker, *args).start()
     ingests.append(first)
     client = client_for(any_broker)
@@ -210,7 +307,11 @@ def test_killed_mid_batch_and_restarted_loses_and_duplicates_nothing(
 
     def publish() -> None:
         for i in range(n):
-            msg = _slice_result(prefix, i, ns, "worker-k") if i % 2 else _stf_gen(prefix, i, ns, run_id=7000)
+            msg = (
+                _slice_result(prefix, i, ns, "worker-k")
+                if i % 2
+                else _stf_gen(prefix, i, ns, run_id=7000)
+            )
             client.send(dest, msg)
 
     sender = threading.Thread(target=publish)
@@ -235,8 +336,9 @@ def test_killed_mid_batch_and_restarted_loses_and_duplicates_nothing(
 # --------------------------------------------------------------------------- database outages
 
 
-def test_locked_sqlite_database_is_waited_out(activemq_broker: BrokerProcess, client_for: Any,
-                                             ingests: list[IngestProcess]) -> None:
+def test_locked_sqlite_database_is_waited_out(
+    activemq_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]
+) -> None:
     if connection.vendor != "sqlite":
         pytest.skip("SQLite locking")
     prefix = f"t3-{uuid.uuid4().hex[:6]}-"
@@ -261,8 +363,9 @@ def test_locked_sqlite_database_is_waited_out(activemq_broker: BrokerProcess, cl
     assert ingest.alive
 
 
-def test_postgres_connection_cut_is_survived(activemq_broker: BrokerProcess, client_for: Any,
-                                             ingests: list[IngestProcess]) -> None:
+def test_postgres_connection_cut_is_survived(
+    activemq_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]
+) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL connection termination")
     prefix = f"t4-{uuid.uuid4().hex[:6]}-"
@@ -273,8 +376,10 @@ def test_postgres_connection_cut_is_survived(activemq_broker: BrokerProcess, cli
 
     def cut() -> int:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             return int(cursor.fetchone()[0])
 
     killed = 0

@@ -51,14 +51,22 @@ def stack() -> Iterator[dict[str, Any]]:
     broker_metrics = free_port()
     broker = start_embedded(args=["--metrics-port", str(broker_metrics)])
     ingest_metrics = free_port()
-    ingest = IngestProcess(broker, "--client-id", f"metrics-{uuid.uuid4().hex[:8]}",
-                           env={"SWF_INGEST_METRICS_PORT": str(ingest_metrics)}).start()
+    ingest = IngestProcess(
+        broker,
+        "--client-id",
+        f"metrics-{uuid.uuid4().hex[:8]}",
+        env={"SWF_INGEST_METRICS_PORT": str(ingest_metrics)},
+    ).start()
     web = MonitorWebProcess(database_url_of_tests()).start()
     client = BrokerClient(broker.settings(), client_name="metrics-test").start(wait=30)
     try:
         wait_until_ingesting(client, ingest)
-        yield {"web": web, "client": client, "broker": f"http://127.0.0.1:{broker_metrics}/metrics",
-               "ingest": f"http://127.0.0.1:{ingest_metrics}/metrics"}
+        yield {
+            "web": web,
+            "client": client,
+            "broker": f"http://127.0.0.1:{broker_metrics}/metrics",
+            "ingest": f"http://127.0.0.1:{ingest_metrics}/metrics",
+        }
     finally:
         client.close()
         web.stop()
@@ -77,8 +85,14 @@ def test_after_a_run_the_metrics_equal_the_tables(stack: dict[str, Any]) -> None
         stack["client"].send(RUN_TOPIC, msg)
     stack["client"].send(RUN_TOPIC, b"{not json")
     stack["client"].send(RUN_TOPIC, json.dumps({"msg_type": "no_such_type", "namespace": ns}))
-    wait_for(lambda: m.WorkflowMessage.objects.filter(namespace_id=ns).count() >= len(run)
-             and m.WorkflowMessage.objects.filter(is_valid=False).count() >= 2, 60, "the run to be recorded")
+    wait_for(
+        lambda: (
+            m.WorkflowMessage.objects.filter(namespace_id=ns).count() >= len(run)
+            and m.WorkflowMessage.objects.filter(is_valid=False).count() >= 2
+        ),
+        60,
+        "the run to be recorded",
+    )
 
     base = stack["web"].url
     httpx.get(base + "/", timeout=30).raise_for_status()
@@ -86,48 +100,76 @@ def test_after_a_run_the_metrics_equal_the_tables(stack: dict[str, Any]) -> None
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
     web = samples(reply.text)
 
-    recorded = Counter({(("msg_type", r["msg_type"]), ("namespace", r["namespace_id"] or "")): r["n"]
-                        for r in m.WorkflowMessage.objects.filter(is_valid=True)
-                        .values("namespace_id", "msg_type").annotate(n=Count("id"))})
+    recorded = Counter(
+        {
+            (("msg_type", r["msg_type"]), ("namespace", r["namespace_id"] or "")): r["n"]
+            for r in m.WorkflowMessage.objects.filter(is_valid=True)
+            .values("namespace_id", "msg_type")
+            .annotate(n=Count("id"))
+        }
+    )
     assert of(web, "swf_messages_recorded_total") == dict(recorded)
     assert of(web, "swf_messages_recorded_total")[(("msg_type", "stf_gen"), ("namespace", ns))] == 6
-    invalid = {(("reason", r["error_reason"]),): r["n"] for r in
-               m.WorkflowMessage.objects.filter(is_valid=False).values("error_reason").annotate(n=Count("id"))}
+    invalid = {
+        (("reason", r["error_reason"]),): r["n"]
+        for r in m.WorkflowMessage.objects.filter(is_valid=False)
+        .values("error_reason")
+        .annotate(n=Count("id"))
+    }
     assert of(web, "swf_messages_invalid_total") == invalid and sum(invalid.values()) == 2
 
     def by_status(name: str, model: Any, field: str = "status") -> None:
-        exported = {dict(labels)["status"]: value for labels, value in of(web, name).items() if value}
-        assert exported == {r[field]: r["n"] for r in model.objects.values(field).annotate(n=Count("pk"))}, name
+        exported = {
+            dict(labels)["status"]: value for labels, value in of(web, name).items() if value
+        }
+        assert exported == {
+            r[field]: r["n"] for r in model.objects.values(field).annotate(n=Count("pk"))
+        }, name
 
     by_status("swf_workflow_executions", m.WorkflowExecution)
     by_status("swf_stf_files", m.StfFile)
     by_status("swf_tf_slices", m.TFSlice)
-    assert m.StfFile.objects.count() >= 6  # the run's files were projected: the comparison above is not of zeros
+    assert (
+        m.StfFile.objects.count() >= 6
+    )  # the run's files were projected: the comparison above is not of zeros
     runs = of(web, "swf_runs")
     assert runs[(("status", "ended"),)] == m.Run.objects.filter(end_time__isnull=False).count()
     assert sum(runs.values()) == m.Run.objects.count() >= 1
     agents = of(web, "swf_agents")
-    assert sum(agents.values()) == m.SystemAgent.objects.count() >= 1  # the probes' heartbeats made one
+    assert (
+        sum(agents.values()) == m.SystemAgent.objects.count() >= 1
+    )  # the probes' heartbeats made one
 
     again = samples(httpx.get(base + "/metrics", timeout=30).text)
-    views = {dict(labels)["view"] for labels in of(again, "swf_http_request_duration_seconds_count")}
+    views = {
+        dict(labels)["view"] for labels in of(again, "swf_http_request_duration_seconds_count")
+    }
     assert {"metrics", "front:dashboard"} <= views
-    assert not any(re.search(r"exec-|msg_id|7201", str(labels)) for (_, labels) in again)  # bounded labels
+    assert not any(
+        re.search(r"exec-|msg_id|7201", str(labels)) for (_, labels) in again
+    )  # bounded labels
 
     ingest = samples(httpx.get(stack["ingest"], timeout=30).text)
     total = m.WorkflowMessage.objects.count()
     outcomes = {dict(k)["outcome"]: v for k, v in of(ingest, "swf_ingest_messages_total").items()}
     assert outcomes["stored"] == total and outcomes["invalid"] == 2
     assert of(ingest, "swf_ingest_batch_commit_seconds_count")[()] >= 1
-    assert of(ingest, "swf_ingest_lag_seconds_count")[()] == outcomes["stored"] + outcomes["duplicate"]
+    assert (
+        of(ingest, "swf_ingest_lag_seconds_count")[()] == outcomes["stored"] + outcomes["duplicate"]
+    )
 
     broker = samples(httpx.get(stack["broker"], timeout=30).text)
-    assert of(broker, "swf_broker_messages_in_total")[(("destination", "/topic/epictopic"),)] >= len(run) + 2
+    assert (
+        of(broker, "swf_broker_messages_in_total")[(("destination", "/topic/epictopic"),)]
+        >= len(run) + 2
+    )
     assert of(broker, "swf_broker_connections")[()] >= 2  # the ingest and this test
     assert sum(of(broker, "swf_broker_consumers").values()) >= 1
     assert sum(of(broker, "swf_broker_messages_out_total").values()) >= len(run)
     assert of(broker, "process_resident_memory_bytes")[()] > 0
-    assert () in of(broker, "swf_broker_redeliveries_total") and () in of(broker, "swf_broker_held_bytes")
+    assert () in of(broker, "swf_broker_redeliveries_total") and () in of(
+        broker, "swf_broker_held_bytes"
+    )
 
 
 def test_metrics_follow_the_open_reads_setting(client: Any) -> None:
@@ -148,7 +190,9 @@ def test_every_dashboard_query_names_an_exported_metric() -> None:
 
     exported = exported_metric_names() | set(METRIC_NAMES) | {"process_resident_memory_bytes"}
     dashboard = json.loads(DASHBOARD.read_text())
-    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    queries = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
     assert len(queries) >= 10
     for query in queries:
         names = set(re.findall(r"\b((?:swf|process)_[a-z0-9_]+)", query))

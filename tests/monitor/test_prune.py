@@ -19,13 +19,22 @@ pytestmark = pytest.mark.django_db
 
 
 def _counts() -> list[tuple[Any, ...]]:
-    return sorted(m.MessageCount.objects.values_list(
-        "namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid", "count"))
+    return sorted(
+        m.MessageCount.objects.values_list(
+            "namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid", "count"
+        )
+    )
 
 
 def _log(name: str, age: timedelta) -> m.AppLog:
-    return m.AppLog.objects.create(app_name="app", instance_name=name, timestamp=timezone.now() - age,
-                                   levelname="INFO", level=20, message=f"log {name}")
+    return m.AppLog.objects.create(
+        app_name="app",
+        instance_name=name,
+        timestamp=timezone.now() - age,
+        levelname="INFO",
+        level=20,
+        message=f"log {name}",
+    )
 
 
 @pytest.fixture
@@ -49,10 +58,13 @@ def stored(record: Any, make_message: Any) -> dict[str, set[str]]:
     record(*recent_bodies)
     recent_ids = set(m.WorkflowMessage.objects.values_list("msg_id", flat=True)) - old_ids
     assert len(old_ids) == len(old_bodies) and len(recent_ids) == len(recent_bodies)
-    m.WorkflowMessage.objects.filter(msg_id__in=old_ids).update(received_at=timezone.now() - timedelta(days=10))
+    m.WorkflowMessage.objects.filter(msg_id__in=old_ids).update(
+        received_at=timezone.now() - timedelta(days=10)
+    )
     # A message received just inside the window stays.
     m.WorkflowMessage.objects.filter(msg_id__in=list(recent_ids)[:1]).update(
-        received_at=timezone.now() - timedelta(days=6))
+        received_at=timezone.now() - timedelta(days=6)
+    )
     for i in range(3):
         _log(f"old{i}", timedelta(days=30))
     _log("recent", timedelta(hours=1))
@@ -65,7 +77,9 @@ def _prune(*args: str) -> str:
     return out.getvalue()
 
 
-def test_old_rows_go_recent_rows_stay_and_counts_match_a_recount(stored: dict[str, set[str]]) -> None:
+def test_old_rows_go_recent_rows_stay_and_counts_match_a_recount(
+    stored: dict[str, set[str]],
+) -> None:
     before = m.WorkflowMessage.objects.count()
     output = _prune("--older-than", "7", "--batch-size", "2")  # several batches
     assert "removed 6 messages and 3 logs" in output
@@ -85,7 +99,11 @@ def test_dry_run_deletes_nothing(stored: dict[str, set[str]]) -> None:
     messages, logs, counts = m.WorkflowMessage.objects.count(), m.AppLog.objects.count(), _counts()
     output = _prune("--older-than", "7", "--dry-run")
     assert "would remove 6 messages and 3 logs" in output
-    assert (m.WorkflowMessage.objects.count(), m.AppLog.objects.count(), _counts()) == (messages, logs, counts)
+    assert (m.WorkflowMessage.objects.count(), m.AppLog.objects.count(), _counts()) == (
+        messages,
+        logs,
+        counts,
+    )
 
 
 def test_a_larger_age_keeps_more(stored: dict[str, set[str]]) -> None:

@@ -48,46 +48,128 @@ class Resource:
 
 
 RESOURCES: dict[str, Resource] = {
-    "/api/namespaces/": Resource(lambda n, w: {"name": f"ns-{n}", "owner": "alice", "description": "d"},
-                                 "name", {"description": "changed"}),
-    "/api/systemagents/": Resource(lambda n, w: {"instance_name": f"agent-{n}", "namespace": WORLD_NS,
-                                                 "agent_type": "DATA"}, "id", {"status": "WARNING"}),
-    "/api/subscribers/": Resource(lambda n, w: {"subscriber_name": f"sub-{n}", "fraction": 0.5, "description": "d"},
-                                  "subscriber_id", {"is_active": False}),
-    "/api/logs/": Resource(lambda n, w: {"app_name": "agent", "instance_name": f"agent-{n}", "timestamp": T0,
-                                         "level": 20, "levelname": "INFO", "message": f"log {n}"}),
-    "/api/runs/": Resource(lambda n, w: {"run_number": 10_000 + n, "start_time": T0, "namespace": WORLD_NS},
-                           "run_id", {"end_time": T1}),
-    "/api/stf-files/": Resource(lambda n, w: {"run": w["run_id"], "stf_filename": f"swf.{n:06d}.stf",
-                                              "status": "registered"}, "file_id", {"status": "processed"}),
-    "/api/fastmon-files/": Resource(lambda n, w: {"stf_file": w["file_id"], "tf_filename": f"swf.{n:06d}.tf",
-                                                  "status": "registered"}, "tf_file_id", {"status": "processed"}),
-    "/api/tf-slices/": Resource(lambda n, w: {"slice_id": n, "tf_first": 0, "tf_last": 9, "tf_count": 10,
-                                              "tf_filename": f"swf.{n:06d}.tf", "run_number": WORLD_RUN,
-                                              "status": "queued"}, "id", {"status": "completed"}),
-    "/api/workers/": Resource(lambda n, w: {"worker_id": f"worker-{n}", "run_number": WORLD_RUN, "status": "active",
-                                            "started_at": T0}, "worker_id", {"slices_completed": 3}),
-    "/api/run-states/": Resource(lambda n, w: {"run_number": 20_000 + n, "phase": "running", "state": "run"},
-                                 "run_number", {"slices_completed": 1}),
-    "/api/system-state-events/": Resource(lambda n, w: {"timestamp": T0, "run_number": WORLD_RUN,
-                                                        "event_type": "start_run", "state": "run",
-                                                        "event_data": {"n": n}}),
-    "/api/workflow-definitions/": Resource(lambda n, w: {"workflow_name": f"wf-{n}", "version": "1"}),
-    "/api/workflow-stages/": Resource(lambda n, w: {"agent_name": f"processing-agent-{n}",
-                                                    "agent_type": "processing", "status": "processing",
-                                                    "started_at": T0, "metadata": {"n": n}},
-                                      "stage_id", {"status": "completed"}),
-    "/api/workflow-executions/": Resource(lambda n, w: {"execution_id": f"exec-{n}",
-                                                        "workflow_definition": w["definition_id"],
-                                                        "namespace": WORLD_NS, "status": "running",
-                                                        "start_time": T0}, "execution_id", {"status": "completed"}),
+    "/api/namespaces/": Resource(
+        lambda n, w: {"name": f"ns-{n}", "owner": "alice", "description": "d"},
+        "name",
+        {"description": "changed"},
+    ),
+    "/api/systemagents/": Resource(
+        lambda n, w: {"instance_name": f"agent-{n}", "namespace": WORLD_NS, "agent_type": "DATA"},
+        "id",
+        {"status": "WARNING"},
+    ),
+    "/api/subscribers/": Resource(
+        lambda n, w: {"subscriber_name": f"sub-{n}", "fraction": 0.5, "description": "d"},
+        "subscriber_id",
+        {"is_active": False},
+    ),
+    "/api/logs/": Resource(
+        lambda n, w: {
+            "app_name": "agent",
+            "instance_name": f"agent-{n}",
+            "timestamp": T0,
+            "level": 20,
+            "levelname": "INFO",
+            "message": f"log {n}",
+        }
+    ),
+    "/api/runs/": Resource(
+        lambda n, w: {"run_number": 10_000 + n, "start_time": T0, "namespace": WORLD_NS},
+        "run_id",
+        {"end_time": T1},
+    ),
+    "/api/stf-files/": Resource(
+        lambda n, w: {
+            "run": w["run_id"],
+            "stf_filename": f"swf.{n:06d}.stf",
+            "status": "registered",
+        },
+        "file_id",
+        {"status": "processed"},
+    ),
+    "/api/fastmon-files/": Resource(
+        lambda n, w: {
+            "stf_file": w["file_id"],
+            "tf_filename": f"swf.{n:06d}.tf",
+            "status": "registered",
+        },
+        "tf_file_id",
+        {"status": "processed"},
+    ),
+    "/api/tf-slices/": Resource(
+        lambda n, w: {
+            "slice_id": n,
+            "tf_first": 0,
+            "tf_last": 9,
+            "tf_count": 10,
+            "tf_filename": f"swf.{n:06d}.tf",
+            "run_number": WORLD_RUN,
+            "status": "queued",
+        },
+        "id",
+        {"status": "completed"},
+    ),
+    "/api/workers/": Resource(
+        lambda n, w: {
+            "worker_id": f"worker-{n}",
+            "run_number": WORLD_RUN,
+            "status": "active",
+            "started_at": T0,
+        },
+        "worker_id",
+        {"slices_completed": 3},
+    ),
+    "/api/run-states/": Resource(
+        lambda n, w: {"run_number": 20_000 + n, "phase": "running", "state": "run"},
+        "run_number",
+        {"slices_completed": 1},
+    ),
+    "/api/system-state-events/": Resource(
+        lambda n, w: {
+            "timestamp": T0,
+            "run_number": WORLD_RUN,
+            "event_type": "start_run",
+            "state": "run",
+            "event_data": {"n": n},
+        }
+    ),
+    "/api/workflow-definitions/": Resource(
+        lambda n, w: {"workflow_name": f"wf-{n}", "version": "1"}
+    ),
+    "/api/workflow-stages/": Resource(
+        lambda n, w: {
+            "agent_name": f"processing-agent-{n}",
+            "agent_type": "processing",
+            "status": "processing",
+            "started_at": T0,
+            "metadata": {"n": n},
+        },
+        "stage_id",
+        {"status": "completed"},
+    ),
+    "/api/workflow-executions/": Resource(
+        lambda n, w: {
+            "execution_id": f"exec-{n}",
+            "workflow_definition": w["definition_id"],
+            "namespace": WORLD_NS,
+            "status": "running",
+            "start_time": T0,
+        },
+        "execution_id",
+        {"status": "completed"},
+    ),
 }
 """Collections by list path. A detail path is the list path plus ``{…}/``."""
 
 ACTIONS: dict[tuple[str, str], Callable[[int], dict[str, Any]]] = {
     ("POST", "/api/namespaces/ensure/"): lambda n: {"name": f"ensured-{n}", "owner": "alice"},
-    ("POST", "/api/systemagents/heartbeat/"): lambda n: {"instance_name": f"hb-{n}", "namespace": WORLD_NS},
-    ("POST", "/api/run-states/{run_number}/"): lambda n: {"phase": "ended"},  # upsert of an existing state
+    ("POST", "/api/systemagents/heartbeat/"): lambda n: {
+        "instance_name": f"hb-{n}",
+        "namespace": WORLD_NS,
+    },
+    ("POST", "/api/run-states/{run_number}/"): lambda n: {
+        "phase": "ended"
+    },  # upsert of an existing state
     ("POST", "/api/state/next-run-number/"): lambda n: {},
     ("POST", "/api/state/next-agent-id/"): lambda n: {},
     ("POST", "/api/state/next-workflow-execution-id/"): lambda n: {"workflow_name": "wf"},
@@ -157,10 +239,17 @@ EXPECTED: dict[tuple[str, str], str] = {
 """Every write endpoint and who may call it (written out: a new endpoint needs a decision here)."""
 
 # The schema generator names a primary-key lookup {pk}; the table above names the field.
-_PK_NAMES = {"/api/systemagents/{id}/", "/api/subscribers/{subscriber_id}/", "/api/runs/{run_id}/",
-             "/api/stf-files/{file_id}/", "/api/fastmon-files/{tf_file_id}/", "/api/tf-slices/{id}/",
-             "/api/workers/{worker_id}/", "/api/workflow-executions/{execution_id}/",
-             "/api/workflow-stages/{stage_id}/"}
+_PK_NAMES = {
+    "/api/systemagents/{id}/",
+    "/api/subscribers/{subscriber_id}/",
+    "/api/runs/{run_id}/",
+    "/api/stf-files/{file_id}/",
+    "/api/fastmon-files/{tf_file_id}/",
+    "/api/tf-slices/{id}/",
+    "/api/workers/{worker_id}/",
+    "/api/workflow-executions/{execution_id}/",
+    "/api/workflow-stages/{stage_id}/",
+}
 
 
 def _generator_path(path: str) -> str:
@@ -171,16 +260,23 @@ def discovered_write_endpoints() -> set[tuple[str, str]]:
     """(method, path) of every write the URL conf routes to a DRF view (viewsets, @api_view, custom routes)."""
     from drf_spectacular.generators import EndpointEnumerator
 
-    return {(method, path) for path, _regex, method, _view in EndpointEnumerator().get_api_endpoints()
-            if method in ("POST", "PUT", "PATCH", "DELETE")}
+    return {
+        (method, path)
+        for path, _regex, method, _view in EndpointEnumerator().get_api_endpoints()
+        if method in ("POST", "PUT", "PATCH", "DELETE")
+    }
 
 
 def test_every_write_endpoint_is_in_the_matrix() -> None:
     discovered = discovered_write_endpoints()
     expected = {(method, _generator_path(path)) for method, path in EXPECTED}
     assert len(discovered) >= 45  # the enumeration itself works
-    assert not discovered - expected, f"write endpoints without an expectation in EXPECTED: {discovered - expected}"
-    assert not expected - discovered, f"EXPECTED names endpoints that no longer exist: {expected - discovered}"
+    assert not discovered - expected, (
+        f"write endpoints without an expectation in EXPECTED: {discovered - expected}"
+    )
+    assert not expected - discovered, (
+        f"EXPECTED names endpoints that no longer exist: {expected - discovered}"
+    )
 
 
 # --------------------------------------------------------------------------- identities and a world to write in
@@ -211,7 +307,10 @@ def _snapshot() -> dict[str, int]:
     """Row counts of every table of the monitor and of the tokens (what a refused write must not change)."""
     from django.apps import apps
 
-    models = [*apps.get_app_config("monitor").get_models(), *apps.get_app_config("authtoken").get_models()]
+    models = [
+        *apps.get_app_config("monitor").get_models(),
+        *apps.get_app_config("authtoken").get_models(),
+    ]
     return {model.__name__: model.objects.count() for model in models}
 
 
@@ -222,7 +321,9 @@ def world(db: None) -> World:
 
     tokens = {}
     for name, staff in (("alice", False), ("bob", False), ("root", True)):
-        user = User.objects.create_user(name, is_staff=staff)  # token users: no password (no slow hashing)
+        user = User.objects.create_user(
+            name, is_staff=staff
+        )  # token users: no password (no slow hashing)
         tokens[name] = Token.objects.create(user=user).key
     clients = {"anonymous": _client(), **{name: _client(token) for name, token in tokens.items()}}
     alice = clients["alice"]
@@ -235,8 +336,14 @@ def world(db: None) -> World:
     post("/api/namespaces/ensure/", {"name": WORLD_NS, "owner": "alice"})
     definition = post("/api/workflow-definitions/", {"workflow_name": "world", "version": "1"})
     run = post("/api/runs/", {"run_number": WORLD_RUN, "start_time": T0, "namespace": WORLD_NS})
-    stf = post("/api/stf-files/", {"run": run["run_id"], "stf_filename": "world.stf", "status": "registered"})
-    return World(clients, {"definition_id": definition["id"], "run_id": run["run_id"], "file_id": stf["file_id"]})
+    stf = post(
+        "/api/stf-files/",
+        {"run": run["run_id"], "stf_filename": "world.stf", "status": "registered"},
+    )
+    return World(
+        clients,
+        {"definition_id": definition["id"], "run_id": run["run_id"], "file_id": stf["file_id"]},
+    )
 
 
 def _call(world: World, who: str, method: str, path: str) -> tuple[Any, str]:
@@ -255,10 +362,17 @@ def _call(world: World, who: str, method: str, path: str) -> tuple[Any, str]:
             payload = None
     else:
         url = path
-        payload = ACTIONS[(method, path)](n) if (method, path) in ACTIONS else RESOURCES[path].create(n, world.ids)
+        payload = (
+            ACTIONS[(method, path)](n)
+            if (method, path) in ACTIONS
+            else RESOURCES[path].create(n, world.ids)
+        )
     client = world.clients[who]
-    response = getattr(client, method.lower())(url, payload, format="json") if payload is not None else \
-        getattr(client, method.lower())(url)
+    response = (
+        getattr(client, method.lower())(url, payload, format="json")
+        if payload is not None
+        else getattr(client, method.lower())(url)
+    )
     return response, url
 
 
@@ -277,7 +391,13 @@ def test_auth_matrix(world: World, who: str, method: str, path: str) -> None:
     staff = world.clients["root"]
     response, url = _call(world, who, method, path)
     if _allowed(EXPECTED[(method, path)], who):
-        assert 200 <= response.status_code < 300, (who, method, url, response.status_code, response.content)
+        assert 200 <= response.status_code < 300, (
+            who,
+            method,
+            url,
+            response.status_code,
+            response.content,
+        )
         if method == "DELETE":
             assert staff.get(url).status_code == 404
         elif method == "PATCH":
@@ -286,7 +406,13 @@ def test_auth_matrix(world: World, who: str, method: str, path: str) -> None:
             assert all(str(body[k]).startswith(str(v)) for k, v in patch.items()), body
         return
     expected = 401 if who == "anonymous" else 403
-    assert response.status_code == expected, (who, method, url, response.status_code, response.content)
+    assert response.status_code == expected, (
+        who,
+        method,
+        url,
+        response.status_code,
+        response.content,
+    )
     after = _snapshot()
     # nothing changed but the target that alice created for the call (detail paths)
     created = {k: after[k] - before[k] for k in after if after[k] != before[k]}
@@ -319,7 +445,9 @@ def test_anonymous_logs_only_from_allowed_networks(world: World) -> None:
     log_id = created.json()["id"]
     # still read-only and still the only anonymous write, also from loopback
     for method in ("put", "patch", "delete"):
-        assert getattr(anon, method)(f"/api/logs/{log_id}/", payload, format="json").status_code in (401, 405)
+        assert getattr(anon, method)(
+            f"/api/logs/{log_id}/", payload, format="json"
+        ).status_code in (401, 405)
     for (method, path), policy in EXPECTED.items():
         if policy == LOGS:
             continue
@@ -328,9 +456,17 @@ def test_anonymous_logs_only_from_allowed_networks(world: World) -> None:
     # bad input from an allowed client is still a 400
     assert anon.post("/api/logs/", {**payload, "level": "loud"}, format="json").status_code == 400
     with override_settings(SWF_API_ANONYMOUS_LOGS_FROM=["10.1.0.0/16"]):
-        assert anon.post("/api/logs/", payload, format="json", REMOTE_ADDR="10.1.200.3").status_code == 201
-        assert anon.post("/api/logs/", payload, format="json", REMOTE_ADDR="10.2.0.1").status_code == 401
-        assert anon.post("/api/logs/", payload, format="json").status_code == 401  # loopback is not listed
+        assert (
+            anon.post("/api/logs/", payload, format="json", REMOTE_ADDR="10.1.200.3").status_code
+            == 201
+        )
+        assert (
+            anon.post("/api/logs/", payload, format="json", REMOTE_ADDR="10.2.0.1").status_code
+            == 401
+        )
+        assert (
+            anon.post("/api/logs/", payload, format="json").status_code == 401
+        )  # loopback is not listed
     with override_settings(SWF_API_ANONYMOUS_LOGS=False):
         assert anon.post("/api/logs/", payload, format="json").status_code == 401
     assert m.AppLog.objects.count() == 4
@@ -353,11 +489,15 @@ def test_anonymous_log_networks_come_from_the_environment(monkeypatch: pytest.Mo
     monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_FROM", "10.1.0.0/16,intranet")
     get_settings.cache_clear()
     try:
-        with pytest.raises(SettingsError, match=r"SWF_API_ANONYMOUS_LOGS_FROM.*'intranet' is not a network"):
+        with pytest.raises(
+            SettingsError, match=r"SWF_API_ANONYMOUS_LOGS_FROM.*'intranet' is not a network"
+        ):
             get_settings()
         monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_FROM", "")
         monkeypatch.setenv("SWF_API_ANONYMOUS_LOGS_RATE", "fast")
-        with pytest.raises(SettingsError, match=r"SWF_API_ANONYMOUS_LOGS_RATE.*'fast' is not a rate"):
+        with pytest.raises(
+            SettingsError, match=r"SWF_API_ANONYMOUS_LOGS_RATE.*'fast' is not a rate"
+        ):
             get_settings()
     finally:
         get_settings.cache_clear()
@@ -409,22 +549,38 @@ def _csrf(client: Client) -> str:
     return client.cookies["csrftoken"].value
 
 
-@pytest.mark.parametrize(("method", "path", "payload"), [
-    ("post", "/api/state/next-agent-id/", {}),
-    ("post", "/api/namespaces/ensure/", {"name": "csrf-ns", "owner": "carol"}),
-    ("post", "/api/systemagents/heartbeat/", {"instance_name": "csrf-agent"}),
-    ("post", "/api/logs/", {"app_name": "a", "instance_name": "i", "timestamp": T0, "level": 20,
-                            "levelname": "INFO", "message": "m"}),
-])
-def test_session_api_writes_need_the_csrf_token(method: str, path: str, payload: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "payload"),
+    [
+        ("post", "/api/state/next-agent-id/", {}),
+        ("post", "/api/namespaces/ensure/", {"name": "csrf-ns", "owner": "carol"}),
+        ("post", "/api/systemagents/heartbeat/", {"instance_name": "csrf-agent"}),
+        (
+            "post",
+            "/api/logs/",
+            {
+                "app_name": "a",
+                "instance_name": "i",
+                "timestamp": T0,
+                "level": 20,
+                "levelname": "INFO",
+                "message": "m",
+            },
+        ),
+    ],
+)
+def test_session_api_writes_need_the_csrf_token(
+    method: str, path: str, payload: dict[str, Any]
+) -> None:
     client = _session("carol")
     before = _snapshot()
     refused = getattr(client, method)(path, payload, content_type="application/json")
     assert refused.status_code == 403, refused.content
     assert "csrf" in refused.content.decode().lower()
     assert _snapshot() == before
-    accepted = getattr(client, method)(path, payload, content_type="application/json",
-                                       HTTP_X_CSRFTOKEN=_csrf(client))
+    accepted = getattr(client, method)(
+        path, payload, content_type="application/json", HTTP_X_CSRFTOKEN=_csrf(client)
+    )
     assert accepted.status_code in (200, 201), accepted.content
 
 
@@ -433,16 +589,24 @@ def test_session_patch_and_delete_need_the_csrf_token() -> None:
 
     client = _session("dave", staff=True)
     token = _csrf(client)
-    created = client.post("/api/runs/", {"run_number": 77, "start_time": T0}, content_type="application/json",
-                          HTTP_X_CSRFTOKEN=token)
+    created = client.post(
+        "/api/runs/",
+        {"run_number": 77, "start_time": T0},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
     assert created.status_code == 201, created.content
     url = f"/api/runs/{created.json()['run_id']}/"
     assert client.patch(url, {"end_time": T1}, content_type="application/json").status_code == 403
     assert m.Run.objects.get().end_time is None
     assert client.delete(url).status_code == 403
     assert m.Run.objects.exists()
-    assert client.patch(url, {"end_time": T1}, content_type="application/json",
-                        HTTP_X_CSRFTOKEN=token).status_code == 200
+    assert (
+        client.patch(
+            url, {"end_time": T1}, content_type="application/json", HTTP_X_CSRFTOKEN=token
+        ).status_code
+        == 200
+    )
     assert client.delete(url, HTTP_X_CSRFTOKEN=token).status_code == 204
     assert not m.Run.objects.exists()
 
@@ -462,17 +626,21 @@ def _token_of(username: str) -> str:
 
 def test_admin_form_posts_need_the_csrf_token() -> None:
     """The UI's only forms that write are the admin's (the monitor's own pages only GET)."""
-    from swf_testbed.monitor.api import models as m
-
     from django.contrib.auth.models import Permission, User
+
+    from swf_testbed.monitor.api import models as m
 
     client = _session("erin", staff=True)
     erin = User.objects.get(username="erin")
-    erin.user_permissions.add(*Permission.objects.filter(codename__in=["add_namespace", "view_namespace"]))
+    erin.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_namespace", "view_namespace"])
+    )
     form = {"name": "admin-ns", "owner": "erin", "description": ""}
     refused = client.post("/admin/monitor/namespace/add/", form)
     assert refused.status_code == 403 and not m.Namespace.objects.filter(name="admin-ns").exists()
-    accepted = client.post("/admin/monitor/namespace/add/", {**form, "csrfmiddlewaretoken": _csrf(client)})
+    accepted = client.post(
+        "/admin/monitor/namespace/add/", {**form, "csrfmiddlewaretoken": _csrf(client)}
+    )
     assert accepted.status_code == 302, accepted.content[:2000]
     assert m.Namespace.objects.filter(name="admin-ns").exists()
     # logging out is a POST too
@@ -498,9 +666,13 @@ def test_every_template_form_that_writes_carries_the_csrf_token() -> None:
         for form in re.findall(r"<form\b[^>]*>.*?</form>", text, flags=re.S | re.I):
             method = re.search(r"method\s*=\s*[\"']?(\w+)", form, flags=re.I)
             if method and method.group(1).lower() != "get":
-                assert "{% csrf_token %}" in form, f"{template.name}: a {method.group(1)} form without csrf_token"
+                assert "{% csrf_token %}" in form, (
+                    f"{template.name}: a {method.group(1)} form without csrf_token"
+                )
         if re.search(r"hx-(post|put|patch|delete)\s*=", text, flags=re.I):
-            assert "X-CSRFToken" in text or "csrf" in text.lower(), f"{template.name}: htmx write without CSRF"
+            assert "X-CSRFToken" in text or "csrf" in text.lower(), (
+                f"{template.name}: htmx write without CSRF"
+            )
 
 
 # --------------------------------------------------------------------------- no SQL built from request text
@@ -508,22 +680,46 @@ def test_every_template_form_that_writes_carries_the_csrf_token() -> None:
 SRC = Path(__import__("swf_testbed").__file__).parent
 
 RAW_SQL_ALLOWED: dict[tuple[str, str, str], str] = {
-    ("monitor/api/management/commands/prune_messages.py", "_delete_messages", "execute"):
-        "f-string of the quoted table and column names (model metadata) and %s placeholders; the ids are bound",
-    ("monitor/api/fastinsert.py", "insert_rows", "executemany"):
-        "INSERT built by insert_sql() from model metadata (quote_name) and %s placeholders; values are bound",
-    ("monitor/api/fastinsert.py", "increment_rows", "executemany"):
-        "UPDATE built by increment_sql() from model metadata (quote_name) and %s placeholders; values are bound",
-    ("monitor/api/fastinsert.py", "update_objects", "executemany"):
-        "UPDATE built by update_sql() from model metadata (quote_name) and %s placeholders; values are bound",
-    ("monitor/api/ingest.py", "end_abandoned", "execute"):
-        "constant SELECT pg_terminate_backend over pg_stat_activity; the pids (from the driver) are bound",
-    ("monitor/db.py", "_migration_lock", "execute"):
-        "constant 'SELECT pg_advisory_lock/unlock(%s)' with a bound constant key",
-    ("testing/databases.py", "create_postgres_database", "execute"):
-        "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark helper",
-    ("testing/databases.py", "drop", "execute"):
-        "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark helper",
+    (
+        "monitor/api/management/commands/prune_messages.py",
+        "_delete_messages",
+        "execute",
+    ): "f-string of the quoted table and column names (model metadata) and %s placeholders; the ids are bound",
+    (
+        "monitor/api/fastinsert.py",
+        "insert_rows",
+        "executemany",
+    ): "INSERT built by insert_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    (
+        "monitor/api/fastinsert.py",
+        "increment_rows",
+        "executemany",
+    ): "UPDATE built by increment_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    (
+        "monitor/api/fastinsert.py",
+        "update_objects",
+        "executemany",
+    ): "UPDATE built by update_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    (
+        "monitor/api/ingest.py",
+        "end_abandoned",
+        "execute",
+    ): "constant SELECT pg_terminate_backend over pg_stat_activity; the pids (from the driver) are bound",
+    (
+        "monitor/db.py",
+        "_migration_lock",
+        "execute",
+    ): "constant 'SELECT pg_advisory_lock/unlock(%s)' with a bound constant key",
+    (
+        "testing/databases.py",
+        "create_postgres_database",
+        "execute",
+    ): "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark helper",
+    (
+        "testing/databases.py",
+        "drop",
+        "execute",
+    ): "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark helper",
 }
 """Every place that hands SQL text to the database, reviewed. Key: (file, enclosing function, call)."""
 
@@ -543,15 +739,21 @@ def _sql_calls() -> list[tuple[tuple[str, str, str], ast.Call]]:
                     name = child.name
                 if isinstance(child, ast.Call):
                     func = child.func
-                    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    called = (
+                        func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    )
                     if called in _SQL_CALLS or called == "RawSQL":
                         found.append(((rel, function, called), child))
                 visit(child, name)
 
         visit(tree, "<module>")
         if "RawSQL" in path.read_text():
-            found.append(((rel, "<module>", "RawSQL import"), ast.Call(func=ast.Name("RawSQL"), args=[],
-                                                                       keywords=[])))
+            found.append(
+                (
+                    (rel, "<module>", "RawSQL import"),
+                    ast.Call(func=ast.Name("RawSQL"), args=[], keywords=[]),
+                )
+            )
     return found
 
 
@@ -561,16 +763,25 @@ def _composed(node: ast.AST) -> bool:
         return True
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.Add)):
         return True
-    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format" and \
-        not (isinstance(node.func.value, ast.Call) and getattr(node.func.value.func, "attr", "") == "SQL")
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "format"
+        and not (
+            isinstance(node.func.value, ast.Call)
+            and getattr(node.func.value.func, "attr", "") == "SQL"
+        )
+    )
 
 
 def test_no_sql_text_outside_the_reviewed_places() -> None:
     calls = _sql_calls()
     keys = {key for key, _ in calls}
     unreviewed = sorted(key for key in keys if key not in RAW_SQL_ALLOWED)
-    assert not unreviewed, f"SQL handed to the database outside the reviewed list (use the ORM, or review it): " \
-                           f"{unreviewed}"
+    assert not unreviewed, (
+        f"SQL handed to the database outside the reviewed list (use the ORM, or review it): "
+        f"{unreviewed}"
+    )
     stale = sorted(set(RAW_SQL_ALLOWED) - keys)
     assert not stale, f"reviewed entries that no longer exist (remove them): {stale}"
 
@@ -598,19 +809,38 @@ def test_the_sql_scanner_finds_what_it_should(tmp_path: Path) -> None:
         "    RawSQL('1', [])\n"
     )
     tree = ast.parse(code)
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
-             and (getattr(node.func, "attr", "") in _SQL_CALLS or getattr(node.func, "id", "") == "RawSQL")]
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            getattr(node.func, "attr", "") in _SQL_CALLS or getattr(node.func, "id", "") == "RawSQL"
+        )
+    ]
     assert len(calls) == 8
     assert [_composed(c.args[0]) for c in calls[:5]] == [True, True, True, True, False]
 
 
 # --------------------------------------------------------------------------- SQL-looking values in every filter
 
-INJECTIONS = ["' OR 1=1 --", "1; DROP TABLE monitor_run; --", "1' UNION SELECT username, password FROM auth_user --",
-              '" OR ""="', "%", "_", "\\", "1 OR 1=1", "') OR ('1'='1", "*/ SELECT 1 /*", "a\x00b"]
+INJECTIONS = [
+    "' OR 1=1 --",
+    "1; DROP TABLE monitor_run; --",
+    "1' UNION SELECT username, password FROM auth_user --",
+    '" OR ""="',
+    "%",
+    "_",
+    "\\",
+    "1 OR 1=1",
+    "') OR ('1'='1",
+    "*/ SELECT 1 /*",
+    "a\x00b",
+]
 
 
-def seed_everything(api: APIClient, record: Callable[..., Any], make_message: Callable[..., bytes]) -> None:
+def seed_everything(
+    api: APIClient, record: Callable[..., Any], make_message: Callable[..., bytes]
+) -> None:
     """One row in every table, created as the agents create them (REST calls and recorded messages)."""
 
     def post(path: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -619,34 +849,111 @@ def seed_everything(api: APIClient, record: Callable[..., Any], make_message: Ca
         return response.json()
 
     post("/api/namespaces/ensure/", {"name": "seed-ns", "owner": "staff"})
-    post("/api/systemagents/heartbeat/", {"instance_name": "seed-agent", "namespace": "seed-ns",
-                                          "agent_type": "DATA", "status": "OK", "counters": {"stf": 1}})
-    definition = post("/api/workflow-definitions/", {"workflow_name": "seed_wf", "version": "1",
-                                                     "definition": "def workflow(env): ...",
-                                                     "parameter_values": {"stf_count": 1}})
-    post("/api/workflow-executions/", {"execution_id": "seed-exec-1", "workflow_definition": definition["id"],
-                                       "namespace": "seed-ns", "status": "running", "start_time": T0})
-    run = post("/api/runs/", {"run_number": 4242, "namespace": "seed-ns", "execution": "seed-exec-1",
-                              "start_time": T0})
-    stf = post("/api/stf-files/", {"run": run["run_id"], "stf_filename": "swf.004242.000001.stf",
-                                   "status": "registered", "metadata": {"sequence": 1}})
-    post("/api/fastmon-files/", {"stf_file": stf["file_id"], "tf_filename": "swf.004242.000001.tf.0001",
-                                 "status": "registered"})
-    post("/api/tf-slices/", {"slice_id": 1, "tf_first": 0, "tf_last": 9, "tf_count": 10,
-                             "tf_filename": "swf.004242.000001.tf.0001", "stf_filename": "swf.004242.000001.stf",
-                             "run_number": 4242, "status": "queued"})
-    post("/api/workers/", {"worker_id": "seed-worker", "run_number": 4242, "status": "active", "started_at": T0})
+    post(
+        "/api/systemagents/heartbeat/",
+        {
+            "instance_name": "seed-agent",
+            "namespace": "seed-ns",
+            "agent_type": "DATA",
+            "status": "OK",
+            "counters": {"stf": 1},
+        },
+    )
+    definition = post(
+        "/api/workflow-definitions/",
+        {
+            "workflow_name": "seed_wf",
+            "version": "1",
+            "definition": "def workflow(env): ...",
+            "parameter_values": {"stf_count": 1},
+        },
+    )
+    post(
+        "/api/workflow-executions/",
+        {
+            "execution_id": "seed-exec-1",
+            "workflow_definition": definition["id"],
+            "namespace": "seed-ns",
+            "status": "running",
+            "start_time": T0,
+        },
+    )
+    run = post(
+        "/api/runs/",
+        {"run_number": 4242, "namespace": "seed-ns", "execution": "seed-exec-1", "start_time": T0},
+    )
+    stf = post(
+        "/api/stf-files/",
+        {
+            "run": run["run_id"],
+            "stf_filename": "swf.004242.000001.stf",
+            "status": "registered",
+            "metadata": {"sequence": 1},
+        },
+    )
+    post(
+        "/api/fastmon-files/",
+        {
+            "stf_file": stf["file_id"],
+            "tf_filename": "swf.004242.000001.tf.0001",
+            "status": "registered",
+        },
+    )
+    post(
+        "/api/tf-slices/",
+        {
+            "slice_id": 1,
+            "tf_first": 0,
+            "tf_last": 9,
+            "tf_count": 10,
+            "tf_filename": "swf.004242.000001.tf.0001",
+            "stf_filename": "swf.004242.000001.stf",
+            "run_number": 4242,
+            "status": "queued",
+        },
+    )
+    post(
+        "/api/workers/",
+        {"worker_id": "seed-worker", "run_number": 4242, "status": "active", "started_at": T0},
+    )
     post("/api/run-states/4242/", {"phase": "running", "state": "run", "substate": "physics"})
-    post("/api/system-state-events/", {"timestamp": T0, "run_number": 4242, "event_type": "start_run",
-                                       "state": "run", "event_data": {"by": "daq"}})
+    post(
+        "/api/system-state-events/",
+        {
+            "timestamp": T0,
+            "run_number": 4242,
+            "event_type": "start_run",
+            "state": "run",
+            "event_data": {"by": "daq"},
+        },
+    )
     post("/api/subscribers/", {"subscriber_name": "seed-sub", "fraction": 0.5})
-    post("/api/workflow-stages/", {"agent_name": "seed-agent", "agent_type": "processing", "status": "processing",
-                                   "run_number": 4242, "stf_filename": "swf.004242.000001.stf",
-                                   "started_at": T0})
-    post("/api/logs/", {"app_name": "seed", "instance_name": "seed-agent", "timestamp": T0, "level": 20,
-                        "levelname": "INFO", "message": "seeded"})
-    record(make_message("workflow_started", execution_id="seed-exec-1", workflow_name="seed_wf"),
-           make_message("heartbeat"))
+    post(
+        "/api/workflow-stages/",
+        {
+            "agent_name": "seed-agent",
+            "agent_type": "processing",
+            "status": "processing",
+            "run_number": 4242,
+            "stf_filename": "swf.004242.000001.stf",
+            "started_at": T0,
+        },
+    )
+    post(
+        "/api/logs/",
+        {
+            "app_name": "seed",
+            "instance_name": "seed-agent",
+            "timestamp": T0,
+            "level": 20,
+            "levelname": "INFO",
+            "message": "seeded",
+        },
+    )
+    record(
+        make_message("workflow_started", execution_id="seed-exec-1", workflow_name="seed_wf"),
+        make_message("heartbeat"),
+    )
 
 
 def _list_filters() -> dict[str, list[dict[str, Any]]]:
@@ -654,14 +961,22 @@ def _list_filters() -> dict[str, list[dict[str, Any]]]:
     from drf_spectacular.generators import SchemaGenerator
 
     schema = SchemaGenerator().get_schema(request=None, public=True)
-    return {path: ops["get"].get("parameters", []) for path, ops in schema["paths"].items()
-            if "get" in ops and "{" not in path and ops["get"].get("parameters")}
+    return {
+        path: ops["get"].get("parameters", [])
+        for path, ops in schema["paths"].items()
+        if "get" in ops and "{" not in path and ops["get"].get("parameters")
+    }
 
 
-def test_sql_looking_values_in_every_filter_are_plain_values(api: APIClient, record: Any, make_message: Any) -> None:
+def test_sql_looking_values_in_every_filter_are_plain_values(
+    api: APIClient, record: Any, make_message: Any
+) -> None:
     seed_everything(api, record, make_message)
     before = _snapshot()
-    assert all(before[name] for name in ("Namespace", "Run", "StfFile", "WorkflowMessage", "AppLog", "SystemAgent"))
+    assert all(
+        before[name]
+        for name in ("Namespace", "Run", "StfFile", "WorkflowMessage", "AppLog", "SystemAgent")
+    )
     lists = _list_filters()
     assert len(lists) >= 12
     tried = 0
@@ -672,7 +987,9 @@ def test_sql_looking_values_in_every_filter_are_plain_values(api: APIClient, rec
                 response = api.get(path, {name: value})
                 tried += 1
                 assert response.status_code in (200, 400), (path, name, value, response.status_code)
-                plain_text = kind.get("type") == "string" and "enum" not in kind and "format" not in kind
+                plain_text = (
+                    kind.get("type") == "string" and "enum" not in kind and "format" not in kind
+                )
                 if response.status_code == 200 and plain_text and name != "ordering":
                     # no row has this value: a filter that matched anything was not a plain comparison
                     assert response.json() == [], (path, name, value, response.json()[:2])
@@ -680,14 +997,41 @@ def test_sql_looking_values_in_every_filter_are_plain_values(api: APIClient, rec
     assert tried > 500
 
 
-@pytest.mark.parametrize("page", ["/messages/", "/agents/", "/executions/", "/runs/", "/stf-files/", "/samples/",
-                                  "/slices/", "/logs/"])
-def test_sql_looking_values_in_ui_filters(page: str, api: APIClient, record: Any, make_message: Any) -> None:
+@pytest.mark.parametrize(
+    "page",
+    [
+        "/messages/",
+        "/agents/",
+        "/executions/",
+        "/runs/",
+        "/stf-files/",
+        "/samples/",
+        "/slices/",
+        "/logs/",
+    ],
+)
+def test_sql_looking_values_in_ui_filters(
+    page: str, api: APIClient, record: Any, make_message: Any
+) -> None:
     seed_everything(api, record, make_message)
     before = _snapshot()
     client = Client()
-    for name in ("namespace", "execution_id", "msg_type", "sender", "status", "run_number", "run_id",
-                 "app_name", "levelname", "liveness", "sort", "page", "stf_filename", "tf_filename"):
+    for name in (
+        "namespace",
+        "execution_id",
+        "msg_type",
+        "sender",
+        "status",
+        "run_number",
+        "run_id",
+        "app_name",
+        "levelname",
+        "liveness",
+        "sort",
+        "page",
+        "stf_filename",
+        "tf_filename",
+    ):
         for value in INJECTIONS:
             response = client.get(page, {name: value})
             assert response.status_code == 200, (page, name, value, response.status_code)
@@ -695,8 +1039,9 @@ def test_sql_looking_values_in_ui_filters(page: str, api: APIClient, record: Any
 
 
 @pytest.mark.parametrize("value", INJECTIONS)
-def test_sql_looking_values_in_ui_paths_are_a_404(value: str, api: APIClient, record: Any,
-                                                    make_message: Any) -> None:
+def test_sql_looking_values_in_ui_paths_are_a_404(
+    value: str, api: APIClient, record: Any, make_message: Any
+) -> None:
     """Ids in the UI's URLs are plain values too: unknown ones are a 404, never a 500."""
     from urllib.parse import quote
 

@@ -37,8 +37,14 @@ def stack(embedded_broker: BrokerProcess) -> Iterator[dict[str, Any]]:
     ingest = IngestProcess(embedded_broker, "--client-id", f"stream-{uuid.uuid4().hex[:8]}").start()
     from django.conf import settings
 
-    web = MonitorWebProcess(database_url_of_tests(), env={  # the same secret key: sessions made here are valid there
-        "SWF_STREAM_HEARTBEAT_S": "1", "SWF_STREAM_POLL_S": "0.2", "SWF_SECRET_KEY": settings.SECRET_KEY}).start()
+    web = MonitorWebProcess(
+        database_url_of_tests(),
+        env={  # the same secret key: sessions made here are valid there
+            "SWF_STREAM_HEARTBEAT_S": "1",
+            "SWF_STREAM_POLL_S": "0.2",
+            "SWF_SECRET_KEY": settings.SECRET_KEY,
+        },
+    ).start()
     client = BrokerClient(embedded_broker.settings(), client_name="stream-test").start(wait=30)
     try:
         wait_until_ingesting(client, ingest)
@@ -50,14 +56,32 @@ def stack(embedded_broker: BrokerProcess) -> Iterator[dict[str, Any]]:
 
 
 def run_messages(namespace: str, execution_id: str, run_id: int, stf_count: int) -> list[Message]:
-    common: dict[str, Any] = {"namespace": namespace, "sender": "daq", "execution_id": execution_id,
-                              "run_id": run_id}
+    common: dict[str, Any] = {
+        "namespace": namespace,
+        "sender": "daq",
+        "execution_id": execution_id,
+        "run_id": run_id,
+    }
     now = datetime.now(UTC)
-    msgs: list[Message] = [RunImminent(**common, state="beam", substate="not_ready"),
-                           StartRun(**common, state="run", substate="physics")]
-    msgs += [StfGen(**common, state="run", substate="physics", filename=f"swf.{run_id}.{i:06d}.stf", sequence=i,
-                    size_bytes=1000 + i, checksum="0000abcd", tf_count=10, start=now, end=now)
-             for i in range(1, stf_count + 1)]
+    msgs: list[Message] = [
+        RunImminent(**common, state="beam", substate="not_ready"),
+        StartRun(**common, state="run", substate="physics"),
+    ]
+    msgs += [
+        StfGen(
+            **common,
+            state="run",
+            substate="physics",
+            filename=f"swf.{run_id}.{i:06d}.stf",
+            sequence=i,
+            size_bytes=1000 + i,
+            checksum="0000abcd",
+            tf_count=10,
+            start=now,
+            end=now,
+        )
+        for i in range(1, stf_count + 1)
+    ]
     msgs.append(EndRun(**common, state="run", substate="physics", total_stf_files=stf_count))
     return msgs
 
@@ -81,8 +105,13 @@ def test_a_session_login_opens_the_stream_too(stack: dict[str, Any]) -> None:
 
     user = User.objects.get(username="streamer")
     session = SessionStore()
-    session.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
-                    HASH_SESSION_KEY: user.get_session_auth_hash()})
+    session.update(
+        {
+            SESSION_KEY: str(user.pk),
+            BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[0],
+            HASH_SESSION_KEY: user.get_session_auth_hash(),
+        }
+    )
     session.save()
     cookie = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={session.session_key}"}
     reader = StreamReader(stack["web"].url + STREAM, headers=cookie)
@@ -100,8 +129,11 @@ def test_a_run_streams_live_in_order_with_filters(stack: dict[str, Any]) -> None
     base, auth = stack["web"].url, stack["auth"]
     ns, other_ns = f"ns-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
     everything = StreamReader(base + STREAM, headers=auth, params={"namespace": ns})
-    only_stf = StreamReader(base + STREAM, headers=auth,
-                            params={"msg_types": "stf_gen", "execution_id": "exec-A", "agents": "daq"})
+    only_stf = StreamReader(
+        base + STREAM,
+        headers=auth,
+        params={"msg_types": "stf_gen", "execution_id": "exec-A", "agents": "daq"},
+    )
     by_run = StreamReader(base + STREAM, headers=auth, params={"run_ids": "7002", "namespace": ns})
     try:
         for reader in (everything, only_stf, by_run):
@@ -116,7 +148,9 @@ def test_a_run_streams_live_in_order_with_filters(stack: dict[str, Any]) -> None
 
         run_a = run_messages(ns, "exec-A", 7001, 5)
         run_b = run_messages(ns, "exec-B", 7002, 2)
-        noise = run_messages(other_ns, "exec-A", 7003, 2)  # same execution id, other namespace and run
+        noise = run_messages(
+            other_ns, "exec-A", 7003, 2
+        )  # same execution id, other namespace and run
         for msg in [*run_a, *noise, *run_b]:
             stack["client"].send(RUN_TOPIC, msg)
 
@@ -142,8 +176,11 @@ def test_a_run_streams_live_in_order_with_filters(stack: dict[str, Any]) -> None
 
 
 def test_an_idle_stream_gets_heartbeats(stack: dict[str, Any]) -> None:
-    reader = StreamReader(stack["web"].url + STREAM, headers=stack["auth"],
-                          params={"namespace": f"idle-{uuid.uuid4().hex[:6]}"})
+    reader = StreamReader(
+        stack["web"].url + STREAM,
+        headers=stack["auth"],
+        params={"namespace": f"idle-{uuid.uuid4().hex[:6]}"},
+    )
     try:
         assert reader.next().event == "connected"
         beat = reader.next(skip=())
@@ -167,11 +204,17 @@ def test_a_reconnect_with_last_event_id_loses_nothing(stack: dict[str, Any]) -> 
     last_id = seen[-1].id
     assert last_id is not None
     from swf_testbed.monitor.api.models import WorkflowMessage
+
     from .ingestlib import wait_for
 
-    wait_for(lambda: WorkflowMessage.objects.filter(namespace_id=ns).count() == len(run), 60,
-             "the whole run to be recorded")
-    again = StreamReader(base + STREAM, headers={**auth, "Last-Event-ID": last_id}, params={"namespace": ns})
+    wait_for(
+        lambda: WorkflowMessage.objects.filter(namespace_id=ns).count() == len(run),
+        60,
+        "the whole run to be recorded",
+    )
+    again = StreamReader(
+        base + STREAM, headers={**auth, "Last-Event-ID": last_id}, params={"namespace": ns}
+    )
     try:
         assert again.next().event == "connected"
         rest = again.take(len(run) - 5)
@@ -192,16 +235,36 @@ def test_a_slow_client_loses_its_oldest_events_and_is_told(record: Any, make_mes
     from swf_testbed.monitor.api.stream import StreamClient, StreamFilter, StreamHub
 
     async def scenario() -> tuple[StreamClient, StreamClient, list[int]]:
-        hub = StreamHub(poll_s=3600, gap_grace_s=0)  # ids after a flushed table need not start at cursor + 1
+        hub = StreamHub(
+            poll_s=3600, gap_grace_s=0
+        )  # ids after a flushed table need not start at cursor + 1
         slow = StreamClient(filter=StreamFilter(), buffer=3)
         roomy = StreamClient(filter=StreamFilter(msg_types=frozenset({"start_run"})), buffer=100)
         await hub.add(slow)
         await hub.add(roomy)
-        await hub.db(record, *[make_message("stf_gen", filename=f"f{i}", sequence=i, size_bytes=1, checksum="0000abcd",
-                              tf_count=1, start="2026-01-01T00:00:00Z", end="2026-01-01T00:00:01Z")
-                 for i in range(10)], make_message("start_run"))
-        ids = await hub.db(lambda: list(WorkflowMessage.objects.order_by("id").values_list("id", flat=True)))
-        await hub.tick()  # (its own poller may have ticked meanwhile: one tick at a time, from the cursor)
+        await hub.db(
+            record,
+            *[
+                make_message(
+                    "stf_gen",
+                    filename=f"f{i}",
+                    sequence=i,
+                    size_bytes=1,
+                    checksum="0000abcd",
+                    tf_count=1,
+                    start="2026-01-01T00:00:00Z",
+                    end="2026-01-01T00:00:01Z",
+                )
+                for i in range(10)
+            ],
+            make_message("start_run"),
+        )
+        ids = await hub.db(
+            lambda: list(WorkflowMessage.objects.order_by("id").values_list("id", flat=True))
+        )
+        await (
+            hub.tick()
+        )  # (its own poller may have ticked meanwhile: one tick at a time, from the cursor)
         hub.remove(slow)
         hub.remove(roomy)
         hub.close()

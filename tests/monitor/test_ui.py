@@ -12,34 +12,85 @@ from swf_testbed.monitor.api import models as m
 
 pytestmark = pytest.mark.django_db
 
-STF = {"sequence": 1, "size_bytes": 2_000_000_000, "checksum": "0a0b0c0d", "tf_count": 1000,
-       "start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:01Z"}
+STF = {
+    "sequence": 1,
+    "size_bytes": 2_000_000_000,
+    "checksum": "0a0b0c0d",
+    "tf_count": 1000,
+    "start": "2026-01-01T00:00:00Z",
+    "end": "2026-01-01T00:00:01Z",
+}
 
 
 @pytest.fixture
 def seeded(record: Any, make_message: Any) -> None:
     record(
-        make_message("workflow_started", execution_id="exec-1", workflow_name="stf_datataking", config={"a": 1}),
+        make_message(
+            "workflow_started",
+            execution_id="exec-1",
+            workflow_name="stf_datataking",
+            config={"a": 1},
+        ),
         make_message("run_imminent", state="beam", substate="not_ready"),
         make_message("start_run"),
         make_message("stf_gen", filename="swf.000001.000001.stf", **STF),
-        make_message("tf_file_registered", tf_filename="s.tf", stf_filename="swf.000001.000001.stf", tf_first=0,
-                     tf_last=9, tf_count=10, size_bytes=5),
-        make_message("slice", slice_id=1, tf_filename="s.tf", stf_filename="swf.000001.000001.stf", tf_first=0,
-                     tf_last=9, tf_count=10),
-        make_message("slice_result", slice_id=1, tf_filename="s.tf", worker_id="w1", status="completed",
-                     processing_time_s=1),
+        make_message(
+            "tf_file_registered",
+            tf_filename="s.tf",
+            stf_filename="swf.000001.000001.stf",
+            tf_first=0,
+            tf_last=9,
+            tf_count=10,
+            size_bytes=5,
+        ),
+        make_message(
+            "slice",
+            slice_id=1,
+            tf_filename="s.tf",
+            stf_filename="swf.000001.000001.stf",
+            tf_first=0,
+            tf_last=9,
+            tf_count=10,
+        ),
+        make_message(
+            "slice_result",
+            slice_id=1,
+            tf_filename="s.tf",
+            worker_id="w1",
+            status="completed",
+            processing_time_s=1,
+        ),
         make_message("heartbeat"),
         make_message("start_run", execution_id="exec-2", run_id=2),
         b"{broken",
     )
-    m.AppLog.objects.create(app_name="a", instance_name="i", timestamp="2026-01-01T00:00:00Z", level=20,
-                            levelname="INFO", message="hello log", extra_data={"execution_id": "exec-1"})
+    m.AppLog.objects.create(
+        app_name="a",
+        instance_name="i",
+        timestamp="2026-01-01T00:00:00Z",
+        level=20,
+        levelname="INFO",
+        message="hello log",
+        extra_data={"execution_id": "exec-1"},
+    )
 
 
-PAGES = ["/", "/agents/", "/namespaces/", "/namespaces/ns1/", "/workflows/", "/executions/",
-         "/executions/exec-1/", "/messages/", "/runs/", "/runs/1/", "/stf-files/", "/samples/", "/slices/",
-         "/logs/"]
+PAGES = [
+    "/",
+    "/agents/",
+    "/namespaces/",
+    "/namespaces/ns1/",
+    "/workflows/",
+    "/executions/",
+    "/executions/exec-1/",
+    "/messages/",
+    "/runs/",
+    "/runs/1/",
+    "/stf-files/",
+    "/samples/",
+    "/slices/",
+    "/logs/",
+]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -63,7 +114,9 @@ def test_detail_pages(client: Client, seeded: None) -> None:
     assert client.get("/executions/nope/").status_code == 404
 
 
-def test_messages_filtered_by_execution_show_only_that_execution(client: Client, seeded: None) -> None:
+def test_messages_filtered_by_execution_show_only_that_execution(
+    client: Client, seeded: None
+) -> None:
     page = client.get("/messages/", {"execution_id": "exec-2"})
     rows = page.content.decode().split('id="message-table"')[1]
     assert rows.count("data-msg-id=") == 1 and "exec-2" in rows and "exec-1" not in rows
@@ -84,8 +137,14 @@ def test_bad_filter_is_reported_not_500(client: Client, seeded: None) -> None:
 
 
 def test_message_detail_flattens_the_body(client: Client, record: Any, make_message: Any) -> None:
-    record(make_message("workflow_started", execution_id="e", workflow_name="w",
-                        config={"nested": {"deep": [1, {"k": "v"}]}}))
+    record(
+        make_message(
+            "workflow_started",
+            execution_id="e",
+            workflow_name="w",
+            config={"nested": {"deep": [1, {"k": "v"}]}},
+        )
+    )
     message = m.WorkflowMessage.objects.get()
     html = client.get(f"/messages/{message.pk}/").content.decode()
     assert "config.nested.deep[1].k" in html and "config.nested.deep[0]" in html
@@ -93,8 +152,18 @@ def test_message_detail_flattens_the_body(client: Client, record: Any, make_mess
 
 def test_html_in_messages_and_names_is_shown_as_text(client: Client, record: Any) -> None:
     evil = "<script>alert(1)</script>"
-    record(json.dumps({"msg_type": evil, "msg_id": "evil-1", "namespace": "ns1", "sender": evil,
-                       "execution_id": evil, "payload": evil}).encode())
+    record(
+        json.dumps(
+            {
+                "msg_type": evil,
+                "msg_id": "evil-1",
+                "namespace": "ns1",
+                "sender": evil,
+                "execution_id": evil,
+                "payload": evil,
+            }
+        ).encode()
+    )
     m.SystemAgent.objects.create(instance_name=evil, agent_type=evil, description=evil)
     message = m.WorkflowMessage.objects.get(msg_id="evil-1")
     for path in ("/messages/", f"/messages/{message.pk}/", "/agents/", "/"):
@@ -106,7 +175,9 @@ def test_html_in_messages_and_names_is_shown_as_text(client: Client, record: Any
 def test_pages_need_login_when_reads_are_closed(client: Client, seeded: None) -> None:
     with override_settings(SWF_API_OPEN_READS=False):
         response = client.get("/messages/")
-        assert response.status_code == 302 and response["Location"].startswith("/login/?next=")  # the monitor's own page
+        assert response.status_code == 302 and response["Location"].startswith(
+            "/login/?next="
+        )  # the monitor's own page
 
 
 def test_static_files_are_served_without_a_cdn(client: Client) -> None:
@@ -116,7 +187,9 @@ def test_static_files_are_served_without_a_cdn(client: Client) -> None:
     assert finders.find("front/style.css")
 
 
-def test_dashboard_message_rate_and_chart_are_counted_in_the_database(client: Client, make_message: Any) -> None:
+def test_dashboard_message_rate_and_chart_are_counted_in_the_database(
+    client: Client, make_message: Any
+) -> None:
     """The dashboard's message chart counts per 10 s bar in SQL; the last minute's rate is the last 6 bars."""
     from datetime import timedelta
 
@@ -126,8 +199,15 @@ def test_dashboard_message_rate_and_chart_are_counted_in_the_database(client: Cl
 
     now = timezone.now()
     ages_s = [5] * 6 + [35] * 3 + [125] * 4 + [599] + [700] * 2  # 700 s: outside the 10 minutes
-    record([Incoming(body=make_message("heartbeat", agent_name=f"a{i}"), received_at=now - timedelta(seconds=age))
-            for i, age in enumerate(ages_s)])
+    record(
+        [
+            Incoming(
+                body=make_message("heartbeat", agent_name=f"a{i}"),
+                received_at=now - timedelta(seconds=age),
+            )
+            for i, age in enumerate(ages_s)
+        ]
+    )
     context = client.get("/").context
     assert context["message_rate"] == pytest.approx(9 / 60.0)
     chart = context["message_chart"]
@@ -144,12 +224,14 @@ def test_dashboard_message_rate_and_chart_are_counted_in_the_database(client: Cl
 
 def test_a_sender_name_leads_to_its_agent_page(client: Client, seeded: None) -> None:
     agent = m.SystemAgent.objects.get()
-    response = client.get("/agents/named/", {"name": agent.instance_name, "namespace": agent.namespace_id})
+    response = client.get(
+        "/agents/named/", {"name": agent.instance_name, "namespace": agent.namespace_id}
+    )
     assert response.status_code == 302 and response["Location"] == f"/agents/{agent.pk}/"
     assert client.get("/agents/named/", {"name": "nobody"}).status_code == 404
     assert client.get("/agents/named/", {"name": "x\x00"}).status_code == 404
     page = client.get("/messages/").content.decode()
-    assert f'/agents/named/?name={agent.instance_name}&amp;namespace={agent.namespace_id}' in page
+    assert f"/agents/named/?name={agent.instance_name}&amp;namespace={agent.namespace_id}" in page
 
 
 def test_hiding_heartbeats_keeps_the_counts_true(client: Client, seeded: None) -> None:

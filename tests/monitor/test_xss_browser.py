@@ -22,6 +22,7 @@ import pytest
 
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
+
 from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
 
 pytestmark = [
@@ -75,7 +76,15 @@ PAGES: dict[str, list[str]] = {
     "execution": ["exec", "wf-name", "wf-error", "msg-type", "ev-type", "st", "sub"],
     "messages": ["exec", "msg-type", "bad-sender"],
     "messages-filtered": ["exec", "msg-type", "bad-sender"],
-    "message-invalid": ["msg-type", "bad-ns", "bad-sender", "exec", "body-key", "body-val", "body-deep"],
+    "message-invalid": [
+        "msg-type",
+        "bad-ns",
+        "bad-sender",
+        "exec",
+        "body-key",
+        "body-val",
+        "body-deep",
+    ],
     "message-started": ["exec", "wf-name", "wf-version", "cfg-key", "cfg-val", "cfg-deep"],
     "message-heartbeat": ["hb-type", "hb-host", "hb-instance", "hb-desc", "counter"],
     "runs": ["exec"],
@@ -113,37 +122,108 @@ def _store_messages(record: Any) -> None:
     """Messages as the ingest records them: valid ones with hostile free text, and an invalid one."""
     run = {"namespace": NS, "sender": "daq", "execution_id": EXEC, "run_id": RUN}
     bodies = [
-        msgs.WorkflowStarted(namespace=NS, sender="runner", execution_id=EXEC, workflow_name=hostile("wf-name"),
-                             workflow_version=hostile("wf-version"),
-                             config={hostile("cfg-key"): hostile("cfg-val"), "nested": {"deep": hostile("cfg-deep")}}),
-        msgs.RunImminent(**run, state="beam", substate="not_ready",
-                         run_conditions={hostile("cond-key"): hostile("cond-val")}),
+        msgs.WorkflowStarted(
+            namespace=NS,
+            sender="runner",
+            execution_id=EXEC,
+            workflow_name=hostile("wf-name"),
+            workflow_version=hostile("wf-version"),
+            config={
+                hostile("cfg-key"): hostile("cfg-val"),
+                "nested": {"deep": hostile("cfg-deep")},
+            },
+        ),
+        msgs.RunImminent(
+            **run,
+            state="beam",
+            substate="not_ready",
+            run_conditions={hostile("cond-key"): hostile("cond-val")},
+        ),
         msgs.StartRun(**run, state="run", substate="physics"),
-        msgs.StfGen(**run, state="run", substate="physics", filename=hostile("stf"), sequence=1, size_bytes=1,
-                    checksum="0000000a", tf_count=2, start=T0, end=T0),
-        msgs.TfFileRegistered(**run, state="run", substate="physics", tf_filename=hostile("tf"),
-                              stf_filename=hostile("stf"), tf_first=0, tf_last=1, tf_count=2, size_bytes=1),
-        msgs.Slice(**run, state="run", substate="physics", slice_id=1, tf_filename=hostile("tf"),
-                   stf_filename=hostile("stf"), tf_first=0, tf_last=1, tf_count=2),
-        msgs.SliceResult(**run, state="run", substate="physics", slice_id=1, tf_filename=hostile("tf"),
-                         worker_id=hostile("worker"), status="failed", processing_time_s=1.0,
-                         error=hostile("slice-error")),
-        msgs.Heartbeat(namespace=NS, sender="xss-agent-2", agent_name="xss-agent-2", agent_type=hostile("hb-type"),
-                       instance_id=hostile("hb-instance"), pid=1, hostname=hostile("hb-host"),
-                       operational_state="READY", interval_s=30, description=hostile("hb-desc"),
-                       counters={hostile("counter"): 3}),
-        msgs.WorkflowFailed(namespace=NS, sender="runner", execution_id=EXEC, workflow_name=hostile("wf-name"),
-                            error=hostile("wf-error")),
+        msgs.StfGen(
+            **run,
+            state="run",
+            substate="physics",
+            filename=hostile("stf"),
+            sequence=1,
+            size_bytes=1,
+            checksum="0000000a",
+            tf_count=2,
+            start=T0,
+            end=T0,
+        ),
+        msgs.TfFileRegistered(
+            **run,
+            state="run",
+            substate="physics",
+            tf_filename=hostile("tf"),
+            stf_filename=hostile("stf"),
+            tf_first=0,
+            tf_last=1,
+            tf_count=2,
+            size_bytes=1,
+        ),
+        msgs.Slice(
+            **run,
+            state="run",
+            substate="physics",
+            slice_id=1,
+            tf_filename=hostile("tf"),
+            stf_filename=hostile("stf"),
+            tf_first=0,
+            tf_last=1,
+            tf_count=2,
+        ),
+        msgs.SliceResult(
+            **run,
+            state="run",
+            substate="physics",
+            slice_id=1,
+            tf_filename=hostile("tf"),
+            worker_id=hostile("worker"),
+            status="failed",
+            processing_time_s=1.0,
+            error=hostile("slice-error"),
+        ),
+        msgs.Heartbeat(
+            namespace=NS,
+            sender="xss-agent-2",
+            agent_name="xss-agent-2",
+            agent_type=hostile("hb-type"),
+            instance_id=hostile("hb-instance"),
+            pid=1,
+            hostname=hostile("hb-host"),
+            operational_state="READY",
+            interval_s=30,
+            description=hostile("hb-desc"),
+            counters={hostile("counter"): 3},
+        ),
+        msgs.WorkflowFailed(
+            namespace=NS,
+            sender="runner",
+            execution_id=EXEC,
+            workflow_name=hostile("wf-name"),
+            error=hostile("wf-error"),
+        ),
     ]
-    invalid = {"msg_type": hostile("msg-type", 0), "msg_id": "xss-invalid-1", "namespace": hostile("bad-ns"),
-               "sender": hostile("bad-sender"), "execution_id": EXEC, "run_id": RUN,
-               "note": {hostile("body-key"): [hostile("body-val"), {"deep": hostile("body-deep")}]}}
+    invalid = {
+        "msg_type": hostile("msg-type", 0),
+        "msg_id": "xss-invalid-1",
+        "namespace": hostile("bad-ns"),
+        "sender": hostile("bad-sender"),
+        "execution_id": EXEC,
+        "run_id": RUN,
+        "note": {hostile("body-key"): [hostile("body-val"), {"deep": hostile("body-deep")}]},
+    }
     record(*(b.to_bytes() for b in bodies), json.dumps(invalid).encode())
 
 
 def _store_over_rest(base_url: str, token: str) -> None:
     """What REST agents send (the existing ePIC agents post heartbeats and logs)."""
-    with httpx.Client(base_url=base_url, headers={"Authorization": f"Token {token}"}, timeout=30) as api:
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Token {token}"}, timeout=30
+    ) as api:
+
         def post(path: str, payload: dict[str, Any]) -> None:
             response = api.post(path, json=payload)
             assert response.status_code in (200, 201), (path, response.text)
@@ -151,17 +231,44 @@ def _store_over_rest(base_url: str, token: str) -> None:
         post("/api/namespaces/ensure/", {"name": NS, "owner": hostile("ns-owner")})
         described = api.patch(f"/api/namespaces/{NS}/", json={"description": hostile("ns-desc")})
         assert described.status_code == 200, described.text
-        post("/api/systemagents/heartbeat/", {"instance_name": hostile("agent"), "namespace": NS,
-                                              "agent_type": hostile("agent-type"), "hostname": hostile("host"),
-                                              "description": hostile("agent-desc"), "status": "OK",
-                                              "counters": {hostile("agent-counter"): 1}})
-        post("/api/logs/", {"app_name": hostile("log-app"), "instance_name": hostile("log-instance"),
-                            "timestamp": T0, "level": 40, "levelname": hostile("lvl", 0),
-                            "message": hostile("log-msg", 2), "module": hostile("log-module"),
-                            "funcname": hostile("log-func"), "extra_data": {"execution_id": EXEC, "run_id": RUN}})
-        post("/api/system-state-events/", {"timestamp": T0, "run_number": RUN, "namespace": NS,
-                                           "event_type": hostile("ev-type", 0), "state": short("st"),
-                                           "substate": short("sub"), "event_data": {"by": "rest"}})
+        post(
+            "/api/systemagents/heartbeat/",
+            {
+                "instance_name": hostile("agent"),
+                "namespace": NS,
+                "agent_type": hostile("agent-type"),
+                "hostname": hostile("host"),
+                "description": hostile("agent-desc"),
+                "status": "OK",
+                "counters": {hostile("agent-counter"): 1},
+            },
+        )
+        post(
+            "/api/logs/",
+            {
+                "app_name": hostile("log-app"),
+                "instance_name": hostile("log-instance"),
+                "timestamp": T0,
+                "level": 40,
+                "levelname": hostile("lvl", 0),
+                "message": hostile("log-msg", 2),
+                "module": hostile("log-module"),
+                "funcname": hostile("log-func"),
+                "extra_data": {"execution_id": EXEC, "run_id": RUN},
+            },
+        )
+        post(
+            "/api/system-state-events/",
+            {
+                "timestamp": T0,
+                "run_number": RUN,
+                "namespace": NS,
+                "event_type": hostile("ev-type", 0),
+                "state": short("st"),
+                "substate": short("sub"),
+                "event_data": {"by": "rest"},
+            },
+        )
         post(f"/api/run-states/{RUN}/", {"phase": short("ph"), "state": "run"})
         # a namespace with a hostile name is refused outright (names are letters, digits and _ . : @ -)
         refused = api.post("/api/namespaces/ensure/", json={"name": "<b>ns</b>", "owner": "x"})
@@ -200,9 +307,15 @@ def _check_page(page: Any, url: str) -> str:
     found = page.evaluate(_NO_SCRIPT)
     assert found == {"xss": None, "x": None, "handlers": 0, "jslinks": 0, "markup": 0}, (url, found)
     if page.locator("#live").count():
-        page.wait_for_function("window.__swaps >= 1", timeout=20_000)  # the live part was re-rendered by htmx
+        page.wait_for_function(
+            "window.__swaps >= 1", timeout=20_000
+        )  # the live part was re-rendered by htmx
         found = page.evaluate(_NO_SCRIPT)
-        assert found == {"xss": None, "x": None, "handlers": 0, "jslinks": 0, "markup": 0}, (url, "after htmx", found)
+        assert found == {"xss": None, "x": None, "handlers": 0, "jslinks": 0, "markup": 0}, (
+            url,
+            "after htmx",
+            found,
+        )
     assert page.dialogs == [], (url, page.dialogs)
     return str(page.inner_text("body"))
 
@@ -241,7 +354,8 @@ def _detail_urls(base: str) -> dict[str, str]:
         "executions": "/executions/",
         "execution": reverse("front:execution", args=[EXEC]),
         "messages": "/messages/",
-        "messages-filtered": "/messages/?" + httpx.QueryParams({"msg_type": hostile("msg-type", 0)}).__str__(),
+        "messages-filtered": "/messages/?"
+        + httpx.QueryParams({"msg_type": hostile("msg-type", 0)}).__str__(),
         "message-invalid": f"/messages/{invalid.pk}/",
         "message-started": f"/messages/{started.pk}/",
         "message-heartbeat": f"/messages/{heartbeat.pk}/",
@@ -260,7 +374,9 @@ def test_hostile_values_render_as_text_on_every_page(hostile_monitor: str, page:
         text = _check_page(page, hostile_monitor + path)
         _check_partial(page, hostile_monitor + path)
         # as typed, or JSON-escaped where the page shows a JSON document (quotes become \")
-        shown[name] = {tag for tag, value in _made.items() if value in text or json.dumps(value)[1:-1] in text}
+        shown[name] = {
+            tag for tag, value in _made.items() if value in text or json.dumps(value)[1:-1] in text
+        }
     print({k: sorted(v) for k, v in shown.items()})
     for name, tags in PAGES.items():
         assert set(tags) <= shown[name], (name, set(tags) - shown[name])

@@ -64,15 +64,30 @@ class TinyRunner(Agent):
         replies = replies_topic(self.namespace)
         with self._lock:
             if self._execution is not None:
-                self.send(replies, self.message(
-                    WorkflowFailed, in_reply_to=msg.msg_id, workflow_name=msg.workflow_name, refused=True,
-                    error=f"execution {self._execution} is running in namespace {self.namespace}"))
+                self.send(
+                    replies,
+                    self.message(
+                        WorkflowFailed,
+                        in_reply_to=msg.msg_id,
+                        workflow_name=msg.workflow_name,
+                        refused=True,
+                        error=f"execution {self._execution} is running in namespace {self.namespace}",
+                    ),
+                )
                 return
             execution_id = f"tiny-{self.namespace}-{uuid.uuid4().hex[:6]}"
             self._execution = execution_id
             self._halt.clear()
-        self.send(replies, self.message(WorkflowStarted, in_reply_to=msg.msg_id, workflow_name=msg.workflow_name,
-                                        execution_id=execution_id, config={"params": msg.params}))
+        self.send(
+            replies,
+            self.message(
+                WorkflowStarted,
+                in_reply_to=msg.msg_id,
+                workflow_name=msg.workflow_name,
+                execution_id=execution_id,
+                config={"params": msg.params},
+            ),
+        )
         threading.Thread(target=self._drive, args=(msg, execution_id), daemon=True).start()
 
     @handles("stop_workflow")
@@ -89,32 +104,78 @@ class TinyRunner(Agent):
         interval = float(params.get("stf_interval", 0.05))
         sent = 0
         try:
-            self.send(RUN_TOPIC, self.message(RunImminent, state="beam", substate="not_ready", **common))
+            self.send(
+                RUN_TOPIC, self.message(RunImminent, state="beam", substate="not_ready", **common)
+            )
             self.send(RUN_TOPIC, self.message(StartRun, state="run", substate="physics", **common))
             for seq in range(stf_count):
                 if self._halt.wait(interval):
                     break
                 now = datetime.now(UTC)
                 name = f"swf.{run_id}.{seq:06d}.stf"
-                self.send(RUN_TOPIC, self.message(
-                    StfGen, state="run", substate="physics", filename=name, sequence=seq, size_bytes=1000,
-                    checksum=f"{zlib.adler32(name.encode()):08x}", tf_count=10, start=now, end=now, **common))
+                self.send(
+                    RUN_TOPIC,
+                    self.message(
+                        StfGen,
+                        state="run",
+                        substate="physics",
+                        filename=name,
+                        sequence=seq,
+                        size_bytes=1000,
+                        checksum=f"{zlib.adler32(name.encode()):08x}",
+                        tf_count=10,
+                        start=now,
+                        end=now,
+                        **common,
+                    ),
+                )
                 sent += 1
                 if seq == 0:
                     for slice_id in range(int(params.get("slices_per_sample", 0))):
-                        self.send(worker_topic(self.namespace), self.message(
-                            Slice, state="run", substate="physics", slice_id=slice_id, tf_filename=f"{name}.tf",
-                            stf_filename=name, tf_first=slice_id, tf_last=slice_id, tf_count=1, **common))
-            self.send(RUN_TOPIC, self.message(EndRun, state="beam", substate="not_ready",
-                                              total_stf_files=sent, **common))
+                        self.send(
+                            worker_topic(self.namespace),
+                            self.message(
+                                Slice,
+                                state="run",
+                                substate="physics",
+                                slice_id=slice_id,
+                                tf_filename=f"{name}.tf",
+                                stf_filename=name,
+                                tf_first=slice_id,
+                                tf_last=slice_id,
+                                tf_count=1,
+                                **common,
+                            ),
+                        )
+            self.send(
+                RUN_TOPIC,
+                self.message(
+                    EndRun, state="beam", substate="not_ready", total_stf_files=sent, **common
+                ),
+            )
             replies = replies_topic(self.namespace)
             if params.get("fail"):
-                self.send(replies, self.message(WorkflowFailed, workflow_name=request.workflow_name,
-                                                execution_id=execution_id, error=str(params["fail"])))
+                self.send(
+                    replies,
+                    self.message(
+                        WorkflowFailed,
+                        workflow_name=request.workflow_name,
+                        execution_id=execution_id,
+                        error=str(params["fail"]),
+                    ),
+                )
             else:
                 status = "terminated" if self._halt.is_set() else "completed"
-                self.send(replies, self.message(WorkflowCompleted, workflow_name=request.workflow_name,
-                                                execution_id=execution_id, status=status, stf_count=sent))
+                self.send(
+                    replies,
+                    self.message(
+                        WorkflowCompleted,
+                        workflow_name=request.workflow_name,
+                        execution_id=execution_id,
+                        status=status,
+                        stf_count=sent,
+                    ),
+                )
         finally:
             with self._lock:
                 self._execution = None

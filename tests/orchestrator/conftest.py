@@ -27,17 +27,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 def agent_toml(name: str, cls: str = "Idle", *, interval: float = 1.0, extra: str = "") -> str:
     """An ``[agents.NAME]`` table running one of the test agents."""
-    return (f"[agents.{name}]\nmodule = \"tests.orchestrator.agents:{cls}\"\nheartbeat_interval = {interval}\n"
-            f"drain_timeout = 2\nenv = {{ PYTHONPATH = \"{REPO}\" }}\n{extra}\n")
+    return (
+        f'[agents.{name}]\nmodule = "tests.orchestrator.agents:{cls}"\nheartbeat_interval = {interval}\n'
+        f'drain_timeout = 2\nenv = {{ PYTHONPATH = "{REPO}" }}\n{extra}\n'
+    )
 
 
-def bed_toml(namespace: str, agents: str, *, parameters: str = "stf_count = 3", monitor_port: int = 0,
-                 broker: str = 'mode = "external"', workflow: str = "time_scale = 0") -> str:
+def bed_toml(
+    namespace: str,
+    agents: str,
+    *,
+    parameters: str = "stf_count = 3",
+    monitor_port: int = 0,
+    broker: str = 'mode = "external"',
+    workflow: str = "time_scale = 0",
+) -> str:
     monitor_port = monitor_port or free_port()
-    return (f"[testbed]\nnamespace = \"{namespace}\"\nstart_timeout = 45\n\n"
-            f"[workflow]\n{workflow}\n\n[parameters]\n{parameters}\n\n{agents}\n"
-            f"[broker]\n{broker}\n\n"
-            f"[monitor]\nmode = \"external\"\nurl = \"http://127.0.0.1:{monitor_port}\"\n")
+    return (
+        f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 45\n\n'
+        f"[workflow]\n{workflow}\n\n[parameters]\n{parameters}\n\n{agents}\n"
+        f"[broker]\n{broker}\n\n"
+        f'[monitor]\nmode = "external"\nurl = "http://127.0.0.1:{monitor_port}"\n'
+    )
 
 
 @dataclass
@@ -58,13 +69,26 @@ class Bed:
         return self.toml
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "swf_testbed.cli", *args], cwd=self.dir, env=self.env,
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "swf_testbed.cli", *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "swf_testbed.cli", *args], cwd=self.dir, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swf_testbed.cli", *args],
+            cwd=self.dir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         self.procs.append(proc)
         return proc
 
@@ -76,7 +100,9 @@ class Bed:
     def programs(self) -> dict[str, dict[str, Any]]:
         return {p["process"]: p for p in self.status()["programs"]}
 
-    def wait_status(self, predicate: Any, timeout: float = 30.0, what: str = "status") -> dict[str, Any]:
+    def wait_status(
+        self, predicate: Any, timeout: float = 30.0, what: str = "status"
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -84,12 +110,16 @@ class Bed:
             if predicate(last):
                 return last
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; last status: {json.dumps(last, indent=1)}")
+        raise AssertionError(
+            f"timed out waiting for {what}; last status: {json.dumps(last, indent=1)}"
+        )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     """Output of a command that must have succeeded (with everything it said when it did not)."""
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -124,7 +154,11 @@ def make_bed(tmp_path: Path, home: Path, embedded_broker: BrokerProcess) -> Iter
     beds: list[Bed] = []
 
     def make(name: str = "bed", broker: BrokerProcess | None = embedded_broker) -> Bed:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIVEMQ_", "SWF_", "DATABASE_URL"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ACTIVEMQ_", "SWF_", "DATABASE_URL"))
+        }
         env.update({"SWF_HOME": str(home), "PYTHONPATH": str(REPO), "COLUMNS": "200"})
         if broker is not None:
             env.update(broker.env)

@@ -39,19 +39,35 @@ def test_missing_namespace() -> None:
 
 
 def test_wrong_type_names_file_key_and_expectation() -> None:
-    text = MINIMAL + '[agents.processing]\nenabled = "yes"\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\n'
-    assert problems(text) == "testbed.toml: agents.processing.enabled: expected a boolean (true or false), got 'yes'"
-    assert "workflow.duration: expected a number, got 'long'" in problems(MINIMAL + '[workflow]\nduration = "long"\n')
+    text = (
+        MINIMAL
+        + '[agents.processing]\nenabled = "yes"\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\n'
+    )
+    assert (
+        problems(text)
+        == "testbed.toml: agents.processing.enabled: expected a boolean (true or false), got 'yes'"
+    )
+    assert "workflow.duration: expected a number, got 'long'" in problems(
+        MINIMAL + '[workflow]\nduration = "long"\n'
+    )
     assert "agents.w.instances: expected an integer, got 2.5" in problems(
-        MINIMAL + '[agents.w]\nscript = "x"\ninstances = 2.5\n')
+        MINIMAL + '[agents.w]\nscript = "x"\ninstances = 2.5\n'
+    )
 
 
 def test_unknown_keys_and_sections_are_errors() -> None:
-    msg = problems(MINIMAL + '[agents.data]\nmodule = "a.b:C"\nheartbeat_intervall = 3\n', check_modules=False)
-    assert "agents.data.heartbeat_intervall: unknown key (did you mean 'heartbeat_interval'?)" in msg
-    assert "testbed.toml: workflows: unknown section (did you mean 'workflow'?)" in problems(MINIMAL + "[workflows]\n")
+    msg = problems(
+        MINIMAL + '[agents.data]\nmodule = "a.b:C"\nheartbeat_intervall = 3\n', check_modules=False
+    )
+    assert (
+        "agents.data.heartbeat_intervall: unknown key (did you mean 'heartbeat_interval'?)" in msg
+    )
+    assert "testbed.toml: workflows: unknown section (did you mean 'workflow'?)" in problems(
+        MINIMAL + "[workflows]\n"
+    )
     assert "broker.mode: expected 'embedded' or 'external', got 'local'" in problems(
-        MINIMAL + '[broker]\nmode = "local"\n')
+        MINIMAL + '[broker]\nmode = "local"\n'
+    )
 
 
 def test_bad_toml_reports_line_and_column() -> None:
@@ -62,27 +78,40 @@ def test_bad_toml_reports_line_and_column() -> None:
 
 def test_workflow_speed_and_agent_rules() -> None:
     assert "workflow: give realtime or time_scale, not both" in problems(
-        MINIMAL + "[workflow]\nrealtime = true\ntime_scale = 10\n")
+        MINIMAL + "[workflow]\nrealtime = true\ntime_scale = 10\n"
+    )
     assert "agents.data: an enabled agent needs module" in problems(MINIMAL + "[agents.data]\n")
     parse(MINIMAL + "[agents.data]\nenabled = false\n")  # a disabled placeholder is fine
     assert "give module or script, not both" in problems(
-        MINIMAL + '[agents.d]\nmodule = "a.b:C"\nscript = "run-me"\n', check_modules=False)
-    assert "'broker' is the name of a testbed service" in problems(MINIMAL + '[agents.broker]\nscript = "x"\n')
-    assert "agents.bad name: agent names are letters" in problems(MINIMAL + '[agents."bad name"]\nscript = "x"\n')
+        MINIMAL + '[agents.d]\nmodule = "a.b:C"\nscript = "run-me"\n', check_modules=False
+    )
+    assert "'broker' is the name of a testbed service" in problems(
+        MINIMAL + '[agents.broker]\nscript = "x"\n'
+    )
+    assert "agents.bad name: agent names are letters" in problems(
+        MINIMAL + '[agents."bad name"]\nscript = "x"\n'
+    )
     assert "agents.d.module: cannot find module 'no_such_pkg.agents'" in problems(
-        MINIMAL + '[agents.d]\nmodule = "no_such_pkg.agents:Agent"\n')
+        MINIMAL + '[agents.d]\nmodule = "no_such_pkg.agents:Agent"\n'
+    )
     assert "module: expected 'package.module:Class'" in problems(
-        MINIMAL + '[agents.d]\nmodule = "not a module"\n', check_modules=False)
+        MINIMAL + '[agents.d]\nmodule = "not a module"\n', check_modules=False
+    )
     assert "agents.d.env.X: a value may not begin or end with a quote" in problems(
-        MINIMAL + '[agents.d]\nscript = "x"\nenv = { X = \'"quoted"\' }\n')
-    assert "agents.d.script: newlines and ' ;'" in problems(MINIMAL + '[agents.d]\nscript = "a ; b"\n')
+        MINIMAL + '[agents.d]\nscript = "x"\nenv = { X = \'"quoted"\' }\n'
+    )
+    assert "agents.d.script: newlines and ' ;'" in problems(
+        MINIMAL + '[agents.d]\nscript = "a ; b"\n'
+    )
     assert "testbed.namespace: expected letters" in problems('[testbed]\nnamespace = "a b"\n')
 
 
 def test_environment_wins_over_file_for_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
-    text = MINIMAL + ('[broker]\nmode = "external"\nhost = "mq.example.org"\nport = 61000\n'
-                      '[monitor]\nmode = "external"\nurl = "https://mon.example.org/"\n'
-                      '[database]\nurl = "sqlite:///file.db"\n')
+    text = MINIMAL + (
+        '[broker]\nmode = "external"\nhost = "mq.example.org"\nport = 61000\n'
+        '[monitor]\nmode = "external"\nurl = "https://mon.example.org/"\n'
+        '[database]\nurl = "sqlite:///file.db"\n'
+    )
     cfg = parse(text)
     for var in ("ACTIVEMQ_HOST", "ACTIVEMQ_PORT", "SWF_MONITOR_URL", "DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
@@ -109,9 +138,18 @@ def test_init_writes_the_example_and_refuses_to_overwrite(tmp_path: Path) -> Non
     text = target.read_text()
     assert render(EXAMPLE_NAMESPACE) == (REPO / "examples" / "testbed.toml").read_text()
     ports, _notes = choose_ports()  # the defaults, unless something on this machine holds them
-    assert text == render(EXAMPLE_NAMESPACE, broker_port=ports["broker"], monitor_port=ports["monitor"])
+    assert text == render(
+        EXAMPLE_NAMESPACE, broker_port=ports["broker"], monitor_port=ports["monitor"]
+    )
     cfg = load(target).config  # validates, modules of enabled agents included
-    assert set(cfg.enabled_agents()) == {"runner", "data", "processing", "fastmon", "fast_processing", "worker"}
+    assert set(cfg.enabled_agents()) == {
+        "runner",
+        "data",
+        "processing",
+        "fastmon",
+        "fast_processing",
+        "worker",
+    }
     result = runner.invoke(app, ["init", str(target)])
     assert result.exit_code == 1 and "exists" in result.output
     assert runner.invoke(app, ["init", str(target), "--force", "-n", "other"]).exit_code == 0
@@ -120,22 +158,37 @@ def test_init_writes_the_example_and_refuses_to_overwrite(tmp_path: Path) -> Non
 
 
 def test_run_with_a_bad_file_exits_2_and_starts_nothing(tmp_path: Path) -> None:
-    (tmp_path / "testbed.toml").write_text('[testbed]\nnamespace = "t2"\n[agents.p]\nenabled = "yes"\n')
+    (tmp_path / "testbed.toml").write_text(
+        '[testbed]\nnamespace = "t2"\n[agents.p]\nenabled = "yes"\n'
+    )
     home = tmp_path / "home"
     env = {"SWF_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "swf_testbed.cli", "run"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "swf_testbed.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
-    assert "testbed.toml: agents.p.enabled: expected a boolean (true or false), got 'yes'" in result.stderr
+    assert (
+        "testbed.toml: agents.p.enabled: expected a boolean (true or false), got 'yes'"
+        in result.stderr
+    )
     assert not home.exists()
 
 
-def test_generated_config_parses_in_supervisord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generated_config_parses_in_supervisord(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from supervisor.options import ServerOptions
 
     monkeypatch.delenv("ACTIVEMQ_HOST", raising=False)
     monkeypatch.delenv("ACTIVEMQ_PORT", raising=False)
-    (tmp_path / "testbed.toml").write_text(MINIMAL + """
+    (tmp_path / "testbed.toml").write_text(
+        MINIMAL
+        + """
 [agents.proc]
 module = "swf_testbed.agents.processing:ProcessingAgent"
 options = { processing_time = 0.5, label = "50% done" }
@@ -160,12 +213,15 @@ module = "swf_testbed.agents.fastmon:FastMonAgent"
 port = 61999
 [monitor]
 mode = "external"
-""")
+"""
+    )
     loaded = load(tmp_path / "testbed.toml")
     settings = Settings(home=tmp_path / "home")
     services = resolve_services(loaded.config, settings)
     paths = runtime_paths(settings.home, "t1")
-    programs, notices = build_programs(loaded, services, settings.home, paths, python="/opt/py/bin/python")
+    programs, notices = build_programs(
+        loaded, services, settings.home, paths, python="/opt/py/bin/python"
+    )
     names = [p.name for p in programs]
     assert names == ["broker", "watch", "proc", "sh", "worker"]
     prepare(paths)
@@ -177,11 +233,27 @@ mode = "external"
     groups = {g.name: g for g in section.process_group_configs}
     proc = groups["proc"].process_configs[0]
     argv = shlex.split(proc.command)
-    assert argv[:6] == ["/opt/py/bin/python", "-m", "swf_testbed.cli", "agent", "run",
-                        "swf_testbed.agents.processing:ProcessingAgent"]
-    assert "--name" not in argv and argv[argv.index("--namespace") + 1] == "t1"  # the name comes from the env
-    assert 'label="50% done"' in argv and "processing_time=0.5" in argv and argv[-2:] == ["--workers", "2"]
-    assert proc.stopwaitsecs > 7 and proc.autorestart.__name__ == "RestartUnconditionally" and proc.stopsignal == 15
+    assert argv[:6] == [
+        "/opt/py/bin/python",
+        "-m",
+        "swf_testbed.cli",
+        "agent",
+        "run",
+        "swf_testbed.agents.processing:ProcessingAgent",
+    ]
+    assert (
+        "--name" not in argv and argv[argv.index("--namespace") + 1] == "t1"
+    )  # the name comes from the env
+    assert (
+        'label="50% done"' in argv
+        and "processing_time=0.5" in argv
+        and argv[-2:] == ["--workers", "2"]
+    )
+    assert (
+        proc.stopwaitsecs > 7
+        and proc.autorestart.__name__ == "RestartUnconditionally"
+        and proc.stopsignal == 15
+    )
     assert proc.environment["SWF_AGENT_NAME"] == "proc"
     assert proc.environment["ACTIVEMQ_PORT"] == "61999"
     sh = groups["sh"].process_configs[0]
@@ -191,7 +263,11 @@ mode = "external"
     assert [w.name for w in workers] == ["worker_00", "worker_01", "worker_02"]
     assert [w.environment["SWF_AGENT_INSTANCE"] for w in workers] == ["0", "1", "2"]
     # each instance has its own stable logical name, the one supervisord gives the process
-    assert [w.environment["SWF_AGENT_NAME"] for w in workers] == ["worker_00", "worker_01", "worker_02"]
+    assert [w.environment["SWF_AGENT_NAME"] for w in workers] == [
+        "worker_00",
+        "worker_01",
+        "worker_02",
+    ]
     assert str(workers[1].stdout_logfile).endswith("logs/worker_01.log")
     broker = groups["broker"].process_configs[0]
     assert shlex.split(broker.command)[3:] == ["broker", "--host", "127.0.0.1", "--port", "61999"]
@@ -214,13 +290,17 @@ def test_agent_module_found_on_its_own_pythonpath(tmp_path: Path) -> None:
     (tmp_path / "testbed.toml").write_text(MINIMAL + agent + 'env = { PYTHONPATH = "mine" }\n')
     assert "mine" in load(tmp_path / "testbed.toml").config.agents
     (tmp_path / "testbed.toml").write_text(MINIMAL + agent)
-    with pytest.raises(ConfigError, match="agents.mine.module: cannot find module 'my_private_agent'"):
+    with pytest.raises(
+        ConfigError, match="agents.mine.module: cannot find module 'my_private_agent'"
+    ):
         load(tmp_path / "testbed.toml")
 
 
 def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once() -> None:
-    text = (MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
-            '[parameters]\nstf_count = "ten"\nstf_sampling_rate = 2.0\nstf_cuont = 3\nstf_interval = 0.5\n')
+    text = (
+        MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
+        '[parameters]\nstf_count = "ten"\nstf_sampling_rate = 2.0\nstf_cuont = 3\nstf_interval = 0.5\n'
+    )
     lines = problems(text).splitlines()
     assert lines == [
         "testbed.toml: parameters.stf_count: expected an integer, got 'ten' (workflow config "
@@ -231,19 +311,26 @@ def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once
         "(did you mean 'stf_count'?)",
     ]
     # the schema's problems and the parameters' together
-    lines = problems(MINIMAL + '[workflow]\ntime_scale = "fast"\n[parameters]\nslices_per_sample = 3\n'
-                     '[broker]\nport = 0\n').splitlines()
+    lines = problems(
+        MINIMAL + '[workflow]\ntime_scale = "fast"\n[parameters]\nslices_per_sample = 3\n'
+        "[broker]\nport = 0\n"
+    ).splitlines()
     assert len(lines) == 3, lines
     assert lines[0].startswith("testbed.toml: workflow.time_scale: expected a number")
     assert lines[1].startswith("testbed.toml: broker.port: ")
-    assert lines[2] == ("testbed.toml: parameters.slices_per_sample: not a parameter of workflow config "
-                        "'stf_datataking_default' (known parameters: " + lines[2].split("(known parameters: ")[1])
+    assert lines[2] == (
+        "testbed.toml: parameters.slices_per_sample: not a parameter of workflow config "
+        "'stf_datataking_default' (known parameters: " + lines[2].split("(known parameters: ")[1]
+    )
     assert "stf_count" in lines[2]
     assert problems(MINIMAL + '[workflow]\nconfig = "nope"\n[parameters]\nstf_count = 1\n') == (
         "testbed.toml: workflow.config: unknown workflow config 'nope'; available: daq_state_machine, "
-        "fast_processing_default, stf_datataking_default")
-    cfg = parse(MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
-                '[parameters]\nstf_count = 5\nstf_interval = 1\n"daq.physics_period_count" = 3\n')
+        "fast_processing_default, stf_datataking_default"
+    )
+    cfg = parse(
+        MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
+        '[parameters]\nstf_count = 5\nstf_interval = 1\n"daq.physics_period_count" = 3\n'
+    )
     assert cfg.parameters == {"stf_count": 5, "stf_interval": 1, "daq.physics_period_count": 3}
 
 
@@ -261,7 +348,9 @@ def test_init_chooses_free_ports_when_the_defaults_are_taken() -> None:
         ports, notes = choose_ports({"broker": taken, "monitor": free})
         assert ports["monitor"] == free and ports["broker"] not in (taken, free)
         assert len(notes) == 1, notes
-        assert notes[0].startswith(f"port {taken} (the broker's default) is in use by pid {os.getpid()} (")
+        assert notes[0].startswith(
+            f"port {taken} (the broker's default) is in use by pid {os.getpid()} ("
+        )
         assert notes[0].endswith(f"): wrote [broker] port = {ports['broker']} instead"), notes
         with socket.socket() as check:
             check.bind(("127.0.0.1", ports["broker"]))  # what was written is free
@@ -273,7 +362,9 @@ def test_init_chooses_free_ports_when_the_defaults_are_taken() -> None:
 def test_agent_log_level_and_buffer_reach_the_agent_process(tmp_path: Path) -> None:
     from supervisor.options import ServerOptions
 
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [agents.proc]
 module = "swf_testbed.agents.processing:ProcessingAgent"
 log_level = "INFO"
@@ -282,12 +373,18 @@ log_buffer = 50
 [agents.quiet]
 module = "swf_testbed.agents.processing:ProcessingAgent"
 """
+    )
     (tmp_path / "testbed.toml").write_text(text)
     loaded = load(tmp_path / "testbed.toml")
     settings = Settings(home=tmp_path / "home")
     paths = runtime_paths(settings.home, "t1")
-    programs, _ = build_programs(loaded, resolve_services(loaded.config, settings), settings.home, paths,
-                                 python="/opt/py/bin/python")
+    programs, _ = build_programs(
+        loaded,
+        resolve_services(loaded.config, settings),
+        settings.home,
+        paths,
+        python="/opt/py/bin/python",
+    )
     prepare(paths)
     conf = tmp_path / "supervisord.conf"
     conf.write_text(render_conf(paths, programs, "t1"))
@@ -296,9 +393,17 @@ module = "swf_testbed.agents.processing:ProcessingAgent"
     groups = {g.name: g for g in options.read_config(str(conf)).process_group_configs}
     proc, quiet = groups["proc"].process_configs[0], groups["quiet"].process_configs[0]
     # `swf-testbed agent run` reads these (its --log-level / --log-buffer)
-    assert (proc.environment["SWF_AGENT_LOG_LEVEL"], proc.environment["SWF_AGENT_LOG_BUFFER"]) == ("INFO", "50")
-    assert (quiet.environment["SWF_AGENT_LOG_LEVEL"], quiet.environment["SWF_AGENT_LOG_BUFFER"]) == ("WARNING", "1000")
-    wrong = problems(MINIMAL + '[agents.a]\nmodule = "m.n:C"\nlog_level = "LOUD"\nlog_buffer = 0\n',
-                     check_modules=False)
+    assert (proc.environment["SWF_AGENT_LOG_LEVEL"], proc.environment["SWF_AGENT_LOG_BUFFER"]) == (
+        "INFO",
+        "50",
+    )
+    assert (
+        quiet.environment["SWF_AGENT_LOG_LEVEL"],
+        quiet.environment["SWF_AGENT_LOG_BUFFER"],
+    ) == ("WARNING", "1000")
+    wrong = problems(
+        MINIMAL + '[agents.a]\nmodule = "m.n:C"\nlog_level = "LOUD"\nlog_buffer = 0\n',
+        check_modules=False,
+    )
     assert "agents.a.log_level" in wrong and "'WARNING'" in wrong
     assert "agents.a.log_buffer" in wrong

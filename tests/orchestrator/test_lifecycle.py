@@ -19,7 +19,7 @@ import pytest
 
 from swf_testbed.testing.brokers import free_port
 
-from .conftest import Bed, agent_toml, ok, bed_toml
+from .conftest import Bed, agent_toml, bed_toml, ok
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,9 @@ def _pids(status: dict[str, Any]) -> dict[str, int]:
 
 def test_run_from_nothing_then_again_without_restarts(make_bed: Any) -> None:
     bed: Bed = make_bed()
-    bed.write(bed_toml("alpha", RUNNER + agent_toml("idle") + agent_toml("pool", extra="instances = 2")))
+    bed.write(
+        bed_toml("alpha", RUNNER + agent_toml("idle") + agent_toml("pool", extra="instances = 2"))
+    )
     out = ok(bed.cli("run"))
     assert "starting supervisord for namespace alpha" in out
     assert "workflow completed: execution tiny-alpha-" in out and "3 STFs produced" in out
@@ -43,8 +45,10 @@ def test_run_from_nothing_then_again_without_restarts(make_bed: Any) -> None:
     assert status["healthy"] is True and status["supervisord"]["running"] is True
     agents = {p["process"]: p for p in status["programs"] if p["kind"] == "agent"}
     assert set(agents) == {"runner", "idle", "pool_00", "pool_01"}
-    assert all(a["state"] == "RUNNING" and a["operational_state"] == "READY" and a["liveness"] == "ok"
-               for a in agents.values()), agents
+    assert all(
+        a["state"] == "RUNNING" and a["operational_state"] == "READY" and a["liveness"] == "ok"
+        for a in agents.values()
+    ), agents
     assert status["execution_id"] == first_id and status["execution_status"] == "completed"
     assert status["monitor_url"].startswith("http://127.0.0.1:")
     pids = _pids(status)
@@ -66,7 +70,11 @@ def test_run_from_nothing_then_again_without_restarts(make_bed: Any) -> None:
     assert "stopped:" in out and "runner" in out
     stopped = bed.status()
     assert {p["process"]: p["state"] for p in stopped["programs"] if p["kind"] == "agent"} == {
-        "runner": "STOPPED", "idle": "STOPPED", "pool_00": "STOPPED", "pool_01": "STOPPED"}
+        "runner": "STOPPED",
+        "idle": "STOPPED",
+        "pool_00": "STOPPED",
+        "pool_01": "STOPPED",
+    }
     assert bed.cli("status", "--json").returncode == 1  # not healthy: says so in the exit code
 
     ok(bed.cli("up"))  # starts the stopped agents again
@@ -78,8 +86,10 @@ def test_run_from_nothing_then_again_without_restarts(make_bed: Any) -> None:
 
 def test_crashing_agent_fails_fast_with_its_log_then_recovers(make_bed: Any) -> None:
     bed: Bed = make_bed()
-    crash = (f"[agents.calib]\nscript = \"{sys.executable} -c \\\"import sys; "
-             f"print('cannot open calibration file /nope/calib.db'); sys.exit(3)\\\"\"\n")
+    crash = (
+        f'[agents.calib]\nscript = "{sys.executable} -c \\"import sys; '
+        f"print('cannot open calibration file /nope/calib.db'); sys.exit(3)\\\"\"\n"
+    )
     bed.write(bed_toml("crash", RUNNER + crash))
     t0 = time.monotonic()
     result = bed.cli("run")
@@ -91,7 +101,9 @@ def test_crashing_agent_fails_fast_with_its_log_then_recovers(make_bed: Any) -> 
     assert "cannot open calibration file /nope/calib.db" in result.stderr
     assert "run_workflow sent" not in result.stdout
 
-    bed.write(bed_toml("crash", RUNNER + agent_toml("calib")))  # fixed: a working agent of that name
+    bed.write(
+        bed_toml("crash", RUNNER + agent_toml("calib"))
+    )  # fixed: a working agent of that name
     out = ok(bed.cli("run"))
     assert "workflow completed" in out
     assert bed.programs()["calib"]["operational_state"] == "READY"
@@ -99,17 +111,27 @@ def test_crashing_agent_fails_fast_with_its_log_then_recovers(make_bed: Any) -> 
 
 def test_kill_9_mid_run_is_restarted_and_ready_again(make_bed: Any) -> None:
     bed: Bed = make_bed()
-    bed.write(bed_toml("kill9", RUNNER + agent_toml("victim"),
-                           parameters="stf_count = 100\nstf_interval = 0.05"))
+    bed.write(
+        bed_toml(
+            "kill9",
+            RUNNER + agent_toml("victim"),
+            parameters="stf_count = 100\nstf_interval = 0.05",
+        )
+    )
     ok(bed.cli("up"))
     run = bed.popen("run")
     status = bed.wait_status(lambda s: s["running_execution"], what="a running execution")
     old_pid = _pids(status)["victim"]
     os.kill(old_pid, signal.SIGKILL)
     bed.wait_status(
-        lambda s: (p := {x["process"]: x for x in s["programs"]}["victim"])["pid"] not in (None, old_pid)
-        and p["state"] == "RUNNING" and p["operational_state"] == "READY" and p["liveness"] == "ok",
-        what="victim restarted and READY")
+        lambda s: (
+            (p := {x["process"]: x for x in s["programs"]}["victim"])["pid"] not in (None, old_pid)
+            and p["state"] == "RUNNING"
+            and p["operational_state"] == "READY"
+            and p["liveness"] == "ok"
+        ),
+        what="victim restarted and READY",
+    )
     out, _ = run.communicate(timeout=60)
     assert run.returncode == 0, out
     assert "workflow completed" in out
@@ -145,23 +167,33 @@ def test_ctrl_c_stops_the_workflow_and_leaves_agents_up(make_bed: Any) -> None:
     assert f"execution {running} was terminated" in seen + attached_out
     assert f"stop_workflow sent for {running}" in out
     assert "end_run" in out and f"workflow stopped: execution {running} terminated" in out
-    after = bed.wait_status(lambda s: s["execution_status"] == "terminated", what="terminated execution")
+    after = bed.wait_status(
+        lambda s: s["execution_status"] == "terminated", what="terminated execution"
+    )
     assert after["execution_id"] == running
     assert _pids(after) == pids and after["healthy"] is True  # agents stay up
 
 
 def test_ctrl_c_while_draining_says_what_is_still_in_progress(make_bed: Any) -> None:
     bed: Bed = make_bed()
-    bed.write(bed_toml("drain", RUNNER, workflow='config = "fast_processing_default"\ntime_scale = 0',
-                       parameters="stf_count = 2\nslices_per_sample = 3"))  # 3 slices no one works on
+    bed.write(
+        bed_toml(
+            "drain",
+            RUNNER,
+            workflow='config = "fast_processing_default"\ntime_scale = 0',
+            parameters="stf_count = 2\nslices_per_sample = 3",
+        )
+    )  # 3 slices no one works on
     ok(bed.cli("up"))
     run = bed.popen("run")
     bed.wait_status(lambda s: s["execution_status"] == "completed", what="the run's end")
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=60)
     assert run.returncode == 130, out
-    assert ("interrupted while 3 of 3 slices were still in progress (the workers carry on; "
-            "`swf-testbed status` shows them)") in out, out
+    assert (
+        "interrupted while 3 of 3 slices were still in progress (the workers carry on; "
+        "`swf-testbed status` shows them)"
+    ) in out, out
     assert "workflow completed" not in out
 
 
@@ -181,7 +213,9 @@ def test_two_namespaces_on_one_host_and_broker_do_not_cross_talk(make_bed: Any) 
     assert s1["supervisord"]["socket"] != s2["supervisord"]["socket"]
     assert {p["process"] for p in s1["programs"]} == {"watch", "runner", "idle"}
     assert {p["process"] for p in s2["programs"]} == {"watch", "runner"}
-    assert s1["execution_id"].startswith("tiny-ns-one-") and s2["execution_id"].startswith("tiny-ns-two-")
+    assert s1["execution_id"].startswith("tiny-ns-one-") and s2["execution_id"].startswith(
+        "tiny-ns-two-"
+    )
     ok(one.cli("stop", "--all"))
     assert two.status()["healthy"] is True  # stopping one namespace leaves the other alone
 
@@ -189,17 +223,30 @@ def test_two_namespaces_on_one_host_and_broker_do_not_cross_talk(make_bed: Any) 
 def test_changed_testbed_toml_is_applied_on_the_next_command(make_bed: Any) -> None:
     bed: Bed = make_bed()
     port = free_port()
-    bed.write(bed_toml("change", agent_toml("keep") + agent_toml("old") + agent_toml("tuned"), monitor_port=port))
+    bed.write(
+        bed_toml(
+            "change",
+            agent_toml("keep") + agent_toml("old") + agent_toml("tuned"),
+            monitor_port=port,
+        )
+    )
     ok(bed.cli("up"))
     before = _pids(bed.status())
-    bed.write(bed_toml("change", agent_toml("keep") + agent_toml("new") + agent_toml("tuned", interval=2),
-                       monitor_port=port))
+    bed.write(
+        bed_toml(
+            "change",
+            agent_toml("keep") + agent_toml("new") + agent_toml("tuned", interval=2),
+            monitor_port=port,
+        )
+    )
     assert bed.status()["pending_changes"] is True
     out = ok(bed.cli("up"))
     assert "removed: old" in out and "added: new" in out
     # which program and why, in one line
-    assert ("restarted (changed): tuned: command (1 -> 2), environment (SWF_HEARTBEAT_INTERVAL) changed"
-            in out), out
+    assert (
+        "restarted (changed): tuned: command (1 -> 2), environment (SWF_HEARTBEAT_INTERVAL) changed"
+        in out
+    ), out
     after = bed.status()
     assert {p["process"] for p in after["programs"]} == {"watch", "keep", "new", "tuned"}
     assert after["pending_changes"] is False and after["healthy"] is True
@@ -273,22 +320,42 @@ def test_agents_left_by_a_killed_supervisord_are_replaced_not_duplicated(make_be
     assert new["idle"] != old["idle"]
 
 
-def test_the_same_testbed_from_another_directory_restarts_nothing(make_bed: Any, tmp_path: Any) -> None:
+def test_the_same_testbed_from_another_directory_restarts_nothing(
+    make_bed: Any, tmp_path: Any
+) -> None:
     """The working directory (and how the interpreter was named) is no part of a program's identity."""
     bed: Bed = make_bed("here", broker=None)
     port = free_port()
-    bed.write(bed_toml("cwd", RUNNER + agent_toml("idle"), broker=f'mode = "embedded"\nport = {port}'))
+    bed.write(
+        bed_toml("cwd", RUNNER + agent_toml("idle"), broker=f'mode = "embedded"\nport = {port}')
+    )
     ok(bed.cli("up"))
     before = _pids(bed.status())
     elsewhere = tmp_path / "elsewhere" / "deeper"
     elsewhere.mkdir(parents=True)
-    python = os.path.join(os.path.dirname(sys.executable), "..", os.path.basename(os.path.dirname(sys.executable)),
-                          os.path.basename(sys.executable))  # the same interpreter, named another way
-    for cwd, config in ((elsewhere, os.path.relpath(bed.toml, elsewhere)), (tmp_path, str(bed.toml))):
-        result = subprocess.run([python, "-m", "swf_testbed.cli", "run", config], cwd=cwd, env=bed.env,
-                                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    python = os.path.join(
+        os.path.dirname(sys.executable),
+        "..",
+        os.path.basename(os.path.dirname(sys.executable)),
+        os.path.basename(sys.executable),
+    )  # the same interpreter, named another way
+    for cwd, config in (
+        (elsewhere, os.path.relpath(bed.toml, elsewhere)),
+        (tmp_path, str(bed.toml)),
+    ):
+        result = subprocess.run(
+            [python, "-m", "swf_testbed.cli", "run", config],
+            cwd=cwd,
+            env=bed.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
         out = ok(result)
         assert "workflow completed" in out
-        assert "changed" not in out and "restarted" not in out and "starting supervisord" not in out, out
+        assert (
+            "changed" not in out and "restarted" not in out and "starting supervisord" not in out
+        ), out
         assert _pids(bed.status()) == before
     ok(bed.cli("stop", "--all"))

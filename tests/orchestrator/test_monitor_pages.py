@@ -40,7 +40,9 @@ def _plots_readable(page: Any, shots: Path, prefix: str) -> int:
 
 
 def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters(
-    make_bed: Any, browser: Any, tmp_path: Path  # noqa: F811 - the fixture
+    make_bed: Any,
+    browser: Any,
+    tmp_path: Path,  # noqa: F811 - the fixture
 ) -> None:
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -49,8 +51,14 @@ def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters
     port = free_port()
     namespace = f"pages{port}"
     # as fast as possible (time_scale 0): the DAQ takes milliseconds, and the page must say so, not "0 s"
-    bed.write(full_chain_toml(namespace, port, f"sqlite:///{tmp_path / 'monitor.sqlite3'}",
-                              parameters=f"stf_count = {STFS}"))
+    bed.write(
+        full_chain_toml(
+            namespace,
+            port,
+            f"sqlite:///{tmp_path / 'monitor.sqlite3'}",
+            parameters=f"stf_count = {STFS}",
+        )
+    )
     out = ok(bed.cli("run", timeout=300))
     assert f"{STFS} STFs produced, {STFS} processed" in out, out
     execution_id = out.split("workflow completed: execution ")[1].split(",")[0]
@@ -70,7 +78,9 @@ def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters
         states = {segments.nth(i).get_attribute("data-state") for i in range(segments.count())}
         assert {"run/physics", "ended"} <= states, states
         assert "→" in daq and "still taking data" not in daq, daq
-        assert _plots_readable(page, shots, "execution") == 3  # run state, STF rate, slices completed
+        assert (
+            _plots_readable(page, shots, "execution") == 3
+        )  # run state, STF rate, slices completed
         page.screenshot(path=str(shots / "execution.png"), full_page=True)
 
         # the agents' own counters: each STF registered by data and processed by processing, once
@@ -79,8 +89,12 @@ def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
             page.goto(f"{monitor}/agents/?namespace={namespace}")
-            seen = {name: page.locator("tr", has=page.locator("a", has_text=re.compile(f"^{name}$")))
-                    .first.locator("td.stf-counters").inner_text() for name in wanted}
+            seen = {
+                name: page.locator("tr", has=page.locator("a", has_text=re.compile(f"^{name}$")))
+                .first.locator("td.stf-counters")
+                .inner_text()
+                for name in wanted
+            }
             if all(text in seen[name] for name, text in wanted.items()):
                 break
             time.sleep(1.0)  # the next heartbeat carries the final counters
@@ -89,7 +103,9 @@ def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters
 
         page.goto(f"{monitor}/")
         _plots_readable(page, shots, "dashboard")
-        assert "heartbeat" not in page.locator("h2:has-text('Latest messages') + table").inner_text()
+        assert (
+            "heartbeat" not in page.locator("h2:has-text('Latest messages') + table").inner_text()
+        )
         page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
         page.goto(f"{monitor}/messages/?execution_id={execution_id}")
         page.locator("#message-table tr[data-msg-id]").first.wait_for()

@@ -44,10 +44,12 @@ def test_the_docs_agent_runs_in_a_testbed_and_shows_in_the_monitor(make_bed: Any
     ok(bed.cli("init", str(bed.toml), "--namespace", namespace))
     text = bed.toml.read_text()
     broker_port, monitor_port = free_port(), free_port()
-    text = text.replace("port = 61613", f"port = {broker_port}").replace("port = 8002", f"port = {monitor_port}")
+    text = text.replace("port = 61613", f"port = {broker_port}").replace(
+        "port = 8002", f"port = {monitor_port}"
+    )
     text = re.sub(r"(?m)^stf_count = \d+", f"stf_count = {STFS}", text)
     table = doc_agent_table()
-    assert '[agents.mine]' in table and 'module = "my_agent:StfCounter"' in table, table
+    assert "[agents.mine]" in table and 'module = "my_agent:StfCounter"' in table, table
     table = re.sub(r'PYTHONPATH = "[^"]*"', f'PYTHONPATH = "{REPO / "examples"}"', table)
     bed.write(text.replace("\n[broker]", f"\n{table}\n[broker]", 1))
 
@@ -62,7 +64,9 @@ def test_the_docs_agent_runs_in_a_testbed_and_shows_in_the_monitor(make_bed: Any
         while time.monotonic() < deadline:
             agents = api.get("/api/systemagents/", params={"namespace": namespace}).json()
             rows = agents["results"] if isinstance(agents, dict) else agents
-            mine = next((a for a in rows if a.get("instance_name") == "mine" or a.get("name") == "mine"), {})
+            mine = next(
+                (a for a in rows if a.get("instance_name") == "mine" or a.get("name") == "mine"), {}
+            )
             counters = mine.get("counters") or {}
             if counters.get("stf_ready") == STFS:
                 break
@@ -71,7 +75,9 @@ def test_the_docs_agent_runs_in_a_testbed_and_shows_in_the_monitor(make_bed: Any
         assert mine.get("agent_type") == "stf-counter", mine
         counters = mine.get("counters") or {}
         assert counters.get("stf_ready") == STFS, counters
-        assert any(k.startswith("run_") and k.endswith("_stfs") and v == STFS for k, v in counters.items()), counters
+        assert any(
+            k.startswith("run_") and k.endswith("_stfs") and v == STFS for k, v in counters.items()
+        ), counters
         page = api.get("/agents/", params={"namespace": namespace})
         assert page.status_code == 200 and ">mine<" in page.text.replace(" ", ""), page.text[:2000]
     ok(bed.cli("stop", "--all", "-c", str(bed.toml)))

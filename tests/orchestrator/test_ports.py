@@ -33,8 +33,10 @@ def _listening_socket() -> tuple[socket.socket, int]:
 
 
 def _listener_process(port: int) -> subprocess.Popen[bytes]:
-    code = ("import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            f"s.bind(('127.0.0.1', {port}))\ns.listen()\ntime.sleep(120)\n")
+    code = (
+        "import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('127.0.0.1', {port}))\ns.listen()\ntime.sleep(120)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     wait_for_port("127.0.0.1", port, 30, proc)
     return proc
@@ -48,7 +50,10 @@ def test_a_taken_port_is_named_with_its_holder() -> None:
         conflict = check_port("broker", "127.0.0.1", port, set())
         assert conflict is not None
         text = conflict.describe()
-        assert f"port {port} (127.0.0.1:{port}, for the broker)" in text and f"pid {os.getpid()}" in text
+        assert (
+            f"port {port} (127.0.0.1:{port}, for the broker)" in text
+            and f"pid {os.getpid()}" in text
+        )
         assert "python" in text.lower() or "pytest" in text.lower()  # the holder's program
         other = free_port_near(port)
         assert other != port and bindable("127.0.0.1", other)
@@ -75,18 +80,31 @@ def test_health_check_refuses_a_service_answered_by_another_process(tmp_path: Pa
     """A service RUNNING in supervisord while another process answers on its port is not healthy."""
     port = free_port()
     holder = _listener_process(port)  # e.g. another testbed's broker
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # ours crash-loops
+    ours = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"]
+    )  # ours crash-loops
     tb = Testbed(Settings(home=tmp_path / "home"), "ports")
-    prog = Program("broker", "service", argv=["x"], health="tcp", health_target=f"127.0.0.1:{port}",
-                   listen_host="127.0.0.1", listen_port=port)
+    prog = Program(
+        "broker",
+        "service",
+        argv=["x"],
+        health="tcp",
+        health_target=f"127.0.0.1:{port}",
+        listen_host="127.0.0.1",
+        listen_port=port,
+    )
     try:
+
         def health(pid: int) -> Any:
             infos = {"broker:broker": {"statename": "RUNNING", "pid": pid, "start": time.time()}}
             return tb.check(HeartbeatBook("ports"), [prog], infos)[0]
 
         h = health(ours.pid)
         assert h.healthy is False and h.liveness == "down"
-        assert f"port {port} answers, but from pid {holder.pid}" in h.detail and f"(pid {ours.pid})" in h.detail
+        assert (
+            f"port {port} answers, but from pid {holder.pid}" in h.detail
+            and f"(pid {ours.pid})" in h.detail
+        )
         h = health(holder.pid)  # the one that listens is the program's own process: healthy
         assert h.healthy is True and h.liveness == "ok"
     finally:
@@ -98,8 +116,10 @@ def test_health_check_refuses_a_service_answered_by_another_process(tmp_path: Pa
 @pytest.mark.slow
 def test_second_testbed_on_the_same_ports_refuses_and_the_first_runs_on(make_bed: Any) -> None:
     broker_port, monitor_port = free_port(), free_port()
-    services = (f'[broker]\nmode = "embedded"\nport = {broker_port}\n\n'
-                f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n')
+    services = (
+        f'[broker]\nmode = "embedded"\nport = {broker_port}\n\n'
+        f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n'
+    )
 
     def toml(namespace: str) -> str:
         return f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 90\n\n{agent_toml("idle")}\n{services}'
@@ -117,12 +137,18 @@ def test_second_testbed_on_the_same_ports_refuses_and_the_first_runs_on(make_bed
         result = second.cli(command, timeout=120)
         assert result.returncode == 1, result.stdout + result.stderr
         err = result.stderr
-        assert f"port {broker_port} (127.0.0.1:{broker_port}, for the broker) is in use by pid {pids['broker']}" \
-            in err, err
-        assert f"port {monitor_port} (127.0.0.1:{monitor_port}, for the monitor-web) is in use by " \
-               f"pid {pids['monitor-web']}" in err, err
+        assert (
+            f"port {broker_port} (127.0.0.1:{broker_port}, for the broker) is in use by pid {pids['broker']}"
+            in err
+        ), err
+        assert (
+            f"port {monitor_port} (127.0.0.1:{monitor_port}, for the monitor-web) is in use by "
+            f"pid {pids['monitor-web']}" in err
+        ), err
         assert "swf_testbed.cli broker" in err  # the holder's program
-        assert 'mode = "external"' in err and "[broker] port = " in err and "[monitor] port = " in err
+        assert (
+            'mode = "external"' in err and "[broker] port = " in err and "[monitor] port = " in err
+        )
         assert "healthy" not in result.stdout
     status = second.status()
     assert status["supervisord"]["running"] is False  # nothing of the second was started
@@ -136,17 +162,26 @@ def test_second_testbed_on_the_same_ports_refuses_and_the_first_runs_on(make_bed
 
 def test_bad_parameters_fail_before_anything_starts(make_bed: Any) -> None:
     bed: Bed = make_bed("badparams", broker=None)
-    bed.write('[testbed]\nnamespace = "badparams"\n\n[parameters]\nstf_count = -1\nstf_intervall = 2\n'
-              'physics_period_count = "two"\n\n' + agent_toml("idle"))
+    bed.write(
+        '[testbed]\nnamespace = "badparams"\n\n[parameters]\nstf_count = -1\nstf_intervall = 2\n'
+        'physics_period_count = "two"\n\n' + agent_toml("idle")
+    )
     for command in ("run", "up"):
         result = bed.cli(command)
         assert result.returncode == 2, result.stdout + result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 3, result.stderr
-        assert errors[0].startswith("error: testbed.toml: parameters.stf_count: input should be greater than "
-                                    "or equal to 0, got -1"), errors
-        assert "parameters.stf_intervall: not a parameter" in errors[1] and "'stf_interval'" in errors[1]
-        assert errors[2].startswith("error: testbed.toml: parameters.physics_period_count: expected an integer")
+        assert errors[0].startswith(
+            "error: testbed.toml: parameters.stf_count: input should be greater than "
+            "or equal to 0, got -1"
+        ), errors
+        assert (
+            "parameters.stf_intervall: not a parameter" in errors[1]
+            and "'stf_interval'" in errors[1]
+        )
+        assert errors[2].startswith(
+            "error: testbed.toml: parameters.physics_period_count: expected an integer"
+        )
     paths = runtime_paths(Path(bed.env["SWF_HOME"]), "badparams")
     assert not Supervisor(paths).running() and not paths.pidfile.exists()
     assert not paths.conf.exists()  # not even its config was written
@@ -159,9 +194,11 @@ def test_a_broker_left_by_a_killed_supervisord_is_replaced_not_a_conflict(make_b
 
     bed: Bed = make_bed("orphan-broker", broker=None)
     port = free_port()
-    bed.write(f'[testbed]\nnamespace = "orphan-broker"\n\n{agent_toml("idle")}\n'
-              f'[broker]\nmode = "embedded"\nport = {port}\n\n[monitor]\nmode = "external"\n'
-              f'url = "http://127.0.0.1:{free_port()}"\n')
+    bed.write(
+        f'[testbed]\nnamespace = "orphan-broker"\n\n{agent_toml("idle")}\n'
+        f'[broker]\nmode = "embedded"\nport = {port}\n\n[monitor]\nmode = "external"\n'
+        f'url = "http://127.0.0.1:{free_port()}"\n'
+    )
     ok(bed.cli("up"))
     status = bed.status()
     old = {p["process"]: p["pid"] for p in status["programs"]}

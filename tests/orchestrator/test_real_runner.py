@@ -28,8 +28,7 @@ def test_real_runner_chain_with_the_embedded_monitor(make_bed: Any) -> None:
     bed.write(
         '[testbed]\nnamespace = "chain"\nstart_timeout = 90\n\n'
         '[workflow]\nname = "stf_datataking"\nconfig = "stf_datataking_default"\ntime_scale = 0\n\n'
-        "[parameters]\nstf_count = 4\n\n" + chain() +
-        '[broker]\nmode = "external"\n\n'
+        "[parameters]\nstf_count = 4\n\n" + chain() + '[broker]\nmode = "external"\n\n'
         f'[monitor]\nmode = "embedded"\nport = {port}\n'
     )
     out = ok(bed.cli("run", timeout=180))
@@ -37,10 +36,15 @@ def test_real_runner_chain_with_the_embedded_monitor(make_bed: Any) -> None:
     execution_id = out.split("workflow completed: execution ")[1].split(",")[0]
     assert f"http://127.0.0.1:{port}/executions/{execution_id}/" in out
 
-    status = bed.wait_status(lambda s: s["monitor"] == "monitor" and s["execution_id"] == execution_id,
-                             what="the monitor to know the execution", timeout=30)
+    status = bed.wait_status(
+        lambda s: s["monitor"] == "monitor" and s["execution_id"] == execution_id,
+        what="the monitor to know the execution",
+        timeout=30,
+    )
     programs = {p["process"]: p for p in status["programs"]}
-    assert {"monitor-web", "monitor-ingest", "watch", "runner", "data", "processing"} <= set(programs)
+    assert {"monitor-web", "monitor-ingest", "watch", "runner", "data", "processing"} <= set(
+        programs
+    )
     assert programs["monitor-web"]["healthy"] and programs["monitor-ingest"]["state"] == "RUNNING"
     assert status["execution"]["source"] == "monitor" and status["execution_status"] == "completed"
     assert status["monitor_url"] == f"http://127.0.0.1:{port}"

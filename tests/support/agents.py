@@ -23,9 +23,19 @@ class EchoAgent(Agent):
 
     agent_type = "test-echo"
 
-    def __init__(self, name: str, namespace: str, *, topic: str = "", queue: str = "", reply_topic: str = "",
-                 fail_times: int = 0, fail_always: list[str] | None = None, sleep_s: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        topic: str = "",
+        queue: str = "",
+        reply_topic: str = "",
+        fail_times: int = 0,
+        fail_always: list[str] | None = None,
+        sleep_s: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         self.topic = topic
         self.queue = queue
@@ -57,16 +67,33 @@ class EchoAgent(Agent):
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if self.reply_topic:
-            self.send(Topic(self.reply_topic), self.message(
-                ProcessingComplete, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-                substate=msg.substate, filename=msg.filename, processing_time_s=self.sleep_s,
-            ))
+            self.send(
+                Topic(self.reply_topic),
+                self.message(
+                    ProcessingComplete,
+                    execution_id=msg.execution_id,
+                    run_id=msg.run_id,
+                    state=msg.state,
+                    substate=msg.substate,
+                    filename=msg.filename,
+                    processing_time_s=self.sleep_s,
+                ),
+            )
 
 
 def stf_ready(namespace: str, filename: str, *, sender: str = "test", run_id: int = 1) -> StfReady:
     return StfReady(
-        namespace=namespace, sender=sender, execution_id="exec-1", run_id=run_id, state="run", substate="physics",
-        filename=filename, url=f"file:///buffer/{filename}", sequence=0, size_bytes=100, checksum="0000abcd",
+        namespace=namespace,
+        sender=sender,
+        execution_id="exec-1",
+        run_id=run_id,
+        state="run",
+        substate="physics",
+        filename=filename,
+        url=f"file:///buffer/{filename}",
+        sequence=0,
+        size_bytes=100,
+        checksum="0000abcd",
     )
 
 
@@ -79,8 +106,16 @@ class LoggingAgent(Agent):
 
     agent_type = "test-logging"
 
-    def __init__(self, name: str, namespace: str, *, topic: str = "", reply_topic: str = "", tick_s: float = 0.01,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        topic: str = "",
+        reply_topic: str = "",
+        tick_s: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         self.topic = topic
         self.reply_topic = reply_topic
@@ -103,7 +138,15 @@ class LoggingAgent(Agent):
     def on_stf_ready(self, msg: Message) -> None:
         assert isinstance(msg, StfReady)
         log.warning("handled %s", msg.filename)
-        self.send(Topic(self.reply_topic), self.message(
-            ProcessingComplete, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-            substate=msg.substate, filename=msg.filename, processing_time_s=0,
-        ))
+        self.send(
+            Topic(self.reply_topic),
+            self.message(
+                ProcessingComplete,
+                execution_id=msg.execution_id,
+                run_id=msg.run_id,
+                state=msg.state,
+                substate=msg.substate,
+                filename=msg.filename,
+                processing_time_s=0,
+            ),
+        )

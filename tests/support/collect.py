@@ -31,14 +31,21 @@ class Collector:
                 self.invalid.append((delivery.body, exc.detail))
             self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float = 20.0,
-                 what: str = "condition") -> list[Message]:
+    def wait_for(
+        self,
+        predicate: Callable[[list[Message]], bool],
+        timeout: float = 20.0,
+        what: str = "condition",
+    ) -> list[Message]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate(self.messages):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    summary = [(m.msg_type, getattr(m, "operational_state", "")) for m in self.messages[-20:]]
+                    summary = [
+                        (m.msg_type, getattr(m, "operational_state", ""))
+                        for m in self.messages[-20:]
+                    ]
                     raise AssertionError(f"timed out waiting for {what}; last messages: {summary}")
                 self._cond.wait(remaining)
             return list(self.messages)
@@ -51,7 +58,9 @@ class Collector:
         self.client.close()
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Wait until ``predicate()`` holds (e.g. a counter updated just after the message we saw was sent)."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -64,7 +64,9 @@ class FrameRecorder(stomp.ConnectionListener):
 
     def wait_messages(self, count: int, timeout: float = WAIT_S) -> list[Any]:
         ok = self.wait_for(lambda: len(self.messages) >= count, timeout)
-        assert ok, f"got {len(self.messages)} of {count} messages after {timeout:g} s; errors: {self.error_text()}"
+        assert ok, (
+            f"got {len(self.messages)} of {count} messages after {timeout:g} s; errors: {self.error_text()}"
+        )
         with self.cond:
             return list(self.messages)
 
@@ -77,4 +79,6 @@ class FrameRecorder(stomp.ConnectionListener):
             return [frame.body for frame in self.messages]
 
     def error_text(self) -> str:
-        return "; ".join(f"{f.headers.get('message', '')} {f.body!r}" for f in self.errors) or "none"
+        return (
+            "; ".join(f"{f.headers.get('message', '')} {f.body!r}" for f in self.errors) or "none"
+        )

@@ -51,7 +51,11 @@ class Capture:
         self.sent.append((destination, parse_message(msg.to_bytes())))
 
     def to(self, destination: Destination, msg_type: str | None = None) -> list[Any]:
-        return [m for d, m in self.sent if d == destination and (msg_type is None or m.msg_type == msg_type)]
+        return [
+            m
+            for d, m in self.sent
+            if d == destination and (msg_type is None or m.msg_type == msg_type)
+        ]
 
     def take(self) -> list[tuple[Destination, Message]]:
         out, self.sent = self.sent, []
@@ -78,9 +82,17 @@ def deliver(agent: Agent, messages: list[Any]) -> None:
 def run_workflow(config: str, params: dict[str, Any]) -> tuple[list[Message], list[Message]]:
     """The real runner runs the real workflow: (run messages, replies)."""
     runner, capture = make(WorkflowRunner, pace_window=100_000)
-    request = RunWorkflow(namespace=NS, sender="test", workflow_name="stf_datataking", config=config,
-                          time_scale=0, params=params)
-    deliver(runner, [request])  # replies workflow_started and runs the workflow in a thread of its own
+    request = RunWorkflow(
+        namespace=NS,
+        sender="test",
+        workflow_name="stf_datataking",
+        config=config,
+        time_scale=0,
+        params=params,
+    )
+    deliver(
+        runner, [request]
+    )  # replies workflow_started and runs the workflow in a thread of its own
     deadline = time.monotonic() + 30
     while runner.current is not None or len(capture.to(replies_topic(NS))) < 2:
         assert time.monotonic() < deadline, "the execution did not end"
@@ -93,9 +105,15 @@ def run_workflow(config: str, params: dict[str, Any]) -> tuple[list[Message], li
 
 def test_the_whole_chain_with_fast_processing() -> None:
     n = 6
-    run_msgs, replies = run_workflow("fast_processing_default", {
-        "stf_count": n, "stf_sampling_rate": 1.0, "slices_per_sample": 4, "max_slice_retries": 2,
-    })
+    run_msgs, replies = run_workflow(
+        "fast_processing_default",
+        {
+            "stf_count": n,
+            "stf_sampling_rate": 1.0,
+            "slices_per_sample": 4,
+            "max_slice_retries": 2,
+        },
+    )
     started, completed = replies
     assert started.config["daq"]["stf_count"] == n and started.time_scale == 0
     assert started.workflow_version and started.workflow_module.endswith("stf_datataking")
@@ -114,7 +132,8 @@ def test_the_whole_chain_with_fast_processing() -> None:
     deliver(data, run_msgs)
     ready = data_out.to(data_topic(NS), "stf_ready")
     assert [(r.filename, r.checksum, r.size_bytes, r.sequence, r.tf_count) for r in ready] == [
-        (g.filename, g.checksum, g.size_bytes, g.sequence, g.tf_count) for g in stf_gen]
+        (g.filename, g.checksum, g.size_bytes, g.sequence, g.tf_count) for g in stf_gen
+    ]
     assert all(r.url.endswith("/" + r.filename) for r in ready)
     assert data.mismatches == [] and data.counters["stf_registered"] == n and not data.runs
 
@@ -176,7 +195,9 @@ def test_the_whole_chain_with_fast_processing() -> None:
     assert state is not None
     assert state.slices_completed + state.slices_failed == state.slices_created == 4 * n
     assert state.slices_retried > 0  # fail_rate 0.3 over 24+ attempts
-    assert all(attempts[r.message.slice_id] == 3 for r in state.slices.values() if r.status == "failed")
+    assert all(
+        attempts[r.message.slice_id] == 3 for r in state.slices.values() if r.status == "failed"
+    )
     assert state.duplicate_results == 0 and not fast.is_busy()
     assert fast.counters["slices_completed"] == state.slices_completed
 
@@ -207,7 +228,9 @@ def test_a_run_without_fast_processing_is_neither_sampled_nor_sliced() -> None:
 
 
 def test_sampling_is_reproducible_with_a_seed_and_follows_the_rate() -> None:
-    run_msgs, _ = run_workflow("fast_processing_default", {"stf_count": 200, "stf_sampling_rate": 0.25})
+    run_msgs, _ = run_workflow(
+        "fast_processing_default", {"stf_count": 200, "stf_sampling_rate": 0.25}
+    )
     data, data_out = make(DataAgent)
     deliver(data, run_msgs)
     ready = data_out.to(data_topic(NS), "stf_ready")
@@ -235,7 +258,9 @@ def test_data_agent_reports_a_count_mismatch_and_announces_each_stf_once() -> No
 def test_slicing_by_count_and_by_tfs_per_slice() -> None:
     assert cut(10, 19, 3) == [(10, 13), (14, 16), (17, 19)]
     assert cut(0, 1, 5) == [(0, 0), (1, 1)]
-    run_msgs, _ = run_workflow("fast_processing_default", {"stf_count": 1, "stf_sampling_rate": 1.0})
+    run_msgs, _ = run_workflow(
+        "fast_processing_default", {"stf_count": 1, "stf_sampling_rate": 1.0}
+    )
     data, data_out = make(DataAgent)
     deliver(data, run_msgs)
     fastmon, fastmon_out = make(FastMonAgent)
@@ -248,19 +273,33 @@ def test_slicing_by_count_and_by_tfs_per_slice() -> None:
     assert sum(s.tf_count for s in slices) == sample.tf_count
 
 
-@pytest.mark.parametrize(("realtime", "scale", "expected"), [(False, None, 0.0), (True, None, 1.0), (False, 50, 50.0),
-                                                            (True, 1, 1.0)])
+@pytest.mark.parametrize(
+    ("realtime", "scale", "expected"),
+    [(False, None, 0.0), (True, None, 1.0), (False, 50, 50.0), (True, 1, 1.0)],
+)
 def test_time_scale_resolution(realtime: bool, scale: float | None, expected: float) -> None:
-    msg = RunWorkflow(namespace=NS, sender="t", workflow_name="w", config="c", realtime=realtime, time_scale=scale)
+    msg = RunWorkflow(
+        namespace=NS, sender="t", workflow_name="w", config="c", realtime=realtime, time_scale=scale
+    )
     assert resolve_time_scale(msg) == expected
 
 
 def test_time_scale_conflict_and_ids() -> None:
     with pytest.raises(ValueError, match="realtime"):
-        resolve_time_scale(RunWorkflow(namespace=NS, sender="t", workflow_name="w", config="c", realtime=True,
-                                       time_scale=10))
+        resolve_time_scale(
+            RunWorkflow(
+                namespace=NS,
+                sender="t",
+                workflow_name="w",
+                config="c",
+                realtime=True,
+                time_scale=10,
+            )
+        )
     eid = new_execution_id("stf_datataking", "ns1")
-    assert eid.startswith("stf_datataking-ns1-") and eid != new_execution_id("stf_datataking", "ns1")
+    assert eid.startswith("stf_datataking-ns1-") and eid != new_execution_id(
+        "stf_datataking", "ns1"
+    )
     runner, _ = make(WorkflowRunner)
     ids = [runner.next_run_id() for _ in range(3)]
     assert ids == sorted(set(ids)) and 0 < ids[0] < 2**31

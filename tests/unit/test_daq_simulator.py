@@ -25,7 +25,9 @@ RP = (S.RUN, U.PHYSICS)
 RS = (S.RUN, U.STANDBY)
 
 
-def ev(t: float, msg_type: str, state: tuple[DaqState, DaqSubstate]) -> tuple[float, str, DaqState, DaqSubstate]:
+def ev(
+    t: float, msg_type: str, state: tuple[DaqState, DaqSubstate]
+) -> tuple[float, str, DaqState, DaqSubstate]:
     return (t, msg_type, *state)
 
 
@@ -107,7 +109,9 @@ def test_default_run_reproduces_the_configured_timeline() -> None:
     assert sim.state == StatePair(S.BEAM, U.NOT_READY)
     # the messages and the summary agree
     assert rec.types == summary.msg_types
-    assert [(m.state, m.substate) for m in rec.messages] == [(e.state, e.substate) for e in summary.events]
+    assert [(m.state, m.substate) for m in rec.messages] == [
+        (e.state, e.substate) for e in summary.events
+    ]
 
 
 def test_state_changes_follow_the_run_path() -> None:
@@ -169,7 +173,9 @@ def test_period_shorter_than_interval_still_makes_one_stf() -> None:
     ("stf_count", "period_count", "pauses"),
     [(3, 2, 0), (5, 2, 0), (10, 1, 1), (12, 2, 2), (1, 0, 0), (23, 0, 4)],
 )
-def test_stf_count_is_exact_and_continues_periods_as_needed(stf_count: int, period_count: int, pauses: int) -> None:
+def test_stf_count_is_exact_and_continues_periods_as_needed(
+    stf_count: int, period_count: int, pauses: int
+) -> None:
     sim, rec = make(DaqConfig(stf_count=stf_count, physics_period_count=period_count))
     summary = sim.run()
     assert len(rec.stfs) == stf_count == summary.stf_count
@@ -287,7 +293,9 @@ def test_pace_is_called_before_each_stf_and_can_stop() -> None:
 def test_stop_from_another_thread_in_fast_mode() -> None:
     sim, rec = make(DaqConfig(physics_period_count=0))
     result: list[DaqSummary] = []
-    runner = threading.Thread(target=lambda: result.append(sim.run(pace=lambda: time.sleep(0.0005))))
+    runner = threading.Thread(
+        target=lambda: result.append(sim.run(pace=lambda: time.sleep(0.0005)))
+    )
     runner.start()
     deadline = time.monotonic() + 10
     while len(rec.stfs) < 20 and time.monotonic() < deadline:
@@ -312,7 +320,12 @@ def test_every_message_validates_and_carries_identity() -> None:
         parsed = parse_message(msg.to_bytes())
         assert parsed == msg
         assert type(parsed) is type(msg)
-        assert (msg.namespace, msg.sender, msg.execution_id, msg.run_id) == ("testns", "daqsim", "exec-1", RUN_ID)
+        assert (msg.namespace, msg.sender, msg.execution_id, msg.run_id) == (
+            "testns",
+            "daqsim",
+            "exec-1",
+            RUN_ID,
+        )
     assert len({m.msg_id for m in rec.messages}) == len(rec.messages)
     imminent = rec.messages[0]
     assert imminent.run_conditions["expected_stf_files"] == 15  # type: ignore[attr-defined]
@@ -347,7 +360,9 @@ def test_same_seed_same_run_other_seed_other_sizes() -> None:
     def metadata(seed: int) -> list[tuple[Any, ...]]:
         sim, rec = make(seed=seed)
         sim.run()
-        return [(s.filename, s.size_bytes, s.checksum, s.tf_count, s.start, s.end) for s in rec.stfs]
+        return [
+            (s.filename, s.size_bytes, s.checksum, s.tf_count, s.start, s.end) for s in rec.stfs
+        ]
 
     assert metadata(7) == metadata(7)
     assert [m[1] for m in metadata(7)] != [m[1] for m in metadata(8)]
@@ -379,10 +394,18 @@ def test_config_rejects_unknown_and_bad_fields() -> None:
 
 def test_bad_identity_and_arguments() -> None:
     with pytest.raises(ValueError, match="namespace"):
-        DaqSimulator(DaqConfig(), print, namespace="bad name", sender="s", execution_id="e", run_id=1)
+        DaqSimulator(
+            DaqConfig(), print, namespace="bad name", sender="s", execution_id="e", run_id=1
+        )
     with pytest.raises(ValueError, match="time zone"):
         DaqSimulator(
-            DaqConfig(), print, namespace="n", sender="s", execution_id="e", run_id=1, start_time=datetime(2026, 1, 1)
+            DaqConfig(),
+            print,
+            namespace="n",
+            sender="s",
+            execution_id="e",
+            run_id=1,
+            start_time=datetime(2026, 1, 1),
         )
     sim, _ = make()
     with pytest.raises(ValueError, match="time_scale"):

@@ -66,7 +66,9 @@ def test_every_pair_not_in_table_raises() -> None:
 def test_illegal_target_states_raise() -> None:
     """Pairs outside LEGAL_STATES are never reachable, from anywhere."""
     illegal = [
-        StatePair(s, u) for s, u in itertools.product(DaqState, DaqSubstate) if StatePair(s, u) not in LEGAL_STATES
+        StatePair(s, u)
+        for s, u in itertools.product(DaqState, DaqSubstate)
+        if StatePair(s, u) not in LEGAL_STATES
     ]
     assert (S.RUN, U.NOT_READY) in illegal and (S.NO_BEAM, U.PHYSICS) in illegal
     for src in LEGAL_STATES:

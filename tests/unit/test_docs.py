@@ -39,15 +39,22 @@ def doc_files() -> list[Path]:
 @pytest.mark.parametrize("name", ["cli.md", "config.md"])
 def test_generated_reference_is_current(name: str) -> None:
     committed = (DOCS / "reference" / name).read_text()
-    assert committed == reference.GENERATED[name](), f"docs/reference/{name} is out of date; {REGENERATE}"
+    assert committed == reference.GENERATED[name](), (
+        f"docs/reference/{name} is out of date; {REGENERATE}"
+    )
 
 
 def test_openapi_schema_is_current(tmp_path: Path) -> None:
     """The committed OpenAPI schema is what the monitor serves at /api/schema/ (generated in a clean process)."""
     env = {**os.environ, "SWF_HOME": str(tmp_path)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    result = subprocess.run([sys.executable, "-m", "swf_testbed.cli", "docs", "openapi"], env=env,
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "swf_testbed.cli", "docs", "openapi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("openapi: 3")
     assert "/api/workflow-messages/" in result.stdout
@@ -63,8 +70,13 @@ def test_docs_write_check_finds_and_fixes_stale_files(tmp_path: Path) -> None:
     (out / "cli.md").write_text("stale\n")
 
     def docs_write(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "swf_testbed.cli", "docs", "write", "--dir", str(out), *args],
-                              env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "swf_testbed.cli", "docs", "write", "--dir", str(out), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     check = docs_write("--check")
     assert check.returncode == 1
@@ -112,12 +124,20 @@ def _probe(model: Any, name: str) -> tuple[str, Any]:
     return "probe-value", "probe-value"
 
 
-def test_every_setting_is_described_and_read_under_its_documented_name(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_setting_is_described_and_read_under_its_documented_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from swf_testbed.settings import BrokerSettings, MonitorSettings, Settings
 
     variables = reference.settings_variables()
     names = [env for env, _m, _f in variables]
-    assert {"ACTIVEMQ_HOST", "ACTIVEMQ_USE_SSL", "SWF_PROFILE", "DATABASE_URL", "SWF_INGEST_DURABLE"} <= set(names)
+    assert {
+        "ACTIVEMQ_HOST",
+        "ACTIVEMQ_USE_SSL",
+        "SWF_PROFILE",
+        "DATABASE_URL",
+        "SWF_INGEST_DURABLE",
+    } <= set(names)
     documented = reference.config_markdown()
     for env, model, name in variables:
         assert model.model_fields[name].description, f"{model.__name__}.{name} has no description"
@@ -129,8 +149,14 @@ def test_every_setting_is_described_and_read_under_its_documented_name(monkeypat
                 m.delenv(f"{other}_FILE", raising=False)
             m.setenv(env, raw)
             settings = Settings()
-            holder = {Settings: settings, BrokerSettings: settings.broker, MonitorSettings: settings.monitor}[model]
-            assert getattr(holder, name) == expected, f"{env}={raw} did not set {model.__name__}.{name}"
+            holder = {
+                Settings: settings,
+                BrokerSettings: settings.broker,
+                MonitorSettings: settings.monitor,
+            }[model]
+            assert getattr(holder, name) == expected, (
+                f"{env}={raw} did not set {model.__name__}.{name}"
+            )
 
 
 def test_every_testbed_key_is_described() -> None:
@@ -169,7 +195,9 @@ def github_anchors(text: str) -> set[str]:
         if not m:
             continue
         title = re.sub(r"<[^>]+>", "", m.group(1)).lower()
-        slug = "".join(ch for ch in title if ch.isalnum() or ch in "-_ " or unicodedata.category(ch) == "Mn")
+        slug = "".join(
+            ch for ch in title if ch.isalnum() or ch in "-_ " or unicodedata.category(ch) == "Mn"
+        )
         slug = slug.replace(" ", "-")
         n = counts.get(slug, 0)
         counts[slug] = n + 1
@@ -289,10 +317,15 @@ def test_command_checker_catches_mistakes() -> None:
     assert check_command("swf-testbed monitor prune --older-than 30 --dry-run") is None
     assert check_command("swf-testbed stop [--all] -c examples/testbed.toml") is None
     assert check_command("swf-testbed monitor manage createsuperuser --anything") is None
-    assert check_command("swf-testbed monitor prune --older 30") == "swf-testbed monitor prune: no option --older"
+    assert (
+        check_command("swf-testbed monitor prune --older 30")
+        == "swf-testbed monitor prune: no option --older"
+    )
     assert check_command("swf-testbed monitr serve") == "swf-testbed: no command 'monitr'"
-    assert commands_in("text `swf-testbed status --json` and\n```bash\n$ FOO=1 swf-testbed run x.toml  # c\n"
-                       "echo swf-testbed up\n```\n") == ["swf-testbed run x.toml  # c", "swf-testbed status --json"]
+    assert commands_in(
+        "text `swf-testbed status --json` and\n```bash\n$ FOO=1 swf-testbed run x.toml  # c\n"
+        "echo swf-testbed up\n```\n"
+    ) == ["swf-testbed run x.toml  # c", "swf-testbed status --json"]
 
 
 def test_every_command_in_the_docs_is_real() -> None:
@@ -316,7 +349,7 @@ def _table_rows(text: str, header_start: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
@@ -333,14 +366,19 @@ def test_concepts_agent_table_matches_the_agents() -> None:
 
     from swf_testbed.agents.runtime import Listen
 
-    rows = _table_rows((DOCS / "concepts.md").read_text(), "| agent | class | listens on | handles |")
+    rows = _table_rows(
+        (DOCS / "concepts.md").read_text(), "| agent | class | listens on | handles |"
+    )
     assert len(rows) == 6
     for row in rows:
         module_name, _, class_name = row[1].strip("`").partition(":")
         cls = getattr(importlib.import_module(f"swf_testbed.agents.{module_name}"), class_name)
         assert _codes(row[3]) == set(cls._handlers), f"{class_name}: handles"
         agent = cls("doc-check", "NS")
-        listens = {str(item.destination if isinstance(item, Listen) else item) for item in agent.listens_on()}
+        listens = {
+            str(item.destination if isinstance(item, Listen) else item)
+            for item in agent.listens_on()
+        }
         assert _codes(row[2]) == listens, f"{class_name}: listens on"
 
 
@@ -348,8 +386,10 @@ def test_api_endpoint_table_matches_the_schema() -> None:
     import yaml
 
     schema = yaml.safe_load((DOCS / "reference" / "openapi.yaml").read_text())
-    in_schema = {path: {m.upper() for m in ops if m in ("get", "post", "put", "patch", "delete")}
-                 for path, ops in schema["paths"].items()}
+    in_schema = {
+        path: {m.upper() for m in ops if m in ("get", "post", "put", "patch", "delete")}
+        for path, ops in schema["paths"].items()
+    }
     rows = _table_rows((DOCS / "reference" / "api.md").read_text(), "| path | methods |")
     documented = {row[0].strip("`"): {m.strip() for m in row[1].split(",")} for row in rows}
     assert documented == in_schema

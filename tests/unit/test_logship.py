@@ -33,8 +33,16 @@ def _logger(handler: logging.Handler) -> logging.Logger:
 
 
 def _make_batch(**fields: object) -> LogBatch:
-    return LogBatch(namespace="ns1", sender="agent1", agent_name="agent1", agent_type="test", instance_id="agent1-x",
-                    pid=1, hostname="host", **fields)  # type: ignore[arg-type]
+    return LogBatch(
+        namespace="ns1",
+        sender="agent1",
+        agent_name="agent1",
+        agent_type="test",
+        instance_id="agent1-x",
+        pid=1,
+        hostname="host",
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 class Sink:
@@ -120,7 +128,11 @@ def test_records_carry_the_execution_and_run_of_the_work_in_hand() -> None:
         logger.warning("explicit", extra={"execution_id": "exec-8", "run_id": "43"})
     logger.warning("outside")
     records = buffer.peek(10)[0]
-    assert [(r.execution_id, r.run_id) for r in records] == [("exec-7", 42), ("exec-8", 43), (None, None)]
+    assert [(r.execution_id, r.run_id) for r in records] == [
+        ("exec-7", 42),
+        ("exec-8", 43),
+        (None, None),
+    ]
 
 
 def test_other_threads_do_not_inherit_the_context() -> None:
@@ -171,7 +183,11 @@ def test_a_batch_holds_at_most_the_schema_limit() -> None:
     for i in range(LOG_BATCH_MAX_RECORDS * 2 + 1):
         logger.warning("w%d", i)
     LogShipper(buffer, sink, _make_batch, batch_size=10_000).drain()
-    assert [len(b.records) for b in sink.batches] == [LOG_BATCH_MAX_RECORDS, LOG_BATCH_MAX_RECORDS, 1]
+    assert [len(b.records) for b in sink.batches] == [
+        LOG_BATCH_MAX_RECORDS,
+        LOG_BATCH_MAX_RECORDS,
+        1,
+    ]
 
 
 def test_level_names() -> None:

@@ -37,8 +37,13 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.Monk
 
 
 def _production(env: pytest.MonkeyPatch, **values: str) -> None:
-    good = {"SWF_PROFILE": "production", "ACTIVEMQ_USER": "swf", "ACTIVEMQ_PASSWORD": PASSWORD,
-            "SWF_SECRET_KEY": GOOD_KEY, "SWF_ALLOWED_HOSTS": "monitor.example.org"}
+    good = {
+        "SWF_PROFILE": "production",
+        "ACTIVEMQ_USER": "swf",
+        "ACTIVEMQ_PASSWORD": PASSWORD,
+        "SWF_SECRET_KEY": GOOD_KEY,
+        "SWF_ALLOWED_HOSTS": "monitor.example.org",
+    }
     good.update(values)
     for name, value in good.items():
         env.setenv(name, value)
@@ -71,8 +76,9 @@ def test_dev_is_the_default_and_refuses_nothing(env: pytest.MonkeyPatch) -> None
         ({"ACTIVEMQ_PASSWORD": ""}, "ACTIVEMQ_USER and ACTIVEMQ_PASSWORD must both be set"),
     ],
 )
-def test_every_program_refuses_unsafe_broker_credentials(env: pytest.MonkeyPatch, values: dict[str, str],
-                                                          message: str) -> None:
+def test_every_program_refuses_unsafe_broker_credentials(
+    env: pytest.MonkeyPatch, values: dict[str, str], message: str
+) -> None:
     _production(env, **values)
     with pytest.raises(ProductionConfigError, match=message) as caught:
         get_settings()
@@ -93,21 +99,31 @@ def test_every_program_refuses_unsafe_broker_credentials(env: pytest.MonkeyPatch
         ({"ACTIVEMQ_USER": "admin", "ACTIVEMQ_PASSWORD": "admin"}, "admin/admin"),
     ],
 )
-def test_the_monitor_refuses_to_start(env: pytest.MonkeyPatch, values: dict[str, str], message: str) -> None:
+def test_the_monitor_refuses_to_start(
+    env: pytest.MonkeyPatch, values: dict[str, str], message: str
+) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
     _production(env, **values)
     with pytest.raises(ImproperlyConfigured, match=message) as caught:
         _monitor_settings()
     assert str(caught.value).count("\n  - ") == 1  # only this problem
-    assert not (Path(os.environ["SWF_HOME"]) / "monitor-secret-key").exists()  # no dev key generated
+    assert not (
+        Path(os.environ["SWF_HOME"]) / "monitor-secret-key"
+    ).exists()  # no dev key generated
 
 
 def test_the_monitor_names_every_problem_at_once(env: pytest.MonkeyPatch) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
-    _production(env, SWF_DEBUG="1", SWF_SECRET_KEY="short", SWF_ALLOWED_HOSTS="*", ACTIVEMQ_USER="admin",
-                ACTIVEMQ_PASSWORD="admin")
+    _production(
+        env,
+        SWF_DEBUG="1",
+        SWF_SECRET_KEY="short",
+        SWF_ALLOWED_HOSTS="*",
+        ACTIVEMQ_USER="admin",
+        ACTIVEMQ_PASSWORD="admin",
+    )
     with pytest.raises(ImproperlyConfigured) as caught:
         _monitor_settings()
     text = str(caught.value)
@@ -128,16 +144,26 @@ def test_a_correct_production_environment_passes(env: pytest.MonkeyPatch) -> Non
 
 
 def test_cookies_are_secure_in_production_unless_said_otherwise(env: pytest.MonkeyPatch) -> None:
-    assert _monitor_settings()["SESSION_COOKIE_SECURE"] is False  # dev: plain http://127.0.0.1 must work
+    assert (
+        _monitor_settings()["SESSION_COOKIE_SECURE"] is False
+    )  # dev: plain http://127.0.0.1 must work
     _production(env)
     django_settings = _monitor_settings()
-    assert django_settings["SESSION_COOKIE_SECURE"] is True and django_settings["CSRF_COOKIE_SECURE"] is True
+    assert (
+        django_settings["SESSION_COOKIE_SECURE"] is True
+        and django_settings["CSRF_COOKIE_SECURE"] is True
+    )
     _production(env, SWF_SECURE_COOKIES="false")
     django_settings = _monitor_settings()
-    assert django_settings["SESSION_COOKIE_SECURE"] is False and django_settings["CSRF_COOKIE_SECURE"] is False
+    assert (
+        django_settings["SESSION_COOKIE_SECURE"] is False
+        and django_settings["CSRF_COOKIE_SECURE"] is False
+    )
 
 
-def test_anonymous_logs_come_only_from_listed_networks_in_production(env: pytest.MonkeyPatch) -> None:
+def test_anonymous_logs_come_only_from_listed_networks_in_production(
+    env: pytest.MonkeyPatch,
+) -> None:
     """Dev: loopback by default. Production: the explicit list only (a local proxy makes every client local)."""
     assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_FROM"] == ["127.0.0.0/8", "::1/128"]
     _production(env)
@@ -151,8 +177,11 @@ def test_anonymous_logs_come_only_from_listed_networks_in_production(env: pytest
 def test_secrets_are_not_in_reprs(env: pytest.MonkeyPatch) -> None:
     _production(env, SWF_API_TOKEN=TOKEN, SWF_SECRET_KEY=SECRET_KEY)
     settings = Settings()
-    for field, model in (("password", settings.broker), ("api_token", settings.monitor),
-                         ("secret_key", settings.monitor)):
+    for field, model in (
+        ("password", settings.broker),
+        ("api_token", settings.monitor),
+        ("secret_key", settings.monitor),
+    ):
         assert type(model).model_fields[field].repr is False
     for text in (repr(settings), str(settings), repr(settings.broker), repr(settings.monitor)):
         for secret in (PASSWORD, TOKEN, SECRET_KEY):
@@ -166,7 +195,9 @@ def test_stomp_frames_are_not_logged_even_with_verbose() -> None:
     saved = root.level, list(root.handlers), logging.getLogger("stomp.py").level
     try:
         setup_logging(verbose=True)
-        assert not logging.getLogger("stomp.py").isEnabledFor(logging.INFO)  # frames (CONNECT) log at DEBUG
+        assert not logging.getLogger("stomp.py").isEnabledFor(
+            logging.INFO
+        )  # frames (CONNECT) log at DEBUG
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
@@ -174,20 +205,45 @@ def test_stomp_frames_are_not_logged_even_with_verbose() -> None:
 
 
 def _agent_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWF_", "ACTIVEMQ_")) and k != "DATABASE_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SWF_", "ACTIVEMQ_")) and k != "DATABASE_URL"
+    }
     env.update(extra)
     env["PYTHONPATH"] = str(ROOT)
     return env
 
 
-AGENT = [sys.executable, "-m", "swf_testbed.cli", "-v", "agent", "run", "tests.support.agents:EchoAgent"]
+AGENT = [
+    sys.executable,
+    "-m",
+    "swf_testbed.cli",
+    "-v",
+    "agent",
+    "run",
+    "tests.support.agents:EchoAgent",
+]
 
 
 def test_an_agent_refuses_admin_admin_in_production(tmp_path: Path) -> None:
-    env = _agent_env({"SWF_HOME": str(tmp_path), "SWF_PROFILE": "production", "ACTIVEMQ_USER": "admin",
-                      "ACTIVEMQ_PASSWORD": "admin", "ACTIVEMQ_PORT": "1"})
-    done = subprocess.run([*AGENT, "--name", "x", "--namespace", "y"], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    env = _agent_env(
+        {
+            "SWF_HOME": str(tmp_path),
+            "SWF_PROFILE": "production",
+            "ACTIVEMQ_USER": "admin",
+            "ACTIVEMQ_PASSWORD": "admin",
+            "ACTIVEMQ_PORT": "1",
+        }
+    )
+    done = subprocess.run(
+        [*AGENT, "--name", "x", "--namespace", "y"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode != 0
     assert "admin/admin" in done.stdout + done.stderr
 
@@ -201,20 +257,37 @@ def test_secrets_never_logged(embedded_broker: object, tmp_path: Path) -> None:
 
     broker = embedded_broker
     ns = f"secrets-{uuid.uuid4().hex[:8]}"
-    env = _agent_env({
-        **broker.env,  # type: ignore[attr-defined]
-        "SWF_HOME": str(tmp_path), "SWF_PROFILE": "production", "ACTIVEMQ_USER": "swf-agent",
-        "ACTIVEMQ_PASSWORD": PASSWORD, "SWF_API_TOKEN": TOKEN, "SWF_SECRET_KEY": SECRET_KEY,
-    })
+    env = _agent_env(
+        {
+            **broker.env,  # type: ignore[attr-defined]
+            "SWF_HOME": str(tmp_path),
+            "SWF_PROFILE": "production",
+            "ACTIVEMQ_USER": "swf-agent",
+            "ACTIVEMQ_PASSWORD": PASSWORD,
+            "SWF_API_TOKEN": TOKEN,
+            "SWF_SECRET_KEY": SECRET_KEY,
+        }
+    )
     watch = Collector(broker.settings(), HEARTBEAT_TOPIC)  # type: ignore[attr-defined]
     log = tmp_path / "agent.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*AGENT, "--name", "x", "--namespace", ns, "--heartbeat-interval", "0.5"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*AGENT, "--name", "x", "--namespace", ns, "--heartbeat-interval", "0.5"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        watch.wait_for(lambda ms: any(m.msg_type == "heartbeat" and m.namespace == ns
-                                      and m.operational_state is OperationalState.READY for m in ms),
-                       timeout=60, what="READY heartbeat")
+        watch.wait_for(
+            lambda ms: any(
+                m.msg_type == "heartbeat"
+                and m.namespace == ns
+                and m.operational_state is OperationalState.READY
+                for m in ms
+            ),
+            timeout=60,
+            what="READY heartbeat",
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -12,12 +12,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_message_reference_in_docs_is_current() -> None:
     committed = (ROOT / "docs" / "reference" / "messages.md").read_text()
-    assert committed == messages_markdown(), "regenerate: swf-testbed docs messages -o docs/reference/messages.md"
+    assert committed == messages_markdown(), (
+        "regenerate: swf-testbed docs messages -o docs/reference/messages.md"
+    )
 
 
 def test_message_reference_documents_every_type() -> None:
     text = messages_markdown()
-    for name in ("run_imminent", "stf_gen", "slice_result", "run_workflow", "heartbeat", "dead_letter"):
+    for name in (
+        "run_imminent",
+        "stf_gen",
+        "slice_result",
+        "run_workflow",
+        "heartbeat",
+        "dead_letter",
+    ):
         assert f"### `{name}`" in text
 
 
@@ -42,6 +51,11 @@ def test_load_agent_class_errors(target: str, fragment: str) -> None:
 
 
 def test_parse_options() -> None:
-    assert parse_options(["a=1", "b=x", "c=[1,2]", "d=true"]) == {"a": 1, "b": "x", "c": [1, 2], "d": True}
+    assert parse_options(["a=1", "b=x", "c=[1,2]", "d=true"]) == {
+        "a": 1,
+        "b": "x",
+        "c": [1, 2],
+        "d": True,
+    }
     with pytest.raises(AgentLoadError):
         parse_options(["1bad=3"])

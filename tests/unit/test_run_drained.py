@@ -8,13 +8,26 @@ from swf_testbed.cli.orchestrator import _drained
 
 
 def _snap(**over: Any) -> dict[str, Any]:
-    return {"stf_produced": 24, "stf_count": 24, "stf_processed": 24, "slices": 360, "slices_done": 360,
-            "slices_failed": 0, **over}
+    return {
+        "stf_produced": 24,
+        "stf_count": 24,
+        "stf_processed": 24,
+        "slices": 360,
+        "slices_done": 360,
+        "slices_failed": 0,
+        **over,
+    }
 
 
 def _recorded(**over: int) -> dict[str, int]:
-    return {"stf_processed": 24, "samples_unsliced": 0, "slices": 345, "slices_done": 345, "slices_failed": 0,
-            **over}
+    return {
+        "stf_processed": 24,
+        "samples_unsliced": 0,
+        "slices": 345,
+        "slices_done": 345,
+        "slices_failed": 0,
+        **over,
+    }
 
 
 def test_every_stf_processed_and_every_slice_settled_is_drained() -> None:
@@ -32,4 +45,6 @@ def test_a_sample_never_sliced_is_not_drained_by_the_monitors_record() -> None:
 
 
 def test_unsliced_samples_do_not_count_in_a_testbed_without_slicing() -> None:
-    assert _drained(_snap(slices=0, slices_done=0), _recorded(slices=0, slices_done=0, samples_unsliced=24))
+    assert _drained(
+        _snap(slices=0, slices_done=0), _recorded(slices=0, slices_done=0, samples_unsliced=24)
+    )

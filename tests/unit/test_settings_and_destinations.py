@@ -14,7 +14,9 @@ from swf_testbed.mq.destinations import (
 from swf_testbed.settings import BrokerSettings, DestinationStyle, Settings
 
 
-def test_broker_settings_from_the_existing_testbed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broker_settings_from_the_existing_testbed_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("ACTIVEMQ_HOST", "mq.example.org")
     monkeypatch.setenv("ACTIVEMQ_PORT", "61612")
     monkeypatch.setenv("ACTIVEMQ_USER", "alice")
@@ -23,7 +25,13 @@ def test_broker_settings_from_the_existing_testbed_environment(monkeypatch: pyte
     monkeypatch.setenv("ACTIVEMQ_SSL_CA_CERTS", "/etc/ca.pem")
     monkeypatch.setenv("ACTIVEMQ_SSL_CERT_FILE", "")
     s = BrokerSettings()
-    assert (s.host, s.port, s.user, s.password, s.use_ssl) == ("mq.example.org", 61612, "alice", "s3cret", True)
+    assert (s.host, s.port, s.user, s.password, s.use_ssl) == (
+        "mq.example.org",
+        61612,
+        "alice",
+        "s3cret",
+        True,
+    )
     assert str(s.ssl_ca_certs) == "/etc/ca.pem" and s.ssl_cert_file is None
     assert "s3cret" not in repr(s)
 
@@ -67,10 +75,18 @@ def test_queue_mirror_names_as_activemq_spells_them() -> None:
     queue = control_queue("ns1")
     assert str(mirror_topic(queue)) == "/topic/VirtualTopic.Mirror.swf.ns1.control"
     assert str(MONITOR_TOPIC) == "/topic/VirtualTopic.Mirror.>"
-    for spelled in ("/topic/VirtualTopic.Mirror.swf.ns1.control", "topic://VirtualTopic.Mirror.swf.ns1.control",
-                    "VirtualTopic.Mirror.swf.ns1.control"):
+    for spelled in (
+        "/topic/VirtualTopic.Mirror.swf.ns1.control",
+        "topic://VirtualTopic.Mirror.swf.ns1.control",
+        "VirtualTopic.Mirror.swf.ns1.control",
+    ):
         assert mirrored_queue(spelled) == "/queue/swf.ns1.control"
-    for not_a_mirror in ("/topic/swf.ns1.data", "/queue/VirtualTopic.Mirror.x", "/topic/VirtualTopic.Mirror.", ""):
+    for not_a_mirror in (
+        "/topic/swf.ns1.data",
+        "/queue/VirtualTopic.Mirror.x",
+        "/topic/VirtualTopic.Mirror.",
+        "",
+    ):
         assert mirrored_queue(not_a_mirror) is None
     with pytest.raises(ValueError, match="only queues are mirrored"):
         mirror_topic(Topic("swf.ns1.data"))

@@ -38,7 +38,11 @@ def test_shipped_configs_are_listed_and_load() -> None:
 
 def test_base_toml_matches_the_daq_defaults() -> None:
     """The base file spells out every DAQ parameter, with the model's defaults."""
-    text = resources.files("swf_testbed.workflows").joinpath("configs/daq_state_machine.toml").read_text()
+    text = (
+        resources.files("swf_testbed.workflows")
+        .joinpath("configs/daq_state_machine.toml")
+        .read_text()
+    )
     daq = tomllib.loads(text)["daq"]
     assert set(daq) == set(DaqConfig.model_fields)
     assert DaqConfig.model_validate(daq) == DaqConfig()
@@ -80,11 +84,18 @@ def test_stf_datataking_default_has_no_fast_processing() -> None:
 def test_overrides_win_and_are_recorded() -> None:
     merged = load_config(
         "fast_processing_default",
-        {"stf_count": 5, "daq.stf_interval": 1, "target_worker_count": 4, "filename_style": "dated"},
+        {
+            "stf_count": 5,
+            "daq.stf_interval": 1,
+            "target_worker_count": 4,
+            "filename_style": "dated",
+        },
     )
     assert merged.daq.stf_count == 5
     assert merged.daq.stf_interval == 1.0
-    assert isinstance(merged.to_dict()["daq"]["stf_interval"], float)  # int accepted for a float, stored as one
+    assert isinstance(
+        merged.to_dict()["daq"]["stf_interval"], float
+    )  # int accepted for a float, stored as one
     assert merged.fast_processing is not None and merged.fast_processing.target_worker_count == 4
     assert merged.overrides == {
         "daq.stf_count": 5,
@@ -144,15 +155,23 @@ def test_unknown_config_lists_available() -> None:
     with pytest.raises(UnknownConfig) as info:
         load_config("no_such_workflow")
     assert "no_such_workflow" in str(info.value)
-    assert "fast_processing_default" in str(info.value) and "stf_datataking_default" in str(info.value)
+    assert "fast_processing_default" in str(info.value) and "stf_datataking_default" in str(
+        info.value
+    )
     with pytest.raises(UnknownConfig):
         load_config("../etc/passwd")
 
 
 def test_includes_resolve_recursively_later_wins(tmp_path: Path) -> None:
-    write(tmp_path, "a", 'description = "a"\n[daq]\nstf_count = 1\nstandby_duration = 9.0\n[extra]\nlevel = "a"\nn = 1\n')
+    write(
+        tmp_path,
+        "a",
+        'description = "a"\n[daq]\nstf_count = 1\nstandby_duration = 9.0\n[extra]\nlevel = "a"\nn = 1\n',
+    )
     write(tmp_path, "b", 'include = ["a"]\n[daq]\nstf_count = 2\n[extra]\nlevel = "b"\n')
-    write(tmp_path, "c", 'include = ["daq_state_machine", "b"]\ndescription = "c"\n[extra]\nn = 3\n')
+    write(
+        tmp_path, "c", 'include = ["daq_state_machine", "b"]\ndescription = "c"\n[extra]\nn = 3\n'
+    )
     merged = load_config("c", search_paths=[tmp_path])
     # depth-first, in listed order: the base, then a (via b), then b, then c itself
     assert merged.sources == ("daq_state_machine", "a", "b", "c")
@@ -160,14 +179,21 @@ def test_includes_resolve_recursively_later_wins(tmp_path: Path) -> None:
     assert merged.daq.standby_duration == 9.0
     assert merged.section("extra") == {"level": "b", "n": 3}
     assert merged.description == "c"
-    assert load_config("c", {"n": 7, "level": "x"}, search_paths=[tmp_path]).section("extra") == {"level": "x", "n": 7}
+    assert load_config("c", {"n": 7, "level": "x"}, search_paths=[tmp_path]).section("extra") == {
+        "level": "x",
+        "n": 7,
+    }
     with pytest.raises(ConfigTypeError, match="'n'"):
         load_config("c", {"n": "seven"}, search_paths=[tmp_path])
     assert "c" in available_configs([tmp_path])
 
 
 def test_user_configs_shadow_shipped_ones(tmp_path: Path) -> None:
-    write(tmp_path, "stf_datataking_default", 'include = ["daq_state_machine"]\n[daq]\nstf_count = 4\n')
+    write(
+        tmp_path,
+        "stf_datataking_default",
+        'include = ["daq_state_machine"]\n[daq]\nstf_count = 4\n',
+    )
     assert load_config("stf_datataking_default", search_paths=[tmp_path]).daq.stf_count == 4
     assert load_config("stf_datataking_default").daq.stf_count == 0
 
@@ -191,10 +217,14 @@ def test_unknown_include_names_the_includer(tmp_path: Path) -> None:
 
 def test_file_errors_name_file_and_key(tmp_path: Path) -> None:
     write(tmp_path, "typo", 'include = ["daq_state_machine"]\n[daq]\nstf_intervall = 1.0\n')
-    with pytest.raises(ConfigError, match=r"daq\.stf_intervall \(in typo\.toml\): unknown parameter"):
+    with pytest.raises(
+        ConfigError, match=r"daq\.stf_intervall \(in typo\.toml\): unknown parameter"
+    ):
         load_config("typo", search_paths=[tmp_path])
     write(tmp_path, "wrongtype", '[daq]\nstf_interval = "2"\n')
-    with pytest.raises(ConfigTypeError, match=r"'daq\.stf_interval' \(in wrongtype\.toml\) must be a number"):
+    with pytest.raises(
+        ConfigTypeError, match=r"'daq\.stf_interval' \(in wrongtype\.toml\) must be a number"
+    ):
         load_config("wrongtype", search_paths=[tmp_path])
     write(tmp_path, "toplevel", "stf_count = 3\n")
     with pytest.raises(ConfigError, match="must be inside a \\[section\\]"):
@@ -208,7 +238,7 @@ def test_file_errors_name_file_and_key(tmp_path: Path) -> None:
 
 
 def test_ambiguous_flat_key_must_be_qualified(tmp_path: Path) -> None:
-    write(tmp_path, "amb", '[one]\nrate = 1.0\n[two]\nrate = 2.0\n')
+    write(tmp_path, "amb", "[one]\nrate = 1.0\n[two]\nrate = 2.0\n")
     with pytest.raises(ConfigError, match="'one.rate' or 'two.rate'"):
         load_config("amb", {"rate": 3.0}, search_paths=[tmp_path])
     merged = load_config("amb", {"two.rate": 3.0}, search_paths=[tmp_path])
@@ -224,7 +254,9 @@ def test_non_json_value_is_refused(tmp_path: Path) -> None:
 
 
 def test_parse_overrides() -> None:
-    assert parse_overrides(["stf_count=5", "stf_interval = 0.5", "filename_style=dated", 'x="a b"', "flag=true"]) == {
+    assert parse_overrides(
+        ["stf_count=5", "stf_interval = 0.5", "filename_style=dated", 'x="a b"', "flag=true"]
+    ) == {
         "stf_count": 5,
         "stf_interval": 0.5,
         "filename_style": "dated",

@@ -33,8 +33,14 @@ class _OpenRun:
 class DataAgent(Agent):
     agent_type = "data"
 
-    def __init__(self, name: str, namespace: str, *, storage_url: str = "file:///swf/exit-buffer",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        storage_url: str = "file:///swf/exit-buffer",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         self.storage_url = storage_url.rstrip("/")
         self.runs: dict[int, _OpenRun] = {}
@@ -76,14 +82,28 @@ class DataAgent(Agent):
             with self._runs_lock:
                 run.stf_files.add(msg.filename)
             self.count("stf_not_announced")
-            log.info("%s: %s has no size or checksum (ePIC v28 stf_gen); registered, not announced",
-                     self.name, msg.filename)
+            log.info(
+                "%s: %s has no size or checksum (ePIC v28 stf_gen); registered, not announced",
+                self.name,
+                msg.filename,
+            )
             return
-        self.send(data_topic(self.namespace), self.message(
-            StfReady, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state, substate=msg.substate,
-            filename=msg.filename, url=f"{self.storage_url}/{msg.filename}", sequence=msg.sequence,
-            size_bytes=msg.size_bytes, checksum=msg.checksum, tf_count=msg.tf_count or 0,  # 0: unknown
-        ))
+        self.send(
+            data_topic(self.namespace),
+            self.message(
+                StfReady,
+                execution_id=msg.execution_id,
+                run_id=msg.run_id,
+                state=msg.state,
+                substate=msg.substate,
+                filename=msg.filename,
+                url=f"{self.storage_url}/{msg.filename}",
+                sequence=msg.sequence,
+                size_bytes=msg.size_bytes,
+                checksum=msg.checksum,
+                tf_count=msg.tf_count or 0,  # 0: unknown
+            ),
+        )
         with self._runs_lock:
             if msg.filename not in run.stf_files:
                 run.stf_files.add(msg.filename)

@@ -54,7 +54,14 @@ from swf_testbed.messages import (
     new_msg_id,
     utcnow,
 )
-from swf_testbed.mq.destinations import RUN_TOPIC, Destination, Queue, data_topic, slice_queue, worker_topic
+from swf_testbed.mq.destinations import (
+    RUN_TOPIC,
+    Destination,
+    Queue,
+    data_topic,
+    slice_queue,
+    worker_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,23 +143,40 @@ class RunState:
 
     def counters(self) -> dict[str, int]:
         return {
-            "samples_received": self.samples_received, "slices_created": self.slices_created,
-            "slices_queued": self.slices_queued, "slices_completed": self.slices_completed,
-            "slices_failed": self.slices_failed, "slices_retried": self.slices_retried,
-            "duplicate_results": self.duplicate_results, "outstanding": self.outstanding,
+            "samples_received": self.samples_received,
+            "slices_created": self.slices_created,
+            "slices_queued": self.slices_queued,
+            "slices_completed": self.slices_completed,
+            "slices_failed": self.slices_failed,
+            "slices_retried": self.slices_retried,
+            "duplicate_results": self.duplicate_results,
+            "outstanding": self.outstanding,
         }
 
 
 class FastProcessingAgent(Agent):
     agent_type = "fast_processing"
 
-    def __init__(self, name: str, namespace: str, *, slices_per_sample: int = 15, tfs_per_slice: int = 0,
-                 max_slice_retries: int = 3, slice_processing_time: float = 30.0, time_scale: float = 1.0,
-                 target_worker_count: int = 30, worker_rampup_time: float = 300.0, keep_runs: int = 20,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        slices_per_sample: int = 15,
+        tfs_per_slice: int = 0,
+        max_slice_retries: int = 3,
+        slice_processing_time: float = 30.0,
+        time_scale: float = 1.0,
+        target_worker_count: int = 30,
+        worker_rampup_time: float = 300.0,
+        keep_runs: int = 20,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         if slices_per_sample < 1 or tfs_per_slice < 0 or max_slice_retries < 0:
-            raise ValueError("slices_per_sample must be >= 1, tfs_per_slice and max_slice_retries >= 0")
+            raise ValueError(
+                "slices_per_sample must be >= 1, tfs_per_slice and max_slice_retries >= 0"
+            )
         if slice_processing_time < 0 or time_scale < 0:
             raise ValueError("slice_processing_time and time_scale must be >= 0")
         self.slices_per_sample = slices_per_sample
@@ -199,8 +223,12 @@ class FastProcessingAgent(Agent):
         """The run's state (lock held)."""
         state = self.states.get(msg.run_id)
         if state is None:
-            state = RunState(msg.run_id, msg.execution_id, self.params_for(info),
-                             fast=info.fast_processing is not None)
+            state = RunState(
+                msg.run_id,
+                msg.execution_id,
+                self.params_for(info),
+                fast=info.fast_processing is not None,
+            )
             self.states[msg.run_id] = state
             finished = [rid for rid, s in self.states.items() if s.finished]
             for rid in finished[: max(0, len(finished) - self.keep_runs)]:
@@ -220,7 +248,9 @@ class FastProcessingAgent(Agent):
 
     def _copy(self, msg: RunMessage, **update: Any) -> Any:
         """A message passed on under this agent's name (new msg_id and timestamp)."""
-        return msg.model_copy(update={"sender": self.name, "msg_id": new_msg_id(), "timestamp": utcnow(), **update})
+        return msg.model_copy(
+            update={"sender": self.name, "msg_id": new_msg_id(), "timestamp": utcnow(), **update}
+        )
 
     # ------------------------------------------------------------------ handlers
 
@@ -233,11 +263,18 @@ class FastProcessingAgent(Agent):
         if not state.fast:
             self.count("runs_without_fast_processing")
             return
-        self.send(worker_topic(self.namespace), self.message(
-            RunImminentWorker, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-            substate=msg.substate, target_worker_count=state.params.target_worker_count,
-            rampup_time_s=state.params.worker_rampup_time,
-        ))
+        self.send(
+            worker_topic(self.namespace),
+            self.message(
+                RunImminentWorker,
+                execution_id=msg.execution_id,
+                run_id=msg.run_id,
+                state=msg.state,
+                substate=msg.substate,
+                target_worker_count=state.params.target_worker_count,
+                rampup_time_s=state.params.worker_rampup_time,
+            ),
+        )
         self.count("worker_rampups")
         self._describe(state)
 
@@ -268,12 +305,22 @@ class FastProcessingAgent(Agent):
                 for first, last in ranges:
                     slice_id = state.next_slice_id
                     state.next_slice_id += 1
-                    state.slices[slice_id] = SliceRecord(self.message(
-                        Slice, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-                        substate=msg.substate, slice_id=slice_id, tf_filename=msg.tf_filename,
-                        stf_filename=msg.stf_filename, tf_first=first, tf_last=last,
-                        tf_count=last - first + 1, work_time_s=state.params.work_time_s,
-                    ))
+                    state.slices[slice_id] = SliceRecord(
+                        self.message(
+                            Slice,
+                            execution_id=msg.execution_id,
+                            run_id=msg.run_id,
+                            state=msg.state,
+                            substate=msg.substate,
+                            slice_id=slice_id,
+                            tf_filename=msg.tf_filename,
+                            stf_filename=msg.stf_filename,
+                            tf_first=first,
+                            tf_last=last,
+                            tf_count=last - first + 1,
+                            work_time_s=state.params.work_time_s,
+                        )
+                    )
                     ids.append(slice_id)
                 state.samples[msg.tf_filename] = ids
                 state.samples_received += 1
@@ -303,8 +350,13 @@ class FastProcessingAgent(Agent):
                 record = None  # an id of another life of this agent (restarted mid-run): not ours
             if state is None or record is None:
                 self.count("slice_results_unknown")
-                log.warning("%s: result for unknown slice %d of run %d from %s", self.name, msg.slice_id,
-                            msg.run_id, msg.worker_id)
+                log.warning(
+                    "%s: result for unknown slice %d of run %d from %s",
+                    self.name,
+                    msg.slice_id,
+                    msg.run_id,
+                    msg.worker_id,
+                )
                 return
             if record.status in ("completed", "failed"):
                 state.duplicate_results += 1
@@ -324,15 +376,31 @@ class FastProcessingAgent(Agent):
                 state.slices_queued += 1
                 self.count("slices_retried")
                 self.count("slices_queued")
-                log.info("%s: slice %d of run %d failed on %s (%s); retry %d of %d", self.name, msg.slice_id,
-                         msg.run_id, msg.worker_id, msg.error, record.retries, state.params.max_slice_retries)
+                log.info(
+                    "%s: slice %d of run %d failed on %s (%s); retry %d of %d",
+                    self.name,
+                    msg.slice_id,
+                    msg.run_id,
+                    msg.worker_id,
+                    msg.error,
+                    record.retries,
+                    state.params.max_slice_retries,
+                )
             else:
                 record.status = "failed"
                 record.worker_id = msg.worker_id
                 state.slices_failed += 1
                 self.count("slices_failed")
-                log.warning("%s: slice %d of run %d failed after %d retries: %s", self.name, msg.slice_id,
-                            msg.run_id, record.retries, msg.error)
+                log.warning(
+                    "%s: slice %d of run %d failed after %d retries: %s",
+                    self.name,
+                    msg.slice_id,
+                    msg.run_id,
+                    record.retries,
+                    msg.error,
+                )
             self._describe(state)
             if state.finished:
-                log.info("%s: run %d fast processing done: %s", self.name, state.run_id, state.counters())
+                log.info(
+                    "%s: run %d fast processing done: %s", self.name, state.run_id, state.counters()
+                )

@@ -34,8 +34,16 @@ def tf_filename(stf_filename: str, tf_first: int, tf_last: int) -> str:
 class FastMonAgent(RunFollowingAgent):
     agent_type = "fastmon"
 
-    def __init__(self, name: str, namespace: str, *, stf_sampling_rate: float | None = None,
-                 tf_sample_fraction: float = 0.15, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        stf_sampling_rate: float | None = None,
+        tf_sample_fraction: float = 0.15,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         if stf_sampling_rate is not None and not 0 <= stf_sampling_rate <= 1:
             raise ValueError("stf_sampling_rate must be between 0 and 1")
@@ -51,7 +59,9 @@ class FastMonAgent(RunFollowingAgent):
         """(sampling rate, sample fraction) for a run; rate 0 when the run is not sampled."""
         fp = info.fast_processing
         if fp is not None:
-            rate = info.number("stf_sampling_rate", self.stf_sampling_rate or 0.0, "fast_processing")
+            rate = info.number(
+                "stf_sampling_rate", self.stf_sampling_rate or 0.0, "fast_processing"
+            )
             fraction = info.number("tf_sample_fraction", self.tf_sample_fraction, "fast_processing")
         else:
             rate, fraction = self.stf_sampling_rate or 0.0, self.tf_sample_fraction
@@ -81,11 +91,21 @@ class FastMonAgent(RunFollowingAgent):
             return
         first, last, tf_total = block
         n = last - first + 1
-        self.send(data_topic(self.namespace), self.message(
-            TfFileRegistered, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-            substate=msg.substate, tf_filename=tf_filename(msg.filename, first, last),
-            stf_filename=msg.filename, tf_first=first, tf_last=last, tf_count=n,
-            size_bytes=msg.size_bytes * n // tf_total,
-        ))
+        self.send(
+            data_topic(self.namespace),
+            self.message(
+                TfFileRegistered,
+                execution_id=msg.execution_id,
+                run_id=msg.run_id,
+                state=msg.state,
+                substate=msg.substate,
+                tf_filename=tf_filename(msg.filename, first, last),
+                stf_filename=msg.filename,
+                tf_first=first,
+                tf_last=last,
+                tf_count=n,
+                size_bytes=msg.size_bytes * n // tf_total,
+            ),
+        )
         self.count("stf_sampled")
         self.count("tf_sampled", n)

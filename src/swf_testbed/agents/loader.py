@@ -26,7 +26,9 @@ def load_agent_class(target: str) -> type[Agent]:
     if cls is None:
         raise AgentLoadError(f"agent {target!r}: module {module_name!r} has no {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise AgentLoadError(f"agent {target!r}: {class_name!r} is not a subclass of swf_testbed.agents.Agent")
+        raise AgentLoadError(
+            f"agent {target!r}: {class_name!r} is not a subclass of swf_testbed.agents.Agent"
+        )
     return cls
 
 
@@ -36,7 +38,9 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise AgentLoadError(f"option {pair!r}: expected key=value with a Python identifier as key")
+            raise AgentLoadError(
+                f"option {pair!r}: expected key=value with a Python identifier as key"
+            )
         try:
             options[key] = json.loads(raw)
         except ValueError:

@@ -41,7 +41,8 @@ DEFAULT_LOG_LEVEL = "WARNING"
 DEFAULT_BUFFER_SIZE = 1000
 
 log_context: contextvars.ContextVar[tuple[str | None, int | None]] = contextvars.ContextVar(
-    "swf_log_context", default=(None, None))
+    "swf_log_context", default=(None, None)
+)
 """(execution_id, run_id) of the work in hand on this thread; records logged meanwhile carry them."""
 
 
@@ -86,10 +87,15 @@ class BufferedRecord:
 
     def entry(self) -> LogEntry:
         return LogEntry(
-            timestamp=datetime.fromtimestamp(self.created, UTC), level=min(max(self.level, 0), 100),
-            levelname=self.levelname[:50] or "LEVEL", logger=self.logger[:255],
-            message=_cut(self.message, LOG_MESSAGE_MAX_CHARS), module=self.module[:255],
-            funcname=self.funcname[:255], lineno=max(self.lineno, 0), thread=self.thread[:255],
+            timestamp=datetime.fromtimestamp(self.created, UTC),
+            level=min(max(self.level, 0), 100),
+            levelname=self.levelname[:50] or "LEVEL",
+            logger=self.logger[:255],
+            message=_cut(self.message, LOG_MESSAGE_MAX_CHARS),
+            module=self.module[:255],
+            funcname=self.funcname[:255],
+            lineno=max(self.lineno, 0),
+            thread=self.thread[:255],
             exception=_cut(self.exception, LOG_EXCEPTION_MAX_CHARS, keep_end=True),
             execution_id=self.execution_id[:200] if self.execution_id else None,
             run_id=self.run_id if self.run_id is not None and 0 <= self.run_id < 2**63 else None,
@@ -101,7 +107,7 @@ def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:
         return text
     marker = " […]"
     if keep_end:  # a traceback's end says what went wrong
-        return "[…] " + text[-(limit - len(marker)):]
+        return "[…] " + text[-(limit - len(marker)) :]
     return text[: limit - len(marker)] + marker
 
 
@@ -148,7 +154,9 @@ class LogBuffer:
     def peek(self, limit: int) -> tuple[list[BufferedRecord], int]:
         """The oldest ``limit`` records and the drops not reported yet; nothing is removed."""
         with self._lock:
-            return [self._items[i] for i in range(min(limit, len(self._items)))], self._dropped_unreported
+            return [
+                self._items[i] for i in range(min(limit, len(self._items)))
+            ], self._dropped_unreported
 
     def commit(self, records: int, dropped_reported: int) -> None:
         """Remove the ``records`` oldest (just sent) and mark ``dropped_reported`` drops as reported."""
@@ -182,13 +190,22 @@ class BrokerLogHandler(logging.Handler):
                 exception = record.exc_text
             if record.stack_info:
                 exception = (exception + "\n" + record.stack_info).strip()
-            self.buffer.put(BufferedRecord(
-                created=record.created, level=record.levelno, levelname=record.levelname, logger=record.name,
-                message=record.getMessage(), module=record.module or "", funcname=record.funcName or "",
-                lineno=record.lineno or 0, thread=record.threadName or "", exception=exception,
-                execution_id=str(execution_id) if execution_id not in (None, "") else None,
-                run_id=_as_run_id(run_id),
-            ))
+            self.buffer.put(
+                BufferedRecord(
+                    created=record.created,
+                    level=record.levelno,
+                    levelname=record.levelname,
+                    logger=record.name,
+                    message=record.getMessage(),
+                    module=record.module or "",
+                    funcname=record.funcName or "",
+                    lineno=record.lineno or 0,
+                    thread=record.threadName or "",
+                    exception=exception,
+                    execution_id=str(execution_id) if execution_id not in (None, "") else None,
+                    run_id=_as_run_id(run_id),
+                )
+            )
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 
@@ -210,9 +227,16 @@ Send = Callable[[LogBatch], None]
 class LogShipper:
     """The background thread that sends what the buffer holds, one ``log_batch`` per batch."""
 
-    def __init__(self, buffer: LogBuffer, send: Send, make_batch: Callable[..., LogBatch], *,
-                 flush_interval: float = 0.5, batch_size: int = LOG_BATCH_MAX_RECORDS, name: str = "log-shipper"
-                 ) -> None:
+    def __init__(
+        self,
+        buffer: LogBuffer,
+        send: Send,
+        make_batch: Callable[..., LogBatch],
+        *,
+        flush_interval: float = 0.5,
+        batch_size: int = LOG_BATCH_MAX_RECORDS,
+        name: str = "log-shipper",
+    ) -> None:
         self.buffer = buffer
         self._send = send
         self._make_batch = make_batch
@@ -240,8 +264,12 @@ class LogShipper:
         records, dropped = self.buffer.peek(self.batch_size)
         if not records and not dropped:
             return True
-        batch = self._make_batch(records=[r.entry() for r in records], dropped=dropped,
-                                 dropped_total=self.buffer.dropped_total, buffer_size=self.buffer.capacity)
+        batch = self._make_batch(
+            records=[r.entry() for r in records],
+            dropped=dropped,
+            dropped_total=self.buffer.dropped_total,
+            buffer_size=self.buffer.capacity,
+        )
         try:
             self._send(batch)
         except Exception:  # noqa: BLE001 - kept, tried again on the next tick

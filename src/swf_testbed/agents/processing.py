@@ -23,8 +23,15 @@ class ProcessingAgent(RunFollowingAgent):
 
     agent_type = "processing"
 
-    def __init__(self, name: str, namespace: str, *, processing_time: float = 1.0, time_scale: float = 1.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        processing_time: float = 1.0,
+        time_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         if processing_time < 0 or time_scale < 0:
             raise ValueError("processing_time and time_scale must be >= 0")
@@ -44,9 +51,17 @@ class ProcessingAgent(RunFollowingAgent):
         wait = self.wall_time(self.runs.lookup(msg.run_id, msg.execution_id))
         if wait:
             time.sleep(wait)
-        self.send(data_topic(self.namespace), self.message(
-            ProcessingComplete, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-            substate=msg.substate, filename=msg.filename, outputs=[f"{msg.filename}.reco"],
-            processing_time_s=time.perf_counter() - started,
-        ))
+        self.send(
+            data_topic(self.namespace),
+            self.message(
+                ProcessingComplete,
+                execution_id=msg.execution_id,
+                run_id=msg.run_id,
+                state=msg.state,
+                substate=msg.substate,
+                filename=msg.filename,
+                outputs=[f"{msg.filename}.reco"],
+                processing_time_s=time.perf_counter() - started,
+            ),
+        )
         self.count("stf_processed")

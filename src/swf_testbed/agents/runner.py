@@ -99,7 +99,9 @@ def resolve_time_scale(msg: RunWorkflow) -> float:
     """The time scale a run_workflow asks for (see the module docstring)."""
     if msg.time_scale is not None:
         if msg.realtime and msg.time_scale != 1:
-            raise ValueError(f"realtime is true but time_scale is {msg.time_scale:g}; give one or the other")
+            raise ValueError(
+                f"realtime is true but time_scale is {msg.time_scale:g}; give one or the other"
+            )
         return float(msg.time_scale)
     return 1.0 if msg.realtime else 0.0
 
@@ -135,9 +137,17 @@ class Execution:
 class WorkflowRunner(Agent):
     agent_type = "workflow_runner"
 
-    def __init__(self, name: str, namespace: str, *, pace_window: int = 100, pace_timeout: float = 30.0,
-                 workflow_modules: list[str] | None = None, daq_sender: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        pace_window: int = 100,
+        pace_timeout: float = 30.0,
+        workflow_modules: list[str] | None = None,
+        daq_sender: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         if pace_window < 1 or pace_timeout <= 0:
             raise ValueError("pace_window must be >= 1 and pace_timeout > 0")
@@ -150,7 +160,10 @@ class WorkflowRunner(Agent):
         self._lock = threading.Lock()
 
     def listens_on(self) -> list[Listen]:
-        return [Listen(control_queue(self.namespace)), Listen(data_topic(self.namespace), ordered=False)]
+        return [
+            Listen(control_queue(self.namespace)),
+            Listen(data_topic(self.namespace), ordered=False),
+        ]
 
     def is_busy(self) -> bool:
         return self.current is not None
@@ -166,13 +179,28 @@ class WorkflowRunner(Agent):
     def _reply(self, msg: Message) -> None:
         self.send(replies_topic(self.namespace), msg)
 
-    def _fail(self, request: Message, workflow_name: str, error: str, *, refused: bool,
-              execution_id: str | None = None, run_id: int | None = None) -> None:
+    def _fail(
+        self,
+        request: Message,
+        workflow_name: str,
+        error: str,
+        *,
+        refused: bool,
+        execution_id: str | None = None,
+        run_id: int | None = None,
+    ) -> None:
         self.count("requests_refused" if refused else "workflows_failed")
-        self._reply(self.message(
-            WorkflowFailed, in_reply_to=request.msg_id, workflow_name=workflow_name or "unknown",
-            error=error[:10_000], refused=refused, execution_id=execution_id, run_id=run_id,
-        ))
+        self._reply(
+            self.message(
+                WorkflowFailed,
+                in_reply_to=request.msg_id,
+                workflow_name=workflow_name or "unknown",
+                error=error[:10_000],
+                refused=refused,
+                execution_id=execution_id,
+                run_id=run_id,
+            )
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -181,9 +209,14 @@ class WorkflowRunner(Agent):
         assert isinstance(msg, RunWorkflow)
         running = self.current
         if running is not None:
-            self._fail(msg, msg.workflow_name, f"execution {running.execution_id} of workflow "
-                       f"{running.definition.name!r} is running in namespace {self.namespace}; stop it "
-                       "(stop_workflow) or wait for it to end", refused=True)
+            self._fail(
+                msg,
+                msg.workflow_name,
+                f"execution {running.execution_id} of workflow "
+                f"{running.definition.name!r} is running in namespace {self.namespace}; stop it "
+                "(stop_workflow) or wait for it to end",
+                refused=True,
+            )
             return
         try:
             definition = get_workflow(msg.workflow_name)
@@ -201,8 +234,14 @@ class WorkflowRunner(Agent):
         run_id = self.next_run_id()
         execution: Execution
         ctx = WorkflowContext(
-            definition=definition, config=config, namespace=self.namespace, execution_id=execution_id,
-            run_id=run_id, sender=self.daq_sender, time_scale=time_scale, duration=msg.duration,
+            definition=definition,
+            config=config,
+            namespace=self.namespace,
+            execution_id=execution_id,
+            run_id=run_id,
+            sender=self.daq_sender,
+            time_scale=time_scale,
+            duration=msg.duration,
             emit=lambda m: self._emit(execution, m),
             pace=(lambda: self._pace(execution)) if time_scale == 0 else None,
         )
@@ -210,20 +249,38 @@ class WorkflowRunner(Agent):
         self.current = execution
         commit = definition.git_commit or ""
         try:
-            self._reply(self.message(
-                WorkflowStarted, in_reply_to=msg.msg_id, workflow_name=definition.name, execution_id=execution_id,
-                run_id=run_id, config=config.to_dict(), workflow_version=definition.version,
-                workflow_module=definition.module, git_commit=commit, time_scale=time_scale,
-            ))
+            self._reply(
+                self.message(
+                    WorkflowStarted,
+                    in_reply_to=msg.msg_id,
+                    workflow_name=definition.name,
+                    execution_id=execution_id,
+                    run_id=run_id,
+                    config=config.to_dict(),
+                    workflow_version=definition.version,
+                    workflow_module=definition.module,
+                    git_commit=commit,
+                    time_scale=time_scale,
+                )
+            )
         except Exception:
             self.current = None
             raise
         self.count("workflows_started")
         self.description = f"running {execution_id} (run {run_id})"
-        log.info("%s: started %s (workflow %s %s, config %s, run %d, time scale %g)", self.name, execution_id,
-                 definition.name, definition.version, config.name, run_id, time_scale)
-        execution.thread = threading.Thread(target=self._execute, args=(execution,), name=f"{self.name}-exec",
-                                            daemon=True)
+        log.info(
+            "%s: started %s (workflow %s %s, config %s, run %d, time scale %g)",
+            self.name,
+            execution_id,
+            definition.name,
+            definition.version,
+            config.name,
+            run_id,
+            time_scale,
+        )
+        execution.thread = threading.Thread(
+            target=self._execute, args=(execution,), name=f"{self.name}-exec", daemon=True
+        )
         execution.thread.start()
 
     @handles("stop_workflow")
@@ -232,11 +289,19 @@ class WorkflowRunner(Agent):
         running = self.current
         if running is None or running.execution_id != msg.execution_id:
             now = f"execution {running.execution_id} is" if running else "nothing is"
-            self._fail(msg, running.definition.name if running else "unknown",
-                       f"execution {msg.execution_id} is not running in namespace {self.namespace} ({now} running)",
-                       refused=True)
+            self._fail(
+                msg,
+                running.definition.name if running else "unknown",
+                f"execution {msg.execution_id} is not running in namespace {self.namespace} ({now} running)",
+                refused=True,
+            )
             return
-        log.info("%s: stopping %s%s", self.name, msg.execution_id, f": {msg.reason}" if msg.reason else "")
+        log.info(
+            "%s: stopping %s%s",
+            self.name,
+            msg.execution_id,
+            f": {msg.reason}" if msg.reason else "",
+        )
         if running.stop_request is None:
             running.stop_request = msg
         self.count("stop_requests")
@@ -274,9 +339,14 @@ class WorkflowRunner(Agent):
                 elif now - last_change >= self.pace_timeout:
                     execution.pacing = False
                     self.count("pace_timeouts")
-                    log.warning("%s: %s: no STF processed for %.0f s with %d in flight; no longer pacing this "
-                                "execution (is a processing agent running?)", self.name, execution.execution_id,
-                                self.pace_timeout, execution.stf_announced - done)
+                    log.warning(
+                        "%s: %s: no STF processed for %.0f s with %d in flight; no longer pacing this "
+                        "execution (is a processing agent running?)",
+                        self.name,
+                        execution.execution_id,
+                        self.pace_timeout,
+                        execution.stf_announced - done,
+                    )
                     return
                 execution.progress.wait(0.25)
 
@@ -297,10 +367,18 @@ class WorkflowRunner(Agent):
     def _close_run(self, execution: Execution) -> None:
         """end_run for a run the workflow left open (it raised)."""
         ctx = execution.ctx
-        self._emit(execution, EndRun(
-            namespace=self.namespace, sender=self.daq_sender, execution_id=ctx.execution_id, run_id=ctx.run_id,
-            state=DaqState.BEAM, substate=DaqSubstate.NOT_READY, total_stf_files=execution.stf_announced,
-        ))
+        self._emit(
+            execution,
+            EndRun(
+                namespace=self.namespace,
+                sender=self.daq_sender,
+                execution_id=ctx.execution_id,
+                run_id=ctx.run_id,
+                state=DaqState.BEAM,
+                substate=DaqSubstate.NOT_READY,
+                total_stf_files=execution.stf_announced,
+            ),
+        )
 
     def _execute(self, execution: Execution) -> None:
         # what this thread logs belongs to the execution (and goes to the monitor with it)
@@ -325,19 +403,42 @@ class WorkflowRunner(Agent):
         request = execution.request
         try:
             if outcome is not None and not error:
-                stopped = outcome.end_reason == "stopped"  # a stop that came after the end changes nothing
-                reply_to = execution.stop_request.msg_id if stopped and execution.stop_request else request.msg_id
-                self._reply(self.message(
-                    WorkflowCompleted, in_reply_to=reply_to, workflow_name=execution.definition.name,
-                    execution_id=ctx.execution_id, run_id=ctx.run_id,
-                    status="terminated" if stopped else "completed", stf_count=outcome.stf_count,
-                ))
+                stopped = (
+                    outcome.end_reason == "stopped"
+                )  # a stop that came after the end changes nothing
+                reply_to = (
+                    execution.stop_request.msg_id
+                    if stopped and execution.stop_request
+                    else request.msg_id
+                )
+                self._reply(
+                    self.message(
+                        WorkflowCompleted,
+                        in_reply_to=reply_to,
+                        workflow_name=execution.definition.name,
+                        execution_id=ctx.execution_id,
+                        run_id=ctx.run_id,
+                        status="terminated" if stopped else "completed",
+                        stf_count=outcome.stf_count,
+                    )
+                )
                 self.count("workflows_terminated" if stopped else "workflows_completed")
-                log.info("%s: %s %s with %d STFs", self.name, ctx.execution_id,
-                         "terminated" if stopped else "completed", outcome.stf_count)
+                log.info(
+                    "%s: %s %s with %d STFs",
+                    self.name,
+                    ctx.execution_id,
+                    "terminated" if stopped else "completed",
+                    outcome.stf_count,
+                )
             else:
-                self._fail(request, execution.definition.name, error or "the workflow failed", refused=False,
-                           execution_id=ctx.execution_id, run_id=ctx.run_id)
+                self._fail(
+                    request,
+                    execution.definition.name,
+                    error or "the workflow failed",
+                    refused=False,
+                    execution_id=ctx.execution_id,
+                    run_id=ctx.run_id,
+                )
         except Exception:  # noqa: BLE001 - the runner must go back to READY whatever happens
             log.exception("%s: could not send the final reply of %s", self.name, ctx.execution_id)
         finally:
@@ -354,4 +455,3 @@ class WorkflowRunner(Agent):
         running.ctx.stop()
         if running.thread is not None:
             running.thread.join(max(1.0, self.drain_timeout))
-

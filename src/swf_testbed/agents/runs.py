@@ -79,7 +79,9 @@ class RunBook:
         with self._cond:
             info = self._runs.get(msg.run_id)
             if info is None:
-                info = self._runs[msg.run_id] = RunInfo(msg.run_id, msg.execution_id, announced=False)
+                info = self._runs[msg.run_id] = RunInfo(
+                    msg.run_id, msg.execution_id, announced=False
+                )
             info.open = False
             self._prune()
             self._cond.notify_all()
@@ -92,7 +94,9 @@ class RunBook:
             while run_id not in self._runs:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    log.info("run %d was never announced to this agent; using its own options", run_id)
+                    log.info(
+                        "run %d was never announced to this agent; using its own options", run_id
+                    )
                     self._runs[run_id] = RunInfo(run_id, execution_id, announced=False)
                     self._prune()
                     break

@@ -69,9 +69,9 @@ from swf_testbed.agents.logship import (
     logging_for,
 )
 from swf_testbed.messages import (
+    MAX_BODY_BYTES,
     AgentStatus,
     DeadLetter,
-    MAX_BODY_BYTES,
     Heartbeat,
     LogBatch,
     Message,
@@ -209,15 +209,24 @@ class Agent:
         self.description = description
         self.durable = durable
         self.client = BrokerClient(
-            broker or get_settings().broker, client_name=name, on_state_change=self._on_mq_state,
+            broker or get_settings().broker,
+            client_name=name,
+            on_state_change=self._on_mq_state,
             # durable topic subscriptions belong to a stable client id: one connection per agent name
             client_id=f"swf-agent-{namespace}-{name}" if durable else None,
         )
         self.state = OperationalState.STARTING
         self.status = AgentStatus.OK
         self.counters: dict[str, int] = {
-            "received": 0, "handled": 0, "failed": 0, "retried": 0, "dead_lettered": 0,
-            "invalid": 0, "other_namespace": 0, "unhandled": 0, "sent": 0,
+            "received": 0,
+            "handled": 0,
+            "failed": 0,
+            "retried": 0,
+            "dead_lettered": 0,
+            "invalid": 0,
+            "other_namespace": 0,
+            "unhandled": 0,
+            "sent": 0,
         }
         self._counter_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -268,9 +277,11 @@ class Agent:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, wait: float | None = 30.0) -> "Agent":
+    def start(self, wait: float | None = 30.0) -> Agent:
         """Connect, subscribe and become READY; returns once READY (in-process use)."""
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"{self.name}-h")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix=f"{self.name}-h"
+        )
         self._lanes = _Lanes(self._pool)
         self._accepting.set()
         self.client.start(wait=wait)
@@ -291,7 +302,9 @@ class Agent:
             )
         self.on_start()
         self._set_state(OperationalState.READY)
-        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-hb", daemon=True)
+        self._thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"{self.name}-hb", daemon=True
+        )
         self._thread.start()
         log.info("%s %s ready in namespace %s", self.agent_type, self.instance_id, self.namespace)
         return self
@@ -328,13 +341,20 @@ class Agent:
         self._stop.set()
         self._accepting.clear()
         for sub in self._subs:
-            self.client.unsubscribe(sub, forget=True)  # a clean stop leaves no durable backlog behind
+            self.client.unsubscribe(
+                sub, forget=True
+            )  # a clean stop leaves no durable backlog behind
         deadline = time.monotonic() + self.drain_timeout
         while self._in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
         if self._in_flight:
-            log.warning("%s: %d handlers still running after %.1f s; their messages stay unacknowledged "
-                        "and will be redelivered", self.name, self._in_flight, self.drain_timeout)
+            log.warning(
+                "%s: %d handlers still running after %.1f s; their messages stay unacknowledged "
+                "and will be redelivered",
+                self.name,
+                self._in_flight,
+                self.drain_timeout,
+            )
         try:
             self.on_stop()
         except Exception:  # noqa: BLE001
@@ -362,8 +382,13 @@ class Agent:
         if self.log_level is None or self._log_shipper is not None:
             return
         handler = BrokerLogHandler(self.log_buffer, self.log_level)
-        shipper = LogShipper(self.log_buffer, self._send_log_batch, self._log_batch,
-                             flush_interval=self.log_flush_interval, name=f"{self.name}-logs").start()
+        shipper = LogShipper(
+            self.log_buffer,
+            self._send_log_batch,
+            self._log_batch,
+            flush_interval=self.log_flush_interval,
+            name=f"{self.name}-logs",
+        ).start()
         handler.ignored_thread = shipper.thread_ident
         root = logging.getLogger()
         if root.getEffectiveLevel() > self.log_level:
@@ -383,8 +408,15 @@ class Agent:
             self._log_shipper.stop(timeout=2.0)  # sends what it holds, if the broker takes it
 
     def _log_batch(self, **fields: Any) -> LogBatch:
-        return self.message(LogBatch, agent_name=self.name, agent_type=self.agent_type,
-                            instance_id=self.instance_id, pid=self.pid, hostname=self.hostname, **fields)
+        return self.message(
+            LogBatch,
+            agent_name=self.name,
+            agent_type=self.agent_type,
+            instance_id=self.instance_id,
+            pid=self.pid,
+            hostname=self.hostname,
+            **fields,
+        )
 
     def _send_log_batch(self, batch: LogBatch) -> None:
         # a short wait: while the broker is away the records stay buffered (bounded), nothing waits for it
@@ -428,7 +460,10 @@ class Agent:
         self.publish_heartbeat(publish_timeout)
 
     def _refresh_state(self) -> None:
-        if self.state in (OperationalState.STARTING, OperationalState.EXITED) or self._stop.is_set():
+        if (
+            self.state in (OperationalState.STARTING, OperationalState.EXITED)
+            or self._stop.is_set()
+        ):
             return
         busy = self._in_flight > 0 or self.is_busy()
         if busy:
@@ -475,12 +510,20 @@ class Agent:
     def _handle(self, delivery: Delivery) -> None:
         try:
             # tolerant on receipt: the ePIC v28 dialect too, its naive times read in SWF_LEGACY_TIMEZONE
-            msg = parse_received(delivery.body, zone=get_settings().legacy_zone,
-                                 broker_message_id=delivery.message_id or "")
+            msg = parse_received(
+                delivery.body,
+                zone=get_settings().legacy_zone,
+                broker_message_id=delivery.message_id or "",
+            )
         except MessageError as exc:
             self.count("invalid")
-            log.warning("%s: invalid message %s on %s: %s", self.name, delivery.message_id,
-                        delivery.destination, exc.detail)
+            log.warning(
+                "%s: invalid message %s on %s: %s",
+                self.name,
+                delivery.message_id,
+                delivery.destination,
+                exc.detail,
+            )
             self._dead_letter(delivery, f"{exc.reason}: {exc.detail}", attempts=1)
             return
         if msg.namespace != self.namespace:
@@ -512,15 +555,29 @@ class Agent:
             self._attempts.popitem(last=False)
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if attempts >= self.max_attempts:
-            log.error("%s: %s %s failed %d times, dead-lettered: %s", self.name, msg.msg_type, msg.msg_id,
-                      attempts, error, extra={"execution_id": msg.execution_id, "run_id": msg.run_id})
+            log.error(
+                "%s: %s %s failed %d times, dead-lettered: %s",
+                self.name,
+                msg.msg_type,
+                msg.msg_id,
+                attempts,
+                error,
+                extra={"execution_id": msg.execution_id, "run_id": msg.run_id},
+            )
             self._attempts.pop(key, None)
             self._dead_letter(delivery, error, attempts)
             return
         self.count("retried")
-        log.warning("%s: %s %s failed (attempt %d of %d), will retry: %s", self.name, msg.msg_type,
-                    msg.msg_id, attempts, self.max_attempts, error,
-                    extra={"execution_id": msg.execution_id, "run_id": msg.run_id})
+        log.warning(
+            "%s: %s %s failed (attempt %d of %d), will retry: %s",
+            self.name,
+            msg.msg_type,
+            msg.msg_id,
+            attempts,
+            self.max_attempts,
+            error,
+            extra={"execution_id": msg.execution_id, "run_id": msg.run_id},
+        )
         if self.client.nack_redelivers:
             self.client.nack(delivery)
             return
@@ -560,8 +617,11 @@ class Agent:
         try:
             self.client.send(DEAD_LETTER_QUEUE, letter, timeout=10.0)
         except BrokerUnavailable:
-            log.error("%s: could not dead-letter %s; leaving it unacknowledged", self.name, delivery.message_id)
+            log.error(
+                "%s: could not dead-letter %s; leaving it unacknowledged",
+                self.name,
+                delivery.message_id,
+            )
             return
         self.count("dead_lettered")
         self.client.ack(delivery)
-

@@ -32,8 +32,17 @@ from swf_testbed.mq.destinations import slice_queue, worker_topic
 class WorkerAgent(Agent):
     agent_type = "worker"
 
-    def __init__(self, name: str, namespace: str, *, slice_processing_time: float = 30.0, time_scale: float = 1.0,
-                 fail_rate: float = 0.0, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        slice_processing_time: float = 30.0,
+        time_scale: float = 1.0,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, namespace, **kwargs)
         if slice_processing_time < 0 or time_scale < 0:
             raise ValueError("slice_processing_time and time_scale must be >= 0")
@@ -68,13 +77,24 @@ class WorkerAgent(Agent):
             time.sleep(wait)
         with self._rng_lock:
             fail = self.fail_rate > 0 and self._rng.random() < self.fail_rate
-        self.send(slice_results_queue(self.namespace), self.message(
-            SliceResult, execution_id=msg.execution_id, run_id=msg.run_id, state=msg.state,
-            substate=msg.substate, slice_id=msg.slice_id, tf_filename=msg.tf_filename,
-            worker_id=self.instance_id, status="failed" if fail else "completed",
-            processing_time_s=time.perf_counter() - started,
-            error=f"simulated failure of slice {msg.slice_id} (attempt {msg.retries + 1})" if fail else "",
-        ))
+        self.send(
+            slice_results_queue(self.namespace),
+            self.message(
+                SliceResult,
+                execution_id=msg.execution_id,
+                run_id=msg.run_id,
+                state=msg.state,
+                substate=msg.substate,
+                slice_id=msg.slice_id,
+                tf_filename=msg.tf_filename,
+                worker_id=self.instance_id,
+                status="failed" if fail else "completed",
+                processing_time_s=time.perf_counter() - started,
+                error=f"simulated failure of slice {msg.slice_id} (attempt {msg.retries + 1})"
+                if fail
+                else "",
+            ),
+        )
         self.count("slices_failed" if fail else "slices_done")
         self.count("tf_processed", 0 if fail else msg.tf_count)
 

@@ -267,7 +267,9 @@ class Subscription:
         if msg.redelivered:
             parts.append(b"redelivered:true\n")
             conn.broker.redeliveries += 1
-        conn.broker.messages_out[self.destination] += 1  # stats: the subscribed name, pattern or not
+        conn.broker.messages_out[self.destination] += (
+            1  # stats: the subscribed name, pattern or not
+        )
         hdrs = msg.encoded_headers(conn.version)
         parts.append(hdrs)
         parts.append(msg.body)

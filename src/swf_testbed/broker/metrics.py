@@ -20,9 +20,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from swf_testbed.broker.server import Broker
 
-METRIC_NAMES = ("swf_broker_connections", "swf_broker_messages_in", "swf_broker_messages_out",
-                "swf_broker_queue_depth", "swf_broker_consumers", "swf_broker_redeliveries",
-                "swf_broker_held_bytes", "swf_broker_durable_messages", "swf_broker_durable_dropped")
+METRIC_NAMES = (
+    "swf_broker_connections",
+    "swf_broker_messages_in",
+    "swf_broker_messages_out",
+    "swf_broker_queue_depth",
+    "swf_broker_consumers",
+    "swf_broker_redeliveries",
+    "swf_broker_held_bytes",
+    "swf_broker_durable_messages",
+    "swf_broker_durable_dropped",
+)
 """Every family this module exports (besides ``process_*``)."""
 
 
@@ -43,7 +51,9 @@ class BrokerCollector:
 
     def collect(self) -> Iterator[Metric]:
         stats = self._snapshot()
-        conns, msgs_in, msgs_out, depth, consumers, redeliveries, held, durable, dropped = _families()
+        conns, msgs_in, msgs_out, depth, consumers, redeliveries, held, durable, dropped = (
+            _families()
+        )
         conns.add_metric([], stats["connections"])
         for dest, n in stats["messages_in"].items():
             msgs_in.add_metric([dest], n)
@@ -66,25 +76,56 @@ class BrokerCollector:
         for topic, (messages, lost) in by_topic.items():
             durable.add_metric([topic], messages)
             dropped.add_metric([topic], lost)
-        yield from (conns, msgs_in, msgs_out, depth, consumers, redeliveries, held, durable, dropped)
+        yield from (
+            conns,
+            msgs_in,
+            msgs_out,
+            depth,
+            consumers,
+            redeliveries,
+            held,
+            durable,
+            dropped,
+        )
 
 
 def _families() -> tuple[Any, ...]:
     return (
         GaugeMetricFamily("swf_broker_connections", "Open STOMP connections"),
-        CounterMetricFamily("swf_broker_messages_in", "Messages sent to each destination", labels=["destination"]),
-        CounterMetricFamily("swf_broker_messages_out", "Messages delivered to subscribers, by the destination "
-                            "they subscribed to (a wildcard pattern counts as one)", labels=["destination"]),
-        GaugeMetricFamily("swf_broker_queue_depth", "Messages waiting in each queue", labels=["destination"]),
-        GaugeMetricFamily("swf_broker_consumers", "Subscriptions on each destination", labels=["destination"]),
-        CounterMetricFamily("swf_broker_redeliveries", "Messages delivered again (NACK, or a consumer gone "
-                            "before its ACK)"),
-        GaugeMetricFamily("swf_broker_held_bytes", "Message bytes the broker holds: queues, durable "
-                          "subscriptions, and what waits for slow connections"),
-        GaugeMetricFamily("swf_broker_durable_messages", "Messages kept for durable subscriptions, by topic",
-                          labels=["destination"]),
-        CounterMetricFamily("swf_broker_durable_dropped", "Messages dropped from full durable subscriptions, "
-                            "by topic", labels=["destination"]),
+        CounterMetricFamily(
+            "swf_broker_messages_in", "Messages sent to each destination", labels=["destination"]
+        ),
+        CounterMetricFamily(
+            "swf_broker_messages_out",
+            "Messages delivered to subscribers, by the destination "
+            "they subscribed to (a wildcard pattern counts as one)",
+            labels=["destination"],
+        ),
+        GaugeMetricFamily(
+            "swf_broker_queue_depth", "Messages waiting in each queue", labels=["destination"]
+        ),
+        GaugeMetricFamily(
+            "swf_broker_consumers", "Subscriptions on each destination", labels=["destination"]
+        ),
+        CounterMetricFamily(
+            "swf_broker_redeliveries",
+            "Messages delivered again (NACK, or a consumer gone before its ACK)",
+        ),
+        GaugeMetricFamily(
+            "swf_broker_held_bytes",
+            "Message bytes the broker holds: queues, durable "
+            "subscriptions, and what waits for slow connections",
+        ),
+        GaugeMetricFamily(
+            "swf_broker_durable_messages",
+            "Messages kept for durable subscriptions, by topic",
+            labels=["destination"],
+        ),
+        CounterMetricFamily(
+            "swf_broker_durable_dropped",
+            "Messages dropped from full durable subscriptions, by topic",
+            labels=["destination"],
+        ),
     )
 
 

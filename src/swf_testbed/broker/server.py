@@ -237,8 +237,11 @@ class Broker(Router):
     # -- introspection (tests, status)
 
     def stats(self) -> dict[str, Any]:
-        held = (sum(m.size for q in self.queues.values() for m in q.messages)
-                + sum(d.nbytes for d in self.durables.values()) + sum(c.pending_bytes for c in self.conns))
+        held = (
+            sum(m.size for q in self.queues.values() for m in q.messages)
+            + sum(d.nbytes for d in self.durables.values())
+            + sum(c.pending_bytes for c in self.conns)
+        )
         return {"connections": len(self.conns), **super().stats(), "held_bytes": held}
 
 

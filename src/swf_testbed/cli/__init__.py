@@ -68,7 +68,9 @@ def version() -> None:
     console.print(f"swf-testbed {__version__}")
 
 
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+]
 
 
 def _emit(text: str, output: Path | None) -> None:
@@ -113,9 +115,12 @@ def docs_openapi(output: OutputOpt = None) -> None:
 
 @docs_app.command("write")
 def docs_write(
-    directory: Annotated[Path, typer.Option("--dir", help="The reference directory.")] = Path("docs/reference"),
-    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if a file is out of date.")]
-    = False,
+    directory: Annotated[Path, typer.Option("--dir", help="The reference directory.")] = Path(
+        "docs/reference"
+    ),
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 if a file is out of date.")
+    ] = False,
 ) -> None:
     """Regenerate every generated reference file (messages.md, cli.md, config.md, openapi.yaml)."""
     from swf_testbed.reference import GENERATED
@@ -132,7 +137,9 @@ def docs_write(
             path.write_text(text)
             console.print(f"wrote {path}")
     if check and stale:
-        err_console.print("out of date (run `swf-testbed docs write`): " + ", ".join(map(str, stale)))
+        err_console.print(
+            "out of date (run `swf-testbed docs write`): " + ", ".join(map(str, stale))
+        )
         raise typer.Exit(1)
     if not stale:
         console.print(f"{directory}: every generated file is current")

@@ -14,8 +14,12 @@ from swf_testbed.cli.common import err_console
 
 def export(
     execution_id: Annotated[str, typer.Argument(help="The execution to export.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of standard output.",
-                                               dir_okay=False)] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write here instead of standard output.", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
     """Write every message of an execution, in recorded order, as JSON lines after a header with its config.
 
@@ -37,11 +41,16 @@ def export(
     except LookupError as exc:
         err_console.print(f"[red]{escape(str(exc.args[0]))}[/red]", highlight=False)
         raise typer.Exit(1) from None
-    err_console.print(f"exported {count} messages of {execution_id}" + (f" to {output}" if output else ""))
+    err_console.print(
+        f"exported {count} messages of {execution_id}" + (f" to {output}" if output else "")
+    )
 
 
 def import_cmd(
-    file: Annotated[Path, typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False),
+    ],
 ) -> None:
     """Load an export into this monitor's database: the execution, its messages and what they make. Idempotent.
 
@@ -60,21 +69,41 @@ def import_cmd(
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     result = import_export(export_file)
-    err_console.print(f"imported {export_file.execution['execution_id']}: {result['stored']} messages stored, "
-                      f"{result['already_there']} already there"
-                      + ("" if result["execution_created"] else " (the execution existed)"))
+    err_console.print(
+        f"imported {export_file.execution['execution_id']}: {result['stored']} messages stored, "
+        f"{result['already_there']} already there"
+        + ("" if result["execution_created"] else " (the execution existed)")
+    )
 
 
 def replay_cmd(
-    file: Annotated[Path, typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False)],
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="The namespace to replay into.")],
-    speed: Annotated[float | None, typer.Option(
-        "--speed", min=0.001, help="Divide the recorded gaps between messages by this (default 1).")] = None,
-    as_fast_as_possible: Annotated[bool, typer.Option("--as-fast-as-possible",
-                                                      help="No gaps: send one message after the other.")] = False,
-    types: Annotated[str | None, typer.Option(
-        "--types", help="Comma-separated message types to replay (default: run_imminent, start_run, pause_run, "
-                        "resume_run, stf_gen, end_run).")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False),
+    ],
+    namespace: Annotated[
+        str, typer.Option("--namespace", "-n", help="The namespace to replay into.")
+    ],
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            "--speed",
+            min=0.001,
+            help="Divide the recorded gaps between messages by this (default 1).",
+        ),
+    ] = None,
+    as_fast_as_possible: Annotated[
+        bool,
+        typer.Option("--as-fast-as-possible", help="No gaps: send one message after the other."),
+    ] = False,
+    types: Annotated[
+        str | None,
+        typer.Option(
+            "--types",
+            help="Comma-separated message types to replay (default: run_imminent, start_run, pause_run, "
+            "resume_run, stf_gen, end_run).",
+        ),
+    ] = None,
 ) -> None:
     """Publish the run messages of an export again into another namespace, re-timed, for its agents to react to.
 
@@ -99,7 +128,9 @@ def replay_cmd(
         return typer.Exit(2)
 
     if not re.match(NAMESPACE_PATTERN, namespace):
-        raise refuse(f"--namespace {namespace!r}: letters, digits, _ . - (at most 64, a letter or digit first)")
+        raise refuse(
+            f"--namespace {namespace!r}: letters, digits, _ . - (at most 64, a letter or digit first)"
+        )
     if as_fast_as_possible and speed is not None:
         raise refuse("give --speed or --as-fast-as-possible, not both")
     try:
@@ -113,8 +144,11 @@ def replay_cmd(
     runs = ", ".join(f"{old} → {new}" for old, new in plan.run_numbers.items())
     speed = None if as_fast_as_possible else (speed or 1.0)
     pace = "as fast as possible" if speed is None else f"at speed {speed:g}"
-    err_console.print(f"replaying {len(plan.messages)} messages of {plan.source_execution} into namespace "
-                      f"{namespace} {pace}: execution {plan.execution_id}, run {runs}", highlight=False)
+    err_console.print(
+        f"replaying {len(plan.messages)} messages of {plan.source_execution} into namespace "
+        f"{namespace} {pace}: execution {plan.execution_id}, run {runs}",
+        highlight=False,
+    )
     client = BrokerClient(get_settings().broker, client_name=f"swf-replay-{namespace}")
     stop = threading.Event()
     try:
@@ -122,15 +156,21 @@ def replay_cmd(
     except BrokerUnavailable as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(1) from None
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:  # Ctrl+C: the open run gets its end_run, the execution ends terminated
-        outcome = replay(plan, lambda dest, msg: client.send(dest, msg, receipt=True), stop=stop, speed=speed)
+        outcome = replay(
+            plan, lambda dest, msg: client.send(dest, msg, receipt=True), stop=stop, speed=speed
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         client.close()
-    err_console.print(f"replay {'interrupted' if outcome.interrupted else 'completed'}: execution "
-                      f"{plan.execution_id}, {outcome.sent} messages sent, {outcome.stf_count} STFs",
-                      highlight=False)
+    err_console.print(
+        f"replay {'interrupted' if outcome.interrupted else 'completed'}: execution "
+        f"{plan.execution_id}, {outcome.sent} messages sent, {outcome.stf_count} STFs",
+        highlight=False,
+    )
     if outcome.interrupted:
         raise typer.Exit(130)

@@ -8,10 +8,15 @@ import typer
 
 
 def mcp(
-    token: Annotated[str, typer.Option(
-        envvar="SWF_API_TOKEN", show_default=False,
-        help="A monitor token; writes (start/stop workflow, end execution) need its user to be staff or to "
-             "have the api.change_workflowexecution permission. Without one, read-only.")] = "",
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="SWF_API_TOKEN",
+            show_default=False,
+            help="A monitor token; writes (start/stop workflow, end execution) need its user to be staff or to "
+            "have the api.change_workflowexecution permission. Without one, read-only.",
+        ),
+    ] = "",
 ) -> None:
     """Serve the MCP tools over stdio, on the monitor's database (DATABASE_URL, else SQLite in SWF_HOME).
 

@@ -56,18 +56,35 @@ def serve(
 
     # lifespan: the MCP app's session manager (monitor/asgi.py); a graceful shutdown does not wait for ever
     # on open message streams (they never end by themselves): after a few seconds they are cut
-    uvicorn.run("swf_testbed.monitor.asgi:application", host=host, port=port, log_level=log_level,
-                proxy_headers=True, lifespan="on", timeout_graceful_shutdown=3)
+    uvicorn.run(
+        "swf_testbed.monitor.asgi:application",
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=True,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+    )
 
 
 @monitor_app.command()
 def ingest(
-    destination: Annotated[list[str] | None, typer.Option(
-        help="Also follow this destination, e.g. /queue/x (repeatable).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Messages per transaction at most.")] = None,
-    flush_ms: Annotated[int | None, typer.Option(help="Longest wait before writing a partial batch.")] = None,
-    durable: Annotated[bool, typer.Option(help="Durable topic subscriptions (nothing lost while down).")] = True,
-    client_id: Annotated[str, typer.Option(help="Stable broker client id of this ingest.")] = "swf-monitor-ingest",
+    destination: Annotated[
+        list[str] | None,
+        typer.Option(help="Also follow this destination, e.g. /queue/x (repeatable)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Messages per transaction at most.")
+    ] = None,
+    flush_ms: Annotated[
+        int | None, typer.Option(help="Longest wait before writing a partial batch.")
+    ] = None,
+    durable: Annotated[
+        bool, typer.Option(help="Durable topic subscriptions (nothing lost while down).")
+    ] = True,
+    client_id: Annotated[
+        str, typer.Option(help="Stable broker client id of this ingest.")
+    ] = "swf-monitor-ingest",
     migrate: Annotated[bool, typer.Option(help="Apply migrations first.")] = True,
 ) -> None:
     """Record every testbed message from the broker into the database, exactly once."""
@@ -116,9 +133,13 @@ def token(
 @monitor_app.command()
 def user(
     username: Annotated[str, typer.Argument(help="The login's user name.")],
-    staff: Annotated[bool, typer.Option("--staff", help="Also let it use the Django admin.")] = False,
-    password_file: Annotated[Path | None, typer.Option(
-        help="Read the password from this file (its first line) instead of a prompt.")] = None,
+    staff: Annotated[
+        bool, typer.Option("--staff", help="Also let it use the Django admin.")
+    ] = False,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the password from this file (its first line) instead of a prompt."),
+    ] = None,
 ) -> None:
     """Create a login for a person (or set its password); log in at /login/ on the monitor."""
     if password_file is not None:
@@ -129,7 +150,9 @@ def user(
             raise typer.Exit(2) from None
         password = text.splitlines()[0] if text else ""
     else:
-        password = typer.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True)
+        password = typer.prompt(
+            f"password for {username}", hide_input=True, confirmation_prompt=True
+        )
     _django()
     from swf_testbed.monitor.api.accounts import LoginError, set_login
     from swf_testbed.monitor.db import migrate
@@ -143,15 +166,23 @@ def user(
     role = " (staff: may also use the admin)" if login.is_staff else ""
     from swf_testbed.settings import get_settings
 
-    typer.echo(f"{'created login' if created else 'password set for'} {username}{role}; "
-               f"log in at {get_settings().monitor.monitor_url.rstrip('/')}/login/")
+    typer.echo(
+        f"{'created login' if created else 'password set for'} {username}{role}; "
+        f"log in at {get_settings().monitor.monitor_url.rstrip('/')}/login/"
+    )
 
 
 @monitor_app.command()
 def prune(
-    older_than: Annotated[float, typer.Option(help="Delete messages and logs received more than DAYS ago (> 0).",
-                                              metavar="DAYS")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+    older_than: Annotated[
+        float,
+        typer.Option(
+            help="Delete messages and logs received more than DAYS ago (> 0).", metavar="DAYS"
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted.")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Rows per transaction.", min=1)] = 5000,
 ) -> None:
     """Retention: delete old messages and logs in batches, keeping the facet counts right."""

@@ -29,11 +29,21 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 ConfigArg = Annotated[Path, typer.Argument(help="The testbed file.", show_default=True)]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The testbed file (default ./testbed.toml).")]
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n",
-                                                  help="Address a namespace's testbed without its testbed.toml.")]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Seconds to wait for health "
-                                                  "(default: [testbed] start_timeout).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="The testbed file (default ./testbed.toml).")
+]
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="Address a namespace's testbed without its testbed.toml."
+    ),
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", help="Seconds to wait for health (default: [testbed] start_timeout)."
+    ),
+]
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -87,29 +97,44 @@ def _testbed(config: Path | None, namespace: str | None) -> Any:
         return tb
     path = config or Path("testbed.toml")
     if config is None and not path.exists():
-        raise fail("no testbed.toml here: name one with --config, or a namespace with --namespace "
-                   "(or create one with `swf-testbed init`)", EXIT_CONFIG)
+        raise fail(
+            "no testbed.toml here: name one with --config, or a namespace with --namespace "
+            "(or create one with `swf-testbed init`)",
+            EXIT_CONFIG,
+        )
     loaded = _load(path)
     if namespace and namespace != loaded.namespace:
-        raise fail(f"--namespace {namespace} does not match {loaded.source} (namespace {loaded.namespace})",
-                   EXIT_CONFIG)
+        raise fail(
+            f"--namespace {namespace} does not match {loaded.source} (namespace {loaded.namespace})",
+            EXIT_CONFIG,
+        )
     return Testbed.from_config(loaded, settings)
 
 
 def _health_table(health: list[Any], title: str | None = None) -> Group:
     """The programs' health: a table that fits 80 columns with names that never break, then each
     process's detail in full on its own line."""
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1),
-                  header_style="bold")
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        header_style="bold",
+    )
     for col in ("program", "supervisord", "pid", "heartbeat", "liveness", "state"):
         table.add_column(col, no_wrap=True)
     colours = {"ok": "green", "late": "yellow", "down": "red", "n/a": "dim"}
     details: list[Text] = []
     for h in health:
         age = f"{h.heartbeat_age:.1f} s ago" if h.heartbeat_age is not None else "-"
-        sup_style = "green" if h.state == "RUNNING" else ("yellow" if h.state == "STARTING" else "red")
+        sup_style = (
+            "green" if h.state == "RUNNING" else ("yellow" if h.state == "STARTING" else "red")
+        )
         table.add_row(
-            h.process, Text(h.state, style=sup_style), str(h.pid or "-"),
+            h.process,
+            Text(h.state, style=sup_style),
+            str(h.pid or "-"),
             age if h.kind == "agent" else "-",
             Text(h.liveness, style=colours.get(h.liveness, "")),
             h.operational_state or ("-" if h.kind == "agent" else h.kind),
@@ -126,7 +151,7 @@ class _Signals:
         self.count = 0
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> _Signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -158,8 +183,9 @@ def _check_ports(tb: Any) -> None:
         raise fail(str(PortsInUse(conflicts, tb.loaded.source)))
 
 
-def _bring_up(tb: Any, listener: Any, timeout: float, signals: _Signals, *,
-              only: list[str] | None = None) -> list[Any]:
+def _bring_up(
+    tb: Any, listener: Any, timeout: float, signals: _Signals, *, only: list[str] | None = None
+) -> list[Any]:
     """ensure_up + wait_healthy with a display; exits on failure."""
     from swf_testbed.orchestrator.run import OrchestratorError, Unhealthy
     from swf_testbed.orchestrator.supervisor import SupervisorError
@@ -171,29 +197,46 @@ def _bring_up(tb: Any, listener: Any, timeout: float, signals: _Signals, *,
     except (SupervisorError, OrchestratorError) as exc:
         raise fail(str(exc)) from None
     for key, verb in (("removed", "removed"), ("added", "added")):
-        if changes.get(key) and not (key == "added" and changes["added"] == [p.name for p in tb.programs]):
+        if changes.get(key) and not (
+            key == "added" and changes["added"] == [p.name for p in tb.programs]
+        ):
             say(f"{verb}: {', '.join(changes[key])}", "dim")
     reasons = changes.get("reasons", {})
     for name in changes.get("changed", []):  # one line per restarted program: which and why
         say(f"restarted (changed): {name}: {reasons.get(name, 'its settings changed')}", "yellow")
     listener.seed_from_watch(tb.paths)
-    programs = None if only is None else [p for p in tb.programs if p.kind == "service" or p.name in only]
+    programs = (
+        None if only is None else [p for p in tb.programs if p.kind == "service" or p.name in only]
+    )
     names = [p.name for p in (programs or tb.programs)]
     say(f"waiting for {len(names)} programs to be healthy: {', '.join(names)}", "dim")
     t0 = time.monotonic()
     try:
         if console.is_terminal:
             with console.status("") as status:
+
                 def show(health: list[Any]) -> None:
-                    waiting = [f"{h.process} ({h.detail or h.state})" for h in health if not h.healthy]
+                    waiting = [
+                        f"{h.process} ({h.detail or h.state})" for h in health if not h.healthy
+                    ]
                     status.update(f"waiting for {'; '.join(waiting)}" if waiting else "all healthy")
-                health = tb.wait_healthy(listener.beats, timeout, programs=programs, on_progress=show,
-                                         cancelled=lambda: signals.interrupted,
-                                         broker_connected=lambda: listener.client.connected)
+
+                health = tb.wait_healthy(
+                    listener.beats,
+                    timeout,
+                    programs=programs,
+                    on_progress=show,
+                    cancelled=lambda: signals.interrupted,
+                    broker_connected=lambda: listener.client.connected,
+                )
         else:
-            health = tb.wait_healthy(listener.beats, timeout, programs=programs,
-                                     cancelled=lambda: signals.interrupted,
-                                     broker_connected=lambda: listener.client.connected)
+            health = tb.wait_healthy(
+                listener.beats,
+                timeout,
+                programs=programs,
+                cancelled=lambda: signals.interrupted,
+                broker_connected=lambda: listener.client.connected,
+            )
     except (Unhealthy, OrchestratorError) as exc:
         raise fail(str(exc)) from None
     except SupervisorError as exc:
@@ -210,8 +253,9 @@ def _bring_up(tb: Any, listener: Any, timeout: float, signals: _Signals, *,
 
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write it.")] = Path("testbed.toml"),
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: your user name).")]
-    = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Namespace (default: your user name).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter testbed.toml that runs as it is."""
@@ -246,10 +290,14 @@ def up(
     listener = Listener(tb.broker, tb.namespace).start()
     try:
         with _Signals() as signals:
-            health = _bring_up(tb, listener, timeout or loaded.config.testbed.start_timeout, signals)
+            health = _bring_up(
+                tb, listener, timeout or loaded.config.testbed.start_timeout, signals
+            )
         console.print(_health_table(health))
-        say(f"namespace {tb.namespace} is up; monitor: {tb.monitor_url}; run a workflow with "
-            f"`swf-testbed run {config}`")
+        say(
+            f"namespace {tb.namespace} is up; monitor: {tb.monitor_url}; run a workflow with "
+            f"`swf-testbed run {config}`"
+        )
     finally:
         listener.close()
 
@@ -257,16 +305,24 @@ def up(
 def run(
     config: ConfigArg = Path("testbed.toml"),
     timeout: TimeoutOpt = None,
-    attach: Annotated[bool, typer.Option("--attach", help="Follow the execution already running instead.")]
-    = False,
-    stop_agents: Annotated[bool, typer.Option("--stop-agents", help="Stop the agents when the workflow ends.")]
-    = False,
-    reply_timeout: Annotated[float, typer.Option(help="Seconds to wait for the workflow runner to answer.")]
-    = 30.0,
-    stop_timeout: Annotated[float, typer.Option(help="Seconds to wait for a stopped workflow to close.")]
-    = 60.0,
-    drain_timeout: Annotated[float, typer.Option(
-        help="After the run ends, seconds to wait for the agents to process what it produced.")] = 120.0,
+    attach: Annotated[
+        bool, typer.Option("--attach", help="Follow the execution already running instead.")
+    ] = False,
+    stop_agents: Annotated[
+        bool, typer.Option("--stop-agents", help="Stop the agents when the workflow ends.")
+    ] = False,
+    reply_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the workflow runner to answer.")
+    ] = 30.0,
+    stop_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a stopped workflow to close.")
+    ] = 60.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            help="After the run ends, seconds to wait for the agents to process what it produced."
+        ),
+    ] = 120.0,
 ) -> None:
     """Start what testbed.toml names, wait until healthy, run the workflow and follow it."""
     from swf_testbed.mq import BrokerUnavailable
@@ -287,13 +343,19 @@ def run(
             if attach:
                 listener.seed_from_watch(tb.paths)
                 rec = listener.executions.running()
-                found = {"execution_id": rec.execution_id, "workflow_name": rec.workflow_name} if rec else None
+                found = (
+                    {"execution_id": rec.execution_id, "workflow_name": rec.workflow_name}
+                    if rec
+                    else None
+                )
                 if found is None:
                     info, _src = tb.latest_execution(listener.executions)
                     if info and info.get("status") == "running":
                         found = info
                 if found is None:
-                    raise fail(f"no workflow is running in namespace {tb.namespace}; nothing to attach to")
+                    raise fail(
+                        f"no workflow is running in namespace {tb.namespace}; nothing to attach to"
+                    )
                 session.attach(str(found["execution_id"]), str(found.get("workflow_name") or ""))
                 say(f"attached to execution {found['execution_id']}")
             else:
@@ -301,10 +363,18 @@ def run(
                     session.request(cfg.workflow, cfg.parameters)
                 except BrokerUnavailable as exc:
                     raise fail(f"cannot send run_workflow: {exc}") from None
-                say(f"run_workflow sent: {cfg.workflow.name} ({cfg.workflow.config}) in namespace {tb.namespace}")
+                say(
+                    f"run_workflow sent: {cfg.workflow.name} ({cfg.workflow.config}) in namespace {tb.namespace}"
+                )
             try:
-                code = _follow(tb, session, signals, reply_timeout=reply_timeout, stop_timeout=stop_timeout,
-                               drain_timeout=drain_timeout)
+                code = _follow(
+                    tb,
+                    session,
+                    signals,
+                    reply_timeout=reply_timeout,
+                    stop_timeout=stop_timeout,
+                    drain_timeout=drain_timeout,
+                )
             finally:
                 if stop_agents:
                     stopped = tb.stop_agents()
@@ -333,8 +403,11 @@ def _drained(snap: dict[str, Any], figures: dict[str, int] | None = None) -> boo
     """
     f = snap if figures is None else figures
     unsliced = f.get("samples_unsliced", 0) if f["slices"] else 0
-    return (f["stf_processed"] >= _produced(snap) and f["slices_done"] + f["slices_failed"] >= f["slices"]
-            and not unsliced)
+    return (
+        f["stf_processed"] >= _produced(snap)
+        and f["slices_done"] + f["slices_failed"] >= f["slices"]
+        and not unsliced
+    )
 
 
 MONITOR_CHECK_S = 2.0
@@ -354,6 +427,7 @@ def _monitor_figures(monitor_url: str, execution_id: str) -> dict[str, int] | No
 
     try:
         with httpx.Client(base_url=f"{monitor_url}/api", timeout=5.0) as api:
+
             def count(path: str, **params: Any) -> int:
                 response = api.get(path, params={**params, "limit": 1})
                 response.raise_for_status()
@@ -363,21 +437,38 @@ def _monitor_figures(monitor_url: str, execution_id: str) -> dict[str, int] | No
             response.raise_for_status()
             runs = response.json()
             runs = runs.get("results", []) if isinstance(runs, dict) else runs
-            figures = {"stf_processed": count("/stf-files/", execution_id=execution_id, status="processed"),
-                       "samples_unsliced": count("/fastmon-files/", execution_id=execution_id, has_slices="false"),
-                       "slices": 0, "slices_done": 0, "slices_failed": 0}
+            figures = {
+                "stf_processed": count(
+                    "/stf-files/", execution_id=execution_id, status="processed"
+                ),
+                "samples_unsliced": count(
+                    "/fastmon-files/", execution_id=execution_id, has_slices="false"
+                ),
+                "slices": 0,
+                "slices_done": 0,
+                "slices_failed": 0,
+            }
             for run in runs:
                 number = run["run_number"]
                 figures["slices"] += count("/tf-slices/", run_number=number)
-                figures["slices_done"] += count("/tf-slices/", run_number=number, status="completed")
+                figures["slices_done"] += count(
+                    "/tf-slices/", run_number=number, status="completed"
+                )
                 figures["slices_failed"] += count("/tf-slices/", run_number=number, status="failed")
             return figures
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
 
 
-def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, stop_timeout: float,
-            drain_timeout: float = 120.0) -> int:
+def _follow(
+    tb: Any,
+    session: Any,
+    signals: _Signals,
+    *,
+    reply_timeout: float,
+    stop_timeout: float,
+    drain_timeout: float = 120.0,
+) -> int:
     """Follow the session to its end with a live display; returns the exit code.
 
     The DAQ run ends before the agents have handled all it produced; a
@@ -391,8 +482,12 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
     last_line = 0.0
     live: Live | None = None
     if console.is_terminal:
-        live = Live(_progress_view(session.snapshot(), monitor_url), console=console, refresh_per_second=4,
-                    transient=False)
+        live = Live(
+            _progress_view(session.snapshot(), monitor_url),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+        )
         live.start()
     drain_deadline: float | None = None
     last_total, last_change = -1, time.monotonic()
@@ -414,7 +509,9 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
                         break
                 elif _drained(snap):
                     break
-                total = snap["stf_ready"] + snap["stf_processed"] + snap["slices"] + snap["slices_done"]
+                total = (
+                    snap["stf_ready"] + snap["stf_processed"] + snap["slices"] + snap["slices_done"]
+                )
                 if total != last_total:
                     last_total, last_change = total, time.monotonic()
                 if drain_deadline is None:
@@ -423,13 +520,17 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
                 # chain in this testbed), once nothing has moved for a while
                 no_chain = not (snap["stf_ready"] or snap["stf_processed"] or snap["slices"])
                 if time.monotonic() > drain_deadline or (
-                        no_chain and time.monotonic() - last_change > DRAIN_SETTLE_S):
+                    no_chain and time.monotonic() - last_change > DRAIN_SETTLE_S
+                ):
                     break
             now = time.monotonic()
             snap = session.snapshot()
             if not announced and snap["execution_id"]:
                 announced = True
-                _print(live, f"execution {snap['execution_id']}: {monitor_url}/executions/{snap['execution_id']}/")
+                _print(
+                    live,
+                    f"execution {snap['execution_id']}: {monitor_url}/executions/{snap['execution_id']}/",
+                )
             events = list(session.events)
             if live is None:
                 for event in events[printed_events:]:
@@ -443,19 +544,28 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
             if signals.interrupted:
                 if not session.stop_sent:
                     if session.stop():
-                        _print(live, f"stopping execution {snap['execution_id']} (Ctrl+C again to exit now)")
+                        _print(
+                            live,
+                            f"stopping execution {snap['execution_id']} (Ctrl+C again to exit now)",
+                        )
                         stop_deadline = now + stop_timeout
                     elif stop_deadline is None:
-                        stop_deadline = now + min(reply_timeout, 10.0)  # stop it as soon as it has an id
+                        stop_deadline = now + min(
+                            reply_timeout, 10.0
+                        )  # stop it as soon as it has an id
                 if stop_deadline is not None and now > stop_deadline:
-                    warn("no workflow_completed after the stop request; exiting (the runner may still close it)")
+                    warn(
+                        "no workflow_completed after the stop request; exiting (the runner may still close it)"
+                    )
                     return EXIT_INTERRUPTED
             if not session.started.is_set() and now > reply_deadline:
                 if live is not None:
                     live.stop()
                     live = None
-                err = fail(f"no workflow runner answered on the control queue of namespace {tb.namespace} "
-                           f"within {reply_timeout:g} s (is a runner agent configured and READY?)")
+                err = fail(
+                    f"no workflow runner answered on the control queue of namespace {tb.namespace} "
+                    f"within {reply_timeout:g} s (is a runner agent configured and READY?)"
+                )
                 return err.exit_code
     finally:
         if live is not None:
@@ -481,35 +591,50 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
             # the run ended, the agents had not caught up: it is not "completed" for the person
             # who pressed Ctrl+C, and the agents go on with it
             if f["slices"]:
-                pending = f"{f['slices'] - f['slices_done'] - f['slices_failed']} of {f['slices']} slices"
+                pending = (
+                    f"{f['slices'] - f['slices_done'] - f['slices_failed']} of {f['slices']} slices"
+                )
             else:
                 pending = f"{max(produced - f['stf_processed'], 0)} of {produced} STFs"
-            warn(f"interrupted while {pending} were still in progress (the workers carry on; "
-                 f"`swf-testbed status` shows them)")
+            warn(
+                f"interrupted while {pending} were still in progress (the workers carry on; "
+                f"`swf-testbed status` shows them)"
+            )
             say(f"monitor: {monitor_url}/executions/{eid}/")
             return EXIT_INTERRUPTED
-        say(f"workflow completed: execution {eid}, {produced} STFs produced, "
-            f"{f['stf_processed']} processed{slices} ({snap['elapsed_s']:.1f} s)", "green")
+        say(
+            f"workflow completed: execution {eid}, {produced} STFs produced, "
+            f"{f['stf_processed']} processed{slices} ({snap['elapsed_s']:.1f} s)",
+            "green",
+        )
         say(f"monitor: {monitor_url}/executions/{eid}/")
         if f is recorded:
-            say("(processed and slice figures from the monitor's record: the broker connection was lost "
-                "during the run, and what this command saw of it is incomplete)")
+            say(
+                "(processed and slice figures from the monitor's record: the broker connection was lost "
+                "during the run, and what this command saw of it is incomplete)"
+            )
         if signals.interrupted:
             return EXIT_INTERRUPTED
-        if not _drained(snap, f) and (f["stf_processed"] or f["slices"]):  # (no processing agent: nothing to wait for)
+        if not _drained(snap, f) and (
+            f["stf_processed"] or f["slices"]
+        ):  # (no processing agent: nothing to wait for)
             missing = produced - f["stf_processed"]
             unsliced = f.get("samples_unsliced", 0)
             dropped = ""
             if lost:
                 # after a broker restart the shortfall is most likely loss, not slowness: say so
-                dropped = ("\nthe broker connection was lost during the run: messages in flight then were "
-                           "probably lost (the embedded broker keeps nothing across a restart); "
-                           f"the monitor's record: {monitor_url}/executions/{eid}/")
-            raise fail(f"the agents did not catch up within {drain_timeout:g} s of the run's end: "
-                       f"{f['stf_processed']} of {produced} STFs processed"
-                       f"{f' ({missing} missing)' if missing > 0 else ''}, "
-                       f"{f['slices_done'] + f['slices_failed']} of {f['slices']} slices settled"
-                       f"{f', {unsliced} sample(s) never sliced' if unsliced else ''}{dropped}")
+                dropped = (
+                    "\nthe broker connection was lost during the run: messages in flight then were "
+                    "probably lost (the embedded broker keeps nothing across a restart); "
+                    f"the monitor's record: {monitor_url}/executions/{eid}/"
+                )
+            raise fail(
+                f"the agents did not catch up within {drain_timeout:g} s of the run's end: "
+                f"{f['stf_processed']} of {produced} STFs processed"
+                f"{f' ({missing} missing)' if missing > 0 else ''}, "
+                f"{f['slices_done'] + f['slices_failed']} of {f['slices']} slices settled"
+                f"{f', {unsliced} sample(s) never sliced' if unsliced else ''}{dropped}"
+            )
         return 0
     if status == "terminated":
         tail = "" if snap["end_run"] else " (no end_run seen)"
@@ -520,9 +645,11 @@ def _follow(tb: Any, session: Any, signals: _Signals, *, reply_timeout: float, s
     if status == "refused":
         running = session.listener.executions.running()
         hint = f" (execution {running.execution_id})" if running else ""
-        raise fail(f"the workflow runner refused: {snap['error']}{hint}\n"
-                   f"a workflow is already running in namespace {tb.namespace}; follow it with "
-                   f"`swf-testbed run --attach`, or wait for it to end")
+        raise fail(
+            f"the workflow runner refused: {snap['error']}{hint}\n"
+            f"a workflow is already running in namespace {tb.namespace}; follow it with "
+            f"`swf-testbed run --attach`, or wait for it to end"
+        )
     raise fail(f"workflow failed: execution {eid or '-'}: {snap['error']}")
 
 
@@ -534,10 +661,12 @@ def _print(live: Live | None, text: str) -> None:
 
 
 def _progress_line(s: dict[str, Any]) -> str:
-    return (f"[{s['elapsed_s']:.0f} s] {s['status']} run {s['run_id'] if s['run_id'] is not None else '-'} "
-            f"{s['daq_state'] or '-'}: STFs produced {s['stf_produced']}, ready {s['stf_ready']}, processed "
-            f"{s['stf_processed']}; samples {s['samples']}; slices {s['slices_done']} done, "
-            f"{s['slices_failed']} failed; {s['stf_gen_per_s']:.2f} STF/s (last {s['rate_window_s']:g} s)")
+    return (
+        f"[{s['elapsed_s']:.0f} s] {s['status']} run {s['run_id'] if s['run_id'] is not None else '-'} "
+        f"{s['daq_state'] or '-'}: STFs produced {s['stf_produced']}, ready {s['stf_ready']}, processed "
+        f"{s['stf_processed']}; samples {s['samples']}; slices {s['slices_done']} done, "
+        f"{s['slices_failed']} failed; {s['stf_gen_per_s']:.2f} STF/s (last {s['rate_window_s']:g} s)"
+    )
 
 
 def _progress_view(s: dict[str, Any], monitor_url: str) -> Group:
@@ -547,15 +676,25 @@ def _progress_view(s: dict[str, Any], monitor_url: str) -> Group:
     eid = s["execution_id"] or "(waiting for the runner)"
     table.add_row("execution", eid)
     table.add_row("workflow", s["workflow_name"] or "-")
-    table.add_row("status", Text(s["status"], style="green" if s["status"] in ("running", "completed")
-                                 else "yellow"))
-    table.add_row("run", f"{s['run_id'] if s['run_id'] is not None else '-'}  {s['daq_state'] or ''}")
-    table.add_row("STFs", f"produced {s['stf_produced']}  ready {s['stf_ready']}  processed "
-                          f"{s['stf_processed']}  ({s['stf_gen_per_s']:.2f}/s produced, "
-                          f"{s['processed_per_s']:.2f}/s processed, last {s['rate_window_s']:g} s)")
+    table.add_row(
+        "status",
+        Text(s["status"], style="green" if s["status"] in ("running", "completed") else "yellow"),
+    )
+    table.add_row(
+        "run", f"{s['run_id'] if s['run_id'] is not None else '-'}  {s['daq_state'] or ''}"
+    )
+    table.add_row(
+        "STFs",
+        f"produced {s['stf_produced']}  ready {s['stf_ready']}  processed "
+        f"{s['stf_processed']}  ({s['stf_gen_per_s']:.2f}/s produced, "
+        f"{s['processed_per_s']:.2f}/s processed, last {s['rate_window_s']:g} s)",
+    )
     table.add_row("samples", str(s["samples"]))
-    table.add_row("slices", f"{s['slices']} sent  {s['slices_done']} done  {s['slices_failed']} failed  "
-                            f"({s['slices_per_s']:.2f}/s, last {s['rate_window_s']:g} s)")
+    table.add_row(
+        "slices",
+        f"{s['slices']} sent  {s['slices_done']} done  {s['slices_failed']} failed  "
+        f"({s['slices_per_s']:.2f}/s, last {s['rate_window_s']:g} s)",
+    )
     table.add_row("elapsed", f"{s['elapsed_s']:.0f} s")
     if s["execution_id"]:
         table.add_row("monitor", f"{monitor_url}/executions/{s['execution_id']}/")
@@ -566,8 +705,12 @@ def status(
     config: ConfigOpt = None,
     namespace: NamespaceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
-    wait: Annotated[float, typer.Option(help="Listen this many seconds for heartbeats when the watch "
-                                             "program has nothing fresh.")] = 0.0,
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="Listen this many seconds for heartbeats when the watch program has nothing fresh."
+        ),
+    ] = 0.0,
 ) -> None:
     """Programs, their health, and the running execution."""
     from swf_testbed.orchestrator.health import read_watch_file
@@ -586,8 +729,11 @@ def status(
     if sup_running:
         health = tb.check(listener.beats)
     else:
-        health = [ProcessHealth(p.name, proc, p.kind, "NOT RUNNING")
-                  for p in tb.programs for proc in p.processes]
+        health = [
+            ProcessHealth(p.name, proc, p.kind, "NOT RUNNING")
+            for p in tb.programs
+            for proc in p.processes
+        ]
     execution, exec_source = tb.latest_execution(listener.executions)
     running = listener.executions.running()
     healthy = sup_running and bool(health) and all(h.healthy for h in health)
@@ -595,15 +741,21 @@ def status(
         "namespace": tb.namespace,
         "config": str(tb.loaded.path) if tb.loaded else tb.recorded_config,
         "runtime_dir": str(tb.paths.root),
-        "supervisord": {"running": sup_running, "pid": tb.supervisor.pid() if sup_running else None,
-                        "socket": str(tb.paths.socket)},
+        "supervisord": {
+            "running": sup_running,
+            "pid": tb.supervisor.pid() if sup_running else None,
+            "socket": str(tb.paths.socket),
+        },
         "broker": f"{tb.broker.host}:{tb.broker.port}",
         "monitor_url": tb.monitor_url,
         "monitor": exec_source,
         "healthy": healthy,
         "pending_changes": tb.pending_changes() if sup_running else False,
-        "watch": {"fresh": watch_fresh, "updated_at": snap.updated_at if snap else None,
-                  "broker_connected": snap.broker_connected if snap else None},
+        "watch": {
+            "fresh": watch_fresh,
+            "updated_at": snap.updated_at if snap else None,
+            "broker_connected": snap.broker_connected if snap else None,
+        },
         "programs": [h.to_json() for h in health],
         "execution": execution,
         "execution_id": execution.get("execution_id") if execution else None,
@@ -623,13 +775,19 @@ def status(
     if sup_running and not watch_fresh:
         warn("the watch program has not reported lately: heartbeat ages may be stale")
     elif sup_running and snap is not None and not snap.broker_connected:
-        warn(f"the watch program cannot reach the broker at {data['broker']}: no heartbeats are heard")
+        warn(
+            f"the watch program cannot reach the broker at {data['broker']}: no heartbeats are heard"
+        )
     if data["pending_changes"]:
-        warn("testbed.toml (or the environment) changed since it was applied; `swf-testbed up` applies it")
+        warn(
+            "testbed.toml (or the environment) changed since it was applied; `swf-testbed up` applies it"
+        )
     say(f"broker {data['broker']}; monitor {tb.monitor_url} ({exec_source})")
     if running:
-        say(f"running execution: {running.execution_id} ({running.workflow_name}) "
-            f"{tb.monitor_url}/executions/{running.execution_id}/")
+        say(
+            f"running execution: {running.execution_id} ({running.workflow_name}) "
+            f"{tb.monitor_url}/executions/{running.execution_id}/"
+        )
     elif execution:
         say(f"latest execution: {execution['execution_id']} ({execution.get('status')})")
     else:
@@ -640,7 +798,9 @@ def status(
 def stop(
     config: ConfigOpt = None,
     namespace: NamespaceOpt = None,
-    all_: Annotated[bool, typer.Option("--all", help="Also the services and supervisord itself.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Also the services and supervisord itself.")
+    ] = False,
 ) -> None:
     """Stop the agents (with --all: everything, supervisord included)."""
     from swf_testbed.orchestrator.supervisor import SupervisorError
@@ -652,7 +812,9 @@ def stop(
     try:
         if all_:
             if not tb.shutdown():
-                raise fail(f"supervisord (pid {tb.supervisor.pid()}) did not exit; see {tb.paths.logfile}")
+                raise fail(
+                    f"supervisord (pid {tb.supervisor.pid()}) did not exit; see {tb.paths.logfile}"
+                )
             say(f"namespace {tb.namespace}: all programs and supervisord stopped")
             return
         stopped = tb.stop_agents()
@@ -663,10 +825,14 @@ def stop(
 
 
 def logs(
-    name: Annotated[str, typer.Argument(help="Program (agent or service) or process name; 'supervisord'.")],
+    name: Annotated[
+        str, typer.Argument(help="Program (agent or service) or process name; 'supervisord'.")
+    ],
     config: ConfigOpt = None,
     namespace: NamespaceOpt = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     lines: Annotated[int, typer.Option("--lines", "-l", help="Lines to show.")] = 50,
 ) -> None:
     """Show (and follow) a program's log."""
@@ -740,12 +906,15 @@ def restart(
             if tb.loaded is not None:
                 tb.ensure_up(lambda m: say(m, "dim"), only=[prog.name])
             elif not tb.supervisor.running():
-                raise fail(f"supervisord is not running for namespace {tb.namespace}; use `swf-testbed up`")
+                raise fail(
+                    f"supervisord is not running for namespace {tb.namespace}; use `swf-testbed up`"
+                )
             tb.restart(name)
             say(f"restarted {', '.join(processes)}; waiting until healthy", "dim")
             limit = timeout or (tb.loaded.config.testbed.start_timeout if tb.loaded else 120.0)
-            health = tb.wait_healthy(listener.beats, limit, programs=[prog],
-                                     cancelled=lambda: signals.interrupted)
+            health = tb.wait_healthy(
+                listener.beats, limit, programs=[prog], cancelled=lambda: signals.interrupted
+            )
         console.print(_health_table(health))
     except (Unhealthy, SupervisorError, OrchestratorError) as exc:
         raise fail(str(exc)) from None

@@ -123,9 +123,13 @@ class DaqConfig(BaseModel):
     stf_generation_time: float = Field(0.1, ge=0, description="end of an STF's data to stf_gen")
     physics_period_duration: float = Field(10.0, gt=0, description="data seconds per period")
     # upper bounds on counts and sizes: beyond them a value is a typo (and would overflow the monitor's columns)
-    physics_period_count: int = Field(2, ge=0, le=1_000_000, description="physics periods; 0 = until stopped")
+    physics_period_count: int = Field(
+        2, ge=0, le=1_000_000, description="physics periods; 0 = until stopped"
+    )
     standby_duration: float = Field(2.0, ge=0, description="run/standby between physics periods")
-    stf_count: int = Field(0, ge=0, le=1_000_000, description="exact STFs per run (periods as needed); 0 = unset")
+    stf_count: int = Field(
+        0, ge=0, le=1_000_000, description="exact STFs per run (periods as needed); 0 = unset"
+    )
     # STF metadata
     stf_size_mean_bytes: int = Field(2_000_000_000, gt=0, le=10**13)
     stf_size_sigma_fraction: float = Field(0.05, ge=0, le=1, description="spread / mean")

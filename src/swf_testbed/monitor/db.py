@@ -24,7 +24,10 @@ def _migration_lock() -> Iterator[None]:
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_PG_LOCK_KEY])
-    elif connection.vendor == "sqlite" and str(connection.settings_dict["NAME"]) not in ("", ":memory:"):
+    elif connection.vendor == "sqlite" and str(connection.settings_dict["NAME"]) not in (
+        "",
+        ":memory:",
+    ):
         lock_path = Path(str(connection.settings_dict["NAME"]) + ".migrate-lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a") as handle:

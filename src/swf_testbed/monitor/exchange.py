@@ -20,9 +20,25 @@ from typing import IO, Any
 
 FORMAT = "swf-testbed-export"
 VERSION = 1
-_EXECUTION_FIELDS = ("execution_id", "namespace_id", "status", "parameter_values", "performance_metrics",
-                     "executed_by", "start_time", "end_time", "error")
-_DEFINITION_FIELDS = ("workflow_name", "version", "workflow_type", "definition", "parameter_values", "created_by")
+_EXECUTION_FIELDS = (
+    "execution_id",
+    "namespace_id",
+    "status",
+    "parameter_values",
+    "performance_metrics",
+    "executed_by",
+    "start_time",
+    "end_time",
+    "error",
+)
+_DEFINITION_FIELDS = (
+    "workflow_name",
+    "version",
+    "workflow_type",
+    "definition",
+    "parameter_values",
+    "created_by",
+)
 
 
 class ExportFileError(ValueError):
@@ -37,24 +53,46 @@ def export_execution(execution_id: str, out: IO[str]) -> int:
     """Write the execution's export to ``out``; returns the number of messages."""
     from swf_testbed.monitor.api.models import WorkflowExecution, WorkflowMessage
 
-    execution = WorkflowExecution.objects.select_related("workflow_definition").filter(
-        execution_id=execution_id).first()
+    execution = (
+        WorkflowExecution.objects.select_related("workflow_definition")
+        .filter(execution_id=execution_id)
+        .first()
+    )
     if execution is None:
         raise LookupError(f"no execution {execution_id!r} in this monitor")
     row = {f: getattr(execution, f) for f in _EXECUTION_FIELDS}
     row["namespace"] = row.pop("namespace_id")
     row["start_time"], row["end_time"] = _iso(execution.start_time), _iso(execution.end_time)
     definition = execution.workflow_definition
-    row["workflow_definition"] = {f: getattr(definition, f) for f in _DEFINITION_FIELDS} if definition else None
+    row["workflow_definition"] = (
+        {f: getattr(definition, f) for f in _DEFINITION_FIELDS} if definition else None
+    )
     messages = WorkflowMessage.objects.filter(execution_id=execution_id).order_by("id")
     count = messages.count()
-    out.write(json.dumps({"format": FORMAT, "version": VERSION, "execution": row, "messages": count},
-                         separators=(",", ":")) + "\n")
+    out.write(
+        json.dumps(
+            {"format": FORMAT, "version": VERSION, "execution": row, "messages": count},
+            separators=(",", ":"),
+        )
+        + "\n"
+    )
     written = 0
-    for msg in messages.only("msg_id", "destination", "received_at", "headers", "body").iterator(chunk_size=2000):
-        out.write(json.dumps({"msg_id": msg.msg_id, "destination": msg.destination,
-                              "received_at": _iso(msg.received_at), "headers": msg.headers, "body": msg.body},
-                             separators=(",", ":")) + "\n")
+    for msg in messages.only("msg_id", "destination", "received_at", "headers", "body").iterator(
+        chunk_size=2000
+    ):
+        out.write(
+            json.dumps(
+                {
+                    "msg_id": msg.msg_id,
+                    "destination": msg.destination,
+                    "received_at": _iso(msg.received_at),
+                    "headers": msg.headers,
+                    "body": msg.body,
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+        )
         written += 1
     return written
 
@@ -87,7 +125,9 @@ def read_export(path: Path) -> ExportFile:
     for number, line in _lines(path):
         where = f"{path}:{number}"
         if not line.endswith("\n"):
-            raise ExportFileError(f"{where}: the line is cut short (no end of line): the file is truncated")
+            raise ExportFileError(
+                f"{where}: the line is cut short (no end of line): the file is truncated"
+            )
         try:
             data = json.loads(line)
         except ValueError as exc:
@@ -98,13 +138,23 @@ def read_export(path: Path) -> ExportFile:
             if data.get("format") != FORMAT or data.get("version") != VERSION:
                 raise ExportFileError(f"{where}: not a {FORMAT} version {VERSION} header")
             execution = data.get("execution")
-            if not isinstance(execution, dict) or not isinstance(execution.get("execution_id"), str) \
-                    or not isinstance(data.get("messages"), int):
-                raise ExportFileError(f"{where}: the header needs an execution with an execution_id, and messages")
+            if (
+                not isinstance(execution, dict)
+                or not isinstance(execution.get("execution_id"), str)
+                or not isinstance(data.get("messages"), int)
+            ):
+                raise ExportFileError(
+                    f"{where}: the header needs an execution with an execution_id, and messages"
+                )
             header = data
             continue
-        for key, kind in (("msg_id", str), ("destination", str), ("received_at", str), ("headers", dict),
-                          ("body", str)):
+        for key, kind in (
+            ("msg_id", str),
+            ("destination", str),
+            ("received_at", str),
+            ("headers", dict),
+            ("body", str),
+        ):
             if not isinstance(data.get(key), kind):
                 raise ExportFileError(f"{where}: {key!r} is missing or not a {kind.__name__}")
         try:
@@ -112,7 +162,9 @@ def read_export(path: Path) -> ExportFile:
         except ValueError:
             parsed = None
         if parsed is None or parsed.tzinfo is None:
-            raise ExportFileError(f"{where}: received_at {data['received_at'][:40]!r} is not a time with a zone")
+            raise ExportFileError(
+                f"{where}: received_at {data['received_at'][:40]!r} is not a time with a zone"
+            )
         if not all(isinstance(v, str) for v in data["headers"].values()):
             raise ExportFileError(f"{where}: header values must be text")
         data["received_at"] = parsed
@@ -120,8 +172,10 @@ def read_export(path: Path) -> ExportFile:
     if header is None:
         raise ExportFileError(f"{path}:1: empty file, no header")
     if len(messages) != header["messages"]:
-        raise ExportFileError(f"{path}: the header announces {header['messages']} messages but "
-                              f"{len(messages)} follow: the file is truncated or was edited")
+        raise ExportFileError(
+            f"{path}: the header announces {header['messages']} messages but "
+            f"{len(messages)} follow: the file is truncated or was edited"
+        )
     return ExportFile(header, messages)
 
 
@@ -140,16 +194,30 @@ def import_export(export: ExportFile) -> dict[str, int]:
         definition = None
         wanted = execution.get("workflow_definition")
         if isinstance(wanted, dict) and wanted.get("workflow_name"):
-            definition = WorkflowDefinition.objects.filter(workflow_name=wanted["workflow_name"],
-                                                           version=wanted.get("version", "")).first()
+            definition = WorkflowDefinition.objects.filter(
+                workflow_name=wanted["workflow_name"], version=wanted.get("version", "")
+            ).first()
             if definition is None:
-                definition = WorkflowDefinition.objects.create(**{f: wanted[f] for f in _DEFINITION_FIELDS
-                                                                  if f in wanted})
-        defaults = {f: execution[f] for f in ("status", "parameter_values", "performance_metrics", "executed_by",
-                                              "start_time", "end_time", "error") if execution.get(f) is not None}
+                definition = WorkflowDefinition.objects.create(
+                    **{f: wanted[f] for f in _DEFINITION_FIELDS if f in wanted}
+                )
+        defaults = {
+            f: execution[f]
+            for f in (
+                "status",
+                "parameter_values",
+                "performance_metrics",
+                "executed_by",
+                "start_time",
+                "end_time",
+                "error",
+            )
+            if execution.get(f) is not None
+        }
         _, created = WorkflowExecution.objects.get_or_create(
             execution_id=execution["execution_id"],
-            defaults={**defaults, "namespace_id": namespace, "workflow_definition": definition})
+            defaults={**defaults, "namespace_id": namespace, "workflow_definition": definition},
+        )
         stored = duplicates = 0
         batch: list[Incoming] = []
 
@@ -161,8 +229,14 @@ def import_export(export: ExportFile) -> dict[str, int]:
             batch.clear()
 
         for msg in export.messages:
-            batch.append(Incoming(body=msg["body"].encode("utf-8"), headers=msg["headers"],
-                                  destination=msg["destination"], received_at=msg["received_at"]))
+            batch.append(
+                Incoming(
+                    body=msg["body"].encode("utf-8"),
+                    headers=msg["headers"],
+                    destination=msg["destination"],
+                    received_at=msg["received_at"],
+                )
+            )
             if len(batch) >= 500:
                 flush()
         if batch:

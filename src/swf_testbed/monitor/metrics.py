@@ -46,19 +46,32 @@ INGEST_REGISTRY = CollectorRegistry()
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 HTTP_LATENCY = Histogram(
-    "swf_http_request_duration_seconds", "Time to answer an HTTP request of the monitor web, by view "
-    "(until the response starts, for streams)", ["view", "method", "status"], registry=WEB_REGISTRY,
-    buckets=_LATENCY_BUCKETS)
+    "swf_http_request_duration_seconds",
+    "Time to answer an HTTP request of the monitor web, by view "
+    "(until the response starts, for streams)",
+    ["view", "method", "status"],
+    registry=WEB_REGISTRY,
+    buckets=_LATENCY_BUCKETS,
+)
 
 INGEST_BATCH_COMMIT = Histogram(
-    "swf_ingest_batch_commit_seconds", "Time to record one batch of messages in one transaction, commit included",
-    registry=INGEST_REGISTRY, buckets=_LATENCY_BUCKETS)
+    "swf_ingest_batch_commit_seconds",
+    "Time to record one batch of messages in one transaction, commit included",
+    registry=INGEST_REGISTRY,
+    buckets=_LATENCY_BUCKETS,
+)
 INGEST_LAG = Histogram(
-    "swf_ingest_lag_seconds", "Per message: from its receipt off the broker to the commit of its batch",
-    registry=INGEST_REGISTRY, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+    "swf_ingest_lag_seconds",
+    "Per message: from its receipt off the broker to the commit of its batch",
+    registry=INGEST_REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 INGEST_MESSAGES = Counter(
-    "swf_ingest_messages", "Messages the ingest wrote, by outcome (stored, duplicate, invalid: stored with a reason)",
-    ["outcome"], registry=INGEST_REGISTRY)
+    "swf_ingest_messages",
+    "Messages the ingest wrote, by outcome (stored, duplicate, invalid: stored with a reason)",
+    ["outcome"],
+    registry=INGEST_REGISTRY,
+)
 
 
 def observe_batch(received_at: Iterable[datetime], seconds: float, result: Any) -> None:
@@ -86,16 +99,26 @@ class TableCollector:
 
         close_old_connections()
         recorded, invalid, agents, executions, runs, stf, slices = self._families()
-        for row in (m.MessageCount.objects.filter(is_valid=True).values("namespace", "msg_type")
-                    .annotate(n=Sum("count")).order_by()):
+        for row in (
+            m.MessageCount.objects.filter(is_valid=True)
+            .values("namespace", "msg_type")
+            .annotate(n=Sum("count"))
+            .order_by()
+        ):
             if row["n"]:
                 recorded.add_metric([row["namespace"], row["msg_type"]], row["n"])
-        for row in (m.WorkflowMessage.objects.filter(is_valid=False).values("error_reason")
-                    .annotate(n=Count("id")).order_by()):
+        for row in (
+            m.WorkflowMessage.objects.filter(is_valid=False)
+            .values("error_reason")
+            .annotate(n=Count("id"))
+            .order_by()
+        ):
             invalid.add_metric([row["error_reason"] or "unknown"], row["n"])
         now = timezone.now()
         by_liveness = dict.fromkeys((str(x) for x in m.Liveness), 0)
-        for agent in m.SystemAgent.objects.only("operational_state", "last_heartbeat", "heartbeat_interval"):
+        for agent in m.SystemAgent.objects.only(
+            "operational_state", "last_heartbeat", "heartbeat_interval"
+        ):
             state = str(agent.liveness(now))
             by_liveness[state] = by_liveness.get(state, 0) + 1
         for state, n in by_liveness.items():
@@ -121,13 +144,26 @@ class TableCollector:
     @staticmethod
     def _families() -> tuple[Any, ...]:
         return (
-            CounterMetricFamily("swf_messages_recorded", "Valid messages in the message table, by namespace "
-                                "and msg_type (lowered by retention)", labels=["namespace", "msg_type"]),
-            CounterMetricFamily("swf_messages_invalid", "Invalid messages in the message table (recorded with "
-                                "their reason), by reason", labels=["reason"]),
-            GaugeMetricFamily("swf_agents", "Agents by liveness (from their last heartbeat)", labels=["liveness"]),
-            GaugeMetricFamily("swf_workflow_executions", "Workflow executions by status", labels=["status"]),
-            GaugeMetricFamily("swf_runs", "Runs: running (no end time yet) or ended", labels=["status"]),
+            CounterMetricFamily(
+                "swf_messages_recorded",
+                "Valid messages in the message table, by namespace "
+                "and msg_type (lowered by retention)",
+                labels=["namespace", "msg_type"],
+            ),
+            CounterMetricFamily(
+                "swf_messages_invalid",
+                "Invalid messages in the message table (recorded with their reason), by reason",
+                labels=["reason"],
+            ),
+            GaugeMetricFamily(
+                "swf_agents", "Agents by liveness (from their last heartbeat)", labels=["liveness"]
+            ),
+            GaugeMetricFamily(
+                "swf_workflow_executions", "Workflow executions by status", labels=["status"]
+            ),
+            GaugeMetricFamily(
+                "swf_runs", "Runs: running (no end time yet) or ended", labels=["status"]
+            ),
             GaugeMetricFamily("swf_stf_files", "STF files by status", labels=["status"]),
             GaugeMetricFamily("swf_tf_slices", "TF slices by status", labels=["status"]),
         )
@@ -137,14 +173,21 @@ class StreamCollector:
     """Clients of this web process's message stream."""
 
     def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily("swf_stream_clients", "Message stream clients connected to this web process")]
+        return [
+            GaugeMetricFamily(
+                "swf_stream_clients", "Message stream clients connected to this web process"
+            )
+        ]
 
     def collect(self) -> Iterator[Metric]:
         from swf_testbed.monitor.api import stream
 
         hub = stream.current_hub()
-        yield GaugeMetricFamily("swf_stream_clients", "Message stream clients connected to this web process",
-                                value=len(hub.clients) if hub else 0)
+        yield GaugeMetricFamily(
+            "swf_stream_clients",
+            "Message stream clients connected to this web process",
+            value=len(hub.clients) if hub else 0,
+        )
 
 
 _TABLES, _STREAMS = TableCollector(), StreamCollector()
@@ -154,7 +197,14 @@ WEB_REGISTRY.register(_STREAMS)
 
 def exported_metric_names() -> set[str]:
     """Every metric family name the monitor (web and ingest) exports (for the dashboard's test)."""
-    collectors: list[Any] = [HTTP_LATENCY, INGEST_BATCH_COMMIT, INGEST_LAG, INGEST_MESSAGES, _TABLES, _STREAMS]
+    collectors: list[Any] = [
+        HTTP_LATENCY,
+        INGEST_BATCH_COMMIT,
+        INGEST_LAG,
+        INGEST_MESSAGES,
+        _TABLES,
+        _STREAMS,
+    ]
     return {family.name for collector in collectors for family in collector.describe()}
 
 
@@ -173,7 +223,10 @@ def _logged_in(request: HttpRequest) -> bool:
         from rest_framework.authtoken.models import Token
 
         scheme, _, key = header.partition(" ")
-        return scheme.lower() == "token" and Token.objects.filter(key=key.strip(), user__is_active=True).exists()
+        return (
+            scheme.lower() == "token"
+            and Token.objects.filter(key=key.strip(), user__is_active=True).exists()
+        )
     return bool(request.user.is_authenticated)
 
 
@@ -183,8 +236,11 @@ def _view_name(request: HttpRequest) -> str:
 
 
 def _observe(request: HttpRequest, response: HttpResponse, started: float) -> None:
-    HTTP_LATENCY.labels(_view_name(request), request.method if request.method in _METHODS else "other",
-                        f"{response.status_code // 100}xx").observe(time.perf_counter() - started)
+    HTTP_LATENCY.labels(
+        _view_name(request),
+        request.method if request.method in _METHODS else "other",
+        f"{response.status_code // 100}xx",
+    ).observe(time.perf_counter() - started)
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -194,6 +250,7 @@ _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 def request_latency(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
     """Times every request by view name (a bounded set: the URL conf's names), method and status class."""
     if iscoroutinefunction(get_response):
+
         async def async_middleware(request: HttpRequest) -> HttpResponse:
             started = time.perf_counter()
             response = await get_response(request)

@@ -33,7 +33,9 @@ def _checked_settings() -> Settings:
     try:
         settings = get_settings()
     except ProductionConfigError:
-        settings = Settings()  # unchecked, only to list the monitor's problems along with the broker's
+        settings = (
+            Settings()
+        )  # unchecked, only to list the monitor's problems along with the broker's
     try:
         settings.check_production(monitor=True)
     except ProductionConfigError as exc:
@@ -116,7 +118,8 @@ ALLOWED_HOSTS = _csv(_mon.allowed_hosts)
 CSRF_TRUSTED_ORIGINS = _csv(_mon.csrf_trusted_origins)
 # Secure cookies in production unless said otherwise: a session cookie must not travel in clear text.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = (
-    _swf.profile == Profile.PRODUCTION if _mon.secure_cookies is None else _mon.secure_cookies)
+    _swf.profile == Profile.PRODUCTION if _mon.secure_cookies is None else _mon.secure_cookies
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -172,7 +175,12 @@ TEMPLATES = [
 
 DATABASES = {"default": _database()}
 # One web process (uvicorn): its memory holds the anonymous log posts' rate-limit windows and refusal count.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "swf-monitor"}}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "swf-monitor",
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -202,7 +210,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["swf_testbed.monitor.api.permissions.ReadOpenWriteAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "swf_testbed.monitor.api.permissions.ReadOpenWriteAuthenticated"
+    ],
     "DEFAULT_PAGINATION_CLASS": "swf_testbed.monitor.api.pagination.OptionalLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": [

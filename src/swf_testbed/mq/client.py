@@ -50,7 +50,7 @@ class BrokerUnavailable(ConnectionError):
 class Delivery:
     """One message as received: raw body (bytes) and headers."""
 
-    subscription: "Subscription"
+    subscription: Subscription
     headers: dict[str, str]
     body: bytes
     generation: int
@@ -89,7 +89,7 @@ class Subscription:
 
 
 class _Listener(stomp.ConnectionListener):
-    def __init__(self, client: "BrokerClient", generation: int) -> None:
+    def __init__(self, client: BrokerClient, generation: int) -> None:
         self.client = client
         self.generation = generation
         self.connected = threading.Event()
@@ -106,7 +106,9 @@ class _Listener(stomp.ConnectionListener):
         self.client._on_receipt(frame.headers.get("receipt-id", ""))
 
     def on_error(self, frame: stomp.utils.Frame) -> None:
-        self.error = f"broker ERROR: {frame.headers.get('message', '')} {_short(frame.body)}".strip()
+        self.error = (
+            f"broker ERROR: {frame.headers.get('message', '')} {_short(frame.body)}".strip()
+        )
         log.warning("%s", self.error)
         if not self.connected.is_set():
             self.connected.set()  # wakes the connect wait, which then fails with this error
@@ -204,10 +206,12 @@ class BrokerClient:
         """
         return self.server.startswith(("swf-testbed/", "RabbitMQ/"))
 
-    def start(self, wait: float | None = 30.0) -> "BrokerClient":
+    def start(self, wait: float | None = 30.0) -> BrokerClient:
         """Start the connection supervisor; with ``wait``, block until connected."""
         if self._supervisor is None:
-            self._supervisor = threading.Thread(target=self._supervise, name=f"{self.client_name}-mq", daemon=True)
+            self._supervisor = threading.Thread(
+                target=self._supervise, name=f"{self.client_name}-mq", daemon=True
+            )
             self._supervisor.start()
         if wait is not None and not self._connected.wait(wait):
             raise BrokerUnavailable(
@@ -227,7 +231,7 @@ class BrokerClient:
         if self._supervisor is not None:
             self._supervisor.join(timeout)
 
-    def __enter__(self) -> "BrokerClient":
+    def __enter__(self) -> BrokerClient:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -268,7 +272,9 @@ class BrokerClient:
         # Wait for the broker's receipt: once subscribe() returns, nothing sent
         # to the destination afterwards is missed.
         if waiter is not None and not waiter.wait(self.settings.connect_timeout_s):
-            log.warning("no receipt for the subscription to %s; it may not be active yet", destination)
+            log.warning(
+                "no receipt for the subscription to %s; it may not be active yet", destination
+            )
         return sub
 
     def unsubscribe(self, sub: Subscription, *, forget: bool = False) -> None:
@@ -282,8 +288,13 @@ class BrokerClient:
                     conn.unsubscribe(id=sub.id)
                     if forget and sub.durable_name:
                         # detached first, then removed by name (ActiveMQ refuses to remove one in use)
-                        conn.unsubscribe(id=sub.id, headers={"activemq.subscriptionName": sub.durable_name,
-                                                             "durable-subscription-name": sub.durable_name})
+                        conn.unsubscribe(
+                            id=sub.id,
+                            headers={
+                                "activemq.subscriptionName": sub.durable_name,
+                                "durable-subscription-name": sub.durable_name,
+                            },
+                        )
                 except StompException:
                     pass
 
@@ -298,7 +309,9 @@ class BrokerClient:
         if sub.durable_name:
             headers["activemq.subscriptionName"] = sub.durable_name  # ActiveMQ Classic, embedded
             headers["durable-subscription-name"] = sub.durable_name  # Artemis
-        conn.subscribe(destination=sub.destination.address(style), id=sub.id, ack=sub.ack, headers=headers)
+        conn.subscribe(
+            destination=sub.destination.address(style), id=sub.id, ack=sub.ack, headers=headers
+        )
         return waiter
 
     def _expect_receipt(self, headers: dict[str, str]) -> threading.Event:
@@ -406,8 +419,12 @@ class BrokerClient:
         all_headers: dict[str, str] = {}
         if isinstance(body, Message):
             all_headers.update(
-                {"msg_type": body.msg_type, "namespace": body.namespace, "msg_id": body.msg_id,
-                 "content-type": "application/json"}
+                {
+                    "msg_type": body.msg_type,
+                    "namespace": body.namespace,
+                    "msg_id": body.msg_id,
+                    "content-type": "application/json",
+                }
             )
             data = body.to_bytes()
         elif isinstance(body, str):
@@ -447,7 +464,9 @@ class BrokerClient:
                 return
             if waiter.wait(max(0.0, deadline - time.monotonic())):
                 return
-            raise BrokerUnavailable(f"no receipt from the broker for a message to {destination} within {timeout:g} s")
+            raise BrokerUnavailable(
+                f"no receipt from the broker for a message to {destination} within {timeout:g} s"
+            )
 
     # ------------------------------------------------------------------ internals
 
@@ -487,14 +506,18 @@ class BrokerClient:
         # but never answers CONNECT would hang us forever.
         if not listener.connected.wait(s.connect_timeout_s) or not conn.is_connected():
             _drop(conn, polite=False)
-            raise StompException(listener.error or f"no CONNECTED frame within {s.connect_timeout_s:g} s")
+            raise StompException(
+                listener.error or f"no CONNECTED frame within {s.connect_timeout_s:g} s"
+            )
         _no_delay(conn)
         with self._lock:
             if generation != self._generation or self._closing.is_set():
                 _drop(conn, polite=True)
                 return
             self._conn = conn
-            waiters = [self._send_subscribe(conn, sub) for sub in list(self._subscriptions.values())]
+            waiters = [
+                self._send_subscribe(conn, sub) for sub in list(self._subscriptions.values())
+            ]
         for waiter in waiters:
             if not waiter.wait(s.connect_timeout_s):
                 _drop(conn, polite=False)
@@ -504,7 +527,10 @@ class BrokerClient:
                 return
             self._connected.set()
         log.info(
-            "connected to %s at %s:%d (%d subscriptions)", self.server or "broker", s.host, s.port,
+            "connected to %s at %s:%d (%d subscriptions)",
+            self.server or "broker",
+            s.host,
+            s.port,
             len(self._subscriptions),
         )
         if self.on_state_change:
@@ -526,8 +552,14 @@ class BrokerClient:
                 delay = s.reconnect_initial_s
                 first = False
                 continue
-            except (StompException, OSError, socket.error, ssl.SSLError) as exc:
-                log.info("broker %s:%d not reachable (%s); retrying in %.1f s", s.host, s.port, exc, delay)
+            except (StompException, OSError, ssl.SSLError) as exc:
+                log.info(
+                    "broker %s:%d not reachable (%s); retrying in %.1f s",
+                    s.host,
+                    s.port,
+                    exc,
+                    delay,
+                )
             except Exception:  # noqa: BLE001 - the supervisor must never die
                 log.exception("unexpected error while connecting to the broker")
             first = False
@@ -571,4 +603,8 @@ class BrokerClient:
         try:
             sub.handler(delivery)
         except Exception:  # noqa: BLE001 - a handler must never kill the receiver thread
-            log.exception("handler for %s raised; message %s left unacknowledged", sub.destination, delivery.message_id)
+            log.exception(
+                "handler for %s raised; message %s left unacknowledged",
+                sub.destination,
+                delivery.message_id,
+            )

@@ -52,12 +52,12 @@ class Destination:
         return {}
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         """``/topic/x`` or ``/queue/x`` (also ``topic://x``, ``queue://x``)."""
         for kind in ("topic", "queue"):
             for prefix in (f"/{kind}/", f"{kind}://"):
                 if text.startswith(prefix):
-                    return cls(text[len(prefix):], kind)  # type: ignore[arg-type]
+                    return cls(text[len(prefix) :], kind)  # type: ignore[arg-type]
         raise ValueError(f"destination {text!r} must start with /topic/ or /queue/")
 
     def __str__(self) -> str:
@@ -114,7 +114,7 @@ def mirrored_queue(destination: str) -> str | None:
     """
     for prefix in ("/topic/", "topic://", ""):
         if destination.startswith(prefix + QUEUE_MIRROR_PREFIX):
-            name = destination[len(prefix) + len(QUEUE_MIRROR_PREFIX):]
+            name = destination[len(prefix) + len(QUEUE_MIRROR_PREFIX) :]
             return f"/queue/{name}" if name else None
     return None
 

@@ -31,7 +31,9 @@ from swf_testbed.settings import BrokerSettings, Settings
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+MODULE_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 
 SERVICE_NAMES = frozenset({"broker", "monitor-web", "monitor-ingest", "watch"})
 """Program names the orchestrator uses for its own services; agents may not take them."""
@@ -64,28 +66,49 @@ class TestbedSection(_Strict):
 
     __test__ = False  # not a pytest test class
 
-    namespace: str = Field(..., pattern=NAMESPACE_PATTERN,
-                           description="the testbed instance: letters, digits, '_', '.', '-'")
-    start_timeout: float = Field(120.0, gt=0, le=3600, description="seconds to wait for every program to be healthy")
+    namespace: str = Field(
+        ...,
+        pattern=NAMESPACE_PATTERN,
+        description="the testbed instance: letters, digits, '_', '.', '-'",
+    )
+    start_timeout: float = Field(
+        120.0, gt=0, le=3600, description="seconds to wait for every program to be healthy"
+    )
     description: str = Field("", description="free text")
 
 
 class WorkflowSection(_Strict):
     """``[workflow]``: what ``swf-testbed run`` asks the workflow runner to run."""
 
-    name: str = Field("stf_datataking", min_length=1, max_length=200,
-                      description="the registered workflow the runner runs")
-    config: str = Field("stf_datataking_default", min_length=1, max_length=200,
-                        description="the workflow config (a TOML shipped with the package)")
-    duration: float = Field(0.0, ge=0, le=MAX_DURATION_S, description="seconds of simulated time, 0 = until done")
+    name: str = Field(
+        "stf_datataking",
+        min_length=1,
+        max_length=200,
+        description="the registered workflow the runner runs",
+    )
+    config: str = Field(
+        "stf_datataking_default",
+        min_length=1,
+        max_length=200,
+        description="the workflow config (a TOML shipped with the package)",
+    )
+    duration: float = Field(
+        0.0, ge=0, le=MAX_DURATION_S, description="seconds of simulated time, 0 = until done"
+    )
     realtime: bool | None = Field(None, description="shorthand for time_scale = 1")
-    time_scale: float | None = Field(None, ge=0, le=MAX_TIME_SCALE,
-                                     description="1 = real time, N = N× faster, 0 = as fast as possible")
+    time_scale: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_TIME_SCALE,
+        description="1 = real time, N = N× faster, 0 = as fast as possible",
+    )
 
     @model_validator(mode="after")
-    def _one_speed(self) -> "WorkflowSection":
+    def _one_speed(self) -> WorkflowSection:
         if self.realtime is not None and self.time_scale is not None:
-            raise ValueError("give realtime or time_scale, not both (realtime = true is time_scale = 1)")
+            raise ValueError(
+                "give realtime or time_scale, not both (realtime = true is time_scale = 1)"
+            )
         return self
 
 
@@ -93,30 +116,52 @@ class AgentSection(_Strict):
     """``[agents.NAME]``: one agent program (``instances`` processes)."""
 
     enabled: bool = Field(True, description="false: not run (and needs no module or script)")
-    module: str | None = Field(None, description="package.module:Class, run by `swf-testbed agent run`")
+    module: str | None = Field(
+        None, description="package.module:Class, run by `swf-testbed agent run`"
+    )
     script: str | None = Field(None, min_length=1, description="a command line, run as written")
-    instances: int = Field(1, ge=1, le=500, description="processes of this agent (NAME_00, NAME_01, … in supervisord)")
-    args: list[str] = Field(default_factory=list, description="extra arguments appended to the command")
+    instances: int = Field(
+        1, ge=1, le=500, description="processes of this agent (NAME_00, NAME_01, … in supervisord)"
+    )
+    args: list[str] = Field(
+        default_factory=list, description="extra arguments appended to the command"
+    )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     # the runtime's heartbeat loop ticks every 0.1 s: a shorter interval cannot be honoured
-    heartbeat_interval: float = Field(10.0, ge=0.1, le=3600, description="seconds between the agent's heartbeats")
-    drain_timeout: float = Field(10.0, gt=0, le=3600, description="seconds the agent may take to drain on stop")
-    options: dict[str, Any] = Field(default_factory=dict, description="agent options (module agents): --set key=value")
+    heartbeat_interval: float = Field(
+        10.0, ge=0.1, le=3600, description="seconds between the agent's heartbeats"
+    )
+    drain_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds the agent may take to drain on stop"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="agent options (module agents): --set key=value"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE"] = Field(
-        "WARNING", description="lowest level of the agent's log records sent to the monitor (NONE: none)")
-    log_buffer: int = Field(1000, ge=1, le=1_000_000,
-                            description="log records held while they cannot be sent; more are dropped and counted")
+        "WARNING",
+        description="lowest level of the agent's log records sent to the monitor (NONE: none)",
+    )
+    log_buffer: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="log records held while they cannot be sent; more are dropped and counted",
+    )
 
     @model_validator(mode="after")
-    def _what_runs(self) -> "AgentSection":
+    def _what_runs(self) -> AgentSection:
         if self.module is not None and self.script is not None:
             raise ValueError("give module or script, not both")
         if self.enabled and self.module is None and self.script is None:
-            raise ValueError("an enabled agent needs module = \"package.module:Class\" or script = \"a command line\"")
+            raise ValueError(
+                'an enabled agent needs module = "package.module:Class" or script = "a command line"'
+            )
         if self.module is not None and not MODULE_RE.match(self.module):
             raise ValueError(f"module: expected 'package.module:Class', got {self.module!r}")
         if self.script is not None and self.options:
-            raise ValueError("options are for module agents; pass a script's settings in args or env")
+            raise ValueError(
+                "options are for module agents; pass a script's settings in args or env"
+            )
         return self
 
 
@@ -124,8 +169,14 @@ class BrokerSection(_Strict):
     """``[broker]``: the embedded broker (run by supervisord) or an external one."""
 
     mode: Literal["embedded", "external"] = Field(
-        "embedded", description="embedded: supervisord runs `swf-testbed broker`; external: one runs elsewhere")
-    host: str = Field("127.0.0.1", pattern=HOST_PATTERN, description="where it listens (embedded) or is (external)")
+        "embedded",
+        description="embedded: supervisord runs `swf-testbed broker`; external: one runs elsewhere",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        pattern=HOST_PATTERN,
+        description="where it listens (embedded) or is (external)",
+    )
     port: int = Field(61613, ge=1, le=65535, description="its STOMP port")
 
 
@@ -133,8 +184,12 @@ class MonitorSection(_Strict):
     """``[monitor]``: the embedded monitor (web + ingest, run by supervisord) or an external one."""
 
     mode: Literal["embedded", "external"] = Field(
-        "embedded", description="embedded: supervisord runs `monitor serve` and `monitor ingest`; external: elsewhere")
-    host: str = Field("127.0.0.1", pattern=HOST_PATTERN, description="where the embedded web listens")
+        "embedded",
+        description="embedded: supervisord runs `monitor serve` and `monitor ingest`; external: elsewhere",
+    )
+    host: str = Field(
+        "127.0.0.1", pattern=HOST_PATTERN, description="where the embedded web listens"
+    )
     port: int = Field(8002, ge=1, le=65535, description="the embedded web's HTTP port")
     url: str | None = Field(None, min_length=1, description="base URL of an external monitor")
 
@@ -149,14 +204,18 @@ class MonitorSection(_Strict):
         except ValueError as exc:
             raise ValueError(f"not a valid URL ({exc}): {value[:200]!r}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {value[:200]!r}")
+            raise ValueError(
+                f"expected an http:// or https:// URL with a host, got {value[:200]!r}"
+            )
         return value
 
 
 class DatabaseSection(_Strict):
     """``[database]``: the monitor's database (``sqlite:///…`` or ``postgres://…``); empty = its default."""
 
-    url: str = Field("", description="sqlite:///path or postgres://…; empty = SQLite in the runtime directory")
+    url: str = Field(
+        "", description="sqlite:///path or postgres://…; empty = SQLite in the runtime directory"
+    )
 
 
 class TestbedConfig(_Strict):
@@ -167,7 +226,9 @@ class TestbedConfig(_Strict):
     testbed: TestbedSection
     workflow: WorkflowSection = Field(default_factory=WorkflowSection)  # type: ignore[arg-type]
     agents: dict[str, AgentSection] = Field(default_factory=dict)
-    parameters: dict[str, Any] = Field(default_factory=dict, description="workflow config overrides")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="workflow config overrides"
+    )
     broker: BrokerSection = Field(default_factory=BrokerSection)  # type: ignore[arg-type]
     monitor: MonitorSection = Field(default_factory=MonitorSection)  # type: ignore[arg-type]
     database: DatabaseSection = Field(default_factory=DatabaseSection)  # type: ignore[arg-type]
@@ -203,15 +264,22 @@ def load(path: str | Path, *, check_modules: bool = True) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(source, [f"no such file (create one with `swf-testbed init {source}`)"]) from None
+        raise ConfigError(
+            source, [f"no such file (create one with `swf-testbed init {source}`)"]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [f"cannot read: {exc}"]) from None
     config = parse(text, source, check_modules=check_modules, base_dir=path.resolve().parent)
     return LoadedConfig(config, path.resolve(), source)
 
 
-def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True,
-          base_dir: Path | None = None) -> TestbedConfig:
+def parse(
+    text: str,
+    source: str = DEFAULT_FILE,
+    *,
+    check_modules: bool = True,
+    base_dir: Path | None = None,
+) -> TestbedConfig:
     """Validate the text of a testbed.toml (``base_dir``: where its agents start, for relative paths)."""
     try:
         data = tomllib.loads(text)
@@ -231,7 +299,9 @@ def parse(text: str, source: str = DEFAULT_FILE, *, check_modules: bool = True,
         problems += _describe(exc, data)
     problems += _check_parameters(data)
     if config is not None:
-        problems += _check_agents(config, check_modules=check_modules, base_dir=base_dir or Path.cwd())
+        problems += _check_agents(
+            config, check_modules=check_modules, base_dir=base_dir or Path.cwd()
+        )
     if problems:
         raise ConfigError(source, problems)
     assert config is not None
@@ -242,10 +312,10 @@ def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
     text = str(exc)
     m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
     if m:
-        return f"line {m.group(1)}, column {m.group(2)}: invalid TOML: {text[:m.start()]}"
+        return f"line {m.group(1)}, column {m.group(2)}: invalid TOML: {text[: m.start()]}"
     m = re.search(r"\s*\(at end of document\)$", text)
     if m:
-        return f"end of file: invalid TOML: {text[:m.start()]}"
+        return f"end of file: invalid TOML: {text[: m.start()]}"
     return f"invalid TOML: {text}"
 
 
@@ -281,17 +351,23 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
             expected = err.get("ctx", {}).get("expected", "")
             problems.append(f"{key}: expected {expected}, got {got}")
         elif kind == "string_pattern_mismatch" and loc == ["testbed", "namespace"]:
-            problems.append(f"{key}: expected letters, digits, '_', '.' or '-' (at most 64), got {got}")
+            problems.append(
+                f"{key}: expected letters, digits, '_', '.' or '-' (at most 64), got {got}"
+            )
         elif kind == "string_pattern_mismatch" and loc[-1:] == ["host"]:
-            problems.append(f"{key}: expected a host name or address (letters, digits, '.', '-', '_', ':', "
-                            f"'[', ']'), got {got}")
+            problems.append(
+                f"{key}: expected a host name or address (letters, digits, '.', '-', '_', ':', "
+                f"'[', ']'), got {got}"
+            )
         elif kind == "finite_number":
             problems.append(f"{key}: expected a finite number, got {got}")
         elif kind == "value_error":
             msg = str(err.get("msg", "")).removeprefix("Value error, ")
             problems.append(f"{key}: {msg}" if key else msg)
         else:
-            problems.append(f"{key}: {err.get('msg', kind)[:1].lower()}{err.get('msg', kind)[1:]}, got {got}")
+            problems.append(
+                f"{key}: {err.get('msg', kind)[:1].lower()}{err.get('msg', kind)[1:]}, got {got}"
+            )
     return problems
 
 
@@ -304,8 +380,16 @@ def dotted(parts: list[str]) -> str:
             out.append(part)
             continue
         quoted = json.dumps(part, ensure_ascii=False)
-        out.append("".join(c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF
-                           else f"\\U{ord(c):08x}" for c in quoted))
+        out.append(
+            "".join(
+                c
+                if c.isprintable()
+                else f"\\u{ord(c):04x}"
+                if ord(c) <= 0xFFFF
+                else f"\\U{ord(c):08x}"
+                for c in quoted
+            )
+        )
     return ".".join(out)
 
 
@@ -320,7 +404,11 @@ def _unknown(loc: list[str]) -> str:
             continue
         field = model.model_fields.get(part) if model is not None else None
         annotation = field.annotation if field is not None else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
     if model is None and len(loc) >= 3 and loc[0] == "agents":
         model = AgentSection
     what = "unknown section" if len(loc) == 1 else "unknown key"
@@ -359,14 +447,19 @@ def _module_findable(module_name: str, extra_paths: list[str]) -> bool:
     except (ImportError, ValueError):
         pass
     top = module_name.split(".")[0]
-    return bool(extra_paths) and importlib.machinery.PathFinder.find_spec(top, extra_paths) is not None
+    return (
+        bool(extra_paths) and importlib.machinery.PathFinder.find_spec(top, extra_paths) is not None
+    )
 
 
 def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path) -> list[str]:
     """What the schema cannot say: agent names, module availability, what supervisord can carry (URLs too)."""
     problems: list[str] = []
     # these reach supervisord's config (as environment values): say so here, naming the key
-    for key, value in (("database.url", config.database.url), ("monitor.url", config.monitor.url or "")):
+    for key, value in (
+        ("database.url", config.database.url),
+        ("monitor.url", config.monitor.url or ""),
+    ):
         problem = unrepresentable(value) if value else ""
         if problem:
             problems.append(f"{key}: {problem}")
@@ -376,29 +469,44 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
             problems.append(f"{key}: agent names are letters, digits, '_' and '-' (at most 64)")
             continue
         if name in SERVICE_NAMES:
-            problems.append(f"{key}: {name!r} is the name of a testbed service; choose another agent name")
+            problems.append(
+                f"{key}: {name!r} is the name of a testbed service; choose another agent name"
+            )
         for env_key, value in agent.env.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env_key):
-                problems.append(f"{dotted(['agents', name, 'env', env_key])}: not a valid environment variable name")
+                problems.append(
+                    f"{dotted(['agents', name, 'env', env_key])}: not a valid environment variable name"
+                )
             problem = unrepresentable(value)
             if problem:
                 problems.append(f"{dotted(['agents', name, 'env', env_key])}: {problem}")
-        texts = [("script", agent.script or "")] + [(f"args[{i}]", a) for i, a in enumerate(agent.args)]
+        texts = [("script", agent.script or "")] + [
+            (f"args[{i}]", a) for i, a in enumerate(agent.args)
+        ]
         for what, text in texts:
             if "\n" in text or "\r" in text or _COMMENT.search(text):
-                problems.append(f"{key}.{what}: newlines and ' ;' / ' #' cannot be passed through supervisord's "
-                                f"config; put the command in a script file")
+                problems.append(
+                    f"{key}.{what}: newlines and ' ;' / ' #' cannot be passed through supervisord's "
+                    f"config; put the command in a script file"
+                )
         for opt, value in agent.options.items():
             if not _jsonable(value):  # passed as --set key=<JSON>
-                problems.append(f"{dotted(['agents', name, 'options', opt])}: expected a value JSON can carry "
-                                f"(no dates, times, inf or nan)")
+                problems.append(
+                    f"{dotted(['agents', name, 'options', opt])}: expected a value JSON can carry "
+                    f"(no dates, times, inf or nan)"
+                )
         if check_modules and agent.enabled and agent.module:
             module_name = agent.module.partition(":")[0]
-            agent_paths = [str(base_dir / entry) for entry in agent.env.get("PYTHONPATH", "").split(os.pathsep)
-                           if entry]
+            agent_paths = [
+                str(base_dir / entry)
+                for entry in agent.env.get("PYTHONPATH", "").split(os.pathsep)
+                if entry
+            ]
             if not _module_findable(module_name, agent_paths):
-                problems.append(f"{key}.module: cannot find module {module_name!r} (is it installed, "
-                                f"or on PYTHONPATH in agents.{name}.env?)")
+                problems.append(
+                    f"{key}.module: cannot find module {module_name!r} (is it installed, "
+                    f"or on PYTHONPATH in agents.{name}.env?)"
+                )
     return problems
 
 
@@ -406,36 +514,55 @@ def _check_parameters(data: dict[str, Any]) -> list[str]:
     """``[parameters]`` checked as the workflow runner will check them: each key must be a parameter
     of the workflow config, of its type and within its bounds. One line per bad key."""
     from swf_testbed.workflows.config import ConfigError as WorkflowConfigError
-    from swf_testbed.workflows.config import ConfigTypeError, UnknownParameter, available_configs, load_config
+    from swf_testbed.workflows.config import (
+        ConfigTypeError,
+        UnknownParameter,
+        available_configs,
+        load_config,
+    )
 
     params = data.get("parameters", {})
     workflow = data.get("workflow", {})
-    name = workflow.get("config", WorkflowSection.model_fields["config"].default) \
-        if isinstance(workflow, dict) else None
+    name = (
+        workflow.get("config", WorkflowSection.model_fields["config"].default)
+        if isinstance(workflow, dict)
+        else None
+    )
     if not isinstance(params, dict) or not isinstance(name, str):
         return []  # the schema says what is wrong with them
     available = available_configs()
     if name not in available:
-        return [f"workflow.config: unknown workflow config {_show(name)}; available: {', '.join(available)}"]
+        return [
+            f"workflow.config: unknown workflow config {_show(name)}; available: {', '.join(available)}"
+        ]
     problems: list[str] = []
     for key, value in params.items():
         where = dotted(["parameters", str(key)])
         if not _jsonable(value):  # sent in run_workflow, a JSON body
-            problems.append(f"{where}: expected a value JSON can carry (no dates, times, inf or nan)")
+            problems.append(
+                f"{where}: expected a value JSON can carry (no dates, times, inf or nan)"
+            )
             continue
         try:
             load_config(name, {key: value})
         except UnknownParameter as exc:
-            hint = (f"did you mean {' or '.join(repr(s) for s in exc.suggestions)}?" if exc.suggestions
-                    else f"known parameters: {', '.join(sorted(_parameter_names(name)))}")
+            hint = (
+                f"did you mean {' or '.join(repr(s) for s in exc.suggestions)}?"
+                if exc.suggestions
+                else f"known parameters: {', '.join(sorted(_parameter_names(name)))}"
+            )
             problems.append(f"{where}: not a parameter of workflow config {name!r} ({hint})")
         except ConfigTypeError as exc:
-            problems.append(f"{where}: expected {exc.expected}, got {_show(value)} (workflow config {name!r})")
+            problems.append(
+                f"{where}: expected {exc.expected}, got {_show(value)} (workflow config {name!r})"
+            )
         except WorkflowConfigError as exc:
             text = str(exc).removeprefix(f"workflow config {name!r}: ")
             text = re.sub(r"^[\w.]+ \(override\): ", "", text)
-            problems.append(f"{where}: {text[:1].lower()}{text[1:]}, got {_show(value)} "
-                            f"(workflow config {name!r})")
+            problems.append(
+                f"{where}: {text[:1].lower()}{text[1:]}, got {_show(value)} "
+                f"(workflow config {name!r})"
+            )
     if not problems and params:
         try:  # each key is fine alone; together too?
             load_config(name, params)
@@ -512,7 +639,11 @@ def resolve_services(config: TestbedConfig, settings: Settings) -> Services:
         mon_port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         mon_port = config.monitor.port
-    database_url = settings.database_url if "database_url" in settings.model_fields_set else config.database.url
+    database_url = (
+        settings.database_url
+        if "database_url" in settings.model_fields_set
+        else config.database.url
+    )
     return Services(
         broker_mode=config.broker.mode,
         broker=broker,

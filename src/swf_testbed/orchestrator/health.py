@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from swf_testbed.liveness import Liveness, liveness
-from swf_testbed.messages import Heartbeat, Message, WorkflowCompleted, WorkflowFailed, WorkflowStarted
+from swf_testbed.messages import (
+    Heartbeat,
+    Message,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+
 HEALTHY_STATES = frozenset({"READY", "PROCESSING"})
 
 
@@ -45,13 +52,19 @@ class BeatRecord:
     agent_type: str = ""
 
     @classmethod
-    def from_message(cls, hb: Heartbeat, received_at: float | None = None) -> "BeatRecord":
+    def from_message(cls, hb: Heartbeat, received_at: float | None = None) -> BeatRecord:
         return cls(
-            agent_name=hb.agent_name, instance_id=hb.instance_id, pid=hb.pid, hostname=hb.hostname,
-            operational_state=str(hb.operational_state.value), status=str(hb.status.value),
-            interval_s=hb.interval_s, mq_connected=hb.mq_connected,
+            agent_name=hb.agent_name,
+            instance_id=hb.instance_id,
+            pid=hb.pid,
+            hostname=hb.hostname,
+            operational_state=str(hb.operational_state.value),
+            status=str(hb.status.value),
+            interval_s=hb.interval_s,
+            mq_connected=hb.mq_connected,
             received_at=received_at if received_at is not None else time.time(),
-            counters=dict(hb.counters), agent_type=hb.agent_type,
+            counters=dict(hb.counters),
+            agent_type=hb.agent_type,
         )
 
     def age(self, now: float | None = None) -> float:
@@ -100,8 +113,15 @@ class HeartbeatBook:
                 if age > max_age or (rec.operational_state == "EXITED" and age > exited_age):
                     del self._records[key]
 
-    def match(self, agent_name: str, pid: int | None, *, started_at: float | None = None,
-              single: bool = True, hostname: str | None = None) -> BeatRecord | None:
+    def match(
+        self,
+        agent_name: str,
+        pid: int | None,
+        *,
+        started_at: float | None = None,
+        single: bool = True,
+        hostname: str | None = None,
+    ) -> BeatRecord | None:
         """The heartbeat of the process ``pid`` of ``agent_name``.
 
         Heartbeats carry the pid of the agent process, which is the pid
@@ -109,8 +129,11 @@ class HeartbeatBook:
         for a single-instance agent we then take its newest heartbeat heard
         after the process started.
         """
-        candidates = [r for r in self.records() if r.agent_name == agent_name
-                      and (hostname is None or r.hostname == hostname)]
+        candidates = [
+            r
+            for r in self.records()
+            if r.agent_name == agent_name and (hostname is None or r.hostname == hostname)
+        ]
         if pid:
             exact = [r for r in candidates if r.pid == pid]
             if exact:
@@ -158,15 +181,20 @@ class ExecutionBook:
             if isinstance(msg, WorkflowStarted):
                 rec = self._items.get(msg.execution_id)
                 if rec is None:
-                    self._items[msg.execution_id] = ExecutionRecord(msg.execution_id, msg.workflow_name,
-                                                                    "running", now)
+                    self._items[msg.execution_id] = ExecutionRecord(
+                        msg.execution_id, msg.workflow_name, "running", now
+                    )
             elif isinstance(msg, WorkflowCompleted):
-                rec = self._items.setdefault(msg.execution_id, ExecutionRecord(
-                    msg.execution_id, msg.workflow_name, msg.status, now))
+                rec = self._items.setdefault(
+                    msg.execution_id,
+                    ExecutionRecord(msg.execution_id, msg.workflow_name, msg.status, now),
+                )
                 rec.status, rec.ended_at, rec.stf_count = msg.status, now, msg.stf_count
             elif isinstance(msg, WorkflowFailed) and msg.execution_id and not msg.refused:
-                rec = self._items.setdefault(msg.execution_id, ExecutionRecord(
-                    msg.execution_id, msg.workflow_name, "failed", now))
+                rec = self._items.setdefault(
+                    msg.execution_id,
+                    ExecutionRecord(msg.execution_id, msg.workflow_name, "failed", now),
+                )
                 rec.status, rec.ended_at, rec.error = "failed", now, msg.error
             else:
                 return False
@@ -201,8 +229,9 @@ WATCH_STALE_S = 6.0
 """The watch writes its file at least every 2 s; older than this, it is not running."""
 
 
-def write_watch_file(path: Path, namespace: str, beats: HeartbeatBook, executions: ExecutionBook,
-                     connected: bool) -> None:
+def write_watch_file(
+    path: Path, namespace: str, beats: HeartbeatBook, executions: ExecutionBook, connected: bool
+) -> None:
     data = {
         "namespace": namespace,
         "updated_at": time.time(),

@@ -68,7 +68,12 @@ def holders(port: int) -> list[Holder]:
         return []
     pids: list[int | None] = []
     for conn in conns:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid not in pids:
+        if (
+            conn.status == psutil.CONN_LISTEN
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.pid not in pids
+        ):
             pids.append(conn.pid)
     return [Holder(pid, _program(pid) if pid else "") for pid in pids]
 
@@ -81,7 +86,9 @@ def bindable(host: str, port: int) -> bool:
         return True  # an unresolvable host is the service's own error to report
     for family, kind, proto, _name, address in infos:
         with contextlib.closing(socket.socket(family, kind, proto)) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+            )  # as servers bind: TIME_WAIT is no conflict
             try:
                 sock.bind(address)
             except OSError as exc:
@@ -120,7 +127,6 @@ def check_port(service: str, host: str, port: int, own_pids: set[int]) -> PortCo
     if found and all(h.pid is not None and h.pid in own_pids for h in found):
         return None
     return PortConflict(service, host, port, tuple(h for h in found if h.pid not in own_pids))
-
 
 
 def free_port_near(port: int, host: str = "127.0.0.1", tries: int = 50) -> int:

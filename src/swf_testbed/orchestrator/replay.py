@@ -77,8 +77,10 @@ def parse_types(text: str | None) -> tuple[str, ...]:
     types = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in types if t not in REPLAYABLE]
     if unknown or not types:
-        raise ReplayError(f"--types {text!r}: {', '.join(unknown) or 'no type given'}; "
-                          f"replayable are {', '.join(REPLAYABLE)}")
+        raise ReplayError(
+            f"--types {text!r}: {', '.join(unknown) or 'no type given'}; "
+            f"replayable are {', '.join(REPLAYABLE)}"
+        )
     return types
 
 
@@ -128,15 +130,25 @@ class ReplayPlan:
         first = self.messages[0].message.timestamp
         offsets: list[float] = []
         for rec in self.messages:
-            offsets.append(max(offsets[-1] if offsets else 0.0, (rec.message.timestamp - first).total_seconds()))
+            offsets.append(
+                max(
+                    offsets[-1] if offsets else 0.0, (rec.message.timestamp - first).total_seconds()
+                )
+            )
         return offsets
 
     def renamed(self, msg: RunMessage, sent_at: datetime) -> RunMessage:
         """The recorded message as sent into the new namespace (validated again: strict on send)."""
         new_run = self.run_numbers[msg.run_id]
         fields: dict[str, Any] = msg.model_dump()
-        fields.update(msg_id=new_msg_id(), namespace=self.namespace, sender=SENDER, timestamp=sent_at,
-                      execution_id=self.execution_id, run_id=new_run)
+        fields.update(
+            msg_id=new_msg_id(),
+            namespace=self.namespace,
+            sender=SENDER,
+            timestamp=sent_at,
+            execution_id=self.execution_id,
+            run_id=new_run,
+        )
         if isinstance(msg, StfGen):
             shift = sent_at - msg.timestamp
             name = renamed_file(msg.filename, msg.run_id, new_run)
@@ -153,7 +165,9 @@ def _workflow_name(execution: dict[str, Any]) -> str:
     return "replay"
 
 
-def plan_replay(export: Any, path: Path, namespace: str, types: Iterable[str] = REPLAYABLE) -> ReplayPlan:
+def plan_replay(
+    export: Any, path: Path, namespace: str, types: Iterable[str] = REPLAYABLE
+) -> ReplayPlan:
     """Select and check the messages of an :class:`~swf_testbed.monitor.exchange.ExportFile` read from ``path``."""
     wanted = set(types)
     execution = export.execution
@@ -182,20 +196,28 @@ def plan_replay(export: Any, path: Path, namespace: str, types: Iterable[str] = 
         assert isinstance(ours, RunMessage)
         selected.append(Recorded(number, ours))
     if not selected:
-        raise ReplayError(f"{path}: no {', '.join(sorted(wanted))} message on the run topic "
-                          f"in execution {source}: nothing to replay")
+        raise ReplayError(
+            f"{path}: no {', '.join(sorted(wanted))} message on the run topic "
+            f"in execution {source}: nothing to replay"
+        )
     run_numbers: dict[int, int] = {}
     previous = 0
     for rec in selected:
         if rec.message.run_id not in run_numbers:
-            previous = run_numbers[rec.message.run_id] = new_run_number(rec.message.run_id, previous)
+            previous = run_numbers[rec.message.run_id] = new_run_number(
+                rec.message.run_id, previous
+            )
     workflow = started.workflow_name if started else _workflow_name(execution)
     execution_id = new_execution_id(workflow, namespace)
     config = dict(started.config) if started else dict(execution.get("parameter_values") or {})
     config["replay_of"] = source
     announce = WorkflowStarted(
-        namespace=namespace, sender=SENDER, workflow_name=workflow, execution_id=execution_id,
-        run_id=next(iter(run_numbers.values())), config=config,
+        namespace=namespace,
+        sender=SENDER,
+        workflow_name=workflow,
+        execution_id=execution_id,
+        run_id=next(iter(run_numbers.values())),
+        config=config,
         workflow_version=started.workflow_version if started else "",
         workflow_module=started.workflow_module if started else "",
         git_commit=started.git_commit if started else "",
@@ -214,8 +236,14 @@ class ReplayOutcome:
     interrupted: bool
 
 
-def replay(plan: ReplayPlan, send: Send, *, speed: float | None, stop: threading.Event | None = None,
-           on_message: Callable[[RunMessage], None] | None = None) -> ReplayOutcome:
+def replay(
+    plan: ReplayPlan,
+    send: Send,
+    *,
+    speed: float | None,
+    stop: threading.Event | None = None,
+    on_message: Callable[[RunMessage], None] | None = None,
+) -> ReplayOutcome:
     """Publish the plan: ``workflow_started``, the run messages re-timed, ``workflow_completed``.
 
     ``speed``: the recorded gaps are divided by it; None: no gaps. When
@@ -223,8 +251,12 @@ def replay(plan: ReplayPlan, send: Send, *, speed: float | None, stop: threading
     STFs sent so far) and the execution ends ``terminated``.
     """
     stop = stop or threading.Event()
-    send(replies_topic(plan.namespace), WorkflowStarted.model_validate(
-        {**plan.workflow_started.model_dump(), "timestamp": utcnow()}))
+    send(
+        replies_topic(plan.namespace),
+        WorkflowStarted.model_validate(
+            {**plan.workflow_started.model_dump(), "timestamp": utcnow()}
+        ),
+    )
     started = time.monotonic()
     sent = stfs = 0
     open_runs: dict[int, int] = {}  # new run number → STFs sent in it
@@ -249,12 +281,28 @@ def replay(plan: ReplayPlan, send: Send, *, speed: float | None, stop: threading
     interrupted = sent < len(plan.messages)
     if interrupted:
         for run_id, count in open_runs.items():  # closed the way the runner closes a stopped run
-            send(RUN_TOPIC, EndRun(namespace=plan.namespace, sender=SENDER, execution_id=plan.execution_id,
-                                   run_id=run_id, state=DaqState.BEAM, substate=DaqSubstate.NOT_READY,
-                                   total_stf_files=count))
-    send(replies_topic(plan.namespace), WorkflowCompleted(
-        namespace=plan.namespace, sender=SENDER, workflow_name=plan.workflow_started.workflow_name,
-        execution_id=plan.execution_id, run_id=plan.workflow_started.run_id,
-        status="terminated" if interrupted else "completed", stf_count=stfs,
-    ))
+            send(
+                RUN_TOPIC,
+                EndRun(
+                    namespace=plan.namespace,
+                    sender=SENDER,
+                    execution_id=plan.execution_id,
+                    run_id=run_id,
+                    state=DaqState.BEAM,
+                    substate=DaqSubstate.NOT_READY,
+                    total_stf_files=count,
+                ),
+            )
+    send(
+        replies_topic(plan.namespace),
+        WorkflowCompleted(
+            namespace=plan.namespace,
+            sender=SENDER,
+            workflow_name=plan.workflow_started.workflow_name,
+            execution_id=plan.execution_id,
+            run_id=plan.workflow_started.run_id,
+            status="terminated" if interrupted else "completed",
+            stf_count=stfs,
+        ),
+    )
     return ReplayOutcome(sent, stfs, interrupted)

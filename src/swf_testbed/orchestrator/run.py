@@ -54,7 +54,14 @@ from swf_testbed.orchestrator.health import (
     HeartbeatBook,
     read_watch_file,
 )
-from swf_testbed.orchestrator.ports import PortConflict, check_port, family_pids, free_port_near, holders, listened_by
+from swf_testbed.orchestrator.ports import (
+    PortConflict,
+    check_port,
+    family_pids,
+    free_port_near,
+    holders,
+    listened_by,
+)
 from swf_testbed.orchestrator.supervisor import (
     FAILED_STATES,
     Program,
@@ -108,12 +115,20 @@ class ProcessHealth:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "program": self.program, "process": self.process, "kind": self.kind, "state": self.state,
-            "pid": self.pid or None, "uptime_s": round(time.time() - self.started_at, 1)
-            if self.started_at and self.state == "RUNNING" else None,
-            "healthy": self.healthy, "liveness": self.liveness,
+            "program": self.program,
+            "process": self.process,
+            "kind": self.kind,
+            "state": self.state,
+            "pid": self.pid or None,
+            "uptime_s": round(time.time() - self.started_at, 1)
+            if self.started_at and self.state == "RUNNING"
+            else None,
+            "healthy": self.healthy,
+            "liveness": self.liveness,
             "operational_state": self.operational_state or None,
-            "heartbeat_age_s": round(self.heartbeat_age, 2) if self.heartbeat_age is not None else None,
+            "heartbeat_age_s": round(self.heartbeat_age, 2)
+            if self.heartbeat_age is not None
+            else None,
             "detail": self.detail or None,
         }
 
@@ -148,11 +163,17 @@ class PortsInUse(OrchestratorError):
     def __init__(self, conflicts: list[PortConflict], source: str = "testbed.toml") -> None:
         self.conflicts = conflicts
         lines = [c.describe() for c in conflicts]
-        sections = {c.service: "[broker]" if c.service == "broker" else "[monitor]" for c in conflicts}
-        free = ", ".join(f"{sections[c.service]} port = {free_port_near(c.port, c.host)}" for c in conflicts)
-        lines.append(f"nothing was started. Fix: other ports in {' and '.join(sorted(set(sections.values())))} "
-                     f"of {source} (free now: {free}), or mode = \"external\" there to share the services "
-                     f"already listening on purpose")
+        sections = {
+            c.service: "[broker]" if c.service == "broker" else "[monitor]" for c in conflicts
+        }
+        free = ", ".join(
+            f"{sections[c.service]} port = {free_port_near(c.port, c.host)}" for c in conflicts
+        )
+        lines.append(
+            f"nothing was started. Fix: other ports in {' and '.join(sorted(set(sections.values())))} "
+            f'of {source} (free now: {free}), or mode = "external" there to share the services '
+            f"already listening on purpose"
+        )
         super().__init__("\n".join(lines))
 
 
@@ -171,8 +192,12 @@ def _is_testbed_process(pid: int, namespace: str) -> bool:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         environ = []
-    in_namespace = f"SWF_NAMESPACE={namespace}".encode() in environ or f"--namespace {namespace}" in text
-    return in_namespace and ("swf_testbed" in text or f"SWF_NAMESPACE={namespace}".encode() in environ)
+    in_namespace = (
+        f"SWF_NAMESPACE={namespace}".encode() in environ or f"--namespace {namespace}" in text
+    )
+    return in_namespace and (
+        "swf_testbed" in text or f"SWF_NAMESPACE={namespace}".encode() in environ
+    )
 
 
 def _tcp_ok(target: str) -> bool:
@@ -198,7 +223,9 @@ def _http_ok(url: str) -> bool:
 class Listener:
     """The orchestrator's broker connection: heartbeats, executions, and an optional session."""
 
-    def __init__(self, broker: BrokerSettings, namespace: str, *, follow_data: bool = False) -> None:
+    def __init__(
+        self, broker: BrokerSettings, namespace: str, *, follow_data: bool = False
+    ) -> None:
         self.namespace = namespace
         self.beats = HeartbeatBook(namespace)
         self.executions = ExecutionBook(namespace)
@@ -211,7 +238,7 @@ class Listener:
             for dest in (RUN_TOPIC, data_topic(namespace), worker_topic(namespace), MONITOR_TOPIC):
                 self.client.subscribe(dest, self._on_delivery, ack="auto")
 
-    def start(self) -> "Listener":
+    def start(self) -> Listener:
         self.client.start(wait=None)
         return self
 
@@ -259,7 +286,9 @@ class Testbed:
 
     __test__ = False
 
-    def __init__(self, settings: Settings, namespace: str, *, loaded: LoadedConfig | None = None) -> None:
+    def __init__(
+        self, settings: Settings, namespace: str, *, loaded: LoadedConfig | None = None
+    ) -> None:
         self.settings = settings
         self.namespace = namespace
         self.loaded = loaded
@@ -270,7 +299,9 @@ class Testbed:
         state = read_state(self.paths) or {}
         if loaded is not None:
             self.services: Services | None = resolve_services(loaded.config, settings)
-            self.programs, self.notices = build_programs(loaded, self.services, settings.home, self.paths)
+            self.programs, self.notices = build_programs(
+                loaded, self.services, settings.home, self.paths
+            )
             self.monitor_url = self.services.monitor_url
             self.broker = self.services.broker
         else:
@@ -278,11 +309,13 @@ class Testbed:
             self.programs = [Program.from_json(p) for p in state.get("programs", [])]
             self.monitor_url = state.get("monitor_url", settings.monitor.monitor_url)
             broker = state.get("broker") or {}
-            self.broker = settings.broker.model_copy(update={k: broker[k] for k in ("host", "port") if k in broker})
+            self.broker = settings.broker.model_copy(
+                update={k: broker[k] for k in ("host", "port") if k in broker}
+            )
         self.recorded_config = state.get("config_path")
 
     @classmethod
-    def from_config(cls, loaded: LoadedConfig, settings: Settings) -> "Testbed":
+    def from_config(cls, loaded: LoadedConfig, settings: Settings) -> Testbed:
         return cls(settings, loaded.namespace, loaded=loaded)
 
     # ------------------------------------------------------------------ config
@@ -310,12 +343,15 @@ class Testbed:
             if name in prog.processes:
                 return prog, [name]
         known = ", ".join(p.name for p in self.programs) or "none"
-        raise OrchestratorError(f"no program {name!r} in namespace {self.namespace} (programs: {known})")
+        raise OrchestratorError(
+            f"no program {name!r} in namespace {self.namespace} (programs: {known})"
+        )
 
     # ------------------------------------------------------------------ bring up
 
-    def ensure_up(self, on_event: Callable[[str], None] = lambda _m: None, *,
-                  only: list[str] | None = None) -> dict[str, Any]:
+    def ensure_up(
+        self, on_event: Callable[[str], None] = lambda _m: None, *, only: list[str] | None = None
+    ) -> dict[str, Any]:
         """Write the config, start or update supervisord, start what is not running.
 
         ``only``: start only these programs (services are always started).
@@ -332,16 +368,23 @@ class Testbed:
             old = self.paths.conf.read_text() if self.paths.conf.exists() else None
             self.paths.conf.write_text(text)
             self.paths.conf.chmod(0o600)
-            write_state(self.paths, {
-                "namespace": self.namespace, "config_path": str(self.loaded.path),
-                "programs": [p.to_json() for p in self.programs], "monitor_url": self.monitor_url,
-                "broker": {"host": self.broker.host, "port": self.broker.port},
-            })
+            write_state(
+                self.paths,
+                {
+                    "namespace": self.namespace,
+                    "config_path": str(self.loaded.path),
+                    "programs": [p.to_json() for p in self.programs],
+                    "monitor_url": self.monitor_url,
+                    "broker": {"host": self.broker.host, "port": self.broker.port},
+                },
+            )
             if not self.supervisor.running():
                 orphans = self.stop_orphans()
                 if orphans:
-                    on_event(f"stopped {len(orphans)} processes left by a previous supervisord "
-                             f"(pids {', '.join(map(str, orphans))})")
+                    on_event(
+                        f"stopped {len(orphans)} processes left by a previous supervisord "
+                        f"(pids {', '.join(map(str, orphans))})"
+                    )
                 on_event(f"starting supervisord for namespace {self.namespace} ({self.paths.root})")
                 self.supervisor.start_daemon()
                 changes["added"] = [p.name for p in self.programs]
@@ -357,8 +400,10 @@ class Testbed:
                 for proc in prog.processes:
                     info = infos.get(prog.namespec(proc))
                     if info is None:
-                        raise OrchestratorError(f"supervisord does not know {prog.namespec(proc)}; "
-                                                f"see {self.paths.logfile}")
+                        raise OrchestratorError(
+                            f"supervisord does not know {prog.namespec(proc)}; "
+                            f"see {self.paths.logfile}"
+                        )
                     if info["statename"] in ("STOPPED", "EXITED", "FATAL"):
                         self.supervisor.start_process(prog.namespec(proc))
                         changes["started"].append(proc)
@@ -401,8 +446,10 @@ class Testbed:
         except OSError:
             return False
         home = Path(self.settings.home).expanduser().absolute()  # as build_programs passes it on
-        return (f"SWF_HOME={home}".encode() in environ
-                and f"SWF_NAMESPACE={self.namespace}".encode() in environ)
+        return (
+            f"SWF_HOME={home}".encode() in environ
+            and f"SWF_NAMESPACE={self.namespace}".encode() in environ
+        )
 
     def stop_orphans(self, timeout: float = 15.0) -> list[int]:
         """SIGTERM the agents and watch a dead supervisord left running (known from watch.json).
@@ -411,12 +458,20 @@ class Testbed:
         line is a testbed program are touched.
         """
         snap = read_watch_file(self.paths.watch_file)
-        pids = set(self._orphan_services)  # our own services a dead supervisord left holding their ports
+        pids = set(
+            self._orphan_services
+        )  # our own services a dead supervisord left holding their ports
         if snap is not None and snap.hostname == socket.gethostname():
-            pids |= {r.pid for r in snap.heartbeats if r.hostname == snap.hostname and r.liveness() != "down"}
+            pids |= {
+                r.pid
+                for r in snap.heartbeats
+                if r.hostname == snap.hostname and r.liveness() != "down"
+            }
             if snap.fresh and snap.pid:
                 pids.add(snap.pid)
-        victims = [pid for pid in pids if pid != os.getpid() and _is_testbed_process(pid, self.namespace)]
+        victims = [
+            pid for pid in pids if pid != os.getpid() and _is_testbed_process(pid, self.namespace)
+        ]
         for pid in victims:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
@@ -431,8 +486,12 @@ class Testbed:
 
     # ------------------------------------------------------------------ health
 
-    def check(self, beats: HeartbeatBook, programs: list[Program] | None = None,
-              infos: dict[str, dict[str, Any]] | None = None) -> list[ProcessHealth]:
+    def check(
+        self,
+        beats: HeartbeatBook,
+        programs: list[Program] | None = None,
+        infos: dict[str, dict[str, Any]] | None = None,
+    ) -> list[ProcessHealth]:
         """Health of every process of ``programs`` (default: all)."""
         programs = self.programs if programs is None else programs
         if infos is None:
@@ -446,7 +505,9 @@ class Testbed:
         for prog in programs:
             for proc in prog.processes:
                 info = infos.get(prog.namespec(proc))
-                h = ProcessHealth(prog.name, proc, prog.kind, info["statename"] if info else "NOT RUNNING")
+                h = ProcessHealth(
+                    prog.name, proc, prog.kind, info["statename"] if info else "NOT RUNNING"
+                )
                 if info:
                     h.pid = int(info.get("pid") or 0)
                     h.started_at = float(info.get("start") or 0)
@@ -457,9 +518,13 @@ class Testbed:
                 running = h.state == "RUNNING"
                 if prog.health == "heartbeat":
                     live = h.pid > 0  # RUNNING or STARTING: only this process's heartbeats count
-                    beat = beats.match(proc, h.pid if live else None,
-                                       started_at=h.started_at if live else None,
-                                       single=prog.numprocs == 1, hostname=host)
+                    beat = beats.match(
+                        proc,
+                        h.pid if live else None,
+                        started_at=h.started_at if live else None,
+                        single=prog.numprocs == 1,
+                        hostname=host,
+                    )
                     h.beat = beat
                     if beat is not None:
                         h.heartbeat_age = beat.age(now)
@@ -469,8 +534,10 @@ class Testbed:
                     if running and beat is None:
                         h.detail = "no heartbeat heard yet"
                     elif running and not h.healthy and beat is not None:
-                        h.detail = f"{beat.operational_state}, last heartbeat {h.heartbeat_age:.1f} s ago " \
-                                   f"(interval {beat.interval_s:g} s)"
+                        h.detail = (
+                            f"{beat.operational_state}, last heartbeat {h.heartbeat_age:.1f} s ago "
+                            f"(interval {beat.interval_s:g} s)"
+                        )
                 else:
                     h.liveness = "n/a"
                     if prog.health == "tcp":
@@ -486,15 +553,23 @@ class Testbed:
                     if h.healthy and prog.listen_port and not listened_by(h.pid, prog.listen_port):
                         # something answers there, but not this process: another testbed's service?
                         h.healthy = False
-                        who = ", ".join(x.describe() for x in holders(prog.listen_port) if x.pid != h.pid)
-                        h.detail = (f"port {prog.listen_port} answers, but from {who or 'another process'}, "
-                                    f"not this testbed's {prog.name} (pid {h.pid})")
+                        who = ", ".join(
+                            x.describe() for x in holders(prog.listen_port) if x.pid != h.pid
+                        )
+                        h.detail = (
+                            f"port {prog.listen_port} answers, but from {who or 'another process'}, "
+                            f"not this testbed's {prog.name} (pid {h.pid})"
+                        )
                     if h.healthy:
                         h.liveness = "ok"
                     elif prog.health in ("tcp", "http"):
                         h.liveness = "down"
-                        if not running:  # say what is missing: the address users and agents reach it at
-                            h.detail = f"{h.detail or h.state.lower()}: {prog.health_target} is down"
+                        if (
+                            not running
+                        ):  # say what is missing: the address users and agents reach it at
+                            h.detail = (
+                                f"{h.detail or h.state.lower()}: {prog.health_target} is down"
+                            )
                 result.append(h)
         return result
 
@@ -504,11 +579,17 @@ class Testbed:
             return log_tail(self.paths.log_of(process), lines)
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_healthy(self, beats: HeartbeatBook, timeout: float, *, programs: list[Program] | None = None,
-                     on_progress: Callable[[list[ProcessHealth]], None] = lambda _h: None,
-                     cancelled: Callable[[], bool] = lambda: False,
-                     broker_connected: Callable[[], bool] | None = None,
-                     broker_grace: float = 15.0) -> list[ProcessHealth]:
+    def wait_healthy(
+        self,
+        beats: HeartbeatBook,
+        timeout: float,
+        *,
+        programs: list[Program] | None = None,
+        on_progress: Callable[[list[ProcessHealth]], None] = lambda _h: None,
+        cancelled: Callable[[], bool] = lambda: False,
+        broker_connected: Callable[[], bool] | None = None,
+        broker_grace: float = 15.0,
+    ) -> list[ProcessHealth]:
         """Until every process is healthy; :class:`Unhealthy` at once when one fails, or at the timeout.
 
         ``broker_connected``: our own broker connection; when it has not come
@@ -542,12 +623,17 @@ class Testbed:
             broker_program = [h for h in health if h.program == "broker" and h.kind == "service"]
             if grace_from is None and (not broker_program or self._broker_listens()):
                 grace_from = now
-            if (broker_connected is not None and grace_from is not None
-                    and now - grace_from >= min(broker_grace, timeout) and not broker_connected()):
+            if (
+                broker_connected is not None
+                and grace_from is not None
+                and now - grace_from >= min(broker_grace, timeout)
+                and not broker_connected()
+            ):
                 raise OrchestratorError(
                     f"cannot reach the broker at {self.broker.host}:{self.broker.port} (waited {broker_grace:g} s); "
                     f"agents cannot report their health without it. Is it running? ([broker] in testbed.toml, "
-                    f"ACTIVEMQ_HOST / ACTIVEMQ_PORT in the environment)")
+                    f"ACTIVEMQ_HOST / ACTIVEMQ_PORT in the environment)"
+                )
             if now >= deadline:
                 raise Unhealthy([self._failure(h) for h in health if not h.healthy], waited=timeout)
             if cancelled():
@@ -580,8 +666,11 @@ class Testbed:
         for prog in self.agent_programs():
             if names is not None and prog.name not in names:
                 continue
-            if any(infos.get(prog.namespec(p), {}).get("statename") in ("RUNNING", "STARTING", "BACKOFF")
-                   for p in prog.processes):
+            if any(
+                infos.get(prog.namespec(p), {}).get("statename")
+                in ("RUNNING", "STARTING", "BACKOFF")
+                for p in prog.processes
+            ):
                 self.supervisor.stop_group(prog.name)
                 stopped.append(prog.name)
         return stopped
@@ -615,16 +704,22 @@ class Testbed:
         url = f"{self.monitor_url}/api/workflow-executions/"
         monitor: dict[str, Any] | None = None
         try:
-            resp = httpx.get(url, params={"namespace": self.namespace, "limit": 1, "ordering": "-start_time"},
-                             timeout=2.0)
+            resp = httpx.get(
+                url,
+                params={"namespace": self.namespace, "limit": 1, "ordering": "-start_time"},
+                timeout=2.0,
+            )
             if resp.status_code == 200:
                 data = resp.json()
                 items = data.get("results", []) if isinstance(data, dict) else data
                 if isinstance(items, list) and items and isinstance(items[0], dict):
                     item = items[0]
-                    monitor = {"execution_id": item.get("execution_id") or item.get("id"),
-                               "status": item.get("status"), "workflow_name": item.get("workflow_name"),
-                               "source": "monitor"}
+                    monitor = {
+                        "execution_id": item.get("execution_id") or item.get("id"),
+                        "status": item.get("status"),
+                        "workflow_name": item.get("workflow_name"),
+                        "source": "monitor",
+                    }
                     source = "monitor"
                 elif isinstance(items, list):
                     source = "monitor"
@@ -635,13 +730,23 @@ class Testbed:
         except (httpx.HTTPError, ValueError) as exc:
             source = f"monitor not reachable at {self.monitor_url} ({type(exc).__name__})"
         rec = executions.latest()
-        broker = None if rec is None else {"execution_id": rec.execution_id, "status": rec.status,
-                                           "workflow_name": rec.workflow_name, "source": "broker"}
+        broker = (
+            None
+            if rec is None
+            else {
+                "execution_id": rec.execution_id,
+                "status": rec.status,
+                "workflow_name": rec.workflow_name,
+                "source": "broker",
+            }
+        )
         if broker is None:
             return monitor, source
         if monitor is not None and monitor["execution_id"] == broker["execution_id"]:
             if broker["status"] != "running":
-                monitor["status"] = broker["status"]  # the monitor may not have ingested the end yet
+                monitor["status"] = broker[
+                    "status"
+                ]  # the monitor may not have ingested the end yet
             return monitor, source
         return broker, source
 
@@ -655,7 +760,9 @@ class Progress:
 
     execution_id: str | None = None
     workflow_name: str = ""
-    status: str = "requested"  # requested, running, stopping, completed, terminated, failed, refused
+    status: str = (
+        "requested"  # requested, running, stopping, completed, terminated, failed, refused
+    )
     error: str = ""
     run_id: int | None = None
     daq_state: str = ""
@@ -677,8 +784,13 @@ class RateWindow:
     Once the counters stop moving, the rates fall to 0 within the window.
     """
 
-    def __init__(self, window_s: float = RATE_WINDOW_S, *, min_interval_s: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window_s: float = RATE_WINDOW_S,
+        *,
+        min_interval_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.window_s = window_s
         self.min_interval_s = min_interval_s
         self.clock = clock
@@ -687,7 +799,10 @@ class RateWindow:
     def add(self, counts: tuple[int, ...]) -> None:
         now = self.clock()
         if len(self._samples) >= 2 and now - self._samples[-2][0] < self.min_interval_s:
-            self._samples[-1] = (now, counts)  # the newest is always now; those before it spaced out
+            self._samples[-1] = (
+                now,
+                counts,
+            )  # the newest is always now; those before it spaced out
         else:
             self._samples.append((now, counts))
         while self._samples and now - self._samples[0][0] > self.window_s:
@@ -725,8 +840,13 @@ class WorkflowSession:
 
     def request(self, workflow: Any, params: dict[str, Any]) -> RunWorkflow:
         msg = RunWorkflow(
-            namespace=self.namespace, sender=SENDER, workflow_name=workflow.name, config=workflow.config,
-            realtime=bool(workflow.realtime), time_scale=workflow.time_scale, duration=workflow.duration,
+            namespace=self.namespace,
+            sender=SENDER,
+            workflow_name=workflow.name,
+            config=workflow.config,
+            realtime=bool(workflow.realtime),
+            time_scale=workflow.time_scale,
+            duration=workflow.duration,
             params=dict(params),
         )
         self.request_id = msg.msg_id
@@ -751,8 +871,13 @@ class WorkflowSession:
             self._stop_sent = True
             if self.progress.status == "running":
                 self.progress.status = "stopping"
-        self.listener.client.send(control_queue(self.namespace), StopWorkflow(
-            namespace=self.namespace, sender=SENDER, execution_id=execution_id, reason=reason), timeout=15.0)
+        self.listener.client.send(
+            control_queue(self.namespace),
+            StopWorkflow(
+                namespace=self.namespace, sender=SENDER, execution_id=execution_id, reason=reason
+            ),
+            timeout=15.0,
+        )
         self.events.append(f"stop_workflow sent for {execution_id}")
         return True
 
@@ -771,9 +896,15 @@ class WorkflowSession:
                 self._seen.popitem(last=False)
             p = self.progress
             if isinstance(msg, WorkflowStarted):
-                ours = (self.request_id is not None and msg.in_reply_to == self.request_id) or \
-                    (p.execution_id == msg.execution_id) or \
-                    (self.request_id is not None and msg.in_reply_to is None and p.execution_id is None)
+                ours = (
+                    (self.request_id is not None and msg.in_reply_to == self.request_id)
+                    or (p.execution_id == msg.execution_id)
+                    or (
+                        self.request_id is not None
+                        and msg.in_reply_to is None
+                        and p.execution_id is None
+                    )
+                )
                 if ours and p.status in ("requested", "running", "stopping"):
                     p.execution_id = msg.execution_id
                     p.workflow_name = msg.workflow_name
@@ -783,10 +914,16 @@ class WorkflowSession:
                     self.started.set()
                 return
             if isinstance(msg, WorkflowFailed):
-                ours = (self.request_id is not None and msg.in_reply_to == self.request_id) or \
-                    (p.execution_id is not None and msg.execution_id == p.execution_id) or \
-                    (self.request_id is not None and msg.in_reply_to is None and p.execution_id is None
-                     and msg.execution_id is None)
+                ours = (
+                    (self.request_id is not None and msg.in_reply_to == self.request_id)
+                    or (p.execution_id is not None and msg.execution_id == p.execution_id)
+                    or (
+                        self.request_id is not None
+                        and msg.in_reply_to is None
+                        and p.execution_id is None
+                        and msg.execution_id is None
+                    )
+                )
                 if ours:
                     p.status = "refused" if msg.refused else "failed"
                     p.error = msg.error
@@ -844,14 +981,28 @@ class WorkflowSession:
             produced, processed, slices = c["stf_gen"], c["processing_complete"], c["slice_done"]
             self._rates.add((produced, processed, slices))
             gen_rate, processed_rate, slice_rate = self._rates.rates()
-            rates = {"stf_gen_per_s": gen_rate, "processed_per_s": processed_rate, "slices_per_s": slice_rate,
-                     "rate_window_s": self._rates.window_s}
-            return {
-                "execution_id": p.execution_id, "workflow_name": p.workflow_name, "status": p.status,
-                "error": p.error, "run_id": p.run_id, "daq_state": p.daq_state,
-                "stf_produced": produced, "stf_ready": c["stf_ready"], "stf_processed": processed,
-                "samples": c["tf_file_registered"], "slices": c["slice"], "slices_done": slices,
-                "slices_failed": c["slice_failed"], "end_run": p.end_run_seen, "stf_count": p.stf_count,
-                "elapsed_s": now - p.started, **rates,
+            rates = {
+                "stf_gen_per_s": gen_rate,
+                "processed_per_s": processed_rate,
+                "slices_per_s": slice_rate,
+                "rate_window_s": self._rates.window_s,
             }
-
+            return {
+                "execution_id": p.execution_id,
+                "workflow_name": p.workflow_name,
+                "status": p.status,
+                "error": p.error,
+                "run_id": p.run_id,
+                "daq_state": p.daq_state,
+                "stf_produced": produced,
+                "stf_ready": c["stf_ready"],
+                "stf_processed": processed,
+                "samples": c["tf_file_registered"],
+                "slices": c["slice"],
+                "slices_done": slices,
+                "slices_failed": c["slice_failed"],
+                "end_run": p.end_run_seen,
+                "stf_count": p.stf_count,
+                "elapsed_s": now - p.started,
+                **rates,
+            }

@@ -99,14 +99,23 @@ DEFAULT_PORTS = {"broker": 61613, "monitor": 8002}
 """The embedded services' ports the starter file asks for, when they are free."""
 
 
-def render(namespace: str | None = None, *, broker_port: int = DEFAULT_PORTS["broker"],
-           monitor_port: int = DEFAULT_PORTS["monitor"]) -> str:
+def render(
+    namespace: str | None = None,
+    *,
+    broker_port: int = DEFAULT_PORTS["broker"],
+    monitor_port: int = DEFAULT_PORTS["monitor"],
+) -> str:
     """The starter file for ``namespace`` (default: the user's name)."""
-    return STARTER.format(namespace=namespace or default_namespace(), broker_port=broker_port,
-                          monitor_port=monitor_port)
+    return STARTER.format(
+        namespace=namespace or default_namespace(),
+        broker_port=broker_port,
+        monitor_port=monitor_port,
+    )
 
 
-def choose_ports(defaults: dict[str, int] | None = None, host: str = "127.0.0.1") -> tuple[dict[str, int], list[str]]:
+def choose_ports(
+    defaults: dict[str, int] | None = None, host: str = "127.0.0.1"
+) -> tuple[dict[str, int], list[str]]:
     """Ports for the starter file: the defaults where they are free now, else free ones near them;
     and a line for each port that was taken (who holds it)."""
     from swf_testbed.orchestrator.ports import bindable, free_port_near, holders
@@ -121,7 +130,9 @@ def choose_ports(defaults: dict[str, int] | None = None, host: str = "127.0.0.1"
             while chosen[service] in taken:
                 chosen[service] = free_port_near(chosen[service], host)
             who = ", ".join(h.describe() for h in holders(port)) or "another process"
-            notes.append(f"port {port} (the {service}'s default) is in use by {who}: "
-                         f"wrote [{service}] port = {chosen[service]} instead")
+            notes.append(
+                f"port {port} (the {service}'s default) is in use by {who}: "
+                f"wrote [{service}] port = {chosen[service]} instead"
+            )
         taken.add(chosen[service])
     return chosen, notes

@@ -115,7 +115,9 @@ def prepare(paths: RuntimePaths) -> None:
     if paths.socket.parent != paths.root:
         st = paths.socket.parent.stat()
         if st.st_uid != os.getuid():
-            raise SupervisorError(f"{paths.socket.parent} belongs to another user; set SWF_HOME to a shorter path")
+            raise SupervisorError(
+                f"{paths.socket.parent} belongs to another user; set SWF_HOME to a shorter path"
+            )
         os.chmod(paths.socket.parent, 0o700)
 
 
@@ -151,7 +153,9 @@ class Program:
     heartbeat_interval: float | None = None
     health: Literal["heartbeat", "tcp", "http", "running"] = "running"
     health_target: str = ""
-    listen_host: str = ""  # services: where they listen (checked free before start, theirs when healthy)
+    listen_host: str = (
+        ""  # services: where they listen (checked free before start, theirs when healthy)
+    )
     listen_port: int = 0
 
     @property
@@ -175,7 +179,7 @@ class Program:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Program":
+    def from_json(cls, data: dict[str, Any]) -> Program:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -197,8 +201,14 @@ def monitor_available() -> tuple[bool, str]:
     return True, ""
 
 
-def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: RuntimePaths, *,
-                   python: str | None = None) -> tuple[list[Program], list[str]]:
+def build_programs(
+    loaded: LoadedConfig,
+    services: Services,
+    home: Path,
+    paths: RuntimePaths,
+    *,
+    python: str | None = None,
+) -> tuple[list[Program], list[str]]:
     """The programs a testbed.toml asks for, and notices for the user (skipped services)."""
     # absolute, but symlinks kept (a virtualenv's python is a symlink): the same interpreter whatever
     # the directory the command was started from, so the programs' identity does not depend on it
@@ -213,34 +223,82 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
 
     if services.broker_mode == "embedded":
         host, port = services.broker.host, services.broker.port
-        programs.append(Program(
-            "broker", "service", argv=[*cli, "broker", "--host", host, "--port", str(port)],
-            env=base_env, directory=directory, priority=PRIORITY["broker"], stopwaitsecs=10,
-            health="tcp", health_target=f"{host}:{port}", listen_host=host, listen_port=port,
-        ))
+        programs.append(
+            Program(
+                "broker",
+                "service",
+                argv=[*cli, "broker", "--host", host, "--port", str(port)],
+                env=base_env,
+                directory=directory,
+                priority=PRIORITY["broker"],
+                stopwaitsecs=10,
+                health="tcp",
+                health_target=f"{host}:{port}",
+                listen_host=host,
+                listen_port=port,
+            )
+        )
     if services.monitor_mode == "embedded":
         ok, why = monitor_available()
         if ok:
             mon_env = dict(base_env)
-            programs.append(Program(
-                "monitor-web", "service",
-                argv=[*cli, "monitor", "serve", "--host", services.monitor_host, "--port", str(services.monitor_port)],
-                env=mon_env, directory=directory, priority=PRIORITY["monitor-web"], startsecs=2, stopwaitsecs=15,
-                health="http", health_target=services.monitor_url,
-                listen_host=services.monitor_host, listen_port=services.monitor_port,
-            ))
-            programs.append(Program(
-                "monitor-ingest", "service", argv=[*cli, "monitor", "ingest", "--client-id", f"swf-monitor-ingest-{ns}"],
-                env=mon_env, directory=directory,
-                priority=PRIORITY["monitor-ingest"], startsecs=2, stopwaitsecs=20,
-            ))
+            programs.append(
+                Program(
+                    "monitor-web",
+                    "service",
+                    argv=[
+                        *cli,
+                        "monitor",
+                        "serve",
+                        "--host",
+                        services.monitor_host,
+                        "--port",
+                        str(services.monitor_port),
+                    ],
+                    env=mon_env,
+                    directory=directory,
+                    priority=PRIORITY["monitor-web"],
+                    startsecs=2,
+                    stopwaitsecs=15,
+                    health="http",
+                    health_target=services.monitor_url,
+                    listen_host=services.monitor_host,
+                    listen_port=services.monitor_port,
+                )
+            )
+            programs.append(
+                Program(
+                    "monitor-ingest",
+                    "service",
+                    argv=[*cli, "monitor", "ingest", "--client-id", f"swf-monitor-ingest-{ns}"],
+                    env=mon_env,
+                    directory=directory,
+                    priority=PRIORITY["monitor-ingest"],
+                    startsecs=2,
+                    stopwaitsecs=20,
+                )
+            )
         else:
             notices.append(f"monitor not started: {why} (the rest runs without it)")
-    programs.append(Program(
-        "watch", "service",
-        argv=[python, "-m", "swf_testbed.orchestrator.watch", "--namespace", ns, "--output", str(paths.watch_file)],
-        env=base_env, directory=directory, priority=PRIORITY["watch"], stopwaitsecs=5,
-    ))
+    programs.append(
+        Program(
+            "watch",
+            "service",
+            argv=[
+                python,
+                "-m",
+                "swf_testbed.orchestrator.watch",
+                "--namespace",
+                ns,
+                "--output",
+                str(paths.watch_file),
+            ],
+            env=base_env,
+            directory=directory,
+            priority=PRIORITY["watch"],
+            stopwaitsecs=5,
+        )
+    )
 
     for name, agent in cfg.agents.items():
         if not agent.enabled:
@@ -248,42 +306,84 @@ def build_programs(loaded: LoadedConfig, services: Services, home: Path, paths: 
         # Each process has its own stable logical name: the program's, or with several
         # instances the process's (worker_00, worker_01), as supervisord names them.
         agent_name = name if agent.instances == 1 else f"{name}_{INSTANCE_SUFFIX}"
-        env = {**base_env, "SWF_AGENT_NAME": agent_name,
-               "SWF_HEARTBEAT_INTERVAL": f"{agent.heartbeat_interval:g}",
-               "SWF_AGENT_INSTANCE": "%(process_num)d", "SWF_AGENT_LOG_LEVEL": agent.log_level,
-               "SWF_AGENT_LOG_BUFFER": str(agent.log_buffer), **agent.env}
+        env = {
+            **base_env,
+            "SWF_AGENT_NAME": agent_name,
+            "SWF_HEARTBEAT_INTERVAL": f"{agent.heartbeat_interval:g}",
+            "SWF_AGENT_INSTANCE": "%(process_num)d",
+            "SWF_AGENT_LOG_LEVEL": agent.log_level,
+            "SWF_AGENT_LOG_BUFFER": str(agent.log_buffer),
+            **agent.env,
+        }
         stopwait = int(agent.drain_timeout + 10)
         if agent.module:
-            argv = [*cli, "agent", "run", agent.module, "--namespace", ns,  # --name: SWF_AGENT_NAME
-                    "--heartbeat-interval", f"{agent.heartbeat_interval:g}",
-                    "--drain-timeout", f"{agent.drain_timeout:g}"]
+            argv = [
+                *cli,
+                "agent",
+                "run",
+                agent.module,
+                "--namespace",
+                ns,  # --name: SWF_AGENT_NAME
+                "--heartbeat-interval",
+                f"{agent.heartbeat_interval:g}",
+                "--drain-timeout",
+                f"{agent.drain_timeout:g}",
+            ]
             for key, value in agent.options.items():
                 argv += ["--set", f"{key}={json.dumps(value)}"]
             argv += agent.args
-            programs.append(Program(
-                name, "agent", argv=argv, numprocs=agent.instances, env=env, directory=directory,
-                stopwaitsecs=stopwait, heartbeat_interval=agent.heartbeat_interval, health="heartbeat",
-            ))
+            programs.append(
+                Program(
+                    name,
+                    "agent",
+                    argv=argv,
+                    numprocs=agent.instances,
+                    env=env,
+                    directory=directory,
+                    stopwaitsecs=stopwait,
+                    heartbeat_interval=agent.heartbeat_interval,
+                    health="heartbeat",
+                )
+            )
         else:
             script = " ".join([agent.script or "", *(shlex.quote(a) for a in agent.args)]).strip()
-            programs.append(Program(
-                name, "agent", script=script, numprocs=agent.instances, env=env, directory=directory,
-                stopwaitsecs=stopwait, heartbeat_interval=agent.heartbeat_interval, health="heartbeat",
-            ))
+            programs.append(
+                Program(
+                    name,
+                    "agent",
+                    script=script,
+                    numprocs=agent.instances,
+                    env=env,
+                    directory=directory,
+                    stopwaitsecs=stopwait,
+                    heartbeat_interval=agent.heartbeat_interval,
+                    health="heartbeat",
+                )
+            )
     return programs, notices
 
 
 def _base_env(namespace: str, services: Services, home: Path) -> dict[str, str]:
-    env = {"SWF_HOME": str(Path(home).expanduser().absolute()), "SWF_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1",
-           "SWF_MONITOR_URL": services.monitor_url}
-    from_files = secret_file_variables()  # a secret given as a file is passed on as that file, never as its value
+    env = {
+        "SWF_HOME": str(Path(home).expanduser().absolute()),
+        "SWF_NAMESPACE": namespace,
+        "PYTHONUNBUFFERED": "1",
+        "SWF_MONITOR_URL": services.monitor_url,
+    }
+    from_files = (
+        secret_file_variables()
+    )  # a secret given as a file is passed on as that file, never as its value
     env.update(from_files)
     broker = services.broker
     for name in sorted(broker.model_fields_set | {"host", "port"}):
         value = getattr(broker, name)
         if value is None or f"ACTIVEMQ_{name.upper()}_FILE" in from_files:
             continue
-        text = ("true" if value else "false") if isinstance(value, bool) else str(getattr(value, "value", value))
+        text = (
+            ("true" if value else "false")
+            if isinstance(value, bool)
+            else str(getattr(value, "value", value))
+        )
         env[f"ACTIVEMQ_{name.upper()}"] = text
     if services.database_url and "DATABASE_URL_FILE" not in from_files:
         env["DATABASE_URL"] = services.database_url
@@ -309,7 +409,8 @@ def _env_line(env: dict[str, str]) -> str:
         if problem:
             raise SupervisorError(f"environment variable {key}: {problem}")
         keep_expansion = value == "%(process_num)d" or (
-            value.endswith(INSTANCE_SUFFIX) and "%" not in value[: -len(INSTANCE_SUFFIX)])
+            value.endswith(INSTANCE_SUFFIX) and "%" not in value[: -len(INSTANCE_SUFFIX)]
+        )
         quoted = f'"{value}"' if '"' not in value else f"'{value}'"
         parts.append(f"{key}={quoted if keep_expansion else _pct(quoted)}")
     return ",".join(parts)
@@ -345,7 +446,9 @@ def render_conf(paths: RuntimePaths, programs: list[Program], namespace: str) ->
         "",
     ]
     for prog in programs:
-        process_name = "%(program_name)s" if prog.numprocs == 1 else "%(program_name)s_%(process_num)02d"
+        process_name = (
+            "%(program_name)s" if prog.numprocs == 1 else "%(program_name)s_%(process_num)02d"
+        )
         lines += [
             f"[program:{prog.name}]",
             f"command={_pct(prog.command)}",
@@ -378,8 +481,11 @@ def _program_sections(text: str) -> dict[str, dict[str, str]]:
         parser.read_string(text)
     except configparser.Error:
         return {}
-    return {section.removeprefix("program:"): dict(parser.items(section))
-            for section in parser.sections() if section.startswith("program:")}
+    return {
+        section.removeprefix("program:"): dict(parser.items(section))
+        for section in parser.sections()
+        if section.startswith("program:")
+    }
 
 
 def _env_values(line: str) -> dict[str, str]:
@@ -459,7 +565,9 @@ class Supervisor:
         try:
             return getattr(proxy.supervisor, method)(*args)
         except (OSError, http.client.HTTPException) as exc:
-            raise SupervisorError(f"supervisord at {self.paths.socket} is not answering: {exc}") from None
+            raise SupervisorError(
+                f"supervisord at {self.paths.socket} is not answering: {exc}"
+            ) from None
 
     # ------------------------------------------------------------------ daemon
 
@@ -483,19 +591,30 @@ class Supervisor:
         # output to a file, not a pipe: the daemon must not hold our pipe open
         out_path = self.paths.root / "supervisord.out"
         with open(out_path, "wb") as out_file:
-            result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out_file, stderr=subprocess.STDOUT,
-                                    start_new_session=True, timeout=timeout, check=False)
+            result = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                timeout=timeout,
+                check=False,
+            )
         if result.returncode != 0:
             out = out_path.read_text(errors="replace").strip()
-            raise SupervisorError(f"supervisord did not start (exit {result.returncode}): {out}\n"
-                                  f"{self.log_tail()}".strip())
+            raise SupervisorError(
+                f"supervisord did not start (exit {result.returncode}): {out}\n"
+                f"{self.log_tail()}".strip()
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.running():
                 return
             time.sleep(0.1)
-        raise SupervisorError(f"supervisord did not answer on {self.paths.socket} within {timeout:g} s\n"
-                              f"{self.log_tail()}".strip())
+        raise SupervisorError(
+            f"supervisord did not answer on {self.paths.socket} within {timeout:g} s\n"
+            f"{self.log_tail()}".strip()
+        )
 
     def log_tail(self, lines: int = 15) -> str:
         try:

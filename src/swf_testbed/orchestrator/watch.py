@@ -54,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: (stop.set(), dirty.set()))
 
     broker = get_settings().broker.model_copy(update={"reconnect_max_s": 2.0})
-    client = BrokerClient(broker, client_name=f"swf-watch-{args.namespace}",
-                          on_state_change=lambda _c: dirty.set())
+    client = BrokerClient(
+        broker, client_name=f"swf-watch-{args.namespace}", on_state_change=lambda _c: dirty.set()
+    )
     client.start(wait=None)
     client.subscribe(HEARTBEAT_TOPIC, on_delivery, ack="auto")
     client.subscribe(replies_topic(args.namespace), on_delivery, ack="auto")
-    log.info("watching namespace %s on %s:%s → %s", args.namespace, broker.host, broker.port, args.output)
+    log.info(
+        "watching namespace %s on %s:%s → %s", args.namespace, broker.host, broker.port, args.output
+    )
     last = 0.0
     try:
         while not stop.is_set():

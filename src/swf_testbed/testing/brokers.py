@@ -29,11 +29,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before listening on {host}:{port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -61,8 +65,13 @@ class BrokerProcess:
 
     def settings(self, **overrides: object) -> BrokerSettings:
         """Client settings for this broker, with quick heart-beats and reconnects for tests."""
-        values: dict[str, object] = {"host": self.host, "port": self.port, "heartbeat_ms": 2000,
-                                     "reconnect_initial_s": 0.1, "reconnect_max_s": 1.0}
+        values: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "heartbeat_ms": 2000,
+            "reconnect_initial_s": 0.1,
+            "reconnect_max_s": 1.0,
+        }
         values.update(overrides)
         return BrokerSettings(**values)  # type: ignore[arg-type]
 
@@ -85,16 +94,31 @@ class BrokerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_embedded(port: int | None = None, host: str = "127.0.0.1", *, args: list[str] | None = None,
-                   log_dir: Path | None = None) -> BrokerProcess:
+def start_embedded(
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    *,
+    args: list[str] | None = None,
+    log_dir: Path | None = None,
+) -> BrokerProcess:
     """``python -m swf_testbed.broker`` on a free port, waited for."""
     port = port or free_port()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="swf-broker-"))
     log_path = log_dir / f"broker-{port}.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "swf_testbed.broker", "--host", host, "--port", str(port), *(args or [])],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "swf_testbed.broker",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                *(args or []),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     broker = BrokerProcess("embedded", host, port, proc, log_dir, log_path)
     try:
@@ -106,11 +130,16 @@ def start_embedded(port: int | None = None, host: str = "127.0.0.1", *, args: li
 
 
 def activemq_available() -> bool:
-    return (ACTIVEMQ_HOME / "bin" / "activemq.jar").exists() and (ACTIVEMQ_CONF / "activemq.xml").exists() \
+    return (
+        (ACTIVEMQ_HOME / "bin" / "activemq.jar").exists()
+        and (ACTIVEMQ_CONF / "activemq.xml").exists()
         and shutil.which("java") is not None
+    )
 
 
-def start_activemq(port: int | None = None, host: str = "127.0.0.1", workdir: Path | None = None) -> BrokerProcess:
+def start_activemq(
+    port: int | None = None, host: str = "127.0.0.1", workdir: Path | None = None
+) -> BrokerProcess:
     """ActiveMQ Classic from the Debian package, in its own instance dir, with a STOMP connector.
 
     The packaged config opens only OpenWire; we copy it, add a STOMP
@@ -121,7 +150,9 @@ def start_activemq(port: int | None = None, host: str = "127.0.0.1", workdir: Pa
     on the embedded broker), and start it.
     """
     if not activemq_available():
-        raise RuntimeError(f"ActiveMQ Classic is not installed ({ACTIVEMQ_HOME}); apt-get install -y activemq")
+        raise RuntimeError(
+            f"ActiveMQ Classic is not installed ({ACTIVEMQ_HOME}); apt-get install -y activemq"
+        )
     port = port or free_port()
     base = workdir or Path(tempfile.mkdtemp(prefix="swf-activemq-"))
     conf = base / "conf"
@@ -145,15 +176,24 @@ def start_activemq(port: int | None = None, host: str = "127.0.0.1", workdir: Pa
         if "useMirroredQueues" not in xml:
             tag = '<broker xmlns="http://activemq.apache.org/schema/core"'
             if tag not in xml:
-                raise RuntimeError(f"{xml_path}: no <broker> element to turn useMirroredQueues on in")
+                raise RuntimeError(
+                    f"{xml_path}: no <broker> element to turn useMirroredQueues on in"
+                )
             xml = xml.replace(tag, tag + ' useMirroredQueues="true"', 1)
         xml_path.write_text(xml)
     log_path = base / "activemq.out"
     cmd = [
-        "java", "-Xms128m", "-Xmx1g",
-        f"-Dactivemq.base={base}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
-        f"-Dactivemq.conf={conf}", f"-Dactivemq.data={base / 'data'}",
-        "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start", f"xbean:file:{xml_path}",
+        "java",
+        "-Xms128m",
+        "-Xmx1g",
+        f"-Dactivemq.base={base}",
+        f"-Dactivemq.home={ACTIVEMQ_HOME}",
+        f"-Dactivemq.conf={conf}",
+        f"-Dactivemq.data={base / 'data'}",
+        "-jar",
+        str(ACTIVEMQ_HOME / "bin" / "activemq.jar"),
+        "start",
+        f"xbean:file:{xml_path}",
     ]
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=base)

@@ -47,7 +47,9 @@ class LinkInfo:
     id: int
     accepted_at: float  # time.monotonic()
     client_port: int = 0  # the client's port (its end of the connection to the proxy)
-    upstream_port: int = 0  # the proxy's local port towards the service (the service sees this peer)
+    upstream_port: int = (
+        0  # the proxy's local port towards the service (the service sees this peer)
+    )
     closed_at: float | None = None
     stalled: bool = False
     bytes_up: int = 0  # client -> service
@@ -222,8 +224,14 @@ class FaultProxy:
     Use as a context manager, or :meth:`start` and :meth:`close`.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1",
-                 listen_port: int = 0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.host = listen_host
@@ -243,7 +251,9 @@ class FaultProxy:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fault-proxy", daemon=True
+        )
         self._thread.start()
         self._call(self._listen())
         return self
@@ -302,7 +312,9 @@ class FaultProxy:
                 if len(self.links) >= count:
                     return self.links[count - 1]
             time.sleep(0.02)
-        raise TimeoutError(f"{self.accepted} connections accepted, not {count}, within {timeout:g} s")
+        raise TimeoutError(
+            f"{self.accepted} connections accepted, not {count}, within {timeout:g} s"
+        )
 
     # ------------------------------------------------------------------ internals (loop thread)
 

@@ -17,7 +17,9 @@ CLI = [sys.executable, "-c", "from swf_testbed.cli import main; main()"]
 class MonitorWebProcess:
     """The monitor's web on a free port, on the database at ``database_url`` (already migrated)."""
 
-    def __init__(self, database_url: str, *, env: dict[str, str] | None = None, migrate: bool = False) -> None:
+    def __init__(
+        self, database_url: str, *, env: dict[str, str] | None = None, migrate: bool = False
+    ) -> None:
         self.database_url = database_url
         self.port = free_port()
         self.home = Path(tempfile.mkdtemp(prefix="swf-web-"))
@@ -35,7 +37,9 @@ class MonitorWebProcess:
 
     def start(self, timeout: float = 90.0) -> MonitorWebProcess:
         env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        env.update({"DATABASE_URL": self.database_url, "SWF_HOME": str(self.home), **self.extra_env})
+        env.update(
+            {"DATABASE_URL": self.database_url, "SWF_HOME": str(self.home), **self.extra_env}
+        )
         args = [*CLI, "monitor", "serve", "--port", str(self.port), "--log-level", "warning"]
         if not self.migrate:
             args.append("--no-migrate")
@@ -45,7 +49,9 @@ class MonitorWebProcess:
             wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         except Exception as exc:
             self.stop()
-            raise RuntimeError(f"the monitor web did not start: {exc}\n{self.log()[-3000:]}") from None
+            raise RuntimeError(
+                f"the monitor web did not start: {exc}\n{self.log()[-3000:]}"
+            ) from None
         return self
 
     def log(self) -> str:

@@ -133,7 +133,9 @@ class FastProcessingConfig(BaseModel):
     # upper bounds: beyond them a value is a typo (each slice is a message, each worker a process)
     target_worker_count: int = Field(30, ge=0, le=10_000, description="workers ramped up for a run")
     stf_sampling_rate: float = Field(0.05, ge=0, le=1, description="fraction of STFs sampled")
-    slices_per_sample: int = Field(15, ge=1, le=10_000, description="slices a TF sample is cut into")
+    slices_per_sample: int = Field(
+        15, ge=1, le=10_000, description="slices a TF sample is cut into"
+    )
     slice_processing_time: float = Field(30.0, ge=0, description="seconds a worker takes per slice")
     worker_rampup_time: float = Field(300.0, ge=0)
     worker_rampdown_time: float = Field(60.0, ge=0)
@@ -255,7 +257,9 @@ def _read(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"workflow config {name!r} is not valid TOML: {exc}") from None
     except RecursionError:
-        raise ConfigError(f"workflow config {name!r} is not valid TOML: arrays or tables nested too deeply") from None
+        raise ConfigError(
+            f"workflow config {name!r} is not valid TOML: arrays or tables nested too deeply"
+        ) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise ConfigError(f"workflow config {name!r} is not valid TOML: {exc}") from None
     include = data.get("include", [])
@@ -358,7 +362,9 @@ def _coerce(qualified: str, value: Any, expected: type, where: str) -> Any:
             try:
                 value = float(value)
             except OverflowError:  # an integer beyond any float
-                raise ConfigTypeError(qualified, "a number within the range of a float", value, where) from None
+                raise ConfigTypeError(
+                    qualified, "a number within the range of a float", value, where
+                ) from None
     else:
         ok = isinstance(value, expected)
     if not ok:

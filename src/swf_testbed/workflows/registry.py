@@ -96,7 +96,7 @@ class WorkflowContext:
     :meth:`stop` on ``stop_workflow``.
     """
 
-    definition: "WorkflowDefinition"
+    definition: WorkflowDefinition
     config: MergedConfig
     namespace: str
     execution_id: str
@@ -144,7 +144,9 @@ WorkflowFn = Callable[[WorkflowContext], WorkflowOutcome]
 
 def _git(directory: str, *args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=5, check=False)
+        proc = subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -153,7 +155,11 @@ def _git(directory: str, *args: str) -> str | None:
 @lru_cache(maxsize=64)
 def _git_commit_of(directory: str, filename: str) -> str | None:
     commit = _git(directory, "rev-parse", "HEAD")
-    if not commit or len(commit) not in (40, 64) or not all(c in "0123456789abcdef" for c in commit):
+    if (
+        not commit
+        or len(commit) not in (40, 64)
+        or not all(c in "0123456789abcdef" for c in commit)
+    ):
         return None
     # like `git describe --dirty`: the file differs from that commit (modified, untracked, or ignored,
     # e.g. an installed copy under a virtualenv inside the tree)
@@ -220,8 +226,11 @@ def register(definition: WorkflowDefinition, *, replace: bool = False) -> Workfl
     """Add a definition; the same name from another function is an error unless ``replace``."""
     with _registry_lock:
         existing = _registry.get(definition.name)
-        if existing is not None and not replace and (existing.module, existing.run.__qualname__) != (
-            definition.module, definition.run.__qualname__
+        if (
+            existing is not None
+            and not replace
+            and (existing.module, existing.run.__qualname__)
+            != (definition.module, definition.run.__qualname__)
         ):
             raise WorkflowError(
                 f"workflow {definition.name!r} is already registered by {existing.module}.{existing.run.__qualname__}"
@@ -250,9 +259,16 @@ def workflow(
             source = None
         doc = description or ((inspect.getdoc(fn) or "").splitlines() or [""])[0]
         register(
-            WorkflowDefinition(name=name, version=str(version), run=fn, default_config=default_config,
-                               description=doc, module=fn.__module__, source_file=source,
-                               check_config=check_config),
+            WorkflowDefinition(
+                name=name,
+                version=str(version),
+                run=fn,
+                default_config=default_config,
+                description=doc,
+                module=fn.__module__,
+                source_file=source,
+                check_config=check_config,
+            ),
             replace=replace,
         )
         return fn

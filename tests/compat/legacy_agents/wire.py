@@ -57,8 +57,10 @@ class LegacyEnv:
 
 # --------------------------------------------------------------------------- REST
 
-_ID_SEGMENT = re.compile(r"/(?:\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|"
-                         r"[A-Za-z_]+-[A-Za-z0-9_.]+-\d{4})(?=/)")
+_ID_SEGMENT = re.compile(
+    r"/(?:\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|"
+    r"[A-Za-z_]+-[A-Za-z0-9_.]+-\d{4})(?=/)"
+)
 
 
 def endpoint_of(method: str, path: str) -> str:
@@ -109,27 +111,43 @@ class Rest:
         self.agent = agent
         self.log = log
         headers = {"Authorization": f"Token {env.api_token}"} if env.api_token else {}
-        self._token = httpx.Client(base_url=env.monitor_url + "/api", headers=headers, timeout=timeout,
-                                   follow_redirects=False)
-        self._anonymous = httpx.Client(base_url=env.monitor_http_url + "/api", timeout=timeout,
-                                       follow_redirects=False)
+        self._token = httpx.Client(
+            base_url=env.monitor_url + "/api",
+            headers=headers,
+            timeout=timeout,
+            follow_redirects=False,
+        )
+        self._anonymous = httpx.Client(
+            base_url=env.monitor_http_url + "/api", timeout=timeout, follow_redirects=False
+        )
 
     def close(self) -> None:
         self._token.close()
         self._anonymous.close()
 
-    def call(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
-             anonymous: bool = False) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        anonymous: bool = False,
+    ) -> Any:
         """The decoded JSON answer of a 2xx; otherwise :class:`RestError` (the call is logged either way)."""
         client = self._anonymous if anonymous else self._token
         started = time.perf_counter()
         try:
             response = client.request(method, path, json=json_body, params=params)
         except httpx.HTTPError as exc:
-            call = Call(self.agent, method, path, None, time.perf_counter() - started, anonymous, repr(exc))
+            call = Call(
+                self.agent, method, path, None, time.perf_counter() - started, anonymous, repr(exc)
+            )
             self.log.add(call)
             raise RestError(call, repr(exc)) from exc
-        call = Call(self.agent, method, path, response.status_code, time.perf_counter() - started, anonymous)
+        call = Call(
+            self.agent, method, path, response.status_code, time.perf_counter() - started, anonymous
+        )
         if not call.ok:
             call.error = response.text[:500]
         self.log.add(call)
@@ -150,7 +168,9 @@ class Rest:
 class RestLogHandler(logging.Handler):
     """One anonymous ``POST {SWF_MONITOR_HTTP_URL}/api/logs/`` per record; after the first failure, silence."""
 
-    def __init__(self, rest: Rest, app_name: str, instance_name: str, extra: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, rest: Rest, app_name: str, instance_name: str, extra: Callable[[], dict[str, Any]]
+    ) -> None:
         super().__init__(logging.DEBUG)
         self.rest = rest
         self.app_name = app_name
@@ -162,11 +182,18 @@ class RestLogHandler(logging.Handler):
         if self.stopped:
             return
         body = {
-            "app_name": self.app_name, "instance_name": self.instance_name,
+            "app_name": self.app_name,
+            "instance_name": self.instance_name,
             "timestamp": datetime.fromtimestamp(record.created).isoformat(),
-            "level": record.levelno, "levelname": record.levelname, "message": record.getMessage(),
-            "module": record.module, "funcname": record.funcName, "lineno": record.lineno,
-            "process": record.process, "thread": record.thread, "extra_data": self.extra(),
+            "level": record.levelno,
+            "levelname": record.levelname,
+            "message": record.getMessage(),
+            "module": record.module,
+            "funcname": record.funcName,
+            "lineno": record.lineno,
+            "process": record.process,
+            "thread": record.thread,
+            "extra_data": self.extra(),
         }
         try:
             self.rest.call("POST", "/logs/", json_body=body, anonymous=True)
@@ -206,28 +233,42 @@ class _Listener(stomp.ConnectionListener):
 class Stomp:
     """One v28 connection: STOMP 1.1, vhost = host, heart-beat 30000,30000, ``client-id`` = the agent's name."""
 
-    def __init__(self, env: LegacyEnv, agent_name: str, on_message: Callable[[dict[str, str], str], None]) -> None:
+    def __init__(
+        self, env: LegacyEnv, agent_name: str, on_message: Callable[[dict[str, str], str], None]
+    ) -> None:
         self.env = env
         self.agent_name = agent_name
         self.listener = _Listener(on_message)
-        self.conn = stomp.Connection11([(env.host, env.port)], vhost=env.host, heartbeats=(30000, 30000))
+        self.conn = stomp.Connection11(
+            [(env.host, env.port)], vhost=env.host, heartbeats=(30000, 30000)
+        )
         if env.use_ssl:
             self.conn.set_ssl(for_hosts=[(env.host, env.port)], ca_certs=env.ssl_ca_certs or None)
         self.conn.set_listener("v28", self.listener)
 
     def connect(self) -> None:
-        self.conn.connect(self.env.user, self.env.password, wait=True, headers={"client-id": self.agent_name})
+        self.conn.connect(
+            self.env.user, self.env.password, wait=True, headers={"client-id": self.agent_name}
+        )
 
     def subscribe(self, destination: str, timeout: float = 60.0) -> None:
         """``ack: auto``, no durable headers; waited for by a receipt (see the package's docstring)."""
         receipt = f"{self.agent_name}-sub"
-        self.conn.subscribe(destination, id=f"{self.agent_name}-1", ack="auto", headers={"receipt": receipt})
+        self.conn.subscribe(
+            destination, id=f"{self.agent_name}-1", ack="auto", headers={"receipt": receipt}
+        )
         with self.listener.receipt_seen:
-            if not self.listener.receipt_seen.wait_for(lambda: receipt in self.listener.receipts, timeout):
-                raise TimeoutError(f"{self.agent_name}: no receipt for SUBSCRIBE {destination} "
-                                   f"after {timeout:g} s ({self.listener.errors})")
+            if not self.listener.receipt_seen.wait_for(
+                lambda: receipt in self.listener.receipts, timeout
+            ):
+                raise TimeoutError(
+                    f"{self.agent_name}: no receipt for SUBSCRIBE {destination} "
+                    f"after {timeout:g} s ({self.listener.errors})"
+                )
 
-    def send(self, destination: str, body: dict[str, Any], headers: dict[str, Any] | None = None) -> None:
+    def send(
+        self, destination: str, body: dict[str, Any], headers: dict[str, Any] | None = None
+    ) -> None:
         self.conn.send(destination, json.dumps(body), headers=headers or {})
 
     def close(self) -> None:

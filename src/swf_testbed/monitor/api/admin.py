@@ -28,8 +28,16 @@ class NamespaceAdmin(admin.ModelAdmin):
 
 @admin.register(m.SystemAgent)
 class SystemAgentAdmin(admin.ModelAdmin):
-    list_display = ["instance_name", "namespace", "agent_type", "status", "operational_state", "hostname", "pid",
-                    "last_heartbeat"]
+    list_display = [
+        "instance_name",
+        "namespace",
+        "agent_type",
+        "status",
+        "operational_state",
+        "hostname",
+        "pid",
+        "last_heartbeat",
+    ]
     list_filter = ["status", "operational_state", "agent_type", "namespace"]
     search_fields = ["instance_name", "instance_id", "hostname"]
     readonly_fields = ["created_at", "updated_at"]
@@ -55,8 +63,15 @@ class WorkflowDefinitionAdmin(admin.ModelAdmin):
 
 @admin.register(m.WorkflowExecution)
 class WorkflowExecutionAdmin(admin.ModelAdmin):
-    list_display = ["execution_id", "workflow_definition", "namespace", "status", "executed_by", "start_time",
-                    "end_time"]
+    list_display = [
+        "execution_id",
+        "workflow_definition",
+        "namespace",
+        "status",
+        "executed_by",
+        "start_time",
+        "end_time",
+    ]
     list_filter = ["status", "namespace"]
     search_fields = ["execution_id", "executed_by"]
     list_select_related = ["workflow_definition"]
@@ -65,8 +80,17 @@ class WorkflowExecutionAdmin(admin.ModelAdmin):
 
 @admin.register(m.WorkflowStage)
 class WorkflowStageAdmin(admin.ModelAdmin):
-    list_display = ["stage_id", "agent_name", "agent_type", "status", "execution", "run_number", "stf_filename",
-                    "started_at", "completed_at"]
+    list_display = [
+        "stage_id",
+        "agent_name",
+        "agent_type",
+        "status",
+        "execution",
+        "run_number",
+        "stf_filename",
+        "started_at",
+        "completed_at",
+    ]
     list_filter = ["status", "agent_type"]
     search_fields = ["agent_name", "stf_filename", "execution__execution_id"]
     raw_id_fields = ["execution", "agent"]
@@ -75,7 +99,14 @@ class WorkflowStageAdmin(admin.ModelAdmin):
 
 @admin.register(m.Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ["run_number", "namespace", "execution", "start_time", "end_time", "total_stf_files"]
+    list_display = [
+        "run_number",
+        "namespace",
+        "execution",
+        "start_time",
+        "end_time",
+        "total_stf_files",
+    ]
     list_filter = ["namespace"]
     search_fields = ["run_number", "execution__execution_id"]
     raw_id_fields = ["execution"]
@@ -83,7 +114,15 @@ class RunAdmin(admin.ModelAdmin):
 
 @admin.register(m.StfFile)
 class StfFileAdmin(admin.ModelAdmin):
-    list_display = ["stf_filename", "run", "status", "daq_state", "daq_substate", "file_size_bytes", "created_at"]
+    list_display = [
+        "stf_filename",
+        "run",
+        "status",
+        "daq_state",
+        "daq_substate",
+        "file_size_bytes",
+        "created_at",
+    ]
     list_filter = ["status", "daq_state", "daq_substate"]
     search_fields = ["stf_filename", "checksum"]
     raw_id_fields = ["run"]
@@ -92,7 +131,15 @@ class StfFileAdmin(admin.ModelAdmin):
 
 @admin.register(m.FastMonFile)
 class FastMonFileAdmin(admin.ModelAdmin):
-    list_display = ["tf_filename", "stf_file", "tf_first", "tf_last", "tf_count", "status", "created_at"]
+    list_display = [
+        "tf_filename",
+        "stf_file",
+        "tf_first",
+        "tf_last",
+        "tf_count",
+        "status",
+        "created_at",
+    ]
     list_filter = ["status"]
     search_fields = ["tf_filename", "stf_file__stf_filename"]
     raw_id_fields = ["stf_file"]
@@ -101,7 +148,15 @@ class FastMonFileAdmin(admin.ModelAdmin):
 
 @admin.register(m.TFSlice)
 class TFSliceAdmin(admin.ModelAdmin):
-    list_display = ["tf_filename", "slice_id", "run_number", "status", "retries", "assigned_worker", "completed_at"]
+    list_display = [
+        "tf_filename",
+        "slice_id",
+        "run_number",
+        "status",
+        "retries",
+        "assigned_worker",
+        "completed_at",
+    ]
     list_filter = ["status"]
     search_fields = ["tf_filename", "stf_filename", "assigned_worker", "run_number"]
     raw_id_fields = ["sample"]
@@ -109,16 +164,30 @@ class TFSliceAdmin(admin.ModelAdmin):
 
 @admin.register(m.Worker)
 class WorkerAdmin(admin.ModelAdmin):
-    list_display = ["worker_id", "namespace", "run_number", "status", "slices_completed", "slices_failed",
-                    "last_heartbeat"]
+    list_display = [
+        "worker_id",
+        "namespace",
+        "run_number",
+        "status",
+        "slices_completed",
+        "slices_failed",
+        "last_heartbeat",
+    ]
     list_filter = ["status", "namespace"]
     search_fields = ["worker_id", "location"]
 
 
 @admin.register(m.RunState)
 class RunStateAdmin(admin.ModelAdmin):
-    list_display = ["run_number", "phase", "state", "substate", "slices_completed", "slices_failed",
-                    "state_changed_at"]
+    list_display = [
+        "run_number",
+        "phase",
+        "state",
+        "substate",
+        "slices_completed",
+        "slices_failed",
+        "state_changed_at",
+    ]
     list_filter = ["phase", "state", "substate"]
     search_fields = ["run_number"]
     raw_id_fields = ["run"]
@@ -134,7 +203,15 @@ class SystemStateEventAdmin(ReadOnlyAdmin):
 
 @admin.register(m.WorkflowMessage)
 class WorkflowMessageAdmin(ReadOnlyAdmin):
-    list_display = ["received_at", "msg_type", "namespace", "sender", "execution_id", "run_id", "is_valid"]
+    list_display = [
+        "received_at",
+        "msg_type",
+        "namespace",
+        "sender",
+        "execution_id",
+        "run_id",
+        "is_valid",
+    ]
     list_filter = ["is_valid", "msg_type"]
     search_fields = ["msg_id", "execution_id", "sender"]
     show_full_result_count = False  # millions of rows: no COUNT(*) per page
@@ -142,7 +219,15 @@ class WorkflowMessageAdmin(ReadOnlyAdmin):
 
 @admin.register(m.MessageCount)
 class MessageCountAdmin(ReadOnlyAdmin):
-    list_display = ["namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid", "count"]
+    list_display = [
+        "namespace",
+        "execution_id",
+        "run_id",
+        "msg_type",
+        "sender",
+        "is_valid",
+        "count",
+    ]
     list_filter = ["is_valid", "msg_type"]
     search_fields = ["execution_id", "sender"]
 

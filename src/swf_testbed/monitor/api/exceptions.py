@@ -32,7 +32,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DataError):
         # e.g. a NUL character PostgreSQL refuses, a number out of the column's range
         log.info("database refused a value: %s", exc)
-        exc = exceptions.ValidationError({"detail": f"a value was refused by the database: {exc}".strip()})
+        exc = exceptions.ValidationError(
+            {"detail": f"a value was refused by the database: {exc}".strip()}
+        )
     elif isinstance(exc, IntegrityError):
         log.info("integrity error: %s", exc)
         exc = Conflict(f"conflicts with an existing record: {exc}".strip())

@@ -48,12 +48,19 @@ def add_counts(messages: Iterable[WorkflowMessage], sign: int = 1) -> None:
     if not counts:
         return
     rows = MessageCount.objects.filter(
-        execution_id__in={key[1] for key in counts}, msg_type__in={key[3] for key in counts},
+        execution_id__in={key[1] for key in counts},
+        msg_type__in={key[3] for key in counts},
     ).values_list("pk", *FACETS)
     known = {tuple(row[1:]): row[0] for row in rows}
-    increment_rows(MessageCount, "count", ((known[key], sign * n) for key, n in counts.items() if key in known))
+    increment_rows(
+        MessageCount, "count", ((known[key], sign * n) for key, n in counts.items() if key in known)
+    )
     if sign > 0:
-        new = [MessageCount(count=n, **_key_fields(key)) for key, n in counts.items() if key not in known]
+        new = [
+            MessageCount(count=n, **_key_fields(key))
+            for key, n in counts.items()
+            if key not in known
+        ]
         insert_objects(new)
 
 
@@ -68,9 +75,13 @@ def rebuild_counts() -> int:
         )
         objs = [
             MessageCount(
-                namespace=r["namespace_id"] or "", execution_id=r["execution_id"] or "",
+                namespace=r["namespace_id"] or "",
+                execution_id=r["execution_id"] or "",
                 run_id=MessageCount.NO_RUN if r["run_id"] is None else r["run_id"],
-                msg_type=r["msg_type"] or "", sender=r["sender"] or "", is_valid=r["is_valid"], count=r["n"],
+                msg_type=r["msg_type"] or "",
+                sender=r["sender"] or "",
+                is_valid=r["is_valid"],
+                count=r["n"],
             )
             for r in rows
         ]
@@ -103,8 +114,12 @@ def count_from_rollup(filters: dict[str, Any]) -> int:
 def facet_sizes(filters: dict[str, Any]) -> dict[str, int]:
     """For each facet, how many distinct values have messages under the *other* active filters."""
     return {
-        facet: MessageCount.objects.filter(_q(filters, exclude=facet)).values(facet).annotate(n=Sum("count"))
-        .filter(n__gt=0).order_by().count()
+        facet: MessageCount.objects.filter(_q(filters, exclude=facet))
+        .values(facet)
+        .annotate(n=Sum("count"))
+        .filter(n__gt=0)
+        .order_by()
+        .count()
         for facet in FACETS
     }
 

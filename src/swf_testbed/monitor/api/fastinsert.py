@@ -21,8 +21,17 @@ from django.db import connection, models
 Adapter = Callable[[Any], Any]
 
 _TEXT = {"CharField", "TextField", "SlugField", "EmailField", "URLField"}
-_INTEGER = {"IntegerField", "BigIntegerField", "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
-            "PositiveSmallIntegerField", "AutoField", "BigAutoField", "SmallAutoField"}
+_INTEGER = {
+    "IntegerField",
+    "BigIntegerField",
+    "SmallIntegerField",
+    "PositiveIntegerField",
+    "PositiveBigIntegerField",
+    "PositiveSmallIntegerField",
+    "AutoField",
+    "BigAutoField",
+    "SmallAutoField",
+}
 
 
 def _text(value: Any) -> Any:
@@ -73,10 +82,14 @@ def update_sql(model: type[models.Model], fields: Sequence[models.Field]) -> str
     return f"UPDATE {qn(model._meta.db_table)} SET {assignments} WHERE {qn(model._meta.pk.column)} = %s"
 
 
-def insert_rows(model: type[models.Model], fields: Sequence[models.Field], rows: Iterable[Sequence[Any]]) -> None:
+def insert_rows(
+    model: type[models.Model], fields: Sequence[models.Field], rows: Iterable[Sequence[Any]]
+) -> None:
     """Insert value tuples (in the order of ``fields``, Python values) with one ``executemany``."""
     adapters = adapters_for(fields)
-    params = [tuple(adapt(value) for adapt, value in zip(adapters, row, strict=True)) for row in rows]
+    params = [
+        tuple(adapt(value) for adapt, value in zip(adapters, row, strict=True)) for row in rows
+    ]
     if not params:
         return
     with connection.cursor() as cursor:
@@ -85,7 +98,11 @@ def insert_rows(model: type[models.Model], fields: Sequence[models.Field], rows:
 
 def insertable_fields(model: type[models.Model]) -> list[models.Field]:
     """The concrete fields an INSERT names: all but an auto-increment primary key."""
-    return [f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, models.AutoField))]
+    return [
+        f
+        for f in model._meta.concrete_fields
+        if not (f.primary_key and isinstance(f, models.AutoField))
+    ]
 
 
 def insert_objects(objs: Sequence[models.Model]) -> None:
@@ -97,7 +114,9 @@ def insert_objects(objs: Sequence[models.Model]) -> None:
         return
     model = type(objs[0])
     fields = insertable_fields(model)
-    pre_save = [f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
+    pre_save = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
     attnames = [f.attname for f in fields]
     rows = []
     for obj in objs:
@@ -126,13 +145,17 @@ def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> 
     pk = meta.pk
     adapters = adapters_for([*fields, pk])
     attnames = [f.attname for f in fields] + [pk.attname]
-    params = [tuple(adapt(getattr(obj, name)) for adapt, name in zip(adapters, attnames, strict=True))
-              for obj in objs]
+    params = [
+        tuple(adapt(getattr(obj, name)) for adapt, name in zip(adapters, attnames, strict=True))
+        for obj in objs
+    ]
     with connection.cursor() as cursor:
         cursor.executemany(update_sql(model, fields), params)
 
 
-def increment_rows(model: type[models.Model], field_name: str, increments: Iterable[tuple[Any, int]]) -> None:
+def increment_rows(
+    model: type[models.Model], field_name: str, increments: Iterable[tuple[Any, int]]
+) -> None:
     """``field = field + n`` for each ``(primary key, n)``, with one ``executemany``.
 
     Relative, not read-then-write: a concurrent writer's increment is never lost.

@@ -27,10 +27,12 @@ class TimeRangeFilterSet(df.FilterSet):
     def get_filters(cls) -> dict[str, Any]:
         filters = super().get_filters()
         if cls.time_field:
-            filters["after"] = df.IsoDateTimeFilter(field_name=cls.time_field, lookup_expr="gte",
-                                                    label=f"{cls.time_field} ≥ (ISO 8601)")
-            filters["before"] = df.IsoDateTimeFilter(field_name=cls.time_field, lookup_expr="lt",
-                                                     label=f"{cls.time_field} < (ISO 8601)")
+            filters["after"] = df.IsoDateTimeFilter(
+                field_name=cls.time_field, lookup_expr="gte", label=f"{cls.time_field} ≥ (ISO 8601)"
+            )
+            filters["before"] = df.IsoDateTimeFilter(
+                field_name=cls.time_field, lookup_expr="lt", label=f"{cls.time_field} < (ISO 8601)"
+            )
         return filters
 
 
@@ -41,16 +43,31 @@ class StrictOrderingFilter(OrderingFilter):
         text = request.query_params.get(self.ordering_param)
         if text:
             asked = [term.strip() for term in text.split(",") if term.strip()]
-            allowed = [name for name, _label in self.get_valid_fields(queryset, view, {"request": request})]
+            allowed = [
+                name for name, _label in self.get_valid_fields(queryset, view, {"request": request})
+            ]
             unknown = [term for term in asked if term.lstrip("-") not in allowed]
             if unknown:
-                raise ValidationError({self.ordering_param: [
-                    f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                    f"allowed (prefix - for descending): {', '.join(sorted(allowed))}"]})
+                raise ValidationError(
+                    {
+                        self.ordering_param: [
+                            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"allowed (prefix - for descending): {', '.join(sorted(allowed))}"
+                        ]
+                    }
+                )
         return super().get_ordering(request, queryset, view)
 
 
-MESSAGE_FACETS = ("namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid", "exclude_type")
+MESSAGE_FACETS = (
+    "namespace",
+    "execution_id",
+    "run_id",
+    "msg_type",
+    "sender",
+    "is_valid",
+    "exclude_type",
+)
 """Filters that the facet table can answer (see :mod:`swf_testbed.monitor.api.facets`)."""
 
 
@@ -68,7 +85,9 @@ class WorkflowMessageFilter(df.FilterSet):
     received_before = df.IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
     sent_after = df.IsoDateTimeFilter(field_name="sent_at", lookup_expr="gte")
     sent_before = df.IsoDateTimeFilter(field_name="sent_at", lookup_expr="lt")
-    since_id = IntegerFilter(field_name="id", lookup_expr="gt", label="only rows with id greater than this")
+    since_id = IntegerFilter(
+        field_name="id", lookup_expr="gt", label="only rows with id greater than this"
+    )
 
     class Meta:
         model = m.WorkflowMessage
@@ -87,16 +106,32 @@ class WorkflowMessageFilter(df.FilterSet):
 class MessagePageFilter(WorkflowMessageFilter):
     """The messages page's filters: those of the API, and a type to leave out (one click hides heartbeats)."""
 
-    exclude_type = df.CharFilter(field_name="msg_type", exclude=True, label="hide type",
-                                 help_text="leave out messages of this type (e.g. heartbeat)")
+    exclude_type = df.CharFilter(
+        field_name="msg_type",
+        exclude=True,
+        label="hide type",
+        help_text="leave out messages of this type (e.g. heartbeat)",
+    )
 
     class Meta(WorkflowMessageFilter.Meta):
         pass
 
-    LABELS = {"namespace": "namespace", "execution_id": "execution", "run_id": "run", "msg_type": "type",
-              "exclude_type": "hide type", "sender": "sender", "is_valid": "valid", "destination": "destination",
-              "msg_id": "message id", "dialect": "dialect", "received_after": "received after",
-              "received_before": "received before", "sent_after": "sent after", "sent_before": "sent before"}
+    LABELS = {
+        "namespace": "namespace",
+        "execution_id": "execution",
+        "run_id": "run",
+        "msg_type": "type",
+        "exclude_type": "hide type",
+        "sender": "sender",
+        "is_valid": "valid",
+        "destination": "destination",
+        "msg_id": "message id",
+        "dialect": "dialect",
+        "received_after": "received after",
+        "received_before": "received before",
+        "sent_after": "sent after",
+        "sent_before": "sent before",
+    }
     """What people read on the form (the API documents the parameters by their names)."""
 
     @property
@@ -104,7 +139,9 @@ class MessagePageFilter(WorkflowMessageFilter):
         form = super().form
         for name, label in self.LABELS.items():
             form.fields[name].label = label
-        form.fields["is_valid"].widget = forms.Select(choices=[("", "any"), ("true", "valid"), ("false", "invalid")])
+        form.fields["is_valid"].widget = forms.Select(
+            choices=[("", "any"), ("true", "valid"), ("false", "invalid")]
+        )
         return form
 
 
@@ -113,7 +150,14 @@ class SystemAgentFilter(df.FilterSet):
 
     class Meta:
         model = m.SystemAgent
-        fields = ["namespace", "instance_name", "agent_type", "status", "operational_state", "hostname"]
+        fields = [
+            "namespace",
+            "instance_name",
+            "agent_type",
+            "status",
+            "operational_state",
+            "hostname",
+        ]
 
 
 class AppLogFilter(TimeRangeFilterSet):
@@ -124,7 +168,15 @@ class AppLogFilter(TimeRangeFilterSet):
 
     class Meta:
         model = m.AppLog
-        fields = ["namespace", "app_name", "instance_name", "levelname", "level", "execution_id", "run_id"]
+        fields = [
+            "namespace",
+            "app_name",
+            "instance_name",
+            "levelname",
+            "level",
+            "execution_id",
+            "run_id",
+        ]
 
 
 class RunFilter(TimeRangeFilterSet):
@@ -145,8 +197,16 @@ class StfFileFilter(TimeRangeFilterSet):
 
     class Meta:
         model = m.StfFile
-        fields = ["run", "run_number", "namespace", "execution_id", "status", "stf_filename", "daq_state",
-                  "daq_substate"]
+        fields = [
+            "run",
+            "run_number",
+            "namespace",
+            "execution_id",
+            "status",
+            "stf_filename",
+            "daq_state",
+            "daq_substate",
+        ]
 
 
 class FastMonFileFilter(TimeRangeFilterSet):
@@ -154,13 +214,17 @@ class FastMonFileFilter(TimeRangeFilterSet):
     run_number = IntegerFilter(field_name="stf_file__run__run_number")
     stf_filename = df.CharFilter(field_name="stf_file__stf_filename")
     execution_id = df.CharFilter(field_name="stf_file__run__execution_id")
-    has_slices = df.BooleanFilter(method="filter_has_slices", label="the sample has at least one TF slice")
+    has_slices = df.BooleanFilter(
+        method="filter_has_slices", label="the sample has at least one TF slice"
+    )
 
     class Meta:
         model = m.FastMonFile
         fields = ["stf_file", "stf_filename", "run_number", "execution_id", "status", "tf_filename"]
 
-    def filter_has_slices(self, queryset: QuerySet[m.FastMonFile], name: str, value: bool) -> QuerySet[m.FastMonFile]:
+    def filter_has_slices(
+        self, queryset: QuerySet[m.FastMonFile], name: str, value: bool
+    ) -> QuerySet[m.FastMonFile]:
         sliced = Exists(m.TFSlice.objects.filter(sample=OuterRef("pk")))
         return queryset.filter(sliced) if value else queryset.exclude(sliced)
 
@@ -171,7 +235,14 @@ class TFSliceFilter(TimeRangeFilterSet):
 
     class Meta:
         model = m.TFSlice
-        fields = ["run_number", "status", "stf_filename", "tf_filename", "assigned_worker", "sample"]
+        fields = [
+            "run_number",
+            "status",
+            "stf_filename",
+            "tf_filename",
+            "assigned_worker",
+            "sample",
+        ]
 
 
 class WorkerFilter(df.FilterSet):
@@ -212,7 +283,14 @@ class WorkflowStageFilter(TimeRangeFilterSet):
 
     class Meta:
         model = m.WorkflowStage
-        fields = ["execution_id", "agent_name", "agent_type", "status", "run_number", "stf_filename"]
+        fields = [
+            "execution_id",
+            "agent_name",
+            "agent_type",
+            "status",
+            "run_number",
+            "stf_filename",
+        ]
 
 
 class WorkflowExecutionFilter(TimeRangeFilterSet):

@@ -47,7 +47,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -138,7 +137,9 @@ class DbWatchdog:
             return
         with self._cond:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="ingest-db-watchdog", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._watch, name="ingest-db-watchdog", daemon=True
+                )
                 self._thread.start()
             self._block_timeout_s = timeout_s or self.timeout_s
             self._deadline = time.monotonic() + self._block_timeout_s
@@ -165,7 +166,9 @@ class DbWatchdog:
                 self._drop(wrapper, waited)
 
     def _drop(self, wrapper: BaseDatabaseWrapper, waited_s: float) -> None:
-        raw = wrapper.connection  # the driver's connection; None while connecting (connect_timeout covers that)
+        raw = (
+            wrapper.connection
+        )  # the driver's connection; None while connecting (connect_timeout covers that)
         try:
             fd = raw.fileno() if raw is not None else -1
         except Exception:  # noqa: BLE001 - closed meanwhile: nothing to drop
@@ -203,17 +206,27 @@ class DbWatchdog:
                 cursor.execute(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
-                    "AND datname = current_database() AND usename = current_user", [pids])
+                    "AND datname = current_database() AND usename = current_user",
+                    [pids],
+                )
                 ended = cursor.fetchone()[0]
         except (OperationalError, InterfaceError):
             with self._cond:
-                self._abandoned[:0] = pids  # the new connection failed too: try again on the next one
+                self._abandoned[:0] = (
+                    pids  # the new connection failed too: try again on the next one
+                )
             raise
         except DatabaseError as exc:
-            log.warning("cannot end the abandoned database sessions %s (%s); the server's timeout will", pids, exc)
+            log.warning(
+                "cannot end the abandoned database sessions %s (%s); the server's timeout will",
+                pids,
+                exc,
+            )
             return
         if ended:
-            log.warning("ended %d database session(s) of dropped connections (server pids %s)", ended, pids)
+            log.warning(
+                "ended %d database session(s) of dropped connections (server pids %s)", ended, pids
+            )
 
 
 @dataclass(slots=True)
@@ -243,7 +256,9 @@ class Ingestor:
         self.flush_s = flush_ms / 1000.0
         self.max_db_backoff_s = max_db_backoff_s
         self.durable = durable
-        self.client = BrokerClient(broker, client_name=client_id, client_id=client_id if durable else None)
+        self.client = BrokerClient(
+            broker, client_name=client_id, client_id=client_id if durable else None
+        )
         self.stats = IngestStats()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -257,8 +272,13 @@ class Ingestor:
         if not self._subscribed:
             prefetch = max(self.batch_size * 2, 100)
             for dest in self.destinations:
-                self.client.subscribe(dest, self._on_delivery, ack="client", prefetch=prefetch,
-                                      durable=self.durable and dest.is_topic)
+                self.client.subscribe(
+                    dest,
+                    self._on_delivery,
+                    ack="client",
+                    prefetch=prefetch,
+                    durable=self.durable and dest.is_topic,
+                )
             self._subscribed = True
         log.info("ingest following %s", ", ".join(str(d) for d in self.destinations))
         return self
@@ -299,7 +319,11 @@ class Ingestor:
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                batch.append(
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
         return batch
@@ -308,9 +332,12 @@ class Ingestor:
 
     def _write_and_ack(self, batch: list[_Item]) -> None:
         incoming = [
-            Incoming(body=item.delivery.body, headers=item.delivery.headers,
-                     destination=mirrored_queue(item.delivery.destination) or item.delivery.destination,
-                     received_at=item.received_at)
+            Incoming(
+                body=item.delivery.body,
+                headers=item.delivery.headers,
+                destination=mirrored_queue(item.delivery.destination) or item.delivery.destination,
+                received_at=item.received_at,
+            )
             for item in batch
         ]
         self.stats.received += len(batch)
@@ -319,7 +346,9 @@ class Ingestor:
         self.stats.batches += 1
         acked = self.client.ack_all([item.delivery for item in batch])
         self.stats.acked += acked
-        self.stats.ack_skipped += len(batch) - acked  # their connection is gone: redelivered, and skipped
+        self.stats.ack_skipped += (
+            len(batch) - acked
+        )  # their connection is gone: redelivered, and skipped
 
     def _write(self, incoming: list[Incoming]) -> bool:
         """Record the batch; retries database outages until it succeeds or the ingest stops."""
@@ -336,8 +365,11 @@ class Ingestor:
             except (OperationalError, InterfaceError) as exc:
                 self.stats.db_retries += 1
                 cut_short += self.watchdog.fired > fired
-                log.warning("database unavailable (%s); retrying in %.1f s", str(exc).strip() or type(exc).__name__,
-                            delay)
+                log.warning(
+                    "database unavailable (%s); retrying in %.1f s",
+                    str(exc).strip() or type(exc).__name__,
+                    delay,
+                )
                 self._drop_connection()
             except Exception as exc:  # noqa: BLE001 - never let one batch kill the ingest
                 # Not an outage: a value or a race the batch cannot pass. Retry once (a
@@ -367,8 +399,12 @@ class Ingestor:
                     delay = min(delay * 2, self.max_db_backoff_s)
                 except Exception as exc:  # noqa: BLE001
                     # A body this database cannot store even alone: never block the stream on it.
-                    log.error("cannot store message from %s (%s); body starts %r", item.destination, exc,
-                              item.body[:200])
+                    log.error(
+                        "cannot store message from %s (%s); body starts %r",
+                        item.destination,
+                        exc,
+                        item.body[:200],
+                    )
                     self._drop_connection()
                     break
         return True
@@ -380,7 +416,9 @@ class Ingestor:
             started = time.perf_counter()
             result = record(incoming)
             self.stats.add(result)
-        observe_batch((item.received_at for item in incoming), time.perf_counter() - started, result)
+        observe_batch(
+            (item.received_at for item in incoming), time.perf_counter() - started, result
+        )
 
     @staticmethod
     def _drop_connection() -> None:

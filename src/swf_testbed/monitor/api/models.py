@@ -20,7 +20,6 @@ import json
 import logging
 import uuid
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -34,7 +33,9 @@ from swf_testbed.settings import get_settings
 
 __all__ = ["Liveness"]  # re-exported: the one rule lives in swf_testbed.liveness
 
-name_validator = RegexValidator(NAME_PATTERN, "letters, digits and _ . : @ - only; at most 128 characters")
+name_validator = RegexValidator(
+    NAME_PATTERN, "letters, digits and _ . : @ - only; at most 128 characters"
+)
 """Names of namespaces (and agents): the pattern of the message schema."""
 
 
@@ -147,11 +148,15 @@ class SystemAgent(models.Model):
     DEFAULT_INTERVAL_S = 60.0
     """Interval assumed for agents that do not declare one (REST heartbeats of existing agents)."""
 
-    instance_name = models.CharField(max_length=200, help_text="the agent's name (its messages' sender)")
+    instance_name = models.CharField(
+        max_length=200, help_text="the agent's name (its messages' sender)"
+    )
     agent_type = models.CharField(max_length=100, blank=True)
     namespace = _namespace_fk("agents")
     description = models.TextField(blank=True)
-    status = models.CharField(max_length=16, choices=AgentStatus.choices, default=AgentStatus.UNKNOWN)
+    status = models.CharField(
+        max_length=16, choices=AgentStatus.choices, default=AgentStatus.UNKNOWN
+    )
     operational_state = models.CharField(
         max_length=16, choices=OperationalState.choices, default=OperationalState.STARTING
     )
@@ -160,7 +165,10 @@ class SystemAgent(models.Model):
     hostname = models.CharField(max_length=255, blank=True)
     mq_connected = models.BooleanField(null=True, blank=True)
     heartbeat_interval = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0.001)], help_text="declared interval, seconds"
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001)],
+        help_text="declared interval, seconds",
     )
     last_heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)
     workflow_enabled = models.BooleanField(default=False)
@@ -174,14 +182,22 @@ class SystemAgent(models.Model):
     class Meta:
         ordering = ["namespace", "instance_name"]
         constraints = [
-            models.UniqueConstraint(fields=["namespace", "instance_name"], name="agent_unique_in_namespace"),
             models.UniqueConstraint(
-                fields=["instance_name"], condition=Q(namespace__isnull=True), name="agent_unique_without_namespace"
+                fields=["namespace", "instance_name"], name="agent_unique_in_namespace"
+            ),
+            models.UniqueConstraint(
+                fields=["instance_name"],
+                condition=Q(namespace__isnull=True),
+                name="agent_unique_without_namespace",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.instance_name} ({self.namespace_id})" if self.namespace_id else self.instance_name
+        return (
+            f"{self.instance_name} ({self.namespace_id})"
+            if self.namespace_id
+            else self.instance_name
+        )
 
     @property
     def interval_s(self) -> float:
@@ -192,10 +208,16 @@ class SystemAgent(models.Model):
         """The agent's STF counters as its heartbeats last carried them (``counters`` keys naming STFs),
         or the ``current_stf_count``/``total_stf_processed`` a v28 agent posts over REST."""
         counters = self.counters if isinstance(self.counters, dict) else {}
-        found = sorted((key.replace("_", " "), int(value)) for key, value in counters.items()
-                       if "stf" in key.lower() and isinstance(value, int))
+        found = sorted(
+            (key.replace("_", " "), int(value))
+            for key, value in counters.items()
+            if "stf" in key.lower() and isinstance(value, int)
+        )
         if not found and (self.current_stf_count or self.total_stf_processed):
-            found = [("current", self.current_stf_count), ("total processed", self.total_stf_processed)]
+            found = [
+                ("current", self.current_stf_count),
+                ("total processed", self.total_stf_processed),
+            ]
         return found
 
     CLOCK_SLACK_S = 2.0
@@ -204,9 +226,18 @@ class SystemAgent(models.Model):
     def liveness(self, now: datetime | None = None) -> Liveness:
         """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when silent
         longer than ``SWF_AGENT_GONE_AFTER_S`` without an EXITED (see :mod:`swf_testbed.liveness`)."""
-        age = None if self.last_heartbeat is None else ((now or timezone.now()) - self.last_heartbeat).total_seconds()
-        return liveness(age, self.interval_s, exited=self.operational_state == OperationalState.EXITED,
-                        slack_s=self.CLOCK_SLACK_S, gone_after_s=get_settings().agent_gone_after_s)
+        age = (
+            None
+            if self.last_heartbeat is None
+            else ((now or timezone.now()) - self.last_heartbeat).total_seconds()
+        )
+        return liveness(
+            age,
+            self.interval_s,
+            exited=self.operational_state == OperationalState.EXITED,
+            slack_s=self.CLOCK_SLACK_S,
+            gone_after_s=get_settings().agent_gone_after_s,
+        )
 
 
 class Subscriber(models.Model):
@@ -214,7 +245,9 @@ class Subscriber(models.Model):
 
     subscriber_id = models.AutoField(primary_key=True)
     subscriber_name = models.CharField(max_length=255, unique=True)
-    fraction = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(1)])
+    fraction = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(1)]
+    )
     description = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -247,7 +280,11 @@ class WorkflowDefinition(models.Model):
 
     class Meta:
         ordering = ["workflow_name", "-created_at"]
-        constraints = [models.UniqueConstraint(fields=["workflow_name", "version"], name="definition_unique_version")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow_name", "version"], name="definition_unique_version"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow_name} v{self.version}"
@@ -263,11 +300,19 @@ class WorkflowExecution(models.Model):
 
     execution_id = models.CharField(max_length=200, primary_key=True)
     workflow_definition = models.ForeignKey(
-        WorkflowDefinition, on_delete=models.PROTECT, null=True, blank=True, related_name="executions"
+        WorkflowDefinition,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="executions",
     )
     namespace = _namespace_fk("executions")
-    status = models.CharField(max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING)
-    parameter_values = models.JSONField(default=dict, blank=True, help_text="the merged config, incl. git version")
+    status = models.CharField(
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING
+    )
+    parameter_values = models.JSONField(
+        default=dict, blank=True, help_text="the merged config, incl. git version"
+    )
     performance_metrics = models.JSONField(default=dict, blank=True)
     executed_by = models.CharField(max_length=150, blank=True)
     start_time = models.DateTimeField(default=timezone.now)
@@ -289,7 +334,11 @@ class WorkflowExecution(models.Model):
     def workflow_name(self) -> str:
         if self.workflow_definition_id is not None:
             return self.workflow_definition.workflow_name
-        return str(self.parameter_values.get("workflow_name", "")) if isinstance(self.parameter_values, dict) else ""
+        return (
+            str(self.parameter_values.get("workflow_name", ""))
+            if isinstance(self.parameter_values, dict)
+            else ""
+        )
 
     @property
     def duration(self) -> timedelta | None:
@@ -303,7 +352,9 @@ class WorkflowExecution(models.Model):
         if not spans:
             return None, None
         ends = [end for _, end in spans]
-        return min(start for start, _ in spans), (None if None in ends else max(e for e in ends if e))
+        return min(start for start, _ in spans), (
+            None if None in ends else max(e for e in ends if e)
+        )
 
     @property
     def daq_duration(self) -> timedelta | None:
@@ -317,9 +368,14 @@ class WorkflowExecution(models.Model):
     def work_end(self) -> datetime | None:
         """When the last of its work finished: the latest end_run, slice, stage or the execution's own end."""
         run_numbers = list(self.runs.values_list("run_number", flat=True))
-        candidates = [self.end_time, self.daq_span[1],
-                      TFSlice.objects.filter(run_number__in=run_numbers).aggregate(t=Max("completed_at"))["t"],
-                      self.stages.aggregate(t=Max("completed_at"))["t"]]
+        candidates = [
+            self.end_time,
+            self.daq_span[1],
+            TFSlice.objects.filter(run_number__in=run_numbers).aggregate(t=Max("completed_at"))[
+                "t"
+            ],
+            self.stages.aggregate(t=Max("completed_at"))["t"],
+        ]
         known = [t for t in candidates if t is not None]
         return max(known) if known else None
 
@@ -351,7 +407,9 @@ class WorkflowStage(models.Model):
     agent_name = models.CharField(max_length=200, blank=True, db_index=True)
     agent_type = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=32, blank=True, default="pending", db_index=True)
-    run_number = models.BigIntegerField(null=True, blank=True, db_index=True, validators=[MinValueValidator(0)])
+    run_number = models.BigIntegerField(
+        null=True, blank=True, db_index=True, validators=[MinValueValidator(0)]
+    )
     stf_filename = models.CharField(max_length=255, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -370,25 +428,43 @@ class WorkflowStage(models.Model):
 
     @property
     def duration(self) -> timedelta | None:
-        return self.completed_at - self.started_at if self.started_at and self.completed_at else None
+        return (
+            self.completed_at - self.started_at if self.started_at and self.completed_at else None
+        )
 
     def link(self) -> None:
         """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known and not set."""
         if self.execution_id is None and self.run_number is not None:
-            self.execution_id = Run.objects.filter(run_number=self.run_number).values_list(
-                "execution_id", flat=True).first()
+            self.execution_id = (
+                Run.objects.filter(run_number=self.run_number)
+                .values_list("execution_id", flat=True)
+                .first()
+            )
         if self.execution_id is None and self.stf_filename:
-            self.execution_id = StfFile.objects.filter(stf_filename=self.stf_filename).values_list(
-                "run__execution_id", flat=True).first()
+            self.execution_id = (
+                StfFile.objects.filter(stf_filename=self.stf_filename)
+                .values_list("run__execution_id", flat=True)
+                .first()
+            )
         if self.execution_id is None and self.run_number is not None:
             # v28 runners name the execution in the run state's metadata (their runs carry none)
-            named = RunState.objects.filter(run_number=self.run_number).values_list(
-                "metadata__execution_id", flat=True).first()
-            if isinstance(named, str) and WorkflowExecution.objects.filter(execution_id=named).exists():
+            named = (
+                RunState.objects.filter(run_number=self.run_number)
+                .values_list("metadata__execution_id", flat=True)
+                .first()
+            )
+            if (
+                isinstance(named, str)
+                and WorkflowExecution.objects.filter(execution_id=named).exists()
+            ):
                 self.execution_id = named
         if self.agent_id is None and self.agent_name:
-            self.agent_id = SystemAgent.objects.filter(instance_name=self.agent_name).order_by(
-                F("last_heartbeat").desc(nulls_last=True)).values_list("pk", flat=True).first()
+            self.agent_id = (
+                SystemAgent.objects.filter(instance_name=self.agent_name)
+                .order_by(F("last_heartbeat").desc(nulls_last=True))
+                .values_list("pk", flat=True)
+                .first()
+            )
 
 
 # --------------------------------------------------------------------------- runs and files
@@ -421,9 +497,14 @@ class Run(models.Model):
 
         The first ``end_run`` counts: a repeat (a v28 runner's, a redelivery) does not make the run longer.
         """
-        firsts = dict(SystemStateEvent.objects.filter(run_number=self.run_number,
-                                                      event_type__in=("start_run", "end_run"))
-                      .order_by().values_list("event_type").annotate(t=models.Min("timestamp")))
+        firsts = dict(
+            SystemStateEvent.objects.filter(
+                run_number=self.run_number, event_type__in=("start_run", "end_run")
+            )
+            .order_by()
+            .values_list("event_type")
+            .annotate(t=models.Min("timestamp"))
+        )
         return firsts.get("start_run", self.start_time), firsts.get("end_run", self.end_time)
 
     @property
@@ -438,7 +519,11 @@ class Run(models.Model):
             return
         if self.execution_id is None:
             self.execution = execution
-        if self.namespace_id is None and execution.namespace_id and self.execution_id == execution.execution_id:
+        if (
+            self.namespace_id is None
+            and execution.namespace_id
+            and self.execution_id == execution.execution_id
+        ):
             self.namespace_id = execution.namespace_id
 
 
@@ -448,16 +533,22 @@ class StfFile(models.Model):
     file_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="stf_files")
     stf_filename = models.CharField(max_length=255, unique=True)
-    file_size_bytes = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    file_size_bytes = models.BigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(0)]
+    )
     checksum = models.CharField(max_length=64, blank=True)
-    status = models.CharField(max_length=16, choices=FileStatus.choices, default=FileStatus.REGISTERED)
+    status = models.CharField(
+        max_length=16, choices=FileStatus.choices, default=FileStatus.REGISTERED
+    )
     machine_state = models.CharField(max_length=64, blank=True, default="physics")
     daq_state = models.CharField(max_length=16, choices=DaqState.choices, blank=True)
     daq_substate = models.CharField(max_length=16, choices=DaqSubstate.choices, blank=True)
     sequence = models.PositiveIntegerField(null=True, blank=True)
     tf_count = models.PositiveIntegerField(null=True, blank=True)
     url = models.CharField(max_length=1000, blank=True)
-    generated_at = models.DateTimeField(null=True, blank=True, help_text="time of the stf_gen message")
+    generated_at = models.DateTimeField(
+        null=True, blank=True, help_text="time of the stf_gen message"
+    )
     metadata = models.JSONField(default=dict, blank=True, null=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -485,9 +576,13 @@ class FastMonFile(models.Model):
     tf_first = models.PositiveIntegerField(null=True, blank=True)
     tf_last = models.PositiveIntegerField(null=True, blank=True)
     tf_count = models.PositiveIntegerField(null=True, blank=True)
-    file_size_bytes = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    file_size_bytes = models.BigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(0)]
+    )
     checksum = models.CharField(max_length=64, blank=True)
-    status = models.CharField(max_length=16, choices=FileStatus.choices, default=FileStatus.REGISTERED)
+    status = models.CharField(
+        max_length=16, choices=FileStatus.choices, default=FileStatus.REGISTERED
+    )
     metadata = models.JSONField(default=dict, blank=True, null=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -514,7 +609,9 @@ class TFSlice(models.Model):
     tf_filename = models.CharField(max_length=255)
     stf_filename = models.CharField(max_length=255, blank=True)
     run_number = models.BigIntegerField(validators=[MinValueValidator(0)])
-    status = models.CharField(max_length=16, choices=SliceStatus.choices, default=SliceStatus.QUEUED)
+    status = models.CharField(
+        max_length=16, choices=SliceStatus.choices, default=SliceStatus.QUEUED
+    )
     retries = models.PositiveIntegerField(default=0)
     assigned_worker = models.CharField(max_length=255, blank=True)
     assigned_at = models.DateTimeField(null=True, blank=True)
@@ -528,7 +625,11 @@ class TFSlice(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "TF slice"
-        constraints = [models.UniqueConstraint(fields=["tf_filename", "slice_id"], name="slice_unique_in_sample")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tf_filename", "slice_id"], name="slice_unique_in_sample"
+            )
+        ]
         indexes = [
             models.Index(fields=["run_number", "status"], name="slice_run_status"),
             models.Index(fields=["status", "updated_at"], name="slice_status_updated"),
@@ -568,7 +669,9 @@ class RunState(models.Model):
     """The current state of a run, kept up to date from its messages."""
 
     run_number = models.BigIntegerField(primary_key=True, validators=[MinValueValidator(0)])
-    run = models.OneToOneField(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="state")
+    run = models.OneToOneField(
+        Run, on_delete=models.CASCADE, null=True, blank=True, related_name="state"
+    )
     phase = models.CharField(max_length=20, blank=True)
     state = models.CharField(max_length=20, blank=True)
     substate = models.CharField(max_length=20, blank=True)
@@ -641,7 +744,9 @@ class SystemStateEvent(models.Model):
     state = models.CharField(max_length=20)
     substate = models.CharField(max_length=20, blank=True)
     event_data = models.JSONField(default=dict, blank=True)
-    msg_id = models.CharField(max_length=200, blank=True, help_text="the message that caused it, if any")
+    msg_id = models.CharField(
+        max_length=200, blank=True, help_text="the message that caused it, if any"
+    )
 
     class Meta:
         ordering = ["timestamp", "event_id"]
@@ -656,7 +761,7 @@ class SystemStateEvent(models.Model):
         return ("ended", "") if self.event_type == "end_run" else (self.state, self.substate)
 
     @classmethod
-    def history(cls, run_numbers: list[int]) -> list["SystemStateEvent"]:
+    def history(cls, run_numbers: list[int]) -> list[SystemStateEvent]:
         """The state changes of these runs in time order, each listed once.
 
         A transition repeated for the same run (an ``end_run`` seen from both the
@@ -664,7 +769,9 @@ class SystemStateEvent(models.Model):
         """
         seen_last: dict[int, str] = {}
         kept = []
-        for event in cls.objects.filter(run_number__in=run_numbers).order_by("timestamp", "event_id"):
+        for event in cls.objects.filter(run_number__in=run_numbers).order_by(
+            "timestamp", "event_id"
+        ):
             if seen_last.get(event.run_number) == event.event_type:
                 continue
             seen_last[event.run_number] = event.event_type
@@ -699,19 +806,27 @@ class WorkflowMessage(models.Model):
     received_at = models.DateTimeField(help_text="when the monitor received it")
     schema_version = models.PositiveSmallIntegerField(null=True, blank=True)
     is_valid = models.BooleanField(default=True)
-    error_reason = models.CharField(max_length=32, blank=True, help_text="invalid_json, unknown_msg_type, ...")
+    error_reason = models.CharField(
+        max_length=32, blank=True, help_text="invalid_json, unknown_msg_type, ..."
+    )
     validation_error = models.TextField(blank=True)
-    projection_error = models.TextField(blank=True, help_text="why bookkeeping from this message failed")
+    projection_error = models.TextField(
+        blank=True, help_text="why bookkeeping from this message failed"
+    )
     body = models.TextField(help_text="the body as received (UTF-8)")
     headers = models.JSONField(default=dict, blank=True)
     dialect = models.CharField(
-        max_length=16, blank=True, help_text="swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON object"
+        max_length=16,
+        blank=True,
+        help_text="swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON object",
     )
 
     class Meta:
         ordering = ["-received_at", "-id"]
         indexes = [
-            models.Index(fields=["namespace", "execution_id", "received_at"], name="msg_ns_execution"),
+            models.Index(
+                fields=["namespace", "execution_id", "received_at"], name="msg_ns_execution"
+            ),
             models.Index(fields=["namespace", "run_id", "received_at"], name="msg_ns_run"),
             models.Index(fields=["execution_id", "received_at"], name="msg_execution"),
             models.Index(fields=["msg_type", "received_at"], name="msg_type_time"),
@@ -738,7 +853,11 @@ class WorkflowMessage(models.Model):
         """The body as JSON, or the raw text when it is not JSON."""
         try:
             return json.loads(self.body)
-        except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply to be shown as JSON
+        except (
+            ValueError,
+            TypeError,
+            RecursionError,
+        ):  # RecursionError: nested too deeply to be shown as JSON
             return self.body
 
 
@@ -785,12 +904,19 @@ class AppLog(models.Model):
     """The logger name of the rows that say how many records an agent's buffer dropped."""
 
     namespace = _namespace_fk("logs")
-    source_msg_id = models.CharField(max_length=200, blank=True, db_index=True, editable=False,
-                                     help_text="msg_id of the log_batch message it came in; empty: posted over REST")
+    source_msg_id = models.CharField(
+        max_length=200,
+        blank=True,
+        db_index=True,
+        editable=False,
+        help_text="msg_id of the log_batch message it came in; empty: posted over REST",
+    )
     app_name = models.CharField(max_length=100, db_index=True)
     instance_name = models.CharField(max_length=200, db_index=True)
     timestamp = models.DateTimeField(db_index=True)
-    level = models.IntegerField(default=logging.NOTSET, db_index=True, validators=[MinValueValidator(0)])
+    level = models.IntegerField(
+        default=logging.NOTSET, db_index=True, validators=[MinValueValidator(0)]
+    )
     levelname = models.CharField(max_length=50)
     message = models.TextField()
     module = models.CharField(max_length=255, blank=True)
@@ -805,7 +931,11 @@ class AppLog(models.Model):
     class Meta:
         ordering = ["-timestamp", "-id"]
         verbose_name = "application log"
-        indexes = [models.Index(fields=["app_name", "instance_name", "timestamp"], name="log_app_instance_time")]
+        indexes = [
+            models.Index(
+                fields=["app_name", "instance_name", "timestamp"], name="log_app_instance_time"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.timestamp:%Y-%m-%d %H:%M:%S} {self.instance_name} {self.levelname}: {self.message[:80]}"

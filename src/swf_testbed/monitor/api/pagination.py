@@ -20,7 +20,9 @@ class OptionalLimitOffsetPagination(LimitOffsetPagination):
     default_limit = 100
     max_limit = 1000
 
-    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any] | None:
+    def paginate_queryset(
+        self, queryset: Any, request: Request, view: Any = None
+    ) -> list[Any] | None:
         params = request.query_params
         if self.limit_query_param not in params and self.offset_query_param not in params:
             return None
@@ -28,10 +30,12 @@ class OptionalLimitOffsetPagination(LimitOffsetPagination):
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Either shape: the plain list (no paging parameters) or the page object (with them)."""
-        return {"oneOf": [
-            {**schema, "description": "without limit/offset: a plain list"},
-            super().get_paginated_response_schema(schema),
-        ]}
+        return {
+            "oneOf": [
+                {**schema, "description": "without limit/offset: a plain list"},
+                super().get_paginated_response_schema(schema),
+            ]
+        }
 
 
 class MessagePagination(OptionalLimitOffsetPagination):
@@ -46,6 +50,8 @@ class MessagePagination(OptionalLimitOffsetPagination):
             return count_from_rollup(filters)
         return super().get_count(queryset)
 
-    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any] | None:
+    def paginate_queryset(
+        self, queryset: Any, request: Request, view: Any = None
+    ) -> list[Any] | None:
         self.view = view
         return super().paginate_queryset(queryset, request, view)

@@ -51,9 +51,23 @@ class Batch:
 
 
 ORDER = (
-    "workflow_started", "run_imminent", "start_run", "pause_run", "resume_run", "stf_gen", "stf_ready",
-    "processing_complete", "tf_file_registered", "slice", "slice_result", "run_imminent_worker", "end_run",
-    "workflow_completed", "workflow_failed", "heartbeat", "log_batch",
+    "workflow_started",
+    "run_imminent",
+    "start_run",
+    "pause_run",
+    "resume_run",
+    "stf_gen",
+    "stf_ready",
+    "processing_complete",
+    "tf_file_registered",
+    "slice",
+    "slice_result",
+    "run_imminent_worker",
+    "end_run",
+    "workflow_completed",
+    "workflow_failed",
+    "heartbeat",
+    "log_batch",
 )
 """The order in which a batch's messages are projected, by type (each type keeps the stream's order).
 
@@ -62,7 +76,9 @@ have none); this one only makes the common case cheap.
 """
 
 
-def project_batch(pairs: list[tuple[m.WorkflowMessage, msgs.Message | None]]) -> list[tuple[m.WorkflowMessage, str]]:
+def project_batch(
+    pairs: list[tuple[m.WorkflowMessage, msgs.Message | None]],
+) -> list[tuple[m.WorkflowMessage, str]]:
     """Project the new messages of a batch; returns those whose projection failed, with why.
 
     High-volume types are projected set-wise (a few queries per batch); when
@@ -89,7 +105,12 @@ def project_batch(pairs: list[tuple[m.WorkflowMessage, msgs.Message | None]]) ->
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:  # noqa: BLE001 - find the culprit one by one
-                log.info("set-wise projection of %d %s failed (%s); one by one", len(items), msg_type, exc)
+                log.info(
+                    "set-wise projection of %d %s failed (%s); one by one",
+                    len(items),
+                    msg_type,
+                    exc,
+                )
                 batch.forget()
         for row, msg in items:
             try:
@@ -115,7 +136,9 @@ def project_batch(pairs: list[tuple[m.WorkflowMessage, msgs.Message | None]]) ->
 # --------------------------------------------------------------------------- helpers
 
 
-def ensure_execution(execution_id: str, namespace: str | None, at: datetime, batch: Batch) -> m.WorkflowExecution:
+def ensure_execution(
+    execution_id: str, namespace: str | None, at: datetime, batch: Batch
+) -> m.WorkflowExecution:
     cached = batch.executions.get(execution_id)
     if cached is not None:
         return cached
@@ -139,7 +162,11 @@ def ensure_run(msg: msgs.RunMessage, batch: Batch) -> m.Run:
     cached = batch.runs.get(msg.run_id)
     if cached is not None:
         return cached
-    execution = ensure_execution(msg.execution_id, msg.namespace, msg.timestamp, batch) if msg.execution_id else None
+    execution = (
+        ensure_execution(msg.execution_id, msg.namespace, msg.timestamp, batch)
+        if msg.execution_id
+        else None
+    )
     namespace = msg.namespace or (execution.namespace_id if execution is not None else None)
     run, created = m.Run.objects.get_or_create(
         run_number=msg.run_id,
@@ -161,7 +188,9 @@ def ensure_run(msg: msgs.RunMessage, batch: Batch) -> m.Run:
     return run
 
 
-def ensure_stf(msg: msgs.RunMessage, filename: str, batch: Batch, **defaults: Any) -> tuple[m.StfFile, bool]:
+def ensure_stf(
+    msg: msgs.RunMessage, filename: str, batch: Batch, **defaults: Any
+) -> tuple[m.StfFile, bool]:
     run = ensure_run(msg, batch)
     return m.StfFile.objects.get_or_create(stf_filename=filename, defaults={"run": run, **defaults})
 
@@ -199,8 +228,16 @@ def _state_change(msg: msgs.RunMessage, phase: str, batch: Batch, **event_data: 
     )
 
 
-_RUN_COUNTERS = ["slices_created", "slices_queued", "slices_processing", "slices_completed", "slices_failed",
-                 "stf_samples_received", "active_worker_count", "updated_at"]
+_RUN_COUNTERS = [
+    "slices_created",
+    "slices_queued",
+    "slices_processing",
+    "slices_completed",
+    "slices_failed",
+    "stf_samples_received",
+    "active_worker_count",
+    "updated_at",
+]
 
 
 def recount_run(run_number: int) -> None:
@@ -214,11 +251,15 @@ def recount_run(run_number: int) -> None:
     state = m.RunState.objects.select_for_update().filter(run_number=run_number).first()
     if state is None:
         state, _ = m.RunState.objects.get_or_create(
-            run_number=run_number, defaults={"run": m.Run.objects.filter(run_number=run_number).first()}
+            run_number=run_number,
+            defaults={"run": m.Run.objects.filter(run_number=run_number).first()},
         )
         state = m.RunState.objects.select_for_update().get(pk=state.pk)
     by_status = dict(
-        m.TFSlice.objects.filter(run_number=run_number).order_by().values_list("status").annotate(n=Count("id"))
+        m.TFSlice.objects.filter(run_number=run_number)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
     )
     samples = m.FastMonFile.objects.filter(stf_file__run__run_number=run_number).count()
     active = m.Worker.objects.filter(run_number=run_number, status="active").count()
@@ -251,7 +292,9 @@ def recount_run_alone(run_number: int) -> None:
 
 
 def on_heartbeat(msg: msgs.Heartbeat, batch: Batch) -> None:
-    agent = m.SystemAgent.objects.filter(namespace_id=msg.namespace, instance_name=msg.agent_name).first()
+    agent = m.SystemAgent.objects.filter(
+        namespace_id=msg.namespace, instance_name=msg.agent_name
+    ).first()
     if agent is None:
         agent = m.SystemAgent(namespace_id=msg.namespace, instance_name=msg.agent_name)
     elif agent.last_heartbeat is not None and msg.timestamp < agent.last_heartbeat:
@@ -333,7 +376,11 @@ def on_stf_ready(msg: msgs.StfReady, batch: Batch) -> None:
 def on_processing_complete(msg: msgs.ProcessingComplete, batch: Batch) -> None:
     stf, _ = ensure_stf(msg, msg.filename, batch, status=m.FileStatus.PROCESSED)
     stf.status = m.FileStatus.PROCESSED
-    stf.metadata = {**(stf.metadata or {}), "outputs": msg.outputs, "processing_time_s": msg.processing_time_s}
+    stf.metadata = {
+        **(stf.metadata or {}),
+        "outputs": msg.outputs,
+        "processing_time_s": msg.processing_time_s,
+    }
     stf.save(update_fields=["status", "metadata", "updated_at"])
 
 
@@ -364,17 +411,26 @@ def on_run_imminent_worker(msg: msgs.RunImminentWorker, batch: Batch) -> None:
 def _definition_for(msg: msgs.WorkflowStarted) -> m.WorkflowDefinition:
     """The definition the execution ran: by name and version, created (once) when unknown."""
     config = msg.config
-    version = str(msg.workflow_version or config.get("workflow_version") or config.get("version") or "")[:50]
+    version = str(
+        msg.workflow_version or config.get("workflow_version") or config.get("version") or ""
+    )[:50]
     name = msg.workflow_name[:200]
     if not version:
-        found = m.WorkflowDefinition.objects.filter(workflow_name=name).order_by("-created_at").first()
+        found = (
+            m.WorkflowDefinition.objects.filter(workflow_name=name).order_by("-created_at").first()
+        )
         if found is not None:
             return found
         version = "unversioned"
     definition, _ = m.WorkflowDefinition.objects.get_or_create(
-        workflow_name=name, version=version,
-        defaults={"workflow_type": str(config.get("workflow_type", ""))[:100], "parameter_values": config,
-                  "definition": msg.workflow_module, "created_by": msg.sender},
+        workflow_name=name,
+        version=version,
+        defaults={
+            "workflow_type": str(config.get("workflow_type", ""))[:100],
+            "parameter_values": config,
+            "definition": msg.workflow_module,
+            "created_by": msg.sender,
+        },
     )
     return definition
 
@@ -385,10 +441,17 @@ def on_workflow_started(msg: msgs.WorkflowStarted, batch: Batch) -> None:
     execution.namespace_id = msg.namespace
     if execution.status in (m.ExecutionStatus.PENDING, m.ExecutionStatus.RUNNING):
         execution.status = m.ExecutionStatus.RUNNING
-    provenance = {"workflow_name": msg.workflow_name, "workflow_version": msg.workflow_version,
-                  "workflow_module": msg.workflow_module, "git_commit": msg.git_commit,
-                  "time_scale": msg.time_scale}
-    execution.parameter_values = {**msg.config, **{k: v for k, v in provenance.items() if v not in ("", None)}}
+    provenance = {
+        "workflow_name": msg.workflow_name,
+        "workflow_version": msg.workflow_version,
+        "workflow_module": msg.workflow_module,
+        "git_commit": msg.git_commit,
+        "time_scale": msg.time_scale,
+    }
+    execution.parameter_values = {
+        **msg.config,
+        **{k: v for k, v in provenance.items() if v not in ("", None)},
+    }
     user = msg.config.get("user") or msg.config.get("executed_by") or msg.sender
     execution.executed_by = str(user)[:150]
     execution.start_time = msg.timestamp
@@ -399,7 +462,10 @@ def on_workflow_completed(msg: msgs.WorkflowCompleted, batch: Batch) -> None:
     execution = ensure_execution(msg.execution_id, msg.namespace, msg.timestamp, batch)
     execution.status = msg.status
     execution.end_time = msg.timestamp
-    execution.performance_metrics = {**(execution.performance_metrics or {}), "stf_count": msg.stf_count}
+    execution.performance_metrics = {
+        **(execution.performance_metrics or {}),
+        "stf_count": msg.stf_count,
+    }
     execution.save()
 
 
@@ -419,9 +485,14 @@ def on_workflow_failed(msg: msgs.WorkflowFailed, batch: Batch) -> None:
 def _stf_gen_values(msg: msgs.StfGen) -> dict[str, Any]:
     """What an stf_gen says about its file; what it does not say (v28: size, checksum, ...) is left out."""
     values = {
-        "file_size_bytes": msg.size_bytes, "checksum": msg.checksum, "daq_state": msg.state.value,
-        "daq_substate": msg.substate.value, "machine_state": msg.substate.value, "sequence": msg.sequence,
-        "tf_count": msg.tf_count, "generated_at": msg.timestamp,
+        "file_size_bytes": msg.size_bytes,
+        "checksum": msg.checksum,
+        "daq_state": msg.state.value,
+        "daq_substate": msg.substate.value,
+        "machine_state": msg.substate.value,
+        "sequence": msg.sequence,
+        "tf_count": msg.tf_count,
+        "generated_at": msg.timestamp,
     }
     times = {k: v.isoformat() for k, v in (("start", msg.start), ("end", msg.end)) if v is not None}
     if times:
@@ -430,16 +501,33 @@ def _stf_gen_values(msg: msgs.StfGen) -> dict[str, Any]:
 
 
 def _stf_ready_values(msg: msgs.StfReady) -> dict[str, Any]:
-    values: dict[str, Any] = {"url": msg.url, "file_size_bytes": msg.size_bytes, "checksum": msg.checksum,
-                              "sequence": msg.sequence, "daq_state": msg.state.value,
-                              "daq_substate": msg.substate.value}
+    values: dict[str, Any] = {
+        "url": msg.url,
+        "file_size_bytes": msg.size_bytes,
+        "checksum": msg.checksum,
+        "sequence": msg.sequence,
+        "daq_state": msg.state.value,
+        "daq_substate": msg.substate.value,
+    }
     if msg.tf_count:
         values["tf_count"] = msg.tf_count
     return {k: v for k, v in values.items() if v is not None}
 
 
-_STF_FIELDS = ["file_size_bytes", "checksum", "daq_state", "daq_substate", "machine_state", "sequence", "tf_count",
-               "generated_at", "metadata", "url", "status", "updated_at"]
+_STF_FIELDS = [
+    "file_size_bytes",
+    "checksum",
+    "daq_state",
+    "daq_substate",
+    "machine_state",
+    "sequence",
+    "tf_count",
+    "generated_at",
+    "metadata",
+    "url",
+    "status",
+    "updated_at",
+]
 
 
 def _stf_files_for_update(names: set[str]) -> dict[str, m.StfFile]:
@@ -464,7 +552,9 @@ def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, me
         values = values_of(msg)
         stf = existing.get(msg.filename) or new.get(msg.filename)
         if stf is None:
-            new[msg.filename] = m.StfFile(stf_filename=msg.filename, run=run, status=status, **values)
+            new[msg.filename] = m.StfFile(
+                stf_filename=msg.filename, run=run, status=status, **values
+            )
             continue
         merge(stf, values)
         stf.updated_at = now
@@ -490,7 +580,11 @@ def bulk_processing_complete(messages: list[msgs.ProcessingComplete], batch: Bat
         elif msg.filename in existing:
             changed[msg.filename] = stf
         stf.status = m.FileStatus.PROCESSED
-        stf.metadata = {**(stf.metadata or {}), "outputs": msg.outputs, "processing_time_s": msg.processing_time_s}
+        stf.metadata = {
+            **(stf.metadata or {}),
+            "outputs": msg.outputs,
+            "processing_time_s": msg.processing_time_s,
+        }
         stf.updated_at = now
     insert_objects(list(new.values()))
     update_objects(list(changed.values()), ["status", "metadata", "updated_at"])
@@ -527,13 +621,28 @@ def _existing_slices(messages: list[Any]) -> dict[tuple[str, int], m.TFSlice]:
     }
 
 
-_SLICE_FIELDS = ["sample", "tf_first", "tf_last", "tf_count", "stf_filename", "run_number", "status", "retries",
-                 "assigned_worker", "completed_at", "processing_time_s", "error", "updated_at"]
+_SLICE_FIELDS = [
+    "sample",
+    "tf_first",
+    "tf_last",
+    "tf_count",
+    "stf_filename",
+    "run_number",
+    "status",
+    "retries",
+    "assigned_worker",
+    "completed_at",
+    "processing_time_s",
+    "error",
+    "updated_at",
+]
 
 
 def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
-    samples = {s.tf_filename: s for s in m.FastMonFile.objects.filter(
-        tf_filename__in={msg.tf_filename for msg in messages})}
+    samples = {
+        s.tf_filename: s
+        for s in m.FastMonFile.objects.filter(tf_filename__in={msg.tf_filename for msg in messages})
+    }
     existing = _existing_slices(messages)
     new: dict[tuple[str, int], m.TFSlice] = {}
     changed: dict[tuple[str, int], m.TFSlice] = {}
@@ -541,12 +650,23 @@ def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
     for msg in messages:
         ensure_run(msg, batch)
         key = (msg.tf_filename, msg.slice_id)
-        values = {"sample": samples.get(msg.tf_filename), "tf_first": msg.tf_first, "tf_last": msg.tf_last,
-                  "tf_count": msg.tf_count, "stf_filename": msg.stf_filename, "run_number": msg.run_id}
+        values = {
+            "sample": samples.get(msg.tf_filename),
+            "tf_first": msg.tf_first,
+            "tf_last": msg.tf_last,
+            "tf_count": msg.tf_count,
+            "stf_filename": msg.stf_filename,
+            "run_number": msg.run_id,
+        }
         item = existing.get(key) or new.get(key)
         if item is None:
-            new[key] = m.TFSlice(tf_filename=msg.tf_filename, slice_id=msg.slice_id, status=m.SliceStatus.QUEUED,
-                                 retries=msg.retries, **values)
+            new[key] = m.TFSlice(
+                tf_filename=msg.tf_filename,
+                slice_id=msg.slice_id,
+                status=m.SliceStatus.QUEUED,
+                retries=msg.retries,
+                **values,
+            )
             continue
         _merge_slice(item, msg, values)
         item.updated_at = now
@@ -579,8 +699,10 @@ def _apply_result(item: m.TFSlice, msg: msgs.SliceResult) -> None:
 
 def bulk_slice_result(messages: list[msgs.SliceResult], batch: Batch) -> None:
     existing = _existing_slices(messages)
-    samples = {s.tf_filename: s for s in m.FastMonFile.objects.filter(
-        tf_filename__in={msg.tf_filename for msg in messages})}
+    samples = {
+        s.tf_filename: s
+        for s in m.FastMonFile.objects.filter(tf_filename__in={msg.tf_filename for msg in messages})
+    }
     new: dict[tuple[str, int], m.TFSlice] = {}
     changed: dict[tuple[str, int], m.TFSlice] = {}
     now = timezone.now()
@@ -589,8 +711,15 @@ def bulk_slice_result(messages: list[msgs.SliceResult], batch: Batch) -> None:
         key = (msg.tf_filename, msg.slice_id)
         item = existing.get(key) or new.get(key)
         if item is None:
-            item = new[key] = m.TFSlice(tf_filename=msg.tf_filename, slice_id=msg.slice_id, run_number=msg.run_id,
-                                        tf_first=0, tf_last=0, tf_count=0, sample=samples.get(msg.tf_filename))
+            item = new[key] = m.TFSlice(
+                tf_filename=msg.tf_filename,
+                slice_id=msg.slice_id,
+                run_number=msg.run_id,
+                tf_first=0,
+                tf_last=0,
+                tf_count=0,
+                sample=samples.get(msg.tf_filename),
+            )
         elif key in existing:
             changed[key] = item
         _apply_result(item, msg)
@@ -606,11 +735,20 @@ def _count_for_workers(messages: list[msgs.SliceResult]) -> None:
     by_worker: dict[str, list[msgs.SliceResult]] = {}
     for msg in messages:
         by_worker.setdefault(msg.worker_id[:255], []).append(msg)
-    known = set(m.Worker.objects.filter(worker_id__in=by_worker).values_list("worker_id", flat=True))
+    known = set(
+        m.Worker.objects.filter(worker_id__in=by_worker).values_list("worker_id", flat=True)
+    )
     m.Worker.objects.bulk_create(
-        [m.Worker(worker_id=wid, namespace_id=results[0].namespace, run_number=results[0].run_id,
-                  started_at=min(r.timestamp for r in results))
-         for wid, results in by_worker.items() if wid not in known],
+        [
+            m.Worker(
+                worker_id=wid,
+                namespace_id=results[0].namespace,
+                run_number=results[0].run_id,
+                started_at=min(r.timestamp for r in results),
+            )
+            for wid, results in by_worker.items()
+            if wid not in known
+        ],
         ignore_conflicts=True,
     )
     for wid, results in by_worker.items():
@@ -619,8 +757,11 @@ def _count_for_workers(messages: list[msgs.SliceResult]) -> None:
         m.Worker.objects.filter(pk=wid).update(
             slices_completed=F("slices_completed") + done,
             slices_failed=F("slices_failed") + (len(results) - done),
-            run_number=last.run_id, last_heartbeat=last.timestamp, current_slice_id=None,
-            tf_filename=last.tf_filename[:255], status="active",
+            run_number=last.run_id,
+            last_heartbeat=last.timestamp,
+            current_slice_id=None,
+            tf_filename=last.tf_filename[:255],
+            status="active",
         )
 
 
@@ -631,8 +772,11 @@ def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch)
     created: dict[str, m.StfFile] = {}
     for msg in missing:
         if msg.stf_filename not in created:
-            created[msg.stf_filename] = m.StfFile(stf_filename=msg.stf_filename, run=ensure_run(msg, batch),
-                                                  status=m.FileStatus.REGISTERED)
+            created[msg.stf_filename] = m.StfFile(
+                stf_filename=msg.stf_filename,
+                run=ensure_run(msg, batch),
+                status=m.FileStatus.REGISTERED,
+            )
     m.StfFile.objects.bulk_create(list(created.values()))
     stfs.update(created)
     names = {msg.tf_filename for msg in messages}
@@ -642,12 +786,18 @@ def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch)
     now = timezone.now()
     for msg in messages:
         ensure_run(msg, batch)
-        values = {"stf_file": stfs[msg.stf_filename], "tf_first": msg.tf_first, "tf_last": msg.tf_last,
-                  "tf_count": msg.tf_count, "file_size_bytes": msg.size_bytes}
+        values = {
+            "stf_file": stfs[msg.stf_filename],
+            "tf_first": msg.tf_first,
+            "tf_last": msg.tf_last,
+            "tf_count": msg.tf_count,
+            "file_size_bytes": msg.size_bytes,
+        }
         sample = existing.get(msg.tf_filename) or new.get(msg.tf_filename)
         if sample is None:
-            new[msg.tf_filename] = m.FastMonFile(tf_filename=msg.tf_filename, status=m.FileStatus.REGISTERED,
-                                                 **values)
+            new[msg.tf_filename] = m.FastMonFile(
+                tf_filename=msg.tf_filename, status=m.FileStatus.REGISTERED, **values
+            )
         else:
             for name, value in values.items():
                 setattr(sample, name, value)
@@ -657,8 +807,10 @@ def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch)
         batch.runs_to_recount.add(msg.run_id)
     m.FastMonFile.objects.bulk_create(list(new.values()))
     if changed:
-        update_objects(list(changed.values()),
-                       ["stf_file", "tf_first", "tf_last", "tf_count", "file_size_bytes", "updated_at"])
+        update_objects(
+            list(changed.values()),
+            ["stf_file", "tf_first", "tf_last", "tf_count", "file_size_bytes", "updated_at"],
+        )
     orphans = list(m.TFSlice.objects.filter(tf_filename__in=names, sample__isnull=True))
     if orphans:  # slices that arrived before their sample
         samples = {**existing, **new}
@@ -675,32 +827,64 @@ def _text(value: str) -> str:
 
 
 def _log_rows(msg: msgs.LogBatch) -> list[m.AppLog]:
-    common = {"namespace_id": msg.namespace, "source_msg_id": msg.msg_id, "app_name": _text(msg.agent_type)[:100],
-              "instance_name": msg.agent_name, "process": msg.pid}
+    common = {
+        "namespace_id": msg.namespace,
+        "source_msg_id": msg.msg_id,
+        "app_name": _text(msg.agent_type)[:100],
+        "instance_name": msg.agent_name,
+        "process": msg.pid,
+    }
     rows = []
     for rec in msg.records:
-        extra: dict[str, Any] = {"logger": _text(rec.logger), "thread": _text(rec.thread),
-                                 "instance_id": _text(msg.instance_id), "hostname": _text(msg.hostname)}
+        extra: dict[str, Any] = {
+            "logger": _text(rec.logger),
+            "thread": _text(rec.thread),
+            "instance_id": _text(msg.instance_id),
+            "hostname": _text(msg.hostname),
+        }
         if rec.exception:
             extra["exception"] = _text(rec.exception)
         if rec.execution_id:
             extra["execution_id"] = rec.execution_id
         if rec.run_id is not None:
             extra["run_id"] = rec.run_id
-        rows.append(m.AppLog(
-            **common, timestamp=rec.timestamp, level=rec.level, levelname=_text(rec.levelname),
-            message=_text(rec.message), module=_text(rec.module), funcname=_text(rec.funcname),
-            lineno=rec.lineno, extra_data=extra, execution_id=rec.execution_id or "", run_id=rec.run_id))
+        rows.append(
+            m.AppLog(
+                **common,
+                timestamp=rec.timestamp,
+                level=rec.level,
+                levelname=_text(rec.levelname),
+                message=_text(rec.message),
+                module=_text(rec.module),
+                funcname=_text(rec.funcname),
+                lineno=rec.lineno,
+                extra_data=extra,
+                execution_id=rec.execution_id or "",
+                run_id=rec.run_id,
+            )
+        )
     if msg.dropped:
         # the gap is shown where it happened, in the agent's own log
-        rows.append(m.AppLog(
-            **common, timestamp=msg.timestamp, level=logging.WARNING, levelname="WARNING",
-            message=f"{msg.dropped} log record{'s' if msg.dropped != 1 else ''} dropped: the agent's log buffer "
-                    f"({msg.buffer_size} records) was full ({msg.dropped_total} dropped since it started)",
-            module="logship", funcname="", lineno=0,
-            extra_data={"logger": m.AppLog.DROPPED_LOGGER, "dropped": msg.dropped,
-                        "dropped_total": msg.dropped_total, "instance_id": _text(msg.instance_id),
-                        "hostname": _text(msg.hostname)}))
+        rows.append(
+            m.AppLog(
+                **common,
+                timestamp=msg.timestamp,
+                level=logging.WARNING,
+                levelname="WARNING",
+                message=f"{msg.dropped} log record{'s' if msg.dropped != 1 else ''} dropped: the agent's log buffer "
+                f"({msg.buffer_size} records) was full ({msg.dropped_total} dropped since it started)",
+                module="logship",
+                funcname="",
+                lineno=0,
+                extra_data={
+                    "logger": m.AppLog.DROPPED_LOGGER,
+                    "dropped": msg.dropped,
+                    "dropped_total": msg.dropped_total,
+                    "instance_id": _text(msg.instance_id),
+                    "hostname": _text(msg.hostname),
+                },
+            )
+        )
     return rows
 
 
@@ -709,7 +893,9 @@ def on_log_batch(msg: msgs.LogBatch, batch: Batch) -> None:
 
 
 def bulk_log_batch(messages: list[msgs.LogBatch], batch: Batch) -> None:
-    m.AppLog.objects.bulk_create([row for msg in messages for row in _log_rows(msg)], batch_size=500)
+    m.AppLog.objects.bulk_create(
+        [row for msg in messages for row in _log_rows(msg)], batch_size=500
+    )
 
 
 BULK_HANDLERS: dict[str, Callable[[Any, Batch], None]] = {
@@ -722,7 +908,6 @@ BULK_HANDLERS: dict[str, Callable[[Any, Batch], None]] = {
     "slice": bulk_slice,
     "slice_result": bulk_slice_result,
 }
-
 
 
 HANDLERS: dict[str, Callable[[Any, Batch], None]] = {

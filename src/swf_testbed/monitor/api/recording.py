@@ -134,10 +134,17 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
     text = _clean(raw.decode("utf-8", errors="replace"), MAX_STORED_BODY)
     headers = {_clean(str(k), 200): _clean(str(v), 2000) for k, v in incoming.headers.items()}
     destination = headers.get(ORIGINAL_DESTINATION_HEADER) or incoming.destination
-    row = Row(destination=_clean(destination, 255), received_at=incoming.received_at, body=text, headers=headers)
+    row = Row(
+        destination=_clean(destination, 255),
+        received_at=incoming.received_at,
+        body=text,
+        headers=headers,
+    )
     zone = get_settings().legacy_zone
     try:
-        msg = parse_received(raw, zone=zone, broker_message_id=incoming.headers.get("message-id", ""))
+        msg = parse_received(
+            raw, zone=zone, broker_message_id=incoming.headers.get("message-id", "")
+        )
     except MessageError as exc:
         data = peek_fields(text) if len(raw) <= MAX_BODY_BYTES else {}
         full = _json_object(text) if len(raw) <= MAX_BODY_BYTES else {}
@@ -162,7 +169,9 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
         return row, None
     row.msg_id = _clean(msg.msg_id, 200)
     row.msg_type = msg.msg_type
-    row.namespace_id = msg.namespace  # None for a v28 slice: derived from its execution (see record)
+    row.namespace_id = (
+        msg.namespace
+    )  # None for a v28 slice: derived from its execution (see record)
     row.sender = _clean(msg.sender or "", 128)
     row.execution_id = _clean(msg.execution_id or "", 200)
     row.run_id = msg.run_id if msg.run_id is not None and msg.run_id <= _BIGINT_MAX else None
@@ -177,15 +186,25 @@ def _derive_namespaces(pairs: list[tuple[Row, Message | None]]) -> None:
 
     Known from another message of the batch, else from the execution's row; otherwise it stays empty.
     """
-    missing = [(row, msg) for row, msg in pairs if msg is not None and not row.namespace_id and msg.execution_id]
+    missing = [
+        (row, msg)
+        for row, msg in pairs
+        if msg is not None and not row.namespace_id and msg.execution_id
+    ]
     if not missing:
         return
-    known = {msg.execution_id: msg.namespace for _, msg in pairs if msg is not None and msg.namespace
-             and msg.execution_id}
+    known = {
+        msg.execution_id: msg.namespace
+        for _, msg in pairs
+        if msg is not None and msg.namespace and msg.execution_id
+    }
     wanted = {msg.execution_id for _, msg in missing if msg.execution_id not in known}
     if wanted:
-        known.update(WorkflowExecution.objects.filter(execution_id__in=wanted, namespace__isnull=False)
-                     .values_list("execution_id", "namespace"))
+        known.update(
+            WorkflowExecution.objects.filter(
+                execution_id__in=wanted, namespace__isnull=False
+            ).values_list("execution_id", "namespace")
+        )
     for index, (row, msg) in enumerate(pairs):
         if msg is not None and not row.namespace_id and known.get(msg.execution_id or ""):
             row.namespace_id = known[msg.execution_id]
@@ -194,9 +213,15 @@ def _derive_namespaces(pairs: list[tuple[Row, Message | None]]) -> None:
 
 def _insert(rows: list[Row]) -> None:
     """Insert the rows with one prepared statement (``executemany``)."""
-    fields = [WorkflowMessage._meta.get_field(name.removesuffix("_id") if name == "namespace_id" else name)
-              for name in _ROW_FIELDS]
-    insert_rows(WorkflowMessage, fields, ([getattr(row, name) for name in _ROW_FIELDS] for row in rows))
+    fields = [
+        WorkflowMessage._meta.get_field(
+            name.removesuffix("_id") if name == "namespace_id" else name
+        )
+        for name in _ROW_FIELDS
+    ]
+    insert_rows(
+        WorkflowMessage, fields, ([getattr(row, name) for name in _ROW_FIELDS] for row in rows)
+    )
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -241,5 +266,7 @@ def record(batch: list[Incoming]) -> RecordResult:
         if failed:
             result.projection_errors = len(failed)
             for row, error in failed:
-                WorkflowMessage.objects.filter(msg_id=row.msg_id).update(projection_error=_clean(error, 10_000))
+                WorkflowMessage.objects.filter(msg_id=row.msg_id).update(
+                    projection_error=_clean(error, 10_000)
+                )
     return result

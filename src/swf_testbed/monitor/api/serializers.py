@@ -43,7 +43,9 @@ class NamespaceField(serializers.SlugRelatedField):
 
     def to_internal_value(self, data: Any) -> m.Namespace:
         if not isinstance(data, str):
-            raise serializers.ValidationError(f"a namespace name (string) is required, not {type(data).__name__}")
+            raise serializers.ValidationError(
+                f"a namespace name (string) is required, not {type(data).__name__}"
+            )
         check_name(data)
         m.Namespace.ensure({data})
         return m.Namespace.objects.get(name=data)
@@ -83,8 +85,11 @@ class DateTimeField(serializers.DateTimeField):
 class ModelSerializer(serializers.ModelSerializer[_M]):
     # The monitor's model serializers: the models' JSON columns take JSON objects, naive times are read in the
     # legacy zone. (A comment, not a docstring: the schema would show it on every component.)
-    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping,
-                                models.JSONField: JSONObjectField, models.DateTimeField: DateTimeField}
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JSONObjectField,
+        models.DateTimeField: DateTimeField,
+    }
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         # DRF builds a model serializer's fields from the model on every instance (a third of a log post's
@@ -107,7 +112,9 @@ class MergingCreate:
 
     merged = False
 
-    def create_or_merge(self, find: Callable[[], Any], create: Callable[[], Any], merge: Callable[[Any], Any]) -> Any:
+    def create_or_merge(
+        self, find: Callable[[], Any], create: Callable[[], Any], merge: Callable[[Any], Any]
+    ) -> Any:
         for attempt in (1, 2):
             with transaction.atomic():
                 existing = find()
@@ -150,10 +157,27 @@ class SystemAgentSerializer(ModelSerializer[m.SystemAgent]):
     class Meta:
         model = m.SystemAgent
         fields = [
-            "id", "instance_name", "agent_type", "namespace", "description", "status", "operational_state",
-            "instance_id", "pid", "hostname", "mq_connected", "heartbeat_interval", "last_heartbeat", "liveness",
-            "workflow_enabled", "current_stf_count", "total_stf_processed", "counters", "metadata",
-            "created_at", "updated_at",
+            "id",
+            "instance_name",
+            "agent_type",
+            "namespace",
+            "description",
+            "status",
+            "operational_state",
+            "instance_id",
+            "pid",
+            "hostname",
+            "mq_connected",
+            "heartbeat_interval",
+            "last_heartbeat",
+            "liveness",
+            "workflow_enabled",
+            "current_stf_count",
+            "total_stf_processed",
+            "counters",
+            "metadata",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["id", "liveness", "created_at", "updated_at"]
 
@@ -169,15 +193,21 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
     status = serializers.ChoiceField(choices=m.AgentStatus.choices, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     mq_connected = serializers.BooleanField(required=False, allow_null=True)
-    pid = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31 - 1)
+    pid = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=2**31 - 1
+    )
     hostname = serializers.CharField(max_length=255, required=False, allow_blank=True)
     operational_state = serializers.ChoiceField(choices=m.OperationalState.choices, required=False)
-    namespace = serializers.CharField(max_length=128, required=False, allow_null=True, allow_blank=True)
+    namespace = serializers.CharField(
+        max_length=128, required=False, allow_null=True, allow_blank=True
+    )
     workflow_enabled = serializers.BooleanField(required=False)
     current_stf_count = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
     total_stf_processed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
     instance_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    heartbeat_interval = serializers.FloatField(required=False, allow_null=True, min_value=0.001, max_value=86400)
+    heartbeat_interval = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.001, max_value=86400
+    )
     counters = serializers.DictField(child=serializers.IntegerField(), required=False)
     metadata = serializers.DictField(required=False)
 
@@ -202,10 +232,13 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
                 with transaction.atomic():
                     if namespace:
                         m.Namespace.ensure({namespace})
-                        candidates = m.SystemAgent.objects.filter(namespace_id=namespace, instance_name=name)
+                        candidates = m.SystemAgent.objects.filter(
+                            namespace_id=namespace, instance_name=name
+                        )
                     else:
                         candidates = m.SystemAgent.objects.filter(instance_name=name).order_by(
-                            F("namespace").asc(nulls_first=True))
+                            F("namespace").asc(nulls_first=True)
+                        )
                     agent = candidates.select_for_update().first()
                     created = agent is None
                     if agent is None:
@@ -227,8 +260,15 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
 class SubscriberSerializer(ModelSerializer[m.Subscriber]):
     class Meta:
         model = m.Subscriber
-        fields = ["subscriber_id", "subscriber_name", "fraction", "description", "is_active", "created_at",
-                  "updated_at"]
+        fields = [
+            "subscriber_id",
+            "subscriber_name",
+            "fraction",
+            "description",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["subscriber_id", "created_at", "updated_at"]
         extra_kwargs = {"description": {"allow_null": False}}
 
@@ -239,8 +279,16 @@ class SubscriberSerializer(ModelSerializer[m.Subscriber]):
 class WorkflowDefinitionSerializer(ModelSerializer[m.WorkflowDefinition]):
     class Meta:
         model = m.WorkflowDefinition
-        fields = ["id", "workflow_name", "version", "workflow_type", "definition", "parameter_values",
-                  "created_by", "created_at"]
+        fields = [
+            "id",
+            "workflow_name",
+            "version",
+            "workflow_type",
+            "definition",
+            "parameter_values",
+            "created_by",
+            "created_at",
+        ]
         read_only_fields = ["id", "created_at"]
 
 
@@ -251,10 +299,24 @@ class WorkflowExecutionSerializer(ModelSerializer[m.WorkflowExecution]):
 
     class Meta:
         model = m.WorkflowExecution
-        fields = ["execution_id", "workflow_definition", "workflow_name", "namespace", "status", "parameter_values",
-                  "performance_metrics", "executed_by", "start_time", "end_time", "error", "stf_count"]
-        extra_kwargs = {"workflow_definition": {"required": True, "allow_null": False},
-                        "start_time": {"required": False}}
+        fields = [
+            "execution_id",
+            "workflow_definition",
+            "workflow_name",
+            "namespace",
+            "status",
+            "parameter_values",
+            "performance_metrics",
+            "executed_by",
+            "start_time",
+            "end_time",
+            "error",
+            "stf_count",
+        ]
+        extra_kwargs = {
+            "workflow_definition": {"required": True, "allow_null": False},
+            "start_time": {"required": False},
+        }
 
     def get_workflow_name(self, obj: m.WorkflowExecution) -> str:
         return obj.workflow_name
@@ -262,10 +324,19 @@ class WorkflowExecutionSerializer(ModelSerializer[m.WorkflowExecution]):
     def get_stf_count(self, obj: m.WorkflowExecution) -> int:
         # annotated on lists and details; counted for the answer to a create or an update
         annotated = getattr(obj, "stf_count", None)
-        return int(annotated) if annotated is not None else m.StfFile.objects.filter(run__execution=obj).count()
+        return (
+            int(annotated)
+            if annotated is not None
+            else m.StfFile.objects.filter(run__execution=obj).count()
+        )
 
-    def update(self, instance: m.WorkflowExecution, validated_data: dict[str, Any]) -> m.WorkflowExecution:
-        if "execution_id" in validated_data and validated_data["execution_id"] != instance.execution_id:
+    def update(
+        self, instance: m.WorkflowExecution, validated_data: dict[str, Any]
+    ) -> m.WorkflowExecution:
+        if (
+            "execution_id" in validated_data
+            and validated_data["execution_id"] != instance.execution_id
+        ):
             raise serializers.ValidationError({"execution_id": "cannot be changed"})
         return super().update(instance, validated_data)
 
@@ -277,18 +348,41 @@ class WorkflowStageSerializer(ModelSerializer[m.WorkflowStage]):
     given in ``metadata`` wins), so nothing an agent sends is lost.
     """
 
-    id = serializers.IntegerField(source="stage_id", read_only=True, help_text="the same as stage_id")
+    id = serializers.IntegerField(
+        source="stage_id", read_only=True, help_text="the same as stage_id"
+    )
     execution_id = serializers.SlugRelatedField(
-        source="execution", slug_field="execution_id", queryset=m.WorkflowExecution.objects.all(),
-        required=False, allow_null=True, help_text="linked from run_number or stf_filename when not given")
-    agent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
-                                               help_text="the SystemAgent of agent_name, if known")
+        source="execution",
+        slug_field="execution_id",
+        queryset=m.WorkflowExecution.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="linked from run_number or stf_filename when not given",
+    )
+    agent = serializers.PrimaryKeyRelatedField(
+        read_only=True, allow_null=True, help_text="the SystemAgent of agent_name, if known"
+    )
     metadata = JSONObjectField(required=False, allow_null=True)
 
     class Meta:
         model = m.WorkflowStage
-        fields = ["stage_id", "id", "execution_id", "agent", "agent_name", "agent_type", "status", "run_number",
-                  "stf_filename", "started_at", "completed_at", "error", "metadata", "created_at", "updated_at"]
+        fields = [
+            "stage_id",
+            "id",
+            "execution_id",
+            "agent",
+            "agent_name",
+            "agent_type",
+            "status",
+            "run_number",
+            "stf_filename",
+            "started_at",
+            "completed_at",
+            "error",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["stage_id", "created_at", "updated_at"]
 
     def to_internal_value(self, data: Any) -> Any:
@@ -326,10 +420,20 @@ class RunSerializer(MergingCreate, ModelSerializer[m.Run]):
 
     class Meta:
         model = m.Run
-        fields = ["run_id", "run_number", "namespace", "execution", "start_time", "end_time", "run_conditions",
-                  "total_stf_files"]
+        fields = [
+            "run_id",
+            "run_number",
+            "namespace",
+            "execution",
+            "start_time",
+            "end_time",
+            "run_conditions",
+            "total_stf_files",
+        ]
         read_only_fields = ["run_id"]
-        extra_kwargs = {"run_number": {"validators": []}}  # unique, but a repeat merges (see create)
+        extra_kwargs = {
+            "run_number": {"validators": []}
+        }  # unique, but a repeat merges (see create)
 
     def create(self, validated_data: dict[str, Any]) -> m.Run:
         number = validated_data["run_number"]
@@ -352,17 +456,29 @@ class RunSerializer(MergingCreate, ModelSerializer[m.Run]):
                 if validated_data.get(name) is not None:
                     setattr(run, name, validated_data[name])
             if validated_data.get("run_conditions"):
-                run.run_conditions = {**(run.run_conditions or {}), **validated_data["run_conditions"]}
+                run.run_conditions = {
+                    **(run.run_conditions or {}),
+                    **validated_data["run_conditions"],
+                }
             run.adopt(run.execution or m.RunState.execution_named(number))
             run.save()
             return run
 
-        return self.create_or_merge(lambda: m.Run.objects.select_for_update().filter(run_number=number).first(),
-                                    create, merge)
+        return self.create_or_merge(
+            lambda: m.Run.objects.select_for_update().filter(run_number=number).first(),
+            create,
+            merge,
+        )
 
 
-_FILE_PROGRESS = [m.FileStatus.GENERATED, m.FileStatus.REGISTERED, m.FileStatus.PROCESSING, m.FileStatus.PROCESSED,
-                  m.FileStatus.FAILED, m.FileStatus.DONE]
+_FILE_PROGRESS = [
+    m.FileStatus.GENERATED,
+    m.FileStatus.REGISTERED,
+    m.FileStatus.PROCESSING,
+    m.FileStatus.PROCESSED,
+    m.FileStatus.FAILED,
+    m.FileStatus.DONE,
+]
 
 
 class StfFileSerializer(MergingCreate, ModelSerializer[m.StfFile]):
@@ -376,11 +492,29 @@ class StfFileSerializer(MergingCreate, ModelSerializer[m.StfFile]):
 
     class Meta:
         model = m.StfFile
-        fields = ["file_id", "run", "run_number", "stf_filename", "file_size_bytes", "checksum", "status",
-                  "machine_state", "daq_state", "daq_substate", "sequence", "tf_count", "url", "generated_at",
-                  "metadata", "created_at", "updated_at"]
+        fields = [
+            "file_id",
+            "run",
+            "run_number",
+            "stf_filename",
+            "file_size_bytes",
+            "checksum",
+            "status",
+            "machine_state",
+            "daq_state",
+            "daq_substate",
+            "sequence",
+            "tf_count",
+            "url",
+            "generated_at",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["file_id", "created_at", "updated_at"]
-        extra_kwargs = {"stf_filename": {"validators": []}}  # unique, but a repeat merges (see create)
+        extra_kwargs = {
+            "stf_filename": {"validators": []}
+        }  # unique, but a repeat merges (see create)
 
     def create(self, validated_data: dict[str, Any]) -> m.StfFile:
         name = validated_data["stf_filename"]
@@ -399,14 +533,28 @@ class StfFileSerializer(MergingCreate, ModelSerializer[m.StfFile]):
 
         return self.create_or_merge(
             lambda: m.StfFile.objects.select_for_update().filter(stf_filename=name).first(),
-            lambda: m.StfFile.objects.create(**validated_data), merge)
+            lambda: m.StfFile.objects.create(**validated_data),
+            merge,
+        )
 
 
 class FastMonFileSerializer(ModelSerializer[m.FastMonFile]):
     class Meta:
         model = m.FastMonFile
-        fields = ["tf_file_id", "stf_file", "tf_filename", "tf_first", "tf_last", "tf_count", "file_size_bytes",
-                  "checksum", "status", "metadata", "created_at", "updated_at"]
+        fields = [
+            "tf_file_id",
+            "stf_file",
+            "tf_filename",
+            "tf_first",
+            "tf_last",
+            "tf_count",
+            "file_size_bytes",
+            "checksum",
+            "status",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["tf_file_id", "created_at", "updated_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -419,9 +567,27 @@ class FastMonFileSerializer(ModelSerializer[m.FastMonFile]):
 class TFSliceSerializer(ModelSerializer[m.TFSlice]):
     class Meta:
         model = m.TFSlice
-        fields = ["id", "sample", "slice_id", "tf_first", "tf_last", "tf_count", "tf_filename", "stf_filename",
-                  "run_number", "status", "retries", "assigned_worker", "assigned_at", "completed_at",
-                  "processing_time_s", "error", "metadata", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "sample",
+            "slice_id",
+            "tf_first",
+            "tf_last",
+            "tf_count",
+            "tf_filename",
+            "stf_filename",
+            "run_number",
+            "status",
+            "retries",
+            "assigned_worker",
+            "assigned_at",
+            "completed_at",
+            "processing_time_s",
+            "error",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -439,9 +605,22 @@ class WorkerSerializer(ModelSerializer[m.Worker]):
 
     class Meta:
         model = m.Worker
-        fields = ["worker_id", "namespace", "run_number", "panda_job", "location", "status", "current_slice_id",
-                  "tf_filename", "slices_completed", "slices_failed", "last_heartbeat", "started_at", "ended_at",
-                  "metadata"]
+        fields = [
+            "worker_id",
+            "namespace",
+            "run_number",
+            "panda_job",
+            "location",
+            "status",
+            "current_slice_id",
+            "tf_filename",
+            "slices_completed",
+            "slices_failed",
+            "last_heartbeat",
+            "started_at",
+            "ended_at",
+            "metadata",
+        ]
 
 
 class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
@@ -453,14 +632,35 @@ class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
 
     class Meta:
         model = m.RunState
-        fields = ["run_number", "run", "phase", "state", "substate", "target_worker_count", "active_worker_count",
-                  "stf_samples_received", "slices_created", "slices_queued", "slices_processing",
-                  "slices_completed", "slices_failed", "state_changed_at", "updated_at", "metadata"]
+        fields = [
+            "run_number",
+            "run",
+            "phase",
+            "state",
+            "substate",
+            "target_worker_count",
+            "active_worker_count",
+            "stf_samples_received",
+            "slices_created",
+            "slices_queued",
+            "slices_processing",
+            "slices_completed",
+            "slices_failed",
+            "state_changed_at",
+            "updated_at",
+            "metadata",
+        ]
         read_only_fields = ["run", "updated_at"]
-        extra_kwargs = {"run_number": {"validators": []}}  # the key, but a repeat merges (see create)
+        extra_kwargs = {
+            "run_number": {"validators": []}
+        }  # the key, but a repeat merges (see create)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if self.instance is not None and "run_number" in attrs and attrs["run_number"] != self.instance.run_number:
+        if (
+            self.instance is not None
+            and "run_number" in attrs
+            and attrs["run_number"] != self.instance.run_number
+        ):
             raise serializers.ValidationError({"run_number": "cannot be changed"})
         number = attrs.get("run_number")
         if number is not None and self.instance is None:
@@ -487,7 +687,9 @@ class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
 
         state = self.create_or_merge(
             lambda: m.RunState.objects.select_for_update().filter(run_number=number).first(),
-            lambda: m.RunState.objects.create(**validated_data), merge)
+            lambda: m.RunState.objects.create(**validated_data),
+            merge,
+        )
         state.link_run()
         return state
 
@@ -502,8 +704,18 @@ class SystemStateEventSerializer(ModelSerializer[m.SystemStateEvent]):
 
     class Meta:
         model = m.SystemStateEvent
-        fields = ["event_id", "timestamp", "run_number", "namespace", "execution_id", "event_type", "state",
-                  "substate", "event_data", "msg_id"]
+        fields = [
+            "event_id",
+            "timestamp",
+            "run_number",
+            "namespace",
+            "execution_id",
+            "event_type",
+            "state",
+            "substate",
+            "event_data",
+            "msg_id",
+        ]
         read_only_fields = ["event_id", "msg_id"]
         # v28 agents send "substate": null; stored as "" (no substate), like a missing one
         extra_kwargs = {"substate": {"allow_null": True}}
@@ -516,7 +728,9 @@ class SystemStateEventSerializer(ModelSerializer[m.SystemStateEvent]):
 
 
 class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
-    body = serializers.SerializerMethodField(help_text="the body as JSON, or as text when it is not JSON")
+    body = serializers.SerializerMethodField(
+        help_text="the body as JSON, or as text when it is not JSON"
+    )
     # Names the existing ePIC monitor uses for the same values.
     message_type = serializers.CharField(source="msg_type", read_only=True)
     sender_agent = serializers.CharField(source="sender", read_only=True)
@@ -524,10 +738,30 @@ class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
 
     class Meta:
         model = m.WorkflowMessage
-        fields = ["id", "msg_id", "msg_type", "namespace", "execution_id", "run_id", "sender", "recipient",
-                  "destination", "sent_at", "received_at", "schema_version", "is_valid", "error_reason",
-                  "validation_error", "projection_error", "body", "headers", "dialect", "message_type",
-                  "sender_agent", "message_content"]
+        fields = [
+            "id",
+            "msg_id",
+            "msg_type",
+            "namespace",
+            "execution_id",
+            "run_id",
+            "sender",
+            "recipient",
+            "destination",
+            "sent_at",
+            "received_at",
+            "schema_version",
+            "is_valid",
+            "error_reason",
+            "validation_error",
+            "projection_error",
+            "body",
+            "headers",
+            "dialect",
+            "message_type",
+            "sender_agent",
+            "message_content",
+        ]
         read_only_fields = fields
 
     def get_body(self, obj: m.WorkflowMessage) -> Any:
@@ -540,9 +774,25 @@ class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
 class AppLogSerializer(ModelSerializer[m.AppLog]):
     class Meta:
         model = m.AppLog
-        fields = ["id", "app_name", "instance_name", "timestamp", "level", "levelname", "message", "module",
-                  "funcname", "lineno", "process", "thread", "extra_data", "execution_id", "run_id", "namespace",
-                  "source_msg_id"]
+        fields = [
+            "id",
+            "app_name",
+            "instance_name",
+            "timestamp",
+            "level",
+            "levelname",
+            "message",
+            "module",
+            "funcname",
+            "lineno",
+            "process",
+            "thread",
+            "extra_data",
+            "execution_id",
+            "run_id",
+            "namespace",
+            "source_msg_id",
+        ]
         read_only_fields = ["id", "execution_id", "run_id", "namespace", "source_msg_id"]
         extra_kwargs = {"message": {"allow_blank": True}}
 

@@ -12,5 +12,7 @@ from swf_testbed.monitor.api.models import WorkflowMessage
 
 
 @receiver(post_delete, sender=WorkflowMessage)
-def _uncount_deleted_message(sender: type[WorkflowMessage], instance: WorkflowMessage, **kwargs: Any) -> None:
+def _uncount_deleted_message(
+    sender: type[WorkflowMessage], instance: WorkflowMessage, **kwargs: Any
+) -> None:
     facets.add_counts([instance], sign=-1)

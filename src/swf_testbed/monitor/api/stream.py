@@ -76,16 +76,22 @@ class StreamFilter:
                 run_ids.add(int(text))
             except ValueError:
                 raise FilterError(f"run_ids: {text[:40]!r} is not an integer") from None
-        return cls(msg_types=_csv(query.get("msg_types")), agents=_csv(query.get("agents")),
-                   run_ids=frozenset(run_ids), namespace=(query.get("namespace") or "").strip(),
-                   execution_id=(query.get("execution_id") or "").strip())
+        return cls(
+            msg_types=_csv(query.get("msg_types")),
+            agents=_csv(query.get("agents")),
+            run_ids=frozenset(run_ids),
+            namespace=(query.get("namespace") or "").strip(),
+            execution_id=(query.get("execution_id") or "").strip(),
+        )
 
     def matches(self, row: dict[str, Any]) -> bool:
-        return ((not self.msg_types or row["msg_type"] in self.msg_types)
-                and (not self.agents or row["sender"] in self.agents)
-                and (not self.run_ids or row["run_id"] in self.run_ids)
-                and (not self.namespace or row["namespace_id"] == self.namespace)
-                and (not self.execution_id or row["execution_id"] == self.execution_id))
+        return (
+            (not self.msg_types or row["msg_type"] in self.msg_types)
+            and (not self.agents or row["sender"] in self.agents)
+            and (not self.run_ids or row["run_id"] in self.run_ids)
+            and (not self.namespace or row["namespace_id"] == self.namespace)
+            and (not self.execution_id or row["execution_id"] == self.execution_id)
+        )
 
     def queryset(self) -> Any:
         """The same filter in SQL (for the replay of what a reconnecting client missed)."""
@@ -103,8 +109,13 @@ class StreamFilter:
         return qs
 
     def as_dict(self) -> dict[str, Any]:
-        return {"msg_types": sorted(self.msg_types), "agents": sorted(self.agents),
-                "run_ids": sorted(self.run_ids), "namespace": self.namespace, "execution_id": self.execution_id}
+        return {
+            "msg_types": sorted(self.msg_types),
+            "agents": sorted(self.agents),
+            "run_ids": sorted(self.run_ids),
+            "namespace": self.namespace,
+            "execution_id": self.execution_id,
+        }
 
 
 def sse(event: str, data: str, event_id: int | None = None) -> bytes:
@@ -112,7 +123,9 @@ def sse(event: str, data: str, event_id: int | None = None) -> bytes:
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
-    lines += [f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    lines += [
+        f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    ]
     return ("\n".join(lines) + "\n\n").encode()
 
 
@@ -155,8 +168,16 @@ class StreamClient:
     def take_dropped(self) -> bytes | None:
         if not self.dropped:
             return None
-        event = sse("dropped", json.dumps({"dropped": self.dropped, "first_dropped_id": self.dropped_from,
-                                           "reason": "client too slow: oldest events dropped"}))
+        event = sse(
+            "dropped",
+            json.dumps(
+                {
+                    "dropped": self.dropped,
+                    "first_dropped_id": self.dropped_from,
+                    "reason": "client too slow: oldest events dropped",
+                }
+            ),
+        )
         self.dropped, self.dropped_from = 0, None
         return event
 
@@ -171,13 +192,17 @@ class StreamHub:
         self.clients: dict[str, StreamClient] = {}
         self.cursor: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swf-stream-db")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="swf-stream-db"
+        )
         self._gap_since: float | None = None
         self._ticking = asyncio.Lock()
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run ``fn`` on the hub's own database thread (its connection is reused, never shared)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _with_connection, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, _with_connection, fn, *args
+        )
 
     async def add(self, client: StreamClient) -> None:
         if self.cursor is None:
@@ -207,7 +232,9 @@ class StreamHub:
         finally:
             self._task = None
             if not self.clients:
-                self.cursor = None  # re-read when a client comes back: no backlog to replay for nobody
+                self.cursor = (
+                    None  # re-read when a client comes back: no backlog to replay for nobody
+                )
 
     async def tick(self) -> None:
         """One poll: the rows after the cursor, to every client that wants them (one tick at a time)."""
@@ -250,10 +277,20 @@ class StreamHub:
         return {
             "connected_clients": len(self.clients),
             "client_ids": list(self.clients),
-            "client_filters": {cid: {**c.filter.as_dict(), "user": c.user, "connected_at": c.connected_at,
-                                     "queued": len(c.queue)} for cid, c in self.clients.items()},
-            "scope": {"process": os.getpid(), "host": socket.gethostname(),
-                      "note": "clients of this web process only; each process serves and counts its own"},
+            "client_filters": {
+                cid: {
+                    **c.filter.as_dict(),
+                    "user": c.user,
+                    "connected_at": c.connected_at,
+                    "queued": len(c.queue),
+                }
+                for cid, c in self.clients.items()
+            },
+            "scope": {
+                "process": os.getpid(),
+                "host": socket.gethostname(),
+                "note": "clients of this web process only; each process serves and counts its own",
+            },
         }
 
 
@@ -268,11 +305,20 @@ def _max_id() -> int:
 
 
 def _rows_after(cursor: int, limit: int) -> list[dict[str, Any]]:
-    return list(WorkflowMessage.objects.filter(id__gt=cursor).order_by("id").values(*_ROW_FIELDS)[:limit])
+    return list(
+        WorkflowMessage.objects.filter(id__gt=cursor).order_by("id").values(*_ROW_FIELDS)[:limit]
+    )
 
 
-def _replay(stream_filter: StreamFilter, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
-    rows = list(stream_filter.queryset().filter(id__gt=after).order_by("id").values(*_ROW_FIELDS)[: limit + 1])
+def _replay(
+    stream_filter: StreamFilter, after: int, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    rows = list(
+        stream_filter.queryset()
+        .filter(id__gt=after)
+        .order_by("id")
+        .values(*_ROW_FIELDS)[: limit + 1]
+    )
     return rows[:limit], len(rows) > limit
 
 
@@ -317,8 +363,13 @@ def _user_name(request: HttpRequest) -> str | None:
 
 
 def _unauthorized() -> JsonResponse:
-    response = JsonResponse({"detail": "Authentication credentials were not provided or are not valid: "
-                             "send 'Authorization: Token <key>' or log in."}, status=401)
+    response = JsonResponse(
+        {
+            "detail": "Authentication credentials were not provided or are not valid: "
+            "send 'Authorization: Token <key>' or log in."
+        },
+        status=401,
+    )
     response["WWW-Authenticate"] = "Token"
     return response
 
@@ -337,23 +388,39 @@ async def message_stream(request: HttpRequest) -> HttpResponse:
     after: int | None = None
     if last_event_id:
         if not last_event_id.isdigit() or len(last_event_id) > 18:
-            return JsonResponse({"detail": f"Last-Event-ID: {last_event_id[:40]!r} is not an event id"}, status=400)
+            return JsonResponse(
+                {"detail": f"Last-Event-ID: {last_event_id[:40]!r} is not an event id"}, status=400
+            )
         after = int(last_event_id)
     config = get_settings().monitor
     client = StreamClient(filter=stream_filter, buffer=config.stream_client_buffer, user=user)
-    response = StreamingHttpResponse(_events(client, after, config.stream_heartbeat_s, config.stream_replay_max),
-                                     content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        _events(client, after, config.stream_heartbeat_s, config.stream_replay_max),
+        content_type="text/event-stream",
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a proxy in front must not hold the events back
     return response
 
 
-async def _events(client: StreamClient, after: int | None, heartbeat_s: float, replay_max: int) -> AsyncIterator[bytes]:
+async def _events(
+    client: StreamClient, after: int | None, heartbeat_s: float, replay_max: int
+) -> AsyncIterator[bytes]:
     the_hub = hub()
-    await the_hub.add(client)  # live events queue up from here on; the replay below covers what came before
+    await the_hub.add(
+        client
+    )  # live events queue up from here on; the replay below covers what came before
     try:
-        yield sse("connected", json.dumps({"client_id": client.client_id, "status": "connected",
-                                           "filters": client.filter.as_dict()}))
+        yield sse(
+            "connected",
+            json.dumps(
+                {
+                    "client_id": client.client_id,
+                    "status": "connected",
+                    "filters": client.filter.as_dict(),
+                }
+            ),
+        )
         sent = -1
         if after is not None:
             rows, truncated = await the_hub.db(_replay, client.filter, after, replay_max)
@@ -361,10 +428,17 @@ async def _events(client: StreamClient, after: int | None, heartbeat_s: float, r
                 yield message_event(row)
                 sent = row["id"]
             if truncated:
-                yield sse("dropped", json.dumps({
-                    "dropped": None, "first_dropped_id": sent + 1,
-                    "reason": f"more than {replay_max} events missed since Last-Event-ID {after}: "
-                              "the rest is in /api/workflow-messages/"}))
+                yield sse(
+                    "dropped",
+                    json.dumps(
+                        {
+                            "dropped": None,
+                            "first_dropped_id": sent + 1,
+                            "reason": f"more than {replay_max} events missed since Last-Event-ID {after}: "
+                            "the rest is in /api/workflow-messages/",
+                        }
+                    ),
+                )
         last_write = time.monotonic()
         while True:
             notice = client.take_dropped()
@@ -398,4 +472,3 @@ async def stream_status(request: HttpRequest) -> HttpResponse:
     if await _authenticated_user(request) is None:
         return _unauthorized()
     return JsonResponse(hub().status())
-

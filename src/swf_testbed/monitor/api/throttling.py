@@ -53,7 +53,9 @@ class AnonymousLogThrottle(BaseThrottle):
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             return True
-        limit, window = parse_rate(str(getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "20000/min")))
+        limit, window = parse_rate(
+            str(getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "20000/min"))
+        )
         now = time.time()
         # The window opens at the address's first post and lasts `window` seconds (the keys expire then).
         key = f"{_PREFIX}:{window}:{client_address(request)}"

@@ -20,7 +20,9 @@ router.register("tf-slices", views.TFSliceViewSet, basename="tfslice")
 router.register("workers", views.WorkerViewSet, basename="worker")
 router.register("run-states", views.RunStateViewSet, basename="runstate")
 router.register("system-state-events", views.SystemStateEventViewSet, basename="systemstateevent")
-router.register("workflow-definitions", views.WorkflowDefinitionViewSet, basename="workflowdefinition")
+router.register(
+    "workflow-definitions", views.WorkflowDefinitionViewSet, basename="workflowdefinition"
+)
 router.register("workflow-executions", views.WorkflowExecutionViewSet, basename="workflowexecution")
 router.register("workflow-messages", views.WorkflowMessageViewSet, basename="workflowmessage")
 router.register("workflow-stages", views.WorkflowStageViewSet, basename="workflowstage")
@@ -28,7 +30,11 @@ router.register("workflow-stages", views.WorkflowStageViewSet, basename="workflo
 urlpatterns = [
     path("state/next-run-number/", views.next_run_number, name="next-run-number"),
     path("state/next-agent-id/", views.next_agent_id, name="next-agent-id"),
-    path("state/next-workflow-execution-id/", views.next_workflow_execution_id, name="next-workflow-execution-id"),
+    path(
+        "state/next-workflow-execution-id/",
+        views.next_workflow_execution_id,
+        name="next-workflow-execution-id",
+    ),
     path("run-states/<int:run_number>/", views.run_state_detail(), name="runstate-detail"),
     path("messages/stream/", stream.message_stream, name="message-stream"),
     path("messages/stream/status/", stream.stream_status, name="message-stream-status"),

@@ -91,10 +91,18 @@ class NamespaceViewSet(MonitorModelViewSet):
 
     @extend_schema(
         request=s.EnsureNamespaceSerializer,
-        responses={200: inline_serializer("EnsuredNamespace", {
-            "name": serializers.CharField(), "owner": serializers.CharField(),
-            "description": serializers.CharField(), "created": serializers.BooleanField(),
-            "status": serializers.CharField()})},
+        responses={
+            200: inline_serializer(
+                "EnsuredNamespace",
+                {
+                    "name": serializers.CharField(),
+                    "owner": serializers.CharField(),
+                    "description": serializers.CharField(),
+                    "created": serializers.BooleanField(),
+                    "status": serializers.CharField(),
+                },
+            )
+        },
     )
     @action(detail=False, methods=["post"])
     def ensure(self, request: Request) -> Response:
@@ -106,14 +114,23 @@ class NamespaceViewSet(MonitorModelViewSet):
         if "description" in data:
             defaults["description"] = data["description"]
         try:
-            namespace, created = m.Namespace.objects.get_or_create(name=data["name"], defaults=defaults)
+            namespace, created = m.Namespace.objects.get_or_create(
+                name=data["name"], defaults=defaults
+            )
         except IntegrityError:
             namespace, created = m.Namespace.objects.get(name=data["name"]), False
         if not created and not namespace.owner and data.get("owner"):
             namespace.owner = data["owner"]
             namespace.save(update_fields=["owner", "updated_at"])
-        return Response({"name": namespace.name, "owner": namespace.owner, "description": namespace.description,
-                         "created": created, "status": "success"})
+        return Response(
+            {
+                "name": namespace.name,
+                "owner": namespace.owner,
+                "description": namespace.description,
+                "created": created,
+                "status": "success",
+            }
+        )
 
 
 class SystemAgentViewSet(MonitorModelViewSet):
@@ -122,7 +139,10 @@ class SystemAgentViewSet(MonitorModelViewSet):
     filterset_class = f.SystemAgentFilter
     ordering_fields = ["instance_name", "last_heartbeat", "agent_type", "status"]
 
-    @extend_schema(request=s.HeartbeatSerializer, responses={200: s.SystemAgentSerializer, 201: s.SystemAgentSerializer})
+    @extend_schema(
+        request=s.HeartbeatSerializer,
+        responses={200: s.SystemAgentSerializer, 201: s.SystemAgentSerializer},
+    )
     @action(detail=False, methods=["post"])
     def heartbeat(self, request: Request) -> Response:
         """Register an agent or record its heartbeat: 201 when created, 200 when updated."""
@@ -132,7 +152,10 @@ class SystemAgentViewSet(MonitorModelViewSet):
         if isinstance(request.data, dict):
             extra = {k: v for k, v in request.data.items() if k not in payload.fields}
         agent, created = payload.save_heartbeat(extra)
-        return Response(self.get_serializer(agent).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            self.get_serializer(agent).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
 
 class SubscriberViewSet(MonitorModelViewSet):
@@ -142,7 +165,9 @@ class SubscriberViewSet(MonitorModelViewSet):
 
 
 class AppLogViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
-    anonymous_create_setting = "SWF_API_ANONYMOUS_LOGS"  # see permissions.py: from allowed networks only
+    anonymous_create_setting = (
+        "SWF_API_ANONYMOUS_LOGS"  # see permissions.py: from allowed networks only
+    )
     queryset = m.AppLog.objects.all()
     serializer_class = s.AppLogSerializer
     filterset_class = f.AppLogFilter
@@ -205,21 +230,30 @@ class RunStateViewSet(MergingCreateMixin, MonitorModelViewSet):
     lookup_value_regex = r"\d+"
     ordering_fields = ["run_number", "state_changed_at"]
 
-    @extend_schema(operation_id="run_states_upsert", request=s.RunStateSerializer,
-                   responses={200: s.RunStateSerializer, 201: s.RunStateSerializer})
+    @extend_schema(
+        operation_id="run_states_upsert",
+        request=s.RunStateSerializer,
+        responses={200: s.RunStateSerializer, 201: s.RunStateSerializer},
+    )
     def upsert(self, request: Request, run_number: str) -> Response:
         data = dict(request.data) if isinstance(request.data, dict) else request.data
         if isinstance(data, dict):
             data["run_number"] = int(run_number)
         with transaction.atomic():
-            instance = m.RunState.objects.select_for_update().filter(run_number=int(run_number)).first()
+            instance = (
+                m.RunState.objects.select_for_update().filter(run_number=int(run_number)).first()
+            )
             serializer = self.get_serializer(instance, data=data, partial=instance is not None)
             serializer.is_valid(raise_exception=True)
             serializer.save()
-        return Response(serializer.data, status=status.HTTP_200_OK if instance else status.HTTP_201_CREATED)
+        return Response(
+            serializer.data, status=status.HTTP_200_OK if instance else status.HTTP_201_CREATED
+        )
 
 
-class SystemStateEventViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+class SystemStateEventViewSet(
+    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet
+):  # type: ignore[type-arg]
     """Append-only: create and read, never change."""
 
     queryset = m.SystemStateEvent.objects.all()
@@ -228,7 +262,9 @@ class SystemStateEventViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, view
     ordering_fields = ["timestamp", "run_number"]
 
 
-class WorkflowDefinitionViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+class WorkflowDefinitionViewSet(
+    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet
+):  # type: ignore[type-arg]
     """Immutable once created: a change is a new version."""
 
     queryset = m.WorkflowDefinition.objects.all()
@@ -256,8 +292,15 @@ class WorkflowStageViewSet(MonitorModelViewSet):
     queryset = m.WorkflowStage.objects.all()
     serializer_class = s.WorkflowStageSerializer
     filterset_class = f.WorkflowStageFilter
-    ordering_fields = ["created_at", "updated_at", "started_at", "completed_at", "status", "agent_name",
-                       "run_number"]
+    ordering_fields = [
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+        "status",
+        "agent_name",
+        "run_number",
+    ]
 
 
 class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
@@ -271,7 +314,9 @@ class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet)
     rollup_filters: dict[str, Any] | None = None
 
     def filter_queryset(self, queryset: QuerySet[m.WorkflowMessage]) -> QuerySet[m.WorkflowMessage]:
-        filterset = f.WorkflowMessageFilter(self.request.query_params, queryset=queryset, request=self.request)
+        filterset = f.WorkflowMessageFilter(
+            self.request.query_params, queryset=queryset, request=self.request
+        )
         self.rollup_filters = filterset.facet_values()
         return super().filter_queryset(queryset)
 
@@ -279,16 +324,30 @@ class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet)
 # --------------------------------------------------------------------------- counters
 
 
-@extend_schema(request=None, responses={200: inline_serializer("NextRunNumber", {
-    "status": serializers.CharField(), "run_number": serializers.IntegerField()})})
+@extend_schema(
+    request=None,
+    responses={
+        200: inline_serializer(
+            "NextRunNumber",
+            {"status": serializers.CharField(), "run_number": serializers.IntegerField()},
+        )
+    },
+)
 @api_view(["POST"])
 def next_run_number(request: Request) -> Response:
     """The next run number, atomically (never handed out twice)."""
     return Response({"status": "success", "run_number": m.Counter.next("run_number")})
 
 
-@extend_schema(request=None, responses={200: inline_serializer("NextAgentId", {
-    "status": serializers.CharField(), "agent_id": serializers.IntegerField()})})
+@extend_schema(
+    request=None,
+    responses={
+        200: inline_serializer(
+            "NextAgentId",
+            {"status": serializers.CharField(), "agent_id": serializers.IntegerField()},
+        )
+    },
+)
 @api_view(["POST"])
 def next_agent_id(request: Request) -> Response:
     """The next agent id, atomically."""
@@ -301,22 +360,40 @@ class NextExecutionIdSerializer(serializers.Serializer[Any]):
 
 @extend_schema(
     request=NextExecutionIdSerializer,
-    responses={200: inline_serializer("NextExecutionSequence", {
-        "status": serializers.CharField(), "sequence": serializers.IntegerField(),
-        "workflow_name": serializers.CharField()}),
-        400: OpenApiResponse(description="bad input")},
+    responses={
+        200: inline_serializer(
+            "NextExecutionSequence",
+            {
+                "status": serializers.CharField(),
+                "sequence": serializers.IntegerField(),
+                "workflow_name": serializers.CharField(),
+            },
+        ),
+        400: OpenApiResponse(description="bad input"),
+    },
 )
 @api_view(["POST"])
 def next_workflow_execution_id(request: Request) -> Response:
     """The next workflow execution sequence number, atomically (one sequence for all workflows)."""
     payload = NextExecutionIdSerializer(data=request.data)
     payload.is_valid(raise_exception=True)
-    return Response({"status": "success", "sequence": m.Counter.next("workflow_execution"),
-                     "workflow_name": payload.validated_data.get("workflow_name", "")})
+    return Response(
+        {
+            "status": "success",
+            "sequence": m.Counter.next("workflow_execution"),
+            "workflow_name": payload.validated_data.get("workflow_name", ""),
+        }
+    )
 
 
 def run_state_detail() -> Any:
     """``/api/run-states/{run_number}/`` with POST as create-or-update, as existing agents use it."""
-    return RunStateViewSet.as_view({"get": "retrieve", "put": "update", "patch": "partial_update",
-                                    "delete": "destroy", "post": "upsert"})
-
+    return RunStateViewSet.as_view(
+        {
+            "get": "retrieve",
+            "put": "update",
+            "patch": "partial_update",
+            "delete": "destroy",
+            "post": "upsert",
+        }
+    )

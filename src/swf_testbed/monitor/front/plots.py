@@ -24,20 +24,64 @@ PLOT_W = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
 
 TICK_LABEL_HALF_W = 30
 TARGET_BINS = 60
-NICE_STEPS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-                43200, 86400)
+NICE_STEPS_S = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+)
 
 # Okabe & Ito, "Color Universal Design" (2008)
 STATE_COLOURS = {
-    "off": "#bbbbbb", "no_beam": "#999999", "beam": "#0072b2", "calib": "#f0e442", "test": "#d55e00",
+    "off": "#bbbbbb",
+    "no_beam": "#999999",
+    "beam": "#0072b2",
+    "calib": "#f0e442",
+    "test": "#d55e00",
     "ended": "#444444",
 }
-SUBSTATE_COLOURS = {"physics": "#009e73", "standby": "#e69f00", "ready": "#56b4e9", "not_ready": "#cc79a7"}
+SUBSTATE_COLOURS = {
+    "physics": "#009e73",
+    "standby": "#e69f00",
+    "ready": "#56b4e9",
+    "not_ready": "#cc79a7",
+}
 OTHER_COLOUR = "#882255"
-LEGEND = [("physics", SUBSTATE_COLOURS["physics"]), ("standby", SUBSTATE_COLOURS["standby"]),
-          ("ready", SUBSTATE_COLOURS["ready"]), ("not ready", SUBSTATE_COLOURS["not_ready"]),
-          ("beam", STATE_COLOURS["beam"]), ("no beam", STATE_COLOURS["no_beam"]), ("off", STATE_COLOURS["off"]),
-          ("calib", STATE_COLOURS["calib"]), ("test", STATE_COLOURS["test"]), ("ended", STATE_COLOURS["ended"])]
+LEGEND = [
+    ("physics", SUBSTATE_COLOURS["physics"]),
+    ("standby", SUBSTATE_COLOURS["standby"]),
+    ("ready", SUBSTATE_COLOURS["ready"]),
+    ("not ready", SUBSTATE_COLOURS["not_ready"]),
+    ("beam", STATE_COLOURS["beam"]),
+    ("no beam", STATE_COLOURS["no_beam"]),
+    ("off", STATE_COLOURS["off"]),
+    ("calib", STATE_COLOURS["calib"]),
+    ("test", STATE_COLOURS["test"]),
+    ("ended", STATE_COLOURS["ended"]),
+]
 MIN_SEGMENT_W = 3.0
 """A state lasting a moment (a short standby) still shows."""
 
@@ -79,7 +123,7 @@ def time_ticks(start: datetime, end: datetime, target: int = 8) -> list[Tick]:
         when = midnight + timedelta(seconds=round(first + k * step, 6))
         if when > end:
             break
-        label = when.strftime(fmt)[:9 + decimals] if step < 1 else when.strftime(fmt)
+        label = when.strftime(fmt)[: 9 + decimals] if step < 1 else when.strftime(fmt)
         pos = MARGIN_LEFT + PLOT_W * (when - start).total_seconds() / span
         if pos <= WIDTH - TICK_LABEL_HALF_W:  # a label cut off at the right edge is not readable
             ticks.append(Tick(pos, label))
@@ -97,8 +141,11 @@ def value_ticks(peak: float, plot_h: float, target: int = 4) -> list[Tick]:
     ticks = []
     value = 0.0
     while value <= peak * 1.0001:
-        text = f"{value:.0f}" if step >= 1 else f"{value:.{max(0, -math.floor(math.log10(step)) + 1)}f}".rstrip(
-            "0").rstrip(".")
+        text = (
+            f"{value:.0f}"
+            if step >= 1
+            else f"{value:.{max(0, -math.floor(math.log10(step)) + 1)}f}".rstrip("0").rstrip(".")
+        )
         ticks.append(Tick(MARGIN_TOP + plot_h * (1 - value / peak), text or "0"))
         value += step
     return ticks
@@ -140,8 +187,13 @@ class BarChart:
         return seconds_text(self.bin_s)
 
 
-def rate_chart(times: Iterable[datetime], title: str, unit: str = "/s",
-               start: datetime | None = None, end: datetime | None = None) -> BarChart:
+def rate_chart(
+    times: Iterable[datetime],
+    title: str,
+    unit: str = "/s",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> BarChart:
     """A histogram of event times as rates per second over [start, end], in bins of a round width.
 
     The bin width depends only on the span (about :data:`TARGET_BINS` bins), so the
@@ -164,7 +216,9 @@ def rate_chart(times: Iterable[datetime], title: str, unit: str = "/s",
     return counts_chart(counts, title, start, start + timedelta(seconds=bin_s * buckets), unit)
 
 
-def counts_chart(counts: Sequence[int], title: str, start: datetime, end: datetime, unit: str = "/s") -> BarChart:
+def counts_chart(
+    counts: Sequence[int], title: str, start: datetime, end: datetime, unit: str = "/s"
+) -> BarChart:
     """Event counts of equal bins over [start, end] (counted by the caller, e.g. in SQL) as rates per second."""
     bin_s = max((end - start).total_seconds(), 1e-9) / max(len(counts), 1)
     if not any(counts):
@@ -179,8 +233,15 @@ def counts_chart(counts: Sequence[int], title: str, start: datetime, end: dateti
     for i, (count, rate) in enumerate(zip(counts, rates)):
         h = plot_h * rate / axis_top
         when = start + timedelta(seconds=i * bin_s)
-        bars.append(Bar(MARGIN_LEFT + i * bar_w, MARGIN_TOP + plot_h - h, max(bar_w - 1, 1), h,
-                        f"{when:%H:%M:%S}: {count} in {seconds_text(bin_s)} = {rate:.3g}{unit}"))
+        bars.append(
+            Bar(
+                MARGIN_LEFT + i * bar_w,
+                MARGIN_TOP + plot_h - h,
+                max(bar_w - 1, 1),
+                h,
+                f"{when:%H:%M:%S}: {count} in {seconds_text(bin_s)} = {rate:.3g}{unit}",
+            )
+        )
     return BarChart(title, bars, peak, unit, start, end, bin_s, time_ticks(start, end), y_ticks)
 
 
@@ -232,8 +293,11 @@ def state_colour(state: str, substate: str) -> str:
     return STATE_COLOURS.get(state, OTHER_COLOUR)
 
 
-def state_timeline(runs: Sequence[tuple[str, Sequence[tuple[datetime, str, str]]]], end: datetime,
-                   title: str = "Run state") -> Timeline:
+def state_timeline(
+    runs: Sequence[tuple[str, Sequence[tuple[datetime, str, str]]]],
+    end: datetime,
+    title: str = "Run state",
+) -> Timeline:
     """One row per run; each state change starts a segment lasting until the next (or ``end``).
 
     The caller passes ``("ended", "")`` for an ``end_run``: what comes after it is not
@@ -252,9 +316,19 @@ def state_timeline(runs: Sequence[tuple[str, Sequence[tuple[datetime, str, str]]
         for i, (t, state, substate) in enumerate(ordered):
             t_next = ordered[i + 1][0] if i + 1 < len(ordered) else stop
             x = MARGIN_LEFT + PLOT_W * (t - start).total_seconds() / span
-            w = min(max(PLOT_W * (t_next - t).total_seconds() / span, MIN_SEGMENT_W), WIDTH - MARGIN_RIGHT - x)
+            w = min(
+                max(PLOT_W * (t_next - t).total_seconds() / span, MIN_SEGMENT_W),
+                WIDTH - MARGIN_RIGHT - x,
+            )
             name = f"{state}/{substate}" if substate else state
-            segments.append(Segment(x, max(w, 0.0), state_colour(state, substate), name,
-                                    f"{name} from {t:%H:%M:%S} for {seconds_text(round((t_next - t).total_seconds(), 1))}"))
+            segments.append(
+                Segment(
+                    x,
+                    max(w, 0.0),
+                    state_colour(state, substate),
+                    name,
+                    f"{name} from {t:%H:%M:%S} for {seconds_text(round((t_next - t).total_seconds(), 1))}",
+                )
+            )
         rows.append(TimelineRow(label, row_index * Timeline.row_h, segments))
     return Timeline(title, rows, start, stop, time_ticks(start, start + timedelta(seconds=span)))

@@ -9,433 +9,846 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Counter',
+            name="Counter",
             fields=[
-                ('name', models.CharField(max_length=100, primary_key=True, serialize=False)),
-                ('value', models.BigIntegerField(default=0, help_text='the last value handed out')),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("name", models.CharField(max_length=100, primary_key=True, serialize=False)),
+                ("value", models.BigIntegerField(default=0, help_text="the last value handed out")),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Namespace',
+            name="Namespace",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=128, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$', 'letters, digits and _ . : @ - only; at most 128 characters')])),
-                ('owner', models.CharField(blank=True, max_length=150)),
-                ('description', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=128,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$",
+                                "letters, digits and _ . : @ - only; at most 128 characters",
+                            )
+                        ],
+                    ),
+                ),
+                ("owner", models.CharField(blank=True, max_length=150)),
+                ("description", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Subscriber',
+            name="Subscriber",
             fields=[
-                ('subscriber_id', models.AutoField(primary_key=True, serialize=False)),
-                ('subscriber_name', models.CharField(max_length=255, unique=True)),
-                ('fraction', models.FloatField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(0), django.core.validators.MaxValueValidator(1)])),
-                ('description', models.TextField(blank=True)),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("subscriber_id", models.AutoField(primary_key=True, serialize=False)),
+                ("subscriber_name", models.CharField(max_length=255, unique=True)),
+                (
+                    "fraction",
+                    models.FloatField(
+                        blank=True,
+                        null=True,
+                        validators=[
+                            django.core.validators.MinValueValidator(0),
+                            django.core.validators.MaxValueValidator(1),
+                        ],
+                    ),
+                ),
+                ("description", models.TextField(blank=True)),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['subscriber_name'],
+                "ordering": ["subscriber_name"],
             },
         ),
         migrations.CreateModel(
-            name='AppLog',
+            name="AppLog",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('app_name', models.CharField(db_index=True, max_length=100)),
-                ('instance_name', models.CharField(db_index=True, max_length=200)),
-                ('timestamp', models.DateTimeField(db_index=True)),
-                ('level', models.IntegerField(db_index=True, default=0, validators=[django.core.validators.MinValueValidator(0)])),
-                ('levelname', models.CharField(max_length=50)),
-                ('message', models.TextField()),
-                ('module', models.CharField(blank=True, max_length=255)),
-                ('funcname', models.CharField(blank=True, max_length=255)),
-                ('lineno', models.IntegerField(default=0)),
-                ('process', models.BigIntegerField(default=0)),
-                ('thread', models.BigIntegerField(default=0)),
-                ('extra_data', models.JSONField(blank=True, null=True)),
-                ('execution_id', models.CharField(blank=True, db_index=True, editable=False, max_length=200)),
-                ('run_id', models.BigIntegerField(blank=True, editable=False, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("app_name", models.CharField(db_index=True, max_length=100)),
+                ("instance_name", models.CharField(db_index=True, max_length=200)),
+                ("timestamp", models.DateTimeField(db_index=True)),
+                (
+                    "level",
+                    models.IntegerField(
+                        db_index=True,
+                        default=0,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                ("levelname", models.CharField(max_length=50)),
+                ("message", models.TextField()),
+                ("module", models.CharField(blank=True, max_length=255)),
+                ("funcname", models.CharField(blank=True, max_length=255)),
+                ("lineno", models.IntegerField(default=0)),
+                ("process", models.BigIntegerField(default=0)),
+                ("thread", models.BigIntegerField(default=0)),
+                ("extra_data", models.JSONField(blank=True, null=True)),
+                (
+                    "execution_id",
+                    models.CharField(blank=True, db_index=True, editable=False, max_length=200),
+                ),
+                ("run_id", models.BigIntegerField(blank=True, editable=False, null=True)),
             ],
             options={
-                'verbose_name': 'application log',
-                'ordering': ['-timestamp', '-id'],
-                'indexes': [models.Index(fields=['app_name', 'instance_name', 'timestamp'], name='log_app_instance_time')],
+                "verbose_name": "application log",
+                "ordering": ["-timestamp", "-id"],
+                "indexes": [
+                    models.Index(
+                        fields=["app_name", "instance_name", "timestamp"],
+                        name="log_app_instance_time",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='MessageCount',
+            name="MessageCount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('namespace', models.CharField(blank=True, max_length=128)),
-                ('execution_id', models.CharField(blank=True, max_length=200)),
-                ('run_id', models.BigIntegerField(default=-1)),
-                ('msg_type', models.CharField(blank=True, max_length=64)),
-                ('sender', models.CharField(blank=True, max_length=128)),
-                ('is_valid', models.BooleanField(default=True)),
-                ('count', models.BigIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("namespace", models.CharField(blank=True, max_length=128)),
+                ("execution_id", models.CharField(blank=True, max_length=200)),
+                ("run_id", models.BigIntegerField(default=-1)),
+                ("msg_type", models.CharField(blank=True, max_length=64)),
+                ("sender", models.CharField(blank=True, max_length=128)),
+                ("is_valid", models.BooleanField(default=True)),
+                ("count", models.BigIntegerField(default=0)),
             ],
             options={
-                'indexes': [models.Index(fields=['execution_id'], name='msgcount_execution')],
-                'constraints': [models.UniqueConstraint(fields=('namespace', 'execution_id', 'run_id', 'msg_type', 'sender', 'is_valid'), name='message_count_key')],
+                "indexes": [models.Index(fields=["execution_id"], name="msgcount_execution")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=(
+                            "namespace",
+                            "execution_id",
+                            "run_id",
+                            "msg_type",
+                            "sender",
+                            "is_valid",
+                        ),
+                        name="message_count_key",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('run_id', models.AutoField(primary_key=True, serialize=False)),
-                ('run_number', models.BigIntegerField(unique=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('start_time', models.DateTimeField()),
-                ('end_time', models.DateTimeField(blank=True, null=True)),
-                ('run_conditions', models.JSONField(blank=True, default=dict, null=True)),
-                ('total_stf_files', models.PositiveIntegerField(blank=True, null=True)),
-                ('namespace', models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='monitor.namespace', to_field='name')),
+                ("run_id", models.AutoField(primary_key=True, serialize=False)),
+                (
+                    "run_number",
+                    models.BigIntegerField(
+                        unique=True, validators=[django.core.validators.MinValueValidator(0)]
+                    ),
+                ),
+                ("start_time", models.DateTimeField()),
+                ("end_time", models.DateTimeField(blank=True, null=True)),
+                ("run_conditions", models.JSONField(blank=True, default=dict, null=True)),
+                ("total_stf_files", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "namespace",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="namespace",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to="monitor.namespace",
+                        to_field="name",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-run_number'],
+                "ordering": ["-run_number"],
             },
         ),
         migrations.CreateModel(
-            name='RunState',
+            name="RunState",
             fields=[
-                ('run_number', models.BigIntegerField(primary_key=True, serialize=False, validators=[django.core.validators.MinValueValidator(0)])),
-                ('phase', models.CharField(blank=True, max_length=20)),
-                ('state', models.CharField(blank=True, max_length=20)),
-                ('substate', models.CharField(blank=True, max_length=20)),
-                ('target_worker_count', models.PositiveIntegerField(default=0)),
-                ('active_worker_count', models.PositiveIntegerField(default=0)),
-                ('stf_samples_received', models.PositiveIntegerField(default=0)),
-                ('slices_created', models.PositiveIntegerField(default=0)),
-                ('slices_queued', models.PositiveIntegerField(default=0)),
-                ('slices_processing', models.PositiveIntegerField(default=0)),
-                ('slices_completed', models.PositiveIntegerField(default=0)),
-                ('slices_failed', models.PositiveIntegerField(default=0)),
-                ('state_changed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('metadata', models.JSONField(blank=True, default=dict, null=True)),
-                ('run', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='state', to='monitor.run')),
+                (
+                    "run_number",
+                    models.BigIntegerField(
+                        primary_key=True,
+                        serialize=False,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                ("phase", models.CharField(blank=True, max_length=20)),
+                ("state", models.CharField(blank=True, max_length=20)),
+                ("substate", models.CharField(blank=True, max_length=20)),
+                ("target_worker_count", models.PositiveIntegerField(default=0)),
+                ("active_worker_count", models.PositiveIntegerField(default=0)),
+                ("stf_samples_received", models.PositiveIntegerField(default=0)),
+                ("slices_created", models.PositiveIntegerField(default=0)),
+                ("slices_queued", models.PositiveIntegerField(default=0)),
+                ("slices_processing", models.PositiveIntegerField(default=0)),
+                ("slices_completed", models.PositiveIntegerField(default=0)),
+                ("slices_failed", models.PositiveIntegerField(default=0)),
+                ("state_changed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("metadata", models.JSONField(blank=True, default=dict, null=True)),
+                (
+                    "run",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="state",
+                        to="monitor.run",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-run_number'],
+                "ordering": ["-run_number"],
             },
         ),
         migrations.CreateModel(
-            name='StfFile',
+            name="StfFile",
             fields=[
-                ('file_id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('stf_filename', models.CharField(max_length=255, unique=True)),
-                ('file_size_bytes', models.BigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('checksum', models.CharField(blank=True, max_length=64)),
-                ('status', models.CharField(choices=[('generated', 'Generated by the DAQ'), ('registered', 'Registered'), ('processing', 'Processing'), ('processed', 'Processed'), ('failed', 'Failed'), ('done', 'Done')], default='registered', max_length=16)),
-                ('machine_state', models.CharField(blank=True, default='physics', max_length=64)),
-                ('daq_state', models.CharField(blank=True, choices=[('off', 'Off'), ('no_beam', 'No beam'), ('beam', 'Beam'), ('run', 'Run'), ('calib', 'Calibration'), ('test', 'Test')], max_length=16)),
-                ('daq_substate', models.CharField(blank=True, choices=[('not_ready', 'Not ready'), ('ready', 'Ready'), ('physics', 'Physics'), ('standby', 'Standby')], max_length=16)),
-                ('sequence', models.PositiveIntegerField(blank=True, null=True)),
-                ('tf_count', models.PositiveIntegerField(blank=True, null=True)),
-                ('url', models.CharField(blank=True, max_length=1000)),
-                ('generated_at', models.DateTimeField(blank=True, help_text='time of the stf_gen message', null=True)),
-                ('metadata', models.JSONField(blank=True, default=dict, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='stf_files', to='monitor.run')),
+                (
+                    "file_id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("stf_filename", models.CharField(max_length=255, unique=True)),
+                (
+                    "file_size_bytes",
+                    models.BigIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                ("checksum", models.CharField(blank=True, max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("generated", "Generated by the DAQ"),
+                            ("registered", "Registered"),
+                            ("processing", "Processing"),
+                            ("processed", "Processed"),
+                            ("failed", "Failed"),
+                            ("done", "Done"),
+                        ],
+                        default="registered",
+                        max_length=16,
+                    ),
+                ),
+                ("machine_state", models.CharField(blank=True, default="physics", max_length=64)),
+                (
+                    "daq_state",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("off", "Off"),
+                            ("no_beam", "No beam"),
+                            ("beam", "Beam"),
+                            ("run", "Run"),
+                            ("calib", "Calibration"),
+                            ("test", "Test"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "daq_substate",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("not_ready", "Not ready"),
+                            ("ready", "Ready"),
+                            ("physics", "Physics"),
+                            ("standby", "Standby"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("sequence", models.PositiveIntegerField(blank=True, null=True)),
+                ("tf_count", models.PositiveIntegerField(blank=True, null=True)),
+                ("url", models.CharField(blank=True, max_length=1000)),
+                (
+                    "generated_at",
+                    models.DateTimeField(
+                        blank=True, help_text="time of the stf_gen message", null=True
+                    ),
+                ),
+                ("metadata", models.JSONField(blank=True, default=dict, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="stf_files",
+                        to="monitor.run",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'STF file',
-                'ordering': ['-created_at'],
+                "verbose_name": "STF file",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='FastMonFile',
+            name="FastMonFile",
             fields=[
-                ('tf_file_id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('tf_filename', models.CharField(max_length=255, unique=True)),
-                ('tf_first', models.PositiveIntegerField(blank=True, null=True)),
-                ('tf_last', models.PositiveIntegerField(blank=True, null=True)),
-                ('tf_count', models.PositiveIntegerField(blank=True, null=True)),
-                ('file_size_bytes', models.BigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('checksum', models.CharField(blank=True, max_length=64)),
-                ('status', models.CharField(choices=[('generated', 'Generated by the DAQ'), ('registered', 'Registered'), ('processing', 'Processing'), ('processed', 'Processed'), ('failed', 'Failed'), ('done', 'Done')], default='registered', max_length=16)),
-                ('metadata', models.JSONField(blank=True, default=dict, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('stf_file', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tf_files', to='monitor.stffile')),
+                (
+                    "tf_file_id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("tf_filename", models.CharField(max_length=255, unique=True)),
+                ("tf_first", models.PositiveIntegerField(blank=True, null=True)),
+                ("tf_last", models.PositiveIntegerField(blank=True, null=True)),
+                ("tf_count", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "file_size_bytes",
+                    models.BigIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                ("checksum", models.CharField(blank=True, max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("generated", "Generated by the DAQ"),
+                            ("registered", "Registered"),
+                            ("processing", "Processing"),
+                            ("processed", "Processed"),
+                            ("failed", "Failed"),
+                            ("done", "Done"),
+                        ],
+                        default="registered",
+                        max_length=16,
+                    ),
+                ),
+                ("metadata", models.JSONField(blank=True, default=dict, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "stf_file",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="tf_files",
+                        to="monitor.stffile",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'TF sample (FastMon file)',
-                'ordering': ['-created_at'],
+                "verbose_name": "TF sample (FastMon file)",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='SystemAgent',
+            name="SystemAgent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('instance_name', models.CharField(help_text="the agent's name (its messages' sender)", max_length=200)),
-                ('agent_type', models.CharField(blank=True, max_length=100)),
-                ('description', models.TextField(blank=True)),
-                ('status', models.CharField(choices=[('UNKNOWN', 'Unknown'), ('OK', 'OK'), ('WARNING', 'Warning'), ('ERROR', 'Error'), ('EXITED', 'Exited')], default='UNKNOWN', max_length=16)),
-                ('operational_state', models.CharField(choices=[('STARTING', 'Starting'), ('READY', 'Ready'), ('PROCESSING', 'Processing'), ('EXITED', 'Exited')], default='STARTING', max_length=16)),
-                ('instance_id', models.CharField(blank=True, help_text='per-process instance id', max_length=200)),
-                ('pid', models.PositiveIntegerField(blank=True, null=True)),
-                ('hostname', models.CharField(blank=True, max_length=255)),
-                ('mq_connected', models.BooleanField(blank=True, null=True)),
-                ('heartbeat_interval', models.FloatField(blank=True, help_text='declared interval, seconds', null=True, validators=[django.core.validators.MinValueValidator(0.001)])),
-                ('last_heartbeat', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('workflow_enabled', models.BooleanField(default=False)),
-                ('current_stf_count', models.PositiveIntegerField(default=0)),
-                ('total_stf_processed', models.PositiveIntegerField(default=0)),
-                ('counters', models.JSONField(blank=True, default=dict)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('namespace', models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='agents', to='monitor.namespace', to_field='name')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "instance_name",
+                    models.CharField(
+                        help_text="the agent's name (its messages' sender)", max_length=200
+                    ),
+                ),
+                ("agent_type", models.CharField(blank=True, max_length=100)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("UNKNOWN", "Unknown"),
+                            ("OK", "OK"),
+                            ("WARNING", "Warning"),
+                            ("ERROR", "Error"),
+                            ("EXITED", "Exited"),
+                        ],
+                        default="UNKNOWN",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "operational_state",
+                    models.CharField(
+                        choices=[
+                            ("STARTING", "Starting"),
+                            ("READY", "Ready"),
+                            ("PROCESSING", "Processing"),
+                            ("EXITED", "Exited"),
+                        ],
+                        default="STARTING",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "instance_id",
+                    models.CharField(
+                        blank=True, help_text="per-process instance id", max_length=200
+                    ),
+                ),
+                ("pid", models.PositiveIntegerField(blank=True, null=True)),
+                ("hostname", models.CharField(blank=True, max_length=255)),
+                ("mq_connected", models.BooleanField(blank=True, null=True)),
+                (
+                    "heartbeat_interval",
+                    models.FloatField(
+                        blank=True,
+                        help_text="declared interval, seconds",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0.001)],
+                    ),
+                ),
+                ("last_heartbeat", models.DateTimeField(blank=True, db_index=True, null=True)),
+                ("workflow_enabled", models.BooleanField(default=False)),
+                ("current_stf_count", models.PositiveIntegerField(default=0)),
+                ("total_stf_processed", models.PositiveIntegerField(default=0)),
+                ("counters", models.JSONField(blank=True, default=dict)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "namespace",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="namespace",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="agents",
+                        to="monitor.namespace",
+                        to_field="name",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['namespace', 'instance_name'],
+                "ordering": ["namespace", "instance_name"],
             },
         ),
         migrations.CreateModel(
-            name='SystemStateEvent',
+            name="SystemStateEvent",
             fields=[
-                ('event_id', models.AutoField(primary_key=True, serialize=False)),
-                ('timestamp', models.DateTimeField(db_index=True)),
-                ('run_number', models.BigIntegerField(db_index=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('execution_id', models.CharField(blank=True, db_index=True, max_length=200)),
-                ('event_type', models.CharField(db_index=True, max_length=50)),
-                ('state', models.CharField(max_length=20)),
-                ('substate', models.CharField(blank=True, max_length=20)),
-                ('event_data', models.JSONField(blank=True, default=dict)),
-                ('msg_id', models.CharField(blank=True, help_text='the message that caused it, if any', max_length=200)),
-                ('namespace', models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='events', to='monitor.namespace', to_field='name')),
+                ("event_id", models.AutoField(primary_key=True, serialize=False)),
+                ("timestamp", models.DateTimeField(db_index=True)),
+                (
+                    "run_number",
+                    models.BigIntegerField(
+                        db_index=True, validators=[django.core.validators.MinValueValidator(0)]
+                    ),
+                ),
+                ("execution_id", models.CharField(blank=True, db_index=True, max_length=200)),
+                ("event_type", models.CharField(db_index=True, max_length=50)),
+                ("state", models.CharField(max_length=20)),
+                ("substate", models.CharField(blank=True, max_length=20)),
+                ("event_data", models.JSONField(blank=True, default=dict)),
+                (
+                    "msg_id",
+                    models.CharField(
+                        blank=True, help_text="the message that caused it, if any", max_length=200
+                    ),
+                ),
+                (
+                    "namespace",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="namespace",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
+                        to="monitor.namespace",
+                        to_field="name",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['timestamp', 'event_id'],
+                "ordering": ["timestamp", "event_id"],
             },
         ),
         migrations.CreateModel(
-            name='TFSlice',
+            name="TFSlice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slice_id', models.PositiveIntegerField()),
-                ('tf_first', models.PositiveIntegerField()),
-                ('tf_last', models.PositiveIntegerField()),
-                ('tf_count', models.PositiveIntegerField()),
-                ('tf_filename', models.CharField(max_length=255)),
-                ('stf_filename', models.CharField(blank=True, max_length=255)),
-                ('run_number', models.BigIntegerField(validators=[django.core.validators.MinValueValidator(0)])),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('processing', 'Processing'), ('completed', 'Completed'), ('failed', 'Failed')], default='queued', max_length=16)),
-                ('retries', models.PositiveIntegerField(default=0)),
-                ('assigned_worker', models.CharField(blank=True, max_length=255)),
-                ('assigned_at', models.DateTimeField(blank=True, null=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('processing_time_s', models.FloatField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('metadata', models.JSONField(blank=True, default=dict, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('sample', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='slices', to='monitor.fastmonfile')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slice_id", models.PositiveIntegerField()),
+                ("tf_first", models.PositiveIntegerField()),
+                ("tf_last", models.PositiveIntegerField()),
+                ("tf_count", models.PositiveIntegerField()),
+                ("tf_filename", models.CharField(max_length=255)),
+                ("stf_filename", models.CharField(blank=True, max_length=255)),
+                (
+                    "run_number",
+                    models.BigIntegerField(
+                        validators=[django.core.validators.MinValueValidator(0)]
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("processing", "Processing"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("retries", models.PositiveIntegerField(default=0)),
+                ("assigned_worker", models.CharField(blank=True, max_length=255)),
+                ("assigned_at", models.DateTimeField(blank=True, null=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("processing_time_s", models.FloatField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("metadata", models.JSONField(blank=True, default=dict, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "sample",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="slices",
+                        to="monitor.fastmonfile",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'TF slice',
-                'ordering': ['-created_at'],
+                "verbose_name": "TF slice",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Worker',
+            name="Worker",
             fields=[
-                ('worker_id', models.CharField(max_length=255, primary_key=True, serialize=False)),
-                ('run_number', models.BigIntegerField(blank=True, db_index=True, null=True)),
-                ('panda_job', models.CharField(blank=True, max_length=255)),
-                ('location', models.CharField(blank=True, max_length=255)),
-                ('status', models.CharField(blank=True, default='active', max_length=20)),
-                ('current_slice_id', models.PositiveIntegerField(blank=True, null=True)),
-                ('tf_filename', models.CharField(blank=True, max_length=255)),
-                ('slices_completed', models.PositiveIntegerField(default=0)),
-                ('slices_failed', models.PositiveIntegerField(default=0)),
-                ('last_heartbeat', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('metadata', models.JSONField(blank=True, default=dict, null=True)),
-                ('namespace', models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='workers', to='monitor.namespace', to_field='name')),
+                ("worker_id", models.CharField(max_length=255, primary_key=True, serialize=False)),
+                ("run_number", models.BigIntegerField(blank=True, db_index=True, null=True)),
+                ("panda_job", models.CharField(blank=True, max_length=255)),
+                ("location", models.CharField(blank=True, max_length=255)),
+                ("status", models.CharField(blank=True, default="active", max_length=20)),
+                ("current_slice_id", models.PositiveIntegerField(blank=True, null=True)),
+                ("tf_filename", models.CharField(blank=True, max_length=255)),
+                ("slices_completed", models.PositiveIntegerField(default=0)),
+                ("slices_failed", models.PositiveIntegerField(default=0)),
+                ("last_heartbeat", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("metadata", models.JSONField(blank=True, default=dict, null=True)),
+                (
+                    "namespace",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="namespace",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="workers",
+                        to="monitor.namespace",
+                        to_field="name",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['worker_id'],
+                "ordering": ["worker_id"],
             },
         ),
         migrations.CreateModel(
-            name='WorkflowDefinition',
+            name="WorkflowDefinition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_name', models.CharField(max_length=200)),
-                ('version', models.CharField(max_length=50)),
-                ('workflow_type', models.CharField(blank=True, max_length=100)),
-                ('definition', models.TextField(blank=True, help_text="the workflow's source")),
-                ('parameter_values', models.JSONField(blank=True, default=dict, help_text='default parameters')),
-                ('created_by', models.CharField(blank=True, max_length=150)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("workflow_name", models.CharField(max_length=200)),
+                ("version", models.CharField(max_length=50)),
+                ("workflow_type", models.CharField(blank=True, max_length=100)),
+                ("definition", models.TextField(blank=True, help_text="the workflow's source")),
+                (
+                    "parameter_values",
+                    models.JSONField(blank=True, default=dict, help_text="default parameters"),
+                ),
+                ("created_by", models.CharField(blank=True, max_length=150)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['workflow_name', '-created_at'],
-                'constraints': [models.UniqueConstraint(fields=('workflow_name', 'version'), name='definition_unique_version')],
+                "ordering": ["workflow_name", "-created_at"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("workflow_name", "version"), name="definition_unique_version"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='WorkflowExecution',
+            name="WorkflowExecution",
             fields=[
-                ('execution_id', models.CharField(max_length=200, primary_key=True, serialize=False)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('completed', 'Completed'), ('terminated', 'Terminated'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('parameter_values', models.JSONField(blank=True, default=dict, help_text='the merged config, incl. git version')),
-                ('performance_metrics', models.JSONField(blank=True, default=dict)),
-                ('executed_by', models.CharField(blank=True, max_length=150)),
-                ('start_time', models.DateTimeField(default=django.utils.timezone.now)),
-                ('end_time', models.DateTimeField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('namespace', models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='executions', to='monitor.namespace', to_field='name')),
-                ('workflow_definition', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='executions', to='monitor.workflowdefinition')),
+                (
+                    "execution_id",
+                    models.CharField(max_length=200, primary_key=True, serialize=False),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("completed", "Completed"),
+                            ("terminated", "Terminated"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "parameter_values",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="the merged config, incl. git version"
+                    ),
+                ),
+                ("performance_metrics", models.JSONField(blank=True, default=dict)),
+                ("executed_by", models.CharField(blank=True, max_length=150)),
+                ("start_time", models.DateTimeField(default=django.utils.timezone.now)),
+                ("end_time", models.DateTimeField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "namespace",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="namespace",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="executions",
+                        to="monitor.namespace",
+                        to_field="name",
+                    ),
+                ),
+                (
+                    "workflow_definition",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="executions",
+                        to="monitor.workflowdefinition",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-start_time'],
+                "ordering": ["-start_time"],
             },
         ),
         migrations.AddField(
-            model_name='run',
-            name='execution',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='runs', to='monitor.workflowexecution'),
+            model_name="run",
+            name="execution",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="runs",
+                to="monitor.workflowexecution",
+            ),
         ),
         migrations.CreateModel(
-            name='WorkflowMessage',
+            name="WorkflowMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('msg_id', models.CharField(max_length=200, unique=True)),
-                ('msg_type', models.CharField(blank=True, max_length=64)),
-                ('execution_id', models.CharField(blank=True, max_length=200)),
-                ('run_id', models.BigIntegerField(blank=True, null=True)),
-                ('sender', models.CharField(blank=True, max_length=128)),
-                ('recipient', models.CharField(blank=True, max_length=200)),
-                ('destination', models.CharField(blank=True, max_length=255)),
-                ('sent_at', models.DateTimeField(blank=True, help_text="the body's timestamp", null=True)),
-                ('received_at', models.DateTimeField(help_text='when the monitor received it')),
-                ('schema_version', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('is_valid', models.BooleanField(default=True)),
-                ('error_reason', models.CharField(blank=True, help_text='invalid_json, unknown_msg_type, ...', max_length=32)),
-                ('validation_error', models.TextField(blank=True)),
-                ('projection_error', models.TextField(blank=True, help_text='why bookkeeping from this message failed')),
-                ('body', models.TextField(help_text='the body as received (UTF-8)')),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('namespace', models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='messages', to='monitor.namespace', to_field='name')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("msg_id", models.CharField(max_length=200, unique=True)),
+                ("msg_type", models.CharField(blank=True, max_length=64)),
+                ("execution_id", models.CharField(blank=True, max_length=200)),
+                ("run_id", models.BigIntegerField(blank=True, null=True)),
+                ("sender", models.CharField(blank=True, max_length=128)),
+                ("recipient", models.CharField(blank=True, max_length=200)),
+                ("destination", models.CharField(blank=True, max_length=255)),
+                (
+                    "sent_at",
+                    models.DateTimeField(blank=True, help_text="the body's timestamp", null=True),
+                ),
+                ("received_at", models.DateTimeField(help_text="when the monitor received it")),
+                ("schema_version", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("is_valid", models.BooleanField(default=True)),
+                (
+                    "error_reason",
+                    models.CharField(
+                        blank=True, help_text="invalid_json, unknown_msg_type, ...", max_length=32
+                    ),
+                ),
+                ("validation_error", models.TextField(blank=True)),
+                (
+                    "projection_error",
+                    models.TextField(
+                        blank=True, help_text="why bookkeeping from this message failed"
+                    ),
+                ),
+                ("body", models.TextField(help_text="the body as received (UTF-8)")),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                (
+                    "namespace",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="namespace",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="messages",
+                        to="monitor.namespace",
+                        to_field="name",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-received_at', '-id'],
+                "ordering": ["-received_at", "-id"],
             },
         ),
         migrations.AddIndex(
-            model_name='stffile',
-            index=models.Index(fields=['run', 'sequence'], name='stf_run_sequence'),
+            model_name="stffile",
+            index=models.Index(fields=["run", "sequence"], name="stf_run_sequence"),
         ),
         migrations.AddIndex(
-            model_name='stffile',
-            index=models.Index(fields=['status', 'created_at'], name='stf_status_created'),
+            model_name="stffile",
+            index=models.Index(fields=["status", "created_at"], name="stf_status_created"),
         ),
         migrations.AddIndex(
-            model_name='stffile',
-            index=models.Index(fields=['generated_at'], name='stf_generated'),
+            model_name="stffile",
+            index=models.Index(fields=["generated_at"], name="stf_generated"),
         ),
         migrations.AddIndex(
-            model_name='stffile',
-            index=models.Index(fields=['created_at'], name='stf_created'),
+            model_name="stffile",
+            index=models.Index(fields=["created_at"], name="stf_created"),
         ),
         migrations.AddIndex(
-            model_name='fastmonfile',
-            index=models.Index(fields=['created_at'], name='fastmon_created'),
+            model_name="fastmonfile",
+            index=models.Index(fields=["created_at"], name="fastmon_created"),
         ),
         migrations.AddConstraint(
-            model_name='systemagent',
-            constraint=models.UniqueConstraint(fields=('namespace', 'instance_name'), name='agent_unique_in_namespace'),
+            model_name="systemagent",
+            constraint=models.UniqueConstraint(
+                fields=("namespace", "instance_name"), name="agent_unique_in_namespace"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='systemagent',
-            constraint=models.UniqueConstraint(condition=models.Q(('namespace__isnull', True)), fields=('instance_name',), name='agent_unique_without_namespace'),
+            model_name="systemagent",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("namespace__isnull", True)),
+                fields=("instance_name",),
+                name="agent_unique_without_namespace",
+            ),
         ),
         migrations.AddIndex(
-            model_name='systemstateevent',
-            index=models.Index(fields=['run_number', 'timestamp'], name='event_run_time'),
+            model_name="systemstateevent",
+            index=models.Index(fields=["run_number", "timestamp"], name="event_run_time"),
         ),
         migrations.AddIndex(
-            model_name='tfslice',
-            index=models.Index(fields=['run_number', 'status'], name='slice_run_status'),
+            model_name="tfslice",
+            index=models.Index(fields=["run_number", "status"], name="slice_run_status"),
         ),
         migrations.AddIndex(
-            model_name='tfslice',
-            index=models.Index(fields=['status', 'updated_at'], name='slice_status_updated'),
+            model_name="tfslice",
+            index=models.Index(fields=["status", "updated_at"], name="slice_status_updated"),
         ),
         migrations.AddIndex(
-            model_name='tfslice',
-            index=models.Index(fields=['completed_at'], name='slice_completed'),
+            model_name="tfslice",
+            index=models.Index(fields=["completed_at"], name="slice_completed"),
         ),
         migrations.AddConstraint(
-            model_name='tfslice',
-            constraint=models.UniqueConstraint(fields=('tf_filename', 'slice_id'), name='slice_unique_in_sample'),
+            model_name="tfslice",
+            constraint=models.UniqueConstraint(
+                fields=("tf_filename", "slice_id"), name="slice_unique_in_sample"
+            ),
         ),
         migrations.AddIndex(
-            model_name='workflowexecution',
-            index=models.Index(fields=['namespace', 'status'], name='execution_ns_status'),
+            model_name="workflowexecution",
+            index=models.Index(fields=["namespace", "status"], name="execution_ns_status"),
         ),
         migrations.AddIndex(
-            model_name='workflowexecution',
-            index=models.Index(fields=['status', 'start_time'], name='execution_status_start'),
+            model_name="workflowexecution",
+            index=models.Index(fields=["status", "start_time"], name="execution_status_start"),
         ),
         migrations.AddIndex(
-            model_name='workflowexecution',
-            index=models.Index(fields=['start_time'], name='execution_start'),
+            model_name="workflowexecution",
+            index=models.Index(fields=["start_time"], name="execution_start"),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(fields=['namespace', 'start_time'], name='run_ns_start'),
+            model_name="run",
+            index=models.Index(fields=["namespace", "start_time"], name="run_ns_start"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['namespace', 'execution_id', 'received_at'], name='msg_ns_execution'),
+            model_name="workflowmessage",
+            index=models.Index(
+                fields=["namespace", "execution_id", "received_at"], name="msg_ns_execution"
+            ),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['namespace', 'run_id', 'received_at'], name='msg_ns_run'),
+            model_name="workflowmessage",
+            index=models.Index(fields=["namespace", "run_id", "received_at"], name="msg_ns_run"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['execution_id', 'received_at'], name='msg_execution'),
+            model_name="workflowmessage",
+            index=models.Index(fields=["execution_id", "received_at"], name="msg_execution"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['msg_type', 'received_at'], name='msg_type_time'),
+            model_name="workflowmessage",
+            index=models.Index(fields=["msg_type", "received_at"], name="msg_type_time"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['sender', 'received_at'], name='msg_sender_time'),
+            model_name="workflowmessage",
+            index=models.Index(fields=["sender", "received_at"], name="msg_sender_time"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['received_at'], name='msg_received'),
+            model_name="workflowmessage",
+            index=models.Index(fields=["received_at"], name="msg_received"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(fields=['sent_at'], name='msg_sent'),
+            model_name="workflowmessage",
+            index=models.Index(fields=["sent_at"], name="msg_sent"),
         ),
         migrations.AddIndex(
-            model_name='workflowmessage',
-            index=models.Index(condition=models.Q(('is_valid', False)), fields=['received_at'], name='msg_invalid'),
+            model_name="workflowmessage",
+            index=models.Index(
+                condition=models.Q(("is_valid", False)), fields=["received_at"], name="msg_invalid"
+            ),
         ),
     ]

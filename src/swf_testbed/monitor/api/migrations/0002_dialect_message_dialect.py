@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitor', '0001_initial'),
+        ("monitor", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='workflowmessage',
-            name='dialect',
-            field=models.CharField(blank=True, help_text='swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON object', max_length=16),
+            model_name="workflowmessage",
+            name="dialect",
+            field=models.CharField(
+                blank=True,
+                help_text="swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON object",
+                max_length=16,
+            ),
         ),
     ]

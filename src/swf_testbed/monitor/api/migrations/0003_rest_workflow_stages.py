@@ -6,39 +6,69 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitor', '0002_dialect_message_dialect'),
+        ("monitor", "0002_dialect_message_dialect"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='applog',
-            name='run_id',
+            model_name="applog",
+            name="run_id",
             field=models.BigIntegerField(blank=True, db_index=True, editable=False, null=True),
         ),
         migrations.CreateModel(
-            name='WorkflowStage',
+            name="WorkflowStage",
             fields=[
-                ('stage_id', models.AutoField(primary_key=True, serialize=False)),
-                ('agent_name', models.CharField(blank=True, db_index=True, max_length=200)),
-                ('agent_type', models.CharField(blank=True, max_length=100)),
-                ('status', models.CharField(blank=True, db_index=True, default='pending', max_length=32)),
-                ('run_number', models.BigIntegerField(blank=True, db_index=True, null=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('stf_filename', models.CharField(blank=True, max_length=255)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('metadata', models.JSONField(blank=True, default=dict, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('agent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='stages', to='monitor.systemagent')),
-                ('execution', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='stages', to='monitor.workflowexecution')),
+                ("stage_id", models.AutoField(primary_key=True, serialize=False)),
+                ("agent_name", models.CharField(blank=True, db_index=True, max_length=200)),
+                ("agent_type", models.CharField(blank=True, max_length=100)),
+                (
+                    "status",
+                    models.CharField(blank=True, db_index=True, default="pending", max_length=32),
+                ),
+                (
+                    "run_number",
+                    models.BigIntegerField(
+                        blank=True,
+                        db_index=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                ("stf_filename", models.CharField(blank=True, max_length=255)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("metadata", models.JSONField(blank=True, default=dict, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="stages",
+                        to="monitor.systemagent",
+                    ),
+                ),
+                (
+                    "execution",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="stages",
+                        to="monitor.workflowexecution",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'workflow stage',
-                'ordering': ['-created_at', '-stage_id'],
-                'indexes': [models.Index(fields=['execution', 'created_at'], name='stage_execution_created')],
+                "verbose_name": "workflow stage",
+                "ordering": ["-created_at", "-stage_id"],
+                "indexes": [
+                    models.Index(fields=["execution", "created_at"], name="stage_execution_created")
+                ],
             },
         ),
     ]

@@ -5,20 +5,33 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitor', '0003_rest_workflow_stages'),
+        ("monitor", "0003_rest_workflow_stages"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='applog',
-            name='namespace',
-            field=models.ForeignKey(blank=True, db_column='namespace', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='logs', to='monitor.namespace', to_field='name'),
+            model_name="applog",
+            name="namespace",
+            field=models.ForeignKey(
+                blank=True,
+                db_column="namespace",
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="logs",
+                to="monitor.namespace",
+                to_field="name",
+            ),
         ),
         migrations.AddField(
-            model_name='applog',
-            name='source_msg_id',
-            field=models.CharField(blank=True, db_index=True, editable=False, help_text='msg_id of the log_batch message it came in; empty: posted over REST', max_length=200),
+            model_name="applog",
+            name="source_msg_id",
+            field=models.CharField(
+                blank=True,
+                db_index=True,
+                editable=False,
+                help_text="msg_id of the log_batch message it came in; empty: posted over REST",
+                max_length=200,
+            ),
         ),
     ]

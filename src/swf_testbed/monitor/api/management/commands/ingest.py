@@ -17,14 +17,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         mon = get_settings().monitor
-        parser.add_argument("--destination", action="append", default=[],
-                            help="also follow this destination, e.g. /queue/x (repeatable)")
+        parser.add_argument(
+            "--destination",
+            action="append",
+            default=[],
+            help="also follow this destination, e.g. /queue/x (repeatable)",
+        )
         parser.add_argument("--batch-size", type=int, default=mon.ingest_batch_size)
         parser.add_argument("--flush-ms", type=int, default=mon.ingest_flush_ms)
-        parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID,
-                            help="stable broker client id (durable subscriptions belong to it)")
-        parser.add_argument("--no-durable", action="store_true", help="plain (non-durable) topic subscriptions")
-        parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+        parser.add_argument(
+            "--client-id",
+            default=DEFAULT_CLIENT_ID,
+            help="stable broker client id (durable subscriptions belong to it)",
+        )
+        parser.add_argument(
+            "--no-durable", action="store_true", help="plain (non-durable) topic subscriptions"
+        )
+        parser.add_argument(
+            "--no-migrate", action="store_true", help="do not apply migrations first"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         settings = get_settings()
@@ -53,10 +64,15 @@ class Command(BaseCommand):
 
             from swf_testbed.monitor.metrics import INGEST_REGISTRY
 
-            start_http_server(settings.monitor.ingest_metrics_port, settings.monitor.ingest_metrics_host,
-                              registry=INGEST_REGISTRY)
-            self.stderr.write(f"ingest metrics on http://{settings.monitor.ingest_metrics_host}:"
-                              f"{settings.monitor.ingest_metrics_port}/metrics")
+            start_http_server(
+                settings.monitor.ingest_metrics_port,
+                settings.monitor.ingest_metrics_host,
+                registry=INGEST_REGISTRY,
+            )
+            self.stderr.write(
+                f"ingest metrics on http://{settings.monitor.ingest_metrics_host}:"
+                f"{settings.monitor.ingest_metrics_port}/metrics"
+            )
         ingestor.start(wait=None)
         self.stderr.write(f"ingest running (broker {settings.broker.host}:{settings.broker.port})")
         ingestor.run()

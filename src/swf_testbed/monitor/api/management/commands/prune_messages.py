@@ -45,7 +45,9 @@ def cutoff_for(days: float) -> datetime:
     return timezone.now() - timedelta(days=days)
 
 
-def prune(cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False) -> PruneResult:
+def prune(
+    cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False
+) -> PruneResult:
     """Delete messages received and logs logged before ``cutoff``; returns how many (or would be, dry run)."""
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1 (got {batch_size})")
@@ -56,7 +58,9 @@ def prune(cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bo
     result = PruneResult()
     while True:
         with transaction.atomic():
-            ids = list(old_messages.order_by("received_at", "id").values_list("id", flat=True)[:batch_size])
+            ids = list(
+                old_messages.order_by("received_at", "id").values_list("id", flat=True)[:batch_size]
+            )
             if not ids:
                 break
             for chunk in _chunks(ids):
@@ -65,7 +69,9 @@ def prune(cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bo
     MessageCount.objects.filter(count__lte=0).delete()
     while True:
         with transaction.atomic():
-            ids = list(old_logs.order_by("timestamp", "id").values_list("id", flat=True)[:batch_size])
+            ids = list(
+                old_logs.order_by("timestamp", "id").values_list("id", flat=True)[:batch_size]
+            )
             if not ids:
                 break
             for chunk in _chunks(ids):
@@ -74,17 +80,25 @@ def prune(cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bo
 
 
 def _chunks(ids: list[int]) -> list[list[int]]:
-    return [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
 
 
 def _uncount(ids: list[int]) -> None:
     """Take these messages off the facet counts: one update per facet key (the keys of ``facets.key_of``)."""
-    groups = WorkflowMessage.objects.filter(id__in=ids).order_by().values(*_KEY_FIELDS).annotate(n=Count("id"))
+    groups = (
+        WorkflowMessage.objects.filter(id__in=ids)
+        .order_by()
+        .values(*_KEY_FIELDS)
+        .annotate(n=Count("id"))
+    )
     for group in groups:
         MessageCount.objects.filter(
-            namespace=group["namespace_id"] or "", execution_id=group["execution_id"] or "",
+            namespace=group["namespace_id"] or "",
+            execution_id=group["execution_id"] or "",
             run_id=MessageCount.NO_RUN if group["run_id"] is None else group["run_id"],
-            msg_type=group["msg_type"] or "", sender=group["sender"] or "", is_valid=bool(group["is_valid"]),
+            msg_type=group["msg_type"] or "",
+            sender=group["sender"] or "",
+            is_valid=bool(group["is_valid"]),
         ).update(count=F("count") - group["n"])
 
 
@@ -94,7 +108,9 @@ def _delete_messages(ids: list[int]) -> int:
     pk = connection.ops.quote_name(WorkflowMessage._meta.pk.column)
     placeholders = ",".join(["%s"] * len(ids))
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table} WHERE {pk} IN ({placeholders})", ids)  # table, column and placeholders only; ids are bound
+        cursor.execute(
+            f"DELETE FROM {table} WHERE {pk} IN ({placeholders})", ids
+        )  # table, column and placeholders only; ids are bound
         return int(cursor.rowcount)
 
 
@@ -102,11 +118,22 @@ class Command(BaseCommand):
     help = "Delete messages and application logs older than --older-than DAYS, in batches (facet counts kept)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--older-than", type=float, required=True, metavar="DAYS",
-                            help="delete rows received more than DAYS ago (fractions allowed; must be > 0)")
-        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                            help=f"rows per transaction (default {DEFAULT_BATCH_SIZE})")
-        parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+        parser.add_argument(
+            "--older-than",
+            type=float,
+            required=True,
+            metavar="DAYS",
+            help="delete rows received more than DAYS ago (fractions allowed; must be > 0)",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=DEFAULT_BATCH_SIZE,
+            help=f"rows per transaction (default {DEFAULT_BATCH_SIZE})",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="only count what would be deleted"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -115,5 +142,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         verb = "would remove" if options["dry_run"] else "removed"
-        self.stdout.write(f"{verb} {result.messages} messages and {result.logs} logs "
-                          f"received before {cutoff:%Y-%m-%d %H:%M:%S} UTC")
+        self.stdout.write(
+            f"{verb} {result.messages} messages and {result.logs} logs "
+            f"received before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+        )

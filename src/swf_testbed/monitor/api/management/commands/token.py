@@ -10,7 +10,9 @@ from rest_framework.authtoken.models import Token
 
 
 class Command(BaseCommand):
-    help = "Print a user's API token (Authorization: Token <key>), creating user and token if needed."
+    help = (
+        "Print a user's API token (Authorization: Token <key>), creating user and token if needed."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
@@ -22,7 +24,9 @@ class Command(BaseCommand):
         if created:
             user.set_unusable_password()
             user.save()
-            self.stderr.write(f"created user {user.get_username()} (no password; set one with changepassword)")
+            self.stderr.write(
+                f"created user {user.get_username()} (no password; set one with changepassword)"
+            )
         if options["regenerate"]:
             Token.objects.filter(user=user).delete()
         token, _ = Token.objects.get_or_create(user=user)
