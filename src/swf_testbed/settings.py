@@ -52,13 +52,32 @@ class DestinationStyle(StrEnum):
     """How destinations are spelled for the broker.
 
     ``prefixed``: ``/topic/NAME`` and ``/queue/NAME`` (ActiveMQ Classic, the
-    embedded broker, RabbitMQ, Artemis with anycast/multicast prefixes set).
+    embedded broker, Artemis with anycast/multicast prefixes set).
     ``artemis``: bare address ``NAME`` plus a ``destination-type`` header on
     SEND and a ``subscription-type`` header on SUBSCRIBE (plain Artemis).
+    ``rabbitmq``: RabbitMQ's STOMP plugin: ``/topic/`` and ``/queue/`` names,
+    ``#`` for the trailing wildcard, ``prefetch-count``, durable subscriptions
+    as named durable queues, virtual host ``/`` by default, and queues that the
+    broker does not mirror (the sender copies them, see ``queue_mirror``).
     """
 
     PREFIXED = "prefixed"
     ARTEMIS = "artemis"
+    RABBITMQ = "rabbitmq"
+
+
+class QueueMirror(StrEnum):
+    """Who copies each queue message to its mirror topic ``VirtualTopic.Mirror.<queue>``.
+
+    ``broker``: the broker does (the embedded broker; ActiveMQ Classic with
+    ``useMirroredQueues``). ``client``: the sender sends the copy itself, for
+    brokers that have no mirrored queues (RabbitMQ). ``off``: nobody; the
+    monitor then sees no queue traffic.
+    """
+
+    BROKER = "broker"
+    CLIENT = "client"
+    OFF = "off"
 
 
 SECRET_VARIABLES = ("ACTIVEMQ_PASSWORD", "SWF_SECRET_KEY", "SWF_API_TOKEN", "DATABASE_URL")
@@ -182,7 +201,14 @@ class BrokerSettings(_Settings):
     destination_style: DestinationStyle = Field(
         DestinationStyle.PREFIXED,
         description="prefixed: /topic/x and /queue/x (ActiveMQ Classic, the embedded broker); "
-        "artemis: bare names with destination-type / subscription-type headers",
+        "artemis: bare names with destination-type / subscription-type headers; "
+        "rabbitmq: RabbitMQ's STOMP plugin (docs/interfaces.md)",
+    )
+    queue_mirror: QueueMirror | None = Field(
+        None,
+        description="who copies queue messages to VirtualTopic.Mirror.<queue> for the monitor: "
+        "broker, client (the sender) or off; empty = client for the rabbitmq style, else broker",
+        examples=["client"],
     )
     heartbeat_ms: int = Field(
         10_000, ge=0, description="STOMP heart-beat, both directions; 0 = off"
@@ -201,6 +227,22 @@ class BrokerSettings(_Settings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def mirror(self) -> QueueMirror:
+        """``queue_mirror``, or the style's default when it is not set."""
+        if self.queue_mirror is not None:
+            return self.queue_mirror
+        if self.destination_style is DestinationStyle.RABBITMQ:
+            return QueueMirror.CLIENT
+        return QueueMirror.BROKER
+
+    @property
+    def virtual_host(self) -> str:
+        """The STOMP ``host`` header: ``vhost``, else ``/`` for RabbitMQ, else the broker host."""
+        if self.vhost:
+            return self.vhost
+        return "/" if self.destination_style is DestinationStyle.RABBITMQ else self.host
 
 
 class MonitorSettings(_Settings):

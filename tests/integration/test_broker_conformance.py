@@ -1,8 +1,11 @@
-"""STOMP conformance: the embedded broker and ActiveMQ Classic, same client, same tests.
+"""STOMP conformance: the embedded broker, ActiveMQ Classic and RabbitMQ, same client, same tests.
 
-Every test runs against both brokers (``any_broker``) with plain stomp.py
+Every test runs against the three brokers (``every_broker``) with plain stomp.py
 clients (not the project's ``BrokerClient``), so that what is checked is the
-broker's wire behaviour. Bodies are always ``bytes``: stomp.py's automatic
+broker's wire behaviour. Where the brokers spell a feature differently
+(RabbitMQ's ``#`` wildcard, ``prefetch-count``, durable queues), the headers
+come from ``swf_testbed.mq.destinations`` for the broker's destination style,
+the same code the project's client uses. Bodies are always ``bytes``: stomp.py's automatic
 ``content-length`` counts the characters of a ``str``, not its bytes.
 
 Each test uses destinations with a fresh uuid in their name, so tests never
@@ -27,6 +30,8 @@ from typing import Any
 import pytest
 import stomp
 
+from swf_testbed.mq.destinations import Destination, durable_headers, forget_frames
+from swf_testbed.settings import DestinationStyle
 from swf_testbed.testing.brokers import BrokerProcess
 from tests.support.stomp_recorder import WAIT_S, FrameRecorder
 
@@ -35,6 +40,16 @@ pytestmark = pytest.mark.timeout(60)
 
 def unique(kind: str, label: str) -> str:
     return f"/{kind}/conformance.{label}.{uuid.uuid4().hex}"
+
+
+def spelled(broker: BrokerProcess, destination: str) -> str:
+    """``destination`` as this broker spells it in a SUBSCRIBE (RabbitMQ: ``#`` for ``>``)."""
+    return Destination.parse(destination).address(broker.style)
+
+
+def prefetch(broker: BrokerProcess, count: int) -> dict[str, str]:
+    """The SUBSCRIBE header that limits unacknowledged deliveries on this broker."""
+    return Destination.parse("/queue/x").subscribe_headers(broker.style, prefetch=count)
 
 
 class Client:
@@ -47,13 +62,17 @@ class Client:
         on_message: Callable[[Client, Any], None] | None = None,
         connect_headers: dict[str, str] | None = None,
     ) -> None:
+        self.broker = broker
         self.conn = stomp.Connection(
-            [(broker.host, broker.port)], heartbeats=heartbeats, auto_decode=False
+            [(broker.host, broker.port)],
+            heartbeats=heartbeats,
+            auto_decode=False,
+            vhost=broker.vhost,
         )
         hook = (lambda frame: on_message(self, frame)) if on_message is not None else None
         self.listener = FrameRecorder(hook)
         self.conn.set_listener("collector", self.listener)
-        self.conn.connect(wait=True, headers=connect_headers)
+        self.conn.connect(wait=True, headers=connect_headers, **broker.connect_kwargs())
 
     def subscribe(
         self, destination: str, ack: str = "auto", headers: dict[str, str] | None = None
@@ -112,12 +131,12 @@ class Client:
 
 
 @pytest.fixture
-def clients(any_broker: BrokerProcess) -> Iterator[Callable[..., Client]]:
+def clients(every_broker: BrokerProcess) -> Iterator[Callable[..., Client]]:
     """Factory of connected clients on the broker under test, all closed at teardown."""
     made: list[Client] = []
 
     def make(**kwargs: Any) -> Client:
-        client = Client(any_broker, **kwargs)
+        client = Client(every_broker, **kwargs)
         made.append(client)
         return client
 
@@ -156,7 +175,7 @@ def test_wildcard_subscription_names_the_real_destination(clients: Callable[...,
     """
     base = unique("topic", "wild")
     consumer = clients()
-    consumer.subscribe(f"{base}.>", ack="client-individual")
+    consumer.subscribe(spelled(consumer.broker, f"{base}.>"), ack="client-individual")
     producer = clients()
     sent = [(f"{base}.a", b"one"), (f"{base}.b.c", b"two"), (base, b"parent")]
     for destination, body in [*sent, (f"{base}x.a", b"not under it"), (f"{base}.z", b"marker")]:
@@ -176,10 +195,14 @@ def test_durable_subscription_keeps_messages_across_a_disconnect(
     UNSUBSCRIBE with the id only detaches it; UNSUBSCRIBE carrying the name
     removes it (both brokers refuse that while it is attached: detach first),
     so that ActiveMQ does not accumulate the subscriptions of test runs.
+    RabbitMQ's equivalent is a durable queue bound to the topic
+    (``durable``, ``auto-delete:false``, ``x-queue-name``), detached and
+    removed the same way.
     """
     topic = unique("topic", "durable")
     client_id = f"conformance-{uuid.uuid4().hex}"
-    durable = {"activemq.subscriptionName": f"sub-{uuid.uuid4().hex}"}
+    durable_name = f"sub-{uuid.uuid4().hex}"
+    durable = durable_headers(clients().broker.style, durable_name)
 
     def ack_it(client: Client, frame: Any) -> None:
         client.ack(frame)
@@ -204,16 +227,17 @@ def test_durable_subscription_keeps_messages_across_a_disconnect(
     assert consumer.bodies() == [*offline, b"live 4"]
     assert all(frame.headers["destination"] == topic for frame in frames)
 
-    consumer.unsubscribe(sub_id)  # detach: still durable
-    consumer.unsubscribe(sub_id, headers=durable)  # remove for good
+    forget = forget_frames(consumer.broker.style, durable_name)
+    for headers in forget:  # detach, then remove for good (RabbitMQ: one frame does both)
+        consumer.unsubscribe(sub_id, headers=headers)
     producer.send(topic, b"after removal", receipt=True)
     sub_id = consumer.subscribe(topic, ack="client-individual", headers=durable)  # a new, empty one
     producer.send(topic, b"fresh", receipt=True)
     consumer.listener.wait_messages(len(offline) + 2)
     time.sleep(0.2)  # room for a (wrong) "after removal" to show up
     assert consumer.bodies()[len(offline) + 1 :] == [b"fresh"]
-    consumer.unsubscribe(sub_id)
-    consumer.unsubscribe(sub_id, headers=durable)
+    for headers in forget:
+        consumer.unsubscribe(sub_id, headers=headers)
     assert not consumer.listener.errors, consumer.listener.error_text()
 
 
@@ -231,7 +255,7 @@ def test_queue_competing_consumers_each_message_once(clients: Callable[..., Clie
     for consumer in consumers:
         # A small prefetch makes ActiveMQ share the work; without it the first
         # consumer takes up to 1000 messages before the others get any.
-        consumer.subscribe(queue, ack="client-individual", headers={"activemq.prefetchSize": "5"})
+        consumer.subscribe(queue, ack="client-individual", headers=prefetch(consumer.broker, 5))
     producer = clients()
     for i in range(total):
         producer.send(queue, b"%d" % i)
@@ -258,7 +282,7 @@ def test_queue_competing_consumers_each_message_once(clients: Callable[..., Clie
 _UNACKING_CONSUMER = r"""
 import sys, time, stomp
 
-host, port, queue = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, port, queue, vhost, login, passcode, prefetch = sys.argv[1:8]
 
 class Printer(stomp.ConnectionListener):
     def on_receipt(self, frame):
@@ -267,11 +291,11 @@ class Printer(stomp.ConnectionListener):
         # never ACKs: the messages stay with this subscription until it dies
         print("GOT", frame.body.decode(), flush=True)
 
-conn = stomp.Connection([(host, port)], auto_decode=False)
+conn = stomp.Connection([(host, int(port))], auto_decode=False, vhost=vhost)
 conn.set_listener("p", Printer())
-conn.connect(wait=True)
+conn.connect(login or None, passcode or None, wait=True)
 conn.subscribe(queue, id="1", ack="client-individual",
-               headers={"activemq.prefetchSize": "100", "receipt": "subscribed"})
+               headers={prefetch: "100", "receipt": "subscribed"})
 while True:
     time.sleep(60)
 """
@@ -290,11 +314,24 @@ def _read_line(proc: subprocess.Popen[str], lines: list[str], timeout: float) ->
 
 
 def test_unacked_messages_of_a_killed_consumer_go_to_another(
-    any_broker: BrokerProcess, clients: Callable[..., Client]
+    every_broker: BrokerProcess, clients: Callable[..., Client]
 ) -> None:
     queue = unique("queue", "killed")
+    login, passcode = every_broker.login or ("", "")
+    (prefetch_header,) = prefetch(every_broker, 100)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _UNACKING_CONSUMER, any_broker.host, str(any_broker.port), queue],
+        [
+            sys.executable,
+            "-c",
+            _UNACKING_CONSUMER,
+            every_broker.host,
+            str(every_broker.port),
+            queue,
+            every_broker.vhost,
+            login,
+            passcode,
+            prefetch_header,
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -317,14 +354,15 @@ def test_unacked_messages_of_a_killed_consumer_go_to_another(
     rescuer.subscribe(queue, ack="client-individual")
     frames = rescuer.listener.wait_messages(len(expected))
     assert sorted(f.body.decode() for f in frames) == expected
-    # Both brokers mark a message they deliver again with the header "redelivered: true"
-    # (ActiveMQ Classic's JMSRedelivered; the embedded broker documents the same header).
+    # Every broker marks a message it delivers again with the header "redelivered: true"
+    # (ActiveMQ Classic's JMSRedelivered, RabbitMQ's AMQP redelivered flag; the embedded
+    # broker documents the same header).
     assert all(f.headers.get("redelivered") == "true" for f in frames), [f.headers for f in frames]
     time.sleep(0.2)
     assert len(rescuer.listener.messages) == len(expected)  # nothing delivered twice to the rescuer
 
 
-def test_nack(any_broker: BrokerProcess, clients: Callable[..., Client]) -> None:
+def test_nack(every_broker: BrokerProcess, clients: Callable[..., Client]) -> None:
     """NACK: the spec leaves it to the server (redeliver, discard or dead-letter); the brokers differ.
 
     ActiveMQ Classic treats a STOMP NACK as a poison ack: the message is not
@@ -333,7 +371,9 @@ def test_nack(any_broker: BrokerProcess, clients: Callable[..., Client]) -> None
     non-persistent message (STOMP's default on ActiveMQ) is dropped.
     The embedded broker documents redelivery instead: the message comes back,
     same message-id, marked ``redelivered:true`` (to another subscription if
-    one can take it, else to the same one).
+    one can take it, else to the same one). RabbitMQ requeues it too (AMQP
+    ``basic.nack`` with requeue), marked ``redelivered:true``; its message-id
+    is the delivery's, so it is a new one.
     """
     queue = unique("queue", "nack")
     consumer = clients()
@@ -344,12 +384,13 @@ def test_nack(any_broker: BrokerProcess, clients: Callable[..., Client]) -> None
     consumer.conn.nack(first.headers["message-id"], sub)
     producer.send(queue, b"marker", receipt=True)
 
-    if any_broker.name == "embedded":
+    if every_broker.name in ("embedded", "rabbitmq"):
         frames = consumer.listener.wait_messages(3)
         again = [f for f in frames[1:] if f.body == b"poison"]
         assert len(again) == 1, [(f.body, f.headers) for f in frames]
         assert again[0].headers.get("redelivered") == "true"
-        assert again[0].headers["message-id"] == first.headers["message-id"]
+        if every_broker.name == "embedded":
+            assert again[0].headers["message-id"] == first.headers["message-id"]
         for frame in frames[1:]:
             consumer.ack(frame)
     else:
@@ -387,12 +428,18 @@ def test_messages_wait_in_a_queue_for_a_later_subscriber(clients: Callable[..., 
 
 
 def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_queue(
+    every_broker: BrokerProcess,
     clients: Callable[..., Client],
 ) -> None:
     """Mirrored queues (ActiveMQ ``useMirroredQueues``, the embedded broker by default): a message sent
     to queue Q is also published on ``/topic/VirtualTopic.Mirror.Q``, same message-id, headers and body;
     exact, wildcard and durable wildcard subscriptions get it, and the queue's consumers still get
     every message once."""
+    if every_broker.style is DestinationStyle.RABBITMQ:
+        pytest.skip(
+            "RabbitMQ has no mirrored queues: the project's client sends the mirror copy itself "
+            "(queue_mirror = client), tested in tests/integration/test_rabbitmq.py"
+        )
     queue = unique("queue", "mirrored")
     name = queue.removeprefix("/queue/")
     consumers = [clients() for _ in range(2)]
@@ -522,7 +569,7 @@ class _ArrivalTimes(stomp.ConnectionListener):
     on_heartbeat = on_receipt = on_message = on_error = _mark
 
 
-def test_server_heartbeats_keep_coming_between_frames(any_broker: BrokerProcess) -> None:
+def test_server_heartbeats_keep_coming_between_frames(every_broker: BrokerProcess) -> None:
     """The broker writes to an otherwise quiet connection often enough, also right after real frames.
 
     The spec: a sender with nothing to send MUST send an EOL at least every
@@ -538,16 +585,17 @@ def test_server_heartbeats_keep_coming_between_frames(any_broker: BrokerProcess)
     the embedded broker to what stomp.py's defaults need.
     """
     interval = 0.5
-    tolerance = 1.5 if any_broker.name == "embedded" else 2.5
+    tolerance = 1.5 if every_broker.name == "embedded" else 2.5
     arrivals = _ArrivalTimes()
     conn = stomp.Connection(
-        [(any_broker.host, any_broker.port)],
+        [(every_broker.host, every_broker.port)],
         heartbeats=(500, 500),
         auto_decode=False,
         heart_beat_receive_scale=20,
+        vhost=every_broker.vhost,
     )  # we judge the gaps ourselves
     conn.set_listener("arrivals", arrivals)
-    conn.connect(wait=True)
+    conn.connect(wait=True, **every_broker.connect_kwargs())
     try:
         queue = unique("queue", "hbgap")
         start = time.monotonic()
@@ -563,7 +611,7 @@ def test_server_heartbeats_keep_coming_between_frames(any_broker: BrokerProcess)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(times) > 8, f"the broker sent too few heart-beats: {len(times) - 1} arrivals"
     assert max(gaps) <= tolerance * interval, (
-        f"{any_broker.name}: max gap {max(gaps):.3f} s, gaps {gaps}"
+        f"{every_broker.name}: max gap {max(gaps):.3f} s, gaps {gaps}"
     )
 
 

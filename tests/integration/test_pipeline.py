@@ -135,7 +135,12 @@ class Chain:
 
 
 @pytest.fixture(
-    scope="module", params=["embedded", pytest.param("activemq", marks=pytest.mark.activemq)]
+    scope="module",
+    params=[
+        "embedded",
+        pytest.param("activemq", marks=pytest.mark.activemq),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ],
 )
 def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
     broker: BrokerProcess = request.getfixturevalue(f"{request.param}_broker")
@@ -471,9 +476,9 @@ def _failing_workflow(ctx: WorkflowContext) -> WorkflowOutcome:
 
 
 def test_failing_workflow_still_ends_its_run_and_runner_returns_to_ready(
-    any_broker: BrokerProcess,
+    every_broker: BrokerProcess,
 ) -> None:
-    settings = any_broker.settings()
+    settings = every_broker.settings()
     ns = f"fail{uuid.uuid4().hex[:6]}"
     watch = Collector(settings, RUN_TOPIC, replies_topic(ns), HEARTBEAT_TOPIC)
     runner = WorkflowRunner("runner", ns, broker=settings, heartbeat_interval=0.5).start()
@@ -509,8 +514,8 @@ def test_failing_workflow_still_ends_its_run_and_runner_returns_to_ready(
         watch.close()
 
 
-def test_duration_limits_the_run_and_counts_as_completed(any_broker: BrokerProcess) -> None:
-    settings = any_broker.settings()
+def test_duration_limits_the_run_and_counts_as_completed(every_broker: BrokerProcess) -> None:
+    settings = every_broker.settings()
     ns = f"dur{uuid.uuid4().hex[:6]}"
     watch = Collector(settings, RUN_TOPIC, replies_topic(ns))
     runner = WorkflowRunner("runner", ns, broker=settings, heartbeat_interval=0.5).start()

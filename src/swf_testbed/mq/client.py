@@ -34,8 +34,8 @@ import stomp
 from stomp.exception import StompException
 
 from swf_testbed.messages import Message
-from swf_testbed.mq.destinations import Destination
-from swf_testbed.settings import BrokerSettings
+from swf_testbed.mq.destinations import Destination, forget_frames, mirror_topic
+from swf_testbed.settings import BrokerSettings, DestinationStyle, QueueMirror
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,12 @@ class BrokerClient:
 
         ActiveMQ Classic treats a STOMP NACK as a poison acknowledgement and
         moves the message to its own DLQ; there the runtime retries locally.
+        RabbitMQ requeues it: known from the ``rabbitmq`` destination style,
+        not from its ``server`` header. The embedded broker says who it is.
         """
-        return self.server.startswith(("swf-testbed/", "RabbitMQ/"))
+        if self.settings.destination_style is DestinationStyle.RABBITMQ:
+            return True
+        return self.server.startswith("swf-testbed/")
 
     def start(self, wait: float | None = 30.0) -> BrokerClient:
         """Start the connection supervisor; with ``wait``, block until connected."""
@@ -285,30 +289,23 @@ class BrokerClient:
             conn = self._conn if self.connected else None
             if conn is not None:
                 try:
-                    conn.unsubscribe(id=sub.id)
                     if forget and sub.durable_name:
-                        # detached first, then removed by name (ActiveMQ refuses to remove one in use)
-                        conn.unsubscribe(
-                            id=sub.id,
-                            headers={
-                                "activemq.subscriptionName": sub.durable_name,
-                                "durable-subscription-name": sub.durable_name,
-                            },
-                        )
+                        style = self.settings.destination_style
+                        for headers in forget_frames(style, sub.durable_name):
+                            conn.unsubscribe(id=sub.id, headers=headers)
+                    else:
+                        conn.unsubscribe(id=sub.id)
                 except StompException:
                     pass
 
     def _send_subscribe(self, conn: stomp.Connection, sub: Subscription) -> threading.Event:
         style = self.settings.destination_style
-        headers = sub.destination.subscribe_headers(style)
+        headers = sub.destination.subscribe_headers(
+            style, prefetch=sub.prefetch, durable_name=sub.durable_name
+        )
         waiter = self._expect_receipt(headers)
-        if sub.prefetch is not None:
-            headers["activemq.prefetchSize"] = str(sub.prefetch)
         if sub.selector:
             headers["selector"] = sub.selector
-        if sub.durable_name:
-            headers["activemq.subscriptionName"] = sub.durable_name  # ActiveMQ Classic, embedded
-            headers["durable-subscription-name"] = sub.durable_name  # Artemis
         conn.subscribe(
             destination=sub.destination.address(style), id=sub.id, ack=sub.ack, headers=headers
         )
@@ -403,9 +400,14 @@ class BrokerClient:
         A message to a queue is consumed by one receiver only; the monitor
         sees it on the queue's mirror topic, which the broker publishes
         (``VirtualTopic.Mirror.<queue>``: the embedded broker by default,
-        ActiveMQ with ``useMirroredQueues``), so nothing is sent twice here.
+        ActiveMQ with ``useMirroredQueues``). On a broker without mirrored
+        queues (``queue_mirror = client``, RabbitMQ's default) the client sends
+        that copy itself, right after the message.
         """
         self._send_one(destination, body, headers, persistent, receipt, timeout)
+        if not destination.is_topic and self.settings.mirror is QueueMirror.CLIENT:
+            # a broker without mirrored queues (RabbitMQ): the copy the monitor reads
+            self._send_one(mirror_topic(destination), body, headers, persistent, receipt, timeout)
 
     def _send_one(
         self,
@@ -477,7 +479,7 @@ class BrokerClient:
             [(s.host, s.port)],
             heartbeats=hb,
             reconnect_attempts_max=1,
-            vhost=s.vhost or s.host,
+            vhost=s.virtual_host,
             timeout=10,
             heart_beat_receive_scale=3.0,  # ActiveMQ Classic may leave 2x the interval between beats
             auto_decode=False,

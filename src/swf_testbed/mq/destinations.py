@@ -36,20 +36,49 @@ class Destination:
         return self.kind == "topic"
 
     def address(self, style: DestinationStyle = DestinationStyle.PREFIXED) -> str:
-        """The destination header value for this broker style."""
+        """The destination header value for this broker style.
+
+        RabbitMQ spells the trailing wildcard ``#`` (AMQP topic matching); ``*``
+        is one element on every broker.
+        """
         if style is DestinationStyle.ARTEMIS:
             return self.name
-        return f"/{self.kind}/{self.name}"
+        name = self.name
+        if style is DestinationStyle.RABBITMQ and (name == ">" or name.endswith(".>")):
+            name = name[:-1] + "#"
+        return f"/{self.kind}/{name}"
 
     def send_headers(self, style: DestinationStyle) -> dict[str, str]:
         if style is DestinationStyle.ARTEMIS:
             return {"destination-type": "MULTICAST" if self.is_topic else "ANYCAST"}
         return {}
 
-    def subscribe_headers(self, style: DestinationStyle) -> dict[str, str]:
+    def subscribe_headers(
+        self,
+        style: DestinationStyle,
+        *,
+        prefetch: int | None = None,
+        durable_name: str | None = None,
+    ) -> dict[str, str]:
+        """SUBSCRIBE headers for this broker style: routing type, prefetch, durability.
+
+        A durable subscription is ActiveMQ's ``activemq.subscriptionName`` (with
+        the connection's ``client-id``; the embedded broker reads the same),
+        Artemis's ``durable-subscription-name``, and on RabbitMQ a durable,
+        non-auto-deleted queue named after the subscription (``x-queue-name``),
+        bound to the topic: it keeps the messages while the subscriber is away.
+        """
+        headers: dict[str, str] = {}
         if style is DestinationStyle.ARTEMIS:
-            return {"subscription-type": "MULTICAST" if self.is_topic else "ANYCAST"}
-        return {}
+            headers["subscription-type"] = "MULTICAST" if self.is_topic else "ANYCAST"
+        if prefetch is not None:
+            key = (
+                "prefetch-count" if style is DestinationStyle.RABBITMQ else "activemq.prefetchSize"
+            )
+            headers[key] = str(prefetch)
+        if durable_name:
+            headers.update(durable_headers(style, durable_name))
+        return headers
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -96,6 +125,33 @@ ALL_TESTBED_TOPICS = (RUN_TOPIC, Topic("swf.>"), MONITOR_TOPIC)
 
 DEAD_LETTER_QUEUE = Queue("swf.dead_letter")
 """Messages no handler could process after every allowed attempt."""
+
+
+def durable_headers(style: DestinationStyle, durable_name: str) -> dict[str, str]:
+    """The headers naming a durable subscription (SUBSCRIBE, and the UNSUBSCRIBE removing it)."""
+    if style is DestinationStyle.RABBITMQ:
+        return {
+            "durable": "true",
+            "auto-delete": "false",
+            "x-queue-name": f"swf.durable.{durable_name}",
+        }
+    return {
+        "activemq.subscriptionName": durable_name,  # ActiveMQ Classic, the embedded broker
+        "durable-subscription-name": durable_name,  # Artemis
+    }
+
+
+def forget_frames(style: DestinationStyle, durable_name: str) -> list[dict[str, str]]:
+    """The headers of each UNSUBSCRIBE that removes an attached durable subscription for good.
+
+    ActiveMQ Classic (and the embedded broker) refuse to remove one in use:
+    detach it first (plain UNSUBSCRIBE), then remove it by name. RabbitMQ
+    removes it, queue and backlog, in the one UNSUBSCRIBE that carries
+    ``durable:true``; after a plain one it would no longer know the id.
+    """
+    if style is DestinationStyle.RABBITMQ:
+        return [durable_headers(style, durable_name)]
+    return [{}, durable_headers(style, durable_name)]
 
 
 def mirror_topic(queue: Destination) -> Destination:

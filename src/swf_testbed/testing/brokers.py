@@ -1,4 +1,4 @@
-"""Start real brokers on free loopback ports: the embedded one and ActiveMQ Classic.
+"""Start real brokers on free loopback ports: the embedded one and ActiveMQ Classic; find RabbitMQ.
 
 Used by the test suite and the benchmarks, so that both talk to the same
 real services the same way.
@@ -14,13 +14,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swf_testbed.settings import BrokerSettings
+from swf_testbed.settings import BrokerSettings, DestinationStyle
 
 ACTIVEMQ_HOME = Path(os.environ.get("SWF_ACTIVEMQ_HOME", "/usr/share/activemq"))
 ACTIVEMQ_CONF = Path(os.environ.get("SWF_ACTIVEMQ_CONF", "/etc/activemq/instances-available/main"))
+RABBITMQ_STOMP = os.environ.get("SWF_TEST_RABBITMQ_STOMP", "127.0.0.1:61633")
+"""Where RabbitMQ's STOMP plugin listens (a running server; .ci/run enables the plugin there).
+
+Not 61613, STOMP's usual port: that is the embedded broker's default.
+"""
+RABBITMQ_LOGIN = ("guest", "guest")
 
 
 def free_port() -> int:
@@ -57,11 +66,32 @@ class BrokerProcess:
     workdir: Path | None = None
     log_path: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    style: DestinationStyle = DestinationStyle.PREFIXED
+    login: tuple[str, str] | None = None
+    virtual_host: str = ""
 
     @property
     def env(self) -> dict[str, str]:
         """Environment variables pointing a testbed program at this broker."""
-        return {"ACTIVEMQ_HOST": self.host, "ACTIVEMQ_PORT": str(self.port), **self.extra}
+        env = {"ACTIVEMQ_HOST": self.host, "ACTIVEMQ_PORT": str(self.port)}
+        if self.style is not DestinationStyle.PREFIXED:
+            env["ACTIVEMQ_DESTINATION_STYLE"] = self.style.value
+        if self.login is not None:
+            env["ACTIVEMQ_USER"], env["ACTIVEMQ_PASSWORD"] = self.login
+        if self.virtual_host:
+            env["ACTIVEMQ_VHOST"] = self.virtual_host
+        return {**env, **self.extra}
+
+    @property
+    def vhost(self) -> str:
+        """The STOMP ``host`` header a raw client must send (RabbitMQ: its virtual host ``/``)."""
+        return self.settings().virtual_host
+
+    def connect_kwargs(self) -> dict[str, str]:
+        """Keyword arguments of stomp.py's ``connect()`` for a raw client of this broker."""
+        if self.login is None:
+            return {}
+        return {"username": self.login[0], "passcode": self.login[1]}
 
     def settings(self, **overrides: object) -> BrokerSettings:
         """Client settings for this broker, with quick heart-beats and reconnects for tests."""
@@ -71,7 +101,12 @@ class BrokerProcess:
             "heartbeat_ms": 2000,
             "reconnect_initial_s": 0.1,
             "reconnect_max_s": 1.0,
+            "destination_style": self.style,
         }
+        if self.login is not None:
+            values["user"], values["password"] = self.login
+        if self.virtual_host:
+            values["vhost"] = self.virtual_host
         values.update(overrides)
         return BrokerSettings(**values)  # type: ignore[arg-type]
 
@@ -127,6 +162,63 @@ def start_embedded(
         broker.stop()
         raise RuntimeError(f"embedded broker did not start:\n{broker.log_tail()}") from None
     return broker
+
+
+def rabbitmq_stomp(virtual_host: str = "") -> BrokerProcess | None:
+    """RabbitMQ's STOMP listener (``SWF_TEST_RABBITMQ_STOMP``) if it answers CONNECT, else None.
+
+    A running server, shared with whatever else uses it: give each test
+    session a virtual host of its own (``rabbitmq_vhost``) so that the queues
+    it creates go away with it.
+    """
+    host, _, port_text = RABBITMQ_STOMP.rpartition(":")
+    broker = BrokerProcess(
+        "rabbitmq",
+        host,
+        int(port_text),
+        style=DestinationStyle.RABBITMQ,
+        login=RABBITMQ_LOGIN,
+        virtual_host=virtual_host,
+    )
+    connect = b"CONNECT\naccept-version:1.1\nhost:%s\nlogin:%s\npasscode:%s\n\n\x00" % (
+        broker.vhost.encode(),
+        RABBITMQ_LOGIN[0].encode(),
+        RABBITMQ_LOGIN[1].encode(),
+    )
+    try:
+        with socket.create_connection((broker.host, broker.port), timeout=3) as sock:
+            sock.sendall(connect)
+            sock.settimeout(5)
+            answer = sock.recv(4096)
+    except OSError:
+        return None
+    return broker if answer.startswith(b"CONNECTED") else None
+
+
+@contextmanager
+def rabbitmq_vhost(prefix: str = "swf-test") -> Iterator[str]:
+    """A new RabbitMQ virtual host for the guest user, deleted (with its queues) afterwards.
+
+    Uses ``rabbitmqctl`` (the server's own tool, on this machine); where it is
+    missing or refuses, yields ``""``: the default virtual host ``/``.
+    """
+    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    ctl = shutil.which("rabbitmqctl")
+
+    def run(*args: str) -> bool:
+        assert ctl is not None
+        done = subprocess.run([ctl, "-q", *args], capture_output=True, timeout=60, check=False)
+        return done.returncode == 0
+
+    made = bool(ctl) and run("add_vhost", name)
+    if made and not run("set_permissions", "-p", name, RABBITMQ_LOGIN[0], ".*", ".*", ".*"):
+        run("delete_vhost", name)
+        made = False
+    try:
+        yield name if made else ""
+    finally:
+        if made:
+            run("delete_vhost", name)
 
 
 def activemq_available() -> bool:
