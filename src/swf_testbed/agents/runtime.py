@@ -45,6 +45,8 @@ agent run``); in a process running several agents, each one sends every record.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import signal
@@ -52,12 +54,14 @@ import socket
 import threading
 import time
 import traceback
+import types
 import uuid
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin, overload
 
 from swf_testbed.agents.logship import (
     DEFAULT_BUFFER_SIZE,
@@ -70,6 +74,8 @@ from swf_testbed.agents.logship import (
 )
 from swf_testbed.messages import (
     MAX_BODY_BYTES,
+    MESSAGE_TYPES,
+    V28_MESSAGE_TYPES,
     AgentStatus,
     DeadLetter,
     Heartbeat,
@@ -82,6 +88,7 @@ from swf_testbed.messages import (
 )
 from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
 from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, Destination, logs_topic
+from swf_testbed.retry import Backoff
 from swf_testbed.settings import BrokerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -89,21 +96,207 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 DEAD_LETTER_BODY_BYTES = MAX_BODY_BYTES // 8
-"""Most of an original body a dead letter carries: it must stay under the body limit itself, even when
-every byte becomes a 6-character JSON escape."""
-HandlerFn = Callable[[Any, Message], None]
+"""Most of an original body a dead letter carries: it must stay under the body limit itself,
+even when every byte becomes a 6-character JSON escape."""
+# ---------------------------------------------------------------------------- handler registration
+
+_A = TypeVar("_A", bound="Agent")
+_M1 = TypeVar("_M1", bound=Message)
+_M2 = TypeVar("_M2", bound=Message)
+_M3 = TypeVar("_M3", bound=Message)
+_F = TypeVar("_F", bound=Callable[..., None])
+
+_DECLARED = "_swf_handles"
+"""The attribute :func:`handles` puts on a handler: what it was declared for, as written."""
 
 
-def handles(*msg_types: str) -> Callable[[HandlerFn], HandlerFn]:
-    """Register a method as the handler of one or more ``msg_type`` values."""
-    if not msg_types:
-        raise TypeError("handles() needs at least one msg_type")
+class HandlerError(TypeError):
+    """A handler registration that cannot work, found when the agent class is created.
 
-    def decorate(fn: HandlerFn) -> HandlerFn:
-        fn._swf_handles = msg_types  # type: ignore[attr-defined]
+    The message names the module, class and method, and says what is wrong: not a message
+    class, two handlers for one message type, a parameter annotation that disagrees with
+    the decorator, a method that cannot take ``(self, msg)``.
+    """
+
+
+@overload
+def handles(
+    t1: type[_M1], /
+) -> Callable[[Callable[[_A, _M1], None]], Callable[[_A, _M1], None]]: ...
+@overload
+def handles(
+    t1: type[_M1], t2: type[_M2], /
+) -> Callable[[Callable[[_A, _M1 | _M2], None]], Callable[[_A, _M1 | _M2], None]]: ...
+@overload
+def handles(
+    t1: type[_M1], t2: type[_M2], t3: type[_M3], /
+) -> Callable[[Callable[[_A, _M1 | _M2 | _M3], None]], Callable[[_A, _M1 | _M2 | _M3], None]]: ...
+@overload
+def handles(*message_types: str) -> Callable[[_F], _F]: ...
+def handles(*message_types: type[Message] | str) -> Callable[[_F], _F]:
+    """Register a method as the handler of one or more message classes.
+
+    ``@handles(StfReady)`` on ``def on_stf_ready(self, msg: StfReady) -> None``: the
+    method gets every ``stf_ready`` message of the agent's namespace, validated and
+    parsed into ``StfReady`` (one received in the ePIC v28 dialect is an ``StfReadyV28``,
+    a subclass). The registration is checked when the agent class is created, so that
+    a mistake is an import error (:class:`HandlerError`), not a message dead-lettered
+    at run time.
+
+    The ``msg_type`` strings of earlier versions (``@handles("stf_ready")``) still work,
+    resolved and checked the same way, but are deprecated (a ``DeprecationWarning``);
+    give the class.
+    """
+    if not message_types:
+        raise TypeError("handles() needs at least one message class, e.g. @handles(StfReady)")
+    strings = [t for t in message_types if isinstance(t, str)]
+    if strings:
+        names = ", ".join(getattr(_schema_class(t), "__name__", "<its class>") for t in strings)
+        warnings.warn(
+            f"@handles({', '.join(map(repr, strings))}): msg_type strings are deprecated, "
+            f"give the message class: @handles({names}) from swf_testbed.messages",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+
+    def decorate(fn: _F) -> _F:
+        setattr(fn, _DECLARED, message_types)
         return fn
 
     return decorate
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where messages of one ``msg_type`` go: the method, and the class it is given."""
+
+    message: type[Message]
+    method: str
+
+
+def _shown(declared: object) -> str:
+    return declared.__qualname__ if isinstance(declared, type) else repr(declared)
+
+
+def _msg_type(cls: type[Message]) -> str | None:
+    default = cls.model_fields["msg_type"].default
+    return default if isinstance(default, str) else None
+
+
+def _schema_class(msg_type: str) -> type[Message] | None:
+    """The class a received ``msg_type`` is parsed into (v28-only types have only their v28 one)."""
+    return MESSAGE_TYPES.get(msg_type) or V28_MESSAGE_TYPES.get(msg_type)
+
+
+def _message_class(declared: object, where: str) -> tuple[str, type[Message]]:
+    """The msg_type and class an argument of ``@handles`` stands for, or a :class:`HandlerError`."""
+    if isinstance(declared, str):
+        cls = _schema_class(declared)
+        if cls is None:
+            known = ", ".join(sorted({*MESSAGE_TYPES, *V28_MESSAGE_TYPES}))
+            raise HandlerError(f"{where}: @handles({declared!r}): unknown msg_type; known: {known}")
+        return declared, cls
+    if not (isinstance(declared, type) and issubclass(declared, Message)):
+        raise HandlerError(
+            f"{where}: @handles({_shown(declared)}) is not a message class: give one of "
+            f"swf_testbed.messages, e.g. @handles(StfReady)"
+        )
+    msg_type = _msg_type(declared)
+    schema = _schema_class(msg_type) if msg_type is not None else None
+    if msg_type is None or schema is None:
+        raise HandlerError(
+            f"{where}: @handles({declared.__name__}): not a message type of the schema "
+            f"(it has no msg_type of its own): give the concrete classes, e.g. @handles(StfReady)"
+        )
+    if schema is not declared:
+        raise HandlerError(
+            f"{where}: @handles({declared.__name__}): {msg_type!r} messages arrive as "
+            f"{schema.__name__} (those in the ePIC v28 dialect as a subclass of it): "
+            f"@handles({schema.__name__})"
+        )
+    return msg_type, schema
+
+
+def _accepts(annotation: object, message: type[Message]) -> bool:
+    """Whether a parameter annotated ``annotation`` can be given a ``message``."""
+    if annotation is Any or annotation is object:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _accepts(get_args(annotation)[0], message)
+    if origin is Union or origin is types.UnionType:
+        return any(_accepts(member, message) for member in get_args(annotation))
+    return isinstance(annotation, type) and issubclass(message, annotation)
+
+
+def _check_handler(fn: object, routes: list[_Route], where: str) -> None:
+    """``fn`` takes ``(self, msg)`` and its ``msg`` annotation accepts every routed class."""
+    if not inspect.isfunction(fn):
+        raise HandlerError(f"{where}: registered as a handler but is not a method ({fn!r})")
+    try:
+        signature = inspect.signature(fn, eval_str=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to evaluate an annotation: say which
+        raise HandlerError(
+            f"{where}: cannot resolve the annotations of the handler ({exc}); the message "
+            f"class must be importable when the agent class is created (not only under "
+            f"TYPE_CHECKING)"
+        ) from None
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise HandlerError(
+            f"{where}: a handler takes (self, msg); this one is {fn.__name__}{signature}"
+        ) from None
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) < 2 or positional[1].annotation is inspect.Parameter.empty:
+        return  # *args, or not annotated: nothing to compare
+    param = positional[1]
+    for route in routes:
+        if not _accepts(param.annotation, route.message):
+            shown = getattr(param.annotation, "__name__", None) or repr(param.annotation)
+            raise HandlerError(
+                f"{where}: @handles({route.message.__name__}) but its parameter is "
+                f"{param.name}: {shown}, which a {route.message.__name__} is not"
+            )
+
+
+def _routes(cls: type) -> dict[str, _Route]:
+    """The handler table of an agent class: msg_type → route, checked (:class:`HandlerError`).
+
+    Walks the class's bases first: a subclass's handler for a message type replaces its
+    base's; a method redefined without ``@handles`` keeps the base's registration; one
+    redefined with ``@handles`` is registered for what it declares, and only that.
+    """
+    routes: dict[str, _Route] = {}
+    for klass in reversed(cls.__mro__):
+        declared_here: dict[str, str] = {}
+        for attr, value in vars(klass).items():
+            declared = getattr(value, _DECLARED, None)
+            if declared is None:
+                continue
+            routes = {t: r for t, r in routes.items() if r.method != attr}
+            where = f"{klass.__module__}.{klass.__qualname__}.{attr}"
+            for item in declared:
+                msg_type, message = _message_class(item, where)
+                if msg_type in declared_here:
+                    raise HandlerError(
+                        f"{where}: two handlers for {message.__name__} in "
+                        f"{klass.__qualname__}: {declared_here[msg_type]} and {attr}"
+                    )
+                declared_here[msg_type] = attr
+                routes[msg_type] = _Route(message, attr)
+    by_method: dict[str, list[_Route]] = {}
+    for route in routes.values():
+        by_method.setdefault(route.method, []).append(route)
+    for attr, method_routes in by_method.items():
+        fn = inspect.getattr_static(cls, attr)
+        owner = next(k for k in cls.__mro__ if attr in vars(k))
+        _check_handler(fn, method_routes, f"{owner.__module__}.{owner.__qualname__}.{attr}")
+    return routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +348,13 @@ class Agent:
     """
 
     agent_type: ClassVar[str] = "agent"
-    _handlers: ClassVar[dict[str, str]] = {}
+    _handlers: ClassVar[dict[str, _Route]] = {}
+    _attempts_bound: ClassVar[int] = 10_000
+    """How many failing messages the runtime remembers attempts of (the oldest are forgotten)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        handlers: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            for attr, value in vars(klass).items():
-                for msg_type in getattr(value, "_swf_handles", ()):
-                    handlers[msg_type] = attr
-        cls._handlers = handlers
+        cls._handlers = _routes(cls)  # raises HandlerError: a bad registration fails the import
 
     def __init__(
         self,
@@ -187,6 +377,8 @@ class Agent:
             raise ValueError("heartbeat_interval must be > 0")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if retry_delay <= 0:
+            raise ValueError("retry_delay must be > 0 (seconds)")
         if log_buffer < 1:
             raise ValueError("log_buffer must be >= 1 (records)")
         if log_flush_interval <= 0:
@@ -205,6 +397,11 @@ class Agent:
         self.workers = workers
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        # the local retry's schedule (brokers that do not redeliver a NACK): retry_delay, twice
+        # that, ... up to the last retry before the dead letter
+        self._retry_backoff = Backoff(
+            initial=retry_delay, maximum=retry_delay * 2 ** (max_attempts - 1)
+        )
         self.drain_timeout = drain_timeout
         self.description = description
         self.durable = durable
@@ -212,7 +409,8 @@ class Agent:
             broker or get_settings().broker,
             client_name=name,
             on_state_change=self._on_mq_state,
-            # durable topic subscriptions belong to a stable client id: one connection per agent name
+            # durable topic subscriptions belong to a stable client id: one connection per
+            # agent name
             client_id=f"swf-agent-{namespace}-{name}" if durable else None,
         )
         self.state = OperationalState.STARTING
@@ -237,7 +435,8 @@ class Agent:
         self._accepting = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._lanes: _Lanes | None = None
-        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._attempts: OrderedDict[str, int] = OrderedDict()  # failed attempts per message
+        self._attempts_lock = threading.Lock()  # pool threads and retry timers change it
         self._subs: list[Subscription] = []
         self._thread: threading.Thread | None = None
         self._signals = 0
@@ -294,7 +493,7 @@ class Agent:
             self._subs.append(
                 self.client.subscribe(
                     listen.destination,
-                    lambda d, lane=lane: self._on_delivery(d, lane),
+                    functools.partial(self._on_delivery, lane=lane),
                     ack="client-individual",
                     prefetch=prefetch,
                     durable=self.durable and listen.destination.is_topic,
@@ -487,6 +686,32 @@ class Agent:
 
     # ------------------------------------------------------------------ dispatch
 
+    @classmethod
+    def handled_types(cls) -> dict[str, type[Message]]:
+        """The message types this agent class handles: ``msg_type`` → the class its handler gets."""
+        return {msg_type: route.message for msg_type, route in cls._handlers.items()}
+
+    def dispatch(self, msg: Message) -> bool:
+        """Hand ``msg`` to the handler registered for its type, in this thread; False if none is.
+
+        This is the step of the runtime that calls a handler, without the rest of the
+        receiving path: no namespace filter, no acknowledgement, no retry and no dead
+        letter. The handler's exception propagates. It runs, as on receipt, with ``msg``'s
+        execution and run attached to the records it logs. Tests call it to drive an
+        agent's handlers with real messages without a broker.
+        """
+        route = self._handlers.get(msg.msg_type)
+        if route is None:
+            return False
+        if not isinstance(msg, route.message):
+            raise TypeError(
+                f"{type(self).__qualname__}.{route.method} handles {route.message.__name__}, "
+                f"not {type(msg).__name__} (msg_type {msg.msg_type!r})"
+            )
+        with logging_for(msg.execution_id, msg.run_id):
+            getattr(self, route.method)(msg)
+        return True
+
     def _on_delivery(self, delivery: Delivery, lane: str | None) -> None:
         """Receiver thread: count and hand over, never block."""
         if not self._accepting.is_set() or self._lanes is None:
@@ -509,7 +734,8 @@ class Agent:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            # tolerant on receipt: the ePIC v28 dialect too, its naive times read in SWF_LEGACY_TIMEZONE
+            # tolerant on receipt: the ePIC v28 dialect too, its naive times read in
+            # SWF_LEGACY_TIMEZONE
             msg = parse_received(
                 delivery.body,
                 zone=get_settings().legacy_zone,
@@ -530,29 +756,39 @@ class Agent:
             self.count("other_namespace")
             self.client.ack(delivery)
             return
-        method = self._handlers.get(msg.msg_type)
-        if method is None:
-            self.count("unhandled")
-            self.client.ack(delivery)
-            return
         key = f"{delivery.subscription.destination}|{delivery.message_id}"
         try:
-            with logging_for(msg.execution_id, msg.run_id):
-                getattr(self, method)(msg)
+            handled = self.dispatch(msg)
         except Exception as exc:  # noqa: BLE001 - a handler must never take the agent down
             self._on_failure(delivery, key, msg, exc)
             return
-        self._attempts.pop(key, None)
+        if not handled:
+            self.count("unhandled")
+            self.client.ack(delivery)
+            return
+        with self._attempts_lock:
+            self._attempts.pop(key, None)
         self.client.ack(delivery)
         self.count("handled")
 
+    def _count_attempt(self, key: str) -> int:
+        """One more failed attempt of the message ``key``: its number (1 for the first).
+
+        At ``max_attempts`` the message is forgotten (it is dead-lettered). Read, increment
+        and bound happen under one lock: the pool's threads and the retry timers fail
+        messages at the same time.
+        """
+        with self._attempts_lock:
+            attempts = self._attempts.pop(key, 0) + 1
+            if attempts < self.max_attempts:
+                self._attempts[key] = attempts  # (re)inserted last: the newest
+                while len(self._attempts) > self._attempts_bound:
+                    self._attempts.popitem(last=False)
+            return attempts
+
     def _on_failure(self, delivery: Delivery, key: str, msg: Message, exc: Exception) -> None:
         self.count("failed")
-        attempts = self._attempts.get(key, 0) + 1
-        self._attempts[key] = attempts
-        self._attempts.move_to_end(key)
-        while len(self._attempts) > 10_000:
-            self._attempts.popitem(last=False)
+        attempts = self._count_attempt(key)
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if attempts >= self.max_attempts:
             log.error(
@@ -564,7 +800,6 @@ class Agent:
                 error,
                 extra={"execution_id": msg.execution_id, "run_id": msg.run_id},
             )
-            self._attempts.pop(key, None)
             self._dead_letter(delivery, error, attempts)
             return
         self.count("retried")
@@ -581,7 +816,7 @@ class Agent:
         if self.client.nack_redelivers:
             self.client.nack(delivery)
             return
-        delay = self.retry_delay * (2 ** (attempts - 1))
+        delay = self._retry_backoff.for_attempt(attempts)
         with self._state_lock:
             self._in_flight += 1  # the retry is work in hand: drain waits for it
         timer = threading.Timer(delay, self._retry, args=(delivery,))
@@ -604,7 +839,10 @@ class Agent:
         body = delivery.body
         if len(body) > DEAD_LETTER_BODY_BYTES:
             # an oversized body would make the dead letter itself too large to be a valid message
-            error = f"{error} (original body of {len(body)} bytes kept truncated to {DEAD_LETTER_BODY_BYTES})"
+            error = (
+                f"{error} (original body of {len(body)} bytes kept truncated to "
+                f"{DEAD_LETTER_BODY_BYTES})"
+            )
             body = body[:DEAD_LETTER_BODY_BYTES]
         letter = self.message(
             DeadLetter,
