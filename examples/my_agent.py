@@ -16,9 +16,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunCount:
-    stfs: set[str] = field(
-        default_factory=set
-    )  # file names: a redelivered stf_ready is not counted twice
+    # file names: a redelivered stf_ready is not counted twice
+    stfs: set[str] = field(default_factory=set)
     total: int | None = None  # the DAQ's count, once end_run has arrived
     reported: bool = False
 

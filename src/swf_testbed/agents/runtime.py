@@ -2,11 +2,12 @@
 
 An agent is a persistent service. It connects to the broker, subscribes to
 its destinations, and hands every message to the handler registered for its
-``msg_type`` (the :func:`handles` decorator). Handlers run in a bounded worker
-pool, never on the STOMP receiver thread, so a slow handler never blocks
-heart-beats; by default messages of one subscription are handled in order
-(one lane per subscription), and ``ordered=False`` lets a subscription use
-every worker (competing-consumer work such as slices).
+class (``@handles(StfReady)``, checked when the agent class is created; see
+:func:`handles`, and :meth:`Agent.dispatch` for the call alone). Handlers
+run in a bounded worker pool, never on the STOMP receiver thread, so a slow
+handler never blocks heart-beats; by default messages of one subscription are
+handled in order (one lane per subscription), and ``ordered=False`` lets a
+subscription use every worker (competing-consumer work such as slices).
 
 ``durable=True`` (the agent option ``durable``) makes its topic subscriptions
 durable, owned by the client id ``swf-agent-<namespace>-<name>``: messages
@@ -23,8 +24,11 @@ Failure policy, per message:
   log, sent to the dead-letter queue with the reason, acknowledged;
 * another namespace → acknowledged and counted, not handled;
 * the handler raises → retried (NACK where the broker redelivers on NACK,
-  local retry with backoff where it does not), and after ``max_attempts``
-  sent to the dead-letter queue and acknowledged. The connection stays up.
+  local retry where it does not, after ``retry_delay``, twice that, ...: a
+  :class:`~swf_testbed.retry.Backoff`), and after ``max_attempts`` sent to the
+  dead-letter queue and acknowledged. The connection stays up. The attempts
+  are counted per message under a lock (pool threads and retry timers fail
+  messages at the same time), for the last 10 000 failing messages.
 
 Operational states: STARTING → READY ⇄ PROCESSING → EXITED, published in a
 heartbeat every ``heartbeat_interval`` seconds and on every state change.
