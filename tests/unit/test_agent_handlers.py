@@ -25,9 +25,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from swf_testbed.agents import Agent, handles
+from swf_testbed.agents import Agent, HandlerError, handles
 from swf_testbed.agents.logship import log_context
-from swf_testbed.agents.runtime import HandlerError
 from swf_testbed.messages import (
     DeadLetter,
     EndRun,
