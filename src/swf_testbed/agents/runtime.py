@@ -64,7 +64,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from swf_testbed.agents.handlers import HandlerError as HandlerError  # re-exported
 from swf_testbed.agents.handlers import Route, routes_of
 from swf_testbed.agents.handlers import handles as handles  # re-exported: agents import it here
 from swf_testbed.agents.logship import (
