@@ -279,7 +279,7 @@ def test_an_unannotated_handler_is_accepted(import_agent: Any) -> None:
         """
         class A(Agent):
             @handles(StfGen)
-            def on_gen(self, msg):  # type: ignore[no-untyped-def]
+            def on_gen(self, msg):
                 self.got = msg
         """
     )
