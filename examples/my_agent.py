@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swf_testbed.agents import Agent, handles
-from swf_testbed.messages import EndRun, Message, StfReady
+from swf_testbed.messages import EndRun, StfReady
 from swf_testbed.mq.destinations import RUN_TOPIC, Destination, data_topic
 
 log = logging.getLogger(__name__)
@@ -16,15 +16,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunCount:
-    stfs: set[str] = field(
-        default_factory=set
-    )  # file names: a redelivered stf_ready is not counted twice
+    # file names: a redelivered stf_ready is not counted twice
+    stfs: set[str] = field(default_factory=set)
     total: int | None = None  # the DAQ's count, once end_run has arrived
     reported: bool = False
 
 
 class StfCounter(Agent):
-    """Counts stf_ready per run; publishes nothing, reports in its heartbeat counters and its log."""
+    """Counts stf_ready per run; publishes nothing, reports in heartbeat counters and its log."""
 
     agent_type = "stf-counter"
 
@@ -34,12 +33,12 @@ class StfCounter(Agent):
         self._lock = threading.Lock()  # handlers of different subscriptions run in parallel
 
     def listens_on(self) -> list[Destination]:
-        # stf_ready comes from the data agent on the namespace's data topic; end_run from the DAQ on the run topic
+        # stf_ready comes from the data agent on the namespace's data topic,
+        # end_run from the DAQ on the run topic
         return [data_topic(self.namespace), RUN_TOPIC]
 
-    @handles("stf_ready")
-    def on_stf_ready(self, msg: Message) -> None:
-        assert isinstance(msg, StfReady)
+    @handles(StfReady)
+    def on_stf_ready(self, msg: StfReady) -> None:
         with self._lock:
             run = self.runs.setdefault(msg.run_id, RunCount())
             if msg.filename in run.stfs:
@@ -50,9 +49,8 @@ class StfCounter(Agent):
             self.count(f"run_{msg.run_id}_stfs")
             self._report_if_complete(msg.run_id, run)
 
-    @handles("end_run")
-    def on_end_run(self, msg: Message) -> None:
-        assert isinstance(msg, EndRun)
+    @handles(EndRun)
+    def on_end_run(self, msg: EndRun) -> None:
         with self._lock:
             run = self.runs.setdefault(msg.run_id, RunCount())
             run.total = msg.total_stf_files

@@ -94,6 +94,61 @@ def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(
         watch.close()
 
 
+def test_many_failing_messages_on_all_workers_are_each_dead_lettered_after_max_attempts(
+    any_broker: BrokerProcess,
+) -> None:
+    """40 messages that always fail, on an unordered queue, 8 pool threads: the attempt count
+    is changed by all of them at once. Each message is handled exactly max_attempts times and
+    dead-lettered once, with that count."""
+    ns, _, queue, _ = _names()
+    settings = any_broker.settings()
+    files = [f"bad{i:02d}.stf" for i in range(40)]
+    watch = Collector(settings, DEAD_LETTER_QUEUE)
+    agent = EchoAgent(
+        "echo",
+        ns,
+        queue=queue,
+        fail_always=[*files, "sentinel.stf"],
+        broker=settings,
+        workers=8,
+        max_attempts=3,
+        retry_delay=0.01,
+    ).start()
+    try:
+        sender = BrokerClient(settings).start()
+        for name in files:
+            sender.send(Queue(queue), stf_ready(ns, name))
+        watch.wait_for(
+            lambda ms: len([m for m in ms if m.namespace == ns]) >= len(files),
+            what=f"{len(files)} dead letters",
+            timeout=60,
+        )
+        # the sentinel: dead-lettered after the others, so a stray extra attempt or letter
+        # of theirs would be in by the time its letter is
+        sender.send(Queue(queue), stf_ready(ns, "sentinel.stf"))
+        watch.wait_for(
+            lambda ms: any(
+                m.namespace == ns and b"sentinel.stf" in m.original_body.encode()  # type: ignore[attr-defined]
+                for m in ms
+            ),
+            what="the sentinel's dead letter",
+        )
+        letters = _dead_letters_for(watch, ns)
+        names = sorted(parse_message(m.original_body.encode()).filename for m in letters)  # type: ignore[attr-defined]
+        assert names == sorted([*files, "sentinel.stf"])
+        assert {m.attempts for m in letters} == {3}
+        assert all(agent.seen.count(name) == 3 for name in files), agent.seen
+        eventually(
+            lambda: agent.counters["dead_lettered"] == 41 and agent.counters["failed"] == 123,
+            what="the agent's counters",
+        )
+        assert agent.counters["retried"] == 82
+        sender.close()
+    finally:
+        agent.shutdown()
+        watch.close()
+
+
 def test_invalid_bodies_are_reported_and_agent_keeps_running(any_broker: BrokerProcess) -> None:
     ns, topic, _, out = _names()
     settings = any_broker.settings()
@@ -148,9 +203,10 @@ def test_other_namespaces_are_ignored(any_broker: BrokerProcess) -> None:
     try:
         sender = BrokerClient(settings).start()
         sender.send(Topic(topic), stf_ready("someone-else", "theirs.stf"))
+        # the sentinel: one topic is one lane, handled in order, so a reply to theirs.stf
+        # would come before the reply to ours.stf
         sender.send(Topic(topic), stf_ready(ns, "ours.stf"))
         watch.wait_for(lambda ms: len(ms) >= 1, what="a reply")
-        time.sleep(0.3)
         assert [m.filename for m in watch.messages] == ["ours.stf"]  # type: ignore[attr-defined]
         eventually(
             lambda: agent.counters["other_namespace"] == 1, what="1 other-namespace message counted"

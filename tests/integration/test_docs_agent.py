@@ -15,6 +15,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from swf_testbed.agents.data import DataAgent
 from swf_testbed.daq.simulator import DaqConfig, DaqSimulator
 from swf_testbed.messages import Heartbeat, Message, OperationalState
@@ -44,6 +46,15 @@ def doc_code() -> str:
 
 def test_doc_shows_the_example_verbatim() -> None:
     assert doc_code() == EXAMPLE.read_text(encoding="utf-8")
+
+
+def test_the_docs_dispatch_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The doc's test without a broker (``Agent.dispatch``) works as shown."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    [snippet] = [b for b in blocks if "counter.dispatch(" in b]
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    monkeypatch.delitem(sys.modules, "my_agent", raising=False)
+    exec(compile(snippet, f"{DOC.name} (dispatch example)", "exec"), {})
 
 
 def _beats(ms: list[Message], ns: str) -> list[Heartbeat]:

@@ -23,7 +23,6 @@ from typing import Any
 from swf_testbed.agents import Agent, Listen, handles
 from swf_testbed.messages import (
     EndRun,
-    Message,
     RunImminent,
     RunWorkflow,
     Slice,
@@ -58,9 +57,8 @@ class TinyRunner(Agent):
     def is_busy(self) -> bool:
         return self._execution is not None
 
-    @handles("run_workflow")
-    def on_run_workflow(self, msg: Message) -> None:
-        assert isinstance(msg, RunWorkflow)
+    @handles(RunWorkflow)
+    def on_run_workflow(self, msg: RunWorkflow) -> None:
         replies = replies_topic(self.namespace)
         with self._lock:
             if self._execution is not None:
@@ -71,7 +69,9 @@ class TinyRunner(Agent):
                         in_reply_to=msg.msg_id,
                         workflow_name=msg.workflow_name,
                         refused=True,
-                        error=f"execution {self._execution} is running in namespace {self.namespace}",
+                        error=(
+                            f"execution {self._execution} is running in namespace {self.namespace}"
+                        ),
                     ),
                 )
                 return
@@ -90,9 +90,8 @@ class TinyRunner(Agent):
         )
         threading.Thread(target=self._drive, args=(msg, execution_id), daemon=True).start()
 
-    @handles("stop_workflow")
-    def on_stop_workflow(self, msg: Message) -> None:
-        assert isinstance(msg, StopWorkflow)
+    @handles(StopWorkflow)
+    def on_stop_workflow(self, msg: StopWorkflow) -> None:
         if msg.execution_id == self._execution:
             self._halt.set()
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from swf_testbed.agents import Agent, Listen, handles
-from swf_testbed.messages import Message, ProcessingComplete, StfReady
+from swf_testbed.messages import ProcessingComplete, StfReady
 from swf_testbed.mq import Queue, Topic
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,8 @@ class EchoAgent(Agent):
             listens.append(Listen(Queue(self.queue), ordered=False))
         return listens
 
-    @handles("stf_ready")
-    def on_stf_ready(self, msg: Message) -> None:
-        assert isinstance(msg, StfReady)
+    @handles(StfReady)
+    def on_stf_ready(self, msg: StfReady) -> None:
         with self._lock:
             self.seen.append(msg.filename)
             failures = self.failures.get(msg.filename, 0)
@@ -98,10 +97,11 @@ def stf_ready(namespace: str, filename: str, *, sender: str = "test", run_id: in
 
 
 class LoggingAgent(Agent):
-    """stf_ready on its topic → a WARNING naming the file, and processing_complete on its reply topic.
+    """stf_ready on its topic → a WARNING naming the file, and processing_complete on its reply
+    topic.
 
-    While its broker connection is down it logs a WARNING ``tick N`` every ``tick_s`` seconds (work it
-    goes on doing, with nobody to tell), which fills its log buffer.
+    While its broker connection is down it logs a WARNING ``tick N`` every ``tick_s`` seconds
+    (work it goes on doing, with nobody to tell), which fills its log buffer.
     """
 
     agent_type = "test-logging"
@@ -134,9 +134,8 @@ class LoggingAgent(Agent):
                 self.ticks += 1
                 log.warning("tick %d: the broker is away, work goes on", self.ticks)
 
-    @handles("stf_ready")
-    def on_stf_ready(self, msg: Message) -> None:
-        assert isinstance(msg, StfReady)
+    @handles(StfReady)
+    def on_stf_ready(self, msg: StfReady) -> None:
         log.warning("handled %s", msg.filename)
         self.send(
             Topic(self.reply_topic),

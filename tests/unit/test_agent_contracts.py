@@ -70,13 +70,11 @@ def make(cls: type[Agent], **options: Any) -> tuple[Any, Capture]:
 
 
 def deliver(agent: Agent, messages: list[Any]) -> None:
-    """Hand messages to the agent's handlers as the runtime would (schema-validated, by msg_type)."""
+    """Hand messages to the agent's handlers as the runtime would (schema-validated, by type)."""
     for msg in messages:
         parsed = parse_message(msg.to_bytes())
         assert parsed.namespace == agent.namespace
-        method = agent._handlers.get(parsed.msg_type)
-        if method is not None:
-            getattr(agent, method)(parsed)
+        agent.dispatch(parsed)  # a type the agent does not handle: nothing happens
 
 
 def run_workflow(config: str, params: dict[str, Any]) -> tuple[list[Message], list[Message]]:

@@ -373,7 +373,7 @@ def test_concepts_agent_table_matches_the_agents() -> None:
     for row in rows:
         module_name, _, class_name = row[1].strip("`").partition(":")
         cls = getattr(importlib.import_module(f"swf_testbed.agents.{module_name}"), class_name)
-        assert _codes(row[3]) == set(cls._handlers), f"{class_name}: handles"
+        assert _codes(row[3]) == set(cls.handled_types()), f"{class_name}: handles"
         agent = cls("doc-check", "NS")
         listens = {
             str(item.destination if isinstance(item, Listen) else item)

@@ -1,5 +1,6 @@
 """Agents: the runtime every agent subclasses, and the testbed's agents."""
 
-from swf_testbed.agents.runtime import Agent, Listen, handles
+from swf_testbed.agents.handlers import HandlerError, handles
+from swf_testbed.agents.runtime import Agent, Listen
 
-__all__ = ["Agent", "Listen", "handles"]
+__all__ = ["Agent", "HandlerError", "Listen", "handles"]

@@ -5,8 +5,8 @@
 ``stf_gen`` is counted in ``stf_duplicates``, not announced again);
 ``end_run`` closes the run and checks the number of STFs it saw against
 ``total_stf_files``. An ePIC v28 ``stf_gen`` carries no size or checksum,
-which ``stf_ready`` needs: it is counted as seen, not announced. A mismatch is logged and shown in the heartbeat (status
-WARNING), never ignored.
+which ``stf_ready`` needs: it is counted as seen, not announced. A mismatch
+is logged and shown in the heartbeat (status WARNING), never ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swf_testbed.agents.runtime import Agent, handles
-from swf_testbed.messages import AgentStatus, EndRun, Message, RunImminent, StfGen, StfReady
+from swf_testbed.messages import AgentStatus, EndRun, RunImminent, StfGen, StfReady
 from swf_testbed.mq.destinations import RUN_TOPIC, Destination, data_topic
 
 log = logging.getLogger(__name__)
@@ -61,24 +61,24 @@ class DataAgent(Agent):
                 run = self.runs[msg.run_id] = _OpenRun(msg.run_id, msg.execution_id)
             return run
 
-    @handles("run_imminent")
-    def on_run_imminent(self, msg: Message) -> None:
-        assert isinstance(msg, RunImminent)
+    @handles(RunImminent)
+    def on_run_imminent(self, msg: RunImminent) -> None:
         self._run(msg)
         self.count("runs_registered")
 
-    @handles("stf_gen")
-    def on_stf_gen(self, msg: Message) -> None:
-        assert isinstance(msg, StfGen)
+    @handles(StfGen)
+    def on_stf_gen(self, msg: StfGen) -> None:
         run = self._run(msg)
         with self._runs_lock:
             duplicate = msg.filename in run.stf_files
         if duplicate:
-            # announced already (registered only once stf_ready was sent): at most one stf_ready per STF
+            # announced already (registered only once stf_ready was sent): at most one
+            # stf_ready per STF
             self.count("stf_duplicates")
             return
         if msg.size_bytes is None or msg.checksum is None:
-            # an ePIC v28 stf_gen: no size or checksum, which stf_ready needs; seen (end_run counts it), not announced
+            # an ePIC v28 stf_gen: no size or checksum, which stf_ready needs; seen (end_run
+            # counts it), not announced
             with self._runs_lock:
                 run.stf_files.add(msg.filename)
             self.count("stf_not_announced")
@@ -109,9 +109,8 @@ class DataAgent(Agent):
                 run.stf_files.add(msg.filename)
                 self.count("stf_registered")
 
-    @handles("end_run")
-    def on_end_run(self, msg: Message) -> None:
-        assert isinstance(msg, EndRun)
+    @handles(EndRun)
+    def on_end_run(self, msg: EndRun) -> None:
         with self._runs_lock:
             run = self.runs.pop(msg.run_id, None)
         seen = len(run.stf_files) if run else 0

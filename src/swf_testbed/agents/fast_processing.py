@@ -44,7 +44,6 @@ from swf_testbed.agents.runs import RunBook, RunInfo
 from swf_testbed.agents.runtime import Agent, Listen, handles
 from swf_testbed.messages import (
     EndRun,
-    Message,
     RunImminent,
     RunImminentWorker,
     RunMessage,
@@ -72,7 +71,7 @@ def slice_results_queue(namespace: str) -> Destination:
 
 
 def cut(tf_first: int, tf_last: int, slices: int) -> list[tuple[int, int]]:
-    """Cut the TF range into ``slices`` contiguous, nearly equal ranges (fewer if there are fewer TFs)."""
+    """Cut the TF range into ``slices`` contiguous, nearly equal ranges (fewer if fewer TFs)."""
     n = tf_last - tf_first + 1
     if n < 1:
         raise ValueError(f"empty TF range {tf_first}..{tf_last}")
@@ -242,8 +241,8 @@ class FastProcessingAgent(Agent):
     def _describe(self, state: RunState) -> None:
         self.description = (
             f"run {state.run_id}: {state.samples_received} samples, {state.slices_completed}/"
-            f"{state.slices_created} slices done, {state.slices_failed} failed, {state.slices_retried} retried"
-            + (" (run ended)" if state.ended else "")
+            f"{state.slices_created} slices done, {state.slices_failed} failed, "
+            f"{state.slices_retried} retried" + (" (run ended)" if state.ended else "")
         )
 
     def _copy(self, msg: RunMessage, **update: Any) -> Any:
@@ -254,9 +253,8 @@ class FastProcessingAgent(Agent):
 
     # ------------------------------------------------------------------ handlers
 
-    @handles("run_imminent")
-    def on_run_imminent(self, msg: Message) -> None:
-        assert isinstance(msg, RunImminent)
+    @handles(RunImminent)
+    def on_run_imminent(self, msg: RunImminent) -> None:
         info = self.runs.open(msg)
         with self._lock:
             state = self._state(msg, info)
@@ -278,9 +276,8 @@ class FastProcessingAgent(Agent):
         self.count("worker_rampups")
         self._describe(state)
 
-    @handles("end_run")
-    def on_end_run(self, msg: Message) -> None:
-        assert isinstance(msg, EndRun)
+    @handles(EndRun)
+    def on_end_run(self, msg: EndRun) -> None:
         info = self.runs.close(msg)
         with self._lock:
             state = self._state(msg, info)
@@ -292,9 +289,8 @@ class FastProcessingAgent(Agent):
             self.send(worker_topic(self.namespace), self._copy(msg))
             self.count("worker_rampdowns")
 
-    @handles("tf_file_registered")
-    def on_tf_file_registered(self, msg: Message) -> None:
-        assert isinstance(msg, TfFileRegistered)
+    @handles(TfFileRegistered)
+    def on_tf_file_registered(self, msg: TfFileRegistered) -> None:
         info = self.runs.lookup(msg.run_id, msg.execution_id)
         with self._lock:
             state = self._state(msg, info)
@@ -340,9 +336,8 @@ class FastProcessingAgent(Agent):
         with self._lock:
             self._describe(state)
 
-    @handles("slice_result")
-    def on_slice_result(self, msg: Message) -> None:
-        assert isinstance(msg, SliceResult)
+    @handles(SliceResult)
+    def on_slice_result(self, msg: SliceResult) -> None:
         with self._lock:
             state = self.states.get(msg.run_id)
             record = state.slices.get(msg.slice_id) if state is not None else None
@@ -368,7 +363,8 @@ class FastProcessingAgent(Agent):
                 state.slices_completed += 1
                 self.count("slices_completed")
             elif record.retries < state.params.max_slice_retries:
-                # sent under the lock: a failed send changes nothing, and the runtime retries the result
+                # sent under the lock: a failed send changes nothing, and the runtime retries
+                # the result
                 retry = self._copy(record.message, retries=record.retries + 1)
                 self.send(slice_queue(self.namespace), retry)
                 record.retries += 1

@@ -21,7 +21,7 @@ from typing import Any
 
 from swf_testbed.agents.runs import RunFollowingAgent, RunInfo
 from swf_testbed.agents.runtime import handles
-from swf_testbed.messages import Message, StfReady, TfFileRegistered
+from swf_testbed.messages import StfReady, TfFileRegistered
 from swf_testbed.mq.destinations import data_topic
 
 
@@ -68,7 +68,7 @@ class FastMonAgent(RunFollowingAgent):
         return float(rate), float(fraction)
 
     def sample(self, msg: StfReady, info: RunInfo) -> tuple[int, int, int] | None:
-        """(tf_first, tf_last, TFs in the STF) of the block to take, or None when it is not sampled."""
+        """(tf_first, tf_last, TFs in the STF) of the block to take, or None if not sampled."""
         rate, fraction = self.parameters(info)
         rng = random.Random(f"{self.seed}:{msg.run_id}:{msg.filename}")
         if rate <= 0 or rng.random() >= rate:
@@ -80,9 +80,8 @@ class FastMonAgent(RunFollowingAgent):
         first = rng.randint(0, tf_count - n)
         return first, first + n - 1, tf_count
 
-    @handles("stf_ready")
-    def on_stf_ready(self, msg: Message) -> None:
-        assert isinstance(msg, StfReady)
+    @handles(StfReady)
+    def on_stf_ready(self, msg: StfReady) -> None:
         self.count("stf_seen")
         info = self.runs.lookup(msg.run_id, msg.execution_id)
         block = self.sample(msg, info)

@@ -43,7 +43,8 @@ DEFAULT_BUFFER_SIZE = 1000
 log_context: contextvars.ContextVar[tuple[str | None, int | None]] = contextvars.ContextVar(
     "swf_log_context", default=(None, None)
 )
-"""(execution_id, run_id) of the work in hand on this thread; records logged meanwhile carry them."""
+"""(execution_id, run_id) of the work in hand on this thread; records logged meanwhile
+carry them."""
 
 
 @contextlib.contextmanager
@@ -70,7 +71,8 @@ def level_number(level: str | int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class BufferedRecord:
-    """What the handler keeps of a record: plain values, formatted at once (a record's args may change later)."""
+    """What the handler keeps of a record: plain values, formatted at once (a record's args
+    may change later)."""
 
     created: float
     level: int
@@ -112,7 +114,8 @@ def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:
 
 
 class LogBuffer:
-    """A bounded FIFO of records, shared by the handler (producer) and the shipper (the only consumer).
+    """A bounded FIFO of records, shared by the handler (producer) and the shipper (the only
+    consumer).
 
     When full, a new record is dropped and counted (the ones already held are
     kept: the first records of a trouble usually say what it was). The shipper
@@ -130,7 +133,8 @@ class LogBuffer:
         self.dropped_total = 0
         self.accepted_total = 0
         self.on_pressure: Callable[[], None] | None = None
-        """Called (outside the lock) when a record brings the buffer to ``pressure_at`` records: send now."""
+        """Called (outside the lock) when a record brings the buffer to ``pressure_at`` records:
+        send now."""
         self.pressure_at = max(1, capacity // 2)
 
     def put(self, item: BufferedRecord) -> bool:
@@ -159,7 +163,7 @@ class LogBuffer:
             ], self._dropped_unreported
 
     def commit(self, records: int, dropped_reported: int) -> None:
-        """Remove the ``records`` oldest (just sent) and mark ``dropped_reported`` drops as reported."""
+        """Remove the ``records`` oldest (just sent); mark ``dropped_reported`` drops reported."""
         with self._lock:
             for _ in range(min(records, len(self._items))):
                 self._items.popleft()
@@ -173,7 +177,8 @@ class BrokerLogHandler(logging.Handler):
         super().__init__(level)
         self.buffer = buffer
         self.ignored_thread: int | None = None
-        """Records of this thread (the shipper's own) are not buffered: sending must not feed itself."""
+        """Records of this thread (the shipper's own) are not buffered: sending must not feed
+        itself."""
         self._formatter = logging.Formatter()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -289,7 +294,8 @@ class LogShipper:
                 return
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread; what it could not send within ``timeout`` is lost (the process is leaving)."""
+        """Stop the thread; what it could not send within ``timeout`` is lost (the process is
+        leaving)."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():

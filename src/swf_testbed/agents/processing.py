@@ -7,7 +7,7 @@ from typing import Any
 
 from swf_testbed.agents.runs import RunFollowingAgent, RunInfo
 from swf_testbed.agents.runtime import handles
-from swf_testbed.messages import Message, ProcessingComplete, StfReady
+from swf_testbed.messages import ProcessingComplete, StfReady
 from swf_testbed.mq.destinations import data_topic
 
 
@@ -44,9 +44,8 @@ class ProcessingAgent(RunFollowingAgent):
         scale = info.number("time_scale", self.time_scale)
         return float(seconds) / float(scale) if seconds and scale else 0.0
 
-    @handles("stf_ready")
-    def on_stf_ready(self, msg: Message) -> None:
-        assert isinstance(msg, StfReady)
+    @handles(StfReady)
+    def on_stf_ready(self, msg: StfReady) -> None:
         started = time.perf_counter()
         wait = self.wall_time(self.runs.lookup(msg.run_id, msg.execution_id))
         if wait:

@@ -204,9 +204,8 @@ class WorkflowRunner(Agent):
 
     # ------------------------------------------------------------------ control
 
-    @handles("run_workflow")
-    def on_run_workflow(self, msg: Message) -> None:
-        assert isinstance(msg, RunWorkflow)
+    @handles(RunWorkflow)
+    def on_run_workflow(self, msg: RunWorkflow) -> None:
         running = self.current
         if running is not None:
             self._fail(
@@ -283,16 +282,16 @@ class WorkflowRunner(Agent):
         )
         execution.thread.start()
 
-    @handles("stop_workflow")
-    def on_stop_workflow(self, msg: Message) -> None:
-        assert isinstance(msg, StopWorkflow)
+    @handles(StopWorkflow)
+    def on_stop_workflow(self, msg: StopWorkflow) -> None:
         running = self.current
         if running is None or running.execution_id != msg.execution_id:
             now = f"execution {running.execution_id} is" if running else "nothing is"
             self._fail(
                 msg,
                 running.definition.name if running else "unknown",
-                f"execution {msg.execution_id} is not running in namespace {self.namespace} ({now} running)",
+                f"execution {msg.execution_id} is not running in namespace {self.namespace} "
+                f"({now} running)",
                 refused=True,
             )
             return
@@ -311,9 +310,8 @@ class WorkflowRunner(Agent):
 
     # ------------------------------------------------------------------ pacing
 
-    @handles("processing_complete")
-    def on_processing_complete(self, msg: Message) -> None:
-        assert isinstance(msg, ProcessingComplete)
+    @handles(ProcessingComplete)
+    def on_processing_complete(self, msg: ProcessingComplete) -> None:
         running = self.current
         if running is None or msg.execution_id != running.execution_id or running.ctx.pace is None:
             return  # only a paced execution (time scale 0) needs to know
@@ -340,8 +338,8 @@ class WorkflowRunner(Agent):
                     execution.pacing = False
                     self.count("pace_timeouts")
                     log.warning(
-                        "%s: %s: no STF processed for %.0f s with %d in flight; no longer pacing this "
-                        "execution (is a processing agent running?)",
+                        "%s: %s: no STF processed for %.0f s with %d in flight; no longer "
+                        "pacing this execution (is a processing agent running?)",
                         self.name,
                         execution.execution_id,
                         self.pace_timeout,
@@ -369,8 +367,8 @@ class WorkflowRunner(Agent):
         ctx = execution.ctx
         self._emit(
             execution,
-            EndRun(
-                namespace=self.namespace,
+            self.message(
+                EndRun,
                 sender=self.daq_sender,
                 execution_id=ctx.execution_id,
                 run_id=ctx.run_id,

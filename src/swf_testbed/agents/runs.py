@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swf_testbed.agents.runtime import Agent, Listen, handles
-from swf_testbed.messages import EndRun, Message, RunImminent
+from swf_testbed.messages import EndRun, RunImminent
 from swf_testbed.mq.destinations import RUN_TOPIC, data_topic
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class RunInfo:
         return fp if isinstance(fp, dict) else None
 
     def number(self, key: str, default: float | None, section: str | None = None) -> Any:
-        """A numeric run parameter (from ``section`` of the conditions if given), else ``default``."""
+        """A numeric run parameter (from ``section`` of the conditions if given), else
+        ``default``."""
         source = self.conditions.get(section) if section else self.conditions
         value = source.get(key) if isinstance(source, dict) else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -113,7 +114,7 @@ class RunBook:
             del self._runs[rid]
 
 
-# --------------------------------------------------------------------------- agents that follow runs
+# ------------------------------------------------------------------- agents that follow runs
 
 
 class RunFollowingAgent(Agent):
@@ -133,14 +134,12 @@ class RunFollowingAgent(Agent):
     def is_busy(self) -> bool:
         return self.runs.any_open()
 
-    @handles("run_imminent")
-    def on_run_imminent(self, msg: Message) -> None:
-        assert isinstance(msg, RunImminent)
+    @handles(RunImminent)
+    def on_run_imminent(self, msg: RunImminent) -> None:
         self.runs.open(msg)
         self.count("runs_opened")
 
-    @handles("end_run")
-    def on_end_run(self, msg: Message) -> None:
-        assert isinstance(msg, EndRun)
+    @handles(EndRun)
+    def on_end_run(self, msg: EndRun) -> None:
         self.runs.close(msg)
         self.count("runs_closed")

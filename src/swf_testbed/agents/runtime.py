@@ -2,11 +2,12 @@
 
 An agent is a persistent service. It connects to the broker, subscribes to
 its destinations, and hands every message to the handler registered for its
-``msg_type`` (the :func:`handles` decorator). Handlers run in a bounded worker
-pool, never on the STOMP receiver thread, so a slow handler never blocks
-heart-beats; by default messages of one subscription are handled in order
-(one lane per subscription), and ``ordered=False`` lets a subscription use
-every worker (competing-consumer work such as slices).
+class (``@handles(StfReady)``, checked when the agent class is created; see
+:func:`handles`, and :meth:`Agent.dispatch` for the call alone). Handlers
+run in a bounded worker pool, never on the STOMP receiver thread, so a slow
+handler never blocks heart-beats; by default messages of one subscription are
+handled in order (one lane per subscription), and ``ordered=False`` lets a
+subscription use every worker (competing-consumer work such as slices).
 
 ``durable=True`` (the agent option ``durable``) makes its topic subscriptions
 durable, owned by the client id ``swf-agent-<namespace>-<name>``: messages
@@ -23,8 +24,11 @@ Failure policy, per message:
   log, sent to the dead-letter queue with the reason, acknowledged;
 * another namespace → acknowledged and counted, not handled;
 * the handler raises → retried (NACK where the broker redelivers on NACK,
-  local retry with backoff where it does not), and after ``max_attempts``
-  sent to the dead-letter queue and acknowledged. The connection stays up.
+  local retry where it does not, after ``retry_delay``, twice that, ...: a
+  :class:`~swf_testbed.retry.Backoff`), and after ``max_attempts`` sent to the
+  dead-letter queue and acknowledged. The connection stays up. The attempts
+  are counted per message under a lock (pool threads and retry timers fail
+  messages at the same time), for the last 10 000 failing messages.
 
 Operational states: STARTING → READY ⇄ PROCESSING → EXITED, published in a
 heartbeat every ``heartbeat_interval`` seconds and on every state change.
@@ -45,6 +49,7 @@ agent run``); in a process running several agents, each one sends every record.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -59,6 +64,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from swf_testbed.agents.handlers import Route, routes_of
+from swf_testbed.agents.handlers import handles as handles  # re-exported: agents import it here
 from swf_testbed.agents.logship import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_LOG_LEVEL,
@@ -82,6 +89,7 @@ from swf_testbed.messages import (
 )
 from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
 from swf_testbed.mq.destinations import DEAD_LETTER_QUEUE, HEARTBEAT_TOPIC, Destination, logs_topic
+from swf_testbed.retry import Backoff
 from swf_testbed.settings import BrokerSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -89,21 +97,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 DEAD_LETTER_BODY_BYTES = MAX_BODY_BYTES // 8
-"""Most of an original body a dead letter carries: it must stay under the body limit itself, even when
-every byte becomes a 6-character JSON escape."""
-HandlerFn = Callable[[Any, Message], None]
-
-
-def handles(*msg_types: str) -> Callable[[HandlerFn], HandlerFn]:
-    """Register a method as the handler of one or more ``msg_type`` values."""
-    if not msg_types:
-        raise TypeError("handles() needs at least one msg_type")
-
-    def decorate(fn: HandlerFn) -> HandlerFn:
-        fn._swf_handles = msg_types  # type: ignore[attr-defined]
-        return fn
-
-    return decorate
+"""Most of an original body a dead letter carries: it must stay under the body limit itself,
+even when every byte becomes a 6-character JSON escape."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +150,13 @@ class Agent:
     """
 
     agent_type: ClassVar[str] = "agent"
-    _handlers: ClassVar[dict[str, str]] = {}
+    _handlers: ClassVar[dict[str, Route]] = {}
+    _attempts_bound: ClassVar[int] = 10_000
+    """How many failing messages the runtime remembers attempts of (the oldest are forgotten)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        handlers: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            for attr, value in vars(klass).items():
-                for msg_type in getattr(value, "_swf_handles", ()):
-                    handlers[msg_type] = attr
-        cls._handlers = handlers
+        cls._handlers = routes_of(cls)  # raises HandlerError: a bad registration fails the import
 
     def __init__(
         self,
@@ -187,6 +179,8 @@ class Agent:
             raise ValueError("heartbeat_interval must be > 0")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if retry_delay <= 0:
+            raise ValueError("retry_delay must be > 0 (seconds)")
         if log_buffer < 1:
             raise ValueError("log_buffer must be >= 1 (records)")
         if log_flush_interval <= 0:
@@ -205,6 +199,11 @@ class Agent:
         self.workers = workers
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        # the local retry's schedule (brokers that do not redeliver a NACK): retry_delay, twice
+        # that, ... up to the last retry before the dead letter
+        self._retry_backoff = Backoff(
+            initial=retry_delay, maximum=retry_delay * 2 ** (max_attempts - 1)
+        )
         self.drain_timeout = drain_timeout
         self.description = description
         self.durable = durable
@@ -212,7 +211,8 @@ class Agent:
             broker or get_settings().broker,
             client_name=name,
             on_state_change=self._on_mq_state,
-            # durable topic subscriptions belong to a stable client id: one connection per agent name
+            # durable topic subscriptions belong to a stable client id: one connection per
+            # agent name
             client_id=f"swf-agent-{namespace}-{name}" if durable else None,
         )
         self.state = OperationalState.STARTING
@@ -237,7 +237,8 @@ class Agent:
         self._accepting = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._lanes: _Lanes | None = None
-        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._attempts: OrderedDict[str, int] = OrderedDict()  # failed attempts per message
+        self._attempts_lock = threading.Lock()  # pool threads and retry timers change it
         self._subs: list[Subscription] = []
         self._thread: threading.Thread | None = None
         self._signals = 0
@@ -294,7 +295,7 @@ class Agent:
             self._subs.append(
                 self.client.subscribe(
                     listen.destination,
-                    lambda d, lane=lane: self._on_delivery(d, lane),
+                    functools.partial(self._on_delivery, lane=lane),
                     ack="client-individual",
                     prefetch=prefetch,
                     durable=self.durable and listen.destination.is_topic,
@@ -487,6 +488,32 @@ class Agent:
 
     # ------------------------------------------------------------------ dispatch
 
+    @classmethod
+    def handled_types(cls) -> dict[str, type[Message]]:
+        """The message types this agent class handles: ``msg_type`` → the class its handler gets."""
+        return {msg_type: route.message for msg_type, route in cls._handlers.items()}
+
+    def dispatch(self, msg: Message) -> bool:
+        """Hand ``msg`` to the handler registered for its type, in this thread; False if none is.
+
+        This is the step of the runtime that calls a handler, without the rest of the
+        receiving path: no namespace filter, no acknowledgement, no retry and no dead
+        letter. The handler's exception propagates. It runs, as on receipt, with ``msg``'s
+        execution and run attached to the records it logs. Tests call it to drive an
+        agent's handlers with real messages without a broker.
+        """
+        route = self._handlers.get(msg.msg_type)
+        if route is None:
+            return False
+        if not isinstance(msg, route.message):
+            raise TypeError(
+                f"{type(self).__qualname__}.{route.method} handles {route.message.__name__}, "
+                f"not {type(msg).__name__} (msg_type {msg.msg_type!r})"
+            )
+        with logging_for(msg.execution_id, msg.run_id):
+            getattr(self, route.method)(msg)
+        return True
+
     def _on_delivery(self, delivery: Delivery, lane: str | None) -> None:
         """Receiver thread: count and hand over, never block."""
         if not self._accepting.is_set() or self._lanes is None:
@@ -509,7 +536,8 @@ class Agent:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            # tolerant on receipt: the ePIC v28 dialect too, its naive times read in SWF_LEGACY_TIMEZONE
+            # tolerant on receipt: the ePIC v28 dialect too, its naive times read in
+            # SWF_LEGACY_TIMEZONE
             msg = parse_received(
                 delivery.body,
                 zone=get_settings().legacy_zone,
@@ -530,29 +558,39 @@ class Agent:
             self.count("other_namespace")
             self.client.ack(delivery)
             return
-        method = self._handlers.get(msg.msg_type)
-        if method is None:
-            self.count("unhandled")
-            self.client.ack(delivery)
-            return
         key = f"{delivery.subscription.destination}|{delivery.message_id}"
         try:
-            with logging_for(msg.execution_id, msg.run_id):
-                getattr(self, method)(msg)
+            handled = self.dispatch(msg)
         except Exception as exc:  # noqa: BLE001 - a handler must never take the agent down
             self._on_failure(delivery, key, msg, exc)
             return
-        self._attempts.pop(key, None)
+        if not handled:
+            self.count("unhandled")
+            self.client.ack(delivery)
+            return
+        with self._attempts_lock:
+            self._attempts.pop(key, None)
         self.client.ack(delivery)
         self.count("handled")
 
+    def _count_attempt(self, key: str) -> int:
+        """One more failed attempt of the message ``key``: its number (1 for the first).
+
+        At ``max_attempts`` the message is forgotten (it is dead-lettered). Read, increment
+        and bound happen under one lock: the pool's threads and the retry timers fail
+        messages at the same time.
+        """
+        with self._attempts_lock:
+            attempts = self._attempts.pop(key, 0) + 1
+            if attempts < self.max_attempts:
+                self._attempts[key] = attempts  # (re)inserted last: the newest
+                while len(self._attempts) > self._attempts_bound:
+                    self._attempts.popitem(last=False)
+            return attempts
+
     def _on_failure(self, delivery: Delivery, key: str, msg: Message, exc: Exception) -> None:
         self.count("failed")
-        attempts = self._attempts.get(key, 0) + 1
-        self._attempts[key] = attempts
-        self._attempts.move_to_end(key)
-        while len(self._attempts) > 10_000:
-            self._attempts.popitem(last=False)
+        attempts = self._count_attempt(key)
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if attempts >= self.max_attempts:
             log.error(
@@ -564,7 +602,6 @@ class Agent:
                 error,
                 extra={"execution_id": msg.execution_id, "run_id": msg.run_id},
             )
-            self._attempts.pop(key, None)
             self._dead_letter(delivery, error, attempts)
             return
         self.count("retried")
@@ -581,7 +618,7 @@ class Agent:
         if self.client.nack_redelivers:
             self.client.nack(delivery)
             return
-        delay = self.retry_delay * (2 ** (attempts - 1))
+        delay = self._retry_backoff.for_attempt(attempts)
         with self._state_lock:
             self._in_flight += 1  # the retry is work in hand: drain waits for it
         timer = threading.Timer(delay, self._retry, args=(delivery,))
@@ -604,7 +641,10 @@ class Agent:
         body = delivery.body
         if len(body) > DEAD_LETTER_BODY_BYTES:
             # an oversized body would make the dead letter itself too large to be a valid message
-            error = f"{error} (original body of {len(body)} bytes kept truncated to {DEAD_LETTER_BODY_BYTES})"
+            error = (
+                f"{error} (original body of {len(body)} bytes kept truncated to "
+                f"{DEAD_LETTER_BODY_BYTES})"
+            )
             body = body[:DEAD_LETTER_BODY_BYTES]
         letter = self.message(
             DeadLetter,

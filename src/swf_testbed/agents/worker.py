@@ -25,7 +25,7 @@ from typing import Any
 
 from swf_testbed.agents.fast_processing import slice_results_queue
 from swf_testbed.agents.runtime import Agent, Listen, handles
-from swf_testbed.messages import EndRun, Message, RunImminentWorker, Slice, SliceResult
+from swf_testbed.messages import EndRun, RunImminentWorker, Slice, SliceResult
 from swf_testbed.mq.destinations import slice_queue, worker_topic
 
 
@@ -68,9 +68,8 @@ class WorkerAgent(Agent):
             return self.slice_processing_time / self.time_scale
         return 0.0
 
-    @handles("slice")
-    def on_slice(self, msg: Message) -> None:
-        assert isinstance(msg, Slice)
+    @handles(Slice)
+    def on_slice(self, msg: Slice) -> None:
         started = time.perf_counter()
         wait = self.work_time(msg)
         if wait:
@@ -98,16 +97,14 @@ class WorkerAgent(Agent):
         self.count("slices_failed" if fail else "slices_done")
         self.count("tf_processed", 0 if fail else msg.tf_count)
 
-    @handles("run_imminent_worker")
-    def on_rampup(self, msg: Message) -> None:
-        assert isinstance(msg, RunImminentWorker)
+    @handles(RunImminentWorker)
+    def on_rampup(self, msg: RunImminentWorker) -> None:
         self.current_run = msg.run_id
         self.count("rampups")
         self.description = f"ramped up for run {msg.run_id} (pool target {msg.target_worker_count})"
 
-    @handles("end_run")
-    def on_rampdown(self, msg: Message) -> None:
-        assert isinstance(msg, EndRun)
+    @handles(EndRun)
+    def on_rampdown(self, msg: EndRun) -> None:
         if self.current_run == msg.run_id:
             self.current_run = None
         self.count("rampdowns")
