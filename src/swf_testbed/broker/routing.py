@@ -25,7 +25,7 @@ from swf_testbed.broker.destinations import (
 )
 from swf_testbed.broker.frames import ProtocolError
 from swf_testbed.broker.selectors import compile_selector
-from swf_testbed.broker.store import Journal
+from swf_testbed.broker.store import Journal, Location
 
 log = logging.getLogger("swf_testbed.broker")
 
@@ -53,14 +53,28 @@ class Router:
         self._wild_cache: dict[str, tuple[WildTopic, ...]] = {}
         self.durables: dict[tuple[str, str], Durable] = {}  # (client-id, name)
         self._selectors: dict[str, Callable[[dict[str, str]], bool]] = {}
-        self.journal: Journal | None = None  # persistent queue messages (the Broker opens it)
+        self.journal: Journal | None = None  # persistent messages (the Broker opens it)
+        self.queue_memory_limit = 64 * 1024 * 1024  # bytes of messages one queue holds in memory
 
     # -- the journal: persistent queue messages are written before they are confirmed
 
-    def journal_message(self, name: str, msg: Message) -> None:
+    def journal_message(self, name: str, msg: Message) -> Location:
         """A ``persistent:true`` message for queue ``name``: into the journal's current group."""
         assert self.journal is not None
         msg.seq = self.journal.append(QUEUE, name, msg.id, msg.headers, msg.body)
+        self.schedule_commit()
+        assert self.journal.last_location is not None
+        return self.journal.last_location
+
+    def journal_durable(self, durable: Durable, msg: Message) -> None:
+        """A persistent topic message matched by a durable subscription: its own record."""
+        assert self.journal is not None
+        key = f"{durable.journal_key}\x00{msg.topic}"
+        msg.seq = self.journal.append(TOPIC, key, msg.id, msg.headers, msg.body)
+        self.schedule_commit()
+
+    def page_after_commit(self, queue: Queue) -> None:
+        """``queue`` wants to page in a message of the group not committed yet."""
         self.schedule_commit()
 
     def done(self, msg: Message) -> None:
@@ -110,13 +124,14 @@ class Router:
             queue = self.queues.get(name)
             if queue is None:
                 queue = self.queues[name] = Queue(name, self)
+            location = None
             if (
                 self.journal is not None
                 and msg.headers.get("persistent") == "true"
                 and not name.startswith("/")
             ):
-                self.journal_message(name, msg)
-            queue.messages.append(msg)
+                location = self.journal_message(name, msg)
+            queue.put(msg, location)  # past the memory limit: paged (journaled) or refused
             if queue.subs:
                 queue.dispatch()
             if self.mirror_prefix is not None and not name.startswith("/"):
@@ -215,7 +230,12 @@ class Router:
                     m.avoid = None
                 target.messages.extendleft(reversed(msgs))
             target.dispatch()
-            if not target.subs and not target.messages and self.queues.get(target.name) is target:
+            if (
+                not target.subs
+                and not target.messages
+                and not target.paged
+                and self.queues.get(target.name) is target
+            ):
                 del self.queues[target.name]
 
     def ack(self, sub: Subscription, mid: str) -> None:
@@ -224,21 +244,26 @@ class Router:
         unacked = sub.unacked
         if mid not in unacked:
             return
+        target = sub.target
+        queue = target if isinstance(target, Queue) else None
         if sub.ack == CLIENT:
             popitem = unacked.popitem
             while unacked:
                 acked_id, acked = popitem(last=False)
                 if acked.seq:
                     self.done(acked)
+                if queue is not None:
+                    queue.released(acked)
                 if acked_id == mid:
                     break
         else:
             acked = unacked.pop(mid)
             if acked.seq:
                 self.done(acked)
-        target = sub.target
-        if isinstance(target, Queue):
-            target.dispatch()
+            if queue is not None:
+                queue.released(acked)
+        if queue is not None:
+            queue.dispatch()
         elif sub.pending:
             sub.drain_pending()
 
@@ -293,6 +318,7 @@ class Router:
         durable = Durable(self, client_id, name, source, selector_text, selector)
         source.subs.append(durable)
         self.durables[key] = durable
+        self.durables_changed()
         return durable
 
     def remove_durable(self, durable: Durable) -> None:
@@ -307,7 +333,11 @@ class Router:
             pass
         if not source.subs:
             self._topic_unused(source)
-        durable.close()
+        durable.forget()
+        self.durables_changed()
+
+    def durables_changed(self) -> None:
+        """The set of durable subscriptions changed (the Broker keeps it on disk)."""
 
     # -- introspection (tests, status)
 
@@ -315,7 +345,13 @@ class Router:
         return {
             "topics": {n: len(t.subs) for n, t in self.topics.items()},
             "queues": {
-                n: {"messages": len(q.messages), "subscriptions": len(q.subs)}
+                n: {
+                    "messages": q.depth,
+                    "in_memory": len(q.messages),
+                    "paged": len(q.paged),
+                    "bytes": q.held,
+                    "subscriptions": len(q.subs),
+                }
                 for n, q in self.queues.items()
             },
             "wildcard_topics": {n: len(t.subs) for n, t in self.wild.items()},
