@@ -1,6 +1,13 @@
 """Messaging layer: destinations and the STOMP client every program uses."""
 
-from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
+from swf_testbed.mq.client import (
+    BrokerClient,
+    BrokerUnavailable,
+    Delivery,
+    SendRefused,
+    Sent,
+    Subscription,
+)
 from swf_testbed.mq.destinations import Destination, Queue, Topic
 
 __all__ = [
@@ -9,6 +16,8 @@ __all__ = [
     "Delivery",
     "Destination",
     "Queue",
+    "SendRefused",
+    "Sent",
     "Subscription",
     "Topic",
 ]
