@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             console.print(f"starting {name} broker …")
-            # the embedded broker journals persistent messages (--data-dir); ActiveMQ in KahaDB, its default
+            # the embedded broker journals persistent messages (--data-dir);
+            # ActiveMQ in KahaDB, its default
             brokers[name] = (
                 start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")])
                 if name == "embedded"

@@ -1,4 +1,4 @@
-"""Destinations: messages, subscriptions, topics (exact and wildcard), queues, durable subscriptions.
+"""Destinations: messages, subscriptions, topics (exact, wildcard), queues, durable subscriptions.
 
 What each holds and how it hands messages on; :mod:`.routing` decides which
 destination a message goes to. See docs/broker.md for the behaviour.
@@ -306,7 +306,7 @@ class Subscription:
 
 
 class Topic:
-    """The subscriptions of one topic name: plain ones, and durable subscriptions (online or not)."""
+    """The subscriptions of one topic name: plain ones, and durable ones (attached or not)."""
 
     __slots__ = ("name", "subs")
     kind = TOPIC
@@ -409,6 +409,9 @@ class Queue:
         loaded = False
         while paged and self.held < limit:
             location, redelivered = paged[0]
+            if not journal.is_live(location[3]):
+                paged.popleft()  # its commit failed (the producer got an ERROR): not kept
+                continue
             if not journal.committed(location):
                 self.broker.page_after_commit(self)
                 break

@@ -30,7 +30,7 @@ from swf_testbed.broker.store import Journal, Location
 log = logging.getLogger("swf_testbed.broker")
 
 MIRROR_PREFIX = "VirtualTopic.Mirror."
-"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ Classic's default ``<mirroredQueue>`` prefix)."""
+"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ's ``<mirroredQueue>`` prefix)."""
 
 
 class Router:
@@ -78,14 +78,14 @@ class Router:
         self.schedule_commit()
 
     def done(self, msg: Message) -> None:
-        """A journaled message was consumed (acknowledged, or delivered to an auto-ack subscription)."""
+        """A journaled message was consumed (acknowledged, or delivered to an auto subscription)."""
         if self.journal is not None and msg.seq:
             self.journal.ack(msg.seq)
             msg.seq = 0
             self.schedule_commit()
 
     def schedule_commit(self) -> None:
-        """Commit the journal's group soon (the broker does it after the current batch of events)."""
+        """Commit the journal's group soon (the broker: after the current batch of events)."""
         if self.journal is not None:
             self.journal.commit()  # no event loop to batch on: at once
 
@@ -138,7 +138,7 @@ class Router:
                 self._mirror(name, msg)
 
     def _mirror(self, queue_name: str, msg: Message) -> None:
-        """Publish a copy of a queue message on the queue's mirror topic (ActiveMQ's mirrored queues).
+        """Publish a copy of a queue message on its mirror topic (ActiveMQ's mirrored queues).
 
         The copy keeps the message-id and every header; topic semantics apply
         (nobody subscribed: nothing is kept), so it never competes with the
@@ -298,7 +298,8 @@ class Router:
         if durable is not None:
             if durable.consumer is not None:
                 raise ProtocolError(
-                    f"Durable consumer is in use for client: {client_id} and subscriptionName: {name}",
+                    f"Durable consumer is in use for client: {client_id} "
+                    f"and subscriptionName: {name}",
                     "that durable subscription is already attached to a subscription",
                 )
             if durable.topic_name == topic_name and durable.selector_text == selector_text:
