@@ -131,7 +131,11 @@ class Router:
                 and not name.startswith("/")
             ):
                 location = self.journal_message(name, msg)
-            queue.put(msg, location)  # past the memory limit: paged (journaled) or refused
+            if queue.paged or queue.held + msg.size > self.queue_memory_limit:
+                queue.put(msg, location)  # past the memory limit: paged (journaled) or refused
+            else:
+                queue.messages.append(msg)
+                queue.held += msg.size
             if queue.subs:
                 queue.dispatch()
             if self.mirror_prefix is not None and not name.startswith("/"):
@@ -246,22 +250,23 @@ class Router:
             return
         target = sub.target
         queue = target if isinstance(target, Queue) else None
+        counted = queue if queue is not None and queue.counts_held else None
         if sub.ack == CLIENT:
             popitem = unacked.popitem
             while unacked:
                 acked_id, acked = popitem(last=False)
                 if acked.seq:
                     self.done(acked)
-                if queue is not None:
-                    queue.released(acked)
+                if counted is not None:
+                    counted.held -= acked.size
                 if acked_id == mid:
                     break
         else:
             acked = unacked.pop(mid)
             if acked.seq:
                 self.done(acked)
-            if queue is not None:
-                queue.released(acked)
+            if counted is not None:
+                counted.held -= acked.size
         if queue is not None:
             queue.dispatch()
         elif sub.pending:
