@@ -170,6 +170,7 @@ def broker(
     """Run the embedded STOMP broker until SIGTERM or Ctrl+C (one machine; production: ActiveMQ)."""
     from swf_testbed.broker.frames import Limits
     from swf_testbed.broker.server import run, server_tls_context
+    from swf_testbed.broker.store import JournalError
 
     if stats:
         _print_stats(host, port, login, passcode)
@@ -216,6 +217,9 @@ def broker(
             queue_memory_limit=queue_memory_limit,
             metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
         )
+    except JournalError as exc:
+        err_console.print(f"[red]cannot open the journal:[/red] {exc.strerror or exc}")
+        raise typer.Exit(1) from None
     except OSError as exc:
         err_console.print(f"[red]cannot listen on {host}:{port}:[/red] {exc}")
         raise typer.Exit(1) from None
