@@ -11,6 +11,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from swf_testbed.testing.brokers import free_port, wait_for_port
-from tests.broker.conftest import HOST, BrokerProc, Raw, unique
+from tests.broker.conftest import HOST, WAIT_S, BrokerProc, Raw, unique
 
 KILLED = -9
 
@@ -43,7 +44,7 @@ def _receipted_sends(
 def test_kill_9_during_a_group_commit_loses_no_receipted_send(
     new_broker: Callable[..., BrokerProc], tmp_path: Path
 ) -> None:
-    """Sends pipelined 200 at a time; the broker is killed as the receipts of a group come in.
+    """Sends stream in with receipts; the broker is killed while groups are being committed.
 
     Every send whose RECEIPT came is there after the restart; one whose
     RECEIPT had not come is there once or not at all; the order is kept.
@@ -53,45 +54,54 @@ def test_kill_9_during_a_group_commit_loses_no_receipted_send(
     queue = unique("queue")
     producer = Raw(first.port)
     confirmed: set[int] = set()
-    sent = 0
     batch = 200
-    for round_ in range(8):
-        frames = b"".join(
-            producer_frame(queue, sent + i, b"x" * 300 + b"%d" % (sent + i)) for i in range(batch)
+    for start in range(0, 1000, batch):  # a few whole groups first, all confirmed
+        producer.send_raw(
+            b"".join(producer_frame(queue, n, b"x" * 300) for n in range(start, start + batch))
         )
-        producer.send_raw(frames)
-        sent += batch
-        last_round = round_ == 7
-        while True:
-            frame = producer.recv()
-            assert frame.command == "RECEIPT", frame
-            confirmed.add(int(frame.headers["receipt-id"]))
-            if last_round:  # kill while this group's receipts are coming in
-                _kill(first)
-                for late in producer.wait_closed():  # written before the kill: confirmed too
-                    confirmed.add(int(late.headers["receipt-id"]))
-                break
-            if len(confirmed) == sent:
-                break
+        while len(confirmed) < start + batch:
+            confirmed.add(int(producer.recv().headers["receipt-id"]))
+    total = 6000
+
+    def pump() -> None:  # then a stream, 10 frames per write, until the broker is gone
+        try:
+            for start in range(1000, total, 10):
+                producer.send_raw(
+                    b"".join(producer_frame(queue, n, b"x" * 300) for n in range(start, start + 10))
+                )
+        except OSError:
+            pass
+
+    streaming = threading.Thread(target=pump, daemon=True)
+    streaming.start()
+    while len(confirmed) < 1300:  # groups of the stream are being committed: kill now
+        frame = producer.recv()
+        assert frame.command == "RECEIPT", frame
+        confirmed.add(int(frame.headers["receipt-id"]))
+    _kill(first)
+    for late in producer.wait_closed():  # written before the kill: confirmed too
+        confirmed.add(int(late.headers["receipt-id"]))
+    streaming.join(WAIT_S)
     producer.close()
-    assert len(confirmed) > 7 * batch  # the earlier groups, and some of the last one
+    assert len(confirmed) < total  # the kill came with sends still unconfirmed
 
     second = new_broker("--data-dir", str(data))
     consumer = Raw(second.port)
     consumer.subscribe(queue, ack="client", **{"activemq.prefetchSize": "10000"})
     got: list[int] = []
-    while True:
+    while not confirmed <= set(got):
         frame = consumer.recv()
         assert frame.command == "MESSAGE", frame
         got.append(int(frame.headers["seq"]))
-        if len(got) >= len(confirmed) and set(got) >= confirmed:
-            break
-    rest = [f for f in consumer.sync() if f.command == "MESSAGE"]
-    got.extend(int(f.headers["seq"]) for f in rest)
+    got.extend(int(f.headers["seq"]) for f in consumer.sync() if f.command == "MESSAGE")
+    print(
+        f"kill -9: {len(confirmed)} confirmed, {len(got)} delivered after the restart "
+        f"({len(got) - len(confirmed)} sent but not confirmed), of {total} written"
+    )
     assert confirmed <= set(got)  # nothing confirmed is lost
     assert len(got) == len(set(got))  # nothing twice
     assert got == sorted(got)  # in the order sent
-    assert set(got) <= set(range(sent))
+    assert set(got) <= set(range(total))
 
 
 def producer_frame(queue: str, seq: int, body: bytes) -> bytes:

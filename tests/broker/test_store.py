@@ -1,4 +1,7 @@
-"""The journal (``swf_testbed.broker.store``) on real files: replay, torn records, compaction, kill -9, a full disk."""
+"""The journal (``swf_testbed.broker.store``) on real files.
+
+Replay, torn records, compaction, kill -9, a full disk.
+"""
 
 from __future__ import annotations
 
@@ -149,7 +152,8 @@ def test_acknowledged_segments_are_compacted_oldest_first(tmp_path: Path) -> Non
         if seq != keep:
             journal.ack(seq)
     journal.commit()
-    # the segments before the one holding `keep` are gone; that one and the later ones (their ACKs) stay
+    # the segments before the one holding `keep` are gone;
+    # that one and the later ones (their ACKs) stay
     remaining = journal.segments()
     assert 1 < len(remaining) < 10
     journal.ack(keep)
@@ -228,7 +232,10 @@ _FULL = textwrap.dedent(r"""
 
 
 def test_a_full_disk_is_reported(tmp_path: Path) -> None:
-    """A file-size limit (``ulimit -f``) in a subprocess stands for a full disk, not the machine's disk."""
+    """A file-size limit (``ulimit -f``) in a subprocess stands for a full disk.
+
+    Not the machine's disk.
+    """
     done = subprocess.run(
         [sys.executable, "-c", _FULL, str(tmp_path)],
         capture_output=True,
@@ -241,7 +248,8 @@ def test_a_full_disk_is_reported(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stdout + done.stderr
     assert "REPORTED" in done.stdout and "cannot write the journal" in done.stdout, done.stdout
     assert "too large" in done.stdout.lower()
-    # the failed write was cut off: everything committed before it replays, nothing after it is hidden
+    # the failed write was cut off: everything committed before it replays,
+    # nothing after it is hidden
     journal = Journal(tmp_path)
     live = journal.open()
     assert live and [m.message_id for m in live] == [f"ID-f:{i}" for i in range(len(live))]

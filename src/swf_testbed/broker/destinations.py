@@ -1,4 +1,4 @@
-"""Destinations: messages, subscriptions, topics (exact and wildcard), queues, durable subscriptions.
+"""Destinations: messages, subscriptions, topics (exact, wildcard), queues, durable subscriptions.
 
 What each holds and how it hands messages on; :mod:`.routing` decides which
 destination a message goes to. See docs/broker.md for the behaviour.
@@ -306,7 +306,7 @@ class Subscription:
 
 
 class Topic:
-    """The subscriptions of one topic name: plain ones, and durable subscriptions (online or not)."""
+    """The subscriptions of one topic name: plain ones, and durable ones (attached or not)."""
 
     __slots__ = ("name", "subs")
     kind = TOPIC
@@ -363,6 +363,7 @@ class Queue:
         "subs",
     )
     kind = QUEUE
+    counts_held = True  # ``held`` goes down at the ACK (a Durable counts its backlog instead)
 
     def __init__(self, name: str, broker: Broker) -> None:
         self.name = name
@@ -394,10 +395,6 @@ class Queue:
         self.messages.append(msg)
         self.held += msg.size
 
-    def released(self, msg: Message) -> None:
-        """``msg`` left the queue for good (acknowledged, or delivered to an auto subscription)."""
-        self.held -= msg.size
-
     def page_in(self) -> bool:
         """Read paged messages back while under the limit; whether any came."""
         journal = self.broker.journal
@@ -409,6 +406,9 @@ class Queue:
         loaded = False
         while paged and self.held < limit:
             location, redelivered = paged[0]
+            if not journal.is_live(location[3]):
+                paged.popleft()  # its commit failed (the producer got an ERROR): not kept
+                continue
             if not journal.committed(location):
                 self.broker.page_after_commit(self)
                 break
@@ -490,7 +490,7 @@ class Queue:
             msg.avoid = None
             sub.deliver(msg)
             if sub.ack == AUTO:
-                self.released(msg)
+                self.held -= msg.size  # consumed
 
     def put_back(self, msg: Message, sub: Subscription) -> None:
         """A NACKed message: back to the head, to another subscription when one can take it."""
@@ -513,7 +513,7 @@ class Queue:
             msg.avoid = None
             sub.deliver(msg)
             if sub.ack == AUTO:
-                self.released(msg)
+                self.held -= msg.size  # consumed
         kept.extend(messages)
         self.messages = kept
 
@@ -544,6 +544,7 @@ class Durable(Queue):
         "sub_name",
         "topic_name",
     )
+    counts_held = False  # ``nbytes``: the backlog's bytes, counted as messages leave it
 
     def __init__(
         self,
@@ -576,9 +577,6 @@ class Durable(Queue):
     def journal_key(self) -> str:
         """Its name in the journal: ``<client-id> NUL <subscription name>``."""
         return f"{self.client_id}\x00{self.sub_name}"
-
-    def released(self, msg: Message) -> None:
-        """The backlog's bytes are counted as messages leave it (``nbytes``), not at the ACK."""
 
     # -- as a subscriber of its topic
 

@@ -61,7 +61,7 @@ _SEND, _ACK, _NACK = 0, 1, 2
 STATS_QUEUE = "ActiveMQ.Statistics.Broker"
 """A SEND here with ``reply-to`` gets the broker's statistics (JSON) sent to that destination.
 
-The name of ActiveMQ Classic's statistics plugin destination; ``swf-testbed broker --stats`` uses it.
+ActiveMQ Classic's statistics plugin destination; ``swf-testbed broker --stats`` uses it.
 """
 
 
@@ -211,7 +211,7 @@ def on_send(conn: Connection, frame: Frame) -> bool:
 
 
 def _answer_stats(conn: Connection, h: dict[str, str]) -> None:
-    """The statistics request: :meth:`Broker.stats` as JSON, sent to the ``reply-to`` destination."""
+    """The statistics request: :meth:`Broker.stats` as JSON, sent to the ``reply-to``."""
     reply_to = h.get("reply-to")
     if not reply_to:
         raise ProtocolError(
@@ -227,6 +227,25 @@ def _answer_stats(conn: Connection, h: dict[str, str]) -> None:
     if "correlation-id" in h:
         headers["correlation-id"] = h["correlation-id"]
     b.route(kind, name, Message(f"{conn.session}:{b.msg_serial}", headers, body, name))
+
+
+def _prefetch(conn: Connection, raw: str | None, kind: str, durable: bool) -> int:
+    """A SUBSCRIBE's ``activemq.prefetchSize``, or the broker's default for that kind."""
+    b = conn.broker
+    if raw is None:
+        if kind == QUEUE:
+            return b.queue_prefetch
+        return b.durable_prefetch if durable else b.topic_prefetch
+    try:
+        prefetch = int(raw)
+    except ValueError:
+        prefetch = -1
+    if prefetch < 0:
+        raise ProtocolError(
+            f"Invalid activemq.prefetchSize: {raw}",
+            "activemq.prefetchSize must be a non-negative integer",
+        )
+    return max(prefetch, 1)
 
 
 def on_subscribe(conn: Connection, frame: Frame) -> bool:
@@ -273,23 +292,7 @@ def on_subscribe(conn: Connection, frame: Frame) -> bool:
             "a durable subscription belongs to a client: CONNECT with a client-id header",
         )
     b = conn.broker
-    raw = h.get("activemq.prefetchSize")
-    if raw is None:
-        if kind == QUEUE:
-            prefetch = b.queue_prefetch
-        else:
-            prefetch = b.topic_prefetch if durable_name is None else b.durable_prefetch
-    else:
-        try:
-            prefetch = int(raw)
-        except ValueError:
-            prefetch = -1
-        if prefetch < 0:
-            raise ProtocolError(
-                f"Invalid activemq.prefetchSize: {raw}",
-                "activemq.prefetchSize must be a non-negative integer",
-            )
-        prefetch = max(prefetch, 1)
+    prefetch = _prefetch(conn, h.get("activemq.prefetchSize"), kind, durable_name is not None)
     selector = None
     text = h.get("selector")
     if text is not None and text.strip():

@@ -30,7 +30,7 @@ from swf_testbed.broker.store import Journal, Location
 log = logging.getLogger("swf_testbed.broker")
 
 MIRROR_PREFIX = "VirtualTopic.Mirror."
-"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ Classic's default ``<mirroredQueue>`` prefix)."""
+"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ's ``<mirroredQueue>`` prefix)."""
 
 
 class Router:
@@ -78,14 +78,14 @@ class Router:
         self.schedule_commit()
 
     def done(self, msg: Message) -> None:
-        """A journaled message was consumed (acknowledged, or delivered to an auto-ack subscription)."""
+        """A journaled message was consumed (acknowledged, or delivered to an auto subscription)."""
         if self.journal is not None and msg.seq:
             self.journal.ack(msg.seq)
             msg.seq = 0
             self.schedule_commit()
 
     def schedule_commit(self) -> None:
-        """Commit the journal's group soon (the broker does it after the current batch of events)."""
+        """Commit the journal's group soon (the broker: after the current batch of events)."""
         if self.journal is not None:
             self.journal.commit()  # no event loop to batch on: at once
 
@@ -131,14 +131,18 @@ class Router:
                 and not name.startswith("/")
             ):
                 location = self.journal_message(name, msg)
-            queue.put(msg, location)  # past the memory limit: paged (journaled) or refused
+            if queue.paged or queue.held + msg.size > self.queue_memory_limit:
+                queue.put(msg, location)  # past the memory limit: paged (journaled) or refused
+            else:
+                queue.messages.append(msg)
+                queue.held += msg.size
             if queue.subs:
                 queue.dispatch()
             if self.mirror_prefix is not None and not name.startswith("/"):
                 self._mirror(name, msg)
 
     def _mirror(self, queue_name: str, msg: Message) -> None:
-        """Publish a copy of a queue message on the queue's mirror topic (ActiveMQ's mirrored queues).
+        """Publish a copy of a queue message on its mirror topic (ActiveMQ's mirrored queues).
 
         The copy keeps the message-id and every header; topic semantics apply
         (nobody subscribed: nothing is kept), so it never competes with the
@@ -246,22 +250,23 @@ class Router:
             return
         target = sub.target
         queue = target if isinstance(target, Queue) else None
+        counted = queue if queue is not None and queue.counts_held else None
         if sub.ack == CLIENT:
             popitem = unacked.popitem
             while unacked:
                 acked_id, acked = popitem(last=False)
                 if acked.seq:
                     self.done(acked)
-                if queue is not None:
-                    queue.released(acked)
+                if counted is not None:
+                    counted.held -= acked.size
                 if acked_id == mid:
                     break
         else:
             acked = unacked.pop(mid)
             if acked.seq:
                 self.done(acked)
-            if queue is not None:
-                queue.released(acked)
+            if counted is not None:
+                counted.held -= acked.size
         if queue is not None:
             queue.dispatch()
         elif sub.pending:
@@ -298,7 +303,8 @@ class Router:
         if durable is not None:
             if durable.consumer is not None:
                 raise ProtocolError(
-                    f"Durable consumer is in use for client: {client_id} and subscriptionName: {name}",
+                    f"Durable consumer is in use for client: {client_id} "
+                    f"and subscriptionName: {name}",
                     "that durable subscription is already attached to a subscription",
                 )
             if durable.topic_name == topic_name and durable.selector_text == selector_text:

@@ -186,7 +186,7 @@ class Broker(Router):
             self.journal = None
 
     def _replay(self, journal: Journal) -> None:
-        """Open the journal; its unacknowledged messages go back where they were, in order, redelivered.
+        """Open the journal; unacknowledged messages go back where they were, in order, redelivered.
 
         Queue messages past the queue's memory limit stay in the journal (paged);
         messages of a durable subscription that no longer exists are dropped.

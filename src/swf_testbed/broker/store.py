@@ -1,4 +1,4 @@
-"""The journal: persistent messages in append-only segment files (the format chosen in docs/broker.md).
+"""The journal: persistent messages in append-only segment files (format: docs/broker.md).
 
 A record is ``length (4) | crc32 (4) | kind (1) | payload``, little-endian;
 the CRC covers kind and payload. A MESSAGE record holds the message's
@@ -195,7 +195,8 @@ class Journal:
                 )
             else:
                 log.error(
-                    "journal %s: unreadable record at byte %d of %d; the rest of this segment is skipped",
+                    "journal %s: unreadable record at byte %d of %d; "
+                    "the rest of this segment is skipped",
                     path,
                     pos,
                     len(data),
@@ -229,7 +230,7 @@ class Journal:
         return seq
 
     def ack(self, seq: int) -> None:
-        """Buffer the acknowledgement of message ``seq`` (compacted once its segment is all done)."""
+        """Buffer the acknowledgement of message ``seq`` (compacted once its segment is done)."""
         segment = self._segment_of.pop(seq, None)
         if segment is None:
             return

@@ -84,35 +84,40 @@ def broker(
     max_pending_bytes: Annotated[
         int,
         typer.Option(
-            help="Topic data one connection may have waiting before it is closed as a slow consumer.",
+            help="Topic data one connection may have waiting before it is closed "
+            "as a slow consumer.",
             min=1,
         ),
     ] = 64 * 2**20,
     slow_consumer_timeout: Annotated[
         float,
         typer.Option(
-            help="Seconds producers wait for a backed-up topic subscriber before it is closed; 0 = forever.",
+            help="Seconds producers wait for a backed-up topic subscriber before it is "
+            "closed; 0 = forever.",
             min=0,
         ),
     ] = 10.0,
     durable_max_messages: Annotated[
         int,
         typer.Option(
-            help="Messages a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
+            help="Messages a disconnected durable subscription keeps; past it the oldest "
+            "are dropped (logged).",
             min=1,
         ),
     ] = 1_000_000,
     durable_max_bytes: Annotated[
         int,
         typer.Option(
-            help="Bytes a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
+            help="Bytes a disconnected durable subscription keeps; past it the oldest "
+            "are dropped (logged).",
             min=1,
         ),
     ] = 512 * 2**20,
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Journal directory: persistent:true messages of queues and durable subscriptions are "
+            help="Journal directory: persistent:true messages of queues and durable "
+            "subscriptions are "
             "synced there before the send's RECEIPT and replayed on start. Default: "
             "$SWF_HOME/broker/<port> (memory only with --port 0).",
             file_okay=False,
@@ -137,21 +142,24 @@ def broker(
         bool,
         typer.Option(
             "--stats",
-            help="Do not serve: ask the broker at --host/--port for its statistics (memory, journal, "
+            help="Do not serve: ask the broker at --host/--port for its statistics "
+            "(memory, journal, "
             "depth per destination) and print them as JSON.",
         ),
     ] = False,
     mirror_queues: Annotated[
         bool,
         typer.Option(
-            help="Copy every queue message to the topic VirtualTopic.Mirror.<queue> (the monitor reads queue traffic "
+            help="Copy every queue message to the topic VirtualTopic.Mirror.<queue> "
+            "(the monitor reads queue traffic "
             "there; ActiveMQ's useMirroredQueues)."
         ),
     ] = True,
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Serve Prometheus metrics (connections, messages per destination, queue depth, consumers, "
+            help="Serve Prometheus metrics (connections, messages per destination, "
+            "queue depth, consumers, "
             "redeliveries, memory) on this port at /metrics; 0 picks a free one.",
             min=0,
             max=65535,
@@ -159,9 +167,10 @@ def broker(
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "127.0.0.1",
 ) -> None:
-    """Run the embedded STOMP broker until SIGTERM or Ctrl+C (for one machine; ActiveMQ in production)."""
+    """Run the embedded STOMP broker until SIGTERM or Ctrl+C (one machine; production: ActiveMQ)."""
     from swf_testbed.broker.frames import Limits
     from swf_testbed.broker.server import run, server_tls_context
+    from swf_testbed.broker.store import JournalError
 
     if stats:
         _print_stats(host, port, login, passcode)
@@ -208,6 +217,9 @@ def broker(
             queue_memory_limit=queue_memory_limit,
             metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
         )
+    except JournalError as exc:
+        err_console.print(f"[red]cannot open the journal:[/red] {exc.strerror or exc}")
+        raise typer.Exit(1) from None
     except OSError as exc:
         err_console.print(f"[red]cannot listen on {host}:{port}:[/red] {exc}")
         raise typer.Exit(1) from None
