@@ -22,7 +22,7 @@ What it adds to stomp.py:
   whose ``msg_id`` this subscription has handled already (a resent copy, or
   a redelivery after an ACK the broker lost in a crash) is acknowledged and
   not handed over again; a redelivered copy of one still being handled on
-  an earlier connection waits for that one's outcome.
+  an earlier connection waits for that one's outcome (:mod:`swf_testbed.mq.delivery`).
 
 Message handlers are called on stomp.py's receiver thread and must return
 quickly; :class:`swf_testbed.agents.runtime.Agent` hands them to a worker pool.
@@ -45,18 +45,26 @@ import stomp
 from stomp.exception import StompException
 
 from swf_testbed.messages import Message
+from swf_testbed.mq.delivery import AckMode, Delivery, Duplicates, Handler, Subscription
 from swf_testbed.mq.destinations import Destination
 from swf_testbed.retry import Backoff
 from swf_testbed.settings import BrokerSettings
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "AckMode",
+    "BrokerClient",
+    "BrokerUnavailable",
+    "Delivery",
+    "Handler",
+    "SendRefused",
+    "Sent",
+    "Subscription",
+]
 
-AckMode = Literal["auto", "client", "client-individual"]
+log = logging.getLogger(__name__)
 
 DEFAULT_SEND_WINDOW = 256
 """Confirmed sends that may await their receipts at once (``send(wait=False)`` blocks beyond it)."""
-SEEN_PER_CLIENT = 20_000
-"""``msg_id``s a client remembers for duplicate filtering (the oldest are forgotten first)."""
 
 
 class BrokerUnavailable(ConnectionError):
@@ -91,53 +99,6 @@ class Sent:
         if self.error:
             raise SendRefused(f"the broker refused a message to {self.destination}: {self.error}")
         return True
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One message as received: raw body (bytes) and headers."""
-
-    subscription: Subscription
-    headers: dict[str, str]
-    body: bytes
-    generation: int
-
-    @property
-    def destination(self) -> str:
-        return self.headers.get("destination", "")
-
-    @property
-    def message_id(self) -> str:
-        return self.headers.get("message-id", "")
-
-    @property
-    def redelivered(self) -> bool:
-        """Delivered before (``redelivered:true``): after a reconnect, a NACK, a broker restart."""
-        return self.headers.get("redelivered", "false").lower() == "true"
-
-    @property
-    def msg_id(self) -> str:
-        """Our messages' id (the ``msg_id`` header), the same on every copy; "" for foreign ones."""
-        return self.headers.get("msg_id", "")
-
-    @property
-    def ack_id(self) -> str:
-        # STOMP 1.2 acknowledges by the 'ack' header; 1.0/1.1 by message-id.
-        return self.headers.get("ack") or self.message_id
-
-
-Handler = Callable[[Delivery], None]
-
-
-@dataclass(slots=True)
-class Subscription:
-    destination: Destination
-    handler: Handler
-    ack: AckMode = "client-individual"
-    prefetch: int | None = None
-    durable_name: str | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    active: bool = True
 
 
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]  # stomp.py has no type hints
@@ -209,18 +170,6 @@ def _short(body: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-@dataclass(slots=True)
-class _Seen:
-    """What one subscription knows of one ``msg_id``."""
-
-    generation: int
-    """The connection the copy being handled came on."""
-    settled: bool = False
-    """Handled and acknowledged: any later copy is a duplicate."""
-    parked: list[Delivery] = field(default_factory=list)
-    """Copies from a later connection, waiting for the outcome of the one being handled."""
-
-
 class BrokerClient:
     """A long-lived, self-healing STOMP connection with several subscriptions.
 
@@ -260,8 +209,7 @@ class BrokerClient:
         # unconfirmed sends by receipt id, in the order sent; never taken before self._lock
         self._outbox: OrderedDict[str, Sent] = OrderedDict()
         self._outbox_cond = threading.Condition(threading.Lock())
-        self._seen: OrderedDict[tuple[str, str], _Seen] = OrderedDict()
-        self._seen_lock = threading.Lock()
+        self._duplicates = Duplicates()
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s, jitter=True)
         self._supervisor: threading.Thread | None = None
         self._stats_lock = threading.Lock()
@@ -522,65 +470,31 @@ class BrokerClient:
 
     # ------------------------------------------------------------------ duplicates
 
-    @staticmethod
-    def _seen_key(delivery: Delivery) -> tuple[str, str] | None:
-        if delivery.subscription.ack != "client-individual" or not delivery.msg_id:
-            return None
-        return delivery.subscription.id, delivery.msg_id
-
-    def _admit(self, delivery: Delivery) -> bool:
-        """Whether to hand ``delivery`` over (False: a duplicate, acknowledged or parked)."""
-        key = self._seen_key(delivery)
-        if key is None:
-            return True
-        with self._seen_lock:
-            seen = self._seen.get(key)
-            if seen is None:
-                self._seen[key] = _Seen(delivery.generation)
-                while len(self._seen) > SEEN_PER_CLIENT:
-                    self._seen.popitem(last=False)
-                return True
-            self._seen.move_to_end(key)
-            if not seen.settled and seen.generation != delivery.generation:
-                # the copy in hand came on an earlier connection: its ACK cannot be sent any
-                # more, so this one waits for its outcome (acknowledged if it was handled, else
-                # handed over)
-                seen.parked = [d for d in seen.parked if d.generation == delivery.generation]
-                seen.parked.append(delivery)
-                return False
-        self._count("duplicates")
-        log.info(
-            "%s: %s on %s is a duplicate of msg_id %s (%s); acknowledged, not handled again",
-            self.client_name,
-            delivery.message_id,
-            delivery.destination,
-            delivery.msg_id,
-            "redelivered" if delivery.redelivered else "a second copy",
-        )
-        self._ack_or_nack(delivery, "ack")
-        return False
-
     def _settle(self, delivery: Delivery, *, handled: bool) -> list[Delivery]:
         """The outcome of a delivery handed over; returns the copies that waited for it."""
-        key = self._seen_key(delivery)
-        if key is None:
-            return []
-        with self._seen_lock:
-            seen = self._seen.get(key)
-            if seen is None:
-                return []
-            parked, seen.parked = seen.parked, []
-            if handled:
-                seen.settled = True
-            else:
-                del self._seen[key]
+        parked = self._duplicates.settle(delivery, handled=handled)
         if handled and parked:
             self._count("duplicates", len(parked))
         return parked
 
     def _hand_over(self, delivery: Delivery) -> None:
         sub = delivery.subscription
-        if not sub.active or not self._admit(delivery):
+        if not sub.active:
+            return
+        verdict = self._duplicates.admit(delivery)
+        if verdict == "parked":
+            return
+        if verdict == "duplicate":
+            self._count("duplicates")
+            log.info(
+                "%s: %s on %s is a duplicate of msg_id %s (%s); acknowledged, not handled again",
+                self.client_name,
+                delivery.message_id,
+                delivery.destination,
+                delivery.msg_id,
+                "redelivered" if delivery.redelivered else "a second copy",
+            )
+            self._ack_or_nack(delivery, "ack")
             return
         try:
             sub.handler(delivery)
