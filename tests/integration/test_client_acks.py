@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from swf_testbed.mq import BrokerClient, BrokerUnavailable, Queue, Topic
+from swf_testbed.mq import BrokerClient, BrokerUnavailable, Queue, SendRefused, Topic
 from swf_testbed.mq.client import Delivery
-from swf_testbed.testing.brokers import BrokerProcess
+from swf_testbed.testing.brokers import BrokerProcess, start_embedded
 from swf_testbed.testing.faultproxy import FaultProxy
 from tests.support.agents import EchoAgent, stf_ready
 from tests.support.collect import Collector
@@ -266,3 +266,27 @@ def test_an_agent_does_not_handle_a_resent_message_twice(any_broker: BrokerProce
     finally:
         agent.shutdown()
         watch.close()
+
+
+def test_a_send_the_broker_refuses_raises_and_is_not_sent_again() -> None:
+    """The embedded broker refuses a non-persistent message past a queue's memory limit with an
+    ERROR naming the send's receipt: the send raises SendRefused, and after the reconnect the
+    refused message is not sent again (a persistent one past the limit is kept, in the journal)."""
+    broker = start_embedded(args=["--queue-memory-limit", "1000"])
+    try:
+        queue = _queue()
+        with BrokerClient(broker.settings(), client_name="refused").start() as sender:
+            sender.send(queue, b"x" * 600, persistent=False, receipt=True)
+            with pytest.raises(SendRefused, match="is full"):
+                sender.send(queue, b"y" * 600, persistent=False, receipt=True)
+            assert sender.stats()["refused"] == 1
+            sender.send(queue, b"z" * 600)  # persistent: accepted past the limit (journaled)
+            assert sender.stats()["resent"] == 0
+        consumer, inbox = _acking_consumer(broker, queue)
+        assert [d.body[:1] for d in inbox.wait_for(2)] == [b"x", b"z"]
+        with BrokerClient(broker.settings(), client_name="refused").start() as sender:
+            sender.send(queue, b"sentinel")
+        assert [d.body[:1] for d in inbox.wait_for(3)] == [b"x", b"z", b"s"]
+        consumer.close()
+    finally:
+        broker.stop()
