@@ -211,6 +211,23 @@ def make_bodies(messages: int) -> list[bytes]:
     return bodies
 
 
+def _wait_for_deliveries(
+    counters: list[Synchronized[int]], expected: int, label: str, console: Console
+) -> None:
+    """Until the consumers counted ``expected`` deliveries, or nothing came for STALL_S."""
+    last_total, last_change = -1, time.monotonic()
+    while True:
+        total = sum(c.value for c in counters)
+        if total >= expected:
+            return
+        if total != last_total:
+            last_total, last_change = total, time.monotonic()
+        elif time.monotonic() - last_change > STALL_S:
+            console.print(f"[red]{label}: stalled at {total} of {expected}[/red]")
+            return
+        time.sleep(0.01)
+
+
 def run_pattern(
     broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], console: Console
 ) -> Result:
@@ -260,19 +277,7 @@ def run_pattern(
             for body in bodies:
                 producer.send(destination, body)
 
-        last_total, last_change = -1, time.monotonic()
-        while True:
-            total = sum(c.value for c in counters)
-            if total >= expected:
-                break
-            if total != last_total:
-                last_total, last_change = total, time.monotonic()
-            elif time.monotonic() - last_change > STALL_S:
-                console.print(
-                    f"[red]{broker.name} {pattern.label}: stalled at {total} of {expected}[/red]"
-                )
-                break
-            time.sleep(0.01)
+        _wait_for_deliveries(counters, expected, f"{broker.name} {pattern.label}", console)
         time.sleep(0.2)  # late duplicates, if any, show up in the counts
         if pattern.persistent:
             for _ in range(RECEIPT_WINDOW):  # every send confirmed
@@ -351,13 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             console.print(f"starting {name} broker …")
-            # the embedded broker journals persistent messages (--data-dir); ActiveMQ in KahaDB, its default
+            # the embedded broker journals persistent messages (--data-dir);
+            # ActiveMQ in KahaDB, its default
             brokers[name] = (
                 start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")])
                 if name == "embedded"
                 else start_activemq()
             )
-        for name, broker in brokers.items():  # JIT, connection set-up, first-destination costs
+        for broker in brokers.values():  # JIT, connection set-up, first-destination costs
             run_pattern(broker, PATTERNS[0], warmup, console)
         for pattern in PATTERNS:
             runs: dict[str, list[Result]] = {name: [] for name in brokers}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -75,8 +76,12 @@ def launch_broker_with_options(log_dir: Path, **options: float) -> BrokerProc:
 
 def _launch(log_dir: Path, port: int, command: list[str]) -> BrokerProc:
     log = log_dir / f"broker-{port}.log"
+    # the journal's default is $SWF_HOME/broker/<port>: keep it in the test's directory
+    env = {**os.environ, "SWF_HOME": str(log_dir / "swf-home")}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, *command], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, *command], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     broker = BrokerProc(proc, port, log)
     try:
         wait_for_port(HOST, port, 20, proc)

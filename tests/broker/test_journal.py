@@ -56,7 +56,8 @@ def test_acknowledged_messages_are_not_replayed(
     frames = consumer.messages(4)
     for frame in frames[:3]:  # the 4th stays unacknowledged
         consumer.send("ACK", {"id": frame.headers["ack"]})
-    consumer.sync()  # its RECEIPT comes after the fsync that holds the ACKs (and the next deliveries, unacked)
+    # its RECEIPT comes after the fsync that holds the ACKs (and the next deliveries, unacked)
+    consumer.sync()
     first.proc.kill()
     first.proc.wait(10)
 
@@ -78,7 +79,8 @@ def test_auto_acknowledged_deliveries_are_done_and_not_replayed(
     producer = Raw(first.port)
     _send(producer, queue, [b"x" * 1000 + b"%d" % i for i in range(200)])
     consumer.messages(200)
-    # a message of its own afterwards, so that the auto-acks before it are committed by its RECEIPT's fsync
+    # a message of its own afterwards, so that the auto-acks before it are committed
+    # by its RECEIPT's fsync
     _send(producer, unique("queue"), [b"marker"])
     first.proc.kill()
     first.proc.wait(10)

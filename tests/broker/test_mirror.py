@@ -36,7 +36,10 @@ def test_a_queue_message_is_mirrored_and_still_waits_in_its_queue(raw: Callable[
 
 
 def test_mirror_copies_follow_the_send_not_the_redeliveries(raw: Callable[..., Raw]) -> None:
-    """A transacted SEND is mirrored at COMMIT (never when aborted); a NACKed redelivery is not mirrored again."""
+    """A transacted SEND is mirrored at COMMIT (never when aborted).
+
+    A NACKed redelivery is not mirrored again.
+    """
     queue = unique("queue")
     watcher = raw()
     watcher.subscribe(_mirror_of(queue))

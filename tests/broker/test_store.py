@@ -1,4 +1,7 @@
-"""The journal (``swf_testbed.broker.store``) on real files: replay, torn records, compaction, kill -9, a full disk."""
+"""The journal (``swf_testbed.broker.store``) on real files.
+
+Replay, torn records, compaction, kill -9, a full disk.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from swf_testbed.broker.store import Journal
+from swf_testbed.broker.store import Journal, JournalError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +30,43 @@ def _fill(journal: Journal, n: int, start: int = 0) -> list[int]:
         )
         for i in range(start, start + n)
     ]
+
+
+def _crash(journal: Journal) -> None:
+    """What a crash does to a journal in this process: its descriptors go, nothing is written."""
+    for fd in (journal._fd, journal._lock_fd):  # noqa: SLF001 -- simulating the crash
+        if fd is not None:
+            os.close(fd)
+    journal._fd = journal._lock_fd = None
+
+
+def test_a_second_broker_cannot_open_a_journal_in_use(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    with pytest.raises(JournalError, match="in use by another broker"):
+        Journal(tmp_path).open()
+    journal.close()
+    Journal(tmp_path).open()  # free again
+
+
+def test_a_message_is_read_back_from_its_location(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    _fill(journal, 3)
+    where = journal.last_location
+    assert where is not None and not journal.committed(where)
+    journal.commit()
+    assert journal.committed(where)
+    stored = journal.read(where)
+    assert stored is not None and (stored.message_id, stored.body) == ("ID-x:2", b"body 2")
+    journal.ack(where[3])
+    assert journal.read(where) is None  # acknowledged: not there any more
+    journal.close()
+    lazy = Journal(tmp_path)
+    replayed = lazy.open(load_bodies=False)
+    assert [m.body for m in replayed] == [b"", b""]
+    assert [lazy.read(m.location).body for m in replayed if m.location] == [b"body 0", b"body 1"]
+    lazy.close()
 
 
 def test_replay_gives_back_the_unacknowledged_messages_in_order(tmp_path: Path) -> None:
@@ -63,6 +103,7 @@ def test_what_was_not_committed_is_not_there(tmp_path: Path) -> None:
         journal, 2, start=3
     )  # buffered only: a crash now loses them, and they were never confirmed
     assert journal.pending > 0
+    _crash(journal)
     assert [m.message_id for m in Journal(tmp_path).open()] == ["ID-x:0", "ID-x:1", "ID-x:2"]
 
 
@@ -111,7 +152,8 @@ def test_acknowledged_segments_are_compacted_oldest_first(tmp_path: Path) -> Non
         if seq != keep:
             journal.ack(seq)
     journal.commit()
-    # the segments before the one holding `keep` are gone; that one and the later ones (their ACKs) stay
+    # the segments before the one holding `keep` are gone;
+    # that one and the later ones (their ACKs) stay
     remaining = journal.segments()
     assert 1 < len(remaining) < 10
     journal.ack(keep)
@@ -126,7 +168,7 @@ def test_acknowledged_segments_are_compacted_oldest_first(tmp_path: Path) -> Non
 _WRITER = textwrap.dedent(r"""
     import sys
     from pathlib import Path
-    from swf_testbed.broker.store import Journal
+    from swf_testbed.broker.store import Journal, JournalError
 
     journal = Journal(Path(sys.argv[1]), segment_bytes=64 * 1024)
     journal.open()
@@ -190,7 +232,10 @@ _FULL = textwrap.dedent(r"""
 
 
 def test_a_full_disk_is_reported(tmp_path: Path) -> None:
-    """A file-size limit (``ulimit -f``) in a subprocess stands for a full disk, not the machine's disk."""
+    """A file-size limit (``ulimit -f``) in a subprocess stands for a full disk.
+
+    Not the machine's disk.
+    """
     done = subprocess.run(
         [sys.executable, "-c", _FULL, str(tmp_path)],
         capture_output=True,
@@ -203,7 +248,8 @@ def test_a_full_disk_is_reported(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stdout + done.stderr
     assert "REPORTED" in done.stdout and "cannot write the journal" in done.stdout, done.stdout
     assert "too large" in done.stdout.lower()
-    # the failed write was cut off: everything committed before it replays, nothing after it is hidden
+    # the failed write was cut off: everything committed before it replays,
+    # nothing after it is hidden
     journal = Journal(tmp_path)
     live = journal.open()
     assert live and [m.message_id for m in live] == [f"ID-f:{i}" for i in range(len(live))]

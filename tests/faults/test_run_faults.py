@@ -28,10 +28,12 @@ from typing import Any
 import httpx
 import pytest
 
+from swf_testbed.broker.admin import StatsError, request_stats
 from swf_testbed.messages import MessageError, parse_message
 from swf_testbed.mq import BrokerClient, Delivery, Topic
 from swf_testbed.mq.destinations import MONITOR_TOPIC, RUN_TOPIC, data_topic
 from swf_testbed.orchestrator.supervisor import Supervisor, runtime_paths
+from swf_testbed.settings import BrokerSettings
 from swf_testbed.testing.brokers import BrokerProcess, activemq_available, free_port, start_activemq
 from tests.orchestrator.conftest import Bed
 from tests.orchestrator.test_end_to_end import (
@@ -130,6 +132,7 @@ def chain(make_bed: Any, tmp_path: Path, home: Path) -> Iterator[Any]:
         durable: bool = False,
         run_args: tuple[str, ...] = (),
         workflow: str = WORKFLOW,
+        parameters: str = PARAMETERS,
     ) -> Chain:
         bed, run, execution_id, port = _start_chain_run(
             make_bed,
@@ -137,7 +140,7 @@ def chain(make_bed: Any, tmp_path: Path, home: Path) -> Iterator[Any]:
             tmp_path,
             label,
             workflow=workflow,
-            parameters=PARAMETERS,
+            parameters=parameters,
             database_url=database_url,
             broker_section=broker_section,
             agent_extra="options = { durable = true }\n" if durable else "",
@@ -153,7 +156,8 @@ def chain(make_bed: Any, tmp_path: Path, home: Path) -> Iterator[Any]:
 
 
 def check_recorded_exactly_once(chain: Chain, *, timeout: float = 120.0) -> dict[str, int]:
-    """Every STF, sample and slice of the run in the monitor, once; the run ended, the execution completed.
+    """Every STF, sample and slice of the run in the monitor, once; the run ended, the execution
+    completed.
 
     Returns the message counts by type (for the report).
     """
@@ -212,12 +216,13 @@ def check_recorded_exactly_once(chain: Chain, *, timeout: float = 120.0) -> dict
     return messages
 
 
-# --------------------------------------------------------------------------- 1. ActiveMQ killed and restarted
+# ----------------------------------------------------------------- 1. ActiveMQ killed and restarted
 
 
 @pytest.fixture
 def own_activemq(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """An ActiveMQ Classic of this test alone (it gets killed); its data directory outlives a restart."""
+    """An ActiveMQ Classic of this test alone (it gets killed); its data directory outlives a
+    restart."""
     if not activemq_available():
         if os.environ.get("SWF_REQUIRE_ACTIVEMQ", "") not in ("", "0", "false"):
             pytest.fail("SWF_REQUIRE_ACTIVEMQ is set but ActiveMQ Classic is not installed")
@@ -318,111 +323,200 @@ def test_durable_agent_gets_what_was_published_while_it_was_away(any_broker: Bro
     watch.close()
 
 
-# --------------------------------------------------------------------------- 2. the embedded broker killed
+# ------------------------------------------------------------------ 2. the embedded broker killed
 
 
-def stf_sequences(chain: Chain) -> set[int]:
-    """Sequence numbers of the run's STFs the monitor holds (``swf.<run>.<seq>.stf``)."""
-    rows = chain.api.get(
-        "/stf-files/", params={"execution_id": chain.execution_id, "limit": 1000}
-    ).json()
-    rows = rows["results"] if isinstance(rows, dict) else rows
-    return {int(r["stf_filename"].split(".")[2]) for r in rows}
+KILL_PARAMETERS = f"stf_count = {STFS}\nslice_processing_time = 0.8"
+"""Slices take 0.4 s at time scale 2: two workers do 5 a second, the run makes about 8: a slice
+backlog builds."""
 
 
-def test_embedded_broker_killed_mid_run_the_loss_is_bounded_and_reported(
+class DurableObserver:
+    """A durable subscriber to the run topic that goes away before the kill and comes back after
+    it: the backlog kept for it meanwhile is the durable backlog the journal must keep."""
+
+    def __init__(self, port: int, namespace: str) -> None:
+        self.settings = BrokerSettings(
+            host="127.0.0.1", port=port, reconnect_initial_s=0.1, reconnect_max_s=1.0
+        )
+        self.namespace = namespace
+        self.client_id = f"kill-observer-{uuid.uuid4().hex[:8]}"
+        self.messages: list[Any] = []
+        self.cond = threading.Condition()
+        self.client: BrokerClient | None = None
+        self.attach()
+
+    def _on(self, delivery: Delivery) -> None:
+        try:
+            msg = parse_message(delivery.body)
+        except MessageError:
+            return
+        if msg.namespace == self.namespace:
+            with self.cond:
+                self.messages.append(msg)
+                self.cond.notify_all()
+
+    def attach(self) -> None:
+        self.client = BrokerClient(
+            self.settings, client_name="kill-observer", client_id=self.client_id
+        ).start()
+        self.sub = self.client.subscribe(RUN_TOPIC, self._on, ack="auto", durable=True)
+
+    def detach(self) -> None:
+        """Gone without unsubscribing: the broker keeps what the topic carries for it."""
+        assert self.client is not None
+        self.client.close(timeout=2.0)
+
+    def stf_sequences(self) -> list[int]:
+        with self.cond:
+            return [m.sequence for m in self.messages if m.msg_type == "stf_gen"]
+
+    def wait_for_end_run(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not any(m.msg_type == "end_run" for m in self.messages):
+                left = deadline - time.monotonic()
+                assert left > 0, f"no end_run for the observer ({len(self.messages)} messages)"
+                self.cond.wait(left)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.unsubscribe(self.sub, forget=True)
+            self.client.close(timeout=2.0)
+
+
+def broker_figures(port: int) -> dict[str, Any]:
+    """The embedded broker's statistics (``swf-testbed broker --stats``); {} while it does not
+    answer."""
+    try:
+        return request_stats("127.0.0.1", port, timeout=2.0)
+    except StatsError:
+        return {}
+
+
+def held_at(figures: dict[str, Any], namespace: str) -> dict[str, int]:
+    """What the broker holds for the run: messages queued (by queue) and in durable backlogs."""
+    queued = {
+        name.rsplit(".", 1)[-1]: q["messages"]
+        for name, q in figures.get("queues", {}).items()
+        if f"swf.{namespace}." in name
+    }
+    durable = sum(d["messages"] for d in figures.get("durable_subscriptions", {}).values())
+    return {
+        "slices_queued": queued.get("slices", 0),
+        "queued": sum(queued.values()),
+        "durable_backlog": durable,
+    }
+
+
+def resent_after_reconnect(chain: Chain) -> int:
+    """Sends the programs sent again after the reconnect (the client logs each batch at INFO)."""
+    total = 0
+    for path in runtime_paths(chain.home, chain.namespace).logs.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if "sends were not confirmed before the connection dropped" in line:
+                total += int(line.split(": ")[-1].split(" ")[0])
+    return total
+
+
+def test_embedded_broker_killed_mid_run_nothing_is_lost(
     chain: Any, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The embedded broker (under supervisord, as `./dev run` has it) keeps nothing across its restart.
+    """The embedded broker (under supervisord, as `./dev run` has it) killed -9 mid-run: nothing
+    lost.
 
-    What it held at the kill (queued messages, the ingest's durable backlog) and
-    what was published before each subscriber was back is gone. The test
-    shows that the loss is confined to the fault (every STF recorded before
-    it is there, the run is whole again after it), nothing is recorded twice,
-    and the shortfall is reported: ``swf-testbed run`` exits 1 naming the
-    missing STFs and the lost broker connection, and the monitor shows the
-    DAQ's STF count next to the STFs it recorded.
+    Its journal (``--data-dir`` in the namespace's directory) holds the queued
+    slices and the durable subscriptions' backlogs (the ingest's, and the
+    agents', which run with ``durable = true``); every send of a persistent
+    message waits for the broker's receipt, given once it is journaled, and
+    a send not confirmed when the broker died is sent again after the
+    reconnect (its copy, if the broker had it, is dropped by ``msg_id``).
+    Supervisord restarts the broker at once; the run completes and the monitor
+    holds every STF, sample and slice exactly once.
     """
     port = free_port()
-    # what is lost never comes: 30 s after the run's end are plenty to give up on it
-    # at real time: the chain must be back (agents and ingest resubscribed) well before the run's last STF,
-    # also on a loaded machine where a restarted broker and the reconnections take seconds
     c: Chain = chain(
         None,
         broker_section=f'mode = "embedded"\nport = {port}',
         label="embkill",
-        run_args=("--drain-timeout", "30"),
-        workflow="time_scale = 1",
+        durable=True,
+        parameters=KILL_PARAMETERS,
     )
-    c.wait_mid_run()
-    before = stf_sequences(c)
+    observer = DurableObserver(port, c.namespace)
+    try:
+        _kill_the_broker_mid_run(c, port, observer, request, capsys)
+    finally:
+        observer.close()
+
+
+def _kill_the_broker_mid_run(
+    c: Chain,
+    port: int,
+    observer: DurableObserver,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stfs_at_kill = c.wait_mid_run()
+    observer.detach()
+    seen_before = observer.stf_sequences()
+    assert seen_before, "the observer saw no stf_gen before it went away"
+    journal = broker_figures(port).get("journal") or {}
+    assert journal.get("directory") == str(
+        runtime_paths(c.home, c.namespace).root / "broker" / "journal"
+    ), journal
+    # the kill comes while slices wait on their queue and a durable subscription has a backlog
+    held: dict[str, int] = {}
+
+    def backlog() -> bool | dict[str, int]:
+        held.update(held_at(broker_figures(port), c.namespace))
+        return (held["slices_queued"] > 0 and held["durable_backlog"] > 0) or dict(held)
+
+    wait_until(backlog, "queued slices and a durable backlog on the broker")
     old_pid = c.pid("broker")
     killed_at = time.time()
-    os.kill(old_pid, signal.SIGKILL)  # supervisord starts it again at once
+    os.kill(old_pid, signal.SIGKILL)
     wait_until(
         lambda: c.bed.programs()["broker"]["pid"] not in (None, old_pid) or "not restarted",
         "supervisord to restart the broker",
     )
+    wait_until(lambda: bool(broker_figures(port)) or "not answering", "the restarted broker")
+    broker_back = time.time() - killed_at
+    replayed = held_at(broker_figures(port), c.namespace)
+    observer.attach()  # and what the topic carried for it meanwhile is delivered now
     recovery = c.first_new_message(killed_at, namespace=c.namespace)
     run_recovery = c.first_new_message(killed_at, execution_id=c.execution_id)
     out = c.finish()
-
-    api, eid = c.api, c.execution_id
-    wait_until(
-        lambda: (
-            api.get(f"/workflow-executions/{eid}/").json().get("status") == "completed" or "running"
-        ),
-        "the execution to complete in the monitor",
-    )
-    runs = api.get("/runs/", params={"execution_id": eid}).json()
-    assert len(runs) == 1 and runs[0]["end_time"] is not None, runs
-    # what the DAQ announced is in the monitor, next to what it recorded
-    assert runs[0]["total_stf_files"] == STFS, runs[0]
-    after = stf_sequences(c)
-    missing = sorted(set(range(1, STFS + 1)) - after)
-    assert before <= after  # nothing recorded before the fault went missing
-    assert STFS in after, f"the run did not recover: its last STF is not recorded ({sorted(after)})"
-    assert all(seq > max(before) for seq in missing), (
-        sorted(before),
-        missing,
-    )  # lost only at the fault
-    assert (
-        count(api, "/workflow-messages/", execution_id=eid, msg_type="stf_gen") <= STFS
-    )  # none twice
-    run_number = runs[0]["run_number"]
-    samples = count(api, "/fastmon-files/", execution_id=eid)
-    slices = count(api, "/tf-slices/", run_number=run_number)
-    # none twice (the database keeps a slice once per sample); a sample whose registration was lost at the
-    # kill can still have its slices recorded, so they are bounded by the run, not by the samples recorded
-    assert samples <= STFS and slices <= STFS * SLICES_PER_SAMPLE
-    assert count(api, "/tf-slices/", run_number=run_number, status="failed") == 0
-
-    if c.run.returncode == 0:  # nothing was lost this time: then all of it is there, once
-        assert not missing, out
-        assert f"{STFS} STFs produced, {STFS} processed" in out, out
-        check_recorded_exactly_once(c, timeout=30)
-    else:
-        assert c.run.returncode == 1, out
-        assert f"workflow completed: execution {eid}, {STFS} STFs produced" in out, out
-        assert (
-            "the agents did not catch up within 30 s" in out and f"of {STFS} STFs processed" in out
-        ), out
-        assert "the broker connection was lost during the run" in out, out
+    assert c.run.returncode == 0, out
+    observer.wait_for_end_run()
+    seen = observer.stf_sequences()
+    # every STF announced from the observer's first one on, the backlog across the kill included
+    assert sorted(set(seen)) == list(range(min(seen), STFS + 1)), sorted(seen)
+    assert f"{STFS} STFs produced, {STFS} processed, {SLICES} of {SLICES} slices done" in out, out
+    messages = check_recorded_exactly_once(c)
+    # nothing handled twice: one processing_complete, one stf_ready, one sample per STF (an agent
+    # does not handle again a message it has handled, by msg_id; the monitor records one once)
+    assert messages["processing_complete"] == STFS and messages["stf_ready"] == STFS, messages
+    assert messages["tf_file_registered"] == STFS, messages
     report(
         request,
         capsys,
-        stfs_at_kill=len(before),
+        stfs_at_kill=stfs_at_kill,
+        in_flight_at_kill=held["queued"] + held["durable_backlog"],
+        slices_queued_at_kill=held["slices_queued"],
+        durable_backlog_at_kill=held["durable_backlog"],
+        held_after_restart=replayed["queued"] + replayed["durable_backlog"],
+        observer_backlog_copies=len(seen) - len(seen_before),
+        observer_duplicates=len(seen) - len(set(seen)),
+        resent_after_reconnect=resent_after_reconnect(c),
+        broker_back_s=round(broker_back, 1),
         recovery_s=round(recovery, 1),
         run_recovery_s=round(run_recovery, 1),
-        exit=c.run.returncode,
-        stfs_missing_in_monitor=missing,
-        samples=samples,
-        slices=slices,
-        summary=out.strip().splitlines()[-3:],
+        lost=0,
+        messages=messages,
     )
 
 
-# --------------------------------------------------------------------------- 3. the monitor's ingest down
+# ------------------------------------------------------------------ 3. the monitor's ingest down
 
 
 class Tap:
@@ -467,7 +561,8 @@ def test_ingest_down_mid_run_the_chain_goes_on_and_the_monitor_catches_up(
     tap = Tap(broker.settings(), c.namespace)
     tap.client.start(wait=30)
     try:
-        # mid-run as the broker sees it: on a loaded machine the monitor can lag the chain by many STFs
+        # mid-run as the broker sees it: on a loaded machine the monitor can lag the chain by many
+        # STFs
         wait_until(
             lambda: tap.get("processing_complete") >= FAULT_AFTER_STFS or tap.counts,
             "the run under way",
@@ -524,7 +619,8 @@ def test_ingest_down_mid_run_the_chain_goes_on_and_the_monitor_catches_up(
             out
         )
         messages = check_recorded_exactly_once(c)
-        # nothing twice: every STF processed once, so one processing_complete each (msg_id is the key)
+        # nothing twice: every STF processed once, so one processing_complete each (msg_id is the
+        # key)
         assert messages["processing_complete"] == STFS and messages["slice_result"] == SLICES, (
             messages
         )

@@ -270,7 +270,10 @@ mode = "external"
     ]
     assert str(workers[1].stdout_logfile).endswith("logs/worker_01.log")
     broker = groups["broker"].process_configs[0]
-    assert shlex.split(broker.command)[3:] == ["broker", "--host", "127.0.0.1", "--port", "61999"]
+    assert shlex.split(broker.command)[3:] == [
+        *("broker", "--host", "127.0.0.1", "--port", "61999"),
+        *("--data-dir", str(paths.root / "broker")),  # its journal, in the namespace's directory
+    ]
     assert isinstance(loaded, LoadedConfig) and notices == []
 
 

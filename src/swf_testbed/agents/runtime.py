@@ -269,7 +269,7 @@ class Agent:
 
     def send(self, destination: Destination, msg: Message, *, persistent: bool = True) -> None:
         """Send ``msg``, always in our strict schema (a v28 message passed on is converted, or refused)."""
-        self.client.send(destination, to_ours(msg), persistent=persistent)
+        self.client.send(destination, to_ours(msg), persistent=persistent, wait=False)
         self.count("sent")
 
     def count(self, counter: str, n: int = 1) -> None:
@@ -421,7 +421,7 @@ class Agent:
 
     def _send_log_batch(self, batch: LogBatch) -> None:
         # a short wait: while the broker is away the records stay buffered (bounded), nothing waits for it
-        self.client.send(logs_topic(self.namespace), batch, timeout=1.0)
+        self.client.send(logs_topic(self.namespace), batch, persistent=False, timeout=1.0)
 
     # ------------------------------------------------------------------ state and heartbeats
 

@@ -1,4 +1,4 @@
-"""Destinations: messages, subscriptions, topics (exact and wildcard), queues, durable subscriptions.
+"""Destinations: messages, subscriptions, topics (exact, wildcard), queues, durable subscriptions.
 
 What each holds and how it hands messages on; :mod:`.routing` decides which
 destination a message goes to. See docs/broker.md for the behaviour.
@@ -12,7 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from swf_testbed.broker.frames import escape
+from swf_testbed.broker.frames import ProtocolError, escape
+from swf_testbed.broker.store import Location
 
 if TYPE_CHECKING:
     from swf_testbed.broker.connection import Connection
@@ -138,6 +139,13 @@ class Message:
         m.redelivered = False
         m.topic = topic
         m.seq = 0  # the copy is a topic message: never journaled
+        return m
+
+    def durable_copy(self) -> Message:
+        """The same message for one durable subscription's journal record (its own ``seq``)."""
+        m = self.redelivered_copy()
+        m.redelivered = self.redelivered
+        m.seq = 0
         return m
 
     def redelivered_copy(self) -> Message:
@@ -298,7 +306,7 @@ class Subscription:
 
 
 class Topic:
-    """The subscriptions of one topic name: plain ones, and durable subscriptions (online or not)."""
+    """The subscriptions of one topic name: plain ones, and durable ones (attached or not)."""
 
     __slots__ = ("name", "subs")
     kind = TOPIC
@@ -333,8 +341,29 @@ class WildTopic(Topic):
 
 
 class Queue:
-    __slots__ = ("broker", "dispatching", "messages", "name", "rr", "selectors", "subs")
+    """A queue: messages wait in ``messages`` (memory) and, past the memory limit, in the journal.
+
+    ``held`` counts the bytes of the queue's messages in memory, waiting or
+    delivered and not yet acknowledged. Once a message would take it over the
+    broker's ``queue_memory_limit``, persistent messages are kept in the
+    journal only (``paged``: their locations, in order, after every message in
+    memory) and read back as the consumers make room; other messages are
+    refused (:meth:`put`).
+    """
+
+    __slots__ = (
+        "broker",
+        "dispatching",
+        "held",
+        "messages",
+        "name",
+        "paged",
+        "rr",
+        "selectors",
+        "subs",
+    )
     kind = QUEUE
+    counts_held = True  # ``held`` goes down at the ACK (a Durable counts its backlog instead)
 
     def __init__(self, name: str, broker: Broker) -> None:
         self.name = name
@@ -344,17 +373,79 @@ class Queue:
         self.selectors = 0  # subscriptions with a selector
         self.broker = broker
         self.dispatching = False
+        self.held = 0
+        self.paged: deque[tuple[Location, bool]] = deque()  # journal record, redelivered
+
+    # -- memory
+
+    def put(self, msg: Message, location: Location | None) -> None:
+        """Enqueue ``msg`` (``location``: its journal record, if journaled); refuse it when full."""
+        limit = self.broker.queue_memory_limit
+        if self.paged or self.held + msg.size > limit:
+            if location is None:
+                raise ProtocolError(
+                    f"Queue {self.name} is full",
+                    f"queue {self.name!r} holds {self.held} bytes in memory (limit {limit}); "
+                    "past the limit only persistent messages (persistent:true) are accepted, "
+                    "and they wait in the broker's journal"
+                    + ("" if self.broker.journal is not None else " (this broker has none)"),
+                )
+            self.paged.append((location, msg.redelivered))
+            return
+        self.messages.append(msg)
+        self.held += msg.size
+
+    def page_in(self) -> bool:
+        """Read paged messages back while under the limit; whether any came."""
+        journal = self.broker.journal
+        paged = self.paged
+        if journal is None:
+            paged.clear()
+            return False
+        limit = self.broker.queue_memory_limit
+        loaded = False
+        while paged and self.held < limit:
+            location, redelivered = paged[0]
+            if not journal.is_live(location[3]):
+                paged.popleft()  # its commit failed (the producer got an ERROR): not kept
+                continue
+            if not journal.committed(location):
+                self.broker.page_after_commit(self)
+                break
+            paged.popleft()
+            stored = journal.read(location)
+            if stored is None:
+                continue  # its commit failed (the producer got an ERROR), or it is gone
+            msg = Message(stored.message_id, stored.headers, stored.body, stored.destination)
+            msg.seq = stored.seq
+            msg.redelivered = redelivered
+            self.messages.append(msg)
+            self.held += msg.size
+            loaded = True
+        return loaded
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting: in memory and in the journal only."""
+        return len(self.messages) + len(self.paged)
+
+    # -- handing messages out
 
     def dispatch(self) -> None:
         """Hand queued messages to subscriptions that can take them, round robin."""
-        if self.dispatching or self.broker.stopping or not self.messages or not self.subs:
+        if self.dispatching or self.broker.stopping or not self.subs:
+            return
+        if not self.messages and not self.paged:
             return
         self.dispatching = True
         try:
-            if self.selectors:
-                self._dispatch_selective()
-            else:
-                self._dispatch_simple()
+            while True:
+                if self.selectors:
+                    self._dispatch_selective()
+                else:
+                    self._dispatch_simple()
+                if not self.paged or not self.page_in():
+                    break
         finally:
             self.dispatching = False
 
@@ -398,6 +489,8 @@ class Queue:
             messages.popleft()
             msg.avoid = None
             sub.deliver(msg)
+            if sub.ack == AUTO:
+                self.held -= msg.size  # consumed
 
     def put_back(self, msg: Message, sub: Subscription) -> None:
         """A NACKed message: back to the head, to another subscription when one can take it."""
@@ -419,6 +512,8 @@ class Queue:
                 continue
             msg.avoid = None
             sub.deliver(msg)
+            if sub.ack == AUTO:
+                self.held -= msg.size  # consumed
         kept.extend(messages)
         self.messages = kept
 
@@ -449,6 +544,7 @@ class Durable(Queue):
         "sub_name",
         "topic_name",
     )
+    counts_held = False  # ``nbytes``: the backlog's bytes, counted as messages leave it
 
     def __init__(
         self,
@@ -477,16 +573,30 @@ class Durable(Queue):
     def label(self) -> str:
         return f"{self.sub_name} (client-id {self.client_id})"
 
+    @property
+    def journal_key(self) -> str:
+        """Its name in the journal: ``<client-id> NUL <subscription name>``."""
+        return f"{self.client_id}\x00{self.sub_name}"
+
     # -- as a subscriber of its topic
 
     def offer_topic(self, msg: Message) -> None:
+        b = self.broker
         sub = self.consumer
-        if sub is not None and not self.messages and not self.dispatching and sub.can_take():
+        straight = sub is not None and not self.messages and not self.dispatching and sub.can_take()
+        if (
+            b.journal is not None
+            and msg.headers.get("persistent") == "true"
+            and not (straight and sub is not None and sub.ack == AUTO)  # consumed at once
+        ):
+            msg = msg.durable_copy()  # its own journal record, acknowledged on its own
+            b.journal_durable(self, msg)
+        if straight:
+            assert sub is not None
             sub.deliver(msg)  # nothing waiting, room: straight through
             return
         self.messages.append(msg)
         self.nbytes += msg.size
-        b = self.broker
         if self.nbytes > b.durable_max_bytes or len(self.messages) > b.durable_max_messages:
             self.trim()
         if self.consumer is not None:
@@ -539,7 +649,10 @@ class Durable(Queue):
         max_messages, max_bytes = b.durable_max_messages, b.durable_max_bytes
         n = 0
         while messages and (len(messages) > max_messages or self.nbytes > max_bytes):
-            self.nbytes -= messages.popleft().size
+            dropped = messages.popleft()
+            self.nbytes -= dropped.size
+            if dropped.seq:
+                b.done(dropped)
             n += 1
         if n:
             self.dropped += n
@@ -565,6 +678,14 @@ class Durable(Queue):
         self.burst = 0
         if self.active and not b.stopping and b.loop is not None:
             self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
+
+    def forget(self) -> None:
+        """Removed for good: its journaled messages are done."""
+        b = self.broker
+        for msg in self.messages:
+            if msg.seq:
+                b.done(msg)
+        self.close()
 
     def close(self) -> None:
         """Removed (or the broker stops): report pending drops, let go of the backlog."""

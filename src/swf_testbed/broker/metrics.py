@@ -1,4 +1,4 @@
-"""Prometheus figures of the embedded broker, on an admin port of their own (``swf-testbed broker --metrics-port``).
+"""Prometheus figures of the embedded broker, on an admin port (``broker --metrics-port``).
 
 Read from :meth:`Broker.stats` at each scrape. The broker's state belongs to
 its event loop: the scrape (on prometheus-client's HTTP thread) asks the loop
@@ -30,6 +30,9 @@ METRIC_NAMES = (
     "swf_broker_held_bytes",
     "swf_broker_durable_messages",
     "swf_broker_durable_dropped",
+    "swf_broker_queue_paged",
+    "swf_broker_queue_bytes",
+    "swf_broker_journal_bytes",
 )
 """Every family this module exports (besides ``process_*``)."""
 
@@ -51,9 +54,20 @@ class BrokerCollector:
 
     def collect(self) -> Iterator[Metric]:
         stats = self._snapshot()
-        conns, msgs_in, msgs_out, depth, consumers, redeliveries, held, durable, dropped = (
-            _families()
-        )
+        (
+            conns,
+            msgs_in,
+            msgs_out,
+            depth,
+            consumers,
+            redeliveries,
+            held,
+            durable,
+            dropped,
+            paged,
+            queue_bytes,
+            journal_bytes,
+        ) = _families()
         conns.add_metric([], stats["connections"])
         for dest, n in stats["messages_in"].items():
             msgs_in.add_metric([dest], n)
@@ -62,6 +76,10 @@ class BrokerCollector:
         for name, queue in stats["queues"].items():
             depth.add_metric([f"/queue/{name}"], queue["messages"])
             consumers.add_metric([f"/queue/{name}"], queue["subscriptions"])
+            paged.add_metric([f"/queue/{name}"], queue["paged"])
+            queue_bytes.add_metric([f"/queue/{name}"], queue["bytes"])
+        journal = stats["journal"]
+        journal_bytes.add_metric([], journal["bytes"] if journal else 0)
         for name, n in stats["topics"].items():
             consumers.add_metric([f"/topic/{name}"], n)
         for name, n in stats["wildcard_topics"].items():
@@ -86,6 +104,9 @@ class BrokerCollector:
             held,
             durable,
             dropped,
+            paged,
+            queue_bytes,
+            journal_bytes,
         )
 
 
@@ -102,7 +123,9 @@ def _families() -> tuple[Any, ...]:
             labels=["destination"],
         ),
         GaugeMetricFamily(
-            "swf_broker_queue_depth", "Messages waiting in each queue", labels=["destination"]
+            "swf_broker_queue_depth",
+            "Messages waiting in each queue (in memory and in the journal only)",
+            labels=["destination"],
         ),
         GaugeMetricFamily(
             "swf_broker_consumers", "Subscriptions on each destination", labels=["destination"]
@@ -125,6 +148,19 @@ def _families() -> tuple[Any, ...]:
             "swf_broker_durable_dropped",
             "Messages dropped from full durable subscriptions, by topic",
             labels=["destination"],
+        ),
+        GaugeMetricFamily(
+            "swf_broker_queue_paged",
+            "Messages of each queue kept in the journal only (the queue is over its memory limit)",
+            labels=["destination"],
+        ),
+        GaugeMetricFamily(
+            "swf_broker_queue_bytes",
+            "Message bytes each queue holds in memory (waiting or unacknowledged)",
+            labels=["destination"],
+        ),
+        GaugeMetricFamily(
+            "swf_broker_journal_bytes", "Bytes of the journal on disk (0: no journal)"
         ),
     )
 

@@ -9,6 +9,7 @@ dispatches. Transport, flow control and timers are the connection's.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,12 @@ _DURABLE_NAME_HEADERS = ("activemq.subscriptionName", "durable-subscription-name
 BROKER_NAME = "localhost"
 
 _SEND, _ACK, _NACK = 0, 1, 2
+
+STATS_QUEUE = "ActiveMQ.Statistics.Broker"
+"""A SEND here with ``reply-to`` gets the broker's statistics (JSON) sent to that destination.
+
+ActiveMQ Classic's statistics plugin destination; ``swf-testbed broker --stats`` uses it.
+"""
 
 
 def _durable_name(h: dict[str, str]) -> str | None:
@@ -182,8 +189,11 @@ def on_send(conn: Connection, frame: Frame) -> bool:
             f"Cannot send to a wildcard destination: {dest}",
             "'*' and '>' elements are wildcards, for SUBSCRIBE only; send to a topic's own name",
         )
-    headers = {k: v for k, v in h.items() if k not in _BROKER_HEADERS}
     b = conn.broker
+    if kind == QUEUE and name == STATS_QUEUE:
+        _answer_stats(conn, h)
+        return False
+    headers = {k: v for k, v in h.items() if k not in _BROKER_HEADERS}
     b.msg_serial += 1
     # the id names the sending connection (its session), as ActiveMQ's do: the monitor records it
     msg = Message(f"{conn.session}:{b.msg_serial}", headers, frame.body, name)
@@ -198,6 +208,44 @@ def on_send(conn: Connection, frame: Frame) -> bool:
     else:
         b.route(kind, name, msg)
     return False
+
+
+def _answer_stats(conn: Connection, h: dict[str, str]) -> None:
+    """The statistics request: :meth:`Broker.stats` as JSON, sent to the ``reply-to``."""
+    reply_to = h.get("reply-to")
+    if not reply_to:
+        raise ProtocolError(
+            f"{STATS_QUEUE} needs a reply-to",
+            f"a SEND to /queue/{STATS_QUEUE} asks for the broker's statistics; "
+            "reply-to names the destination that gets them",
+        )
+    kind, name = _resolve(reply_to, None)
+    b = conn.broker
+    b.msg_serial += 1
+    body = json.dumps(b.stats(), sort_keys=True).encode()
+    headers = {"content-type": "application/json"}
+    if "correlation-id" in h:
+        headers["correlation-id"] = h["correlation-id"]
+    b.route(kind, name, Message(f"{conn.session}:{b.msg_serial}", headers, body, name))
+
+
+def _prefetch(conn: Connection, raw: str | None, kind: str, durable: bool) -> int:
+    """A SUBSCRIBE's ``activemq.prefetchSize``, or the broker's default for that kind."""
+    b = conn.broker
+    if raw is None:
+        if kind == QUEUE:
+            return b.queue_prefetch
+        return b.durable_prefetch if durable else b.topic_prefetch
+    try:
+        prefetch = int(raw)
+    except ValueError:
+        prefetch = -1
+    if prefetch < 0:
+        raise ProtocolError(
+            f"Invalid activemq.prefetchSize: {raw}",
+            "activemq.prefetchSize must be a non-negative integer",
+        )
+    return max(prefetch, 1)
 
 
 def on_subscribe(conn: Connection, frame: Frame) -> bool:
@@ -244,23 +292,7 @@ def on_subscribe(conn: Connection, frame: Frame) -> bool:
             "a durable subscription belongs to a client: CONNECT with a client-id header",
         )
     b = conn.broker
-    raw = h.get("activemq.prefetchSize")
-    if raw is None:
-        if kind == QUEUE:
-            prefetch = b.queue_prefetch
-        else:
-            prefetch = b.topic_prefetch if durable_name is None else b.durable_prefetch
-    else:
-        try:
-            prefetch = int(raw)
-        except ValueError:
-            prefetch = -1
-        if prefetch < 0:
-            raise ProtocolError(
-                f"Invalid activemq.prefetchSize: {raw}",
-                "activemq.prefetchSize must be a non-negative integer",
-            )
-        prefetch = max(prefetch, 1)
+    prefetch = _prefetch(conn, h.get("activemq.prefetchSize"), kind, durable_name is not None)
     selector = None
     text = h.get("selector")
     if text is not None and text.strip():

@@ -25,12 +25,12 @@ from swf_testbed.broker.destinations import (
 )
 from swf_testbed.broker.frames import ProtocolError
 from swf_testbed.broker.selectors import compile_selector
-from swf_testbed.broker.store import Journal
+from swf_testbed.broker.store import Journal, Location
 
 log = logging.getLogger("swf_testbed.broker")
 
 MIRROR_PREFIX = "VirtualTopic.Mirror."
-"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ Classic's default ``<mirroredQueue>`` prefix)."""
+"""Mirror topic of queue Q: ``VirtualTopic.Mirror.Q`` (ActiveMQ's ``<mirroredQueue>`` prefix)."""
 
 
 class Router:
@@ -53,25 +53,39 @@ class Router:
         self._wild_cache: dict[str, tuple[WildTopic, ...]] = {}
         self.durables: dict[tuple[str, str], Durable] = {}  # (client-id, name)
         self._selectors: dict[str, Callable[[dict[str, str]], bool]] = {}
-        self.journal: Journal | None = None  # persistent queue messages (the Broker opens it)
+        self.journal: Journal | None = None  # persistent messages (the Broker opens it)
+        self.queue_memory_limit = 64 * 1024 * 1024  # bytes of messages one queue holds in memory
 
     # -- the journal: persistent queue messages are written before they are confirmed
 
-    def journal_message(self, name: str, msg: Message) -> None:
+    def journal_message(self, name: str, msg: Message) -> Location:
         """A ``persistent:true`` message for queue ``name``: into the journal's current group."""
         assert self.journal is not None
         msg.seq = self.journal.append(QUEUE, name, msg.id, msg.headers, msg.body)
         self.schedule_commit()
+        assert self.journal.last_location is not None
+        return self.journal.last_location
+
+    def journal_durable(self, durable: Durable, msg: Message) -> None:
+        """A persistent topic message matched by a durable subscription: its own record."""
+        assert self.journal is not None
+        key = f"{durable.journal_key}\x00{msg.topic}"
+        msg.seq = self.journal.append(TOPIC, key, msg.id, msg.headers, msg.body)
+        self.schedule_commit()
+
+    def page_after_commit(self, queue: Queue) -> None:
+        """``queue`` wants to page in a message of the group not committed yet."""
+        self.schedule_commit()
 
     def done(self, msg: Message) -> None:
-        """A journaled message was consumed (acknowledged, or delivered to an auto-ack subscription)."""
+        """A journaled message was consumed (acknowledged, or delivered to an auto subscription)."""
         if self.journal is not None and msg.seq:
             self.journal.ack(msg.seq)
             msg.seq = 0
             self.schedule_commit()
 
     def schedule_commit(self) -> None:
-        """Commit the journal's group soon (the broker does it after the current batch of events)."""
+        """Commit the journal's group soon (the broker: after the current batch of events)."""
         if self.journal is not None:
             self.journal.commit()  # no event loop to batch on: at once
 
@@ -110,20 +124,25 @@ class Router:
             queue = self.queues.get(name)
             if queue is None:
                 queue = self.queues[name] = Queue(name, self)
+            location = None
             if (
                 self.journal is not None
                 and msg.headers.get("persistent") == "true"
                 and not name.startswith("/")
             ):
-                self.journal_message(name, msg)
-            queue.messages.append(msg)
+                location = self.journal_message(name, msg)
+            if queue.paged or queue.held + msg.size > self.queue_memory_limit:
+                queue.put(msg, location)  # past the memory limit: paged (journaled) or refused
+            else:
+                queue.messages.append(msg)
+                queue.held += msg.size
             if queue.subs:
                 queue.dispatch()
             if self.mirror_prefix is not None and not name.startswith("/"):
                 self._mirror(name, msg)
 
     def _mirror(self, queue_name: str, msg: Message) -> None:
-        """Publish a copy of a queue message on the queue's mirror topic (ActiveMQ's mirrored queues).
+        """Publish a copy of a queue message on its mirror topic (ActiveMQ's mirrored queues).
 
         The copy keeps the message-id and every header; topic semantics apply
         (nobody subscribed: nothing is kept), so it never competes with the
@@ -215,7 +234,12 @@ class Router:
                     m.avoid = None
                 target.messages.extendleft(reversed(msgs))
             target.dispatch()
-            if not target.subs and not target.messages and self.queues.get(target.name) is target:
+            if (
+                not target.subs
+                and not target.messages
+                and not target.paged
+                and self.queues.get(target.name) is target
+            ):
                 del self.queues[target.name]
 
     def ack(self, sub: Subscription, mid: str) -> None:
@@ -224,21 +248,27 @@ class Router:
         unacked = sub.unacked
         if mid not in unacked:
             return
+        target = sub.target
+        queue = target if isinstance(target, Queue) else None
+        counted = queue if queue is not None and queue.counts_held else None
         if sub.ack == CLIENT:
             popitem = unacked.popitem
             while unacked:
                 acked_id, acked = popitem(last=False)
                 if acked.seq:
                     self.done(acked)
+                if counted is not None:
+                    counted.held -= acked.size
                 if acked_id == mid:
                     break
         else:
             acked = unacked.pop(mid)
             if acked.seq:
                 self.done(acked)
-        target = sub.target
-        if isinstance(target, Queue):
-            target.dispatch()
+            if counted is not None:
+                counted.held -= acked.size
+        if queue is not None:
+            queue.dispatch()
         elif sub.pending:
             sub.drain_pending()
 
@@ -273,7 +303,8 @@ class Router:
         if durable is not None:
             if durable.consumer is not None:
                 raise ProtocolError(
-                    f"Durable consumer is in use for client: {client_id} and subscriptionName: {name}",
+                    f"Durable consumer is in use for client: {client_id} "
+                    f"and subscriptionName: {name}",
                     "that durable subscription is already attached to a subscription",
                 )
             if durable.topic_name == topic_name and durable.selector_text == selector_text:
@@ -293,6 +324,7 @@ class Router:
         durable = Durable(self, client_id, name, source, selector_text, selector)
         source.subs.append(durable)
         self.durables[key] = durable
+        self.durables_changed()
         return durable
 
     def remove_durable(self, durable: Durable) -> None:
@@ -307,7 +339,11 @@ class Router:
             pass
         if not source.subs:
             self._topic_unused(source)
-        durable.close()
+        durable.forget()
+        self.durables_changed()
+
+    def durables_changed(self) -> None:
+        """The set of durable subscriptions changed (the Broker keeps it on disk)."""
 
     # -- introspection (tests, status)
 
@@ -315,7 +351,13 @@ class Router:
         return {
             "topics": {n: len(t.subs) for n, t in self.topics.items()},
             "queues": {
-                n: {"messages": len(q.messages), "subscriptions": len(q.subs)}
+                n: {
+                    "messages": q.depth,
+                    "in_memory": len(q.messages),
+                    "paged": len(q.paged),
+                    "bytes": q.held,
+                    "subscriptions": len(q.subs),
+                }
                 for n, q in self.queues.items()
             },
             "wildcard_topics": {n: len(t.subs) for n, t in self.wild.items()},

@@ -194,6 +194,52 @@ class _SelectorParser:
             return lambda h: _not(inner(h))
         return self.cmp()
 
+    def _between(self, left: Evaluator) -> Evaluator:
+        lo = self.sum_()
+        self.expect("kw", "AND")
+        hi = self.sum_()
+
+        def between(h: dict[str, str]) -> Value:
+            x = left(h)
+            return _and(_compare(">=", x, lo(h)), _compare("<=", x, hi(h)))
+
+        return between
+
+    def _in(self, left: Evaluator) -> Evaluator:
+        self.expect("op", "(")
+        items = [self.expect("lit")]
+        while self.accept("op", ","):
+            items.append(self.expect("lit"))
+        self.expect("op", ")")
+        strs = frozenset(str(x) for x in items)
+
+        def in_(h: dict[str, str]) -> Value:
+            x = left(h)
+            if x is None:
+                return None
+            return str(x) in strs
+
+        return in_
+
+    def _like(self, left: Evaluator) -> Evaluator:
+        pattern = self.expect("lit")
+        esc = None
+        if self.accept("kw", "ESCAPE"):
+            esc = self.expect("lit")
+            if not isinstance(esc, str) or len(esc) != 1:
+                raise SelectorError("ESCAPE takes one character")
+        if not isinstance(pattern, str):
+            raise SelectorError("LIKE takes a string pattern")
+        rx = _like_regex(pattern, esc)
+
+        def like(h: dict[str, str]) -> Value:
+            x = left(h)
+            if not isinstance(x, str):
+                return None
+            return rx.fullmatch(x) is not None
+
+        return like
+
     def cmp(self) -> Evaluator:
         left = self.sum_()
         k, v = self.peek()
@@ -206,52 +252,10 @@ class _SelectorParser:
             self.take()
             negate = True
             k, v = self.peek()
-        if k == "kw" and v == "BETWEEN":
+        if k == "kw" and v in ("BETWEEN", "IN", "LIKE"):
             self.take()
-            lo = self.sum_()
-            self.expect("kw", "AND")
-            hi = self.sum_()
-
-            def between(h: dict[str, str]) -> Value:
-                x = left(h)
-                return _and(_compare(">=", x, lo(h)), _compare("<=", x, hi(h)))
-
-            return (lambda h: _not(between(h))) if negate else between
-        if k == "kw" and v == "IN":
-            self.take()
-            self.expect("op", "(")
-            items = [self.expect("lit")]
-            while self.accept("op", ","):
-                items.append(self.expect("lit"))
-            self.expect("op", ")")
-            strs = frozenset(str(x) for x in items)
-
-            def in_(h: dict[str, str]) -> Value:
-                x = left(h)
-                if x is None:
-                    return None
-                return str(x) in strs
-
-            return (lambda h: _not(in_(h))) if negate else in_
-        if k == "kw" and v == "LIKE":
-            self.take()
-            pattern = self.expect("lit")
-            esc = None
-            if self.accept("kw", "ESCAPE"):
-                esc = self.expect("lit")
-                if not isinstance(esc, str) or len(esc) != 1:
-                    raise SelectorError("ESCAPE takes one character")
-            if not isinstance(pattern, str):
-                raise SelectorError("LIKE takes a string pattern")
-            rx = _like_regex(pattern, esc)
-
-            def like(h: dict[str, str]) -> Value:
-                x = left(h)
-                if not isinstance(x, str):
-                    return None
-                return rx.fullmatch(x) is not None
-
-            return (lambda h: _not(like(h))) if negate else like
+            test = {"BETWEEN": self._between, "IN": self._in, "LIKE": self._like}[v](left)
+            return (lambda h: _not(test(h))) if negate else test
         if negate:
             raise SelectorError("NOT must be followed by BETWEEN, IN or LIKE here")
         if k == "kw" and v == "IS":

@@ -16,7 +16,9 @@ modules, one concept each:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import secrets
 import signal
 import ssl
@@ -24,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from swf_testbed.broker.connection import Connection
-from swf_testbed.broker.destinations import Message, Queue, topic_matches
+from swf_testbed.broker.destinations import (
+    TOPIC,
+    Message,
+    Queue,
+    topic_matches,
+    wildcard_pattern,
+)
 from swf_testbed.broker.frames import Limits, ProtocolError
 from swf_testbed.broker.routing import Router
 from swf_testbed.broker.selectors import SelectorError, compile_selector
@@ -63,9 +71,13 @@ class Broker(Router):
     * ``connect_timeout``: seconds to wait for CONNECT (0: forever);
     * ``close_grace``: seconds a closing connection gets to take its last
       frames before it is aborted;
-    * ``data_dir``: keep ``persistent:true`` queue messages in a journal
-      there (written and synced before the RECEIPT of their SEND, replayed
-      on start, marked ``redelivered:true``); None: memory only;
+    * ``data_dir``: keep ``persistent:true`` messages of queues and durable
+      subscriptions in a journal there (written and synced before the
+      RECEIPT of their SEND, replayed on start, marked ``redelivered:true``),
+      and the durable subscriptions themselves; None: memory only;
+    * ``queue_memory_limit``: bytes of messages one queue holds in memory;
+      past it persistent messages wait in the journal only, others are
+      refused (ERROR);
     * ``mirror_queues``: publish a copy of every queue message on the topic
       ``VirtualTopic.Mirror.<queue>`` (ActiveMQ's ``useMirroredQueues``).
     """
@@ -92,9 +104,13 @@ class Broker(Router):
         ssl_context: ssl.SSLContext | None = None,
         mirror_queues: bool = True,
         data_dir: Path | None = None,
+        queue_memory_limit: int = 64 * 1024 * 1024,
     ) -> None:
         super().__init__(mirror_queues=mirror_queues)
-        self.data_dir = data_dir
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.queue_memory_limit = queue_memory_limit
+        self._page_waiting: set[Queue] = set()  # queues to page in once the group is committed
+        self.journal_durables = True  # keep data_dir/durables.json up to date
         self._commit_scheduled = False
         self._awaiting_commit: list[tuple[Connection, str]] = []  # receipts held until the fsync
         self.host = host
@@ -135,6 +151,7 @@ class Broker(Router):
         self.loop = asyncio.get_running_loop()
         self.stopping = False
         if self.data_dir is not None and self.journal is None:
+            self._restore_durables()
             self._replay(Journal(self.data_dir / "journal"))
         self._server = await self.loop.create_server(
             lambda: Connection(self),
@@ -169,23 +186,117 @@ class Broker(Router):
             self.journal = None
 
     def _replay(self, journal: Journal) -> None:
-        """Open the journal; its unacknowledged messages go back to their queues, in order, redelivered."""
-        stored = journal.open()
+        """Open the journal; unacknowledged messages go back where they were, in order, redelivered.
+
+        Queue messages past the queue's memory limit stay in the journal (paged);
+        messages of a durable subscription that no longer exists are dropped.
+        """
+        stored = journal.open(load_bodies=False)
+        self.journal = journal  # the messages below are acknowledged in it if need be
+        durables = {d.journal_key: d for d in self.durables.values()}
+        orphans = 0
         for m in stored:
-            msg = Message(m.message_id, m.headers, m.body, m.destination)
-            msg.seq = m.seq
-            msg.redelivered = True
+            assert m.location is not None
+            if m.kind == TOPIC:
+                key, _, topic = m.destination.rpartition("\x00")
+                durable = durables.get(key)
+                loaded = journal.read(m.location) if durable is not None else None
+                if durable is None or loaded is None:
+                    journal.ack(m.seq)
+                    orphans += 1
+                    continue
+                msg = Message(m.message_id, m.headers, loaded.body, topic)
+                msg.seq = m.seq
+                msg.redelivered = True
+                durable.messages.append(msg)
+                durable.nbytes += msg.size
+                continue
             queue = self.queues.get(m.destination)
             if queue is None:
                 queue = self.queues[m.destination] = Queue(m.destination, self)
+            msg = Message(m.message_id, m.headers, b"", m.destination)
+            msg.seq = m.seq
+            msg.redelivered = True
+            size = msg.size + m.location[2]  # about: headers twice, and the body
+            if queue.paged or queue.held + size > self.queue_memory_limit:
+                queue.paged.append((m.location, True))
+                continue
+            loaded = journal.read(m.location)
+            if loaded is None:
+                continue
+            msg = Message(m.message_id, m.headers, loaded.body, m.destination)
+            msg.seq = m.seq
+            msg.redelivered = True
             queue.messages.append(msg)
-        self.journal = journal
+            queue.held += msg.size
+        journal.commit()
         log.info(
-            "journal %s: %d unacknowledged message(s) replayed%s",
+            "journal %s: %d unacknowledged message(s) replayed%s%s",
             journal.directory,
-            len(stored),
+            len(stored) - orphans,
             f", {journal.torn_records} torn record skipped" if journal.torn_records else "",
+            f", {orphans} of removed durable subscriptions dropped" if orphans else "",
         )
+
+    # -- the durable subscriptions themselves, kept in data_dir/durables.json
+
+    def _durables_file(self) -> Path | None:
+        return None if self.data_dir is None else self.data_dir / "durables.json"
+
+    def _restore_durables(self) -> None:
+        path = self._durables_file()
+        if path is None or not path.exists():
+            return
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.error("cannot read %s (%s): durable subscriptions not restored", path, exc)
+            return
+        restoring, self.journal_durables = self.journal_durables, False
+        try:
+            for e in entries:
+                text = e.get("selector")
+                try:
+                    selector = self.selector(text) if text else None
+                    pattern = wildcard_pattern(e["topic"])
+                except (SelectorError, ValueError) as exc:
+                    log.error("durable subscription %s: not restored (%s)", e, exc)
+                    continue
+                self.durable_for(
+                    e["client_id"], e["name"], e["topic"], pattern, text or None, selector
+                )
+        finally:
+            self.journal_durables = restoring
+        log.info("%s: %d durable subscription(s) restored", path, len(self.durables))
+
+    def durables_changed(self) -> None:
+        path = self._durables_file()
+        if path is None or not self.journal_durables:
+            return
+        entries = [
+            {
+                "client_id": d.client_id,
+                "name": d.sub_name,
+                "topic": d.topic_name,
+                "selector": d.selector_text,
+            }
+            for d in self.durables.values()
+        ]
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(entries, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            log.error("cannot write %s: %s (durable subscriptions not kept on disk)", path, exc)
 
     # -- group commit: one fsync per batch of events; receipts of what it covers after it
 
@@ -214,6 +325,15 @@ class Broker(Router):
         for conn, receipt in waiting:
             if not conn.closing:
                 conn.send_receipt(receipt)
+        if self._page_waiting:
+            queues = list(self._page_waiting)
+            self._page_waiting.clear()
+            for queue in queues:
+                queue.dispatch()
+
+    def page_after_commit(self, queue: Queue) -> None:
+        self._page_waiting.add(queue)
+        self.schedule_commit()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -238,11 +358,35 @@ class Broker(Router):
 
     def stats(self) -> dict[str, Any]:
         held = (
-            sum(m.size for q in self.queues.values() for m in q.messages)
+            sum(q.held for q in self.queues.values())
             + sum(d.nbytes for d in self.durables.values())
             + sum(c.pending_bytes for c in self.conns)
         )
-        return {"connections": len(self.conns), **super().stats(), "held_bytes": held}
+        journal = self.journal
+        return {
+            "connections": len(self.conns),
+            **super().stats(),
+            "held_bytes": held,
+            "rss_bytes": _rss(),
+            "queue_memory_limit": self.queue_memory_limit,
+            "journal": None
+            if journal is None
+            else {
+                "directory": str(journal.directory),
+                "bytes": journal.size(),
+                "segments": len(journal.segments()),
+            },
+        }
+
+
+def _rss() -> int:
+    """Resident memory of this process, bytes (0 when it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 -- a statistic, never a reason to fail
+        return 0
 
 
 # =========================================================================== running it

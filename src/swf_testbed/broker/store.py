@@ -1,4 +1,4 @@
-"""The journal: persistent messages in append-only segment files (the format chosen in docs/broker.md).
+"""The journal: persistent messages in append-only segment files (format: docs/broker.md).
 
 A record is ``length (4) | crc32 (4) | kind (1) | payload``, little-endian;
 the CRC covers kind and payload. A MESSAGE record holds the message's
@@ -15,11 +15,19 @@ and cut off, never fatal. Segments are rotated at ``segment_bytes``; the
 oldest segment is deleted once every message in it is acknowledged
 (compaction), so the journal holds about what is still unacknowledged.
 
-The broker uses it with ``--data-dir`` (``Broker(data_dir=...)``), for queues.
+A message can be read back from where it was written (:meth:`Journal.read`):
+a queue over its memory limit keeps only the location of a message and pages
+it in when its consumers catch up, and :meth:`Journal.open` with
+``load_bodies=False`` replays the locations without holding the bodies.
+
+The broker uses it with ``--data-dir`` (``Broker(data_dir=...)``), for queues
+and durable subscriptions. One broker per journal: :meth:`Journal.open` takes
+an exclusive lock on ``lock`` in the directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -41,6 +49,10 @@ class JournalError(OSError):
     """The journal cannot be written (disk full, file too large, I/O error): what and where."""
 
 
+Location = tuple[str, int, int, int]
+"""Where a message record is: (segment path, offset, record length, sequence number)."""
+
+
 @dataclass(slots=True)
 class StoredMessage:
     """A persistent message as the journal keeps it."""
@@ -53,6 +65,7 @@ class StoredMessage:
     message_id: str
     headers: dict[str, str]
     body: bytes
+    location: Location | None = None  # set by open(load_bodies=False): read the body from there
 
 
 def _record(kind: int, payload: bytes) -> bytes:
@@ -66,12 +79,13 @@ def _encode_message(msg: StoredMessage) -> bytes:
     return _SEQ.pack(msg.seq) + _META_LEN.pack(len(meta)) + meta + msg.body
 
 
-def _decode_message(payload: bytes) -> StoredMessage:
+def _decode_message(payload: bytes | memoryview, body: bool = True) -> StoredMessage:
     (seq,) = _SEQ.unpack_from(payload)
     (meta_len,) = _META_LEN.unpack_from(payload, _SEQ.size)
     start = _SEQ.size + _META_LEN.size
-    kind, destination, message_id, headers = json.loads(payload[start : start + meta_len])
-    return StoredMessage(seq, kind, destination, message_id, headers, payload[start + meta_len :])
+    kind, destination, message_id, headers = json.loads(bytes(payload[start : start + meta_len]))
+    data = bytes(payload[start + meta_len :]) if body else b""
+    return StoredMessage(seq, kind, destination, message_id, headers, data)
 
 
 class Journal:
@@ -91,16 +105,38 @@ class Journal:
         self._segments: list[Path] = []  # oldest first; the last one is written
         self._live: dict[Path, set[int]] = {}  # unacknowledged sequence numbers per segment
         self._segment_of: dict[int, Path] = {}
+        self._readers: dict[str, int] = {}  # read descriptors of segments (paging in)
+        self._lock_fd: int | None = None
+        self.last_location: Location | None = None  # of the last message appended
+
+    def _lock(self) -> None:
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalError(
+                0, f"the journal {self.directory} is in use by another broker (locked)"
+            ) from None
+        self._lock_fd = fd
 
     # ------------------------------------------------------------------ replay
 
-    def open(self) -> list[StoredMessage]:
-        """Replay every segment; the unacknowledged messages, in the order written."""
+    def open(self, *, load_bodies: bool = True) -> list[StoredMessage]:
+        """Replay every segment; the unacknowledged messages, in the order written.
+
+        ``load_bodies=False``: the messages carry their :attr:`~StoredMessage.location`
+        and an empty body (:meth:`read` gets the rest), so that a journal larger
+        than memory can be replayed.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock()
         live: dict[int, StoredMessage] = {}
         paths = sorted(self.directory.glob(f"*{SUFFIX}"))
         for index, path in enumerate(paths):
-            good_end = self._replay_segment(path, live, last=index == len(paths) - 1)
+            good_end = self._replay_segment(
+                path, live, last=index == len(paths) - 1, bodies=load_bodies
+            )
             if index == len(paths) - 1 and good_end < path.stat().st_size:
                 with open(
                     path, "r+b"
@@ -119,8 +155,10 @@ class Journal:
             self._start_segment()
         return sorted(live.values(), key=lambda m: m.seq)
 
-    def _replay_segment(self, path: Path, live: dict[int, StoredMessage], *, last: bool) -> int:
-        data = path.read_bytes()
+    def _replay_segment(
+        self, path: Path, live: dict[int, StoredMessage], *, last: bool, bodies: bool
+    ) -> int:
+        data = memoryview(path.read_bytes())
         pos = 0
         while pos < len(data):
             end = pos + _HEADER.size
@@ -137,7 +175,10 @@ class Journal:
                 break
             (seq,) = _SEQ.unpack_from(payload)
             if kind == MESSAGE:
-                live[seq] = _decode_message(payload)
+                stored = _decode_message(payload, bodies)
+                if not bodies:
+                    stored.location = (str(path), pos, _HEADER.size + length, seq)
+                live[seq] = stored
                 self._segment_of[seq] = path
             else:
                 live.pop(seq, None)
@@ -154,7 +195,8 @@ class Journal:
                 )
             else:
                 log.error(
-                    "journal %s: unreadable record at byte %d of %d; the rest of this segment is skipped",
+                    "journal %s: unreadable record at byte %d of %d; "
+                    "the rest of this segment is skipped",
                     path,
                     pos,
                     len(data),
@@ -169,25 +211,71 @@ class Journal:
         """Buffer a message; its sequence number. Durable after the next :meth:`commit`."""
         seq = self.next_seq
         self.next_seq += 1
-        self._add(
-            _record(
-                MESSAGE,
-                _encode_message(StoredMessage(seq, kind, destination, message_id, headers, body)),
-            )
+        record = _record(
+            MESSAGE,
+            _encode_message(StoredMessage(seq, kind, destination, message_id, headers, body)),
         )
         assert self._current is not None
+        # the buffer is written contiguously at the end of the current segment at commit
+        self.last_location = (
+            str(self._current),
+            self._current_size + self._buffered,
+            len(record),
+            seq,
+        )
+        self._add(record)
         self._segment_of[seq] = self._current
         self._live[self._current].add(seq)
         self._uncommitted.append(seq)
         return seq
 
     def ack(self, seq: int) -> None:
-        """Buffer the acknowledgement of message ``seq`` (compacted once its segment is all done)."""
+        """Buffer the acknowledgement of message ``seq`` (compacted once its segment is done)."""
         segment = self._segment_of.pop(seq, None)
         if segment is None:
             return
         self._live[segment].discard(seq)
         self._add(_record(ACK, _SEQ.pack(seq)))
+
+    def is_live(self, seq: int) -> bool:
+        """Whether message ``seq`` is in the journal and not acknowledged."""
+        return seq in self._segment_of
+
+    def committed(self, location: Location) -> bool:
+        """Whether the record at ``location`` is on disk (else it waits for the next commit)."""
+        path, offset, length, _seq = location
+        return path != str(self._current) or offset + length <= self._current_size
+
+    def read(self, location: Location) -> StoredMessage | None:
+        """The message written at ``location`` (committed); None if it is not there any more.
+
+        None when the record does not check (its commit failed and the space was
+        reused, or the file was damaged) or holds another message.
+        """
+        path, offset, length, seq = location
+        if not self.is_live(seq):
+            return None
+        fd = self._readers.get(path)
+        try:
+            if fd is None:
+                fd = self._readers[path] = os.open(path, os.O_RDONLY)
+            data = os.pread(fd, length, offset)
+        except OSError as exc:
+            log.error("journal %s: cannot read the message at byte %d: %s", path, offset, exc)
+            return None
+        if len(data) < _HEADER.size:
+            return None
+        size, crc, kind = _HEADER.unpack_from(data)
+        payload = memoryview(data)[_HEADER.size :]
+        if (
+            kind != MESSAGE
+            or size != len(payload)
+            or zlib.crc32(payload, kind) != crc
+            or _SEQ.unpack_from(payload)[0] != seq
+        ):
+            log.error("journal %s: no message %d at byte %d (skipped)", path, seq, offset)
+            return None
+        return _decode_message(payload)
 
     @property
     def pending(self) -> int:
@@ -220,10 +308,18 @@ class Journal:
         self._drop_done_segments(keep_last=True)
 
     def close(self) -> None:
-        self.commit()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        try:
+            self.commit()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def segments(self) -> list[Path]:
         return list(self._segments)
@@ -290,4 +386,7 @@ class Journal:
             self._live.pop(path, None)
             if path == self._current:
                 self._current = None
+            fd = self._readers.pop(str(path), None)
+            if fd is not None:
+                os.close(fd)
             path.unlink(missing_ok=True)

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from swf_testbed.cli.common import err_console
+
+
+def default_data_dir(port: int) -> Path | None:
+    """``$SWF_HOME/broker/<port>``: the journal of the broker on that port; None for port 0.
+
+    Per port, because the journal belongs to the broker that clients find at
+    that address: the testbed's supervisord restarts it on the same port, so it
+    finds its journal again, and two brokers of one SWF_HOME (two testbeds, or
+    tests) never share one. A broker on a port picked at random (0) cannot be
+    found again after a restart: it keeps nothing.
+    """
+    if port == 0:
+        return None
+    from swf_testbed.settings import default_home
+
+    home = os.environ.get("SWF_HOME")
+    base = Path(home).expanduser() if home else default_home()
+    return base / "broker" / str(port)
+
+
+def _print_stats(host: str, port: int, login: str | None, passcode: str | None) -> None:
+    """``--stats``: one STOMP request to the broker's statistics destination, printed as JSON."""
+    from swf_testbed.broker.admin import StatsError, request_stats
+
+    try:
+        figures = request_stats(host, port, login, passcode)
+    except StatsError as exc:
+        err_console.print(f"[red]cannot get the statistics of {host}:{port}:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(figures, indent=2, sort_keys=True))
 
 
 def broker(
@@ -52,50 +84,82 @@ def broker(
     max_pending_bytes: Annotated[
         int,
         typer.Option(
-            help="Topic data one connection may have waiting before it is closed as a slow consumer.",
+            help="Topic data one connection may have waiting before it is closed "
+            "as a slow consumer.",
             min=1,
         ),
     ] = 64 * 2**20,
     slow_consumer_timeout: Annotated[
         float,
         typer.Option(
-            help="Seconds producers wait for a backed-up topic subscriber before it is closed; 0 = forever.",
+            help="Seconds producers wait for a backed-up topic subscriber before it is "
+            "closed; 0 = forever.",
             min=0,
         ),
     ] = 10.0,
     durable_max_messages: Annotated[
         int,
         typer.Option(
-            help="Messages a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
+            help="Messages a disconnected durable subscription keeps; past it the oldest "
+            "are dropped (logged).",
             min=1,
         ),
     ] = 1_000_000,
     durable_max_bytes: Annotated[
         int,
         typer.Option(
-            help="Bytes a disconnected durable subscription keeps; past it the oldest are dropped (logged).",
+            help="Bytes a disconnected durable subscription keeps; past it the oldest "
+            "are dropped (logged).",
             min=1,
         ),
     ] = 512 * 2**20,
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Keep persistent:true queue messages in a journal in this directory (synced before the send's "
-            "RECEIPT, replayed on start); without it the broker keeps everything in memory only.",
+            help="Journal directory: persistent:true messages of queues and durable "
+            "subscriptions are "
+            "synced there before the send's RECEIPT and replayed on start. Default: "
+            "$SWF_HOME/broker/<port> (memory only with --port 0).",
             file_okay=False,
         ),
     ] = None,
+    memory_only: Annotated[
+        bool,
+        typer.Option(
+            "--memory-only",
+            help="No journal: keep everything in memory only (lost when the broker stops).",
+        ),
+    ] = False,
+    queue_memory_limit: Annotated[
+        int,
+        typer.Option(
+            help="Bytes of messages one queue holds in memory; past it persistent messages wait in "
+            "the journal only and others are refused with an ERROR.",
+            min=1,
+        ),
+    ] = 64 * 2**20,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats",
+            help="Do not serve: ask the broker at --host/--port for its statistics "
+            "(memory, journal, "
+            "depth per destination) and print them as JSON.",
+        ),
+    ] = False,
     mirror_queues: Annotated[
         bool,
         typer.Option(
-            help="Copy every queue message to the topic VirtualTopic.Mirror.<queue> (the monitor reads queue traffic "
+            help="Copy every queue message to the topic VirtualTopic.Mirror.<queue> "
+            "(the monitor reads queue traffic "
             "there; ActiveMQ's useMirroredQueues)."
         ),
     ] = True,
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Serve Prometheus metrics (connections, messages per destination, queue depth, consumers, "
+            help="Serve Prometheus metrics (connections, messages per destination, "
+            "queue depth, consumers, "
             "redeliveries, memory) on this port at /metrics; 0 picks a free one.",
             min=0,
             max=65535,
@@ -103,10 +167,14 @@ def broker(
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "127.0.0.1",
 ) -> None:
-    """Run the embedded STOMP broker until SIGTERM or Ctrl+C (for one machine; ActiveMQ in production)."""
+    """Run the embedded STOMP broker until SIGTERM or Ctrl+C (one machine; production: ActiveMQ)."""
     from swf_testbed.broker.frames import Limits
     from swf_testbed.broker.server import run, server_tls_context
+    from swf_testbed.broker.store import JournalError
 
+    if stats:
+        _print_stats(host, port, login, passcode)
+        return
     if (login is None) != (passcode is None):
         err_console.print("[red]--login and --passcode go together[/red]")
         raise typer.Exit(2)
@@ -128,6 +196,10 @@ def broker(
         err_console.print(f"[red]bad broker option:[/red] {exc}")
         raise typer.Exit(2) from None
     logging.getLogger("swf_testbed.broker").setLevel(logging.INFO)
+    if memory_only:
+        data_dir = None
+    elif data_dir is None:
+        data_dir = default_data_dir(port)
     try:
         run(
             host,
@@ -142,8 +214,12 @@ def broker(
             durable_max_bytes=durable_max_bytes,
             mirror_queues=mirror_queues,
             data_dir=data_dir,
+            queue_memory_limit=queue_memory_limit,
             metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
         )
+    except JournalError as exc:
+        err_console.print(f"[red]cannot open the journal:[/red] {exc.strerror or exc}")
+        raise typer.Exit(1) from None
     except OSError as exc:
         err_console.print(f"[red]cannot listen on {host}:{port}:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -1,6 +1,7 @@
 """Messaging layer: destinations and the STOMP client every program uses."""
 
-from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, Delivery, Subscription
+from swf_testbed.mq.client import BrokerClient, BrokerUnavailable, SendRefused, Sent
+from swf_testbed.mq.delivery import Delivery, Subscription
 from swf_testbed.mq.destinations import Destination, Queue, Topic
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "Delivery",
     "Destination",
     "Queue",
+    "SendRefused",
+    "Sent",
     "Subscription",
     "Topic",
 ]

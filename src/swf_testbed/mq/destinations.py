@@ -14,7 +14,7 @@ from typing import Literal
 from swf_testbed.settings import DestinationStyle
 
 _NAME = re.compile(r"^([A-Za-z0-9_\-]+|\*)(\.([A-Za-z0-9_\-]+|\*))*(\.>)?$|^>$")
-"""Dot-separated elements; in a subscription ``*`` matches one element and a final ``>`` the rest."""
+"""Dot-separated elements; in a subscription ``*`` is one element and a final ``>`` the rest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +27,8 @@ class Destination:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(
-                f"bad destination name {self.name!r}: dot-separated elements of letters, digits, '_' and '-' "
-                "(a subscription may use '*' for one element and a final '>' for the rest)"
+                f"bad destination name {self.name!r}: dot-separated elements of letters, digits, "
+                "'_' and '-' (a subscription may use '*' for one element, a final '>' for the rest)"
             )
 
     @property
@@ -86,7 +86,7 @@ class Destination:
         for kind in ("topic", "queue"):
             for prefix in (f"/{kind}/", f"{kind}://"):
                 if text.startswith(prefix):
-                    return cls(text[len(prefix) :], kind)  # type: ignore[arg-type]
+                    return cls(text[len(prefix) :], kind)
         raise ValueError(f"destination {text!r} must start with /topic/ or /queue/")
 
     def __str__(self) -> str:
@@ -118,10 +118,10 @@ message reaches one consumer only; the mirror is how the monitor sees it.
 """
 
 MONITOR_TOPIC = Topic(QUEUE_MIRROR_PREFIX + ">")
-"""The mirror topics of every queue (a wildcard): where the monitor, and anyone, sees queue traffic."""
+"""The mirror topics of every queue (a wildcard): where the monitor sees queue traffic."""
 
 ALL_TESTBED_TOPICS = (RUN_TOPIC, Topic("swf.>"), MONITOR_TOPIC)
-"""Every topic the testbed uses, all namespaces, and the mirrors of every queue (the monitor ingest follows these)."""
+"""Every topic of the testbed, all namespaces, and every queue's mirror (the ingest's topics)."""
 
 DEAD_LETTER_QUEUE = Queue("swf.dead_letter")
 """Messages no handler could process after every allowed attempt."""
@@ -201,5 +201,5 @@ def worker_topic(namespace: str) -> Destination:
 
 
 def logs_topic(namespace: str) -> Destination:
-    """The log records of a namespace's agents (``log_batch``; the monitor's ingest records them)."""
+    """The log records of a namespace's agents (``log_batch``; the ingest records them)."""
     return Topic(f"swf.{namespace}.logs")

@@ -227,7 +227,8 @@ def build_programs(
             Program(
                 "broker",
                 "service",
-                argv=[*cli, "broker", "--host", host, "--port", str(port)],
+                argv=[*cli, "broker", "--host", host, "--port", str(port)]
+                + ["--data-dir", str(paths.root / "broker")],  # its journal: survives a kill -9
                 env=base_env,
                 directory=directory,
                 priority=PRIORITY["broker"],

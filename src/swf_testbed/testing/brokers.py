@@ -154,6 +154,8 @@ def start_embedded(
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            # the journal's default, $SWF_HOME/broker/<port>, in log_dir: never the user's home
+            env={**os.environ, "SWF_HOME": str(log_dir / "swf-home")},
         )
     broker = BrokerProcess("embedded", host, port, proc, log_dir, log_path)
     try:
