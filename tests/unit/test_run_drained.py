@@ -1,4 +1,4 @@
-"""When `swf-testbed run` counts a run as drained, judged by its own counts or by the monitor's record."""
+"""When `swf-testbed run` counts a run as drained: by its own counts, or by the monitor's record."""
 
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ from swf_testbed.cli.common import console, err_console
 from swf_testbed.cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, fail, say, warn
 
 if TYPE_CHECKING:  # the orchestrator is imported when a command runs, not with the CLI
-    from swf_testbed.cli.run_view import health_table
     from swf_testbed.orchestrator.checks import ProcessHealth
     from swf_testbed.orchestrator.config import LoadedConfig
     from swf_testbed.orchestrator.listener import Listener
@@ -245,6 +244,7 @@ def up(
     timeout: TimeoutOpt = None,
 ) -> None:
     """Start supervisord, the services and every enabled agent; wait until all are healthy."""
+    from swf_testbed.cli.run_view import health_table
     from swf_testbed.orchestrator.listener import Listener
     from swf_testbed.orchestrator.run import Testbed
 

@@ -409,6 +409,7 @@ class Testbed:
         cancelled: Callable[[], bool] = lambda: False,
         broker_connected: Callable[[], bool] | None = None,
         broker_grace: float = 15.0,
+        remote: list[RemoteAgent] | None = None,
     ) -> list[ProcessHealth]:
         """Until every process is healthy; :class:`Unhealthy` at once when one fails, or at timeout.
 
@@ -417,6 +418,9 @@ class Testbed:
         say so instead of waiting for the whole timeout. When the testbed runs
         the broker itself, that grace starts once it listens: on a loaded
         machine the broker alone can take longer than the grace to start.
+
+        ``remote``: the agents elsewhere to wait for (as :meth:`check`: by default
+        those the testbed.toml declares, unless ``programs`` names a few).
         """
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -424,7 +428,7 @@ class Testbed:
         exited_since: dict[str, float] = {}
         poll = Backoff(0.05, 0.25)  # a new heartbeat ends the wait at once
         while True:
-            health = self.check(beats, programs)
+            health = self.check(beats, programs, remote=remote)
             on_progress(health)
             if all(h.healthy for h in health):
                 return health
