@@ -71,7 +71,9 @@ class TinyRunner(Agent):
                         in_reply_to=msg.msg_id,
                         workflow_name=msg.workflow_name,
                         refused=True,
-                        error=f"execution {self._execution} is running in namespace {self.namespace}",
+                        error=(
+                            f"execution {self._execution} is running in namespace {self.namespace}"
+                        ),
                     ),
                 )
                 return
