@@ -1,11 +1,15 @@
 """The one liveness rule: how alive an agent is, from the age of its last heartbeat.
 
-``ok`` within 1.5 declared intervals (plus a slack for clock skew), ``late``
-within 3, ``down`` beyond. An agent that said EXITED is ``exited``; one
+``ok`` within 1.5 declared intervals plus 2 s, ``late`` within 3 plus 2 s,
+``down`` beyond (the 2 s are a slack for clock skew between hosts and for a
+heartbeat in flight). An agent that said EXITED is ``exited``; one
 silent for longer than ``gone_after_s`` without saying it (a run-once
 runner, a killed process) is ``gone``: it ended, it is not failing. The
 monitor (from heartbeat times) and the orchestrator (from the times it heard
-them) both ask here.
+them) both ask here, with the same numbers and the same names.
+
+An agent is *healthy* when it is ``ok`` and its operational state is READY or
+PROCESSING (a busy agent is alive and connected).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ GRACE = 1.5
 """A heartbeat is on time within this many intervals."""
 LATE = 3.0
 """Beyond this many intervals an agent is down."""
+SLACK_S = 2.0
+"""Added to both limits: clock skew between hosts, a heartbeat in flight."""
+HEALTHY_STATES = frozenset({"READY", "PROCESSING"})
+"""Operational states of a healthy agent."""
 
 
 class Liveness(StrEnum):
@@ -51,3 +59,8 @@ def liveness(
     if gone_after_s is not None and age_s > gone_after_s:
         return Liveness.GONE
     return Liveness.DOWN
+
+
+def healthy(value: Liveness, operational_state: str) -> bool:
+    """An agent that is on time and READY or PROCESSING."""
+    return value is Liveness.OK and operational_state in HEALTHY_STATES

@@ -57,7 +57,7 @@ def test_an_outside_stomp_client_publishes_and_subscribes_through_swf_testbed_br
 
 
 def test_the_readme_main_command_runs_the_example_testbed(tmp_path: Path) -> None:
-    """``./dev run`` is ``swf-testbed run examples/testbed.toml``: everything embedded, one whole run."""
+    """``./dev run`` is ``swf-testbed run examples/testbed.toml``: all embedded, one whole run."""
     env = {
         k: v
         for k, v in os.environ.items()

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 def agent_toml(name: str, cls: str = "Idle", *, interval: float = 1.0, extra: str = "") -> str:
     """An ``[agents.NAME]`` table running one of the test agents."""
     return (
-        f'[agents.{name}]\nmodule = "tests.orchestrator.agents:{cls}"\nheartbeat_interval = {interval}\n'
+        f'[agents.{name}]\nmodule = "tests.orchestrator.agents:{cls}"\n'
+        f"heartbeat_interval = {interval}\n"
         f'drain_timeout = 2\nenv = {{ PYTHONPATH = "{REPO}" }}\n{extra}\n'
     )
 

@@ -41,7 +41,8 @@ def test_missing_namespace() -> None:
 def test_wrong_type_names_file_key_and_expectation() -> None:
     text = (
         MINIMAL
-        + '[agents.processing]\nenabled = "yes"\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\n'
+        + '[agents.processing]\nenabled = "yes"\n'
+        + 'module = "swf_testbed.agents.processing:ProcessingAgent"\n'
     )
     assert (
         problems(text)
@@ -302,15 +303,18 @@ def test_agent_module_found_on_its_own_pythonpath(tmp_path: Path) -> None:
 def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once() -> None:
     text = (
         MINIMAL + '[workflow]\nconfig = "fast_processing_default"\n'
-        '[parameters]\nstf_count = "ten"\nstf_sampling_rate = 2.0\nstf_cuont = 3\nstf_interval = 0.5\n'
+        '[parameters]\nstf_count = "ten"\nstf_sampling_rate = 2.0\nstf_cuont = 3\n'
+        "stf_interval = 0.5\n"
     )
     lines = problems(text).splitlines()
     assert lines == [
         "testbed.toml: parameters.stf_count: expected an integer, got 'ten' (workflow config "
         "'fast_processing_default')",
-        "testbed.toml: parameters.stf_sampling_rate: input should be less than or equal to 1, got 2.0 "
+        "testbed.toml: parameters.stf_sampling_rate: input should be less than or equal to 1, "
+        "got 2.0 "
         "(workflow config 'fast_processing_default')",
-        "testbed.toml: parameters.stf_cuont: not a parameter of workflow config 'fast_processing_default' "
+        "testbed.toml: parameters.stf_cuont: not a parameter of workflow config "
+        "'fast_processing_default' "
         "(did you mean 'stf_count'?)",
     ]
     # the schema's problems and the parameters' together
@@ -327,7 +331,8 @@ def test_parameters_are_checked_against_the_workflow_config_all_problems_at_once
     )
     assert "stf_count" in lines[2]
     assert problems(MINIMAL + '[workflow]\nconfig = "nope"\n[parameters]\nstf_count = 1\n') == (
-        "testbed.toml: workflow.config: unknown workflow config 'nope'; available: daq_state_machine, "
+        "testbed.toml: workflow.config: unknown workflow config 'nope'; available: "
+        "daq_state_machine, "
         "fast_processing_default, stf_datataking_default"
     )
     cfg = parse(
@@ -410,3 +415,27 @@ module = "swf_testbed.agents.processing:ProcessingAgent"
     )
     assert "agents.a.log_level" in wrong and "'WARNING'" in wrong
     assert "agents.a.log_buffer" in wrong
+
+
+def test_a_remote_agent_is_declared_not_run(tmp_path: Path) -> None:
+    text = (
+        MINIMAL
+        + '[agents.worker_c]\nremote = true\ninstances = 4\nhost = "host-c"\n\n'
+        + '[agents.fast]\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\n'
+    )
+    (tmp_path / "testbed.toml").write_text(text)
+    loaded = load(tmp_path / "testbed.toml")
+    assert list(loaded.config.remote_agents()) == ["worker_c"]
+    assert list(loaded.config.local_agents()) == ["fast"]
+    settings = Settings(home=tmp_path / "home")
+    programs, _ = build_programs(
+        loaded,
+        resolve_services(loaded.config, settings),
+        settings.home,
+        runtime_paths(settings.home, "t1"),
+    )
+    assert [p.name for p in programs if p.kind == "agent"] == ["fast"]
+    wrong = problems(MINIMAL + '[agents.a]\nmodule = "m.n:C"\nhost = "h"\n', check_modules=False)
+    assert "agents.a: host is for remote agents (remote = true)" in wrong
+    missing = problems(MINIMAL + "[agents.a]\ninstances = 2\n", check_modules=False)
+    assert "or remote = true when it runs elsewhere" in missing

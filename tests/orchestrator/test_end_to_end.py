@@ -38,7 +38,8 @@ def full_chain_toml(
 ) -> str:
     """testbed.toml of the whole chain; ``agent_extra``: lines added to every agent's table."""
     agents = "".join(
-        f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\nheartbeat_interval = 1\n{extra}{agent_extra}\n'
+        f'[agents.{name}]\nmodule = "swf_testbed.agents.{module}"\nheartbeat_interval = 1\n'
+        f"{extra}{agent_extra}\n"
         for name, module, extra in (
             ("runner", "runner:WorkflowRunner", ""),
             ("data", "data:DataAgent", ""),
@@ -80,7 +81,8 @@ def wait_until(predicate: Any, what: str, timeout: float = 90.0) -> None:
 def stack_services(
     stack: str, request: pytest.FixtureRequest, sqlite_url: str
 ) -> tuple[BrokerProcess, str]:
-    """The broker and database URL of a stack: "embedded+sqlite" (that SQLite URL) or "activemq+postgresql"."""
+    """The broker and database URL of a stack: "embedded+sqlite" (that SQLite URL) or
+    "activemq+postgresql"."""
     if stack == "activemq+postgresql":
         return request.getfixturevalue("activemq_broker"), request.getfixturevalue(
             "fresh_postgres_database"

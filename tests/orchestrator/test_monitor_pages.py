@@ -1,4 +1,4 @@
-"""A real 10-STF run (`swf-testbed run`, the whole agent chain), then its monitor pages in headless Chromium.
+"""A real 10-STF run (`swf-testbed run`, the whole agent chain), then its monitor pages in Chromium.
 
 The execution page shows both durations (DAQ time and time until the work
 was done) and never "0 s", every plot has its axes, and the agents pages show
@@ -41,8 +41,8 @@ def _plots_readable(page: Any, shots: Path, prefix: str) -> int:
 
 def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters(
     make_bed: Any,
-    browser: Any,
-    tmp_path: Path,  # noqa: F811 - the fixture
+    browser: Any,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -50,7 +50,7 @@ def test_a_real_run_shows_true_durations_plots_with_axes_and_the_agents_counters
     bed: Bed = make_bed("monitorpages")
     port = free_port()
     namespace = f"pages{port}"
-    # as fast as possible (time_scale 0): the DAQ takes milliseconds, and the page must say so, not "0 s"
+    # as fast as possible (time_scale 0): the DAQ takes milliseconds; the page says so, not "0 s"
     bed.write(
         full_chain_toml(
             namespace,

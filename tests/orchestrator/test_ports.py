@@ -1,4 +1,4 @@
-"""A testbed never takes another's ports for its own: checked before the start and by the health check.
+"""A testbed never takes another's ports for its own: checked before the start and by health checks.
 
 Real sockets and real processes; free ports chosen by the test, never the defaults.
 """
@@ -34,7 +34,8 @@ def _listening_socket() -> tuple[socket.socket, int]:
 
 def _listener_process(port: int) -> subprocess.Popen[bytes]:
     code = (
-        "import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "import socket, time\ns = socket.socket()\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
         f"s.bind(('127.0.0.1', {port}))\ns.listen()\ntime.sleep(120)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -122,7 +123,10 @@ def test_second_testbed_on_the_same_ports_refuses_and_the_first_runs_on(make_bed
     )
 
     def toml(namespace: str) -> str:
-        return f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 90\n\n{agent_toml("idle")}\n{services}'
+        return (
+            f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 90\n\n'
+            f"{agent_toml('idle')}\n{services}"
+        )
 
     first: Bed = make_bed("first", broker=None)
     first.write(toml("ports-first"))
@@ -138,8 +142,8 @@ def test_second_testbed_on_the_same_ports_refuses_and_the_first_runs_on(make_bed
         assert result.returncode == 1, result.stdout + result.stderr
         err = result.stderr
         assert (
-            f"port {broker_port} (127.0.0.1:{broker_port}, for the broker) is in use by pid {pids['broker']}"
-            in err
+            f"port {broker_port} (127.0.0.1:{broker_port}, for the broker) is in use by pid "
+            f"{pids['broker']}" in err
         ), err
         assert (
             f"port {monitor_port} (127.0.0.1:{monitor_port}, for the monitor-web) is in use by "
@@ -189,7 +193,7 @@ def test_bad_parameters_fail_before_anything_starts(make_bed: Any) -> None:
 
 @pytest.mark.slow
 def test_a_broker_left_by_a_killed_supervisord_is_replaced_not_a_conflict(make_bed: Any) -> None:
-    """Our own service still holding its port after our supervisord died is stopped, not reported."""
+    """Our own service still holding its port after our supervisord died is stopped, not named."""
     import signal
 
     bed: Bed = make_bed("orphan-broker", broker=None)

@@ -1,4 +1,4 @@
-"""`swf-testbed run` with the project's own workflow runner, data and processing agents and the monitor."""
+"""`swf-testbed run` with the project's own workflow runner, data and processing agents, monitor."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ pytestmark = pytest.mark.slow
 
 def chain(processing_time: float = 0.05) -> str:
     return (
-        '[agents.runner]\nmodule = "swf_testbed.agents.runner:WorkflowRunner"\nheartbeat_interval = 1\n\n'
+        '[agents.runner]\nmodule = "swf_testbed.agents.runner:WorkflowRunner"\n'
+        "heartbeat_interval = 1\n\n"
         '[agents.data]\nmodule = "swf_testbed.agents.data:DataAgent"\nheartbeat_interval = 1\n\n'
-        '[agents.processing]\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\nheartbeat_interval = 1\n'
+        '[agents.processing]\nmodule = "swf_testbed.agents.processing:ProcessingAgent"\n'
+        "heartbeat_interval = 1\n"
         f"options = {{ processing_time = {processing_time} }}\n\n"
     )
 

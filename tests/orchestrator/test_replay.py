@@ -1,4 +1,4 @@
-"""``swf-testbed replay``: a recorded run published again into another namespace, where a chain of agents runs.
+"""``swf-testbed replay``: a recorded run published again in another namespace, where agents run.
 
 The recording is a real run (``swf-testbed run``, the whole chain, embedded
 monitor); its export is replayed into a second testbed's namespace on the same
@@ -126,7 +126,7 @@ def test_a_recorded_run_replayed_into_another_namespace_ends_the_same(
         )
         assert done.returncode == 0, done.stderr
 
-        # a second testbed: the same chain of agents in another namespace, reporting to the same monitor
+        # a second testbed: the same chain of agents in another namespace, with the same monitor
         replayer: Bed = make_bed("replayer", broker=broker)
         toml = full_chain_toml(replay_ns, port, database_url)
         toml = toml.replace(

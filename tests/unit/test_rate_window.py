@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swf_testbed.orchestrator.run import RateWindow
+from swf_testbed.orchestrator.session import RateWindow
 
 
 class Clock:

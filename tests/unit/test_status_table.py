@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from swf_testbed.cli.orchestrator import _health_table
-from swf_testbed.orchestrator.run import ProcessHealth
+from swf_testbed.cli.run_view import health_table
+from swf_testbed.liveness import Liveness
+from swf_testbed.orchestrator.checks import REMOTE_STATE, ProcessHealth
 
 NAMES = [
     ("broker", "service"),
@@ -28,19 +29,20 @@ def test_status_table_fits_80_columns_with_whole_names_and_full_details() -> Non
             "RUNNING",
             pid=4194303,
             healthy=True,
-            liveness="ok",
+            liveness=Liveness.OK,
+            host="a-rather-long-host-name.example.org",
             operational_state="PROCESSING" if kind == "agent" else "",
             heartbeat_age=10.25 if kind == "agent" else None,
         )
         for name, kind in NAMES
     ]
     detail = (
-        "port 18002 answers, but from pid 4242 (python -m swf_testbed.cli monitor serve --port 18002), "
-        "not this testbed's monitor-web (pid 77)"
+        "port 18002 answers, but from pid 4242 (python -m swf_testbed.cli monitor serve "
+        "--port 18002), not this testbed's monitor-web (pid 77)"
     )
-    health[1].detail, health[1].liveness, health[1].healthy = detail, "down", False
+    health[1].detail, health[1].liveness, health[1].healthy = detail, Liveness.DOWN, False
     console = Console(width=80, record=True, force_terminal=False)
-    console.print(_health_table(health))
+    console.print(health_table(health))
     lines = console.export_text().splitlines()
     assert all(len(line) <= 80 for line in lines), lines
     rows = {
@@ -53,3 +55,26 @@ def test_status_table_fits_80_columns_with_whole_names_and_full_details() -> Non
     assert (
         " ".join(" ".join(lines).split()).count(detail) == 1
     )  # the detail in full, under the table
+
+
+def test_an_agent_elsewhere_shows_its_host_and_no_supervisord_state() -> None:
+    rows = [
+        ProcessHealth("watch", "watch", "service", "RUNNING", liveness=None, host="host-b"),
+        ProcessHealth(
+            "worker",
+            "worker_00",
+            "agent",
+            REMOTE_STATE,
+            pid=12,
+            liveness=Liveness.EXITED,
+            operational_state="EXITED",
+            heartbeat_age=3.0,
+            host="host-c",
+        ),
+    ]
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(health_table(rows))
+    lines = {line.split()[0]: line.split() for line in console.export_text().splitlines()[1:]}
+    assert lines["watch"][:3] == ["watch", "host-b", "RUNNING"] and "n/a" in lines["watch"]
+    assert lines["worker_00"][:3] == ["worker_00", "host-c", "-"]
+    assert "exited" in lines["worker_00"]  # the monitor's name for it, not "down"

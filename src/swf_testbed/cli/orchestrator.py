@@ -13,20 +13,25 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from swf_testbed.cli.common import console, err_console
+from swf_testbed.cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, fail, say, warn
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
+if TYPE_CHECKING:  # the orchestrator is imported when a command runs, not with the CLI
+    from swf_testbed.orchestrator.checks import ProcessHealth
+    from swf_testbed.orchestrator.config import LoadedConfig
+    from swf_testbed.orchestrator.listener import Listener
+    from swf_testbed.orchestrator.run import Testbed
+    from swf_testbed.orchestrator.session import WorkflowSession
+    from swf_testbed.settings import Settings
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "register"]
 
 ConfigArg = Annotated[Path, typer.Argument(help="The testbed file.", show_default=True)]
 ConfigOpt = Annotated[
@@ -46,23 +51,7 @@ TimeoutOpt = Annotated[
 ]
 
 
-# --------------------------------------------------------------------------- output helpers
-
-
-def say(text: str, style: str | None = None) -> None:
-    console.print(Text(text, style=style or ""), soft_wrap=True)
-
-
-def warn(text: str) -> None:
-    err_console.print(Text(text, style="yellow"), soft_wrap=True)
-
-
-def fail(text: str, code: int = EXIT_FAILED) -> typer.Exit:
-    err_console.print(Text("error: ", style="bold red") + Text(text), soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Any:
+def _settings() -> Settings:
     from swf_testbed.settings import get_settings
 
     if logging.getLogger().level > logging.DEBUG:  # connection chatter only with --verbose
@@ -73,7 +62,7 @@ def _settings() -> Any:
     return get_settings()
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> LoadedConfig:
     """Validated config, or exit 2 with the problems."""
     from swf_testbed.orchestrator.config import ConfigError, load
 
@@ -85,7 +74,7 @@ def _load(path: Path) -> Any:
         raise typer.Exit(EXIT_CONFIG) from None
 
 
-def _testbed(config: Path | None, namespace: str | None) -> Any:
+def _testbed(config: Path | None, namespace: str | None) -> Testbed:
     """The testbed addressed by -c / -n (or ./testbed.toml)."""
     from swf_testbed.orchestrator.run import Testbed
 
@@ -105,43 +94,11 @@ def _testbed(config: Path | None, namespace: str | None) -> Any:
     loaded = _load(path)
     if namespace and namespace != loaded.namespace:
         raise fail(
-            f"--namespace {namespace} does not match {loaded.source} (namespace {loaded.namespace})",
+            f"--namespace {namespace} does not match {loaded.source} "
+            f"(namespace {loaded.namespace})",
             EXIT_CONFIG,
         )
     return Testbed.from_config(loaded, settings)
-
-
-def _health_table(health: list[Any], title: str | None = None) -> Group:
-    """The programs' health: a table that fits 80 columns with names that never break, then each
-    process's detail in full on its own line."""
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=None,
-        pad_edge=False,
-        padding=(0, 1),
-        header_style="bold",
-    )
-    for col in ("program", "supervisord", "pid", "heartbeat", "liveness", "state"):
-        table.add_column(col, no_wrap=True)
-    colours = {"ok": "green", "late": "yellow", "down": "red", "n/a": "dim"}
-    details: list[Text] = []
-    for h in health:
-        age = f"{h.heartbeat_age:.1f} s ago" if h.heartbeat_age is not None else "-"
-        sup_style = (
-            "green" if h.state == "RUNNING" else ("yellow" if h.state == "STARTING" else "red")
-        )
-        table.add_row(
-            h.process,
-            Text(h.state, style=sup_style),
-            str(h.pid or "-"),
-            age if h.kind == "agent" else "-",
-            Text(h.liveness, style=colours.get(h.liveness, "")),
-            h.operational_state or ("-" if h.kind == "agent" else h.kind),
-        )
-        if h.detail:
-            details.append(Text(f"{h.process}: ", style="bold") + Text(h.detail))
-    return Group(table, *details)
 
 
 class _Signals:
@@ -174,18 +131,23 @@ class _Signals:
 # --------------------------------------------------------------------------- bring up + wait
 
 
-def _check_ports(tb: Any) -> None:
+def _check_ports(tb: Testbed) -> None:
     """Stop (exit 1) before anything starts when a port of an embedded service is taken."""
     from swf_testbed.orchestrator.run import PortsInUse
 
     conflicts = tb.port_conflicts()
     if conflicts:
-        raise fail(str(PortsInUse(conflicts, tb.loaded.source)))
+        raise fail(str(PortsInUse(conflicts, tb.loaded.source if tb.loaded else "testbed.toml")))
 
 
 def _bring_up(
-    tb: Any, listener: Any, timeout: float, signals: _Signals, *, only: list[str] | None = None
-) -> list[Any]:
+    tb: Testbed,
+    listener: Listener,
+    timeout: float,
+    signals: _Signals,
+    *,
+    only: list[str] | None = None,
+) -> list[ProcessHealth]:
     """ensure_up + wait_healthy with a display; exits on failure."""
     from swf_testbed.orchestrator.run import OrchestratorError, Unhealthy
     from swf_testbed.orchestrator.supervisor import SupervisorError
@@ -215,7 +177,7 @@ def _bring_up(
         if console.is_terminal:
             with console.status("") as status:
 
-                def show(health: list[Any]) -> None:
+                def show(health: list[ProcessHealth]) -> None:
                     waiting = [
                         f"{h.process} ({h.detail or h.state})" for h in health if not h.healthy
                     ]
@@ -282,7 +244,9 @@ def up(
     timeout: TimeoutOpt = None,
 ) -> None:
     """Start supervisord, the services and every enabled agent; wait until all are healthy."""
-    from swf_testbed.orchestrator.run import Listener, Testbed
+    from swf_testbed.cli.run_view import health_table
+    from swf_testbed.orchestrator.listener import Listener
+    from swf_testbed.orchestrator.run import Testbed
 
     loaded = _load(config)
     tb = Testbed.from_config(loaded, _settings())
@@ -293,7 +257,7 @@ def up(
             health = _bring_up(
                 tb, listener, timeout or loaded.config.testbed.start_timeout, signals
             )
-        console.print(_health_table(health))
+        console.print(health_table(health))
         say(
             f"namespace {tb.namespace} is up; monitor: {tb.monitor_url}; run a workflow with "
             f"`swf-testbed run {config}`"
@@ -326,7 +290,9 @@ def run(
 ) -> None:
     """Start what testbed.toml names, wait until healthy, run the workflow and follow it."""
     from swf_testbed.mq import BrokerUnavailable
-    from swf_testbed.orchestrator.run import Listener, Testbed, WorkflowSession
+    from swf_testbed.orchestrator.listener import Listener
+    from swf_testbed.orchestrator.run import Testbed
+    from swf_testbed.orchestrator.session import WorkflowSession
 
     loaded = _load(config)
     cfg = loaded.config
@@ -341,30 +307,15 @@ def run(
                 raise fail(f"cannot reach the broker at {tb.broker.host}:{tb.broker.port}")
             session = WorkflowSession(listener, tb.namespace)
             if attach:
-                listener.seed_from_watch(tb.paths)
-                rec = listener.executions.running()
-                found = (
-                    {"execution_id": rec.execution_id, "workflow_name": rec.workflow_name}
-                    if rec
-                    else None
-                )
-                if found is None:
-                    info, _src = tb.latest_execution(listener.executions)
-                    if info and info.get("status") == "running":
-                        found = info
-                if found is None:
-                    raise fail(
-                        f"no workflow is running in namespace {tb.namespace}; nothing to attach to"
-                    )
-                session.attach(str(found["execution_id"]), str(found.get("workflow_name") or ""))
-                say(f"attached to execution {found['execution_id']}")
+                _attach(tb, listener, session)
             else:
                 try:
                     session.request(cfg.workflow, cfg.parameters)
                 except BrokerUnavailable as exc:
                     raise fail(f"cannot send run_workflow: {exc}") from None
                 say(
-                    f"run_workflow sent: {cfg.workflow.name} ({cfg.workflow.config}) in namespace {tb.namespace}"
+                    f"run_workflow sent: {cfg.workflow.name} ({cfg.workflow.config}) "
+                    f"in namespace {tb.namespace}"
                 )
             try:
                 code = _follow(
@@ -384,85 +335,24 @@ def run(
     raise typer.Exit(code)
 
 
-DRAIN_SETTLE_S = 5.0
-"""After the run, in a testbed without a processing chain: how long to wait for stragglers."""
-
-
-def _produced(snap: dict[str, Any]) -> int:
-    """STFs the run produced: the DAQ's own count once it is known (we may have missed some stf_gen)."""
-    return max(snap["stf_produced"], snap["stf_count"] or 0)
-
-
-def _drained(snap: dict[str, Any], figures: dict[str, int] | None = None) -> bool:
-    """Every STF the run produced is processed and every slice sent has its result.
-
-    ``figures``: processed / slice counts to judge by instead of the snapshot's (the monitor's);
-    they also tell the samples that have no slice yet, which count once the run has slices at all
-    (a sample whose message a fast-processing agent missed is never sliced: its slices are not late
-    but lost, and they are in no slice count).
-    """
-    f = snap if figures is None else figures
-    unsliced = f.get("samples_unsliced", 0) if f["slices"] else 0
-    return (
-        f["stf_processed"] >= _produced(snap)
-        and f["slices_done"] + f["slices_failed"] >= f["slices"]
-        and not unsliced
-    )
-
-
-MONITOR_CHECK_S = 2.0
-"""How often the monitor's record is asked while draining after the broker connection was lost."""
-
-
-def _monitor_figures(monitor_url: str, execution_id: str) -> dict[str, int] | None:
-    """STFs processed, slices and unsliced samples of the execution as the monitor recorded them.
-
-    None when it cannot tell.
-
-    After the broker connection was lost mid-run our own counts are not to be
-    trusted (we missed what was sent meanwhile, and redeliveries count twice);
-    the monitor's ingest subscribes durably and records each message once.
-    """
-    import httpx
-
-    try:
-        with httpx.Client(base_url=f"{monitor_url}/api", timeout=5.0) as api:
-
-            def count(path: str, **params: Any) -> int:
-                response = api.get(path, params={**params, "limit": 1})
-                response.raise_for_status()
-                return int(response.json()["count"])
-
-            response = api.get("/runs/", params={"execution_id": execution_id})
-            response.raise_for_status()
-            runs = response.json()
-            runs = runs.get("results", []) if isinstance(runs, dict) else runs
-            figures = {
-                "stf_processed": count(
-                    "/stf-files/", execution_id=execution_id, status="processed"
-                ),
-                "samples_unsliced": count(
-                    "/fastmon-files/", execution_id=execution_id, has_slices="false"
-                ),
-                "slices": 0,
-                "slices_done": 0,
-                "slices_failed": 0,
-            }
-            for run in runs:
-                number = run["run_number"]
-                figures["slices"] += count("/tf-slices/", run_number=number)
-                figures["slices_done"] += count(
-                    "/tf-slices/", run_number=number, status="completed"
-                )
-                figures["slices_failed"] += count("/tf-slices/", run_number=number, status="failed")
-            return figures
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
+def _attach(tb: Testbed, listener: Listener, session: WorkflowSession) -> None:
+    """Follow the execution running in the namespace (as the broker or the monitor knows it)."""
+    listener.seed_from_watch(tb.paths)
+    rec = listener.executions.running()
+    found = (rec.execution_id, rec.workflow_name) if rec else None
+    if found is None:
+        info, _src = tb.latest_execution(listener.executions)
+        if info is not None and info.status == "running":
+            found = (info.execution_id, info.workflow_name)
+    if found is None:
+        raise fail(f"no workflow is running in namespace {tb.namespace}; nothing to attach to")
+    session.attach(*found)
+    say(f"attached to execution {found[0]}")
 
 
 def _follow(
-    tb: Any,
-    session: Any,
+    tb: Testbed,
+    session: WorkflowSession,
     signals: _Signals,
     *,
     reply_timeout: float,
@@ -471,234 +361,141 @@ def _follow(
 ) -> int:
     """Follow the session to its end with a live display; returns the exit code.
 
-    The DAQ run ends before the agents have handled all it produced; a
-    completed execution is followed on until they have (or ``drain_timeout``).
+    The state is :class:`~swf_testbed.orchestrator.follow.Follow`, the display
+    :class:`~swf_testbed.cli.run_view.FollowRenderer`.
     """
-    monitor_url = tb.monitor_url
-    reply_deadline = time.monotonic() + reply_timeout
-    stop_deadline: float | None = None
-    announced = False
-    printed_events = 0
-    last_line = 0.0
-    live: Live | None = None
-    if console.is_terminal:
-        live = Live(
-            _progress_view(session.snapshot(), monitor_url),
-            console=console,
-            refresh_per_second=4,
-            transient=False,
-        )
-        live.start()
-    drain_deadline: float | None = None
-    last_total, last_change = -1, time.monotonic()
-    reconnects_at_start = session.listener.client.reconnects
-    recorded: dict[str, int] | None = None  # the monitor's figures, once our connection was lost
-    last_check = 0.0
+    from swf_testbed.cli.run_view import FollowRenderer, RunContext, report_end
+    from swf_testbed.orchestrator.follow import End, Follow
+
+    follow = Follow(
+        session,
+        tb.monitor,
+        reply_timeout=reply_timeout,
+        stop_timeout=stop_timeout,
+        drain_timeout=drain_timeout,
+    )
+    renderer = FollowRenderer(tb.monitor_url)
+    renderer.start(session.snapshot())
     try:
         while True:
-            if session.done.wait(0.2):
-                snap = session.snapshot()
-                if snap["status"] != "completed" or signals.interrupted:
-                    break
-                if session.listener.client.reconnects > reconnects_at_start:
-                    if time.monotonic() - last_check >= MONITOR_CHECK_S:
-                        last_check = time.monotonic()
-                        recorded = _monitor_figures(monitor_url, snap["execution_id"]) or recorded
-                    # our own counts are not to be trusted now: only the monitor's record can end the wait early
-                    if recorded is not None and _drained(snap, recorded):
-                        break
-                elif _drained(snap):
-                    break
-                total = (
-                    snap["stf_ready"] + snap["stf_processed"] + snap["slices"] + snap["slices_done"]
-                )
-                if total != last_total:
-                    last_total, last_change = total, time.monotonic()
-                if drain_deadline is None:
-                    drain_deadline = time.monotonic() + drain_timeout
-                # stop at the deadline; or, when no agent ever took up the run's data (no processing
-                # chain in this testbed), once nothing has moved for a while
-                no_chain = not (snap["stf_ready"] or snap["stf_processed"] or snap["slices"])
-                if time.monotonic() > drain_deadline or (
-                    no_chain and time.monotonic() - last_change > DRAIN_SETTLE_S
-                ):
-                    break
-            now = time.monotonic()
-            snap = session.snapshot()
-            if not announced and snap["execution_id"]:
-                announced = True
-                _print(
-                    live,
-                    f"execution {snap['execution_id']}: {monitor_url}/executions/{snap['execution_id']}/",
-                )
-            events = list(session.events)
-            if live is None:
-                for event in events[printed_events:]:
-                    say(event)
-                if now - last_line >= 5.0 and snap["execution_id"]:
-                    last_line = now
-                    say(_progress_line(snap), "dim")
-            printed_events = len(events)
-            if live is not None:
-                live.update(_progress_view(snap, monitor_url))
-            if signals.interrupted:
-                if not session.stop_sent:
-                    if session.stop():
-                        _print(
-                            live,
-                            f"stopping execution {snap['execution_id']} (Ctrl+C again to exit now)",
-                        )
-                        stop_deadline = now + stop_timeout
-                    elif stop_deadline is None:
-                        stop_deadline = now + min(
-                            reply_timeout, 10.0
-                        )  # stop it as soon as it has an id
-                if stop_deadline is not None and now > stop_deadline:
-                    warn(
-                        "no workflow_completed after the stop request; exiting (the runner may still close it)"
-                    )
-                    return EXIT_INTERRUPTED
-            if not session.started.is_set() and now > reply_deadline:
-                if live is not None:
-                    live.stop()
-                    live = None
-                err = fail(
-                    f"no workflow runner answered on the control queue of namespace {tb.namespace} "
-                    f"within {reply_timeout:g} s (is a runner agent configured and READY?)"
-                )
-                return err.exit_code
+            tick = follow.tick(signals.interrupted)
+            renderer.show(tick)
+            if tick.end is not None:
+                break
     finally:
-        if live is not None:
-            live.update(_progress_view(session.snapshot(), monitor_url))
-            live.stop()
-    snap = session.snapshot()
-    events = list(session.events)
-    if not announced and snap["execution_id"]:
-        say(f"execution {snap['execution_id']}: {monitor_url}/executions/{snap['execution_id']}/")
-    if live is None:
-        for event in events[printed_events:]:
-            say(event)
-    status = snap["status"]
-    eid = snap["execution_id"]
-    if status == "completed":
-        lost = session.listener.client.reconnects > reconnects_at_start
-        if lost:
-            recorded = _monitor_figures(monitor_url, str(eid)) or recorded
-        f = recorded if lost and recorded is not None else snap
-        slices = f", {f['slices_done']} of {f['slices']} slices done" if f["slices"] else ""
-        produced = _produced(snap)
-        if signals.interrupted and not _drained(snap, f):
-            # the run ended, the agents had not caught up: it is not "completed" for the person
-            # who pressed Ctrl+C, and the agents go on with it
-            if f["slices"]:
-                pending = (
-                    f"{f['slices'] - f['slices_done'] - f['slices_failed']} of {f['slices']} slices"
-                )
-            else:
-                pending = f"{max(produced - f['stf_processed'], 0)} of {produced} STFs"
-            warn(
-                f"interrupted while {pending} were still in progress (the workers carry on; "
-                f"`swf-testbed status` shows them)"
-            )
-            say(f"monitor: {monitor_url}/executions/{eid}/")
-            return EXIT_INTERRUPTED
-        say(
-            f"workflow completed: execution {eid}, {produced} STFs produced, "
-            f"{f['stf_processed']} processed{slices} ({snap['elapsed_s']:.1f} s)",
-            "green",
+        renderer.stop(session.snapshot())
+    if tick.end is End.STOP_TIMEOUT:
+        warn(
+            "no workflow_completed after the stop request; exiting (the runner may still close it)"
         )
-        say(f"monitor: {monitor_url}/executions/{eid}/")
-        if f is recorded:
-            say(
-                "(processed and slice figures from the monitor's record: the broker connection was lost "
-                "during the run, and what this command saw of it is incomplete)"
-            )
-        if signals.interrupted:
-            return EXIT_INTERRUPTED
-        if not _drained(snap, f) and (
-            f["stf_processed"] or f["slices"]
-        ):  # (no processing agent: nothing to wait for)
-            missing = produced - f["stf_processed"]
-            unsliced = f.get("samples_unsliced", 0)
-            dropped = ""
-            if lost:
-                # after a broker restart the shortfall is most likely loss, not slowness: say so
-                dropped = (
-                    "\nthe broker connection was lost during the run: messages in flight then were "
-                    "probably lost (the embedded broker keeps nothing across a restart); "
-                    f"the monitor's record: {monitor_url}/executions/{eid}/"
-                )
-            raise fail(
-                f"the agents did not catch up within {drain_timeout:g} s of the run's end: "
-                f"{f['stf_processed']} of {produced} STFs processed"
-                f"{f' ({missing} missing)' if missing > 0 else ''}, "
-                f"{f['slices_done'] + f['slices_failed']} of {f['slices']} slices settled"
-                f"{f', {unsliced} sample(s) never sliced' if unsliced else ''}{dropped}"
-            )
-        return 0
-    if status == "terminated":
-        tail = "" if snap["end_run"] else " (no end_run seen)"
-        if signals.interrupted:
-            say(f"workflow stopped: execution {eid} terminated{tail}", "yellow")
-            return EXIT_INTERRUPTED
-        raise fail(f"execution {eid} was terminated (stop_workflow from elsewhere){tail}")
-    if status == "refused":
-        running = session.listener.executions.running()
-        hint = f" (execution {running.execution_id})" if running else ""
-        raise fail(
-            f"the workflow runner refused: {snap['error']}{hint}\n"
-            f"a workflow is already running in namespace {tb.namespace}; follow it with "
-            f"`swf-testbed run --attach`, or wait for it to end"
-        )
-    raise fail(f"workflow failed: execution {eid or '-'}: {snap['error']}")
+        return EXIT_INTERRUPTED
+    if tick.end is End.NO_REPLY:
+        return fail(
+            f"no workflow runner answered on the control queue of namespace {tb.namespace} "
+            f"within {reply_timeout:g} s (is a runner agent configured and READY?)"
+        ).exit_code
+    running = session.listener.executions.running()
+    context = RunContext(
+        namespace=tb.namespace,
+        monitor_url=tb.monitor_url,
+        drain_timeout=drain_timeout,
+        interrupted=signals.interrupted,
+        running_elsewhere=running.execution_id if running else None,
+    )
+    return report_end(session.snapshot(), follow, context)
 
 
-def _print(live: Live | None, text: str) -> None:
-    if live is not None:
-        live.console.print(Text(text), soft_wrap=True)
+def _status_health(tb: Testbed, listener: Listener, sup_running: bool) -> list[ProcessHealth]:
+    """Own programs (from supervisord), remote agents and the other agents of the namespace."""
+    from swf_testbed.orchestrator.checks import ProcessHealth, check_remote
+
+    if sup_running:
+        health = tb.check(listener.beats)
     else:
-        say(text)
+        health = [
+            ProcessHealth(p.name, proc, p.kind, "NOT RUNNING")
+            for p in tb.programs
+            for proc in p.processes
+        ]
+        if tb.remote_agents:
+            agents = tb.monitor_agents()
+            health += check_remote(tb.remote_agents, agents, problem=tb.monitor.problem)
+    return health + tb.others(health)
 
 
-def _progress_line(s: dict[str, Any]) -> str:
-    return (
-        f"[{s['elapsed_s']:.0f} s] {s['status']} run {s['run_id'] if s['run_id'] is not None else '-'} "
-        f"{s['daq_state'] or '-'}: STFs produced {s['stf_produced']}, ready {s['stf_ready']}, processed "
-        f"{s['stf_processed']}; samples {s['samples']}; slices {s['slices_done']} done, "
-        f"{s['slices_failed']} failed; {s['stf_gen_per_s']:.2f} STF/s (last {s['rate_window_s']:g} s)"
-    )
+def _status_data(
+    tb: Testbed, listener: Listener, health: list[ProcessHealth], sup_running: bool
+) -> dict[str, Any]:
+    from swf_testbed.orchestrator.health import read_watch_file
+
+    snap = read_watch_file(tb.paths.watch_file)
+    execution, exec_source = tb.latest_execution(listener.executions)
+    running = listener.executions.running()
+    expected = [h for h in health if h.expected]
+    return {
+        "namespace": tb.namespace,
+        "config": str(tb.loaded.path) if tb.loaded else tb.recorded_config,
+        "runtime_dir": str(tb.paths.root),
+        "supervisord": {
+            "running": sup_running,
+            "pid": tb.supervisor.pid() if sup_running else None,
+            "socket": str(tb.paths.socket),
+        },
+        "broker": f"{tb.broker.host}:{tb.broker.port}",
+        "monitor_url": tb.monitor_url,
+        "monitor": exec_source,
+        "healthy": sup_running and bool(expected) and all(h.healthy for h in expected),
+        "pending_changes": tb.pending_changes() if sup_running else False,
+        "watch": {
+            "fresh": bool(snap and snap.fresh),
+            "updated_at": snap.updated_at if snap else None,
+            "broker_connected": snap.broker_connected if snap else None,
+        },
+        "programs": [h.to_json() for h in health],
+        "remote_agents": [r.to_json() for r in tb.remote_agents],
+        "execution": asdict(execution) if execution else None,
+        "execution_id": execution.execution_id if execution else None,
+        "execution_status": execution.status if execution else None,
+        "running_execution": running.execution_id if running else None,
+        "running_workflow": running.workflow_name if running else None,
+    }
 
 
-def _progress_view(s: dict[str, Any], monitor_url: str) -> Group:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    eid = s["execution_id"] or "(waiting for the runner)"
-    table.add_row("execution", eid)
-    table.add_row("workflow", s["workflow_name"] or "-")
-    table.add_row(
-        "status",
-        Text(s["status"], style="green" if s["status"] in ("running", "completed") else "yellow"),
-    )
-    table.add_row(
-        "run", f"{s['run_id'] if s['run_id'] is not None else '-'}  {s['daq_state'] or ''}"
-    )
-    table.add_row(
-        "STFs",
-        f"produced {s['stf_produced']}  ready {s['stf_ready']}  processed "
-        f"{s['stf_processed']}  ({s['stf_gen_per_s']:.2f}/s produced, "
-        f"{s['processed_per_s']:.2f}/s processed, last {s['rate_window_s']:g} s)",
-    )
-    table.add_row("samples", str(s["samples"]))
-    table.add_row(
-        "slices",
-        f"{s['slices']} sent  {s['slices_done']} done  {s['slices_failed']} failed  "
-        f"({s['slices_per_s']:.2f}/s, last {s['rate_window_s']:g} s)",
-    )
-    table.add_row("elapsed", f"{s['elapsed_s']:.0f} s")
-    if s["execution_id"]:
-        table.add_row("monitor", f"{monitor_url}/executions/{s['execution_id']}/")
-    return Group(table)
+def _status_print(tb: Testbed, health: list[ProcessHealth], data: dict[str, Any]) -> None:
+    from swf_testbed.cli.run_view import execution_url, health_table
+
+    sup_running = data["supervisord"]["running"]
+    state = "running" if sup_running else "not running"
+    say(f"namespace {tb.namespace}: supervisord {state} ({tb.paths.root})", "bold")
+    if health:
+        console.print(health_table(health))
+    else:
+        say("no programs")
+    if any(not h.expected for h in health):
+        say("(agents of the namespace that this testbed.toml does not name are not waited for)")
+    if sup_running and not data["watch"]["fresh"]:
+        warn("the watch program has not reported lately: heartbeat ages may be stale")
+    elif sup_running and data["watch"]["broker_connected"] is False:
+        warn(
+            f"the watch program cannot reach the broker at {data['broker']}: "
+            "no heartbeats are heard"
+        )
+    if data["pending_changes"]:
+        warn(
+            "testbed.toml (or the environment) changed since it was applied; "
+            "`swf-testbed up` applies it"
+        )
+    say(f"broker {data['broker']}; monitor {tb.monitor_url} ({data['monitor']})")
+    if data["running_execution"]:
+        eid = data["running_execution"]
+        say(
+            f"running execution: {eid} ({data['running_workflow']}) "
+            f"{execution_url(tb.monitor_url, eid)}"
+        )
+    elif data["execution"]:
+        say(f"latest execution: {data['execution_id']} ({data['execution_status']})")
+    else:
+        say("no execution seen")
 
 
 def status(
@@ -712,87 +509,27 @@ def status(
         ),
     ] = 0.0,
 ) -> None:
-    """Programs, their health, and the running execution."""
+    """Programs, their health, the agents of the namespace elsewhere, and the running execution."""
     from swf_testbed.orchestrator.health import read_watch_file
-    from swf_testbed.orchestrator.run import Listener, ProcessHealth
+    from swf_testbed.orchestrator.listener import Listener
 
     tb = _testbed(config, namespace)
     sup_running = tb.supervisor.running()
     listener = Listener(tb.broker, tb.namespace)
     listener.seed_from_watch(tb.paths)
     snap = read_watch_file(tb.paths.watch_file)
-    watch_fresh = bool(snap and snap.fresh)
-    if wait > 0 and not watch_fresh:
+    if wait > 0 and not (snap and snap.fresh):
         listener.start()
         time.sleep(wait)
         listener.close()
-    if sup_running:
-        health = tb.check(listener.beats)
-    else:
-        health = [
-            ProcessHealth(p.name, proc, p.kind, "NOT RUNNING")
-            for p in tb.programs
-            for proc in p.processes
-        ]
-    execution, exec_source = tb.latest_execution(listener.executions)
-    running = listener.executions.running()
-    healthy = sup_running and bool(health) and all(h.healthy for h in health)
-    data = {
-        "namespace": tb.namespace,
-        "config": str(tb.loaded.path) if tb.loaded else tb.recorded_config,
-        "runtime_dir": str(tb.paths.root),
-        "supervisord": {
-            "running": sup_running,
-            "pid": tb.supervisor.pid() if sup_running else None,
-            "socket": str(tb.paths.socket),
-        },
-        "broker": f"{tb.broker.host}:{tb.broker.port}",
-        "monitor_url": tb.monitor_url,
-        "monitor": exec_source,
-        "healthy": healthy,
-        "pending_changes": tb.pending_changes() if sup_running else False,
-        "watch": {
-            "fresh": watch_fresh,
-            "updated_at": snap.updated_at if snap else None,
-            "broker_connected": snap.broker_connected if snap else None,
-        },
-        "programs": [h.to_json() for h in health],
-        "execution": execution,
-        "execution_id": execution.get("execution_id") if execution else None,
-        "execution_status": execution.get("status") if execution else None,
-        "running_execution": running.execution_id if running else None,
-    }
+    health = _status_health(tb, listener, sup_running)
+    data = _status_data(tb, listener, health, sup_running)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         sys.stdout.flush()
-        raise typer.Exit(0 if healthy else EXIT_FAILED)
-    state = "running" if sup_running else "not running"
-    say(f"namespace {tb.namespace}: supervisord {state} ({tb.paths.root})", "bold")
-    if health:
-        console.print(_health_table(health))
     else:
-        say("no programs")
-    if sup_running and not watch_fresh:
-        warn("the watch program has not reported lately: heartbeat ages may be stale")
-    elif sup_running and snap is not None and not snap.broker_connected:
-        warn(
-            f"the watch program cannot reach the broker at {data['broker']}: no heartbeats are heard"
-        )
-    if data["pending_changes"]:
-        warn(
-            "testbed.toml (or the environment) changed since it was applied; `swf-testbed up` applies it"
-        )
-    say(f"broker {data['broker']}; monitor {tb.monitor_url} ({exec_source})")
-    if running:
-        say(
-            f"running execution: {running.execution_id} ({running.workflow_name}) "
-            f"{tb.monitor_url}/executions/{running.execution_id}/"
-        )
-    elif execution:
-        say(f"latest execution: {execution['execution_id']} ({execution.get('status')})")
-    else:
-        say("no execution seen")
-    raise typer.Exit(0 if healthy else EXIT_FAILED)
+        _status_print(tb, health, data)
+    raise typer.Exit(0 if data["healthy"] else EXIT_FAILED)
 
 
 def stop(
@@ -892,7 +629,9 @@ def restart(
     timeout: TimeoutOpt = None,
 ) -> None:
     """Restart one program (applies a changed testbed.toml first) and wait until it is healthy."""
-    from swf_testbed.orchestrator.run import Listener, OrchestratorError, Unhealthy
+    from swf_testbed.cli.run_view import health_table
+    from swf_testbed.orchestrator.listener import Listener
+    from swf_testbed.orchestrator.run import OrchestratorError, Unhealthy
     from swf_testbed.orchestrator.supervisor import SupervisorError
 
     tb = _testbed(config, namespace)
@@ -915,7 +654,7 @@ def restart(
             health = tb.wait_healthy(
                 listener.beats, limit, programs=[prog], cancelled=lambda: signals.interrupted
             )
-        console.print(_health_table(health))
+        console.print(health_table(health))
     except (Unhealthy, SupervisorError, OrchestratorError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

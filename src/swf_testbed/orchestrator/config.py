@@ -116,6 +116,16 @@ class AgentSection(_Strict):
     """``[agents.NAME]``: one agent program (``instances`` processes)."""
 
     enabled: bool = Field(True, description="false: not run (and needs no module or script)")
+    remote: bool = Field(
+        False,
+        description="runs elsewhere (another host's supervisord): not started here, but `run` "
+        "waits for its heartbeats in the monitor (needs no module or script)",
+    )
+    host: str | None = Field(
+        None,
+        pattern=HOST_PATTERN,
+        description="remote agents: the host name its heartbeats must carry (empty: any host)",
+    )
     module: str | None = Field(
         None, description="package.module:Class, run by `swf-testbed agent run`"
     )
@@ -152,9 +162,12 @@ class AgentSection(_Strict):
     def _what_runs(self) -> AgentSection:
         if self.module is not None and self.script is not None:
             raise ValueError("give module or script, not both")
-        if self.enabled and self.module is None and self.script is None:
+        if self.host is not None and not self.remote:
+            raise ValueError("host is for remote agents (remote = true)")
+        if self.enabled and not self.remote and self.module is None and self.script is None:
             raise ValueError(
-                'an enabled agent needs module = "package.module:Class" or script = "a command line"'
+                'an enabled agent needs module = "package.module:Class" or '
+                'script = "a command line" (or remote = true when it runs elsewhere)'
             )
         if self.module is not None and not MODULE_RE.match(self.module):
             raise ValueError(f"module: expected 'package.module:Class', got {self.module!r}")
@@ -185,7 +198,8 @@ class MonitorSection(_Strict):
 
     mode: Literal["embedded", "external"] = Field(
         "embedded",
-        description="embedded: supervisord runs `monitor serve` and `monitor ingest`; external: elsewhere",
+        description="embedded: supervisord runs `monitor serve` and `monitor ingest`; "
+        "external: elsewhere",
     )
     host: str = Field(
         "127.0.0.1", pattern=HOST_PATTERN, description="where the embedded web listens"
@@ -211,7 +225,7 @@ class MonitorSection(_Strict):
 
 
 class DatabaseSection(_Strict):
-    """``[database]``: the monitor's database (``sqlite:///…`` or ``postgres://…``); empty = its default."""
+    """``[database]``: the monitor's DB (``sqlite:///…``, ``postgres://…``); empty: default."""
 
     url: str = Field(
         "", description="sqlite:///path or postgres://…; empty = SQLite in the runtime directory"
@@ -239,6 +253,14 @@ class TestbedConfig(_Strict):
 
     def enabled_agents(self) -> dict[str, AgentSection]:
         return {name: agent for name, agent in self.agents.items() if agent.enabled}
+
+    def local_agents(self) -> dict[str, AgentSection]:
+        """The enabled agents this testbed's supervisord runs."""
+        return {name: a for name, a in self.enabled_agents().items() if not a.remote}
+
+    def remote_agents(self) -> dict[str, AgentSection]:
+        """The enabled agents that run elsewhere and report through the monitor."""
+        return {name: a for name, a in self.enabled_agents().items() if a.remote}
 
 
 @dataclass(frozen=True)
@@ -280,7 +302,7 @@ def parse(
     check_modules: bool = True,
     base_dir: Path | None = None,
 ) -> TestbedConfig:
-    """Validate the text of a testbed.toml (``base_dir``: where its agents start, for relative paths)."""
+    """Validate the text of a testbed.toml (``base_dir``: where its agents start, for paths)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -453,7 +475,7 @@ def _module_findable(module_name: str, extra_paths: list[str]) -> bool:
 
 
 def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path) -> list[str]:
-    """What the schema cannot say: agent names, module availability, what supervisord can carry (URLs too)."""
+    """What the schema cannot say: agent names, modules, what supervisord can carry (URLs too)."""
     problems: list[str] = []
     # these reach supervisord's config (as environment values): say so here, naming the key
     for key, value in (
@@ -475,7 +497,8 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
         for env_key, value in agent.env.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env_key):
                 problems.append(
-                    f"{dotted(['agents', name, 'env', env_key])}: not a valid environment variable name"
+                    f"{dotted(['agents', name, 'env', env_key])}: "
+                    "not a valid environment variable name"
                 )
             problem = unrepresentable(value)
             if problem:
@@ -486,8 +509,8 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
         for what, text in texts:
             if "\n" in text or "\r" in text or _COMMENT.search(text):
                 problems.append(
-                    f"{key}.{what}: newlines and ' ;' / ' #' cannot be passed through supervisord's "
-                    f"config; put the command in a script file"
+                    f"{key}.{what}: newlines and ' ;' / ' #' cannot be passed through "
+                    f"supervisord's config; put the command in a script file"
                 )
         for opt, value in agent.options.items():
             if not _jsonable(value):  # passed as --set key=<JSON>
@@ -495,7 +518,7 @@ def _check_agents(config: TestbedConfig, *, check_modules: bool, base_dir: Path)
                     f"{dotted(['agents', name, 'options', opt])}: expected a value JSON can carry "
                     f"(no dates, times, inf or nan)"
                 )
-        if check_modules and agent.enabled and agent.module:
+        if check_modules and agent.enabled and not agent.remote and agent.module:
             module_name = agent.module.partition(":")[0]
             agent_paths = [
                 str(base_dir / entry)
@@ -533,7 +556,8 @@ def _check_parameters(data: dict[str, Any]) -> list[str]:
     available = available_configs()
     if name not in available:
         return [
-            f"workflow.config: unknown workflow config {_show(name)}; available: {', '.join(available)}"
+            f"workflow.config: unknown workflow config {_show(name)}; "
+            f"available: {', '.join(available)}"
         ]
     problems: list[str] = []
     for key, value in params.items():

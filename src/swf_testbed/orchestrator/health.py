@@ -1,11 +1,11 @@
 """Agent health from heartbeats, and what is known about workflow executions.
 
-Liveness is computed from the time the last heartbeat was heard against the
-interval the agent declares in it: ``ok`` within 1.5 intervals, ``late``
-within 3, ``down`` beyond (or when the agent said EXITED). An agent is
-*healthy* when it is ``ok`` and its operational state is READY (or
-PROCESSING: a busy agent is alive and connected; requiring READY would make a
-running workflow look like a failure).
+Liveness is :mod:`swf_testbed.liveness`'s one rule (the monitor's too),
+applied to the time the last heartbeat was heard against the interval the
+agent declares in it: ``ok``, ``late``, ``down``, or ``exited`` when the agent
+said EXITED. An agent is *healthy* when it is ``ok`` and READY or PROCESSING
+(a busy agent is alive and connected; requiring READY would make a running
+workflow look like a failure).
 
 The heartbeat book is fed live by a broker subscription and from the watch
 file that the namespace's ``watch`` program keeps (so that ``status`` and a
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swf_testbed.liveness import Liveness, liveness
+from swf_testbed.liveness import SLACK_S, Liveness, healthy, liveness
 from swf_testbed.messages import (
     Heartbeat,
     Message,
@@ -31,8 +31,6 @@ from swf_testbed.messages import (
     WorkflowFailed,
     WorkflowStarted,
 )
-
-HEALTHY_STATES = frozenset({"READY", "PROCESSING"})
 
 
 @dataclass
@@ -70,13 +68,17 @@ class BeatRecord:
     def age(self, now: float | None = None) -> float:
         return max(0.0, (now if now is not None else time.time()) - self.received_at)
 
-    def liveness(self, now: float | None = None) -> str:
-        """ok, late or down (the orchestrator counts an exited agent as down: it is not running)."""
-        value = liveness(self.age(now), self.interval_s, exited=self.operational_state == "EXITED")
-        return "down" if value is Liveness.EXITED else value.value
+    def liveness(self, now: float | None = None) -> Liveness:
+        """ok, late, down, or exited (see :mod:`swf_testbed.liveness`)."""
+        return liveness(
+            self.age(now),
+            self.interval_s,
+            exited=self.operational_state == "EXITED",
+            slack_s=SLACK_S,
+        )
 
     def healthy(self, now: float | None = None) -> bool:
-        return self.liveness(now) == "ok" and self.operational_state in HEALTHY_STATES
+        return healthy(self.liveness(now), self.operational_state)
 
 
 class HeartbeatBook:

@@ -21,7 +21,7 @@ import psutil
 
 @dataclass(frozen=True)
 class Holder:
-    """A process listening on a port; ``pid`` None when the system does not tell (another user's)."""
+    """A process listening on a port; ``pid`` None when the system does not tell (another user)."""
 
     pid: int | None
     program: str = ""

@@ -1,4 +1,4 @@
-"""Replay of an exported execution: its run messages published again into another namespace, re-timed.
+"""Replay of an exported execution: its run messages published again in another namespace, re-timed.
 
 Only the messages that started the chain are replayed: those the DAQ sent on
 the run topic (``run_imminent``, ``start_run``, ``pause_run``,
@@ -85,7 +85,7 @@ def parse_types(text: str | None) -> tuple[str, ...]:
 
 
 def new_run_number(recorded: int, previous: int = 0, now: datetime | None = None) -> int:
-    """A run number the way the runner allocates one, above both the recorded one and the previous new one."""
+    """A run number as the runner allocates one, above the recorded one and the previous new one."""
     seconds = int(((now or datetime.now(UTC)) - RUN_ID_EPOCH).total_seconds())
     return max(seconds, recorded + 1, previous + 1)
 
@@ -120,7 +120,7 @@ class ReplayPlan:
     messages: list[Recorded]
     run_numbers: dict[int, int]
     skipped: list[str] = field(default_factory=list)
-    """``file:line: why`` of each selected message that cannot be sent in our schema (e.g. recorded invalid)."""
+    """``file:line: why`` of each selected message our schema cannot send (e.g. stored invalid)."""
 
     @property
     def recorded_offsets(self) -> list[float]:
@@ -168,7 +168,10 @@ def _workflow_name(execution: dict[str, Any]) -> str:
 def plan_replay(
     export: Any, path: Path, namespace: str, types: Iterable[str] = REPLAYABLE
 ) -> ReplayPlan:
-    """Select and check the messages of an :class:`~swf_testbed.monitor.exchange.ExportFile` read from ``path``."""
+    """Select and check the messages of an export file read from ``path``.
+
+    ``export``: a :class:`~swf_testbed.monitor.exchange.ExportFile`.
+    """
     wanted = set(types)
     execution = export.execution
     source = execution["execution_id"]

@@ -26,7 +26,7 @@ name = "stf_datataking"
 config = "fast_processing_default"   # a workflow config shipped with the package;
                                      # "stf_datataking_default": without the fast chain
 duration = 0                    # seconds of simulated time, 0 = until the run is done
-time_scale = 100                # N = N x real time, 1 = real time, 0 = as fast as the agents keep up
+time_scale = 100                # N = N x real time, 1 = real time, 0 = as fast as agents keep up
 # realtime = true               # shorthand for time_scale = 1 (give one of the two)
 
 [parameters]                    # overrides of the workflow config, checked by the runner

@@ -38,9 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from supervisor.xmlrpc import SupervisorTransport
-
 from swf_testbed.orchestrator.config import LoadedConfig, Services, unrepresentable
+from swf_testbed.retry import Backoff
 from swf_testbed.settings import secret_file_variables
 
 SOCKET_PATH_MAX = 100
@@ -185,19 +184,17 @@ class Program:
 
 
 def monitor_available() -> tuple[bool, str]:
-    """Whether the monitor (web + ingest) can be run here, and if not why."""
-    try:
-        if importlib.util.find_spec("swf_testbed.monitor") is None:
-            return False, "the swf_testbed.monitor package is not installed"
-    except (ImportError, ValueError) as exc:
-        return False, f"the swf_testbed.monitor package does not import: {exc}"
-    try:
-        from swf_testbed.cli import app
-    except Exception as exc:  # noqa: BLE001 - a half-written CLI must not stop the orchestrator
-        return False, f"the swf-testbed CLI does not import: {exc}"
-    groups = {g.name for g in app.registered_groups}
-    if "monitor" not in groups:
-        return False, "`swf-testbed monitor` is not available yet"
+    """Whether the monitor (web + ingest) can be run here, and if not why.
+
+    Asks for the monitor's package and its framework, not for the command
+    line: the orchestrator never imports the CLI (which imports it).
+    """
+    for module, what in (("swf_testbed.monitor", "package"), ("django", "framework (Django)")):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return False, f"the monitor's {what} is not installed ({module})"
+        except (ImportError, ValueError) as exc:
+            return False, f"the monitor's {what} does not import: {exc}"
     return True, ""
 
 
@@ -210,8 +207,9 @@ def build_programs(
     python: str | None = None,
 ) -> tuple[list[Program], list[str]]:
     """The programs a testbed.toml asks for, and notices for the user (skipped services)."""
-    # absolute, but symlinks kept (a virtualenv's python is a symlink): the same interpreter whatever
-    # the directory the command was started from, so the programs' identity does not depend on it
+    # absolute, but symlinks kept (a virtualenv's python is a symlink): the same interpreter
+    # whatever the directory the command was started from, so the programs' identity does not
+    # depend on it
     python = os.path.abspath(python or sys.executable)
     cfg = loaded.config
     ns = cfg.testbed.namespace
@@ -301,9 +299,7 @@ def build_programs(
         )
     )
 
-    for name, agent in cfg.agents.items():
-        if not agent.enabled:
-            continue
+    for name, agent in cfg.local_agents().items():
         # Each process has its own stable logical name: the program's, or with several
         # instances the process's (worker_00, worker_01), as supervisord names them.
         agent_name = name if agent.instances == 1 else f"{name}_{INSTANCE_SUFFIX}"
@@ -519,7 +515,7 @@ def change_reasons(old_text: str, new_text: str) -> dict[str, str]:
                 parts.append(f"environment ({', '.join(names)})")
             elif key == "command":
                 a_argv, b_argv = before.get(key, "").split(), after.get(key, "").split()
-                diff = [f"{x} -> {y}" for x, y in zip(a_argv, b_argv) if x != y][:2]
+                diff = [f"{x} -> {y}" for x, y in zip(a_argv, b_argv, strict=False) if x != y][:2]
                 if len(a_argv) != len(b_argv):
                     diff.append("arguments added or removed")
                 parts.append(f"command ({'; '.join(diff)})" if diff else "command")
@@ -536,6 +532,8 @@ def change_reasons(old_text: str, new_text: str) -> dict[str, str]:
 
 
 class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix stream socket, with a timeout on connect and on every read."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self.path = path
@@ -543,8 +541,29 @@ class _UnixConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self.path)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
+
+
+class UnixSocketTransport(xmlrpc.client.Transport):
+    """XML-RPC over supervisord's unix socket, with a timeout.
+
+    ``make_connection`` is the hook :class:`xmlrpc.client.Transport` offers for
+    another kind of connection; supervisor's own ``SupervisorTransport`` has
+    no timeout, and a hung supervisord must not hang the command line.
+    """
+
+    def __init__(self, path: str | Path, timeout: float) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.timeout = timeout
+
+    def make_connection(self, host: object) -> http.client.HTTPConnection:
+        return _UnixConnection(self.path, self.timeout)
 
 
 class Supervisor:
@@ -555,10 +574,8 @@ class Supervisor:
         self.timeout = timeout
 
     def _proxy(self, timeout: float | None = None) -> Any:
-        transport = SupervisorTransport(None, None, f"unix://{self.paths.socket}")
-        sock_path, to = str(self.paths.socket), timeout or self.timeout
-        transport._get_connection = lambda: _UnixConnection(sock_path, to)  # type: ignore[attr-defined]
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        transport = UnixSocketTransport(self.paths.socket, timeout or self.timeout)
+        return xmlrpc.client.ServerProxy("http://localhost", transport=transport)
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """``supervisor.<method>(*args)``; SupervisorError when unreachable."""
@@ -576,7 +593,7 @@ class Supervisor:
         if not self.paths.socket.exists():
             return False
         try:
-            return self.call("getState", timeout=5.0).get("statename") == "RUNNING"
+            return bool(self.call("getState", timeout=5.0).get("statename") == "RUNNING")
         except (SupervisorError, xmlrpc.client.Fault):
             return False
 
@@ -608,10 +625,11 @@ class Supervisor:
                 f"{self.log_tail()}".strip()
             )
         deadline = time.monotonic() + timeout
+        poll = Backoff(0.05, 0.5)
         while time.monotonic() < deadline:
             if self.running():
                 return
-            time.sleep(0.1)
+            time.sleep(poll.next_delay())
         raise SupervisorError(
             f"supervisord did not answer on {self.paths.socket} within {timeout:g} s\n"
             f"{self.log_tail()}".strip()
@@ -632,14 +650,15 @@ class Supervisor:
         except (SupervisorError, xmlrpc.client.Fault):
             pass
         deadline = time.monotonic() + timeout
+        poll = Backoff(0.02, 0.2)
         while time.monotonic() < deadline:
             if pid is None or not pid_alive(pid):
                 return not self.running()
-            time.sleep(0.1)
+            time.sleep(poll.next_delay())
         return False
 
     def kill(self) -> None:
-        """Last resort (tests): SIGKILL supervisord by its pid file, children by their process groups."""
+        """Last resort (tests): SIGKILL supervisord by its pid file, children by process group."""
         pid = self.pid()
         try:
             infos = self.call("getAllProcessInfo", timeout=3.0)
@@ -734,9 +753,10 @@ def write_state(paths: RuntimePaths, data: dict[str, Any]) -> None:
 
 def read_state(paths: RuntimePaths) -> dict[str, Any] | None:
     try:
-        return json.loads(paths.state.read_text())
+        data = json.loads(paths.state.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         if beats.observe(msg) or executions.observe(msg):
             dirty.set()
 
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        dirty.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: (stop.set(), dirty.set()))
+        signal.signal(sig, on_signal)
 
     broker = get_settings().broker.model_copy(update={"reconnect_max_s": 2.0})
     client = BrokerClient(

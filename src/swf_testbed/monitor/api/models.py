@@ -27,7 +27,7 @@ from django.db import models, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from swf_testbed.liveness import Liveness, liveness
+from swf_testbed.liveness import SLACK_S, Liveness, liveness
 from swf_testbed.messages import MESSAGE_TYPES, NAME_PATTERN, V28_MESSAGE_TYPES
 from swf_testbed.settings import get_settings
 
@@ -220,8 +220,8 @@ class SystemAgent(models.Model):
             ]
         return found
 
-    CLOCK_SLACK_S = 2.0
-    """Heartbeat times are the sender's clock: this much skew is tolerated."""
+    CLOCK_SLACK_S = SLACK_S
+    """Heartbeat times are the sender's clock: this much skew is tolerated (the orchestrator's too)."""
 
     def liveness(self, now: datetime | None = None) -> Liveness:
         """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when silent
