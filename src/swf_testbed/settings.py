@@ -21,6 +21,8 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from swf_testbed.errors import Problem, describe
+
 
 class Profile(StrEnum):
     """``SWF_PROFILE``: ``dev`` (the default, embedded and forgiving) or ``production``.
@@ -503,10 +505,10 @@ def describe_settings_error(exc: ValidationError) -> str:
     model = {cls.__name__: cls for cls in (BrokerSettings, MonitorSettings, Settings)}.get(
         exc.title, Settings
     )
-    lines = []
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else ""
-        variable = env_variable(model, name)
-        shown = "" if variable in SECRET_VARIABLES else f" (got {error.get('input')!r})"
-        lines.append(f"{variable}: {error['msg']}{shown}")
-    return "invalid settings in the environment:\n  - " + "\n  - ".join(lines)
+
+    def word(problem: Problem) -> str:
+        variable = env_variable(model, problem.loc[0] if problem.loc else "")
+        shown = "" if variable in SECRET_VARIABLES else f" (got {problem.input!r})"
+        return f"{variable}: {problem.msg}{shown}"
+
+    return "invalid settings in the environment:\n  - " + describe(exc, word=word, sep="\n  - ")

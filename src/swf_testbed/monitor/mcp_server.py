@@ -755,6 +755,7 @@ def start_workflow(
     caller = _writer()
     from pydantic import ValidationError
 
+    from swf_testbed.errors import describe
     from swf_testbed.messages import RunWorkflow
 
     try:
@@ -768,10 +769,7 @@ def start_workflow(
             params=dict(params or {}),
         )
     except ValidationError as exc:
-        raise ToolError(
-            "bad argument: "
-            + "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        ) from None
+        raise ToolError("bad argument: " + describe(exc)) from None
     _send_control(msg.namespace or "", msg)
     return _dumps(
         {
