@@ -235,7 +235,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # several models have a ``status`` field, each with its own choices: name each set
     "ENUM_NAME_OVERRIDES": {
-        "AgentStatusEnum": "swf_testbed.monitor.api.models.AgentStatus",
+        "AgentStatusEnum": "swf_testbed.monitor.api.models.AGENT_STATUS_CHOICES",
         "ExecutionStatusEnum": "swf_testbed.monitor.api.models.ExecutionStatus",
         "FileStatusEnum": "swf_testbed.monitor.api.models.FileStatus",
         "SliceStatusEnum": "swf_testbed.monitor.api.models.SliceStatus",

@@ -19,7 +19,9 @@ import functools
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -27,6 +29,7 @@ from django.db import models, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from swf_testbed import messages as msgs
 from swf_testbed.liveness import Liveness, liveness
 from swf_testbed.messages import MESSAGE_TYPES, NAME_PATTERN, V28_MESSAGE_TYPES
 from swf_testbed.settings import get_settings
@@ -42,35 +45,28 @@ name_validator = RegexValidator(
 # --------------------------------------------------------------------------- choices
 
 
-class AgentStatus(models.TextChoices):
-    UNKNOWN = "UNKNOWN", "Unknown"
-    OK = "OK", "OK"
-    WARNING = "WARNING", "Warning"
-    ERROR = "ERROR", "Error"
-    EXITED = "EXITED", "Exited"
+def choices_of(
+    enum: type[StrEnum], labels: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """The model choices of a message-schema enum: its values, labelled by name (``NO_BEAM``: No beam).
+
+    The message schema is the one source of these sets; ``labels`` overrides a
+    label by member name.
+    """
+    labels = labels or {}
+    return [(m.value, labels.get(m.name, m.name.replace("_", " ").capitalize())) for m in enum]
 
 
-class OperationalState(models.TextChoices):
-    STARTING = "STARTING", "Starting"
-    READY = "READY", "Ready"
-    PROCESSING = "PROCESSING", "Processing"
-    EXITED = "EXITED", "Exited"
+AGENT_STATUS_UNKNOWN = "UNKNOWN"
+"""The status of an agent nothing was heard from yet (not a status an agent sends)."""
 
-
-class DaqState(models.TextChoices):
-    OFF = "off", "Off"
-    NO_BEAM = "no_beam", "No beam"
-    BEAM = "beam", "Beam"
-    RUN = "run", "Run"
-    CALIB = "calib", "Calibration"
-    TEST = "test", "Test"
-
-
-class DaqSubstate(models.TextChoices):
-    NOT_READY = "not_ready", "Not ready"
-    READY = "ready", "Ready"
-    PHYSICS = "physics", "Physics"
-    STANDBY = "standby", "Standby"
+AGENT_STATUS_CHOICES = [
+    (AGENT_STATUS_UNKNOWN, "Unknown"),
+    *choices_of(msgs.AgentStatus, {"OK": "OK"}),
+]
+OPERATIONAL_STATE_CHOICES = choices_of(msgs.OperationalState)
+DAQ_STATE_CHOICES = choices_of(msgs.DaqState, {"CALIB": "Calibration"})
+DAQ_SUBSTATE_CHOICES = choices_of(msgs.DaqSubstate)
 
 
 class FileStatus(models.TextChoices):
@@ -155,10 +151,12 @@ class SystemAgent(models.Model):
     namespace = _namespace_fk("agents")
     description = models.TextField(blank=True)
     status = models.CharField(
-        max_length=16, choices=AgentStatus.choices, default=AgentStatus.UNKNOWN
+        max_length=16, choices=AGENT_STATUS_CHOICES, default=AGENT_STATUS_UNKNOWN
     )
     operational_state = models.CharField(
-        max_length=16, choices=OperationalState.choices, default=OperationalState.STARTING
+        max_length=16,
+        choices=OPERATIONAL_STATE_CHOICES,
+        default=msgs.OperationalState.STARTING.value,
     )
     instance_id = models.CharField(max_length=200, blank=True, help_text="per-process instance id")
     pid = models.PositiveIntegerField(null=True, blank=True)
@@ -234,7 +232,7 @@ class SystemAgent(models.Model):
         return liveness(
             age,
             self.interval_s,
-            exited=self.operational_state == OperationalState.EXITED,
+            exited=self.operational_state == msgs.OperationalState.EXITED,
             slack_s=self.CLOCK_SLACK_S,
             gone_after_s=get_settings().agent_gone_after_s,
         )
@@ -541,8 +539,8 @@ class StfFile(models.Model):
         max_length=16, choices=FileStatus.choices, default=FileStatus.REGISTERED
     )
     machine_state = models.CharField(max_length=64, blank=True, default="physics")
-    daq_state = models.CharField(max_length=16, choices=DaqState.choices, blank=True)
-    daq_substate = models.CharField(max_length=16, choices=DaqSubstate.choices, blank=True)
+    daq_state = models.CharField(max_length=16, choices=DAQ_STATE_CHOICES, blank=True)
+    daq_substate = models.CharField(max_length=16, choices=DAQ_SUBSTATE_CHOICES, blank=True)
     sequence = models.PositiveIntegerField(null=True, blank=True)
     tf_count = models.PositiveIntegerField(null=True, blank=True)
     url = models.CharField(max_length=1000, blank=True)

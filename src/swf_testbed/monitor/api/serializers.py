@@ -15,6 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from swf_testbed import messages as msgs
 from swf_testbed.messages import NAME_PATTERN
 from swf_testbed.monitor.api import models as m
 from swf_testbed.settings import get_settings
@@ -190,14 +191,14 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
 
     instance_name = serializers.CharField(max_length=200)
     agent_type = serializers.CharField(max_length=100, required=False, allow_blank=True)
-    status = serializers.ChoiceField(choices=m.AgentStatus.choices, required=False)
+    status = serializers.ChoiceField(choices=m.AGENT_STATUS_CHOICES, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     mq_connected = serializers.BooleanField(required=False, allow_null=True)
     pid = serializers.IntegerField(
         required=False, allow_null=True, min_value=0, max_value=2**31 - 1
     )
     hostname = serializers.CharField(max_length=255, required=False, allow_blank=True)
-    operational_state = serializers.ChoiceField(choices=m.OperationalState.choices, required=False)
+    operational_state = serializers.ChoiceField(choices=m.OPERATIONAL_STATE_CHOICES, required=False)
     namespace = serializers.CharField(
         max_length=128, required=False, allow_null=True, allow_blank=True
     )
@@ -225,8 +226,8 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
         if extra:
             data["metadata"] = {**(data.get("metadata") or {}), **extra}
         data["last_heartbeat"] = timezone.now()
-        if data.get("status") == m.AgentStatus.EXITED and "operational_state" not in data:
-            data["operational_state"] = m.OperationalState.EXITED
+        if data.get("status") == msgs.AgentStatus.EXITED and "operational_state" not in data:
+            data["operational_state"] = msgs.OperationalState.EXITED.value
         for attempt in (1, 2):
             try:
                 with transaction.atomic():
