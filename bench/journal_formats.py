@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, run in formats.items():
             for batch in (1, args.batch):
                 key = f"{name}/{batch}"
-                # one commit per message is slow on a real disk: measure it on a tenth of the messages
+                # one commit per message is slow on a real disk: measure it on a tenth of the
+                # messages
                 sample = bodies if batch > 1 else bodies[: max(200, n // 10)]
                 results[key] = run(base / key.replace("/", "-"), sample, batch)
                 f = results[key]
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = results["segment/1"]
     table = Table(
-        title=f"Journal formats: ~{len(bodies[-1])} B messages, commit per message vs per {args.batch}"
+        title=f"Journal formats: ~{len(bodies[-1])} B messages, commit per message vs per "
+        f"{args.batch}"
     )
     for column in (
         "format / batch",

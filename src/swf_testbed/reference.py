@@ -60,7 +60,7 @@ def _message_section(model: type[Message]) -> list[str]:
     lines = [
         f"### `{msg_type}`",
         "",
-        ((model.__doc__ or "").strip().splitlines() or [""])[0],
+        inspect.cleandoc(model.__doc__ or "").split("\n\n")[0].replace("\n", " "),
         "",
         "| field | type | required | default | notes |",
         "|---|---|---|---|---|",
@@ -83,7 +83,8 @@ def _message_section(model: type[Message]) -> list[str]:
             default_text = "now"
         notes = "; ".join(x for x in (prop.get("description", ""), _constraints(prop)) if x)
         lines.append(
-            f"| `{name}` | {type_name} | {'yes' if name in required else ''} | {default_text} | {notes} |"
+            f"| `{name}` | {type_name} | {'yes' if name in required else ''} | {default_text} | "
+            f"{notes} |"
         )
     lines.append("")
     return lines
@@ -96,7 +97,8 @@ def messages_markdown() -> str:
         "",
         "Generated from `swf_testbed.messages` by `swf-testbed docs messages`; do not edit by hand.",
         "",
-        f"Schema version: {SCHEMA_VERSION}. Every body is a JSON object; unknown fields are rejected.",
+        f"Schema version: {SCHEMA_VERSION}. Every body is a JSON object; unknown fields are "
+        f"rejected.",
         "Sends carry the STOMP headers `msg_type`, `namespace`, `msg_id` and `persistent`.",
         "",
     ]
@@ -235,7 +237,8 @@ def cli_markdown() -> str:
         "# Command line reference",
         "",
         "Generated from the `swf-testbed` Typer app by `swf-testbed docs cli`; do not edit by hand.",
-        "Every command also takes `--help`. Exit codes of the orchestrator's commands: 0 success, 1 something",
+        "Every command also takes `--help`. Exit codes of the orchestrator's commands: 0 success, "
+        "1 something",
         "failed, 2 a bad testbed.toml or option (nothing started), 130 interrupted.",
         "",
         "## Commands",
@@ -243,7 +246,7 @@ def cli_markdown() -> str:
     ]
     for path, command, _ctx in commands:
         depth = path.count(" ")
-        summary = ((command.help or "").strip().splitlines() or [""])[0]
+        summary = inspect.cleandoc(command.help or "").split("\n\n")[0].replace("\n", " ")
         lines.append(f"{'  ' * max(depth - 1, 0)}- [`{path}`](#{_anchor(path)}): {summary}")
     lines.append("")
     for path, command, ctx in commands:
@@ -361,7 +364,9 @@ def _model_rows(model: Any, table: str) -> list[str]:
 
 
 def settings_variables() -> list[tuple[str, Any, str]]:
-    """(environment variable, settings model, field name) for every setting read from the environment."""
+    """(environment variable, settings model, field name) for every setting read from the
+    environment.
+    """
     from pydantic_settings import BaseSettings
 
     from swf_testbed.settings import Settings
@@ -409,7 +414,8 @@ def _settings_rows(group: Any) -> list[str]:
         if env in _secret_variables():
             secret += f"; or `{env}_FILE`: a file holding it"
         rows.append(
-            f"| `{env}` | {_json_type(prop, schema.get('$defs', {}))} | {default} | {_cell(notes + secret)} |"
+            f"| `{env}` | {_json_type(prop, schema.get('$defs', {}))} | {default} | "
+            f"{_cell(notes + secret)} |"
         )
     return rows
 
@@ -444,8 +450,10 @@ def config_markdown() -> str:
         "",
         "## testbed.toml",
         "",
-        'Unknown tables and keys are errors, types are strict (`enabled = "yes"` is refused), and an error',
-        "names the file, the key and what was expected. Addresses in the file give way to the environment",
+        'Unknown tables and keys are errors, types are strict (`enabled = "yes"` is refused), and '
+        "an error",
+        "names the file, the key and what was expected. Addresses in the file give way to the "
+        "environment",
         "(`ACTIVEMQ_HOST`, `ACTIVEMQ_PORT`, `SWF_MONITOR_URL`, `DATABASE_URL`).",
         "",
     ]
@@ -473,8 +481,10 @@ def config_markdown() -> str:
     lines += [
         "## Environment",
         "",
-        "Read by every program through `swf_testbed.settings.get_settings()` (names are case-insensitive).",
-        "What the orchestrator sets for the programs it starts is in [../orchestrator.md](../orchestrator.md).",
+        "Read by every program through `swf_testbed.settings.get_settings()` (names are "
+        "case-insensitive).",
+        "What the orchestrator sets for the programs it starts is in "
+        "[../orchestrator.md](../orchestrator.md).",
         "",
     ]
     for title, group in (
@@ -503,9 +513,12 @@ def config_markdown() -> str:
         lines += [
             "### Secrets from files",
             "",
-            f"Each of {names} can be given instead as `<NAME>_FILE`, the path of a file holding the value",
-            "(surrounding whitespace stripped). The file must not be open to group or others (`chmod 600`);",
-            "setting both `NAME` and `NAME_FILE` is an error. The orchestrator hands the `_FILE` variable on",
+            f"Each of {names} can be given instead as `<NAME>_FILE`, the path of a file holding "
+            f"the value",
+            "(surrounding whitespace stripped). The file must not be open to group or others "
+            "(`chmod 600`);",
+            "setting both `NAME` and `NAME_FILE` is an error. The orchestrator hands the `_FILE` "
+            "variable on",
             "to its programs, never the value.",
             "",
         ]

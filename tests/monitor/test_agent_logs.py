@@ -40,7 +40,9 @@ TIMEOUT = 120.0
 
 
 class AgentProcess:
-    """``swf-testbed agent run tests.support.agents:LoggingAgent`` as a child process, its output in a file."""
+    """``swf-testbed agent run tests.support.agents:LoggingAgent`` as a child process, its output in
+    a file.
+    """
 
     def __init__(self, broker_env: dict[str, str], namespace: str, name: str, *args: str) -> None:
         self.log_path = Path(tempfile.mkdtemp(prefix="swf-agent-")) / "agent.log"

@@ -47,7 +47,9 @@ class Answer:
 
 @dataclass
 class Http:
-    """One agent's HTTP client: plain http.client, no redirects followed, optionally from a given source address."""
+    """One agent's HTTP client: plain http.client, no redirects followed, optionally from a given
+    source address.
+    """
 
     base: str
     token: str = ""
@@ -98,7 +100,9 @@ class Http:
 
 @pytest.fixture(autouse=True)
 def _fresh_rate_windows() -> None:
-    """Rate-limit windows and the refusal count live in the web process's cache: start each test without them."""
+    """Rate-limit windows and the refusal count live in the web process's cache: start each test
+    without them.
+    """
     from django.core.cache import cache
 
     cache.clear()
@@ -480,7 +484,9 @@ def _log(n: int) -> dict[str, Any]:
 
 
 def test_anonymous_logs_from_an_unlisted_address_are_refused(live_server: Any) -> None:
-    """With the list 127.0.0.1/32, a client bound to 127.0.0.2 is refused and one on 127.0.0.1 accepted."""
+    """With the list 127.0.0.1/32, a client bound to 127.0.0.2 is refused and one on 127.0.0.1
+    accepted.
+    """
     from swf_testbed.monitor.api import models as m
 
     listed, unlisted = (
@@ -502,7 +508,9 @@ def test_anonymous_logs_from_an_unlisted_address_are_refused(live_server: Any) -
 
 
 def test_anonymous_log_flood_is_bounded_per_address(live_server: Any, agent_token: str) -> None:
-    """Past the rate a 429 with Retry-After, counted on the Logs page; other addresses and token holders pass."""
+    """Past the rate a 429 with Retry-After, counted on the Logs page; other addresses and token
+    holders pass.
+    """
     from swf_testbed.monitor.api import models as m
 
     flooder, other = (

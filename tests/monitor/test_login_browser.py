@@ -1,4 +1,6 @@
-"""People log in on the monitor's own page (not Django admin's), in headless Chromium; reads stay open."""
+"""People log in on the monitor's own page (not Django admin's), in headless Chromium; reads stay
+open.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Retention: ``prune_messages`` / ``swf-testbed monitor prune`` delete old messages and logs, counts stay right."""
+"""Retention: ``prune_messages`` / ``swf-testbed monitor prune`` delete old messages and logs,
+counts stay right.
+"""
 
 from __future__ import annotations
 

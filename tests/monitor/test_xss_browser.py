@@ -1,4 +1,5 @@
-"""Hostile text in every field the UI shows, looked at in a real browser (Playwright + Debian's Chromium).
+"""Hostile text in every field the UI shows, looked at in a real browser (Playwright + Debian's
+Chromium).
 
 The values are stored the ways they reach the monitor: messages through the
 ingest's recording (valid ones with hostile free-text fields, and an invalid
@@ -270,7 +271,8 @@ def _store_over_rest(base_url: str, token: str) -> None:
             },
         )
         post(f"/api/run-states/{RUN}/", {"phase": short("ph"), "state": "run"})
-        # a namespace with a hostile name is refused outright (names are letters, digits and _ . : @ -)
+        # a namespace with a hostile name is refused outright (names are letters, digits and _ . : @
+        # -)
         refused = api.post("/api/namespaces/ensure/", json={"name": "<b>ns</b>", "owner": "x"})
         assert refused.status_code == 400
 
@@ -299,7 +301,9 @@ _NO_SCRIPT = """() => ({
 
 
 def _check_page(page: Any, url: str) -> str:
-    """Opens the page, lets htmx refresh it once; returns its visible text. Fails on any sign of injection."""
+    """Opens the page, lets htmx refresh it once; returns its visible text. Fails on any sign of
+    injection.
+    """
     response = page.goto(url)
     assert response is not None and response.status == 200, (url, response and response.status)
     page.evaluate("""() => { window.__swaps = 0;

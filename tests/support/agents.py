@@ -98,10 +98,11 @@ def stf_ready(namespace: str, filename: str, *, sender: str = "test", run_id: in
 
 
 class LoggingAgent(Agent):
-    """stf_ready on its topic → a WARNING naming the file, and processing_complete on its reply topic.
+    """stf_ready on its topic → a WARNING naming the file, and processing_complete on its reply
+    topic.
 
-    While its broker connection is down it logs a WARNING ``tick N`` every ``tick_s`` seconds (work it
-    goes on doing, with nobody to tell), which fills its log buffer.
+    While its broker connection is down it logs a WARNING ``tick N`` every ``tick_s`` seconds (work
+    it goes on doing, with nobody to tell), which fills its log buffer.
     """
 
     agent_type = "test-logging"

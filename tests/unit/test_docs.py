@@ -45,7 +45,9 @@ def test_generated_reference_is_current(name: str) -> None:
 
 
 def test_openapi_schema_is_current(tmp_path: Path) -> None:
-    """The committed OpenAPI schema is what the monitor serves at /api/schema/ (generated in a clean process)."""
+    """The committed OpenAPI schema is what the monitor serves at /api/schema/ (generated in a clean
+    process).
+    """
     env = {**os.environ, "SWF_HOME": str(tmp_path)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     result = subprocess.run(
@@ -104,7 +106,9 @@ def test_cli_reference_covers_every_command() -> None:
 
 
 def _probe(model: Any, name: str) -> tuple[str, Any]:
-    """An environment value for the field and the value the settings should then hold (not the default)."""
+    """An environment value for the field and the value the settings should then hold (not the
+    default).
+    """
     field = model.model_fields[name]
     default = field.get_default(call_default_factory=True)
     annotation = field.annotation
@@ -241,7 +245,9 @@ _PROMPT = re.compile(
 
 
 def commands_in(text: str) -> list[str]:
-    """``swf-testbed …`` command lines: in fenced blocks at a command position, and whole inline code spans."""
+    """``swf-testbed …`` command lines: in fenced blocks at a command position, and whole inline
+    code spans.
+    """
     found = []
     for block in _FENCE.finditer(text):
         lines = block.group(0).splitlines()[1:-1]

@@ -1,4 +1,6 @@
-"""The replay's plan: what is made new (execution, run numbers, file names, msg_ids) and what is kept."""
+"""The replay's plan: what is made new (execution, run numbers, file names, msg_ids) and what is
+kept.
+"""
 
 from __future__ import annotations
 

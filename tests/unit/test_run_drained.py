@@ -1,4 +1,6 @@
-"""When `swf-testbed run` counts a run as drained, judged by its own counts or by the monitor's record."""
+"""When `swf-testbed run` counts a run as drained, judged by its own counts or by the monitor's
+record.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def test_every_stf_processed_and_every_slice_settled_is_drained() -> None:
 
 
 def test_a_sample_never_sliced_is_not_drained_by_the_monitors_record() -> None:
-    """A sample lost on its way to fast processing has no slices, so no slice count can show it missing."""
+    """A sample lost on its way to fast processing has no slices, so no slice count can show it
+    missing.
+    """
     assert _drained(_snap(), _recorded())
     assert not _drained(_snap(), _recorded(samples_unsliced=1))
 

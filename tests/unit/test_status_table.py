@@ -35,8 +35,8 @@ def test_status_table_fits_80_columns_with_whole_names_and_full_details() -> Non
         for name, kind in NAMES
     ]
     detail = (
-        "port 18002 answers, but from pid 4242 (python -m swf_testbed.cli monitor serve --port 18002), "
-        "not this testbed's monitor-web (pid 77)"
+        "port 18002 answers, but from pid 4242 (python -m swf_testbed.cli monitor serve --port "
+        "18002), not this testbed's monitor-web (pid 77)"
     )
     health[1].detail, health[1].liveness, health[1].healthy = detail, "down", False
     console = Console(width=80, record=True, force_terminal=False)

@@ -180,7 +180,9 @@ def read_export(path: Path) -> ExportFile:
 
 
 def import_export(export: ExportFile) -> dict[str, int]:
-    """Load the execution and its messages (idempotent); returns what was stored and what was there already."""
+    """Load the execution and its messages (idempotent); returns what was stored and what was there
+    already.
+    """
     from django.db import transaction
 
     from swf_testbed.monitor.api.models import Namespace, WorkflowDefinition, WorkflowExecution

@@ -248,7 +248,9 @@ _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 @sync_and_async_middleware
 def request_latency(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
-    """Times every request by view name (a bounded set: the URL conf's names), method and status class."""
+    """Times every request by view name (a bounded set: the URL conf's names), method and status
+    class.
+    """
     if iscoroutinefunction(get_response):
 
         async def async_middleware(request: HttpRequest) -> HttpResponse:

@@ -105,7 +105,8 @@ class ConfigTypeError(ConfigError):
         self.expected = expected
         self.value = value
         super().__init__(
-            f"parameter {key!r} ({where}) must be {expected}, got {type(value).__name__} {_short(value)}"
+            f"parameter {key!r} ({where}) must be {expected}, got {type(value).__name__} "
+            f"{_short(value)}"
         )
 
 

@@ -1,4 +1,6 @@
-"""Logins for people: created or updated with a checked password (the API's tokens are in ``token``)."""
+"""Logins for people: created or updated with a checked password (the API's tokens are in
+``token``).
+"""
 
 from __future__ import annotations
 

@@ -37,7 +37,9 @@ class TimeRangeFilterSet(df.FilterSet):
 
 
 class StrictOrderingFilter(OrderingFilter):
-    """DRF's ``ordering=``, where an unknown field is a 400 naming the allowed ones (not silently ignored)."""
+    """DRF's ``ordering=``, where an unknown field is a 400 naming the allowed ones (not silently
+    ignored).
+    """
 
     def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> Any:
         text = request.query_params.get(self.ordering_param)
@@ -51,8 +53,9 @@ class StrictOrderingFilter(OrderingFilter):
                 raise ValidationError(
                     {
                         self.ordering_param: [
-                            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                            f"allowed (prefix - for descending): {', '.join(sorted(allowed))}"
+                            f"unknown field{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}; allowed (prefix - for descending): "
+                            f"{', '.join(sorted(allowed))}"
                         ]
                     }
                 )
@@ -104,7 +107,9 @@ class WorkflowMessageFilter(df.FilterSet):
 
 
 class MessagePageFilter(WorkflowMessageFilter):
-    """The messages page's filters: those of the API, and a type to leave out (one click hides heartbeats)."""
+    """The messages page's filters: those of the API, and a type to leave out (one click hides
+    heartbeats).
+    """
 
     exclude_type = df.CharFilter(
         field_name="msg_type",

@@ -48,7 +48,8 @@ name_validator = RegexValidator(
 def choices_of(
     enum: type[StrEnum], labels: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
-    """The model choices of a message-schema enum: its values, labelled by name (``NO_BEAM``: No beam).
+    """The model choices of a message-schema enum: its values, labelled by name (``NO_BEAM``: No
+    beam).
 
     The message schema is the one source of these sets; ``labels`` overrides a
     label by member name.
@@ -203,7 +204,8 @@ class SystemAgent(models.Model):
 
     @property
     def stf_counters(self) -> list[tuple[str, int]]:
-        """The agent's STF counters as its heartbeats last carried them (``counters`` keys naming STFs),
+        """The agent's STF counters as its heartbeats last carried them (``counters`` keys naming
+        STFs),
         or the ``current_stf_count``/``total_stf_processed`` a v28 agent posts over REST."""
         counters = self.counters if isinstance(self.counters, dict) else {}
         found = sorted(
@@ -222,8 +224,10 @@ class SystemAgent(models.Model):
     """Heartbeat times are the sender's clock: this much skew is tolerated."""
 
     def liveness(self, now: datetime | None = None) -> Liveness:
-        """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when silent
-        longer than ``SWF_AGENT_GONE_AFTER_S`` without an EXITED (see :mod:`swf_testbed.liveness`)."""
+        """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when
+        silent
+        longer than ``SWF_AGENT_GONE_AFTER_S`` without an EXITED (see
+        :mod:`swf_testbed.liveness`)."""
         age = (
             None
             if self.last_heartbeat is None
@@ -345,7 +349,9 @@ class WorkflowExecution(models.Model):
 
     @functools.cached_property
     def daq_span(self) -> tuple[datetime | None, datetime | None]:
-        """(first run's start, last run's end_run) of this execution; the end is None while a run is open."""
+        """(first run's start, last run's end_run) of this execution; the end is None while a run is
+        open.
+        """
         spans = [run.daq_span for run in self.runs.all()]
         if not spans:
             return None, None
@@ -364,7 +370,9 @@ class WorkflowExecution(models.Model):
 
     @functools.cached_property
     def work_end(self) -> datetime | None:
-        """When the last of its work finished: the latest end_run, slice, stage or the execution's own end."""
+        """When the last of its work finished: the latest end_run, slice, stage or the execution's
+        own end.
+        """
         run_numbers = list(self.runs.values_list("run_number", flat=True))
         candidates = [
             self.end_time,
@@ -431,7 +439,9 @@ class WorkflowStage(models.Model):
         )
 
     def link(self) -> None:
-        """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known and not set."""
+        """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known
+        and not set.
+        """
         if self.execution_id is None and self.run_number is not None:
             self.execution_id = (
                 Run.objects.filter(run_number=self.run_number)
@@ -491,9 +501,11 @@ class Run(models.Model):
 
     @functools.cached_property
     def daq_span(self) -> tuple[datetime, datetime | None]:
-        """(first start_run, first end_run) of this run; the run's own times where a message is missing.
+        """(first start_run, first end_run) of this run; the run's own times where a message is
+        missing.
 
-        The first ``end_run`` counts: a repeat (a v28 runner's, a redelivery) does not make the run longer.
+        The first ``end_run`` counts: a repeat (a v28 runner's, a redelivery) does not make the run
+        longer.
         """
         firsts = dict(
             SystemStateEvent.objects.filter(
@@ -512,7 +524,9 @@ class Run(models.Model):
         return (end or timezone.now()) - start
 
     def adopt(self, execution: WorkflowExecution | None) -> None:
-        """Link to ``execution`` (and take its namespace) where this run has none yet; the caller saves."""
+        """Link to ``execution`` (and take its namespace) where this run has none yet; the caller
+        saves.
+        """
         if execution is None:
             return
         if self.execution_id is None:
@@ -693,7 +707,8 @@ class RunState(models.Model):
 
     @property
     def shown_state(self) -> str:
-        """What the run is in, for people: "ended" once ended (its last DAQ state is history, even when
+        """What the run is in, for people: "ended" once ended (its last DAQ state is history, even
+        when
         slices finish later), otherwise the phase and the DAQ state."""
         if self.phase == "ended":
             return "ended"
@@ -702,7 +717,9 @@ class RunState(models.Model):
 
     @property
     def execution_hint(self) -> str:
-        """The execution its poster named in ``metadata.execution_id`` (the v28 runner does), or empty."""
+        """The execution its poster named in ``metadata.execution_id`` (the v28 runner does), or
+        empty.
+        """
         value = self.metadata.get("execution_id") if isinstance(self.metadata, dict) else None
         return value[:200] if isinstance(value, str) else ""
 
@@ -714,7 +731,9 @@ class RunState(models.Model):
         return WorkflowExecution.objects.filter(execution_id=hint).first() if hint else None
 
     def link_run(self) -> None:
-        """Attach the run of this number, and link it to the execution named in ``metadata``, where missing."""
+        """Attach the run of this number, and link it to the execution named in ``metadata``, where
+        missing.
+        """
         run = self.run or Run.objects.filter(run_number=self.run_number).first()
         if run is None:
             return  # linked when the run is made (POST /api/runs/ or a message)
@@ -838,7 +857,9 @@ class WorkflowMessage(models.Model):
         return f"{self.msg_type or '?'} {self.msg_id}"
 
     def extra_fields(self) -> dict[str, Any]:
-        """Top-level fields of a valid body that our schema does not have (v28's ``simulation_tick``, ...)."""
+        """Top-level fields of a valid body that our schema does not have (v28's
+        ``simulation_tick``, ...).
+        """
         body = self.parsed_body()
         types = V28_MESSAGE_TYPES if self.dialect == "epic-v28" else MESSAGE_TYPES
         model = types.get(self.msg_type)
@@ -894,8 +915,10 @@ class MessageCount(models.Model):
 
 
 class AppLog(models.Model):
-    """A log record of a program: posted over REST (the logging handler of existing agents), or sent by one
-    of our agents in a ``log_batch`` message (``source_msg_id``; ``namespace``, ``execution_id`` and ``run_id``
+    """A log record of a program: posted over REST (the logging handler of existing agents), or
+    sent by one
+    of our agents in a ``log_batch`` message (``source_msg_id``; ``namespace``, ``execution_id`` and
+    ``run_id``
     from the agent)."""
 
     DROPPED_LOGGER = "swf_testbed.agents.logship"

@@ -124,7 +124,9 @@ class MessageRow(Protocol):
 
 @dataclass(slots=True)
 class Row:
-    """The values of one ``WorkflowMessage`` row, before it is inserted (cheaper than a model instance)."""
+    """The values of one ``WorkflowMessage`` row, before it is inserted (cheaper than a model
+    instance).
+    """
 
     msg_id: str = ""
     msg_type: str = ""
@@ -204,9 +206,11 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
 
 
 def _derive_namespaces(pairs: list[tuple[Row, Message | None]]) -> None:
-    """Give valid messages that name no namespace (v28 slices) their execution's namespace, where it is known.
+    """Give valid messages that name no namespace (v28 slices) their execution's namespace, where
+    it is known.
 
-    Known from another message of the batch, else from the execution's row; otherwise it stays empty.
+    Known from another message of the batch, else from the execution's row; otherwise it stays
+    empty.
     """
     missing = [
         (row, msg)

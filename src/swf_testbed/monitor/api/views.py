@@ -43,8 +43,9 @@ class MonitorModelViewSet(MonitorViewSetMixin, viewsets.ModelViewSet):  # type: 
 
 
 class MergingCreateMixin:
-    # 201 when the POST made the row, 200 when it merged into one a message had made (s.MergingCreate).
-    # (A comment, not a docstring: the schema would show it on every operation of the view.)
+    # 201 when the POST made the row, 200 when it merged into one a message had made
+    # (s.MergingCreate). (A comment, not a docstring: the schema would show it on every operation of
+    # the view.)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().create(request, *args, **kwargs)  # type: ignore[misc]
@@ -59,10 +60,10 @@ class MergingCreateMixin:
 
 class RecountsRunMixin:
     # A slice or sample written over REST recounts its run's counters from the tables once the write
-    # has committed, as the ingest does after each batch: whichever of the two recounts last, the run
-    # state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by the count).
-    # The recount is a transaction of its own that locks only the run state, so it cannot deadlock
-    # with the ingest's batch.
+    # has committed, as the ingest does after each batch: whichever of the two recounts last, the
+    # run state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by
+    # the count). The recount is a transaction of its own that locks only the run state, so it
+    # cannot deadlock with the ingest's batch.
 
     def run_number_of(self, instance: Any) -> int | None:
         raise NotImplementedError

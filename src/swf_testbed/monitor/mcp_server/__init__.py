@@ -1,4 +1,5 @@
-"""The MCP server: the testbed's state and controls as tools for AI assistants (the official ``mcp`` SDK).
+"""The MCP server: the testbed's state and controls as tools for AI assistants (the official
+``mcp`` SDK).
 
 The same tools over two transports: stdio (``swf-testbed mcp``, for an
 assistant on this machine, reading the monitor's database) and streamable HTTP

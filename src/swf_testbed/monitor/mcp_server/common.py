@@ -148,7 +148,9 @@ def get_one(qs: Any, what: str, fields: list[str] | None = None) -> str:
 
 
 def as_tool(fn: Callable[..., str]) -> Callable[..., Awaitable[str]]:
-    """A tool body over the ORM, run in Django's thread; unexpected errors become a short tool error."""
+    """A tool body over the ORM, run in Django's thread; unexpected errors become a short tool
+    error.
+    """
 
     run = sync_to_async(fn, thread_sensitive=True)
 

@@ -63,7 +63,8 @@ def start_workflow(
             "msg_id": msg.msg_id,
             "namespace": msg.namespace,
             "by": caller.username,
-            "next": "the runner answers with workflow_started (list_messages msg_type=workflow_started)",
+            "next": "the runner answers with workflow_started (list_messages "
+            "msg_type=workflow_started)",
         }
     )
 

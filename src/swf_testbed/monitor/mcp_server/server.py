@@ -61,8 +61,9 @@ TOOLS: list[tuple[Callable[..., str], str]] = [
     ),
     (
         list_agents,
-        "Agents (one page): name, type, namespace, liveness from the last heartbeat, operational state, "
-        "host, pid. Filter by namespace, agent_type, last heartbeat in [start_time, end_time).",
+        "Agents (one page): name, type, namespace, liveness from the last heartbeat, operational "
+        "state, host, pid. Filter by namespace, agent_type, last heartbeat in [start_time, "
+        "end_time).",
     ),
     (
         get_agent,
@@ -75,7 +76,8 @@ TOOLS: list[tuple[Callable[..., str], str]] = [
     (
         list_workflow_executions,
         "Workflow executions, newest first: id, workflow, namespace, status "
-        "(running/completed/terminated/failed), times. Filter by namespace, status, start in [start_time, end_time).",
+        "(running/completed/terminated/failed), times. Filter by namespace, status, start in "
+        "[start_time, end_time).",
     ),
     (get_workflow_execution, "One execution with its parameters and run numbers."),
     (
@@ -89,8 +91,8 @@ TOOLS: list[tuple[Callable[..., str], str]] = [
     ),
     (
         list_runs,
-        "Runs, newest first: run number, execution, times, STF count. Filter by namespace, execution_id, "
-        "start in [start_time, end_time).",
+        "Runs, newest first: run number, execution, times, STF count. Filter by namespace, "
+        "execution_id, start in [start_time, end_time).",
     ),
     (
         get_run,
@@ -104,14 +106,14 @@ TOOLS: list[tuple[Callable[..., str], str]] = [
     (get_stf_file, "One STF file by its file name, with its metadata."),
     (
         list_tf_slices,
-        "TF slices: run, STF, TF range, status, worker. Filter by run_number, status, stf_filename, "
-        "created in [start_time, end_time).",
+        "TF slices: run, STF, TF range, status, worker. Filter by run_number, status, "
+        "stf_filename, created in [start_time, end_time).",
     ),
     (get_tf_slice, "One TF slice by its id (from list_tf_slices)."),
     (
         list_logs,
-        "Application logs, newest first. Filter by execution_id, instance_name, app_name, min_level "
-        "(20 = INFO, 30 = WARNING, 40 = ERROR), time in [start_time, end_time).",
+        "Application logs, newest first. Filter by execution_id, instance_name, app_name, "
+        "min_level (20 = INFO, 30 = WARNING, 40 = ERROR), time in [start_time, end_time).",
     ),
     (get_log_entry, "One log record by id, with its extra data."),
     (
@@ -130,9 +132,9 @@ TOOLS: list[tuple[Callable[..., str], str]] = [
     ),
     (
         start_workflow,
-        "WRITE. Ask a namespace's workflow runner to start a workflow: sends run_workflow to "
-        "its control queue and returns the request's msg_id (the runner replies workflow_started). Needs write "
-        "permission.",
+        "WRITE. Ask a namespace's workflow runner to start a workflow: sends run_workflow to its "
+        "control queue and returns the request's msg_id (the runner replies workflow_started). "
+        "Needs write permission.",
     ),
     (
         stop_workflow,
@@ -141,8 +143,9 @@ TOOLS: list[tuple[Callable[..., str], str]] = [
     ),
     (
         end_execution,
-        "WRITE. Mark an execution ended in the monitor (status terminated, failed or completed) when "
-        "its runner is gone and it shows running for ever; sends nothing. Needs write permission.",
+        "WRITE. Mark an execution ended in the monitor (status terminated, failed or completed) "
+        "when its runner is gone and it shows running for ever; sends nothing. Needs write "
+        "permission.",
     ),
 ]
 WRITE_TOOLS = frozenset({"start_workflow", "stop_workflow", "end_execution"})
@@ -155,10 +158,10 @@ def build_server() -> MCPServer:
         "swf-testbed",
         version=__version__,
         instructions=(
-            "Tools over the swf-testbed monitor (ePIC streaming workflow testbed): agents, namespaces, workflow "
-            "executions, runs, STF files, TF slices, messages, logs, live progress; start and stop workflows. "
-            "Results are compact JSON; lists are pages (limit <= 500, offset, total, next_offset); times are "
-            "ISO 8601."
+            "Tools over the swf-testbed monitor (ePIC streaming workflow testbed): agents, "
+            "namespaces, workflow executions, runs, STF files, TF slices, messages, logs, live "
+            "progress; start and stop workflows. Results are compact JSON; lists are pages (limit "
+            "<= 500, offset, total, next_offset); times are ISO 8601."
         ),
     )
     for fn, description in TOOLS:
@@ -200,7 +203,9 @@ def run_stdio(token: str = "") -> None:
 
 
 def http_app() -> Any:
-    """The ASGI app of ``/mcp/``: token auth and the Host check in front of the SDK's streamable HTTP app."""
+    """The ASGI app of ``/mcp/``: token auth and the Host check in front of the SDK's streamable
+    HTTP app.
+    """
     from django.conf import settings
     from django.http.request import split_domain_port, validate_host
     from mcp.server.transport_security import TransportSecuritySettings
@@ -209,7 +214,8 @@ def http_app() -> Any:
         streamable_http_path="/mcp/",
         stateless_http=True,
         json_response=True,
-        # the Host is checked below against Django's ALLOWED_HOSTS; a token header is no ambient credential
+        # the Host is checked below against Django's ALLOWED_HOSTS; a token header is no ambient
+        # credential
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     who = sync_to_async(caller_of_token, thread_sensitive=True)

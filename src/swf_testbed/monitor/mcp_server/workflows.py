@@ -69,7 +69,9 @@ def get_workflow_execution(execution_id: str) -> str:
 
 
 def execution_progress(execution_id: str) -> dict[str, Any]:
-    """What an execution is doing now: the counts ``swf-testbed run`` shows, from the message counts."""
+    """What an execution is doing now: the counts ``swf-testbed run`` shows, from the message
+    counts.
+    """
     m = api_models()
     from django.db.models import Count, Sum
 

@@ -25,7 +25,8 @@ _M = TypeVar("_M", bound=models.Model)
 def check_name(value: str, what: str = "namespace") -> str:
     if not _NAME_RE.match(value):
         raise serializers.ValidationError(
-            f"invalid {what} {value[:80]!r}: letters, digits and _ . : @ - only, at most 128 characters"
+            f"invalid {what} {value[:80]!r}: letters, digits and _ . : @ - only, at most 128 "
+            f"characters"
         )
     return value
 
@@ -52,7 +53,8 @@ class NamespaceField(serializers.SlugRelatedField):
 
 @extend_schema_field(OpenApiTypes.OBJECT)
 class JSONObjectField(serializers.JSONField):
-    """A JSON object (or null where the column allows it), for the models' ``default=dict`` JSON columns.
+    """A JSON object (or null where the column allows it), for the models' ``default=dict`` JSON
+    columns.
 
     The code that reads these columns merges and iterates them as dicts (heartbeats
     merge ``metadata``, the agent page lists ``counters``, the ingest merges
@@ -73,7 +75,9 @@ class JSONObjectField(serializers.JSONField):
 
 
 class DateTimeField(serializers.DateTimeField):
-    """A time; a naive one (as the ePIC v28 agents send) is read in ``SWF_LEGACY_TIMEZONE``, like their messages."""
+    """A time; a naive one (as the ePIC v28 agents send) is read in ``SWF_LEGACY_TIMEZONE``, like
+    their messages.
+    """
 
     def enforce_timezone(self, value: datetime) -> datetime:
         if timezone.is_naive(value):
@@ -82,8 +86,9 @@ class DateTimeField(serializers.DateTimeField):
 
 
 class ModelSerializer(serializers.ModelSerializer[_M]):
-    # The monitor's model serializers: the models' JSON columns take JSON objects, naive times are read in the
-    # legacy zone. (A comment, not a docstring: the schema would show it on every component.)
+    # The monitor's model serializers: the models' JSON columns take JSON objects, naive times are
+    # read in the legacy zone. (A comment, not a docstring: the schema would show it on every
+    # component.)
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
         models.JSONField: JSONObjectField,
@@ -91,9 +96,10 @@ class ModelSerializer(serializers.ModelSerializer[_M]):
     }
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        # DRF builds a model serializer's fields from the model on every instance (a third of a log post's
-        # time). They depend on the class alone here (Meta, declared fields, the model), so they are built
-        # once per class and each instance gets a fresh copy, as DRF does for a plain serializer's fields.
+        # DRF builds a model serializer's fields from the model on every instance (a third of a log
+        # post's time). They depend on the class alone here (Meta, declared fields, the model), so
+        # they are built once per class and each instance gets a fresh copy, as DRF does for a plain
+        # serializer's fields.
         cls = type(self)
         template = cls.__dict__.get("_field_template")
         if template is None:
@@ -103,7 +109,8 @@ class ModelSerializer(serializers.ModelSerializer[_M]):
 
 
 class MergingCreate:
-    """A create that merges into the row a message already made (``merged`` then says so; the view answers 200).
+    """A create that merges into the row a message already made (``merged`` then says so; the view
+    answers 200).
 
     The ePIC v28 agents POST what their messages also announce (a run, an STF
     file, a run state); whichever arrives first makes the row, the other fills it in.

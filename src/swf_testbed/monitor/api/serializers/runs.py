@@ -15,7 +15,8 @@ from swf_testbed.monitor.api.serializers.fields import (
 
 
 class RunSerializer(MergingCreate, ModelSerializer[m.Run]):
-    """A POSTed run number already known (from ``run_imminent``) is the same run: merged, not refused.
+    """A POSTed run number already known (from ``run_imminent``) is the same run: merged, not
+    refused.
 
     Without an execution in the payload (the v28 data agent sends none), the
     run is linked to the one its run state names (``metadata.execution_id``
@@ -230,7 +231,8 @@ class WorkerSerializer(ModelSerializer[m.Worker]):
 
 
 class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
-    """``POST /api/run-states/`` of a run whose state the ingest already keeps updates it (never back in time).
+    """``POST /api/run-states/`` of a run whose state the ingest already keeps updates it (never
+    back in time).
 
     ``metadata.execution_id`` links the run to its execution, whichever of the
     two (run, run state) arrives first.
