@@ -43,7 +43,9 @@ class SettingsError(ValueError):
 
 
 class ProductionConfigError(SettingsError):
-    """The production profile is on and the configuration is unsafe; ``problems`` names each issue."""
+    """The production profile is on and the configuration is
+    unsafe; ``problems`` names each issue.
+    """
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
@@ -483,7 +485,9 @@ class Settings(_Settings):
         return problems
 
     def check_production(self, *, monitor: bool = False) -> None:
-        """Raise :class:`ProductionConfigError` naming every problem of :meth:`production_problems`."""
+        """Raise :class:`ProductionConfigError` naming every problem
+        of :meth:`production_problems`.
+        """
         problems = self.production_problems(monitor=monitor)
         if problems:
             raise ProductionConfigError(problems)

@@ -28,7 +28,9 @@ LEGACY = [sys.executable, "-m", "tests.compat.legacy_agents"]
 
 
 def clean_environ() -> dict[str, str]:
-    """This environment without any broker, monitor or database setting (each process gets its own)."""
+    """This environment without any broker, monitor or database
+    setting (each process gets its own).
+    """
     return {
         k: v
         for k, v in os.environ.items()

@@ -68,7 +68,9 @@ class LegacyRun:
         return [m for m in self.report["messages"] if not msg_types or m["msg_type"] in msg_types]
 
     def recorded(self) -> list[dict[str, Any]]:
-        """Every message the monitor holds but the ingest probes (the database is this run's alone)."""
+        """Every message the monitor holds but the ingest probes (the
+        database is this run's alone).
+        """
         rows: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -148,7 +150,7 @@ def legacy_run(request: pytest.FixtureRequest) -> Iterator[LegacyRun]:
             drop()
 
 
-# --------------------------------------------------------------------------- the fixture itself and what works today
+# ---------------------------------------------------------- the fixture itself and what works today
 
 
 def test_the_legacy_run_completes_and_every_call_is_answered(legacy_run: LegacyRun) -> None:
@@ -222,7 +224,7 @@ def test_every_topic_message_is_recorded_once_with_its_body(legacy_run: LegacyRu
     )
 
 
-# --------------------------------------------------------------------------- needs the other parts of issue 10
+# ---------------------------------------------------------------- needs the other parts of issue 10
 
 
 def test_every_message_is_recorded_valid(legacy_run: LegacyRun) -> None:

@@ -295,7 +295,9 @@ def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str,
     ],
 )
 def test_known_hostile_values(text: str, named: str) -> None:
-    """Values the fuzzer may not reach: deep nesting, huge integers, inf, newlines into supervisord."""
+    """Values the fuzzer may not reach: deep nesting, huge integers,
+    inf, newlines into supervisord.
+    """
     with pytest.raises(ConfigError) as info:
         parse(text, FILE, check_modules=False)
     first = str(info.value).splitlines()[0]
@@ -424,7 +426,9 @@ def test_include_outside_the_config_directory_is_a_clear_error(tmp_path: Path) -
 def test_cli_refuses_bad_files_with_exit_2(
     tmp_path: Path, text: str, key: str, command: str
 ) -> None:
-    """The real CLI: exit code 2 and one clear line per problem naming file and key, no traceback."""
+    """The real CLI: exit code 2 and one clear line per problem
+    naming file and key, no traceback.
+    """
     bad = tmp_path / "bad.toml"
     if text.startswith("\xff"):
         bad.write_bytes(text.encode("latin-1"))

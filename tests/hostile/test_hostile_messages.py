@@ -313,13 +313,13 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
         ),
     ]
     started = time.time()
-    for marker, body, _reason in cases:  # to namespace A's data topic: agent A must deal with each
+    for _marker, body, _reason in cases:  # to namespace A's data topic: agent A must deal with each
         bed.raw_send(bed.data(a), body)
     epic = [
         (f"{marker}-epic", body.replace(marker.encode(), f"{marker}-epic".encode()), reason)
         for marker, body, reason in cases[:2] + cases[6:8]
     ]
-    for marker, body, _reason in epic:  # the run topic: only the ingest listens there
+    for _marker, body, _reason in epic:  # the run topic: only the ingest listens there
         bed.raw_send(str(RUN_TOPIC), body)
 
     # a valid message for namespace B on A's topic: ignored by A (counted), recorded as it is

@@ -648,7 +648,7 @@ def test_ordering(api: Any, record: Any, make_message: Any) -> None:
     ] == ["b", "a"]
 
 
-# --------------------------------------------------------------------------- counters and namespaces
+# -------------------------------------------------------------------------- counters and namespaces
 
 
 def test_counters(api: Any) -> None:

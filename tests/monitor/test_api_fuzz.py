@@ -111,7 +111,9 @@ def api_schema(live_server: Any, staff_token: str, record: Any, make_message: An
 
 
 def _strategy(operation: Any) -> Any:
-    """Valid and invalid requests for the operation (invalid ones only where the schema allows any)."""
+    """Valid and invalid requests for the operation (invalid ones
+    only where the schema allows any).
+    """
     from schemathesis import GenerationMode
 
     strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
@@ -122,12 +124,57 @@ def _strategy(operation: Any) -> Any:
     return st.one_of(*strategies)
 
 
+def _operation_test(
+    operation: Any,
+    who: str,
+    headers: dict[str, str],
+    examples: int,
+    tally: tuple[dict[str, int], set[int], list[float]],
+) -> Any:
+    """The hypothesis test of one operation; ``tally`` gets its calls, statuses, seconds waited."""
+    from hypothesis import HealthCheck, Phase
+
+    calls, statuses, waited = tally
+
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @hypothesis.seed(SEED)
+    @hypothesis.given(case=_strategy(operation))
+    def call(case: Any) -> None:
+        t0 = time.monotonic()
+        response = case.call_and_validate(headers=headers, checks=_checks(), timeout=60)
+        waited[0] += time.monotonic() - t0
+        calls[operation.label] = calls.get(operation.label, 0) + 1
+        statuses.add(response.status_code)
+        if who == "anonymous" and case.method.upper() not in SAFE:
+            # 401/403 from the permission check; 404/405/406 from routing and content
+            # negotiation, which come before it. Never a success, but for the one anonymous
+            # write: a log posted from loopback (this client's address), which may also be
+            # invalid or rate-limited. (The auth matrix in test_security.py is exact.)
+            allowed = {401, 403, 404, 405, 406}
+            if case.method.upper() == "POST" and operation.path == "/api/logs/":
+                allowed |= {201, 400, 415, 429}
+            assert response.status_code in allowed, (
+                f"anonymous {case.method.upper()} answered {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+
+    return call
+
+
 def _fuzz(
     schema: Any, who: str, headers: dict[str, str], examples: int
 ) -> tuple[list[str], dict[str, Any]]:
-    """Every operation of the schema, ``examples`` generated requests each; failures per operation."""
-    from hypothesis import HealthCheck, Phase
-
+    """Every operation of the schema, ``examples`` generated
+    requests each; failures per operation.
+    """
     failures: list[str] = []
     calls: dict[str, int] = {}
     statuses: set[int] = set()
@@ -135,35 +182,7 @@ def _fuzz(
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @hypothesis.settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            derandomize=False,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-            print_blob=False,
-        )
-        @hypothesis.seed(SEED)
-        @hypothesis.given(case=_strategy(operation))
-        def call(case: Any) -> None:
-            t0 = time.monotonic()
-            response = case.call_and_validate(headers=headers, checks=_checks(), timeout=60)
-            waited[0] += time.monotonic() - t0
-            calls[operation.label] = calls.get(operation.label, 0) + 1
-            statuses.add(response.status_code)
-            if who == "anonymous" and case.method.upper() not in SAFE:
-                # 401/403 from the permission check; 404/405/406 from routing and content
-                # negotiation, which come before it. Never a success, but for the one anonymous
-                # write: a log posted from loopback (this client's address), which may also be
-                # invalid or rate-limited. (The auth matrix in test_security.py is exact.)
-                allowed = {401, 403, 404, 405, 406}
-                if case.method.upper() == "POST" and operation.path == "/api/logs/":
-                    allowed |= {201, 400, 415, 429}
-                assert response.status_code in allowed, (
-                    f"anonymous {case.method.upper()} answered {response.status_code}: "
-                    f"{response.text[:300]}"
-                )
+        call = _operation_test(operation, who, headers, examples, (calls, statuses, waited))
 
         try:
             call()
@@ -178,7 +197,9 @@ def _fuzz(
 
 
 def test_fuzz_every_operation_as_staff_and_anonymously(api_schema: Any, staff_token: str) -> None:
-    """No 5xx, documented bodies as documented, no anonymous write: all operations, two identities."""
+    """No 5xx, documented bodies as documented, no anonymous write:
+    all operations, two identities.
+    """
     operations = sum(1 for _ in api_schema.get_all_operations())
     figures = {}
     failures: list[str] = []

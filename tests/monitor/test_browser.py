@@ -17,7 +17,7 @@ from swf_testbed.mq.client import BrokerClient
 from swf_testbed.mq.destinations import RUN_TOPIC
 from swf_testbed.testing.brokers import BrokerProcess
 
-from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
+from .browserlib import needs_chromium
 from .ingestlib import IngestProcess, wait_until_ingesting
 
 pytestmark = [
@@ -137,7 +137,7 @@ def test_html_in_a_body_renders_as_text(live_server: Any, page: Any, record: Any
         assert page.locator("main script").count() == 0
 
 
-# --------------------------------------------------------------------------- figures and plots of a 10-STF run
+# ---------------------------------------------------------------- figures and plots of a 10-STF run
 
 
 @pytest.fixture

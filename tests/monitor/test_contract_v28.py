@@ -407,7 +407,8 @@ def test_every_v28_rest_call_in_the_order_of_a_run(live_server: Any, agent_token
         expect=201,
     )
 
-    # --- logs: anonymous, one post per record, linked from extra_data (run_id as the agents send it: a string)
+    # --- logs: anonymous, one post per record, linked from extra_data (run_id as the agents send
+    # it: a string)
     logs.call(
         "POST",
         "/api/logs/",
@@ -454,7 +455,9 @@ def test_every_v28_rest_call_in_the_order_of_a_run(live_server: Any, agent_token
 
 
 def test_the_stage_fields_are_all_optional(live_server: Any, agent_token: str) -> None:
-    """A stage with only a status is stored; the execution and agent stay empty (nothing made up)."""
+    """A stage with only a status is stored; the execution and
+    agent stay empty (nothing made up).
+    """
     api = Http(live_server.url, token=agent_token)
     bare = api.call("POST", "/api/workflow-stages/", {"status": "received"}, expect=201).body
     assert bare["execution_id"] is None and bare["agent"] is None and bare["agent_name"] == ""
@@ -476,7 +479,7 @@ def test_favicon_is_served_without_a_redirect(live_server: Any) -> None:
     assert 'rel="icon" href="/favicon.ico"' in page
 
 
-# --------------------------------------------------------------------------- anonymous logs, real sockets
+# --------------------------------------------------------------------- anonymous logs, real sockets
 
 
 def _log(n: int) -> dict[str, Any]:
@@ -533,7 +536,7 @@ def test_anonymous_log_flood_is_bounded_per_address(live_server: Any, agent_toke
     assert "5/h per client address" in page
 
 
-# --------------------------------------------------------------------------- no redirects on the v28 paths
+# -------------------------------------------------------------------- no redirects on the v28 paths
 
 
 V28_PATHS = [

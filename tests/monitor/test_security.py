@@ -34,7 +34,7 @@ T1 = "2026-03-01T13:00:00Z"
 WORLD_NS = "world-ns"
 WORLD_RUN = 5000
 
-# --------------------------------------------------------------------------- the objects the matrix writes
+# -------------------------------------------------------------------- the objects the matrix writes
 
 _numbers = itertools.count(1)
 
@@ -178,7 +178,7 @@ ACTIONS: dict[tuple[str, str], Callable[[int], dict[str, Any]]] = {
     ("POST", "/api/state/next-workflow-execution-id/"): lambda n: {"workflow_name": "wf"},
 }
 
-# --------------------------------------------------------------------------- the matrix's expectations
+# ------------------------------------------------------------------------ the matrix's expectations
 
 WRITE = "any authenticated user"
 STAFF = "staff only"
@@ -284,7 +284,7 @@ def test_every_write_endpoint_is_in_the_matrix() -> None:
     )
 
 
-# --------------------------------------------------------------------------- identities and a world to write in
+# --------------------------------------------------------------- identities and a world to write in
 
 
 def _client(token: str | None = None) -> APIClient:
@@ -300,7 +300,9 @@ class World:
     ids: dict[str, Any]
 
     def create_as_alice(self, list_path: str) -> tuple[str, dict[str, Any]]:
-        """A new object created by user A; returns its detail URL and the payload that created it."""
+        """A new object created by user A; returns its detail URL
+        and the payload that created it.
+        """
         resource = RESOURCES[list_path]
         payload = resource.create(next(_numbers), self.ids)
         response = self.clients["alice"].post(list_path, payload, format="json")
@@ -692,7 +694,7 @@ def test_every_template_form_that_writes_carries_the_csrf_token() -> None:
             )
 
 
-# --------------------------------------------------------------------------- no SQL built from request text
+# ------------------------------------------------------------------- no SQL built from request text
 
 SRC = Path(__import__("swf_testbed").__file__).parent
 
@@ -757,7 +759,7 @@ def _sql_calls() -> list[tuple[tuple[str, str, str], ast.Call]]:
         tree = ast.parse(path.read_text(), filename=str(path))
         rel = path.relative_to(SRC).as_posix()
 
-        def visit(node: ast.AST, function: str) -> None:
+        def visit(node: ast.AST, function: str, rel: str = rel) -> None:
             for child in ast.iter_child_nodes(node):
                 name = function
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -846,7 +848,7 @@ def test_the_sql_scanner_finds_what_it_should(tmp_path: Path) -> None:
     assert [_composed(c.args[0]) for c in calls[:5]] == [True, True, True, True, False]
 
 
-# --------------------------------------------------------------------------- SQL-looking values in every filter
+# --------------------------------------------------------------- SQL-looking values in every filter
 
 INJECTIONS = [
     "' OR 1=1 --",
@@ -866,7 +868,9 @@ INJECTIONS = [
 def seed_everything(
     api: APIClient, record: Callable[..., Any], make_message: Callable[..., bytes]
 ) -> None:
-    """One row in every table, created as the agents create them (REST calls and recorded messages)."""
+    """One row in every table, created as the agents create them
+    (REST calls and recorded messages).
+    """
 
     def post(path: str, payload: dict[str, Any]) -> dict[str, Any]:
         response = api.post(path, payload, format="json")

@@ -24,7 +24,7 @@ import pytest
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
 
-from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
+from .browserlib import needs_chromium
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -43,7 +43,9 @@ _made: dict[str, str] = {}
 
 
 def hostile(tag: str, variant: int | None = None) -> str:
-    """A hostile value that names its field (so a failure says which field ran); variants in turn."""
+    """A hostile value that names its field (so a failure says
+    which field ran); variants in turn.
+    """
     if tag not in _made:
         index = len(_made) % len(_VARIANTS) if variant is None else variant
         _made[tag] = _VARIANTS[index].format(t=tag)
@@ -120,7 +122,9 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _store_messages(record: Any) -> None:
-    """Messages as the ingest records them: valid ones with hostile free text, and an invalid one."""
+    """Messages as the ingest records them: valid ones with
+    hostile free text, and an invalid one.
+    """
     run = {"namespace": NS, "sender": "daq", "execution_id": EXEC, "run_id": RUN}
     bodies = [
         msgs.WorkflowStarted(
@@ -293,7 +297,8 @@ def hostile_monitor(live_server: Any, record: Any) -> str:
 _NO_SCRIPT = """() => ({
     xss: typeof window.__xss === "undefined" ? null : String(window.__xss),
     x: typeof window.__x === "undefined" ? null : String(window.__x),
-    handlers: document.querySelectorAll("main [onerror], main [onload], main [ontoggle], main script").length,
+    handlers: document.querySelectorAll(
+      "main [onerror], main [onload], main [ontoggle], main script").length,
     jslinks: [...document.querySelectorAll("a[href]")].filter(a => a.href.trim().toLowerCase()
         .startsWith("javascript:")).length,
     markup: document.querySelectorAll("main b, main img[src='x'], main details").length,
@@ -344,13 +349,14 @@ def _detail_urls(base: str) -> dict[str, str]:
     definition = m.WorkflowDefinition.objects.get()
     execution = m.WorkflowExecution.objects.get()
     assert execution.execution_id == EXEC
+    from_messages = m.SystemAgent.objects.get(instance_name="xss-agent-2")
     from django.urls import reverse
 
     return {
         "dashboard": "/",
         "agents": "/agents/",
         "agent": f"/agents/{agent.pk}/",
-        "agent-from-messages": f"/agents/{m.SystemAgent.objects.get(instance_name='xss-agent-2').pk}/",
+        "agent-from-messages": f"/agents/{from_messages.pk}/",
         "namespaces": "/namespaces/",
         "namespace": f"/namespaces/{NS}/",
         "definitions": "/workflows/",

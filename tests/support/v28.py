@@ -103,7 +103,7 @@ class V28Run:
             self.end_run(),
         ]
 
-    # ------------------------------------------------------------------ REST payloads (wire doc, in order)
+    # ----------------------------------------------------------- REST payloads (wire doc, in order)
 
     def execution_payload(self, definition_id: int) -> dict[str, Any]:
         return {

@@ -70,7 +70,9 @@ def make(cls: type[Agent], **options: Any) -> tuple[Any, Capture]:
 
 
 def deliver(agent: Agent, messages: list[Any]) -> None:
-    """Hand messages to the agent's handlers as the runtime would (schema-validated, by msg_type)."""
+    """Hand messages to the agent's handlers as the runtime would
+    (schema-validated, by msg_type).
+    """
     for msg in messages:
         parsed = parse_message(msg.to_bytes())
         assert parsed.namespace == agent.namespace

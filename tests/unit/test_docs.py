@@ -102,7 +102,7 @@ def test_cli_reference_covers_every_command() -> None:
     assert "| `--older-than` | number (DAYS) | **required** |" in text
 
 
-# --------------------------------------------------------------------------- settings and testbed.toml
+# ------------------------------------------------------------------------ settings and testbed.toml
 
 
 def _probe(model: Any, name: str) -> tuple[str, Any]:
@@ -211,7 +211,10 @@ def github_anchors(text: str) -> set[str]:
 
 
 def test_github_anchor_rules() -> None:
-    text = "# A `swf-testbed run [testbed.toml]` title\n## Health\n## Health\n```\n# not a heading\n```\n"
+    text = (
+        "# A `swf-testbed run [testbed.toml]` title\n## Health\n## Health\n"
+        "```\n# not a heading\n```\n"
+    )
     assert github_anchors(text) == {"a-swf-testbed-run-testbedtoml-title", "health", "health-1"}
 
 
@@ -234,7 +237,7 @@ def test_every_relative_link_points_at_something_that_exists() -> None:
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
-# --------------------------------------------------------------------------- commands shown in the docs
+# ----------------------------------------------------------------------- commands shown in the docs
 
 _STOP = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1", "#", ")", "<"}
 _PROMPT = re.compile(
@@ -347,7 +350,7 @@ def test_every_command_in_the_docs_is_real() -> None:
     assert not wrong, "commands in the docs that do not exist:\n" + "\n".join(wrong)
 
 
-# --------------------------------------------------------------------------- hand-written tables vs the code
+# ------------------------------------------------------------------ hand-written tables vs the code
 
 
 def _table_rows(text: str, header_start: str) -> list[list[str]]:

@@ -76,7 +76,7 @@ def _database() -> dict[str, Any]:
     if not url:
         HOME.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{HOME / 'monitor.sqlite3'}"
-    db: dict[str, Any] = dj_database_url.parse(url)
+    db: dict[str, Any] = dict(dj_database_url.parse(url))
     if db["ENGINE"] == "django.db.backends.sqlite3":
         # The web and the ingest write side by side: WAL lets readers run during a
         # write, the busy timeout makes a writer wait for the other instead of

@@ -455,7 +455,7 @@ def load_config(
         applied[qualified] = value
 
     models = _validate_sections(name, values, origin)
-    merged = MergedConfig(
+    result = MergedConfig(
         name=name,
         description=description,
         sources=tuple(source for source, _ in files),
@@ -464,12 +464,12 @@ def load_config(
         _models=models,
     )
     try:
-        json.dumps(merged.to_dict())
+        json.dumps(result.to_dict())
     except (TypeError, ValueError) as exc:  # e.g. a TOML datetime in a schema-less section
         raise ConfigError(
             f"workflow config {name!r} holds a value that is not JSON-serializable: {exc}"
         ) from None
-    return merged
+    return result
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -244,7 +244,7 @@ class LegacyAgent:
             self.run_done.set()
 
 
-# --------------------------------------------------------------------------- the workflow runner and its DAQ
+# ------------------------------------------------------------------ the workflow runner and its DAQ
 
 
 class WorkflowRunner(LegacyAgent):

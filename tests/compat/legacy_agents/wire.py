@@ -264,7 +264,9 @@ class Stomp:
         )
 
     def subscribe(self, destination: str, timeout: float = 60.0) -> None:
-        """``ack: auto``, no durable headers; waited for by a receipt (see the package's docstring)."""
+        """``ack: auto``, no durable headers; waited for by a receipt
+        (see the package's docstring).
+        """
         receipt = f"{self.agent_name}-sub"
         self.conn.subscribe(
             destination, id=f"{self.agent_name}-1", ack="auto", headers={"receipt": receipt}

@@ -25,7 +25,7 @@ class TimeRangeFilterSet(df.FilterSet):
 
     @classmethod
     def get_filters(cls) -> dict[str, Any]:
-        filters = super().get_filters()
+        filters: dict[str, Any] = super().get_filters()
         if cls.time_field:
             filters["after"] = df.IsoDateTimeFilter(
                 field_name=cls.time_field, lookup_expr="gte", label=f"{cls.time_field} ≥ (ISO 8601)"
@@ -97,7 +97,9 @@ class WorkflowMessageFilter(df.FilterSet):
         fields: list[str] = []
 
     def facet_values(self) -> dict[str, Any] | None:
-        """The active filters as facet values, or None when a filter the facet table lacks is set."""
+        """The active filters as facet values, or None when a filter
+        the facet table lacks is set.
+        """
         if not self.is_valid():
             return None
         data = {k: v for k, v in self.form.cleaned_data.items() if v not in (None, "")}
@@ -141,7 +143,7 @@ class MessagePageFilter(WorkflowMessageFilter):
 
     @property
     def form(self) -> forms.Form:
-        form = super().form
+        form: forms.Form = super().form
         for name, label in self.LABELS.items():
             form.fields[name].label = label
         form.fields["is_valid"].widget = forms.Select(

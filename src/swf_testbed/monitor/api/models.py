@@ -123,7 +123,9 @@ class Namespace(models.Model):
         existing = set(cls.objects.filter(name__in=names).values_list("name", flat=True))
         missing = names - existing
         if missing:
-            cls.objects.bulk_create([cls(name=n) for n in sorted(missing)], ignore_conflicts=True)
+            Namespace.objects.bulk_create(
+                [Namespace(name=n) for n in sorted(missing)], ignore_conflicts=True
+            )
 
 
 def _namespace_fk(related_name: str) -> models.ForeignKey[Any, Any]:
@@ -334,8 +336,9 @@ class WorkflowExecution(models.Model):
 
     @property
     def workflow_name(self) -> str:
-        if self.workflow_definition_id is not None:
-            return self.workflow_definition.workflow_name
+        definition = self.workflow_definition if self.workflow_definition_id is not None else None
+        if definition is not None:
+            return definition.workflow_name
         return (
             str(self.parameter_values.get("workflow_name", ""))
             if isinstance(self.parameter_values, dict)
@@ -430,7 +433,8 @@ class WorkflowStage(models.Model):
         indexes = [models.Index(fields=["execution", "created_at"], name="stage_execution_created")]
 
     def __str__(self) -> str:
-        return f"{self.agent_name or '?'} {self.status} ({self.stf_filename or self.run_number or '-'})"
+        about = self.stf_filename or self.run_number or "-"
+        return f"{self.agent_name or '?'} {self.status} ({about})"
 
     @property
     def duration(self) -> timedelta | None:
@@ -774,7 +778,9 @@ class SystemStateEvent(models.Model):
 
     @property
     def shown_state(self) -> tuple[str, str]:
-        """(state, substate) the run is in from this event on: ``("ended", "")`` after an end_run."""
+        """(state, substate) the run is in from this event on:
+        ``("ended", "")`` after an end_run.
+        """
         return ("ended", "") if self.event_type == "end_run" else (self.state, self.substate)
 
     @classmethod
@@ -785,7 +791,7 @@ class SystemStateEvent(models.Model):
         DAQ and a v28 runner, or redelivered under another id) is not a change.
         """
         seen_last: dict[int, str] = {}
-        kept = []
+        kept: list[SystemStateEvent] = []
         for event in cls.objects.filter(run_number__in=run_numbers).order_by(
             "timestamp", "event_id"
         ):
@@ -959,7 +965,8 @@ class AppLog(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.timestamp:%Y-%m-%d %H:%M:%S} {self.instance_name} {self.levelname}: {self.message[:80]}"
+        when = f"{self.timestamp:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.instance_name} {self.levelname}: {self.message[:80]}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         extra = self.extra_data if isinstance(self.extra_data, dict) else {}
@@ -990,4 +997,5 @@ class Counter(models.Model):
         with transaction.atomic():
             cls.objects.get_or_create(name=name, defaults={"value": cls.STARTS.get(name, 1) - 1})
             cls.objects.filter(name=name).update(value=F("value") + 1, updated_at=timezone.now())
-            return cls.objects.values_list("value", flat=True).get(name=name)
+            value: int = cls.objects.values_list("value", flat=True).get(name=name)
+            return value

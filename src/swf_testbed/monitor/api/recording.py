@@ -81,7 +81,9 @@ def _run_id(value: Any) -> int | None:
 
 
 def _time(value: Any, naive_zone: tzinfo | None = None) -> datetime | None:
-    """An ISO time as UTC; a naive one only when ``naive_zone`` says where it was read (v28 bodies)."""
+    """An ISO time as UTC; a naive one only when ``naive_zone`` says
+    where it was read (v28 bodies).
+    """
     if not isinstance(value, str):
         return None
     try:

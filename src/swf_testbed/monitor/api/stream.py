@@ -40,6 +40,7 @@ from typing import Any
 
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
 from swf_testbed.monitor.api.models import WorkflowMessage
@@ -120,7 +121,9 @@ class StreamFilter:
 
 
 def sse(event: str, data: str, event_id: int | None = None) -> bytes:
-    """One SSE event; a multi-line ``data`` becomes several ``data:`` lines, as the format requires."""
+    """One SSE event; a multi-line ``data`` becomes several
+    ``data:`` lines, as the format requires.
+    """
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
@@ -380,7 +383,7 @@ def _unauthorized() -> JsonResponse:
 
 
 @require_GET
-async def message_stream(request: HttpRequest) -> HttpResponse:
+async def message_stream(request: HttpRequest) -> HttpResponseBase:
     """Server-Sent Events of every recorded message matching the filters (see the module)."""
     user = await _authenticated_user(request)
     if user is None:

@@ -6,7 +6,7 @@ import contextvars
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -89,7 +89,7 @@ def time_arg(name: str, value: str | None) -> datetime | None:
         raise ToolError(
             f"{name}: {value[:60]!r} is not an ISO 8601 date-time such as 2026-03-01T12:00:00Z"
         )
-    return parsed if parsed.tzinfo else timezone.make_aware(parsed, timezone.UTC)
+    return parsed if parsed.tzinfo else timezone.make_aware(parsed, UTC)
 
 
 def text_arg(name: str, value: str | None, limit: int = 200) -> str:

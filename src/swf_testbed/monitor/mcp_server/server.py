@@ -191,7 +191,9 @@ def build_server() -> MCPServer:
 
 
 def run_stdio(token: str = "") -> None:
-    """``swf-testbed mcp``: serve the tools over stdio (writes when ``token`` has write permission)."""
+    """``swf-testbed mcp``: serve the tools over stdio (writes when
+    ``token`` has write permission).
+    """
     from swf_testbed import monitor
 
     monitor.setup()

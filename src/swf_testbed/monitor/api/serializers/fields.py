@@ -20,6 +20,7 @@ from swf_testbed.settings import get_settings
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _M = TypeVar("_M", bound=models.Model)
+_T = TypeVar("_T")
 
 
 def check_name(value: str, what: str = "namespace") -> str:
@@ -31,7 +32,7 @@ def check_name(value: str, what: str = "namespace") -> str:
     return value
 
 
-class NamespaceField(serializers.SlugRelatedField):
+class NamespaceField(serializers.SlugRelatedField[m.Namespace]):
     """A namespace by name; an unknown but well-formed name is created."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -119,8 +120,8 @@ class MergingCreate:
     merged = False
 
     def create_or_merge(
-        self, find: Callable[[], Any], create: Callable[[], Any], merge: Callable[[Any], Any]
-    ) -> Any:
+        self, find: Callable[[], _T | None], create: Callable[[], _T], merge: Callable[[_T], _T]
+    ) -> _T:
         for attempt in (1, 2):
             with transaction.atomic():
                 existing = find()

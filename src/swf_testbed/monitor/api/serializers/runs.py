@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rest_framework import serializers
 
@@ -38,7 +38,7 @@ class RunSerializer(MergingCreate, ModelSerializer[m.Run]):
             "total_stf_files",
         ]
         read_only_fields = ["run_id"]
-        extra_kwargs = {
+        extra_kwargs: ClassVar[dict[str, Any]] = {
             "run_number": {"validators": []}
         }  # unique, but a repeat merges (see create)
 
@@ -78,7 +78,7 @@ class RunSerializer(MergingCreate, ModelSerializer[m.Run]):
         )
 
 
-_FILE_PROGRESS = [
+_FILE_PROGRESS: list[str] = [
     m.FileStatus.GENERATED,
     m.FileStatus.REGISTERED,
     m.FileStatus.PROCESSING,
@@ -119,7 +119,7 @@ class StfFileSerializer(MergingCreate, ModelSerializer[m.StfFile]):
             "updated_at",
         ]
         read_only_fields = ["file_id", "created_at", "updated_at"]
-        extra_kwargs = {
+        extra_kwargs: ClassVar[dict[str, Any]] = {
             "stf_filename": {"validators": []}
         }  # unique, but a repeat merges (see create)
 
@@ -259,7 +259,7 @@ class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
             "metadata",
         ]
         read_only_fields = ["run", "updated_at"]
-        extra_kwargs = {
+        extra_kwargs: ClassVar[dict[str, Any]] = {
             "run_number": {"validators": []}
         }  # the key, but a repeat merges (see create)
 
@@ -326,7 +326,7 @@ class SystemStateEventSerializer(ModelSerializer[m.SystemStateEvent]):
         ]
         read_only_fields = ["event_id", "msg_id"]
         # v28 agents send "substate": null; stored as "" (no substate), like a missing one
-        extra_kwargs = {"substate": {"allow_null": True}}
+        extra_kwargs: ClassVar[dict[str, Any]] = {"substate": {"allow_null": True}}
 
     def validate_substate(self, value: str | None) -> str:
         return value or ""

@@ -97,7 +97,7 @@ class WorkflowStageSerializer(ModelSerializer[m.WorkflowStage]):
         allow_null=True,
         help_text="linked from run_number or stf_filename when not given",
     )
-    agent = serializers.PrimaryKeyRelatedField(
+    agent: serializers.PrimaryKeyRelatedField[m.SystemAgent] = serializers.PrimaryKeyRelatedField(
         read_only=True, allow_null=True, help_text="the SystemAgent of agent_name, if known"
     )
     metadata = JSONObjectField(required=False, allow_null=True)
