@@ -128,7 +128,7 @@ def _click_parts() -> Any:
     try:
         from typer._click import core
     except ImportError:  # pragma: no cover - older typer
-        import click.core as core  # type: ignore[no-redef]
+        import click.core as core  # type: ignore[no-redef]  # the same module, from click itself
     return core
 
 

@@ -87,7 +87,7 @@ class Bed:
     def beats(self, agent: str) -> list[Heartbeat]:
         return [
             b
-            for b in self.watch.of_type("heartbeat")  # type: ignore[misc]
+            for b in self.watch.of_type("heartbeat")  # type: ignore[misc]  # of_type is untyped
             if isinstance(b, Heartbeat)
             and b.agent_name == agent
             and b.namespace == self.agents[agent].namespace

@@ -353,7 +353,8 @@ async def _authenticated_user(request: HttpRequest) -> str | None:
     in the request's own context would open a connection there that, with persistent connections, is
     not closed at the end of the request.)
     """
-    return await hub().db(_user_name, request)  # type: ignore[no-any-return]
+    name: str = await hub().db(_user_name, request)
+    return name
 
 
 def _user_name(request: HttpRequest) -> str | None:

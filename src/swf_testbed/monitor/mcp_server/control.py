@@ -24,7 +24,7 @@ def _send_control(namespace: str, msg: Any) -> None:
     try:
         client.start(wait=15)
         client.send(control_queue(namespace), msg, timeout=15.0)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker is the tool's error
         raise ToolError(f"cannot reach the broker to send {msg.msg_type}: {exc}") from None
     finally:
         client.close()

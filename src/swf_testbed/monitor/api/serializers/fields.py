@@ -105,7 +105,8 @@ class ModelSerializer(serializers.ModelSerializer[_M]):
         template = cls.__dict__.get("_field_template")
         if template is None:
             template = super().get_fields()
-            cls._field_template = template  # type: ignore[attr-defined]
+            # a per-class cache, set on first use
+            cls._field_template = template  # type: ignore[attr-defined]  # not declared on the class
         return copy.deepcopy(template)
 
 
