@@ -19,7 +19,7 @@ _CATEGORY_TITLES = {
 
 def _type_name(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
     if "anyOf" in schema:
         return " or ".join(_type_name(s) for s in schema["anyOf"])
     if "enum" in schema:
@@ -60,7 +60,7 @@ def _message_section(model: type[Message]) -> list[str]:
     lines = [
         f"### `{msg_type}`",
         "",
-        ((model.__doc__ or "").strip().splitlines() or [""])[0],
+        inspect.cleandoc(model.__doc__ or "").split("\n\n")[0].replace("\n", " "),
         "",
         "| field | type | required | default | notes |",
         "|---|---|---|---|---|",
@@ -83,7 +83,8 @@ def _message_section(model: type[Message]) -> list[str]:
             default_text = "now"
         notes = "; ".join(x for x in (prop.get("description", ""), _constraints(prop)) if x)
         lines.append(
-            f"| `{name}` | {type_name} | {'yes' if name in required else ''} | {default_text} | {notes} |"
+            f"| `{name}` | {type_name} | {'yes' if name in required else ''} | {default_text} | "
+            f"{notes} |"
         )
     lines.append("")
     return lines
@@ -94,9 +95,11 @@ def messages_markdown() -> str:
     lines = [
         "# Message reference",
         "",
-        "Generated from `swf_testbed.messages` by `swf-testbed docs messages`; do not edit by hand.",
+        "Generated from `swf_testbed.messages` by `swf-testbed docs messages`; do not edit by "
+        "hand.",
         "",
-        f"Schema version: {SCHEMA_VERSION}. Every body is a JSON object; unknown fields are rejected.",
+        f"Schema version: {SCHEMA_VERSION}. Every body is a JSON object; unknown fields are "
+        f"rejected.",
         "Sends carry the STOMP headers `msg_type`, `namespace`, `msg_id` and `persistent`.",
         "",
     ]
@@ -123,9 +126,9 @@ def _cell(text: object) -> str:
 def _click_parts() -> Any:
     """Typer's click (it vendors its own since 0.2x); the plain ``click`` package otherwise."""
     try:
-        from typer._click import core  # type: ignore[import-not-found]
+        from typer._click import core
     except ImportError:  # pragma: no cover - older typer
-        import click.core as core  # type: ignore[no-redef]
+        import click.core as core  # type: ignore[no-redef]  # the same module, from click itself
     return core
 
 
@@ -188,7 +191,13 @@ def _param_row(param: Any) -> str:
     if param.envvar:
         envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
         help_text += " Environment: " + ", ".join(f"`{e}`" for e in envvars) + "."
-    return f"| {name} | {_cell(_param_type(param))} | {_cell(_param_default(param))} | {_cell(help_text.strip())} |"
+    cells = (
+        name,
+        _cell(_param_type(param)),
+        _cell(_param_default(param)),
+        _cell(help_text.strip()),
+    )
+    return "| " + " | ".join(cells) + " |"
 
 
 def _usage(command: Any, ctx: Any) -> str:
@@ -234,8 +243,10 @@ def cli_markdown() -> str:
     lines = [
         "# Command line reference",
         "",
-        "Generated from the `swf-testbed` Typer app by `swf-testbed docs cli`; do not edit by hand.",
-        "Every command also takes `--help`. Exit codes of the orchestrator's commands: 0 success, 1 something",
+        "Generated from the `swf-testbed` Typer app by `swf-testbed docs cli`; do not edit by "
+        "hand.",
+        "Every command also takes `--help`. Exit codes of the orchestrator's commands: 0 success, "
+        "1 something",
         "failed, 2 a bad testbed.toml or option (nothing started), 130 interrupted.",
         "",
         "## Commands",
@@ -243,7 +254,7 @@ def cli_markdown() -> str:
     ]
     for path, command, _ctx in commands:
         depth = path.count(" ")
-        summary = ((command.help or "").strip().splitlines() or [""])[0]
+        summary = inspect.cleandoc(command.help or "").split("\n\n")[0].replace("\n", " ")
         lines.append(f"{'  ' * max(depth - 1, 0)}- [`{path}`](#{_anchor(path)}): {summary}")
     lines.append("")
     for path, command, ctx in commands:
@@ -354,14 +365,16 @@ def _model_rows(model: Any, table: str) -> list[str]:
             default = "" if field.default is None else f"`{_toml_value(field.default)}`"
         else:
             factory = field.default_factory
-            default = f"`{_toml_value(factory())}`" if factory else ""  # type: ignore[call-arg]
+            default = f"`{_toml_value(factory())}`" if factory else ""
         notes = "; ".join(x for x in (field.description or "", _all_constraints(prop)) if x)
         rows.append(f"| `{name}` | {_json_type(prop, defs)} | {default} | {_cell(notes)} |")
     return rows
 
 
 def settings_variables() -> list[tuple[str, Any, str]]:
-    """(environment variable, settings model, field name) for every setting read from the environment."""
+    """(environment variable, settings model, field name) for every setting read from the
+    environment.
+    """
     from pydantic_settings import BaseSettings
 
     from swf_testbed.settings import Settings
@@ -409,7 +422,8 @@ def _settings_rows(group: Any) -> list[str]:
         if env in _secret_variables():
             secret += f"; or `{env}_FILE`: a file holding it"
         rows.append(
-            f"| `{env}` | {_json_type(prop, schema.get('$defs', {}))} | {default} | {_cell(notes + secret)} |"
+            f"| `{env}` | {_json_type(prop, schema.get('$defs', {}))} | {default} | "
+            f"{_cell(notes + secret)} |"
         )
     return rows
 
@@ -438,14 +452,17 @@ def config_markdown() -> str:
         "# Configuration reference",
         "",
         "Generated by `swf-testbed docs config` from the pydantic models in",
-        "`swf_testbed.orchestrator.config` (testbed.toml) and `swf_testbed.settings` (environment);",
+        "`swf_testbed.orchestrator.config` (testbed.toml) and `swf_testbed.settings` "
+        "(environment);",
         "do not edit by hand. The prose is in [../orchestrator.md](../orchestrator.md) and",
         "[../operations.md](../operations.md).",
         "",
         "## testbed.toml",
         "",
-        'Unknown tables and keys are errors, types are strict (`enabled = "yes"` is refused), and an error',
-        "names the file, the key and what was expected. Addresses in the file give way to the environment",
+        'Unknown tables and keys are errors, types are strict (`enabled = "yes"` is refused), and '
+        "an error",
+        "names the file, the key and what was expected. Addresses in the file give way to the "
+        "environment",
         "(`ACTIVEMQ_HOST`, `ACTIVEMQ_PORT`, `SWF_MONITOR_URL`, `DATABASE_URL`).",
         "",
     ]
@@ -473,8 +490,10 @@ def config_markdown() -> str:
     lines += [
         "## Environment",
         "",
-        "Read by every program through `swf_testbed.settings.get_settings()` (names are case-insensitive).",
-        "What the orchestrator sets for the programs it starts is in [../orchestrator.md](../orchestrator.md).",
+        "Read by every program through `swf_testbed.settings.get_settings()` (names are "
+        "case-insensitive).",
+        "What the orchestrator sets for the programs it starts is in "
+        "[../orchestrator.md](../orchestrator.md).",
         "",
     ]
     for title, group in (
@@ -503,9 +522,12 @@ def config_markdown() -> str:
         lines += [
             "### Secrets from files",
             "",
-            f"Each of {names} can be given instead as `<NAME>_FILE`, the path of a file holding the value",
-            "(surrounding whitespace stripped). The file must not be open to group or others (`chmod 600`);",
-            "setting both `NAME` and `NAME_FILE` is an error. The orchestrator hands the `_FILE` variable on",
+            f"Each of {names} can be given instead as `<NAME>_FILE`, the path of a file holding "
+            f"the value",
+            "(surrounding whitespace stripped). The file must not be open to group or others "
+            "(`chmod 600`);",
+            "setting both `NAME` and `NAME_FILE` is an error. The orchestrator hands the `_FILE` "
+            "variable on",
             "to its programs, never the value.",
             "",
         ]
@@ -531,8 +553,12 @@ def openapi_yaml() -> str:
     from drf_spectacular.generators import SchemaGenerator
     from drf_spectacular.renderers import OpenApiYamlRenderer
 
-    schema = SchemaGenerator().get_schema(request=None, public=True)
-    return OpenApiYamlRenderer().render(schema, renderer_context={}).decode()
+    # drf-spectacular's generator and renderer carry no annotations
+    make_generator: Any = SchemaGenerator
+    make_renderer: Any = OpenApiYamlRenderer
+    generator, renderer = make_generator(), make_renderer()
+    schema = generator.get_schema(request=None, public=True)
+    return str(renderer.render(schema, renderer_context={}).decode())
 
 
 # --------------------------------------------------------------------------- all of them

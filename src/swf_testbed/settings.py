@@ -21,6 +21,8 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from swf_testbed.errors import Problem, describe
+
 
 class Profile(StrEnum):
     """``SWF_PROFILE``: ``dev`` (the default, embedded and forgiving) or ``production``.
@@ -35,11 +37,15 @@ class Profile(StrEnum):
 
 
 class SettingsError(ValueError):
-    """The environment does not make valid settings; the message names each variable and what is wrong."""
+    """The environment does not make valid settings; the message names each variable and what is
+    wrong.
+    """
 
 
 class ProductionConfigError(SettingsError):
-    """The production profile is on and the configuration is unsafe; ``problems`` names each issue."""
+    """The production profile is on and the configuration is
+    unsafe; ``problems`` names each issue.
+    """
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
@@ -81,7 +87,9 @@ class QueueMirror(StrEnum):
 
 
 SECRET_VARIABLES = ("ACTIVEMQ_PASSWORD", "SWF_SECRET_KEY", "SWF_API_TOKEN", "DATABASE_URL")
-"""Each can instead be given as ``<NAME>_FILE``: the path of a file holding it (see :class:`SecretFiles`)."""
+"""Each can instead be given as ``<NAME>_FILE``: the path of a file holding it (see
+:class:`SecretFiles`).
+"""
 
 
 class SecretFileError(SettingsError):
@@ -89,14 +97,16 @@ class SecretFileError(SettingsError):
 
 
 def read_secret_file(variable: str, path: str) -> str:
-    """The secret in ``path`` (surrounding whitespace stripped), refusing a file others can read or write."""
+    """The secret in ``path`` (surrounding whitespace stripped), refusing a file others can read or
+    write.
+    """
     file = Path(path).expanduser()
     try:
         mode = file.stat().st_mode
         if mode & 0o077:
             raise SecretFileError(
-                f"{variable}={path}: the file is open to group or others (mode {mode & 0o777:03o}); "
-                f"`chmod 600 {path}` so that only its owner can read it"
+                f"{variable}={path}: the file is open to group or others (mode "
+                f"{mode & 0o777:03o}); `chmod 600 {path}` so that only its owner can read it"
             )
         return file.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -104,7 +114,9 @@ def read_secret_file(variable: str, path: str) -> str:
 
 
 def secret_file_variables() -> dict[str, str]:
-    """The ``<NAME>_FILE`` variables set in this environment, to hand on to child programs as they are."""
+    """The ``<NAME>_FILE`` variables set in this environment, to hand on to child programs as they
+    are.
+    """
     return {
         f"{name}_FILE": os.environ[f"{name}_FILE"]
         for name in SECRET_VARIABLES
@@ -113,7 +125,9 @@ def secret_file_variables() -> dict[str, str]:
 
 
 def env_variable(model: type[BaseSettings], field_name: str) -> str:
-    """The environment variable a settings field is read from: its alias, else the model's prefix + its name."""
+    """The environment variable a settings field is read from: its alias, else the model's prefix +
+    its name.
+    """
     field = model.model_fields.get(field_name)
     alias = field.validation_alias if field is not None else None
     if isinstance(alias, str):
@@ -284,15 +298,16 @@ class MonitorSettings(_Settings):
     api_anonymous_logs_from: str = Field(
         "",
         examples=["127.0.0.0/8,10.1.0.0/16"],
-        description="comma-separated networks (e.g. 127.0.0.0/8,10.1.0.0/16) whose clients may post logs "
-        "without a token; empty = loopback only (127.0.0.0/8, ::1), and nobody with SWF_PROFILE=production",
+        description="comma-separated networks (e.g. 127.0.0.0/8,10.1.0.0/16) whose clients may "
+        "post logs without a token; empty = loopback only (127.0.0.0/8, ::1), and nobody with "
+        "SWF_PROFILE=production",
     )
     api_anonymous_logs_rate: str = Field(
         "20000/min",
         examples=["20/s"],
-        description="anonymous log posts accepted per client address, as N/s, N/min or N/h; past it a 429 "
-        "(counted on the Logs page). The default takes bursts of a busy v28 run (~40 records per STF) and "
-        "bounds a flood to ~330 rows/s",
+        description="anonymous log posts accepted per client address, as N/s, N/min or N/h; past "
+        "it a 429 (counted on the Logs page). The default takes bursts of a busy v28 run (~40 "
+        "records per STF) and bounds a flood to ~330 rows/s",
     )
     sqlite_busy_timeout_s: float = Field(
         20.0, gt=0, description="SQLite busy timeout (web and ingest write together)"
@@ -300,8 +315,9 @@ class MonitorSettings(_Settings):
     db_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="PostgreSQL: connect timeout; the longest the ingest waits on one database call "
-        "before it drops the connection and retries; twice this, how long the server keeps a transaction left idle",
+        description="PostgreSQL: connect timeout; the longest the ingest waits on one database "
+        "call before it drops the connection and retries; twice this, how long the server keeps a "
+        "transaction left idle",
     )
     ingest_batch_size: int = Field(
         500, ge=1, le=10_000, description="messages per ingest transaction at most"
@@ -431,15 +447,15 @@ class Settings(_Settings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     legacy_timezone: str = Field(
         "",
-        description="time zone (IANA name, e.g. Europe/Berlin) in which naive timestamps of ePIC v28 agents "
-        "are read; empty = this host's local zone",
+        description="time zone (IANA name, e.g. Europe/Berlin) in which naive timestamps of ePIC "
+        "v28 agents are read; empty = this host's local zone",
         examples=["Europe/Berlin"],
     )
     agent_gone_after_s: float = Field(
         600.0,
         gt=0,
-        description="an agent silent this long without having sent EXITED is shown as gone "
-        "(ended: a run-once runner, a killed process), not down, and leaves the needs-attention list",
+        description="an agent silent this long without having sent EXITED is shown as gone (ended: "
+        "a run-once runner, a killed process), not down, and leaves the needs-attention list",
     )
     _legacy_zone: tzinfo = PrivateAttr()
 
@@ -484,7 +500,8 @@ class Settings(_Settings):
             )
         elif broker.user == "admin" and broker.password == "admin":
             problems.append(
-                "broker credentials admin/admin are the well-known default; set ACTIVEMQ_USER/PASSWORD"
+                "broker credentials admin/admin are the well-known default; set "
+                "ACTIVEMQ_USER/PASSWORD"
             )
         if monitor:
             mon = self.monitor
@@ -510,7 +527,9 @@ class Settings(_Settings):
         return problems
 
     def check_production(self, *, monitor: bool = False) -> None:
-        """Raise :class:`ProductionConfigError` naming every problem of :meth:`production_problems`."""
+        """Raise :class:`ProductionConfigError` naming every problem
+        of :meth:`production_problems`.
+        """
         problems = self.production_problems(monitor=monitor)
         if problems:
             raise ProductionConfigError(problems)
@@ -520,7 +539,9 @@ MIN_SECRET_KEY_LENGTH = 32
 
 
 def host_zone() -> tzinfo:
-    """This host's local time zone (``TZ``, else the system's setting), read now (tzlocal would cache it)."""
+    """This host's local time zone (``TZ``, else the system's setting), read now (tzlocal would
+    cache it).
+    """
     return tzlocal.reload_localzone()
 
 
@@ -545,10 +566,10 @@ def describe_settings_error(exc: ValidationError) -> str:
     model = {cls.__name__: cls for cls in (BrokerSettings, MonitorSettings, Settings)}.get(
         exc.title, Settings
     )
-    lines = []
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else ""
-        variable = env_variable(model, name)
-        shown = "" if variable in SECRET_VARIABLES else f" (got {error.get('input')!r})"
-        lines.append(f"{variable}: {error['msg']}{shown}")
-    return "invalid settings in the environment:\n  - " + "\n  - ".join(lines)
+
+    def word(problem: Problem) -> str:
+        variable = env_variable(model, problem.loc[0] if problem.loc else "")
+        shown = "" if variable in SECRET_VARIABLES else f" (got {problem.input!r})"
+        return f"{variable}: {problem.msg}{shown}"
+
+    return "invalid settings in the environment:\n  - " + describe(exc, word=word, sep="\n  - ")

@@ -1,1 +1,3 @@
-"""Compatibility with the existing ePIC agents (their v28 dialect), tested with a fixture that speaks it."""
+"""Compatibility with the existing ePIC agents (their v28 dialect), tested with a fixture that
+speaks it.
+"""

@@ -1,4 +1,5 @@
-"""The real monitor (web + ingest, each its own process) on a broker and a database, for the legacy agents.
+"""The real monitor (web + ingest, each its own process) on a broker and a database, for the legacy
+agents.
 
 Used by ``tests/compat`` and ``bench/legacy.py``. The processes are the
 ones ``swf-testbed monitor serve`` / ``ingest`` run; the database is a
@@ -27,7 +28,9 @@ LEGACY = [sys.executable, "-m", "tests.compat.legacy_agents"]
 
 
 def clean_environ() -> dict[str, str]:
-    """This environment without any broker, monitor or database setting (each process gets its own)."""
+    """This environment without any broker, monitor or database
+    setting (each process gets its own).
+    """
     return {
         k: v
         for k, v in os.environ.items()
@@ -37,7 +40,9 @@ def clean_environ() -> dict[str, str]:
 
 @dataclass
 class MonitorStack:
-    """``monitor serve`` and ``monitor ingest`` on ``broker`` and ``database_url``, with a token for agents."""
+    """``monitor serve`` and ``monitor ingest`` on ``broker`` and ``database_url``, with a token for
+    agents.
+    """
 
     broker: BrokerProcess
     database_url: str
@@ -110,7 +115,8 @@ class MonitorStack:
         return self
 
     def wait_ingesting(self, timeout: float) -> None:
-        """Probe heartbeats (sent with our own client: this is the harness, not the legacy agents) until one
+        """Probe heartbeats (sent with our own client: this is the harness, not the legacy agents)
+        until one
         is recorded: the ingest is then subscribed."""
         from swf_testbed.messages import Heartbeat
         from swf_testbed.mq.client import BrokerClient

@@ -1,4 +1,6 @@
-"""The legacy-agent fixture's own rules (no services): its environment, its sampling, its endpoint names."""
+"""The legacy-agent fixture's own rules (no services): its environment, its sampling, its endpoint
+names.
+"""
 
 from __future__ import annotations
 

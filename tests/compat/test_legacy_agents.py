@@ -1,9 +1,9 @@
 """The existing ePIC agents (their v28 dialect), unchanged, against the real swf-testbed stack.
 
-A 10-STF fast-processing run of the legacy-agent fixture (``tests/compat/legacy_agents``: stomp.py and
-plain HTTP, nothing of ours) against a real broker and the real monitor (web and ingest as their own
-processes), once on the embedded broker + SQLite and once on ActiveMQ Classic + PostgreSQL. One run per
-stack; each test checks one requirement of issue 10 on it.
+A 10-STF fast-processing run of the legacy-agent fixture (``tests/compat/legacy_agents``: stomp.py
+and plain HTTP, nothing of ours) against a real broker and the real monitor (web and ingest as their
+own processes), once on the embedded broker + SQLite and once on ActiveMQ Classic + PostgreSQL. One
+run per stack; each test checks one requirement of issue 10 on it.
 
 """
 
@@ -68,7 +68,9 @@ class LegacyRun:
         return [m for m in self.report["messages"] if not msg_types or m["msg_type"] in msg_types]
 
     def recorded(self) -> list[dict[str, Any]]:
-        """Every message the monitor holds but the ingest probes (the database is this run's alone)."""
+        """Every message the monitor holds but the ingest probes (the
+        database is this run's alone).
+        """
         rows: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -101,7 +103,9 @@ class LegacyRun:
     params=["embedded+sqlite", pytest.param("activemq+postgresql", marks=pytest.mark.activemq)],
 )
 def legacy_run(request: pytest.FixtureRequest) -> Iterator[LegacyRun]:
-    """One paced 10-STF run (sampling 1.0, 15 slices per sample, a pause after STF 5) on a fresh stack."""
+    """One paced 10-STF run (sampling 1.0, 15 slices per sample, a pause after STF 5) on a fresh
+    stack.
+    """
     home = Path(tempfile.mkdtemp(prefix="swf-legacy-"))
     drop: Callable[[], None] | None = None
     if request.param == "activemq+postgresql":
@@ -146,11 +150,12 @@ def legacy_run(request: pytest.FixtureRequest) -> Iterator[LegacyRun]:
             drop()
 
 
-# --------------------------------------------------------------------------- the fixture itself and what works today
+# ---------------------------------------------------------- the fixture itself and what works today
 
 
 def test_the_legacy_run_completes_and_every_call_is_answered(legacy_run: LegacyRun) -> None:
-    """The fixture ran the whole chain: every agent handled end_run, every REST call got an HTTP answer,
+    """The fixture ran the whole chain: every agent handled end_run, every REST call got an HTTP
+    answer,
     none a server error, and every one is 2xx."""
     report = legacy_run.report
     assert report["completed"], report["errors"]
@@ -197,7 +202,8 @@ def test_what_the_rest_calls_made_is_in_the_monitor(legacy_run: LegacyRun) -> No
 
 
 def test_every_topic_message_is_recorded_once_with_its_body(legacy_run: LegacyRun) -> None:
-    """The run's lifecycle on /topic/epictopic reaches the monitor's messages table, each message once, its
+    """The run's lifecycle on /topic/epictopic reaches the monitor's messages table, each message
+    once, its
     body (simulation_tick, string run_id, naive timestamp) kept as sent."""
     sent = [m for m in legacy_run.sent() if m["destination"].startswith("/topic/")]
     assert Counter(m["msg_type"] for m in sent) == {
@@ -218,11 +224,13 @@ def test_every_topic_message_is_recorded_once_with_its_body(legacy_run: LegacyRu
     )
 
 
-# --------------------------------------------------------------------------- needs the other parts of issue 10
+# ---------------------------------------------------------------- needs the other parts of issue 10
 
 
 def test_every_message_is_recorded_valid(legacy_run: LegacyRun) -> None:
-    """Every message recorded (the topic's for sure; the queues' once mirrored, checked again below) is valid."""
+    """Every message recorded (the topic's for sure; the queues' once mirrored, checked again below)
+    is valid.
+    """
     expected = sum(m["destination"].startswith("/topic/") for m in legacy_run.sent())
     rows = legacy_run.wait_recorded(
         lambda rows: sum(r["destination"].startswith("/topic/") for r in rows) >= expected,
@@ -255,8 +263,10 @@ def test_queue_traffic_reaches_the_monitor(legacy_run: LegacyRun) -> None:
 
 
 def test_the_run_is_linked_to_its_execution_and_namespace(legacy_run: LegacyRun) -> None:
-    """The run the data agent POSTed (no execution, no namespace) and the one run_imminent announced are one
-    row, linked to the execution and namespace of the messages; the execution's STF count is the run's."""
+    """The run the data agent POSTed (no execution, no namespace) and the one run_imminent
+    announced are one
+    row, linked to the execution and namespace of the messages; the execution's STF count is the
+    run's."""
     api = legacy_run.stack.api
     runs = api("/api/runs/", run_number=legacy_run.run_number)
     assert len(runs) == 1
@@ -271,7 +281,9 @@ def test_the_run_is_linked_to_its_execution_and_namespace(legacy_run: LegacyRun)
 
 
 def test_the_execution_page_shows_the_run_in_full(legacy_run: LegacyRun) -> None:
-    """STF count, the run-state timeline (beam, physics, standby), the run with its STFs, its state events."""
+    """STF count, the run-state timeline (beam, physics, standby), the run with its STFs, its state
+    events.
+    """
     n = legacy_run.run_number
     page = legacy_run.stack.page(f"/executions/{legacy_run.execution_id}/")
     stf_total = re.search(r"STF files</dt>\s*<dd>(?:<a[^>]*>)?(\d+)", page)
@@ -297,7 +309,9 @@ def test_the_executions_list_shows_the_stf_count(legacy_run: LegacyRun) -> None:
 
 
 def test_the_run_page_links_its_execution_and_its_messages(legacy_run: LegacyRun) -> None:
-    """The run page names its execution and namespace; "messages of this run" finds the run's messages."""
+    """The run page names its execution and namespace; "messages of this run" finds the run's
+    messages.
+    """
     n = legacy_run.run_number
     page = legacy_run.stack.page(f"/runs/{n}/")
     assert f'href="/executions/{legacy_run.execution_id}/"' in page
@@ -327,7 +341,8 @@ def test_state_events_with_null_substate_are_kept(legacy_run: LegacyRun) -> None
 
 
 def test_every_log_record_is_kept_and_linked(legacy_run: LegacyRun) -> None:
-    """About 40 anonymous log posts per STF, each 2xx (the agents never fell silent), each kept, linked to
+    """About 40 anonymous log posts per STF, each 2xx (the agents never fell silent), each kept,
+    linked to
     the execution and run of its extra_data, and shown on the execution page."""
     posts = legacy_run.calls("POST /logs/", anonymous=True)
     assert len(posts) >= 30 * STFS
@@ -381,7 +396,8 @@ def test_anonymous_log_post_from_loopback_is_accepted(legacy_run: LegacyRun) -> 
 
 
 def test_anonymous_log_post_from_an_unlisted_address_is_refused(legacy_run: LegacyRun) -> None:
-    """The same post from 127.0.0.2 (a real socket bound there; outside the monitor's list) is a 401, and
+    """The same post from 127.0.0.2 (a real socket bound there; outside the monitor's list) is a
+    401, and
     nothing is kept. A token still may."""
     marker = f"from elsewhere {uuid.uuid4().hex}"
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as client:

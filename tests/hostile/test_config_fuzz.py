@@ -201,7 +201,9 @@ def _assert_runnable(config: Any, tmp: Path) -> None:
 def test_testbed_toml_one_hostile_value(
     path: tuple[str, ...], value: Any, tmp_path_factory: Any
 ) -> None:
-    """One key of a valid file set to a hostile value: a runnable config, or an error naming file and key."""
+    """One key of a valid file set to a hostile value: a runnable config, or an error naming file
+    and key.
+    """
     text = toml_document(_set(BASE, path, value))
     try:
         config = parse(text, FILE, check_modules=False)
@@ -227,7 +229,9 @@ def test_testbed_toml_one_hostile_value(
     extra=st.dictionaries(_text, hostile, max_size=3),
 )
 def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Arbitrary documents (and arbitrary sections next to a valid one): only ConfigError, naming the file."""
+    """Arbitrary documents (and arbitrary sections next to a valid one): only ConfigError, naming
+    the file.
+    """
     for doc in (data, {**BASE, **extra}):
         try:
             parse(toml_document(doc), FILE, check_modules=False)
@@ -279,7 +283,8 @@ def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str,
         ('[testbed]\nnamespace = "x"\n[testbed.sub]\nx = 1\n', "testbed.sub"),
         ("[testbed]\nnamespace = { a = 1 }\n", "testbed.namespace"),
         (
-            '[testbed]\nnamespace = "x"\n[agents.a]\nmodule = "a.b:C"\noptions = { when = 2026-01-01T00:00:00 }\n',
+            '[testbed]\nnamespace = "x"\n[agents.a]\nmodule = "a.b:C"\noptions = { when = '
+            "2026-01-01T00:00:00 }\n",
             "agents.a.options.when",
         ),
         (
@@ -290,7 +295,9 @@ def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str,
     ],
 )
 def test_known_hostile_values(text: str, named: str) -> None:
-    """Values the fuzzer may not reach: deep nesting, huge integers, inf, newlines into supervisord."""
+    """Values the fuzzer may not reach: deep nesting, huge integers,
+    inf, newlines into supervisord.
+    """
     with pytest.raises(ConfigError) as info:
         parse(text, FILE, check_modules=False)
     first = str(info.value).splitlines()[0]
@@ -330,7 +337,9 @@ WORKFLOW_KEYS = [
     name=st.sampled_from(["stf_datataking_default", "fast_processing_default"]),
 )
 def test_parameters_overrides(overrides: dict[str, Any], name: str) -> None:
-    """testbed.toml [parameters] as overrides of a shipped workflow config: a config or a ConfigError."""
+    """testbed.toml [parameters] as overrides of a shipped workflow config: a config or a
+    ConfigError.
+    """
     try:
         merged = wf.load_config(name, overrides)
     except wf.ConfigError as exc:
@@ -366,7 +375,9 @@ def test_parameters_overrides(overrides: dict[str, Any], name: str) -> None:
 def test_workflow_config_files(
     daq: dict[str, Any], top: dict[str, Any], include: list[str], tmp_path_factory: Any
 ) -> None:
-    """A user's own workflow config file with hostile sections, keys and includes (paths outside too)."""
+    """A user's own workflow config file with hostile sections, keys and includes (paths outside
+    too).
+    """
     root = tmp_path_factory.mktemp("configs")
     doc: dict[str, Any] = {"include": include, "daq": daq, **top}
     (root / "mine.toml").write_text(toml_document(doc), encoding="utf-8")
@@ -415,7 +426,9 @@ def test_include_outside_the_config_directory_is_a_clear_error(tmp_path: Path) -
 def test_cli_refuses_bad_files_with_exit_2(
     tmp_path: Path, text: str, key: str, command: str
 ) -> None:
-    """The real CLI: exit code 2 and one clear line per problem naming file and key, no traceback."""
+    """The real CLI: exit code 2 and one clear line per problem
+    naming file and key, no traceback.
+    """
     bad = tmp_path / "bad.toml"
     if text.startswith("\xff"):
         bad.write_bytes(text.encode("latin-1"))

@@ -87,7 +87,7 @@ class Bed:
     def beats(self, agent: str) -> list[Heartbeat]:
         return [
             b
-            for b in self.watch.of_type("heartbeat")  # type: ignore[misc]
+            for b in self.watch.of_type("heartbeat")  # type: ignore[misc]  # of_type is untyped
             if isinstance(b, Heartbeat)
             and b.agent_name == agent
             and b.namespace == self.agents[agent].namespace
@@ -252,7 +252,8 @@ def _ready_again(bed: Bed, since: float) -> None:
 
 
 def _producer(message_id: str) -> str:
-    """The sending connection named in a broker message-id (ActiveMQ: ID:<connection>:<session>:<producer>:<n>;
+    """The sending connection named in a broker message-id (ActiveMQ:
+    ID:<connection>:<session>:<producer>:<n>;
     embedded: <session>:<n>)."""
     if message_id.startswith("ID:") and message_id.count(":") >= 4:
         return message_id.rsplit(":", 3)[0]
@@ -312,13 +313,13 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
         ),
     ]
     started = time.time()
-    for marker, body, _reason in cases:  # to namespace A's data topic: agent A must deal with each
+    for _marker, body, _reason in cases:  # to namespace A's data topic: agent A must deal with each
         bed.raw_send(bed.data(a), body)
     epic = [
         (f"{marker}-epic", body.replace(marker.encode(), f"{marker}-epic".encode()), reason)
         for marker, body, reason in cases[:2] + cases[6:8]
     ]
-    for marker, body, _reason in epic:  # the run topic: only the ingest listens there
+    for _marker, body, _reason in epic:  # the run topic: only the ingest listens there
         bed.raw_send(str(RUN_TOPIC), body)
 
     # a valid message for namespace B on A's topic: ignored by A (counted), recorded as it is
@@ -455,9 +456,9 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
     )
     assert "Traceback" not in bed.ingest.log(), bed.ingest.log()[-3000:]
     print(
-        f"\n[{bed.broker.name}] bad bodies recorded: {len(cases) + len(epic)}, dead-lettered by echo-a: "
-        f"{len(cases)}, in {time.time() - started:.1f} s; forged message from connection {forged_producer}, "
-        f"echo-a's own from {own_producers.pop()}"
+        f"\n[{bed.broker.name}] bad bodies recorded: {len(cases) + len(epic)}, dead-lettered by "
+        f"echo-a: {len(cases)}, in {time.time() - started:.1f} s; forged message from connection "
+        f"{forged_producer}, echo-a's own from {own_producers.pop()}"
     )
 
 
@@ -465,7 +466,9 @@ def test_bad_messages_recorded_dead_lettered_and_survived(bed: Bed) -> None:
 
 
 def _logged_drops(broker: BrokerProcess, client_id: str) -> int:
-    """Messages the embedded broker says it dropped from the ingest's durable backlogs (it logs them)."""
+    """Messages the embedded broker says it dropped from the ingest's durable backlogs (it logs
+    them).
+    """
     if broker.log_path is None or not broker.log_path.exists():
         return 0
     text = broker.log_path.read_text(errors="replace")
@@ -557,8 +560,9 @@ def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
     assert count + dropped == FLOOD, (count, dropped)
     assert m.WorkflowMessage.objects.filter(msg_id__startswith=prefix, is_valid=False).count() == 0
 
-    # after the flood: a legitimate message to A is handled (resent while A may still be reconnecting
-    # or working through its backlog: on a topic, a message sent while it is away is not for it)
+    # after the flood: a legitimate message to A is handled (resent while A may still be
+    # reconnecting or working through its backlog: on a topic, a message sent while it is away is
+    # not for it)
     after = f"{prefix}a-after"
     attempt = 0
 
@@ -581,8 +585,9 @@ def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
     )
     print(
         f"\n[{bed.broker.name}] flood: {FLOOD} messages sent at {rate:,.0f} msg/s "
-        f"({time.time() - wall_start:.1f} s in all); ingest recorded {count}, broker dropped {dropped}; "
-        f"ingest caught up {catch_up:.1f} s after the last send; echo-b answered in {b_latency:.2f} s "
-        f"(flood still running: {b_during_flood}); echo-a counters {a_counters}; "
-        f"echo-a connection losses: {bed.agents['echo-a'].log().count('lost the broker connection')}"
+        f"({time.time() - wall_start:.1f} s in all); ingest recorded {count}, broker dropped "
+        f"{dropped}; ingest caught up {catch_up:.1f} s after the last send; echo-b answered in "
+        f"{b_latency:.2f} s (flood still running: {b_during_flood}); echo-a counters {a_counters}; "
+        f"echo-a connection losses: "
+        f"{bed.agents['echo-a'].log().count('lost the broker connection')}"
     )

@@ -28,10 +28,11 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def launch_browser() -> Iterator[Any]:
+    """A headless Chromium until the generator is closed: the body of the ``browser`` fixtures."""
     playwright_api = pytest.importorskip("playwright.sync_api")
-    # Playwright's sync API runs an event loop in this thread; the ORM calls of the test are still sync.
+    # Playwright's sync API runs an event loop in this thread; the ORM calls of the test are still
+    # sync.
     saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
@@ -44,3 +45,7 @@ def browser() -> Iterator[Any]:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
+
+
+browser = pytest.fixture(scope="module", name="browser")(launch_browser)
+"""The fixture, for test directories without one in their conftest (tests/monitor has one)."""

@@ -107,3 +107,11 @@ def record(db: None) -> Iterator[Callable[..., Any]]:
         return record_batch([Incoming(body=b, destination=destination) for b in bodies])
 
     yield run
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium, one per test module (the browser tests' pages come from it)."""
+    from .browserlib import launch_browser
+
+    yield from launch_browser()

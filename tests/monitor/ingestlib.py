@@ -127,7 +127,8 @@ def wait_until_ingesting(
     timeout: float = 60.0,
     any_recorded: Callable[[list[str]], bool] | None = None,
 ) -> None:
-    """Send probes until one is recorded: the ingest is then subscribed (and its durable subscriptions exist).
+    """Send probes until one is recorded: the ingest is then subscribed (and its durable
+    subscriptions exist).
 
     ``any_recorded(msg_ids)`` looks in the database; by default through this test's Django ORM.
     """

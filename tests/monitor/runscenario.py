@@ -1,4 +1,5 @@
-"""A 10-STF run as the agents report it, recorded the way the ingest records it (shared by the figure tests).
+"""A 10-STF run as the agents report it, recorded the way the ingest records it (shared by the
+figure tests).
 
 The DAQ takes data for 10 s (start_run → end_run, with a standby in the
 middle); the last slice result arrives 4 s after end_run, still carrying the

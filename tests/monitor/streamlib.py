@@ -22,7 +22,9 @@ class Event:
 
 
 class StreamReader:
-    """``GET url`` as a stream; every event lands in :attr:`events` (a queue) until :meth:`close`."""
+    """``GET url`` as a stream; every event lands in
+    :attr:`events` (a queue) until :meth:`close`.
+    """
 
     def __init__(
         self,

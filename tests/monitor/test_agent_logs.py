@@ -40,7 +40,9 @@ TIMEOUT = 120.0
 
 
 class AgentProcess:
-    """``swf-testbed agent run tests.support.agents:LoggingAgent`` as a child process, its output in a file."""
+    """``swf-testbed agent run tests.support.agents:LoggingAgent`` as a child process, its output in
+    a file.
+    """
 
     def __init__(self, broker_env: dict[str, str], namespace: str, name: str, *args: str) -> None:
         self.log_path = Path(tempfile.mkdtemp(prefix="swf-agent-")) / "agent.log"
@@ -255,12 +257,12 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(
                 client.send(Topic(topic), _stf(ns, name, f"exec-{tag}", 100003))
             done = start + chunk
             watch.wait_for(
-                lambda ms: len(logged(ms, f"handled {phase}.")) >= done,
+                lambda ms, phase=phase, done=done: len(logged(ms, f"handled {phase}.")) >= done,
                 timeout=TIMEOUT,
                 what=f"{done} warnings ({phase}) sent",
             )
         watch.wait_for(
-            lambda ms: len(replies(f"{phase}.")) == n,
+            lambda ms, phase=phase: len(replies(f"{phase}.")) == n,
             timeout=TIMEOUT,
             what=f"{n} replies ({phase})",
         )

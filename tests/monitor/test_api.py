@@ -191,7 +191,8 @@ def test_nul_characters_are_refused_or_stored_never_500(api: Any) -> None:
 LOG = {
     "app_name": "processing_agent",
     "instance_name": "processing-agent-alice-7",
-    "timestamp": "2026-03-01T12:00:00.123456",  # naive, local isoformat: what the REST log handler sends
+    # naive, local isoformat: what the REST log handler sends
+    "timestamp": "2026-03-01T12:00:00.123456",
     "level": 20,
     "levelname": "INFO",
     "message": "Processed STF swf.000001.000003.stf",
@@ -647,7 +648,7 @@ def test_ordering(api: Any, record: Any, make_message: Any) -> None:
     ] == ["b", "a"]
 
 
-# --------------------------------------------------------------------------- counters and namespaces
+# -------------------------------------------------------------------------- counters and namespaces
 
 
 def test_counters(api: Any) -> None:
@@ -800,8 +801,10 @@ def test_system_state_event_with_a_null_substate(api: Any) -> None:
 def test_rest_slice_and_sample_writes_leave_the_run_state_counted_from_the_tables(
     api: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    """An agent's read-then-PATCH of a counter (as v28 fast processing does) races the ingest's recount;
-    a slice or sample written over REST recounts its run once committed, so the last recount leaves the true
+    """An agent's read-then-PATCH of a counter (as v28 fast processing does) races the ingest's
+    recount;
+    a slice or sample written over REST recounts its run once committed, so the last recount leaves
+    the true
     figures. (The test runs in a transaction: its commit callbacks are run as each request ends.)"""
     run = _run(api)
     api.post("/api/run-states/100012/", {"phase": "running", "state": "run"}, format="json")

@@ -1,15 +1,13 @@
 """The whole OpenAPI schema, fuzzed against the live monitor over HTTP (schemathesis).
 
-Every operation that ``/api/schema/`` documents is called with generated
-requests, valid and invalid (JSON, form and multipart bodies, odd query
-strings), as a staff user with a token and anonymously. Asserted for every
-response: never a 5xx, the content type and (for documented statuses) the body
-as the schema says; anonymously, never a write but a log from loopback. The database is seeded with one
-row of everything first, and generated path parameters are mixed with the ids
-of those rows, so detail, update and delete operations reach real objects
-instead of only 404s. Bounded for CI: ``SWF_FUZZ_EXAMPLES`` (default 30)
-generated requests per operation as staff, a sixth of that anonymously (an
-anonymous write stops at the permission check); the seed is fixed
+Every operation that ``/api/schema/`` documents is called with generated requests, valid and invalid
+(JSON, form and multipart bodies, odd query strings), as a staff user with a token and anonymously.
+Asserted for every response: never a 5xx, the content type and (for documented statuses) the body as
+the schema says; anonymously, never a write but a log from loopback. The database is seeded with one
+row of everything first, and generated path parameters are mixed with the ids of those rows, so
+detail, update and delete operations reach real objects instead of only 404s. Bounded for CI:
+``SWF_FUZZ_EXAMPLES`` (default 30) generated requests per operation as staff, a sixth of that
+anonymously (an anonymous write stops at the permission check); the seed is fixed
 (``SWF_FUZZ_SEED``) so a failure reproduces.
 """
 
@@ -39,7 +37,8 @@ SAFE = {"GET", "HEAD", "OPTIONS"}
 
 
 def _checks() -> list[Any]:
-    """No 5xx; content type and body as documented (drf-spectacular documents each operation's success).
+    """No 5xx; content type and body as documented (drf-spectacular documents each operation's
+    success).
 
     Not checked: undocumented statuses (400/401/404 are not in the schema) and "the server refused
     schema-valid data" (the schema carries no pattern for names, no existence of foreign keys).
@@ -59,7 +58,9 @@ def _config() -> Any:
 
 
 def _existing_path_parameters(api: APIClient, schema: Any) -> dict[str, list[dict[str, Any]]]:
-    """For each operation with path parameters, the parameters of the rows that exist (from its list)."""
+    """For each operation with path parameters, the parameters of the rows that exist (from its
+    list).
+    """
     found: dict[str, list[dict[str, Any]]] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -110,7 +111,9 @@ def api_schema(live_server: Any, staff_token: str, record: Any, make_message: An
 
 
 def _strategy(operation: Any) -> Any:
-    """Valid and invalid requests for the operation (invalid ones only where the schema allows any)."""
+    """Valid and invalid requests for the operation (invalid ones
+    only where the schema allows any).
+    """
     from schemathesis import GenerationMode
 
     strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
@@ -121,12 +124,57 @@ def _strategy(operation: Any) -> Any:
     return st.one_of(*strategies)
 
 
+def _operation_test(
+    operation: Any,
+    who: str,
+    headers: dict[str, str],
+    examples: int,
+    tally: tuple[dict[str, int], set[int], list[float]],
+) -> Any:
+    """The hypothesis test of one operation; ``tally`` gets its calls, statuses, seconds waited."""
+    from hypothesis import HealthCheck, Phase
+
+    calls, statuses, waited = tally
+
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @hypothesis.seed(SEED)
+    @hypothesis.given(case=_strategy(operation))
+    def call(case: Any) -> None:
+        t0 = time.monotonic()
+        response = case.call_and_validate(headers=headers, checks=_checks(), timeout=60)
+        waited[0] += time.monotonic() - t0
+        calls[operation.label] = calls.get(operation.label, 0) + 1
+        statuses.add(response.status_code)
+        if who == "anonymous" and case.method.upper() not in SAFE:
+            # 401/403 from the permission check; 404/405/406 from routing and content
+            # negotiation, which come before it. Never a success, but for the one anonymous
+            # write: a log posted from loopback (this client's address), which may also be
+            # invalid or rate-limited. (The auth matrix in test_security.py is exact.)
+            allowed = {401, 403, 404, 405, 406}
+            if case.method.upper() == "POST" and operation.path == "/api/logs/":
+                allowed |= {201, 400, 415, 429}
+            assert response.status_code in allowed, (
+                f"anonymous {case.method.upper()} answered {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+
+    return call
+
+
 def _fuzz(
     schema: Any, who: str, headers: dict[str, str], examples: int
 ) -> tuple[list[str], dict[str, Any]]:
-    """Every operation of the schema, ``examples`` generated requests each; failures per operation."""
-    from hypothesis import HealthCheck, Phase
-
+    """Every operation of the schema, ``examples`` generated
+    requests each; failures per operation.
+    """
     failures: list[str] = []
     calls: dict[str, int] = {}
     statuses: set[int] = set()
@@ -134,34 +182,7 @@ def _fuzz(
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @hypothesis.settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            derandomize=False,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-            print_blob=False,
-        )
-        @hypothesis.seed(SEED)
-        @hypothesis.given(case=_strategy(operation))
-        def call(case: Any) -> None:
-            t0 = time.monotonic()
-            response = case.call_and_validate(headers=headers, checks=_checks(), timeout=60)
-            waited[0] += time.monotonic() - t0
-            calls[operation.label] = calls.get(operation.label, 0) + 1
-            statuses.add(response.status_code)
-            if who == "anonymous" and case.method.upper() not in SAFE:
-                # 401/403 from the permission check; 404/405/406 from routing and content negotiation,
-                # which come before it. Never a success, but for the one anonymous write: a log posted
-                # from loopback (this client's address), which may also be invalid or rate-limited.
-                # (The auth matrix in test_security.py is exact.)
-                allowed = {401, 403, 404, 405, 406}
-                if case.method.upper() == "POST" and operation.path == "/api/logs/":
-                    allowed |= {201, 400, 415, 429}
-                assert response.status_code in allowed, (
-                    f"anonymous {case.method.upper()} answered {response.status_code}: {response.text[:300]}"
-                )
+        call = _operation_test(operation, who, headers, examples, (calls, statuses, waited))
 
         try:
             call()
@@ -176,7 +197,9 @@ def _fuzz(
 
 
 def test_fuzz_every_operation_as_staff_and_anonymously(api_schema: Any, staff_token: str) -> None:
-    """No 5xx, documented bodies as documented, no anonymous write: all operations, two identities."""
+    """No 5xx, documented bodies as documented, no anonymous write:
+    all operations, two identities.
+    """
     operations = sum(1 for _ in api_schema.get_all_operations())
     figures = {}
     failures: list[str] = []

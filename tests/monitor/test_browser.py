@@ -1,4 +1,6 @@
-"""The UI in headless Chromium (Debian's ``chromium``, driven by Playwright; never ``playwright install``)."""
+"""The UI in headless Chromium (Debian's ``chromium``, driven by Playwright; never ``playwright
+install``).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from swf_testbed.mq.client import BrokerClient
 from swf_testbed.mq.destinations import RUN_TOPIC
 from swf_testbed.testing.brokers import BrokerProcess
 
-from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
+from .browserlib import needs_chromium
 from .ingestlib import IngestProcess, wait_until_ingesting
 
 pytestmark = [
@@ -135,12 +137,14 @@ def test_html_in_a_body_renders_as_text(live_server: Any, page: Any, record: Any
         assert page.locator("main script").count() == 0
 
 
-# --------------------------------------------------------------------------- figures and plots of a 10-STF run
+# ---------------------------------------------------------------- figures and plots of a 10-STF run
 
 
 @pytest.fixture
 def shots(tmp_path: Any) -> Any:
-    """Where the screenshots of the plots go, for people to look at (the path is printed; run with -s)."""
+    """Where the screenshots of the plots go, for people to look at (the path is printed; run with
+    -s).
+    """
     directory = tmp_path / "screenshots"
     directory.mkdir()
     print(f"\nscreenshots in {directory}")
@@ -148,7 +152,9 @@ def shots(tmp_path: Any) -> Any:
 
 
 def _check_plots(page: Any, shots: Any, prefix: str) -> int:
-    """Every plot on the page: as wide as the page, a time axis with labels, bar charts with y values."""
+    """Every plot on the page: as wide as the page, a time axis with labels, bar charts with y
+    values.
+    """
     figures = page.locator("figure.plot")
     main_width = page.locator("main").bounding_box()["width"]
     for i in range(figures.count()):

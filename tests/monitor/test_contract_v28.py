@@ -47,7 +47,9 @@ class Answer:
 
 @dataclass
 class Http:
-    """One agent's HTTP client: plain http.client, no redirects followed, optionally from a given source address."""
+    """One agent's HTTP client: plain http.client, no redirects followed, optionally from a given
+    source address.
+    """
 
     base: str
     token: str = ""
@@ -98,7 +100,9 @@ class Http:
 
 @pytest.fixture(autouse=True)
 def _fresh_rate_windows() -> None:
-    """Rate-limit windows and the refusal count live in the web process's cache: start each test without them."""
+    """Rate-limit windows and the refusal count live in the web process's cache: start each test
+    without them.
+    """
     from django.core.cache import cache
 
     cache.clear()
@@ -403,7 +407,8 @@ def test_every_v28_rest_call_in_the_order_of_a_run(live_server: Any, agent_token
         expect=201,
     )
 
-    # --- logs: anonymous, one post per record, linked from extra_data (run_id as the agents send it: a string)
+    # --- logs: anonymous, one post per record, linked from extra_data (run_id as the agents send
+    # it: a string)
     logs.call(
         "POST",
         "/api/logs/",
@@ -450,7 +455,9 @@ def test_every_v28_rest_call_in_the_order_of_a_run(live_server: Any, agent_token
 
 
 def test_the_stage_fields_are_all_optional(live_server: Any, agent_token: str) -> None:
-    """A stage with only a status is stored; the execution and agent stay empty (nothing made up)."""
+    """A stage with only a status is stored; the execution and
+    agent stay empty (nothing made up).
+    """
     api = Http(live_server.url, token=agent_token)
     bare = api.call("POST", "/api/workflow-stages/", {"status": "received"}, expect=201).body
     assert bare["execution_id"] is None and bare["agent"] is None and bare["agent_name"] == ""
@@ -472,7 +479,7 @@ def test_favicon_is_served_without_a_redirect(live_server: Any) -> None:
     assert 'rel="icon" href="/favicon.ico"' in page
 
 
-# --------------------------------------------------------------------------- anonymous logs, real sockets
+# --------------------------------------------------------------------- anonymous logs, real sockets
 
 
 def _log(n: int) -> dict[str, Any]:
@@ -480,7 +487,9 @@ def _log(n: int) -> dict[str, Any]:
 
 
 def test_anonymous_logs_from_an_unlisted_address_are_refused(live_server: Any) -> None:
-    """With the list 127.0.0.1/32, a client bound to 127.0.0.2 is refused and one on 127.0.0.1 accepted."""
+    """With the list 127.0.0.1/32, a client bound to 127.0.0.2 is refused and one on 127.0.0.1
+    accepted.
+    """
     from swf_testbed.monitor.api import models as m
 
     listed, unlisted = (
@@ -502,7 +511,9 @@ def test_anonymous_logs_from_an_unlisted_address_are_refused(live_server: Any) -
 
 
 def test_anonymous_log_flood_is_bounded_per_address(live_server: Any, agent_token: str) -> None:
-    """Past the rate a 429 with Retry-After, counted on the Logs page; other addresses and token holders pass."""
+    """Past the rate a 429 with Retry-After, counted on the Logs page; other addresses and token
+    holders pass.
+    """
     from swf_testbed.monitor.api import models as m
 
     flooder, other = (
@@ -525,7 +536,7 @@ def test_anonymous_log_flood_is_bounded_per_address(live_server: Any, agent_toke
     assert "5/h per client address" in page
 
 
-# --------------------------------------------------------------------------- no redirects on the v28 paths
+# -------------------------------------------------------------------- no redirects on the v28 paths
 
 
 V28_PATHS = [

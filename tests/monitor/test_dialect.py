@@ -1,4 +1,5 @@
-"""The ePIC v28 dialect in the monitor, in process: recorded valid, projected like ours, merged with REST.
+"""The ePIC v28 dialect in the monitor, in process: recorded valid, projected like ours, merged
+with REST.
 
 Bodies are the wire document's, recorded the way the ingest records them
 (:func:`record`, with the broker's ``message-id`` header); REST calls go

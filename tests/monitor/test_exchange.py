@@ -1,4 +1,6 @@
-"""``swf-testbed export`` → ``swf-testbed import`` into a fresh monitor (a database of its own), as processes."""
+"""``swf-testbed export`` → ``swf-testbed import`` into a fresh monitor (a database of its own), as
+processes.
+"""
 
 from __future__ import annotations
 

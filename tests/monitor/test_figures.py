@@ -1,4 +1,6 @@
-"""The figures the monitor shows (durations, counters, rates, states), computed on the models and plots."""
+"""The figures the monitor shows (durations, counters, rates, states), computed on the models and
+plots.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""People log in on the monitor's own page (not Django admin's), in headless Chromium; reads stay open."""
+"""People log in on the monitor's own page (not Django admin's), in headless Chromium; reads stay
+open.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 
 from swf_testbed.monitor.api.accounts import set_login
 
-from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
+from .browserlib import needs_chromium
 
 pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
@@ -17,7 +19,8 @@ PASSWORD = "streaming-testbed-42"
 POST_NAMESPACE = """async (name) => {
   const csrf = (document.cookie.match(/csrftoken=([^;]+)/) || [])[1] || "";
   const r = await fetch("/api/namespaces/ensure/", {method: "POST", credentials: "same-origin",
-    headers: {"Content-Type": "application/json", "X-CSRFToken": csrf}, body: JSON.stringify({name})});
+    headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
+    body: JSON.stringify({name})});
   return r.status;
 }"""
 

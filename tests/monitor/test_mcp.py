@@ -1,4 +1,5 @@
-"""The MCP server through the SDK's own client: over stdio (``swf-testbed mcp``) and over HTTP (``/mcp/``).
+"""The MCP server through the SDK's own client: over stdio (``swf-testbed mcp``) and over HTTP
+(``/mcp/``).
 
 Against a real monitor: the embedded broker, the ingest process recording a
 run sent the way the DAQ sends it, the monitor web under uvicorn; the stdio

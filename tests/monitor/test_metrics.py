@@ -1,4 +1,5 @@
-"""Prometheus metrics after a run: the monitor web's ``/metrics``, the ingest's port, the embedded broker's port.
+"""Prometheus metrics after a run: the monitor web's ``/metrics``, the ingest's port, the embedded
+broker's port.
 
 Real processes: the embedded broker (with ``--metrics-port``), the ingest
 (``SWF_INGEST_METRICS_PORT``) and the monitor web under uvicorn. Every scrape
@@ -34,7 +35,9 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "swf-test
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, by (name, sorted labels); parsing fails the test on a malformed text."""
+    """Every sample of a scrape, by (name, sorted labels); parsing fails the test on a malformed
+    text.
+    """
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

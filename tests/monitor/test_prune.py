@@ -1,4 +1,6 @@
-"""Retention: ``prune_messages`` / ``swf-testbed monitor prune`` delete old messages and logs, counts stay right."""
+"""Retention: ``prune_messages`` / ``swf-testbed monitor prune`` delete old messages and logs,
+counts stay right.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def _log(name: str, age: timedelta) -> m.AppLog:
 
 @pytest.fixture
 def stored(record: Any, make_message: Any) -> dict[str, set[str]]:
-    """Old and recent messages over several facets (one old invalid body), and old and recent logs."""
+    """Old and recent messages over several facets (one old invalid
+    body), and old and recent logs.
+    """
     old_bodies = [
         make_message("start_run", sender="daq"),
         make_message("start_run", sender="daq", run_id=2),

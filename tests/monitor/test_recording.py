@@ -1,4 +1,6 @@
-"""Recording and projection, in process: idempotency, bad bodies, out-of-order streams, facet counts."""
+"""Recording and projection, in process: idempotency, bad bodies, out-of-order streams, facet
+counts.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Hostile input on the REST API and the UI: who may write what, CSRF on sessions, no SQL from request text.
+"""Hostile input on the REST API and the UI: who may write what, CSRF on sessions, no SQL from
+request text.
 
 * The auth matrix covers every write endpoint (POST/PUT/PATCH/DELETE) that the
   URL conf routes to a DRF view, discovered the way the schema generator finds
@@ -33,14 +34,16 @@ T1 = "2026-03-01T13:00:00Z"
 WORLD_NS = "world-ns"
 WORLD_RUN = 5000
 
-# --------------------------------------------------------------------------- the objects the matrix writes
+# -------------------------------------------------------------------- the objects the matrix writes
 
 _numbers = itertools.count(1)
 
 
 @dataclass(frozen=True)
 class Resource:
-    """How to create one (as agents do), which field names it in its URL, and a valid partial update."""
+    """How to create one (as agents do), which field names it in its URL, and a valid partial
+    update.
+    """
 
     create: Callable[[int, dict[str, Any]], dict[str, Any]]
     key: str = ""
@@ -175,7 +178,7 @@ ACTIONS: dict[tuple[str, str], Callable[[int], dict[str, Any]]] = {
     ("POST", "/api/state/next-workflow-execution-id/"): lambda n: {"workflow_name": "wf"},
 }
 
-# --------------------------------------------------------------------------- the matrix's expectations
+# ------------------------------------------------------------------------ the matrix's expectations
 
 WRITE = "any authenticated user"
 STAFF = "staff only"
@@ -257,7 +260,9 @@ def _generator_path(path: str) -> str:
 
 
 def discovered_write_endpoints() -> set[tuple[str, str]]:
-    """(method, path) of every write the URL conf routes to a DRF view (viewsets, @api_view, custom routes)."""
+    """(method, path) of every write the URL conf routes to a DRF view (viewsets, @api_view, custom
+    routes).
+    """
     from drf_spectacular.generators import EndpointEnumerator
 
     return {
@@ -279,7 +284,7 @@ def test_every_write_endpoint_is_in_the_matrix() -> None:
     )
 
 
-# --------------------------------------------------------------------------- identities and a world to write in
+# --------------------------------------------------------------- identities and a world to write in
 
 
 def _client(token: str | None = None) -> APIClient:
@@ -295,7 +300,9 @@ class World:
     ids: dict[str, Any]
 
     def create_as_alice(self, list_path: str) -> tuple[str, dict[str, Any]]:
-        """A new object created by user A; returns its detail URL and the payload that created it."""
+        """A new object created by user A; returns its detail URL
+        and the payload that created it.
+        """
         resource = RESOURCES[list_path]
         payload = resource.create(next(_numbers), self.ids)
         response = self.clients["alice"].post(list_path, payload, format="json")
@@ -304,7 +311,9 @@ class World:
 
 
 def _snapshot() -> dict[str, int]:
-    """Row counts of every table of the monitor and of the tokens (what a refused write must not change)."""
+    """Row counts of every table of the monitor and of the tokens (what a refused write must not
+    change).
+    """
     from django.apps import apps
 
     models = [
@@ -347,7 +356,9 @@ def world(db: None) -> World:
 
 
 def _call(world: World, who: str, method: str, path: str) -> tuple[Any, str]:
-    """Make the valid request for (method, path) as ``who``; returns the response and the URL called."""
+    """Make the valid request for (method, path) as ``who``; returns the response and the URL
+    called.
+    """
     n = next(_numbers)
     if "{" in path:
         list_path = path.split("{", 1)[0]
@@ -377,7 +388,9 @@ def _call(world: World, who: str, method: str, path: str) -> tuple[Any, str]:
 
 
 def _allowed(policy: str, who: str) -> bool:
-    """The expectation of the matrix with the default settings (anonymous logs from loopback, the client's address)."""
+    """The expectation of the matrix with the default settings (anonymous logs from loopback, the
+    client's address).
+    """
     if who == "anonymous":
         return policy == LOGS
     return who == "root" if policy == STAFF else True
@@ -430,7 +443,9 @@ OUTSIDE = "192.0.2.7"
 
 
 def test_anonymous_logs_only_from_allowed_networks(world: World) -> None:
-    """Default: from loopback recorded, from elsewhere a 401; off: a 401 from anywhere; nothing else opens."""
+    """Default: from loopback recorded, from elsewhere a 401; off: a 401 from anywhere; nothing else
+    opens.
+    """
     anon = world.clients["anonymous"]
     from swf_testbed.monitor.api import models as m
 
@@ -473,7 +488,9 @@ def test_anonymous_logs_only_from_allowed_networks(world: World) -> None:
 
 
 def test_anonymous_log_networks_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Default loopback; a list replaces it; production takes the list explicitly; a bad entry is named."""
+    """Default loopback; a list replaces it; production takes the list explicitly; a bad entry is
+    named.
+    """
     from swf_testbed.settings import MonitorSettings, Profile, SettingsError, get_settings
 
     for name in ("SWF_API_ANONYMOUS_LOGS", "SWF_API_ANONYMOUS_LOGS_FROM"):
@@ -654,7 +671,9 @@ def test_ui_pages_refuse_a_post_without_the_csrf_token() -> None:
 
 
 def test_every_template_form_that_writes_carries_the_csrf_token() -> None:
-    """A form or htmx call that POSTs from the monitor's templates must include {% csrf_token %} / the header."""
+    """A form or htmx call that POSTs from the monitor's templates must include {% csrf_token %} /
+    the header.
+    """
     import re
 
     import swf_testbed.monitor as monitor
@@ -675,7 +694,7 @@ def test_every_template_form_that_writes_carries_the_csrf_token() -> None:
             )
 
 
-# --------------------------------------------------------------------------- no SQL built from request text
+# ------------------------------------------------------------------- no SQL built from request text
 
 SRC = Path(__import__("swf_testbed").__file__).parent
 
@@ -684,27 +703,32 @@ RAW_SQL_ALLOWED: dict[tuple[str, str, str], str] = {
         "monitor/api/management/commands/prune_messages.py",
         "_delete_messages",
         "execute",
-    ): "f-string of the quoted table and column names (model metadata) and %s placeholders; the ids are bound",
+    ): "f-string of the quoted table and column names (model metadata) and %s placeholders; the "
+    "ids are bound",
     (
         "monitor/api/fastinsert.py",
         "insert_rows",
         "executemany",
-    ): "INSERT built by insert_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    ): "INSERT built by insert_sql() from model metadata (quote_name) and %s placeholders; values "
+    "are bound",
     (
         "monitor/api/fastinsert.py",
         "increment_rows",
         "executemany",
-    ): "UPDATE built by increment_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    ): "UPDATE built by increment_sql() from model metadata (quote_name) and %s placeholders; "
+    "values are bound",
     (
         "monitor/api/fastinsert.py",
         "update_objects",
         "executemany",
-    ): "UPDATE built by update_sql() from model metadata (quote_name) and %s placeholders; values are bound",
+    ): "UPDATE built by update_sql() from model metadata (quote_name) and %s placeholders; values "
+    "are bound",
     (
         "monitor/api/ingest.py",
         "end_abandoned",
         "execute",
-    ): "constant SELECT pg_terminate_backend over pg_stat_activity; the pids (from the driver) are bound",
+    ): "constant SELECT pg_terminate_backend over pg_stat_activity; the pids (from the driver) are "
+    "bound",
     (
         "monitor/db.py",
         "_migration_lock",
@@ -714,14 +738,17 @@ RAW_SQL_ALLOWED: dict[tuple[str, str, str], str] = {
         "testing/databases.py",
         "create_postgres_database",
         "execute",
-    ): "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark helper",
+    ): "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark "
+    "helper",
     (
         "testing/databases.py",
         "drop",
         "execute",
-    ): "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark helper",
+    ): "psycopg sql.SQL + sql.Identifier (quoted) for a generated database name; test/benchmark "
+    "helper",
 }
-"""Every place that hands SQL text to the database, reviewed. Key: (file, enclosing function, call)."""
+"""Every place that hands SQL text to the database, reviewed. Key: (file, enclosing function, call).
+"""
 
 _SQL_CALLS = {"raw", "extra", "execute", "executemany", "executescript"}
 
@@ -732,7 +759,7 @@ def _sql_calls() -> list[tuple[tuple[str, str, str], ast.Call]]:
         tree = ast.parse(path.read_text(), filename=str(path))
         rel = path.relative_to(SRC).as_posix()
 
-        def visit(node: ast.AST, function: str) -> None:
+        def visit(node: ast.AST, function: str, rel: str = rel) -> None:
             for child in ast.iter_child_nodes(node):
                 name = function
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -821,7 +848,7 @@ def test_the_sql_scanner_finds_what_it_should(tmp_path: Path) -> None:
     assert [_composed(c.args[0]) for c in calls[:5]] == [True, True, True, True, False]
 
 
-# --------------------------------------------------------------------------- SQL-looking values in every filter
+# --------------------------------------------------------------- SQL-looking values in every filter
 
 INJECTIONS = [
     "' OR 1=1 --",
@@ -841,7 +868,9 @@ INJECTIONS = [
 def seed_everything(
     api: APIClient, record: Callable[..., Any], make_message: Callable[..., bytes]
 ) -> None:
-    """One row in every table, created as the agents create them (REST calls and recorded messages)."""
+    """One row in every table, created as the agents create them
+    (REST calls and recorded messages).
+    """
 
     def post(path: str, payload: dict[str, Any]) -> dict[str, Any]:
         response = api.post(path, payload, format="json")
@@ -991,7 +1020,8 @@ def test_sql_looking_values_in_every_filter_are_plain_values(
                     kind.get("type") == "string" and "enum" not in kind and "format" not in kind
                 )
                 if response.status_code == 200 and plain_text and name != "ordering":
-                    # no row has this value: a filter that matched anything was not a plain comparison
+                    # no row has this value: a filter that matched anything was not a plain
+                    # comparison
                     assert response.json() == [], (path, name, value, response.json()[:2])
     assert _snapshot() == before
     assert tried > 500

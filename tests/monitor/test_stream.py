@@ -1,4 +1,5 @@
-"""``/api/messages/stream/`` against the real thing: broker → ingest process → database → monitor web (uvicorn).
+"""``/api/messages/stream/`` against the real thing: broker → ingest process → database → monitor
+web (uvicorn).
 
 Messages are sent to the broker the way the DAQ sends a run; a real HTTP client
 (httpx, streaming) reads the Server-Sent Events.
@@ -166,7 +167,8 @@ def test_a_run_streams_live_in_order_with_filters(stack: dict[str, Any]) -> None
 
         run_events = by_run.take(len(run_b))
         assert [e.json()["msg_id"] for e in run_events] == [m.msg_id for m in run_b]
-        # nothing more on the filtered streams than what they asked for: a marker shows the stream is current
+        # nothing more on the filtered streams than what they asked for: a marker shows the stream
+        # is current
         marker = run_messages(ns, "exec-B", 7002, 0)[-1]
         stack["client"].send(RUN_TOPIC, marker)
         assert by_run.next().json()["msg_id"] == marker.msg_id
@@ -198,7 +200,8 @@ def test_a_reconnect_with_last_event_id_loses_nothing(stack: dict[str, Any]) -> 
     for msg in run[:8]:
         stack["client"].send(RUN_TOPIC, msg)
     seen = first.take(5)
-    first.close()  # gone after 5 events; the other 3 of the first part and everything after are "missed"
+    # gone after 5 events; the other 3 of the first part and everything after are "missed"
+    first.close()
     for msg in run[8:]:
         stack["client"].send(RUN_TOPIC, msg)
     last_id = seen[-1].id
@@ -227,7 +230,9 @@ def test_a_reconnect_with_last_event_id_loses_nothing(stack: dict[str, Any]) -> 
 
 
 def test_a_slow_client_loses_its_oldest_events_and_is_told(record: Any, make_message: Any) -> None:
-    """The hub never waits for a client: a full queue drops its oldest events and the client gets ``dropped``."""
+    """The hub never waits for a client: a full queue drops its oldest events and the client gets
+    ``dropped``.
+    """
     import asyncio
     import json
 
@@ -293,7 +298,9 @@ def test_the_hub_waits_briefly_at_a_hole_in_the_ids() -> None:
 
 
 def test_the_web_stops_on_sigterm_with_a_stream_open(stack: dict[str, Any]) -> None:
-    """An open stream never ends by itself: the server cuts it after its short grace instead of being killed."""
+    """An open stream never ends by itself: the server cuts it after its short grace instead of
+    being killed.
+    """
     import signal
 
     reader = StreamReader(stack["web"].url + STREAM, headers=stack["auth"])

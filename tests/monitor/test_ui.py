@@ -190,7 +190,9 @@ def test_static_files_are_served_without_a_cdn(client: Client) -> None:
 def test_dashboard_message_rate_and_chart_are_counted_in_the_database(
     client: Client, make_message: Any
 ) -> None:
-    """The dashboard's message chart counts per 10 s bar in SQL; the last minute's rate is the last 6 bars."""
+    """The dashboard's message chart counts per 10 s bar in SQL; the last minute's rate is the last
+    6 bars.
+    """
     from datetime import timedelta
 
     from django.utils import timezone

@@ -1,4 +1,5 @@
-"""Hostile text in every field the UI shows, looked at in a real browser (Playwright + Debian's Chromium).
+"""Hostile text in every field the UI shows, looked at in a real browser (Playwright + Debian's
+Chromium).
 
 The values are stored the ways they reach the monitor: messages through the
 ingest's recording (valid ones with hostile free-text fields, and an invalid
@@ -23,7 +24,7 @@ import pytest
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
 
-from .browserlib import browser, needs_chromium  # noqa: F401 - browser is a fixture
+from .browserlib import needs_chromium
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -42,7 +43,9 @@ _made: dict[str, str] = {}
 
 
 def hostile(tag: str, variant: int | None = None) -> str:
-    """A hostile value that names its field (so a failure says which field ran); variants in turn."""
+    """A hostile value that names its field (so a failure says
+    which field ran); variants in turn.
+    """
     if tag not in _made:
         index = len(_made) % len(_VARIANTS) if variant is None else variant
         _made[tag] = _VARIANTS[index].format(t=tag)
@@ -119,7 +122,9 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _store_messages(record: Any) -> None:
-    """Messages as the ingest records them: valid ones with hostile free text, and an invalid one."""
+    """Messages as the ingest records them: valid ones with
+    hostile free text, and an invalid one.
+    """
     run = {"namespace": NS, "sender": "daq", "execution_id": EXEC, "run_id": RUN}
     bodies = [
         msgs.WorkflowStarted(
@@ -270,7 +275,8 @@ def _store_over_rest(base_url: str, token: str) -> None:
             },
         )
         post(f"/api/run-states/{RUN}/", {"phase": short("ph"), "state": "run"})
-        # a namespace with a hostile name is refused outright (names are letters, digits and _ . : @ -)
+        # a namespace with a hostile name is refused outright (names are letters, digits and _ . : @
+        # -)
         refused = api.post("/api/namespaces/ensure/", json={"name": "<b>ns</b>", "owner": "x"})
         assert refused.status_code == 400
 
@@ -291,7 +297,8 @@ def hostile_monitor(live_server: Any, record: Any) -> str:
 _NO_SCRIPT = """() => ({
     xss: typeof window.__xss === "undefined" ? null : String(window.__xss),
     x: typeof window.__x === "undefined" ? null : String(window.__x),
-    handlers: document.querySelectorAll("main [onerror], main [onload], main [ontoggle], main script").length,
+    handlers: document.querySelectorAll(
+      "main [onerror], main [onload], main [ontoggle], main script").length,
     jslinks: [...document.querySelectorAll("a[href]")].filter(a => a.href.trim().toLowerCase()
         .startsWith("javascript:")).length,
     markup: document.querySelectorAll("main b, main img[src='x'], main details").length,
@@ -299,7 +306,9 @@ _NO_SCRIPT = """() => ({
 
 
 def _check_page(page: Any, url: str) -> str:
-    """Opens the page, lets htmx refresh it once; returns its visible text. Fails on any sign of injection."""
+    """Opens the page, lets htmx refresh it once; returns its visible text. Fails on any sign of
+    injection.
+    """
     response = page.goto(url)
     assert response is not None and response.status == 200, (url, response and response.status)
     page.evaluate("""() => { window.__swaps = 0;
@@ -340,13 +349,14 @@ def _detail_urls(base: str) -> dict[str, str]:
     definition = m.WorkflowDefinition.objects.get()
     execution = m.WorkflowExecution.objects.get()
     assert execution.execution_id == EXEC
+    from_messages = m.SystemAgent.objects.get(instance_name="xss-agent-2")
     from django.urls import reverse
 
     return {
         "dashboard": "/",
         "agents": "/agents/",
         "agent": f"/agents/{agent.pk}/",
-        "agent-from-messages": f"/agents/{m.SystemAgent.objects.get(instance_name='xss-agent-2').pk}/",
+        "agent-from-messages": f"/agents/{from_messages.pk}/",
         "namespaces": "/namespaces/",
         "namespace": f"/namespaces/{NS}/",
         "definitions": "/workflows/",

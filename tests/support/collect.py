@@ -61,7 +61,9 @@ class Collector:
 def eventually(
     predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
 ) -> None:
-    """Wait until ``predicate()`` holds (e.g. a counter updated just after the message we saw was sent)."""
+    """Wait until ``predicate()`` holds (e.g. a counter updated just after the message we saw was
+    sent).
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -65,7 +65,8 @@ class FrameRecorder(stomp.ConnectionListener):
     def wait_messages(self, count: int, timeout: float = WAIT_S) -> list[Any]:
         ok = self.wait_for(lambda: len(self.messages) >= count, timeout)
         assert ok, (
-            f"got {len(self.messages)} of {count} messages after {timeout:g} s; errors: {self.error_text()}"
+            f"got {len(self.messages)} of {count} messages after {timeout:g} s; errors: "
+            f"{self.error_text()}"
         )
         with self.cond:
             return list(self.messages)

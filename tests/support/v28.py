@@ -1,4 +1,5 @@
-"""The exact bodies and REST payloads of an ePIC v28 run (from the wire document), and a publisher that sends them.
+"""The exact bodies and REST payloads of an ePIC v28 run (from the wire document), and a publisher
+that sends them.
 
 Not the legacy-agent program (that is tests/compat/): only the shapes, so
 that each test can publish or post them in the order it needs.
@@ -34,7 +35,9 @@ class V28Run:
         self.sender = "daq_simulator-agent-alice-1"
 
     def time(self, second: int) -> str:
-        """A naive local time (``datetime.now().isoformat()`` of the v28 agents), ``second`` s after 10:00."""
+        """A naive local time (``datetime.now().isoformat()`` of the v28 agents), ``second`` s after
+        10:00.
+        """
         return f"{self.day}T10:{second // 60:02d}:{second % 60:02d}.000100"
 
     def filename(self, seq: int) -> str:
@@ -100,7 +103,7 @@ class V28Run:
             self.end_run(),
         ]
 
-    # ------------------------------------------------------------------ REST payloads (wire doc, in order)
+    # ----------------------------------------------------------- REST payloads (wire doc, in order)
 
     def execution_payload(self, definition_id: int) -> dict[str, Any]:
         return {
@@ -161,7 +164,9 @@ class V28Run:
 
 
 class V28Publisher:
-    """Publishes as the v28 BaseAgent does: stomp.py, STOMP 1.1, its connect headers, JSON bodies, no ids of ours."""
+    """Publishes as the v28 BaseAgent does: stomp.py, STOMP 1.1, its connect headers, JSON bodies,
+    no ids of ours.
+    """
 
     def __init__(self, broker: BrokerProcess, agent_name: str) -> None:
         self.conn = stomp.Connection(

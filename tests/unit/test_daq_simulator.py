@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -166,7 +167,7 @@ def test_period_shorter_than_interval_still_makes_one_stf() -> None:
     assert len(rec.stfs) == 1
 
 
-# --------------------------------------------------------------------------- stf_count, duration, stop
+# ------------------------------------------------------------------------ stf_count, duration, stop
 
 
 @pytest.mark.parametrize(
@@ -309,7 +310,7 @@ def test_stop_from_another_thread_in_fast_mode() -> None:
     assert rec.messages[-1].total_stf_files == len(rec.stfs) == summary.stf_count >= 20  # type: ignore[attr-defined]
 
 
-# --------------------------------------------------------------------------- messages and STF metadata
+# ------------------------------------------------------------------------ messages and STF metadata
 
 
 def test_every_message_validates_and_carries_identity() -> None:
@@ -350,7 +351,7 @@ def test_stf_metadata_is_realistic_and_consistent() -> None:
         assert stf.end - stf.start == timedelta(seconds=cfg.stf_interval)
         # the data ended generation_time before the announcement, on the simulated clock
         assert stf.end == START + timedelta(seconds=round(announced - cfg.stf_generation_time, 6))
-    for prev, nxt in zip(stfs, stfs[1:]):
+    for prev, nxt in itertools.pairwise(stfs):
         assert prev.start < prev.end <= nxt.start < nxt.end
     assert stfs[0].start == START + timedelta(seconds=13)
     assert len({s.size_bytes for s in stfs}) > 1  # there is a spread

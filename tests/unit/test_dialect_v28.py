@@ -1,4 +1,5 @@
-"""Receiving the ePIC v28 dialect: every message shape of the wire document, exactly as those agents send it.
+"""Receiving the ePIC v28 dialect: every message shape of the wire document, exactly as those
+agents send it.
 
 Strict on send (our models are unchanged), tolerant on receipt
 (:func:`parse_received`): each v28 body becomes its v28 model, with our field
@@ -27,7 +28,9 @@ EXEC = "stf_datataking-alice-0007"
 
 
 def common(msg_type: str, **fields: Any) -> dict[str, Any]:
-    """The common fields of a v28 workflow-runner message (wire doc: "Messages on /topic/epictopic")."""
+    """The common fields of a v28 workflow-runner message (wire doc: "Messages on
+    /topic/epictopic").
+    """
     return {
         "msg_type": msg_type,
         "namespace": NS,

@@ -45,7 +45,9 @@ def test_generated_reference_is_current(name: str) -> None:
 
 
 def test_openapi_schema_is_current(tmp_path: Path) -> None:
-    """The committed OpenAPI schema is what the monitor serves at /api/schema/ (generated in a clean process)."""
+    """The committed OpenAPI schema is what the monitor serves at /api/schema/ (generated in a clean
+    process).
+    """
     env = {**os.environ, "SWF_HOME": str(tmp_path)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     result = subprocess.run(
@@ -100,11 +102,13 @@ def test_cli_reference_covers_every_command() -> None:
     assert "| `--older-than` | number (DAYS) | **required** |" in text
 
 
-# --------------------------------------------------------------------------- settings and testbed.toml
+# ------------------------------------------------------------------------ settings and testbed.toml
 
 
 def _probe(model: Any, name: str) -> tuple[str, Any]:
-    """An environment value for the field and the value the settings should then hold (not the default)."""
+    """An environment value for the field and the value the settings should then hold (not the
+    default).
+    """
     field = model.model_fields[name]
     default = field.get_default(call_default_factory=True)
     annotation = field.annotation
@@ -207,7 +211,10 @@ def github_anchors(text: str) -> set[str]:
 
 
 def test_github_anchor_rules() -> None:
-    text = "# A `swf-testbed run [testbed.toml]` title\n## Health\n## Health\n```\n# not a heading\n```\n"
+    text = (
+        "# A `swf-testbed run [testbed.toml]` title\n## Health\n## Health\n"
+        "```\n# not a heading\n```\n"
+    )
     assert github_anchors(text) == {"a-swf-testbed-run-testbedtoml-title", "health", "health-1"}
 
 
@@ -230,7 +237,7 @@ def test_every_relative_link_points_at_something_that_exists() -> None:
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
-# --------------------------------------------------------------------------- commands shown in the docs
+# ----------------------------------------------------------------------- commands shown in the docs
 
 _STOP = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1", "#", ")", "<"}
 _PROMPT = re.compile(
@@ -241,7 +248,9 @@ _PROMPT = re.compile(
 
 
 def commands_in(text: str) -> list[str]:
-    """``swf-testbed …`` command lines: in fenced blocks at a command position, and whole inline code spans."""
+    """``swf-testbed …`` command lines: in fenced blocks at a command position, and whole inline
+    code spans.
+    """
     found = []
     for block in _FENCE.finditer(text):
         lines = block.group(0).splitlines()[1:-1]
@@ -341,7 +350,7 @@ def test_every_command_in_the_docs_is_real() -> None:
     assert not wrong, "commands in the docs that do not exist:\n" + "\n".join(wrong)
 
 
-# --------------------------------------------------------------------------- hand-written tables vs the code
+# ------------------------------------------------------------------ hand-written tables vs the code
 
 
 def _table_rows(text: str, header_start: str) -> list[list[str]]:

@@ -1,4 +1,6 @@
-"""The agent's log shipping: the bounded buffer, what it drops and counts, and the batches it makes."""
+"""The agent's log shipping: the bounded buffer, what it drops and
+counts, and the batches it makes.
+"""
 
 from __future__ import annotations
 

@@ -208,7 +208,8 @@ def test_validated_on_send_too() -> None:
             "start_run: execution_id: Field required",
         ),
         (
-            b'{"msg_type": "end_run", "namespace": "ns1", "sender": "s", "execution_id": "e", "run_id": -1, '
+            b'{"msg_type": "end_run", "namespace": "ns1", "sender": "s", "execution_id": "e", '
+            b'"run_id": -1, '
             b'"state": "beam", "substate": "not_ready", "total_stf_files": 1}',
             m.InvalidMessage,
             "run_id",
@@ -219,7 +220,8 @@ def test_validated_on_send_too() -> None:
             "namespace",
         ),
         (
-            b'{"msg_type": "start_run", "namespace": "ns", "sender": "s", "execution_id": "e", "run_id": 1, '
+            b'{"msg_type": "start_run", "namespace": "ns", "sender": "s", "execution_id": "e", '
+            b'"run_id": 1, '
             b'"state": "warp", "substate": "physics"}',
             m.InvalidMessage,
             "state",

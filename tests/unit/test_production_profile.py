@@ -1,4 +1,6 @@
-"""``SWF_PROFILE=production``: unsafe settings are refused, each with its reason; secrets stay out of logs."""
+"""``SWF_PROFILE=production``: unsafe settings are refused, each with its reason; secrets stay out
+of logs.
+"""
 
 from __future__ import annotations
 
@@ -164,7 +166,9 @@ def test_cookies_are_secure_in_production_unless_said_otherwise(env: pytest.Monk
 def test_anonymous_logs_come_only_from_listed_networks_in_production(
     env: pytest.MonkeyPatch,
 ) -> None:
-    """Dev: loopback by default. Production: the explicit list only (a local proxy makes every client local)."""
+    """Dev: loopback by default. Production: the explicit list only (a local proxy makes every
+    client local).
+    """
     assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_FROM"] == ["127.0.0.0/8", "::1/128"]
     _production(env)
     assert _monitor_settings()["SWF_API_ANONYMOUS_LOGS_FROM"] == []
@@ -250,7 +254,9 @@ def test_an_agent_refuses_admin_admin_in_production(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_secrets_never_logged(embedded_broker: object, tmp_path: Path) -> None:
-    """A real agent with -v debug logging, in a correct production environment, up to READY and stopped."""
+    """A real agent with -v debug logging, in a correct production environment, up to READY and
+    stopped.
+    """
     from swf_testbed.messages import OperationalState
     from swf_testbed.mq.destinations import HEARTBEAT_TOPIC
     from tests.support.collect import Collector

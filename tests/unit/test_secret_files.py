@@ -120,12 +120,15 @@ def test_the_command_line_says_what_is_wrong_in_one_message(
 def test_supervised_programs_get_the_file_not_the_secret(
     env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A secret given as a file reaches agents as that file: its value is never written to supervisord.conf."""
+    """A secret given as a file reaches agents as that file: its value is never written to
+    supervisord.conf.
+    """
     env.setenv("ACTIVEMQ_USER", "swf")
     env.setenv("ACTIVEMQ_PASSWORD_FILE", str(secret_file(tmp_path, SECRET)))
     (tmp_path / "testbed.toml").write_text(
-        '[testbed]\nnamespace = "t1"\n\n[agents.data]\nmodule = "swf_testbed.agents.data:DataAgent"\n\n'
-        '[broker]\nmode = "external"\n\n[monitor]\nmode = "external"\n'
+        '[testbed]\nnamespace = "t1"\n\n[agents.data]\nmodule = '
+        '"swf_testbed.agents.data:DataAgent"\n\n[broker]\nmode = "external"\n\n[monitor]\nmode = '
+        '"external"\n'
     )
     settings = Settings()
     assert settings.broker.password == SECRET

@@ -166,7 +166,8 @@ def test_includes_resolve_recursively_later_wins(tmp_path: Path) -> None:
     write(
         tmp_path,
         "a",
-        'description = "a"\n[daq]\nstf_count = 1\nstandby_duration = 9.0\n[extra]\nlevel = "a"\nn = 1\n',
+        'description = "a"\n[daq]\nstf_count = 1\nstandby_duration = 9.0\n[extra]\nlevel = "a"\nn '
+        "= 1\n",
     )
     write(tmp_path, "b", 'include = ["a"]\n[daq]\nstf_count = 2\n[extra]\nlevel = "b"\n')
     write(

@@ -49,9 +49,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    # stomp.py logs every frame at INFO/DEBUG; that is noise for users, and its DEBUG "sending frame"
-    # line shows the CONNECT frame with the broker passcode in clear (its masking misses that form).
-    # So it stays at WARNING even with -v: never lower it.
+    # stomp.py logs every frame at INFO/DEBUG; that is noise for users, and its DEBUG "sending
+    # frame" line shows the CONNECT frame with the broker passcode in clear (its masking misses that
+    # form). So it stays at WARNING even with -v: never lower it.
     logging.getLogger("stomp.py").setLevel(logging.WARNING)
 
 
@@ -146,7 +146,9 @@ def docs_write(
 
 
 def main() -> None:
-    """The ``swf-testbed`` command; bad settings in the environment end it with one clear message, exit 2."""
+    """The ``swf-testbed`` command; bad settings in the environment end it with one clear message,
+    exit 2.
+    """
     from swf_testbed.settings import SettingsError
 
     try:

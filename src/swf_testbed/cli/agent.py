@@ -29,15 +29,16 @@ def run_agent(
     log_level: Annotated[
         str,
         typer.Option(
-            help="Lowest level of the log records sent to the monitor (DEBUG, INFO, WARNING, ERROR, CRITICAL; "
-            "NONE: none).",
+            help="Lowest level of the log records sent to the monitor (DEBUG, INFO, WARNING, "
+            "ERROR, CRITICAL; NONE: none).",
             envvar="SWF_AGENT_LOG_LEVEL",
         ),
     ] = "WARNING",
     log_buffer: Annotated[
         int,
         typer.Option(
-            help="Log records held for the monitor while they cannot be sent; more are dropped and counted.",
+            help="Log records held for the monitor while they cannot be sent; more are dropped and "
+            "counted.",
             envvar="SWF_AGENT_LOG_BUFFER",
             min=1,
         ),

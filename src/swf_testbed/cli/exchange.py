@@ -1,4 +1,6 @@
-"""``swf-testbed export`` / ``import``: an execution's messages as a JSON-lines file, and back into a monitor."""
+"""``swf-testbed export`` / ``import``: an execution's messages as a JSON-lines file, and back into
+a monitor.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Write every message of an execution, in recorded order, as JSON lines after a header with its config.
+    """Write every message of an execution, in recorded order, as JSON lines after a header with
+    its config.
 
     Reads the monitor's database (DATABASE_URL, else SQLite in SWF_HOME).
     """
@@ -52,9 +55,11 @@ def import_cmd(
         typer.Argument(help="A file written by swf-testbed export.", exists=True, dir_okay=False),
     ],
 ) -> None:
-    """Load an export into this monitor's database: the execution, its messages and what they make. Idempotent.
+    """Load an export into this monitor's database: the execution, its messages and what they make.
+    Idempotent.
 
-    The whole file is checked first: a truncated or edited file is refused, naming the line, and nothing is written.
+    The whole file is checked first: a truncated or edited file is refused, naming the line, and
+    nothing is written.
     """
     from swf_testbed import monitor
 
@@ -100,17 +105,20 @@ def replay_cmd(
         str | None,
         typer.Option(
             "--types",
-            help="Comma-separated message types to replay (default: run_imminent, start_run, pause_run, "
-            "resume_run, stf_gen, end_run).",
+            help="Comma-separated message types to replay (default: run_imminent, start_run, "
+            "pause_run, resume_run, stf_gen, end_run).",
         ),
     ] = None,
 ) -> None:
-    """Publish the run messages of an export again into another namespace, re-timed, for its agents to react to.
+    """Publish the run messages of an export again into another namespace, re-timed, for its agents
+    to react to.
 
-    The replay is a new execution, with new run numbers and STF file names (docs/interfaces.md has the mapping),
-    announced with workflow_started and ended with workflow_completed. It uses the broker of ACTIVEMQ_*.
+    The replay is a new execution, with new run numbers and STF file names (docs/interfaces.md has
+    the mapping), announced with workflow_started and ended with workflow_completed. It uses the
+    broker of ACTIVEMQ_*.
 
-    A truncated or edited file is refused naming the line, exit 2; Ctrl+C ends the open run (end_run), exit 130.
+    A truncated or edited file is refused naming the line, exit 2; Ctrl+C ends the open run
+    (end_run), exit 130.
     """
     import re
     import signal
@@ -129,7 +137,8 @@ def replay_cmd(
 
     if not re.match(NAMESPACE_PATTERN, namespace):
         raise refuse(
-            f"--namespace {namespace!r}: letters, digits, _ . - (at most 64, a letter or digit first)"
+            f"--namespace {namespace!r}: letters, digits, _ . - (at most 64, a letter or digit "
+            f"first)"
         )
     if as_fast_as_possible and speed is not None:
         raise refuse("give --speed or --as-fast-as-possible, not both")

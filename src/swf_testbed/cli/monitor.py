@@ -54,8 +54,9 @@ def serve(
     _echo_err(f"monitor on http://{host}:{port}/ ({describe()})")
     import uvicorn
 
-    # lifespan: the MCP app's session manager (monitor/asgi.py); a graceful shutdown does not wait for ever
-    # on open message streams (they never end by themselves): after a few seconds they are cut
+    # lifespan: the MCP app's session manager (monitor/asgi.py); a graceful shutdown does not wait
+    # for ever on open message streams (they never end by themselves): after a few seconds they are
+    # cut
     uvicorn.run(
         "swf_testbed.monitor.asgi:application",
         host=host,

@@ -122,7 +122,8 @@ class DaqConfig(BaseModel):
     stf_interval: float = Field(2.0, gt=0, description="seconds of data per STF")
     stf_generation_time: float = Field(0.1, ge=0, description="end of an STF's data to stf_gen")
     physics_period_duration: float = Field(10.0, gt=0, description="data seconds per period")
-    # upper bounds on counts and sizes: beyond them a value is a typo (and would overflow the monitor's columns)
+    # upper bounds on counts and sizes: beyond them a value is a typo (and would overflow the
+    # monitor's columns)
     physics_period_count: int = Field(
         2, ge=0, le=1_000_000, description="physics periods; 0 = until stopped"
     )

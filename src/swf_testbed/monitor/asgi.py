@@ -16,6 +16,7 @@ Three ways in, by path:
 """
 
 import os
+from typing import Any
 
 from a2wsgi import WSGIMiddleware
 from django.core.asgi import get_asgi_application
@@ -24,6 +25,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "swf_testbed.monitor.settings")
 
 django_application = get_asgi_application()
+# a2wsgi's WSGIApp protocol is narrower than the type of Django's WSGIHandler
 django_wsgi_application = WSGIMiddleware(get_wsgi_application(), workers=8)  # type: ignore[arg-type]
 """Up to 8 sync requests at once; more wait for a thread (each holds one database connection)."""
 
@@ -39,7 +41,7 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix.rstrip("/") or path.startswith(prefix)
 
 
-async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+async def application(scope: Any, receive: Any, send: Any) -> None:  # the ASGI callable
     if scope["type"] == "lifespan":
         await mcp_application(scope, receive, send)
     elif scope["type"] != "http":

@@ -51,4 +51,5 @@ def describe() -> str:
     s = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"SQLite {s['NAME']}"
-    return f"{connection.vendor} {s.get('USER') or ''}@{s.get('HOST') or 'localhost'}:{s.get('PORT') or ''}/{s['NAME']}"
+    user, host, port = s.get("USER") or "", s.get("HOST") or "localhost", s.get("PORT") or ""
+    return f"{connection.vendor} {user}@{host}:{port}/{s['NAME']}"

@@ -110,10 +110,18 @@ class ExportFile:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8", errors="strict") as handle:
         try:
-            for number, line in enumerate(handle, 1):
-                yield number, line
+            yield from enumerate(handle, 1)
         except UnicodeDecodeError as exc:
             raise ExportFileError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _json_line(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ExportFileError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+        raise ExportFileError(f"{where}: not usable JSON ({exc})") from None
 
 
 def read_export(path: Path) -> ExportFile:
@@ -128,10 +136,7 @@ def read_export(path: Path) -> ExportFile:
             raise ExportFileError(
                 f"{where}: the line is cut short (no end of line): the file is truncated"
             )
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise ExportFileError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+        data = _json_line(line, where)
         if not isinstance(data, dict):
             raise ExportFileError(f"{where}: a JSON object was expected")
         if header is None:
@@ -180,7 +185,9 @@ def read_export(path: Path) -> ExportFile:
 
 
 def import_export(export: ExportFile) -> dict[str, int]:
-    """Load the execution and its messages (idempotent); returns what was stored and what was there already."""
+    """Load the execution and its messages (idempotent); returns what was stored and what was there
+    already.
+    """
     from django.db import transaction
 
     from swf_testbed.monitor.api.models import Namespace, WorkflowDefinition, WorkflowExecution

@@ -107,13 +107,13 @@ class TableCollector:
         ):
             if row["n"]:
                 recorded.add_metric([row["namespace"], row["msg_type"]], row["n"])
-        for row in (
+        for reason_row in (
             m.WorkflowMessage.objects.filter(is_valid=False)
             .values("error_reason")
             .annotate(n=Count("id"))
             .order_by()
         ):
-            invalid.add_metric([row["error_reason"] or "unknown"], row["n"])
+            invalid.add_metric([reason_row["error_reason"] or "unknown"], reason_row["n"])
         now = timezone.now()
         by_liveness = dict.fromkeys((str(x) for x in m.Liveness), 0)
         for agent in m.SystemAgent.objects.only(
@@ -209,7 +209,9 @@ def exported_metric_names() -> set[str]:
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """``GET /metrics``: the Prometheus text format (anonymous when ``SWF_API_OPEN_READS`` is on)."""
+    """``GET /metrics``: the Prometheus text format (anonymous
+    when ``SWF_API_OPEN_READS`` is on).
+    """
     from swf_testbed.monitor.api.permissions import reads_are_open
 
     if not reads_are_open() and not _logged_in(request):
@@ -248,12 +250,14 @@ _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 @sync_and_async_middleware
 def request_latency(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
-    """Times every request by view name (a bounded set: the URL conf's names), method and status class."""
+    """Times every request by view name (a bounded set: the URL conf's names), method and status
+    class.
+    """
     if iscoroutinefunction(get_response):
 
         async def async_middleware(request: HttpRequest) -> HttpResponse:
             started = time.perf_counter()
-            response = await get_response(request)
+            response: HttpResponse = await get_response(request)
             _observe(request, response, started)
             return response
 
@@ -261,7 +265,7 @@ def request_latency(get_response: Callable[[HttpRequest], Any]) -> Callable[[Htt
 
     def middleware(request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
-        response = get_response(request)
+        response: HttpResponse = get_response(request)
         _observe(request, response, started)
         return response
 

@@ -29,7 +29,9 @@ from swf_testbed.settings import ProductionConfigError, Profile, Settings, get_s
 
 
 def _checked_settings() -> Settings:
-    """The settings, refused (naming every problem at once) when the production profile finds them unsafe."""
+    """The settings, refused (naming every problem at once) when the production profile finds them
+    unsafe.
+    """
     try:
         settings = get_settings()
     except ProductionConfigError:
@@ -74,7 +76,7 @@ def _database() -> dict[str, Any]:
     if not url:
         HOME.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{HOME / 'monitor.sqlite3'}"
-    db: dict[str, Any] = dj_database_url.parse(url)
+    db: dict[str, Any] = dict(dj_database_url.parse(url))
     if db["ENGINE"] == "django.db.backends.sqlite3":
         # The web and the ingest write side by side: WAL lets readers run during a
         # write, the busy timeout makes a writer wait for the other instead of
@@ -90,7 +92,8 @@ def _database() -> dict[str, Any]:
         db["OPTIONS"] = {
             "timeout": _mon.sqlite_busy_timeout_s,
             "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA cache_size=-65536",
+            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA "
+            "cache_size=-65536",
         }
         name = Path(db["NAME"])
         # The test database must be a file: the ingest under test is another process.
@@ -116,7 +119,8 @@ SECRET_KEY = _secret_key()
 DEBUG = _mon.debug
 ALLOWED_HOSTS = _csv(_mon.allowed_hosts)
 CSRF_TRUSTED_ORIGINS = _csv(_mon.csrf_trusted_origins)
-# Secure cookies in production unless said otherwise: a session cookie must not travel in clear text.
+# Secure cookies in production unless said otherwise: a session cookie must not travel in clear
+# text.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = (
     _swf.profile == Profile.PRODUCTION if _mon.secure_cookies is None else _mon.secure_cookies
 )
@@ -174,7 +178,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": _database()}
-# One web process (uvicorn): its memory holds the anonymous log posts' rate-limit windows and refusal count.
+# One web process (uvicorn): its memory holds the anonymous log posts' rate-limit windows and
+# refusal count.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
@@ -235,7 +240,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # several models have a ``status`` field, each with its own choices: name each set
     "ENUM_NAME_OVERRIDES": {
-        "AgentStatusEnum": "swf_testbed.monitor.api.models.AgentStatus",
+        "AgentStatusEnum": "swf_testbed.monitor.api.models.AGENT_STATUS_CHOICES",
         "ExecutionStatusEnum": "swf_testbed.monitor.api.models.ExecutionStatus",
         "FileStatusEnum": "swf_testbed.monitor.api.models.FileStatus",
         "SliceStatusEnum": "swf_testbed.monitor.api.models.SliceStatus",
@@ -245,9 +250,13 @@ SPECTACULAR_SETTINGS = {
 SWF_API_OPEN_READS = _mon.api_open_reads
 SWF_API_ANONYMOUS_LOGS = _mon.api_anonymous_logs
 SWF_API_ANONYMOUS_LOGS_FROM: list[str] = _mon.anonymous_log_networks(_swf.profile)
-"""Networks whose clients may ``POST /api/logs/`` without a token (see ``permissions.py``); empty = nobody."""
+"""Networks whose clients may ``POST /api/logs/`` without a token (see ``permissions.py``); empty =
+nobody.
+"""
 SWF_API_ANONYMOUS_LOGS_RATE = _mon.api_anonymous_logs_rate
-"""Anonymous log posts accepted per client address and window (``N/s``, ``N/min``, ``N/h``); past it a 429."""
+"""Anonymous log posts accepted per client address and window (``N/s``, ``N/min``, ``N/h``); past it
+a 429.
+"""
 SWF_API_MAX_UNPAGED = 10_000
 """A list request without paging parameters returns at most this many rows (header X-Truncated)."""
 

@@ -1,4 +1,6 @@
-"""Top-level URLs: the UI at /, the REST API at /api/, the admin at /admin/, Prometheus at /metrics."""
+"""Top-level URLs: the UI at /, the REST API at /api/, the admin
+at /admin/, Prometheus at /metrics.
+"""
 
 from django.contrib import admin
 from django.urls import include, path

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from swf_testbed.errors import problems as problems_of
 from swf_testbed.settings import BrokerSettings, Settings
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -358,11 +359,11 @@ _EXPECTED = {
 
 def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    for err in exc.errors(include_url=False):
-        loc = [str(part) for part in err["loc"]]
+    for problem in problems_of(exc):
+        loc = list(problem.loc)
         key = dotted(loc)
-        kind = err["type"]
-        got = _show(err.get("input"))
+        kind = problem.kind
+        got = _show(problem.input)
         if kind == "missing":
             problems.append(f"{key}: missing (required)")
         elif kind == "extra_forbidden":
@@ -370,7 +371,7 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
         elif kind in _EXPECTED:
             problems.append(f"{key}: {_EXPECTED[kind]}, got {got}")
         elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
+            expected = problem.ctx.get("expected", "")
             problems.append(f"{key}: expected {expected}, got {got}")
         elif kind == "string_pattern_mismatch" and loc == ["testbed", "namespace"]:
             problems.append(
@@ -384,11 +385,11 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
         elif kind == "finite_number":
             problems.append(f"{key}: expected a finite number, got {got}")
         elif kind == "value_error":
-            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            msg = problem.msg.removeprefix("Value error, ")
             problems.append(f"{key}: {msg}" if key else msg)
         else:
             problems.append(
-                f"{key}: {err.get('msg', kind)[:1].lower()}{err.get('msg', kind)[1:]}, got {got}"
+                f"{key}: {(problem.msg or kind)[:1].lower()}{(problem.msg or kind)[1:]}, got {got}"
             )
     return problems
 

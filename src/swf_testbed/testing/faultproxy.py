@@ -42,7 +42,9 @@ Mode = Literal["pass", "stall", "cut"]
 
 @dataclass
 class LinkInfo:
-    """One proxied connection, for tests: when it came and went, and the upstream socket's local port."""
+    """One proxied connection, for tests: when it came and went, and the upstream socket's local
+    port.
+    """
 
     id: int
     accepted_at: float  # time.monotonic()

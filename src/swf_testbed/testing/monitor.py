@@ -1,4 +1,6 @@
-"""Starting the monitor's web (``swf-testbed monitor serve``, uvicorn) as a real process, for tests and benchmarks."""
+"""Starting the monitor's web (``swf-testbed monitor serve``, uvicorn) as a real process, for tests
+and benchmarks.
+"""
 
 from __future__ import annotations
 

@@ -83,7 +83,9 @@ def _signed(
 
 
 def make_pki(directory: Path, name: str = "swf-test-ca") -> Pki:
-    """A CA and, signed by it, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    """A CA and, signed by it, a server certificate for 127.0.0.1/localhost and a client
+    certificate.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca(directory, name)
     server = _signed(directory, "server", ca, "IP:127.0.0.1,DNS:localhost")

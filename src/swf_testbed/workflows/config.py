@@ -29,7 +29,7 @@ import difflib
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swf_testbed.daq.simulator import DaqConfig
+from swf_testbed.errors import Problem, describe
 
 __all__ = [
     "SECTION_MODELS",
@@ -104,7 +105,8 @@ class ConfigTypeError(ConfigError):
         self.expected = expected
         self.value = value
         super().__init__(
-            f"parameter {key!r} ({where}) must be {expected}, got {type(value).__name__} {_short(value)}"
+            f"parameter {key!r} ({where}) must be {expected}, got {type(value).__name__} "
+            f"{_short(value)}"
         )
 
 
@@ -372,6 +374,22 @@ def _coerce(qualified: str, value: Any, expected: type, where: str) -> Any:
     return value
 
 
+def _section_problem(
+    config: str, section: str, model_cls: type[BaseModel], origin: Mapping[str, str]
+) -> Callable[[Problem], str]:
+    """How a problem of ``[section]`` is worded: its qualified key, and where it was set."""
+
+    def word(problem: Problem) -> str:
+        qualified = f"{section}.{problem.key}" if problem.key else section
+        where = origin.get(qualified, config)
+        if problem.kind == "extra_forbidden":
+            known = ", ".join(model_cls.model_fields)
+            return f"{qualified} ({where}): unknown parameter; [{section}] knows {known}"
+        return f"{qualified} ({where}): {problem.msg}"
+
+    return word
+
+
 def _validate_sections(
     config: str,
     values: dict[str, dict[str, Any]],
@@ -391,19 +409,8 @@ def _validate_sections(
         try:
             model = model_cls.model_validate(table)
         except ValidationError as exc:
-            problems = []
-            for err in exc.errors(include_url=False):
-                loc = ".".join(str(p) for p in err["loc"])
-                qualified = f"{section}.{loc}" if loc else section
-                where = origin.get(qualified, config)
-                if err["type"] == "extra_forbidden":
-                    known = ", ".join(model_cls.model_fields)
-                    problems.append(
-                        f"{qualified} ({where}): unknown parameter; [{section}] knows {known}"
-                    )
-                else:
-                    problems.append(f"{qualified} ({where}): {err['msg']}")
-            raise ConfigError(f"workflow config {config!r}: " + "; ".join(problems)) from None
+            word = _section_problem(config, section, model_cls, origin)
+            raise ConfigError(f"workflow config {config!r}: " + describe(exc, word=word)) from None
         models[section] = model
         values[section] = model.model_dump(mode="json")
     return models
@@ -448,7 +455,7 @@ def load_config(
         applied[qualified] = value
 
     models = _validate_sections(name, values, origin)
-    merged = MergedConfig(
+    result = MergedConfig(
         name=name,
         description=description,
         sources=tuple(source for source, _ in files),
@@ -457,12 +464,12 @@ def load_config(
         _models=models,
     )
     try:
-        json.dumps(merged.to_dict())
+        json.dumps(result.to_dict())
     except (TypeError, ValueError) as exc:  # e.g. a TOML datetime in a schema-less section
         raise ConfigError(
             f"workflow config {name!r} holds a value that is not JSON-serializable: {exc}"
         ) from None
-    return merged
+    return result
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

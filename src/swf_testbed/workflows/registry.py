@@ -161,8 +161,8 @@ def _git_commit_of(directory: str, filename: str) -> str | None:
         or not all(c in "0123456789abcdef" for c in commit)
     ):
         return None
-    # like `git describe --dirty`: the file differs from that commit (modified, untracked, or ignored,
-    # e.g. an installed copy under a virtualenv inside the tree)
+    # like `git describe --dirty`: the file differs from that commit (modified, untracked, or
+    # ignored, e.g. an installed copy under a virtualenv inside the tree)
     status = _git(directory, "status", "--porcelain", "--ignored", "--", filename)
     return f"{commit}-dirty" if status is None or status else commit
 
@@ -193,7 +193,9 @@ class WorkflowDefinition:
     module: str = ""
     source_file: str | None = None
     check_config: Callable[[MergedConfig], None] | None = None
-    """Raises :class:`~swf_testbed.workflows.config.ConfigError` for a config the workflow cannot run."""
+    """Raises :class:`~swf_testbed.workflows.config.ConfigError` for a config the workflow cannot
+    run.
+    """
 
     def check(self, config: MergedConfig) -> None:
         """Refuse a config this workflow cannot run (before anything starts)."""
@@ -233,7 +235,8 @@ def register(definition: WorkflowDefinition, *, replace: bool = False) -> Workfl
             != (definition.module, definition.run.__qualname__)
         ):
             raise WorkflowError(
-                f"workflow {definition.name!r} is already registered by {existing.module}.{existing.run.__qualname__}"
+                f"workflow {definition.name!r} is already registered by "
+                f"{existing.module}.{existing.run.__qualname__}"
             )
         _registry[definition.name] = definition
     return definition

@@ -1,4 +1,6 @@
-"""``python -m tests.compat.legacy_agents``: one fast-processing run of the v28 agents; report as JSON."""
+"""``python -m tests.compat.legacy_agents``: one fast-processing run of the v28 agents; report as
+JSON.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from .wire import LegacyEnv
 
 
 def run(ctx: Context, *, finish_timeout_s: float = 600.0) -> dict[str, Any]:
-    """Start the agents, run the workflow, wait until every agent has handled ``end_run``; the report."""
+    """Start the agents, run the workflow, wait until every agent has handled ``end_run``; the
+    report.
+    """
     consumers: list[LegacyAgent] = [DataAgent(ctx), FastMonAgent(ctx), FastProcessingAgent(ctx)]
     runner = WorkflowRunner(ctx)
     started: list[LegacyAgent] = []

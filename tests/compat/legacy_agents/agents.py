@@ -1,4 +1,6 @@
-"""The v28 agents of a fast-processing run: the workflow runner (with its DAQ), data, fastmon, fast processing."""
+"""The v28 agents of a fast-processing run: the workflow runner (with its DAQ), data, fastmon, fast
+processing.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +75,9 @@ class Context:
 
 
 class LegacyAgent:
-    """What the BaseAgent library does for every agent: name, connection, subscriber, heartbeats, logs."""
+    """What the BaseAgent library does for every agent: name, connection, subscriber, heartbeats,
+    logs.
+    """
 
     agent_type = "BASE"
     app_name = "base"
@@ -202,7 +206,9 @@ class LegacyAgent:
         *,
         by_library: bool = True,
     ) -> None:
-        """Send a body; the library adds ``namespace`` and ``sender`` (the slices are sent without it)."""
+        """Send a body; the library adds ``namespace`` and ``sender`` (the slices are sent without
+        it).
+        """
         if by_library:
             body = {**body, "namespace": self.ctx.namespace, "sender": self.name}
         assert self.stomp is not None
@@ -238,7 +244,7 @@ class LegacyAgent:
             self.run_done.set()
 
 
-# --------------------------------------------------------------------------- the workflow runner and its DAQ
+# ------------------------------------------------------------------ the workflow runner and its DAQ
 
 
 class WorkflowRunner(LegacyAgent):

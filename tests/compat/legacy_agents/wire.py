@@ -1,4 +1,6 @@
-"""The v28 agents' connections: their environment, their REST calls, their log handler, their STOMP connection."""
+"""The v28 agents' connections: their environment, their REST calls, their log handler, their STOMP
+connection.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import stomp
 
 
 def naive_now() -> str:
-    """``datetime.now().isoformat()``: local time without a UTC offset, as v28 writes every timestamp."""
+    """``datetime.now().isoformat()``: local time without a UTC offset, as v28 writes every
+    timestamp.
+    """
     return datetime.now().isoformat()
 
 
@@ -104,7 +108,9 @@ class RestError(Exception):
 
 
 class Rest:
-    """Plain HTTP as v28 agents make it: in series, Token auth, no redirects followed (a 3xx is an error)."""
+    """Plain HTTP as v28 agents make it: in series, Token auth, no redirects followed (a 3xx is an
+    error).
+    """
 
     def __init__(self, env: LegacyEnv, agent: str, log: CallLog, *, timeout: float = 60.0) -> None:
         self.env = env
@@ -134,7 +140,9 @@ class Rest:
         params: dict[str, Any] | None = None,
         anonymous: bool = False,
     ) -> Any:
-        """The decoded JSON answer of a 2xx; otherwise :class:`RestError` (the call is logged either way)."""
+        """The decoded JSON answer of a 2xx; otherwise :class:`RestError` (the call is logged either
+        way).
+        """
         client = self._anonymous if anonymous else self._token
         started = time.perf_counter()
         try:
@@ -166,7 +174,9 @@ class Rest:
 
 
 class RestLogHandler(logging.Handler):
-    """One anonymous ``POST {SWF_MONITOR_HTTP_URL}/api/logs/`` per record; after the first failure, silence."""
+    """One anonymous ``POST {SWF_MONITOR_HTTP_URL}/api/logs/`` per record; after the first failure,
+    silence.
+    """
 
     def __init__(
         self, rest: Rest, app_name: str, instance_name: str, extra: Callable[[], dict[str, Any]]
@@ -231,7 +241,9 @@ class _Listener(stomp.ConnectionListener):
 
 
 class Stomp:
-    """One v28 connection: STOMP 1.1, vhost = host, heart-beat 30000,30000, ``client-id`` = the agent's name."""
+    """One v28 connection: STOMP 1.1, vhost = host, heart-beat 30000,30000, ``client-id`` = the
+    agent's name.
+    """
 
     def __init__(
         self, env: LegacyEnv, agent_name: str, on_message: Callable[[dict[str, str], str], None]
@@ -252,7 +264,9 @@ class Stomp:
         )
 
     def subscribe(self, destination: str, timeout: float = 60.0) -> None:
-        """``ack: auto``, no durable headers; waited for by a receipt (see the package's docstring)."""
+        """``ack: auto``, no durable headers; waited for by a receipt
+        (see the package's docstring).
+        """
         receipt = f"{self.agent_name}-sub"
         self.conn.subscribe(
             destination, id=f"{self.agent_name}-1", ack="auto", headers={"receipt": receipt}

@@ -1,4 +1,6 @@
-"""Logins for people: created or updated with a checked password (the API's tokens are in ``token``)."""
+"""Logins for people: created or updated with a checked password (the API's tokens are in
+``token``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from django.db import models
 
 
 class LoginError(ValueError):
@@ -21,6 +24,7 @@ def set_login(username: str, password: str, *, staff: bool = False) -> tuple[Any
     """
     user_model = get_user_model()
     field = user_model._meta.get_field(user_model.USERNAME_FIELD)
+    assert isinstance(field, models.Field)  # the user name is a column, not a relation
     try:
         field.run_validators(username)
         field.clean(username, None)

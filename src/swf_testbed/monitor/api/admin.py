@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.contrib import admin
 from django.http import HttpRequest
 
 from swf_testbed.monitor.api import models as m
 
+if TYPE_CHECKING:  # the stubs make ModelAdmin generic; Django's class is not subscriptable
+    ModelAdmin: TypeAlias = admin.ModelAdmin[Any]
+else:
+    ModelAdmin = admin.ModelAdmin
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+
+class ReadOnlyAdmin(ModelAdmin):
     """For recorded history: viewable, never edited by hand."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -21,13 +26,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.Namespace)
-class NamespaceAdmin(admin.ModelAdmin):
+class NamespaceAdmin(ModelAdmin):
     list_display = ["name", "owner", "created_at"]
     search_fields = ["name", "owner", "description"]
 
 
 @admin.register(m.SystemAgent)
-class SystemAgentAdmin(admin.ModelAdmin):
+class SystemAgentAdmin(ModelAdmin):
     list_display = [
         "instance_name",
         "namespace",
@@ -44,14 +49,14 @@ class SystemAgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.Subscriber)
-class SubscriberAdmin(admin.ModelAdmin):
+class SubscriberAdmin(ModelAdmin):
     list_display = ["subscriber_name", "is_active", "fraction", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["subscriber_name", "description"]
 
 
 @admin.register(m.WorkflowDefinition)
-class WorkflowDefinitionAdmin(admin.ModelAdmin):
+class WorkflowDefinitionAdmin(ModelAdmin):
     list_display = ["workflow_name", "version", "workflow_type", "created_by", "created_at"]
     list_filter = ["workflow_type"]
     search_fields = ["workflow_name", "version"]
@@ -62,7 +67,7 @@ class WorkflowDefinitionAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.WorkflowExecution)
-class WorkflowExecutionAdmin(admin.ModelAdmin):
+class WorkflowExecutionAdmin(ModelAdmin):
     list_display = [
         "execution_id",
         "workflow_definition",
@@ -79,7 +84,7 @@ class WorkflowExecutionAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.WorkflowStage)
-class WorkflowStageAdmin(admin.ModelAdmin):
+class WorkflowStageAdmin(ModelAdmin):
     list_display = [
         "stage_id",
         "agent_name",
@@ -98,7 +103,7 @@ class WorkflowStageAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(ModelAdmin):
     list_display = [
         "run_number",
         "namespace",
@@ -113,7 +118,7 @@ class RunAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.StfFile)
-class StfFileAdmin(admin.ModelAdmin):
+class StfFileAdmin(ModelAdmin):
     list_display = [
         "stf_filename",
         "run",
@@ -130,7 +135,7 @@ class StfFileAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.FastMonFile)
-class FastMonFileAdmin(admin.ModelAdmin):
+class FastMonFileAdmin(ModelAdmin):
     list_display = [
         "tf_filename",
         "stf_file",
@@ -147,7 +152,7 @@ class FastMonFileAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.TFSlice)
-class TFSliceAdmin(admin.ModelAdmin):
+class TFSliceAdmin(ModelAdmin):
     list_display = [
         "tf_filename",
         "slice_id",
@@ -163,7 +168,7 @@ class TFSliceAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ModelAdmin):
     list_display = [
         "worker_id",
         "namespace",
@@ -178,7 +183,7 @@ class WorkerAdmin(admin.ModelAdmin):
 
 
 @admin.register(m.RunState)
-class RunStateAdmin(admin.ModelAdmin):
+class RunStateAdmin(ModelAdmin):
     list_display = [
         "run_number",
         "phase",
@@ -241,5 +246,5 @@ class AppLogAdmin(ReadOnlyAdmin):
 
 
 @admin.register(m.Counter)
-class CounterAdmin(admin.ModelAdmin):
+class CounterAdmin(ModelAdmin):
     list_display = ["name", "value", "updated_at"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import Count, Q, Sum
@@ -17,12 +17,15 @@ from django.db.models import Count, Q, Sum
 from swf_testbed.monitor.api.fastinsert import increment_rows, insert_objects
 from swf_testbed.monitor.api.models import MessageCount, WorkflowMessage
 
+if TYPE_CHECKING:  # recording imports this module
+    from swf_testbed.monitor.api.recording import MessageRow
+
 FACETS = ("namespace", "execution_id", "run_id", "msg_type", "sender", "is_valid")
 
 Key = tuple[str, str, int, str, str, bool]
 
 
-def key_of(msg: WorkflowMessage) -> Key:
+def key_of(msg: MessageRow) -> Key:
     return (
         msg.namespace_id or "",
         msg.execution_id or "",
@@ -37,7 +40,7 @@ def _key_fields(key: Key) -> dict[str, Any]:
     return dict(zip(FACETS, key, strict=True))
 
 
-def add_counts(messages: Iterable[WorkflowMessage], sign: int = 1) -> None:
+def add_counts(messages: Iterable[MessageRow], sign: int = 1) -> None:
     """Add (or, with ``sign=-1``, remove) messages to the counts. Call inside the recording transaction.
 
     One read of the counts the batch touches, one ``executemany`` of relative

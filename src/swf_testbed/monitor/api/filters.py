@@ -25,7 +25,7 @@ class TimeRangeFilterSet(df.FilterSet):
 
     @classmethod
     def get_filters(cls) -> dict[str, Any]:
-        filters = super().get_filters()
+        filters: dict[str, Any] = super().get_filters()
         if cls.time_field:
             filters["after"] = df.IsoDateTimeFilter(
                 field_name=cls.time_field, lookup_expr="gte", label=f"{cls.time_field} ≥ (ISO 8601)"
@@ -37,7 +37,9 @@ class TimeRangeFilterSet(df.FilterSet):
 
 
 class StrictOrderingFilter(OrderingFilter):
-    """DRF's ``ordering=``, where an unknown field is a 400 naming the allowed ones (not silently ignored)."""
+    """DRF's ``ordering=``, where an unknown field is a 400 naming the allowed ones (not silently
+    ignored).
+    """
 
     def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> Any:
         text = request.query_params.get(self.ordering_param)
@@ -51,8 +53,9 @@ class StrictOrderingFilter(OrderingFilter):
                 raise ValidationError(
                     {
                         self.ordering_param: [
-                            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                            f"allowed (prefix - for descending): {', '.join(sorted(allowed))}"
+                            f"unknown field{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}; allowed (prefix - for descending): "
+                            f"{', '.join(sorted(allowed))}"
                         ]
                     }
                 )
@@ -94,7 +97,9 @@ class WorkflowMessageFilter(df.FilterSet):
         fields: list[str] = []
 
     def facet_values(self) -> dict[str, Any] | None:
-        """The active filters as facet values, or None when a filter the facet table lacks is set."""
+        """The active filters as facet values, or None when a filter
+        the facet table lacks is set.
+        """
         if not self.is_valid():
             return None
         data = {k: v for k, v in self.form.cleaned_data.items() if v not in (None, "")}
@@ -104,7 +109,9 @@ class WorkflowMessageFilter(df.FilterSet):
 
 
 class MessagePageFilter(WorkflowMessageFilter):
-    """The messages page's filters: those of the API, and a type to leave out (one click hides heartbeats)."""
+    """The messages page's filters: those of the API, and a type to leave out (one click hides
+    heartbeats).
+    """
 
     exclude_type = df.CharFilter(
         field_name="msg_type",
@@ -136,7 +143,7 @@ class MessagePageFilter(WorkflowMessageFilter):
 
     @property
     def form(self) -> forms.Form:
-        form = super().form
+        form: forms.Form = super().form
         for name, label in self.LABELS.items():
             form.fields[name].label = label
         form.fields["is_valid"].widget = forms.Select(

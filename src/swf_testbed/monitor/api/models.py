@@ -19,7 +19,9 @@ import functools
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -27,6 +29,7 @@ from django.db import models, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from swf_testbed import messages as msgs
 from swf_testbed.liveness import SLACK_S, Liveness, liveness
 from swf_testbed.messages import MESSAGE_TYPES, NAME_PATTERN, V28_MESSAGE_TYPES
 from swf_testbed.settings import get_settings
@@ -42,35 +45,29 @@ name_validator = RegexValidator(
 # --------------------------------------------------------------------------- choices
 
 
-class AgentStatus(models.TextChoices):
-    UNKNOWN = "UNKNOWN", "Unknown"
-    OK = "OK", "OK"
-    WARNING = "WARNING", "Warning"
-    ERROR = "ERROR", "Error"
-    EXITED = "EXITED", "Exited"
+def choices_of(
+    enum: type[StrEnum], labels: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """The model choices of a message-schema enum: its values, labelled by name (``NO_BEAM``: No
+    beam).
+
+    The message schema is the one source of these sets; ``labels`` overrides a
+    label by member name.
+    """
+    labels = labels or {}
+    return [(m.value, labels.get(m.name, m.name.replace("_", " ").capitalize())) for m in enum]
 
 
-class OperationalState(models.TextChoices):
-    STARTING = "STARTING", "Starting"
-    READY = "READY", "Ready"
-    PROCESSING = "PROCESSING", "Processing"
-    EXITED = "EXITED", "Exited"
+AGENT_STATUS_UNKNOWN = "UNKNOWN"
+"""The status of an agent nothing was heard from yet (not a status an agent sends)."""
 
-
-class DaqState(models.TextChoices):
-    OFF = "off", "Off"
-    NO_BEAM = "no_beam", "No beam"
-    BEAM = "beam", "Beam"
-    RUN = "run", "Run"
-    CALIB = "calib", "Calibration"
-    TEST = "test", "Test"
-
-
-class DaqSubstate(models.TextChoices):
-    NOT_READY = "not_ready", "Not ready"
-    READY = "ready", "Ready"
-    PHYSICS = "physics", "Physics"
-    STANDBY = "standby", "Standby"
+AGENT_STATUS_CHOICES = [
+    (AGENT_STATUS_UNKNOWN, "Unknown"),
+    *choices_of(msgs.AgentStatus, {"OK": "OK"}),
+]
+OPERATIONAL_STATE_CHOICES = choices_of(msgs.OperationalState)
+DAQ_STATE_CHOICES = choices_of(msgs.DaqState, {"CALIB": "Calibration"})
+DAQ_SUBSTATE_CHOICES = choices_of(msgs.DaqSubstate)
 
 
 class FileStatus(models.TextChoices):
@@ -126,7 +123,9 @@ class Namespace(models.Model):
         existing = set(cls.objects.filter(name__in=names).values_list("name", flat=True))
         missing = names - existing
         if missing:
-            cls.objects.bulk_create([cls(name=n) for n in sorted(missing)], ignore_conflicts=True)
+            Namespace.objects.bulk_create(
+                [Namespace(name=n) for n in sorted(missing)], ignore_conflicts=True
+            )
 
 
 def _namespace_fk(related_name: str) -> models.ForeignKey[Any, Any]:
@@ -155,10 +154,12 @@ class SystemAgent(models.Model):
     namespace = _namespace_fk("agents")
     description = models.TextField(blank=True)
     status = models.CharField(
-        max_length=16, choices=AgentStatus.choices, default=AgentStatus.UNKNOWN
+        max_length=16, choices=AGENT_STATUS_CHOICES, default=AGENT_STATUS_UNKNOWN
     )
     operational_state = models.CharField(
-        max_length=16, choices=OperationalState.choices, default=OperationalState.STARTING
+        max_length=16,
+        choices=OPERATIONAL_STATE_CHOICES,
+        default=msgs.OperationalState.STARTING.value,
     )
     instance_id = models.CharField(max_length=200, blank=True, help_text="per-process instance id")
     pid = models.PositiveIntegerField(null=True, blank=True)
@@ -205,7 +206,8 @@ class SystemAgent(models.Model):
 
     @property
     def stf_counters(self) -> list[tuple[str, int]]:
-        """The agent's STF counters as its heartbeats last carried them (``counters`` keys naming STFs),
+        """The agent's STF counters as its heartbeats last carried them (``counters`` keys naming
+        STFs),
         or the ``current_stf_count``/``total_stf_processed`` a v28 agent posts over REST."""
         counters = self.counters if isinstance(self.counters, dict) else {}
         found = sorted(
@@ -224,8 +226,10 @@ class SystemAgent(models.Model):
     """Heartbeat times are the sender's clock: this much skew is tolerated (the orchestrator's too)."""
 
     def liveness(self, now: datetime | None = None) -> Liveness:
-        """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when silent
-        longer than ``SWF_AGENT_GONE_AFTER_S`` without an EXITED (see :mod:`swf_testbed.liveness`)."""
+        """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when
+        silent
+        longer than ``SWF_AGENT_GONE_AFTER_S`` without an EXITED (see
+        :mod:`swf_testbed.liveness`)."""
         age = (
             None
             if self.last_heartbeat is None
@@ -234,7 +238,7 @@ class SystemAgent(models.Model):
         return liveness(
             age,
             self.interval_s,
-            exited=self.operational_state == OperationalState.EXITED,
+            exited=self.operational_state == msgs.OperationalState.EXITED,
             slack_s=self.CLOCK_SLACK_S,
             gone_after_s=get_settings().agent_gone_after_s,
         )
@@ -332,8 +336,9 @@ class WorkflowExecution(models.Model):
 
     @property
     def workflow_name(self) -> str:
-        if self.workflow_definition_id is not None:
-            return self.workflow_definition.workflow_name
+        definition = self.workflow_definition if self.workflow_definition_id is not None else None
+        if definition is not None:
+            return definition.workflow_name
         return (
             str(self.parameter_values.get("workflow_name", ""))
             if isinstance(self.parameter_values, dict)
@@ -347,7 +352,9 @@ class WorkflowExecution(models.Model):
 
     @functools.cached_property
     def daq_span(self) -> tuple[datetime | None, datetime | None]:
-        """(first run's start, last run's end_run) of this execution; the end is None while a run is open."""
+        """(first run's start, last run's end_run) of this execution; the end is None while a run is
+        open.
+        """
         spans = [run.daq_span for run in self.runs.all()]
         if not spans:
             return None, None
@@ -366,7 +373,9 @@ class WorkflowExecution(models.Model):
 
     @functools.cached_property
     def work_end(self) -> datetime | None:
-        """When the last of its work finished: the latest end_run, slice, stage or the execution's own end."""
+        """When the last of its work finished: the latest end_run, slice, stage or the execution's
+        own end.
+        """
         run_numbers = list(self.runs.values_list("run_number", flat=True))
         candidates = [
             self.end_time,
@@ -424,7 +433,8 @@ class WorkflowStage(models.Model):
         indexes = [models.Index(fields=["execution", "created_at"], name="stage_execution_created")]
 
     def __str__(self) -> str:
-        return f"{self.agent_name or '?'} {self.status} ({self.stf_filename or self.run_number or '-'})"
+        about = self.stf_filename or self.run_number or "-"
+        return f"{self.agent_name or '?'} {self.status} ({about})"
 
     @property
     def duration(self) -> timedelta | None:
@@ -433,7 +443,9 @@ class WorkflowStage(models.Model):
         )
 
     def link(self) -> None:
-        """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known and not set."""
+        """Fill ``execution`` (from the run, else its run state) and ``agent`` (by name) where known
+        and not set.
+        """
         if self.execution_id is None and self.run_number is not None:
             self.execution_id = (
                 Run.objects.filter(run_number=self.run_number)
@@ -493,9 +505,11 @@ class Run(models.Model):
 
     @functools.cached_property
     def daq_span(self) -> tuple[datetime, datetime | None]:
-        """(first start_run, first end_run) of this run; the run's own times where a message is missing.
+        """(first start_run, first end_run) of this run; the run's own times where a message is
+        missing.
 
-        The first ``end_run`` counts: a repeat (a v28 runner's, a redelivery) does not make the run longer.
+        The first ``end_run`` counts: a repeat (a v28 runner's, a redelivery) does not make the run
+        longer.
         """
         firsts = dict(
             SystemStateEvent.objects.filter(
@@ -514,7 +528,9 @@ class Run(models.Model):
         return (end or timezone.now()) - start
 
     def adopt(self, execution: WorkflowExecution | None) -> None:
-        """Link to ``execution`` (and take its namespace) where this run has none yet; the caller saves."""
+        """Link to ``execution`` (and take its namespace) where this run has none yet; the caller
+        saves.
+        """
         if execution is None:
             return
         if self.execution_id is None:
@@ -541,8 +557,8 @@ class StfFile(models.Model):
         max_length=16, choices=FileStatus.choices, default=FileStatus.REGISTERED
     )
     machine_state = models.CharField(max_length=64, blank=True, default="physics")
-    daq_state = models.CharField(max_length=16, choices=DaqState.choices, blank=True)
-    daq_substate = models.CharField(max_length=16, choices=DaqSubstate.choices, blank=True)
+    daq_state = models.CharField(max_length=16, choices=DAQ_STATE_CHOICES, blank=True)
+    daq_substate = models.CharField(max_length=16, choices=DAQ_SUBSTATE_CHOICES, blank=True)
     sequence = models.PositiveIntegerField(null=True, blank=True)
     tf_count = models.PositiveIntegerField(null=True, blank=True)
     url = models.CharField(max_length=1000, blank=True)
@@ -695,7 +711,8 @@ class RunState(models.Model):
 
     @property
     def shown_state(self) -> str:
-        """What the run is in, for people: "ended" once ended (its last DAQ state is history, even when
+        """What the run is in, for people: "ended" once ended (its last DAQ state is history, even
+        when
         slices finish later), otherwise the phase and the DAQ state."""
         if self.phase == "ended":
             return "ended"
@@ -704,7 +721,9 @@ class RunState(models.Model):
 
     @property
     def execution_hint(self) -> str:
-        """The execution its poster named in ``metadata.execution_id`` (the v28 runner does), or empty."""
+        """The execution its poster named in ``metadata.execution_id`` (the v28 runner does), or
+        empty.
+        """
         value = self.metadata.get("execution_id") if isinstance(self.metadata, dict) else None
         return value[:200] if isinstance(value, str) else ""
 
@@ -716,7 +735,9 @@ class RunState(models.Model):
         return WorkflowExecution.objects.filter(execution_id=hint).first() if hint else None
 
     def link_run(self) -> None:
-        """Attach the run of this number, and link it to the execution named in ``metadata``, where missing."""
+        """Attach the run of this number, and link it to the execution named in ``metadata``, where
+        missing.
+        """
         run = self.run or Run.objects.filter(run_number=self.run_number).first()
         if run is None:
             return  # linked when the run is made (POST /api/runs/ or a message)
@@ -757,7 +778,9 @@ class SystemStateEvent(models.Model):
 
     @property
     def shown_state(self) -> tuple[str, str]:
-        """(state, substate) the run is in from this event on: ``("ended", "")`` after an end_run."""
+        """(state, substate) the run is in from this event on:
+        ``("ended", "")`` after an end_run.
+        """
         return ("ended", "") if self.event_type == "end_run" else (self.state, self.substate)
 
     @classmethod
@@ -768,7 +791,7 @@ class SystemStateEvent(models.Model):
         DAQ and a v28 runner, or redelivered under another id) is not a change.
         """
         seen_last: dict[int, str] = {}
-        kept = []
+        kept: list[SystemStateEvent] = []
         for event in cls.objects.filter(run_number__in=run_numbers).order_by(
             "timestamp", "event_id"
         ):
@@ -840,7 +863,9 @@ class WorkflowMessage(models.Model):
         return f"{self.msg_type or '?'} {self.msg_id}"
 
     def extra_fields(self) -> dict[str, Any]:
-        """Top-level fields of a valid body that our schema does not have (v28's ``simulation_tick``, ...)."""
+        """Top-level fields of a valid body that our schema does not have (v28's
+        ``simulation_tick``, ...).
+        """
         body = self.parsed_body()
         types = V28_MESSAGE_TYPES if self.dialect == "epic-v28" else MESSAGE_TYPES
         model = types.get(self.msg_type)
@@ -896,8 +921,10 @@ class MessageCount(models.Model):
 
 
 class AppLog(models.Model):
-    """A log record of a program: posted over REST (the logging handler of existing agents), or sent by one
-    of our agents in a ``log_batch`` message (``source_msg_id``; ``namespace``, ``execution_id`` and ``run_id``
+    """A log record of a program: posted over REST (the logging handler of existing agents), or
+    sent by one
+    of our agents in a ``log_batch`` message (``source_msg_id``; ``namespace``, ``execution_id`` and
+    ``run_id``
     from the agent)."""
 
     DROPPED_LOGGER = "swf_testbed.agents.logship"
@@ -938,7 +965,8 @@ class AppLog(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.timestamp:%Y-%m-%d %H:%M:%S} {self.instance_name} {self.levelname}: {self.message[:80]}"
+        when = f"{self.timestamp:%Y-%m-%d %H:%M:%S}"
+        return f"{when} {self.instance_name} {self.levelname}: {self.message[:80]}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         extra = self.extra_data if isinstance(self.extra_data, dict) else {}
@@ -969,4 +997,5 @@ class Counter(models.Model):
         with transaction.atomic():
             cls.objects.get_or_create(name=name, defaults={"value": cls.STARTS.get(name, 1) - 1})
             cls.objects.filter(name=name).update(value=F("value") + 1, updated_at=timezone.now())
-            return cls.objects.values_list("value", flat=True).get(name=name)
+            value: int = cls.objects.values_list("value", flat=True).get(name=name)
+            return value

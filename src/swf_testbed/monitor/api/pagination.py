@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
@@ -41,7 +42,7 @@ class OptionalLimitOffsetPagination(LimitOffsetPagination):
 class MessagePagination(OptionalLimitOffsetPagination):
     """Message pages count from the facet table when the filters allow it (millions of rows)."""
 
-    def get_count(self, queryset: QuerySet[Any]) -> int:
+    def get_count(self, queryset: QuerySet[Any, Any] | Sequence[Any]) -> int:
         from swf_testbed.monitor.api.facets import count_from_rollup
 
         view = getattr(self, "view", None)

@@ -1,4 +1,5 @@
-"""Who may do what on the API: reads may be open (a setting), writes never anonymous, deletes by staff.
+"""Who may do what on the API: reads may be open (a setting), writes never anonymous, deletes by
+staff.
 
 * GET/HEAD/OPTIONS: anyone when ``SWF_API_OPEN_READS`` is on, else a login.
 * POST/PUT/PATCH: any authenticated user (token or session). Records have no
@@ -51,7 +52,9 @@ def _listed(address: str, networks: list[str]) -> bool:
 
 
 def anonymous_create_allowed(view: Any, request: Request) -> bool:
-    """True when the view opts in to anonymous creates, its setting is on and the client is in an allowed network."""
+    """True when the view opts in to anonymous creates, its setting is on and the client is in an
+    allowed network.
+    """
     name = getattr(view, "anonymous_create_setting", "")
     if not name or getattr(view, "action", None) != "create" or not getattr(settings, name, False):
         return False
@@ -75,6 +78,8 @@ class ReadOpenWriteAuthenticated(BasePermission):
 
 
 def _handles(view: Any, method: str) -> bool:
-    """Whether the view answers this HTTP method (a viewset's routed actions, else the view's handlers)."""
+    """Whether the view answers this HTTP method (a viewset's routed actions, else the view's
+    handlers).
+    """
     action_map = getattr(view, "action_map", None)
     return method in action_map if action_map is not None else hasattr(view, method)

@@ -20,10 +20,10 @@ recounted per batch from TFSlice / FastMonFile, so they cannot drift.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count, F
@@ -32,6 +32,9 @@ from django.utils import timezone
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
 from swf_testbed.monitor.api.fastinsert import insert_objects, update_objects
+
+if TYPE_CHECKING:  # recording imports this module
+    from swf_testbed.monitor.api.recording import MessageRow
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,8 @@ have none); this one only makes the common case cheap.
 
 
 def project_batch(
-    pairs: list[tuple[m.WorkflowMessage, msgs.Message | None]],
-) -> list[tuple[m.WorkflowMessage, str]]:
+    pairs: Sequence[tuple[MessageRow, msgs.Message | None]],
+) -> list[tuple[MessageRow, str]]:
     """Project the new messages of a batch; returns those whose projection failed, with why.
 
     High-volume types are projected set-wise (a few queries per batch); when
@@ -87,8 +90,8 @@ def project_batch(
     the others.
     """
     batch = Batch()
-    failed: list[tuple[m.WorkflowMessage, str]] = []
-    groups: dict[str, list[tuple[m.WorkflowMessage, msgs.Message]]] = {}
+    failed: list[tuple[MessageRow, str]] = []
+    groups: dict[str, list[tuple[MessageRow, msgs.Message]]] = {}
     for row, msg in pairs:
         if msg is not None and msg.msg_type in HANDLERS:
             groups.setdefault(msg.msg_type, []).append((row, msg))

@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
@@ -81,7 +81,9 @@ def _run_id(value: Any) -> int | None:
 
 
 def _time(value: Any, naive_zone: tzinfo | None = None) -> datetime | None:
-    """An ISO time as UTC; a naive one only when ``naive_zone`` says where it was read (v28 bodies)."""
+    """An ISO time as UTC; a naive one only when ``naive_zone`` says
+    where it was read (v28 bodies).
+    """
     if not isinstance(value, str):
         return None
     try:
@@ -100,9 +102,33 @@ def _synthetic_id(incoming: Incoming, text: str) -> str:
     return body_identity(incoming.headers.get("message-id", ""), text)
 
 
+class MessageRow(Protocol):
+    """What the facet counts and the projections read of a recorded message.
+
+    Both a :class:`Row` (before it is inserted) and a ``WorkflowMessage`` have it.
+    """
+
+    @property
+    def msg_id(self) -> str: ...
+    @property
+    def msg_type(self) -> str: ...
+    @property
+    def namespace_id(self) -> str | None: ...
+    @property
+    def execution_id(self) -> str: ...
+    @property
+    def run_id(self) -> int | None: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def is_valid(self) -> bool: ...
+
+
 @dataclass(slots=True)
 class Row:
-    """The values of one ``WorkflowMessage`` row, before it is inserted (cheaper than a model instance)."""
+    """The values of one ``WorkflowMessage`` row, before it is inserted (cheaper than a model
+    instance).
+    """
 
     msg_id: str = ""
     msg_type: str = ""
@@ -182,9 +208,11 @@ def build_row(incoming: Incoming) -> tuple[Row, Message | None]:
 
 
 def _derive_namespaces(pairs: list[tuple[Row, Message | None]]) -> None:
-    """Give valid messages that name no namespace (v28 slices) their execution's namespace, where it is known.
+    """Give valid messages that name no namespace (v28 slices) their execution's namespace, where
+    it is known.
 
-    Known from another message of the batch, else from the execution's row; otherwise it stays empty.
+    Known from another message of the batch, else from the execution's row; otherwise it stays
+    empty.
     """
     missing = [
         (row, msg)
@@ -193,27 +221,27 @@ def _derive_namespaces(pairs: list[tuple[Row, Message | None]]) -> None:
     ]
     if not missing:
         return
-    known = {
+    known: dict[str, str] = {
         msg.execution_id: msg.namespace
         for _, msg in pairs
         if msg is not None and msg.namespace and msg.execution_id
     }
     wanted = {msg.execution_id for _, msg in missing if msg.execution_id not in known}
     if wanted:
-        known.update(
-            WorkflowExecution.objects.filter(
-                execution_id__in=wanted, namespace__isnull=False
-            ).values_list("execution_id", "namespace")
-        )
+        for execution_id, namespace_key in WorkflowExecution.objects.filter(
+            execution_id__in=wanted, namespace__isnull=False
+        ).values_list("execution_id", "namespace"):  # the namespace's key is its name
+            known[execution_id] = str(namespace_key)
     for index, (row, msg) in enumerate(pairs):
-        if msg is not None and not row.namespace_id and known.get(msg.execution_id or ""):
-            row.namespace_id = known[msg.execution_id]
+        found = known.get(msg.execution_id or "") if msg is not None else None
+        if msg is not None and not row.namespace_id and found:
+            row.namespace_id = found
             pairs[index] = (row, msg.model_copy(update={"namespace": row.namespace_id}))
 
 
 def _insert(rows: list[Row]) -> None:
     """Insert the rows with one prepared statement (``executemany``)."""
-    fields = [
+    fields: list[Any] = [  # the concrete columns of _ROW_FIELDS (Field, never a relation)
         WorkflowMessage._meta.get_field(
             name.removesuffix("_id") if name == "namespace_id" else name
         )
@@ -265,8 +293,8 @@ def record(batch: list[Incoming]) -> RecordResult:
         failed = projections.project_batch(new)
         if failed:
             result.projection_errors = len(failed)
-            for row, error in failed:
-                WorkflowMessage.objects.filter(msg_id=row.msg_id).update(
+            for failed_row, error in failed:
+                WorkflowMessage.objects.filter(msg_id=failed_row.msg_id).update(
                     projection_error=_clean(error, 10_000)
                 )
     return result

@@ -1,4 +1,5 @@
-"""``GET /api/messages/stream/``: every recorded message, live, as Server-Sent Events (the v28 protocol).
+"""``GET /api/messages/stream/``: every recorded message, live, as Server-Sent Events (the v28
+protocol).
 
 How it is fed: one :class:`StreamHub` per web process polls the database with a
 cursor on ``WorkflowMessage.id`` (one query per tick, however many clients) and
@@ -39,6 +40,7 @@ from typing import Any
 
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
 from swf_testbed.monitor.api.models import WorkflowMessage
@@ -119,7 +121,9 @@ class StreamFilter:
 
 
 def sse(event: str, data: str, event_id: int | None = None) -> bytes:
-    """One SSE event; a multi-line ``data`` becomes several ``data:`` lines, as the format requires."""
+    """One SSE event; a multi-line ``data`` becomes several
+    ``data:`` lines, as the format requires.
+    """
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
@@ -215,7 +219,9 @@ class StreamHub:
         self.clients.pop(client.client_id, None)
 
     def close(self) -> None:
-        """Close the hub's database connection and its thread (a hub of a test; a web process keeps its own)."""
+        """Close the hub's database connection and its thread (a hub of a test; a web process keeps
+        its own).
+        """
         from django.db import connections
 
         self._executor.submit(connections.close_all).result()
@@ -237,7 +243,9 @@ class StreamHub:
                 )
 
     async def tick(self) -> None:
-        """One poll: the rows after the cursor, to every client that wants them (one tick at a time)."""
+        """One poll: the rows after the cursor, to every client that wants them (one tick at a
+        time).
+        """
         async with self._ticking:
             await self._tick()
 
@@ -341,11 +349,12 @@ def current_hub() -> StreamHub | None:
 async def _authenticated_user(request: HttpRequest) -> str | None:
     """The user name of a valid token (``Authorization: Token <key>``) or session; None otherwise.
 
-    The lookup runs on the hub's database thread: its connection is kept and reused. (A query made in
-    the request's own context would open a connection there that, with persistent connections, is
+    The lookup runs on the hub's database thread: its connection is kept and reused. (A query made
+    in the request's own context would open a connection there that, with persistent connections, is
     not closed at the end of the request.)
     """
-    return await hub().db(_user_name, request)  # type: ignore[no-any-return]
+    name: str = await hub().db(_user_name, request)
+    return name
 
 
 def _user_name(request: HttpRequest) -> str | None:
@@ -375,7 +384,7 @@ def _unauthorized() -> JsonResponse:
 
 
 @require_GET
-async def message_stream(request: HttpRequest) -> HttpResponse:
+async def message_stream(request: HttpRequest) -> HttpResponseBase:
     """Server-Sent Events of every recorded message matching the filters (see the module)."""
     user = await _authenticated_user(request)
     if user is None:
@@ -434,8 +443,8 @@ async def _events(
                         {
                             "dropped": None,
                             "first_dropped_id": sent + 1,
-                            "reason": f"more than {replay_max} events missed since Last-Event-ID {after}: "
-                            "the rest is in /api/workflow-messages/",
+                            "reason": f"more than {replay_max} events missed since Last-Event-ID "
+                            f"{after}: the rest is in /api/workflow-messages/",
                         }
                     ),
                 )
@@ -468,7 +477,9 @@ async def _events(
 
 @require_GET
 async def stream_status(request: HttpRequest) -> HttpResponse:
-    """``{connected_clients, client_ids, client_filters}`` of this web process (``scope`` says which)."""
+    """``{connected_clients, client_ids, client_filters}`` of this web process (``scope`` says
+    which).
+    """
     if await _authenticated_user(request) is None:
         return _unauthorized()
     return JsonResponse(hub().status())

@@ -29,7 +29,9 @@ _REFUSED_KEY = f"{_PREFIX}:refused"
 
 
 def _increment(key: str, timeout: float | None) -> int:
-    """Add one to a cache counter, creating it (atomic per key in every Django cache backend but the dummy)."""
+    """Add one to a cache counter, creating it (atomic per key in every Django cache backend but the
+    dummy).
+    """
     cache.add(key, 0, timeout=timeout)
     try:
         return int(cache.incr(key))
@@ -44,7 +46,9 @@ def refused_count() -> int:
 
 
 class AnonymousLogThrottle(BaseThrottle):
-    """``SWF_API_ANONYMOUS_LOGS_RATE`` anonymous posts per client address and window; token holders pass."""
+    """``SWF_API_ANONYMOUS_LOGS_RATE`` anonymous posts per client address and window; token holders
+    pass.
+    """
 
     def __init__(self) -> None:
         self.wait_s: float | None = None
@@ -57,7 +61,8 @@ class AnonymousLogThrottle(BaseThrottle):
             str(getattr(settings, "SWF_API_ANONYMOUS_LOGS_RATE", "20000/min"))
         )
         now = time.time()
-        # The window opens at the address's first post and lasts `window` seconds (the keys expire then).
+        # The window opens at the address's first post and lasts `window` seconds (the keys expire
+        # then).
         key = f"{_PREFIX}:{window}:{client_address(request)}"
         cache.add(f"{key}:opened", now, timeout=window)
         if _increment(key, timeout=window) <= limit:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -20,34 +20,42 @@ from swf_testbed.monitor.api import serializers as s
 from swf_testbed.monitor.api.pagination import MessagePagination
 from swf_testbed.monitor.api.throttling import AnonymousLogThrottle
 
+if TYPE_CHECKING:  # what the mixins below are mixed into (a view set), for the type checker
+    _ViewSet = viewsets.GenericViewSet[Any]
+    _ModelViewSet = viewsets.ModelViewSet[Any]
+else:
+    _ViewSet = _ModelViewSet = object
 
-class MonitorViewSetMixin:
+
+class MonitorViewSetMixin(_ViewSet):
     """A list without paging parameters is a plain list, capped at ``SWF_API_MAX_UNPAGED`` rows."""
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        queryset = self.filter_queryset(self.get_queryset())  # type: ignore[attr-defined]
-        page = self.paginate_queryset(queryset)  # type: ignore[attr-defined]
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
         if page is not None:
-            serializer = self.get_serializer(page, many=True)  # type: ignore[attr-defined]
-            return self.get_paginated_response(serializer.data)  # type: ignore[attr-defined]
+            serializer = self.get_serializer(page, many=True)
+            paged: Response = self.get_paginated_response(serializer.data)
+            return paged
         cap = int(getattr(settings, "SWF_API_MAX_UNPAGED", 10_000))
         rows = list(queryset[: cap + 1])
-        response = Response(self.get_serializer(rows[:cap], many=True).data)  # type: ignore[attr-defined]
+        response = Response(self.get_serializer(rows[:cap], many=True).data)
         if len(rows) > cap:
             response["X-Truncated"] = f"true; at most {cap} rows without limit/offset"
         return response
 
 
-class MonitorModelViewSet(MonitorViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
+class MonitorModelViewSet(MonitorViewSetMixin, viewsets.ModelViewSet[Any]):
     pass
 
 
-class MergingCreateMixin:
-    # 201 when the POST made the row, 200 when it merged into one a message had made (s.MergingCreate).
-    # (A comment, not a docstring: the schema would show it on every operation of the view.)
+class MergingCreateMixin(_ModelViewSet):
+    # 201 when the POST made the row, 200 when it merged into one a message had made
+    # (s.MergingCreate). (A comment, not a docstring: the schema would show it on every operation of
+    # the view.)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().create(request, *args, **kwargs)  # type: ignore[misc]
+        response = super().create(request, *args, **kwargs)
         if getattr(getattr(self, "_serializer", None), "merged", False):
             response.status_code = status.HTTP_200_OK
         return response
@@ -57,22 +65,22 @@ class MergingCreateMixin:
         serializer.save()
 
 
-class RecountsRunMixin:
+class RecountsRunMixin(_ModelViewSet):
     # A slice or sample written over REST recounts its run's counters from the tables once the write
-    # has committed, as the ingest does after each batch: whichever of the two recounts last, the run
-    # state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by the count).
-    # The recount is a transaction of its own that locks only the run state, so it cannot deadlock
-    # with the ingest's batch.
+    # has committed, as the ingest does after each batch: whichever of the two recounts last, the
+    # run state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by
+    # the count). The recount is a transaction of its own that locks only the run state, so it
+    # cannot deadlock with the ingest's batch.
 
     def run_number_of(self, instance: Any) -> int | None:
         raise NotImplementedError
 
     def perform_create(self, serializer: Any) -> None:
-        super().perform_create(serializer)  # type: ignore[misc]
+        super().perform_create(serializer)
         self._recount_after_commit(serializer.instance)
 
     def perform_update(self, serializer: Any) -> None:
-        super().perform_update(serializer)  # type: ignore[misc]
+        super().perform_update(serializer)
         self._recount_after_commit(serializer.instance)
 
     def _recount_after_commit(self, instance: Any) -> None:
@@ -164,7 +172,9 @@ class SubscriberViewSet(MonitorModelViewSet):
     filterset_class = f.SubscriberFilter
 
 
-class AppLogViewSet(MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+class AppLogViewSet(
+    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Any]
+):
     anonymous_create_setting = (
         "SWF_API_ANONYMOUS_LOGS"  # see permissions.py: from allowed networks only
     )
@@ -252,8 +262,8 @@ class RunStateViewSet(MergingCreateMixin, MonitorModelViewSet):
 
 
 class SystemStateEventViewSet(
-    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet
-):  # type: ignore[type-arg]
+    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Any]
+):
     """Append-only: create and read, never change."""
 
     queryset = m.SystemStateEvent.objects.all()
@@ -263,8 +273,8 @@ class SystemStateEventViewSet(
 
 
 class WorkflowDefinitionViewSet(
-    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet
-):  # type: ignore[type-arg]
+    MonitorViewSetMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Any]
+):
     """Immutable once created: a change is a new version."""
 
     queryset = m.WorkflowDefinition.objects.all()
@@ -303,7 +313,7 @@ class WorkflowStageViewSet(MonitorModelViewSet):
     ]
 
 
-class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet[Any]):
     """Every message recorded by the ingest. Read-only: messages come from the broker."""
 
     queryset = m.WorkflowMessage.objects.all()
@@ -313,7 +323,7 @@ class WorkflowMessageViewSet(MonitorViewSetMixin, viewsets.ReadOnlyModelViewSet)
     ordering_fields = ["received_at", "sent_at", "msg_type", "sender", "id"]
     rollup_filters: dict[str, Any] | None = None
 
-    def filter_queryset(self, queryset: QuerySet[m.WorkflowMessage]) -> QuerySet[m.WorkflowMessage]:
+    def filter_queryset(self, queryset: QuerySet[Any, Any]) -> QuerySet[Any, Any]:
         filterset = f.WorkflowMessageFilter(
             self.request.query_params, queryset=queryset, request=self.request
         )
@@ -387,7 +397,9 @@ def next_workflow_execution_id(request: Request) -> Response:
 
 
 def run_state_detail() -> Any:
-    """``/api/run-states/{run_number}/`` with POST as create-or-update, as existing agents use it."""
+    """``/api/run-states/{run_number}/`` with POST as
+    create-or-update, as existing agents use it.
+    """
     return RunStateViewSet.as_view(
         {
             "get": "retrieve",

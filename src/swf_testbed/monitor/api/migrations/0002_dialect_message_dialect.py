@@ -14,7 +14,8 @@ class Migration(migrations.Migration):
             name="dialect",
             field=models.CharField(
                 blank=True,
-                help_text="swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON object",
+                help_text="swf (ours), epic-v28 (the existing ePIC agents); empty: not a JSON "
+                "object",
                 max_length=16,
             ),
         ),

@@ -48,7 +48,9 @@ def cutoff_for(days: float) -> datetime:
 def prune(
     cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False
 ) -> PruneResult:
-    """Delete messages received and logs logged before ``cutoff``; returns how many (or would be, dry run)."""
+    """Delete messages received and logs logged before ``cutoff``; returns how many (or would be,
+    dry run).
+    """
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1 (got {batch_size})")
     old_messages = WorkflowMessage.objects.filter(received_at__lt=cutoff)
@@ -84,7 +86,9 @@ def _chunks(ids: list[int]) -> list[list[int]]:
 
 
 def _uncount(ids: list[int]) -> None:
-    """Take these messages off the facet counts: one update per facet key (the keys of ``facets.key_of``)."""
+    """Take these messages off the facet counts: one update per facet key (the keys of
+    ``facets.key_of``).
+    """
     groups = (
         WorkflowMessage.objects.filter(id__in=ids)
         .order_by()
@@ -103,9 +107,13 @@ def _uncount(ids: list[int]) -> None:
 
 
 def _delete_messages(ids: list[int]) -> int:
-    """One ``DELETE`` for these ids, bypassing the per-row signal (the counts were adjusted by :func:`_uncount`)."""
+    """One ``DELETE`` for these ids, bypassing the per-row signal (the counts were adjusted by
+    :func:`_uncount`).
+    """
     table = connection.ops.quote_name(WorkflowMessage._meta.db_table)
-    pk = connection.ops.quote_name(WorkflowMessage._meta.pk.column)
+    column = WorkflowMessage._meta.pk.column if WorkflowMessage._meta.pk else None
+    assert column is not None  # a concrete table with its own primary key column
+    pk = connection.ops.quote_name(column)
     placeholders = ",".join(["%s"] * len(ids))
     with connection.cursor() as cursor:
         cursor.execute(
@@ -115,7 +123,10 @@ def _delete_messages(ids: list[int]) -> int:
 
 
 class Command(BaseCommand):
-    help = "Delete messages and application logs older than --older-than DAYS, in batches (facet counts kept)."
+    help = (
+        "Delete messages and application logs older than --older-than DAYS, in batches "
+        "(facet counts kept)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
