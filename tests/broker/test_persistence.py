@@ -424,3 +424,34 @@ def test_the_journal_is_on_by_default_under_swf_home(tmp_path: Path) -> None:
 def test_memory_only_keeps_nothing(new_broker: Callable[..., BrokerProc]) -> None:
     broker = new_broker("--memory-only")
     assert _stats(broker.port)["journal"] is None
+
+
+def test_paging_and_the_journal_in_the_prometheus_metrics(
+    new_broker: Callable[..., BrokerProc], tmp_path: Path
+) -> None:
+    import urllib.request
+
+    metrics_port = free_port()
+    broker = new_broker(
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--queue-memory-limit",
+        str(LIMIT),
+        "--metrics-port",
+        str(metrics_port),
+    )
+    queue = unique("queue")
+    _receipted_sends(Raw(broker.port), queue, [b"p" * 64 * 1024] * 40)
+    wait_for_port(HOST, metrics_port, 20, broker.proc)
+    with urllib.request.urlopen(f"http://{HOST}:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("swf_broker_")
+    }
+    label = f'{{destination="{queue}"}}'
+    assert values[f"swf_broker_queue_depth{label}"] == 40
+    assert values[f"swf_broker_queue_paged{label}"] > 20
+    assert 0 < values[f"swf_broker_queue_bytes{label}"] <= LIMIT
+    assert values["swf_broker_journal_bytes"] > 40 * 64 * 1024

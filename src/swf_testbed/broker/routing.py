@@ -16,13 +16,13 @@ from swf_testbed.broker.destinations import (
     CLIENT,
     QUEUE,
     TOPIC,
-    Durable,
     Message,
     Queue,
     Subscription,
     Topic,
     WildTopic,
 )
+from swf_testbed.broker.durable import Durable
 from swf_testbed.broker.frames import ProtocolError
 from swf_testbed.broker.selectors import compile_selector
 from swf_testbed.broker.store import Journal, Location

@@ -6,10 +6,12 @@ modules, one concept each:
 
 * :mod:`.frames`: the wire format (parsing, encoding, limits, errors);
 * :mod:`.selectors`: SUBSCRIBE selectors (ActiveMQ parity);
-* :mod:`.destinations`: messages, subscriptions, topics, queues, durable subscriptions;
+* :mod:`.destinations`: messages, subscriptions, topics, queues;
+* :mod:`.durable`: durable subscriptions;
 * :mod:`.routing`: which destinations a message goes to, acks;
 * :mod:`.protocol`: what each client frame does;
 * :mod:`.connection`: one connection's transport, flow control and heart-beats;
+* :mod:`.store`: the journal; :mod:`.admin`: asking a broker for its statistics;
 * this module: the :class:`Broker` (a router listening on a socket) and :func:`run`.
 """
 
