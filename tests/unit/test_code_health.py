@@ -166,11 +166,6 @@ def _imports_anywhere(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator/supervisor.py imports the CLI app (cli <-> orchestrator); "
-    "helper orch14 inverts it, the marker goes at merge",
-)
 def test_the_orchestrator_does_not_import_the_cli() -> None:
     """The CLI depends on the orchestrator, never the reverse, not even inside a function.
 
@@ -186,21 +181,6 @@ def test_the_orchestrator_does_not_import_the_cli() -> None:
         for path in sorted((PACKAGE / "orchestrator").rglob("*.py"))
     }
     assert {k: v for k, v in offenders.items() if v} == {}
-
-
-# What other branches of issue 14 fix; each marker goes at merge (strict: it fails once fixed).
-PENDING_SPLIT = {
-    "swf_testbed/orchestrator/run.py": "orch14",
-    "swf_testbed/cli/orchestrator.py": "orch14",
-    "swf_testbed/monitor/api/projections.py": "perf11",
-}
-PENDING_COMPLEXITY = {
-    "swf_testbed/cli/orchestrator.py:_follow": "orch14",
-    "swf_testbed/orchestrator/run.py:check": "orch14",
-    "swf_testbed/orchestrator/run.py:observe": "orch14",
-    "swf_testbed/broker/protocol.py:on_subscribe": "broker12",
-    "swf_testbed/broker/selectors.py:cmp": "broker12",
-}
 
 
 def _too_long() -> dict[str, int]:
@@ -235,33 +215,10 @@ def _too_complex() -> dict[str, str]:
 
 
 def test_no_file_in_src_over_800_lines() -> None:
-    too_long = {k: v for k, v in _too_long().items() if k not in PENDING_SPLIT}
-    assert too_long == {}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=f"{owner} splits it"))
-        for path, owner in PENDING_SPLIT.items()
-    ],
-)
-def test_pending_split(path: str) -> None:
-    assert path not in _too_long()
+    assert _too_long() == {}
 
 
 def test_no_function_over_complexity_15() -> None:
     """ruff's C901 (mccabe); CI's ``./dev lint`` runs it too."""
-    found = {k: v for k, v in _too_complex().items() if k not in PENDING_COMPLEXITY}
+    found = _too_complex()
     assert found == {}, "\n".join(found.values())
-
-
-@pytest.mark.parametrize(
-    "function",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"{owner} splits it"))
-        for name, owner in PENDING_COMPLEXITY.items()
-    ],
-)
-def test_pending_complexity(function: str) -> None:
-    assert function not in _too_complex()
