@@ -268,7 +268,7 @@ class Agent:
         return cls(**fields)
 
     def send(self, destination: Destination, msg: Message, *, persistent: bool = True) -> None:
-        """Send ``msg``, always in our strict schema (a v28 message passed on is converted, or refused)."""
+        """Send ``msg``, always in our strict schema (a v28 message is converted, or refused)."""
         self.client.send(destination, to_ours(msg), persistent=persistent, wait=False)
         self.count("sent")
 
@@ -420,7 +420,8 @@ class Agent:
         )
 
     def _send_log_batch(self, batch: LogBatch) -> None:
-        # a short wait: while the broker is away the records stay buffered (bounded), nothing waits for it
+        # a short wait: while the broker is away the records stay buffered (bounded);
+        # nothing waits for it
         self.client.send(logs_topic(self.namespace), batch, persistent=False, timeout=1.0)
 
     # ------------------------------------------------------------------ state and heartbeats

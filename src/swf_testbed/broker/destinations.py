@@ -18,7 +18,7 @@ from swf_testbed.broker.store import Location
 if TYPE_CHECKING:
     from swf_testbed.broker.connection import Connection
     from swf_testbed.broker.durable import Durable
-    from swf_testbed.broker.server import Broker
+    from swf_testbed.broker.routing import Router
 
 log = logging.getLogger("swf_testbed.broker")
 
@@ -365,7 +365,7 @@ class Queue:
     kind = QUEUE
     counts_held = True  # ``held`` goes down at the ACK (a Durable counts its backlog instead)
 
-    def __init__(self, name: str, broker: Broker) -> None:
+    def __init__(self, name: str, broker: Router) -> None:
         self.name = name
         self.messages: deque[Message] = deque()
         self.subs: list[Subscription] = []

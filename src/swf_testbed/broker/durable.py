@@ -32,6 +32,8 @@ class Durable(Queue):
     the topic, so they are never modified here: redeliveries are copies.
     """
 
+    broker: Broker  # a queue needs only the router; a durable also the broker's loop and limits
+
     __slots__ = (
         "_drop_timer",
         "active",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from swf_testbed.broker.destinations import (
     CLIENT,
@@ -26,6 +26,9 @@ from swf_testbed.broker.durable import Durable
 from swf_testbed.broker.frames import ProtocolError
 from swf_testbed.broker.selectors import compile_selector
 from swf_testbed.broker.store import Journal, Location
+
+if TYPE_CHECKING:
+    from swf_testbed.broker.server import Broker
 
 log = logging.getLogger("swf_testbed.broker")
 
@@ -321,7 +324,9 @@ class Router:
             )
             self.remove_durable(durable)
         source = self._topic(topic_name, pattern)
-        durable = Durable(self, client_id, name, source, selector_text, selector)
+        # only the Broker (this class's one subclass) runs subscriptions: a durable needs its loop
+        broker = cast("Broker", self)
+        durable = Durable(broker, client_id, name, source, selector_text, selector)
         source.subs.append(durable)
         self.durables[key] = durable
         self.durables_changed()

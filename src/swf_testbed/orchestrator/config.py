@@ -239,14 +239,14 @@ class TestbedConfig(_Strict):
     __test__ = False
 
     testbed: TestbedSection
-    workflow: WorkflowSection = Field(default_factory=WorkflowSection)  # type: ignore[arg-type]
+    workflow: WorkflowSection = Field(default_factory=WorkflowSection)
     agents: dict[str, AgentSection] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="workflow config overrides"
     )
-    broker: BrokerSection = Field(default_factory=BrokerSection)  # type: ignore[arg-type]
-    monitor: MonitorSection = Field(default_factory=MonitorSection)  # type: ignore[arg-type]
-    database: DatabaseSection = Field(default_factory=DatabaseSection)  # type: ignore[arg-type]
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
 
     @property
     def namespace(self) -> str:

@@ -229,7 +229,7 @@ def plan_replay(
     return ReplayPlan(source, namespace, execution_id, announce, selected, run_numbers, skipped)
 
 
-Send = Callable[[Destination, RunMessage | WorkflowStarted | WorkflowCompleted], None]
+Send = Callable[[Destination, RunMessage | WorkflowStarted | WorkflowCompleted], object]
 
 
 @dataclass
