@@ -427,3 +427,39 @@ def test_broker_restart_is_survived(client_for: Any, ingests: list[IngestProcess
         assert _ours(prefix) == 40 and ingest.alive
     finally:
         broker.stop()
+
+
+def test_message_the_database_refuses_is_stored_invalid_with_reason_and_acked(
+    activemq_broker: BrokerProcess, client_for: Any, ingests: list[IngestProcess]
+) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("the refusal is a SQLite trigger")
+    prefix = f"t9-{uuid.uuid4().hex[:6]}-"
+    ns = f"ns{uuid.uuid4().hex[:6]}"
+    refused = f"{prefix}{3:06d}"
+    table = m.WorkflowMessage._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TRIGGER refuse_one BEFORE INSERT ON {table} "
+            f"WHEN NEW.msg_id = '{refused}' AND NEW.is_valid "
+            "BEGIN SELECT RAISE(ABORT, 'no such value here'); END"
+        )
+    try:
+        ingest = _start(ingests, activemq_broker)
+        client = client_for(activemq_broker)
+        wait_until_ingesting(client, ingest)
+        msgs_sent = [_stf_gen(prefix, i, ns, run_id=7900) for i in range(10)]
+        assert refused in {msg.msg_id for msg in msgs_sent}, "the refused id is not sent"
+        for msg in msgs_sent:
+            client.send(data_topic(ns), msg)
+        wait_for(lambda: _ours(prefix) >= 10, 60, "the batch with the refused message")
+        row = m.WorkflowMessage.objects.get(msg_id=refused)
+        assert not row.is_valid
+        assert row.error_reason.startswith("refused by the database: ")
+        assert "no such value here" in row.error_reason
+        valid = m.WorkflowMessage.objects.filter(msg_id__startswith=prefix, is_valid=True)
+        assert valid.count() == 9
+        assert "left unacknowledged" not in ingest.log()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS refuse_one")

@@ -59,10 +59,11 @@ from django.db import (
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from swf_testbed.monitor.api.recording import Incoming, RecordResult, record
+from swf_testbed.monitor.api.recording import Incoming, RecordResult, record, record_refused
 from swf_testbed.monitor.metrics import observe_batch
 from swf_testbed.mq.client import BrokerClient, Delivery
 from swf_testbed.mq.destinations import ALL_TESTBED_TOPICS, Destination, mirrored_queue
+from swf_testbed.retry import Backoff
 from swf_testbed.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -341,10 +342,19 @@ class Ingestor:
             for item in batch
         ]
         self.stats.received += len(batch)
+        self._unstored: set[int] = set()
         if not self._write(incoming):
-            return  # stopping with the database still down: leave them unacknowledged, the broker keeps them
+            # stopping with the database still down: leave them unacknowledged, the broker
+            # keeps them
+            return
         self.stats.batches += 1
-        acked = self.client.ack_all([item.delivery for item in batch])
+        deliveries = [
+            item.delivery
+            for item, sent in zip(batch, incoming, strict=True)
+            if id(sent) not in self._unstored
+        ]
+        self._unstored.clear()
+        acked = self.client.ack_all(deliveries)
         self.stats.acked += acked
         self.stats.ack_skipped += (
             len(batch) - acked
@@ -358,8 +368,9 @@ class Ingestor:
         while True:
             fired = self.watchdog.fired
             try:
-                # each time the watchdog cut this batch short, give it twice as long: a batch that is merely
-                # slow (a loaded server, a large backlog) must get through, not be dropped again and again
+                # each time the watchdog cut this batch short, give it twice as long: a batch
+                # that is merely slow (a loaded server, a large backlog) must get through, not
+                # be dropped again and again
                 self._record(incoming, self.watchdog.timeout_s * 2 ** min(cut_short, 5))
                 return True
             except (OperationalError, InterfaceError) as exc:
@@ -386,28 +397,41 @@ class Ingestor:
             delay = min(delay * 2, self.max_db_backoff_s)
 
     def _write_one_by_one(self, incoming: list[Incoming]) -> bool:
+        """Record each alone; one the database refuses is stored invalid with the reason.
+
+        If even the invalid record cannot be stored, the message is left unacknowledged
+        (``self._unstored``): the broker redelivers it, nothing is acked unstored.
+        """
         for item in incoming:
-            delay = 0.1
+            backoff = Backoff(0.1, self.max_db_backoff_s)
             while True:
                 try:
                     self._record([item])
                     break
                 except (OperationalError, InterfaceError):
                     self._drop_connection()
-                    if self._stop.wait(delay):
+                    if backoff.wait(self._stop):
                         return False
-                    delay = min(delay * 2, self.max_db_backoff_s)
-                except Exception as exc:  # noqa: BLE001
-                    # A body this database cannot store even alone: never block the stream on it.
-                    log.error(
-                        "cannot store message from %s (%s); body starts %r",
-                        item.destination,
-                        exc,
-                        item.body[:200],
-                    )
+                except Exception as exc:  # noqa: BLE001 - a body this database cannot store
                     self._drop_connection()
+                    self._store_refused(item, exc)
                     break
         return True
+
+    def _store_refused(self, item: Incoming, exc: Exception) -> None:
+        reason = f"refused by the database: {str(exc).strip() or type(exc).__name__}"
+        try:
+            with self.watchdog.guard(None):
+                close_old_connections()
+                self.stats.add(record_refused(item, reason))
+        except Exception as again:  # noqa: BLE001 - leave it unacked, it is redelivered
+            log.error(
+                "cannot store message from %s even as invalid (%s); left unacknowledged",
+                item.destination,
+                again,
+            )
+            self._drop_connection()
+            self._unstored.add(id(item))
 
     def _record(self, incoming: list[Incoming], timeout_s: float | None = None) -> None:
         with self.watchdog.guard(timeout_s):

@@ -298,3 +298,25 @@ def record(batch: list[Incoming]) -> RecordResult:
                     projection_error=_clean(error, 10_000)
                 )
     return result
+
+
+def record_refused(incoming: Incoming, reason: str) -> RecordResult:
+    """Store, in its own transaction, a message the database refused as an invalid one.
+
+    The body is kept as its escaped text (the refusal may be about a value in it); no
+    projection runs. Raises if even this cannot be stored: the caller then does not ack it.
+    """
+    row, _ = build_row(incoming)
+    row.is_valid = False
+    row.error_reason = _clean(reason, 500)
+    row.validation_error = _clean(reason, 10_000)
+    row.body = _clean(incoming.body.decode("utf-8", "backslashreplace"), MAX_STORED_BODY)
+    result = RecordResult()
+    with transaction.atomic():
+        if WorkflowMessage.objects.filter(msg_id=row.msg_id).exists():
+            result.duplicates = 1
+            return result
+        _insert([row])
+        facets.add_counts([row])
+    result.stored = result.invalid = 1
+    return result
