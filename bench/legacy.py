@@ -1,4 +1,5 @@
-"""The existing ePIC agents (v28 dialect) against swf-testbed on the embedded defaults, as fast as they go.
+"""The existing ePIC agents (v28 dialect) against swf-testbed on the embedded defaults, as fast as
+they go.
 
 Starts the embedded broker and the real monitor (``monitor serve`` and
 ``monitor ingest``, SQLite in a fresh ``SWF_HOME``), then runs the legacy-agent
@@ -54,8 +55,8 @@ from tests.compat.stack import MonitorStack  # noqa: E402
 WEB_LAUNCHER = (
     "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n" + LAUNCHER
 )
-"""uvicorn re-raises the SIGTERM it caught once it has shut down: a handler of ours then exits cleanly, so
-that the profiles are written (atexit)."""
+"""uvicorn re-raises the SIGTERM it caught once it has shut down: a handler of ours then exits
+cleanly, so that the profiles are written (atexit)."""
 AIM_STF_PER_S = 4.0
 KNOWN_GAPS = {"POST /system-state-events/"}
 """Endpoints refused today for what issue 10 §3 fixes: counted, not fatal."""
@@ -121,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.url, "POST", "/api/state/next-agent-id/", args.baseline_calls, stack.token
         )
         console.print(
-            f"legacy agents: {stfs} STFs unpaced, sampling {args.sampling}, {args.slices} slices/sample …"
+            f"legacy agents: {stfs} STFs unpaced, sampling {args.sampling}, "
+            f"{args.slices} slices/sample …"
         )
-        result = stack.run_legacy(
+        stack.run_legacy(
             "--stfs",
             str(stfs),
             "--sampling",
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Console(width=None if sys.stdout.isatty() else 140)
     out.print(table)
     out.print(
-        f"STF/s end to end: {stf_per_s:.2f} (aim {AIM_STF_PER_S}); REST p50 {ms(percentile(all_times, 50))} ms, "
+        f"STF/s end to end: {stf_per_s:.2f} (aim {AIM_STF_PER_S}); "
+        f"REST p50 {ms(percentile(all_times, 50))} ms, "
         f"p95 {ms(percentile(all_times, 95))} ms; trivial GET p50 {ms(baseline_get_p50)} ms, "
         f"smallest write p50 {ms(percentile(write_times, 50))} ms"
     )
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if failed:
         out.print(
-            f"[red]{len(failed)} REST calls not 2xx[/red] ({len(fatal)} outside the known gaps), e.g. "
+            f"[red]{len(failed)} REST calls not 2xx[/red] "
+            f"({len(fatal)} outside the known gaps), e.g. "
             f"{failed[0]['endpoint']} {failed[0]['status']} {failed[0]['error'][:200]}"
         )
     if args.profile is not None and (args.profile / "web.prof").exists():

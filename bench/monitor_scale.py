@@ -184,7 +184,8 @@ def main() -> int:
             with connection.cursor() as cursor:
                 cursor.execute("ANALYZE")
         print(
-            f"seeded {n} messages over {EXECUTIONS} executions in {seconds:.0f} s ({connection.vendor})"
+            f"seeded {n} messages over {EXECUTIONS} executions in {seconds:.0f} s "
+            f"({connection.vendor})"
         )
         client = Client(HTTP_HOST="localhost")
         filters = {

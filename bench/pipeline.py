@@ -136,7 +136,8 @@ profiles[0].enable()
 from swf_testbed.cli import app
 app(args=args, prog_name="swf-testbed")
 """
-"""Runs ``swf-testbed ARGS…`` under cProfile (every thread): ``python -c LAUNCHER OUT.prof ARGS…``."""
+"""Runs ``swf-testbed ARGS…`` under cProfile (every thread):
+``python -c LAUNCHER OUT.prof ARGS…``."""
 
 
 # --------------------------------------------------------------------------- raw broker baseline
@@ -216,7 +217,7 @@ def raw_throughput(broker: BrokerProcess, n: int) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- the chain and the ingest
+# ------------------------------------------------------------------------- the chain and the ingest
 
 
 class CpuMeter:
@@ -323,7 +324,8 @@ def _terminate(procs: Any) -> None:
 
 @dataclass
 class Ingest:
-    """``swf-testbed monitor ingest`` as its own process, its SQLite database in a fresh ``SWF_HOME``."""
+    """``swf-testbed monitor ingest`` as its own process, its SQLite database in a fresh
+    ``SWF_HOME``."""
 
     broker: BrokerProcess
     home: Path
@@ -430,7 +432,8 @@ class MonitorDb:
 
 
 class MonitorWatch(threading.Thread):
-    """Polls the monitor's row counts of one execution; keeps every change with the time it was first seen."""
+    """Polls the monitor's row counts of one execution; keeps every change with the time it was
+    first seen."""
 
     def __init__(
         self, db: MonitorDb, execution_id: str, after_id: int, interval: float = 0.02
@@ -504,7 +507,8 @@ class Counting(stomp.ConnectionListener):
         self.execution_id: str | None = None
         self.seen: dict[str, Counter[Any]] = {k: Counter() for k in self.KINDS}
         self.ids: dict[str, set[str]] = {}
-        """msg_ids of the execution by msg_type (each message once, whichever destination(s) it came by)."""
+        """msg_ids of the execution by msg_type (each message once, whichever destination(s) it
+        came by)."""
         self.total = 0
         self.replies: list[dict[str, Any]] = []
         self.slice_sizes: dict[str, int] = {}
@@ -589,14 +593,16 @@ class RunFigures:
     chain_lost: int
     """Expected messages never seen on the broker."""
     chain_seconds: float
-    """run_workflow sent → last expected message seen on the broker (the chain without the ingest)."""
+    """run_workflow sent → last expected message seen on the broker (the chain without the
+    ingest)."""
     chain_stf_per_s: float
     chain_msgs_per_s: float
     stf_stream_per_s: float
     """STFs per second through data and processing alone (to the last processing_complete)."""
     ingest_lag_s: float
     cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
-    """CPU microseconds per message of the run, by process, from run_workflow sent to monitor complete."""
+    """CPU microseconds per message of the run, by process, from run_workflow sent to monitor
+    complete."""
     broker_msgs_per_s: float = 0.0
     ratio: float = 0.0
     chain_ratio: float = 0.0
@@ -834,7 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     client: BrokerClient | None = None
     try:
         log(
-            f"raw broker throughput: {raw_n} messages, one stomp.py producer → one consumer on a topic …"
+            f"raw broker throughput: {raw_n} messages, "
+            "one stomp.py producer → one consumer on a topic …"
         )
         raw = raw_throughput(broker, raw_n)
         log(f"  {raw['msgs_per_s']:.0f} msg/s ({raw['received']}/{raw['messages']} received)")
@@ -858,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
                 counting.changed.wait(1)
 
         log(
-            f"starting the monitor ingest (SWF_HOME {ingest.home}) and {len(agents.specs())} agent processes "
+            f"starting the monitor ingest (SWF_HOME {ingest.home}) "
+            f"and {len(agents.specs())} agent processes "
             f"in namespace {ns} (logs in {agents.logs}) …"
         )
         ingest.start()
@@ -886,13 +894,15 @@ def main(argv: list[str] | None = None) -> int:
             fig.chain_ratio = fig.chain_msgs_per_s / raw["msgs_per_s"] if raw["msgs_per_s"] else 0.0
             runs.append(fig)
             log(
-                f"  end to end (monitor complete): {fig.stf_per_s:.1f} STF/s, {fig.msgs_per_s:.0f} msg/s "
-                f"({fig.msgs} messages in {fig.seconds:.2f} s), ratio to raw broker {fig.ratio:.3f}, "
+                f"  end to end (monitor complete): {fig.stf_per_s:.1f} STF/s, "
+                f"{fig.msgs_per_s:.0f} msg/s ({fig.msgs} messages in {fig.seconds:.2f} s), "
+                f"ratio to raw broker {fig.ratio:.3f}, "
                 f"lost {fig.lost}, duplicated {fig.duplicated}, {fig.status}"
             )
             log(
-                f"  chain alone (broker): {fig.chain_stf_per_s:.1f} STF/s, {fig.chain_msgs_per_s:.0f} msg/s "
-                f"in {fig.chain_seconds:.2f} s ({fig.stf_stream_per_s:.1f} STF/s through data and processing), "
+                f"  chain alone (broker): {fig.chain_stf_per_s:.1f} STF/s, "
+                f"{fig.chain_msgs_per_s:.0f} msg/s in {fig.chain_seconds:.2f} s "
+                f"({fig.stf_stream_per_s:.1f} STF/s through data and processing), "
                 f"lost {fig.chain_lost}; ingest lag {fig.ingest_lag_s:.2f} s"
             )
             log(f"    expected {fig.expected}")
@@ -916,13 +926,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        f"{'sampling rate':>14} {'STFs':>6} {'STF/s':>9} {'msg/s':>9} {'chain STF/s':>12} {'chain msg/s':>12} "
+        f"{'sampling rate':>14} {'STFs':>6} {'STF/s':>9} {'msg/s':>9} "
+        f"{'chain STF/s':>12} {'chain msg/s':>12} "
         f"{'lag s':>6} {'lost':>5} {'dup':>5} {'raw msg/s':>10} {'ratio':>6}"
     )
     for fig in runs:
         print(
             f"{fig.rate:>14g} {fig.stfs:>6} {fig.stf_per_s:>9.1f} {fig.msgs_per_s:>9.0f} "
-            f"{fig.chain_stf_per_s:>12.1f} {fig.chain_msgs_per_s:>12.0f} {fig.ingest_lag_s:>6.2f} {fig.lost:>5} "
+            f"{fig.chain_stf_per_s:>12.1f} {fig.chain_msgs_per_s:>12.0f} "
+            f"{fig.ingest_lag_s:>6.2f} {fig.lost:>5} "
             f"{fig.duplicated:>5} {fig.broker_msgs_per_s:>10.0f} {fig.ratio:>6.3f}"
         )
     headline = next((f for f in runs if f.rate == 0.05), runs[0])

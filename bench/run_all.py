@@ -96,12 +96,12 @@ def last_json(stdout: str) -> dict[str, Any] | None:
 def run_one(name: str, full: bool, timeout: float, logs: Path, console: Console) -> Outcome:
     argv = [sys.executable, str(BENCH / f"{name}.py"), *([] if full else ["--quick"])]
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
-    console.print(
-        f"[bold]{name}[/bold]: {' '.join(Path(a).name if a.endswith('.py') else a for a in argv[1:])} …"
-    )
+    shown = " ".join(Path(a).name if a.endswith(".py") else a for a in argv[1:])
+    console.print(f"[bold]{name}[/bold]: {shown} …")
     started = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        # its own session: on a timeout or Ctrl+C the bench and everything it started are stopped together
+        # its own session: on a timeout or Ctrl+C the bench and everything it started are
+        # stopped together
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -264,7 +264,10 @@ def rows_pipeline(f: dict[str, Any]) -> list[Row]:
 
 
 def rows_legacy(f: dict[str, Any]) -> list[Row]:
-    label = f"legacy agents ({f.get('stfs', '?')} STFs, sampling {f.get('sampling_rate', '?')}, serial REST)"
+    label = (
+        f"legacy agents ({f.get('stfs', '?')} STFs, "
+        f"sampling {f.get('sampling_rate', '?')}, serial REST)"
+    )
     return [
         (
             label,

@@ -69,9 +69,11 @@ WARMUP_S = 60.0
 def testbed_toml(
     namespace: str, broker_port: int, monitor_port: int, stfs: int, minutes: float
 ) -> str:
-    """``swf-testbed init``'s testbed.toml (every agent, two workers, embedded services), paced to real time."""
+    """``swf-testbed init``'s testbed.toml (every agent, two workers, embedded services), paced to
+    real time."""
     text = render(namespace)
-    # the default ports by value (two sections have a port); the run's own keys whatever the starter's value
+    # the default ports by value (two sections have a port); the run's own keys whatever the
+    # starter's value
     for pattern, new in (
         (r"port = 61613\b", f"port = {broker_port}"),
         (r"port = 8002\b", f"port = {monitor_port}"),
@@ -121,7 +123,8 @@ def _utc(text: str) -> float:
 
 
 class Recorded(threading.Thread):
-    """Polls the monitor's SQLite file for new rows of the namespace; notes when each msg_id appeared."""
+    """Polls the monitor's SQLite file for new rows of the namespace; notes when each msg_id
+    appeared."""
 
     def __init__(self, path: Path, namespace: str, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -218,7 +221,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def process_figures(sampler: Sampler, started: float, ended: float) -> dict[str, dict[str, float]]:
-    """Per process: RSS one minute in and at the end; CPU % over the first and the last five minutes."""
+    """Per process: RSS one minute in and at the end; CPU % over the first and the last five
+    minutes."""
     out: dict[str, dict[str, float]] = {}
     window = 300.0
     for name, samples in sorted(sampler.samples.items()):
@@ -365,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"run: exit {code}; " + " | ".join(tail[-2:]))
     print(
-        f"messages: sent {figures['sent']}, recorded {figures['recorded']}, missing {figures['missing']} "
+        f"messages: sent {figures['sent']}, recorded {figures['recorded']}, "
+        f"missing {figures['missing']} "
         f"{missing_by_type or ''}"
     )
     print(
@@ -373,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {figures['lag_p99_s']} s, max {figures['lag_max_s']} s"
     )
     print(
-        f"{'process':<28}{'RSS start':>11}{'RSS end':>10}{'peak':>8}{'growth':>8}{'CPU% start':>12}{'CPU% end':>10}"
+        f"{'process':<28}{'RSS start':>11}{'RSS end':>10}{'peak':>8}{'growth':>8}"
+        f"{'CPU% start':>12}{'CPU% end':>10}"
     )
     for name, p in procs.items():
         print(
