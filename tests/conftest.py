@@ -31,7 +31,8 @@ EVERY_BROKER_KIND = [*BROKER_KINDS, "rabbitmq"]
 
 
 def _required(name: str) -> bool:
-    """CI sets SWF_REQUIRE_ACTIVEMQ / SWF_REQUIRE_POSTGRES: a missing service then fails, never skips."""
+    """CI sets SWF_REQUIRE_ACTIVEMQ / SWF_REQUIRE_POSTGRES: a missing service then fails, never
+    skips."""
     return os.environ.get(name, "") not in ("", "0", "false")
 
 
@@ -90,7 +91,8 @@ def every_broker(request: pytest.FixtureRequest) -> BrokerProcess:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """A reachable PostgreSQL server (``SWF_TEST_POSTGRES_URL``, default the local ``test`` database)."""
+    """A reachable PostgreSQL server (``SWF_TEST_POSTGRES_URL``, default the local ``test``
+    database)."""
     import psycopg
 
     url = os.environ.get("SWF_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")

@@ -140,11 +140,12 @@ def test_fault_proxy_forwards_stalls_cuts_and_restores() -> None:
     server.close()
 
 
-# =========================================================================== 1. half-open broker connections
+# ================================================================== 1. half-open broker connections
 
 
 def _stomp_connect(host: str, port: int, client_id: str, timeout: float = 5.0) -> str:
-    """One raw STOMP CONNECT with ``client_id``: the command the broker answers (CONNECTED or ERROR) and why."""
+    """One raw STOMP CONNECT with ``client_id``: the command the broker answers (CONNECTED or
+    ERROR) and why."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(
             f"CONNECT\naccept-version:1.2\nhost:{host}\nclient-id:{client_id}\nheart-beat:0,0\n\n\0".encode()
@@ -299,7 +300,7 @@ def test_half_open_agent_connection_is_replaced_and_no_work_lost(
     )
 
 
-# --------------------------------------------------------------------------- the ingest, through the proxy
+# -------------------------------------------------------------------- the ingest, through the proxy
 
 
 def _migrate(database_url: str, home: Path) -> None:
@@ -321,7 +322,8 @@ def _migrate(database_url: str, home: Path) -> None:
 
 
 def _stored(database_url: str, namespace: str) -> tuple[int, int]:
-    """Rows of the namespace's messages (msg_id ``NS-…``) in the monitor's table, and distinct msg_ids."""
+    """Rows of the namespace's messages (msg_id ``NS-…``) in the monitor's table, and distinct
+    msg_ids."""
     query = (
         "SELECT count(*), count(DISTINCT msg_id) FROM monitor_workflowmessage WHERE msg_id LIKE {}"
     )
@@ -352,7 +354,8 @@ def _probe_recorded(database_url: str, msg_id: str) -> bool:
 def _wait_ingesting(
     client: BrokerClient, ingest: IngestProcess, database_url: str, timeout: float = 90
 ) -> None:
-    """Probes until one is recorded, looked up in the database directly (this test runs no Django)."""
+    """Probes until one is recorded, looked up in the database directly (this test runs no
+    Django)."""
     ingestlib.wait_until_ingesting(
         client,
         ingest,
@@ -379,7 +382,8 @@ def _stf(ns: str, prefix: str, i: int) -> StfReady:
 
 
 class Publisher:
-    """Sends numbered messages to the namespace's data topic at a steady pace, in a thread, until stopped."""
+    """Sends numbered messages to the namespace's data topic at a steady pace, in a thread, until
+    stopped."""
 
     def __init__(self, client: BrokerClient, ns: str, interval: float = 0.02) -> None:
         self.client = client
@@ -509,7 +513,7 @@ def test_half_open_ingest_connection_is_replaced_and_every_message_recorded_once
     report(record_property, f"ingest_half_open_messages[{any_broker.name}]", total)
 
 
-# =========================================================================== 2. the database unavailable
+# ====================================================================== 2. the database unavailable
 
 
 def _via(database_url: str, proxy: FaultProxy) -> str:
@@ -537,7 +541,8 @@ def test_database_cut_for_10_s_ingest_retries_acks_nothing_uncommitted_catches_u
     tmp_path: Path,
     record_property: Callable[[str, Any], None],
 ) -> None:
-    """PostgreSQL unreachable (connections closed, new ones refused) for 10 s while messages keep coming.
+    """PostgreSQL unreachable (connections closed, new ones refused) for 10 s while messages keep
+    coming.
 
     First outage: the ingest retries, never dies, and catches up. Second
     outage: the ingest is SIGKILLed while it holds deliveries it could not
@@ -641,14 +646,16 @@ def test_database_stalled_ingest_recovers(
             wait_for(lambda: _stored(direct, ns)[0] >= 50, 60, "messages flowing")
             if stall == "mid-transaction":
                 with psycopg.connect(direct) as locker:
-                    # the message counts are updated after the messages are inserted, in the same transaction
+                    # the message counts are updated after the messages are inserted, in the same
+                    # transaction
                     locker.execute("LOCK TABLE monitor_messagecount IN ACCESS EXCLUSIVE MODE")
 
                     def waiting_sessions() -> list[int]:
                         return [
                             row[0]
                             for row in locker.execute(
-                                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                "SELECT pid FROM pg_stat_activity "
+                                "WHERE datname = current_database() "
                                 "AND wait_event_type = 'Lock'"
                             ).fetchall()
                         ]
@@ -715,7 +722,7 @@ def test_database_stalled_ingest_recovers(
     )
 
 
-# =========================================================================== 3. the monitor web down
+# ========================================================================== 3. the monitor web down
 
 
 def _monitor_bed_toml(namespace: str, monitor_port: int, database_url: str) -> str:
@@ -723,7 +730,8 @@ def _monitor_bed_toml(namespace: str, monitor_port: int, database_url: str) -> s
 
     agents = agent_toml("runner", "TinyRunner") + agent_toml("idle")
     return (
-        f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 120\n\n[workflow]\ntime_scale = 0\n\n'
+        f'[testbed]\nnamespace = "{namespace}"\nstart_timeout = 120\n\n'
+        f"[workflow]\ntime_scale = 0\n\n"
         f"[parameters]\nstf_count = 3\n\n{agents}\n"
         f'[broker]\nmode = "external"\n\n'
         f'[monitor]\nmode = "embedded"\nport = {monitor_port}\n\n'
@@ -848,7 +856,7 @@ def test_monitor_web_down_agents_and_ingest_go_on_and_the_orchestrator_says_so(
     report(record_property, "stopped_web_status_line", " ".join(web_line.split()))
 
 
-# =========================================================================== 4. a slow consumer at full speed
+# ================================================================= 4. a slow consumer at full speed
 
 
 SLOW_MESSAGES = 40_000
@@ -868,7 +876,8 @@ def test_slow_consumer_under_a_full_speed_producer(
     record_property: Callable[[str, Any], None],
 ) -> None:
     """One producer sends 40 000 messages of 2 KiB (80 MiB) as fast as it can; one consumer
-    (its own process) sleeps 0.2 ms per message. Every message arrives exactly once, on both brokers.
+    (its own process) sleeps 0.2 ms per message. Every message arrives exactly once, on both
+    brokers.
 
     Embedded broker, topic (non-durable, auto ack, as the monitor-style
     listeners): producer flow control paces the producer to the consumer, and

@@ -164,7 +164,7 @@ def test_topic_fans_out_to_every_subscriber_in_order(clients: Callable[..., Clie
         assert all(frame.headers["destination"] == topic for frame in sub.listener.messages)
 
 
-# --------------------------------------------------------------------------- wildcards, durable topics
+# ------------------------------------------------------------------------ wildcards, durable topics
 
 
 def test_wildcard_subscription_names_the_real_destination(clients: Callable[..., Client]) -> None:
@@ -363,7 +363,8 @@ def test_unacked_messages_of_a_killed_consumer_go_to_another(
 
 
 def test_nack(every_broker: BrokerProcess, clients: Callable[..., Client]) -> None:
-    """NACK: the spec leaves it to the server (redeliver, discard or dead-letter); the brokers differ.
+    """NACK: the spec leaves it to the server (redeliver, discard or dead-letter); the brokers
+    differ.
 
     ActiveMQ Classic treats a STOMP NACK as a poison ack: the message is not
     redelivered but moved to the dead-letter queue ``ActiveMQ.DLQ`` (with an
@@ -431,10 +432,10 @@ def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_que
     every_broker: BrokerProcess,
     clients: Callable[..., Client],
 ) -> None:
-    """Mirrored queues (ActiveMQ ``useMirroredQueues``, the embedded broker by default): a message sent
-    to queue Q is also published on ``/topic/VirtualTopic.Mirror.Q``, same message-id, headers and body;
-    exact, wildcard and durable wildcard subscriptions get it, and the queue's consumers still get
-    every message once."""
+    """Mirrored queues (ActiveMQ ``useMirroredQueues``, the embedded broker by default): a
+    message sent to queue Q is also published on ``/topic/VirtualTopic.Mirror.Q``, same
+    message-id, headers and body; exact, wildcard and durable wildcard subscriptions get it, and
+    the queue's consumers still get every message once."""
     if every_broker.style is DestinationStyle.RABBITMQ:
         pytest.skip(
             "RabbitMQ has no mirrored queues: the project's client sends the mirror copy itself "
@@ -455,7 +456,8 @@ def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_que
     durable_id = durable.subscribe("/topic/VirtualTopic.Mirror.>", headers=durable_name)
     try:
         _check_mirrored(queue, name, consumers, (exact, wildcard, durable), clients())
-    finally:  # detach, then remove: a durable wildcard left behind would keep every later mirror copy
+    finally:
+        # detach, then remove: a durable wildcard left behind would keep every later mirror copy
         durable.unsubscribe(durable_id)
         durable.unsubscribe(durable_id, headers=durable_name)
 
@@ -570,7 +572,8 @@ class _ArrivalTimes(stomp.ConnectionListener):
 
 
 def test_server_heartbeats_keep_coming_between_frames(every_broker: BrokerProcess) -> None:
-    """The broker writes to an otherwise quiet connection often enough, also right after real frames.
+    """The broker writes to an otherwise quiet connection often enough, also right after real
+    frames.
 
     The spec: a sender with nothing to send MUST send an EOL at least every
     negotiated interval; the receiver should allow some margin. stomp.py's

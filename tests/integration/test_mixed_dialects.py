@@ -1,4 +1,5 @@
-"""Mixed dialects in one namespace: our data agent, a real process, handles an ePIC v28 runner's messages.
+"""Mixed dialects in one namespace: our data agent, a real process, handles an ePIC v28
+runner's messages.
 
 The v28 runner publishes on ``/topic/epictopic`` with stomp.py (no msg_id,
 naive times, run number as a string). Our agent takes them through the

@@ -401,8 +401,9 @@ def test_worker_killed_mid_slice_has_its_slice_redelivered(chain: Chain) -> None
         eid = started(watch, chain, req).execution_id
 
         def busy_worker(ms: list[Message]) -> str | None:
-            # only heartbeats after the first slice went out: the ramp-up before it is handled (briefly
-            # PROCESSING) too, and with a prefetch of 1 a worker PROCESSING now holds exactly one slice
+            # only heartbeats after the first slice went out: the ramp-up before it is handled
+            # (briefly PROCESSING) too, and with a prefetch of 1 a worker PROCESSING now holds
+            # exactly one slice
             first = next(
                 (i for i, m in enumerate(ms) if m.msg_type == "slice" and m.namespace == ns), None
             )
@@ -443,7 +444,7 @@ def test_worker_killed_mid_slice_has_its_slice_redelivered(chain: Chain) -> None
             chain.start(victim)  # the chain stays whole for whatever runs next
 
 
-# --------------------------------------------------------------------------- failure path (in-process runner)
+# ----------------------------------------------------------------- failure path (in-process runner)
 
 
 class Boom(RuntimeError):
@@ -520,7 +521,8 @@ def test_duration_limits_the_run_and_counts_as_completed(every_broker: BrokerPro
     watch = Collector(settings, RUN_TOPIC, replies_topic(ns))
     runner = WorkflowRunner("runner", ns, broker=settings, heartbeat_interval=0.5).start()
     try:
-        # default timing: STFs every 2 simulated s from 15.1 s on; 20 simulated s leave room for 2 or 3
+        # default timing: STFs every 2 simulated s from 15.1 s on; 20 simulated s leave room for
+        # 2 or 3
         req = RunWorkflow(
             namespace=ns,
             sender="pytest",

@@ -1,4 +1,5 @@
-"""`swf-testbed up / run / status / stop / restart` against a real supervisord and real agent processes.
+"""`swf-testbed up / run / status / stop / restart` against a real supervisord and real agent
+processes.
 
 The broker is the session's embedded broker, used as an external one; one
 test lets supervisord run the embedded broker itself. The workflow runner is
@@ -323,7 +324,8 @@ def test_agents_left_by_a_killed_supervisord_are_replaced_not_duplicated(make_be
 def test_the_same_testbed_from_another_directory_restarts_nothing(
     make_bed: Any, tmp_path: Any
 ) -> None:
-    """The working directory (and how the interpreter was named) is no part of a program's identity."""
+    """The working directory (and how the interpreter was named) is no part of a program's
+    identity."""
     bed: Bed = make_bed("here", broker=None)
     port = free_port()
     bed.write(
