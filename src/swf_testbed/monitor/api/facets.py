@@ -41,7 +41,8 @@ def _key_fields(key: Key) -> dict[str, Any]:
 
 
 def add_counts(messages: Iterable[MessageRow], sign: int = 1) -> None:
-    """Add (or, with ``sign=-1``, remove) messages to the counts. Call inside the recording transaction.
+    """Add (or, with ``sign=-1``, remove) messages to the counts. Call inside the recording
+    transaction.
 
     One read of the counts the batch touches, one ``executemany`` of relative
     increments and one insert of the keys not counted yet: a batch has tens of

@@ -1,4 +1,6 @@
-"""Inserting and updating many rows with one prepared statement (``executemany``), on SQLite and PostgreSQL.
+"""Inserting and updating many rows with one prepared statement (``executemany``).
+
+On SQLite and PostgreSQL alike.
 
 Django's ``bulk_create`` prepares every value of every row through several
 layers of the SQL compiler and, on SQLite, splits the rows into statements of
@@ -14,11 +16,13 @@ UUID or natural key keep theirs, which are set before the insert).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connection, models
 
 Adapter = Callable[[Any], Any]
+if TYPE_CHECKING:  # Django's Field is generic in its stubs only, not at run time
+    Field: TypeAlias = models.Field[Any, Any]
 
 _TEXT = {"CharField", "TextField", "SlugField", "EmailField", "URLField"}
 _INTEGER = {
@@ -46,8 +50,28 @@ def _float(value: Any) -> Any:
     return value if value is None or type(value) is float else float(value)
 
 
-def adapters_for(fields: Sequence[models.Field]) -> list[Adapter]:
-    """One function per field turning a Python value (already in attname form) into a DB-API parameter."""
+def _datetime_adapter(adapt: Callable[[Any], Any]) -> Adapter:
+    return lambda value: None if value is None else adapt(value)
+
+
+def _field_adapter(field: Field) -> Adapter:
+    return lambda value: field.get_db_prep_save(value, connection)
+
+
+def _column(field: Field) -> str:
+    """A concrete field's column (Django types it optional: only non-concrete fields lack one)."""
+    assert field.column is not None, f"{field} has no column"
+    return field.column
+
+
+def _concrete(field: Any) -> Field:
+    """A model field by name, known to be a concrete field rather than a reverse relation."""
+    assert isinstance(field, models.Field), f"{field} is not a concrete field"
+    return field
+
+
+def adapters_for(fields: Sequence[Field]) -> list[Adapter]:
+    """One function per field: a Python value (in attname form) to a DB-API parameter."""
     ops = connection.ops
     result: list[Adapter] = []
     for field in fields:
@@ -62,28 +86,28 @@ def adapters_for(fields: Sequence[models.Field]) -> list[Adapter]:
         elif kind == "FloatField":
             result.append(_float)
         elif kind == "DateTimeField":
-            adapt = ops.adapt_datetimefield_value
-            result.append(lambda v, adapt=adapt: None if v is None else adapt(v))
+            result.append(_datetime_adapter(ops.adapt_datetimefield_value))
         else:
-            result.append(lambda v, f=field: f.get_db_prep_save(v, connection))
+            result.append(_field_adapter(field))
     return result
 
 
-def insert_sql(model: type[models.Model], fields: Sequence[models.Field]) -> str:
+def insert_sql(model: type[models.Model], fields: Sequence[Field]) -> str:
     qn = connection.ops.quote_name
-    columns = ", ".join(qn(f.column) for f in fields)
+    columns = ", ".join(qn(_column(f)) for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
     return f"INSERT INTO {qn(model._meta.db_table)} ({columns}) VALUES ({placeholders})"
 
 
-def update_sql(model: type[models.Model], fields: Sequence[models.Field]) -> str:
+def update_sql(model: type[models.Model], fields: Sequence[Field]) -> str:
     qn = connection.ops.quote_name
-    assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
-    return f"UPDATE {qn(model._meta.db_table)} SET {assignments} WHERE {qn(model._meta.pk.column)} = %s"
+    assignments = ", ".join(f"{qn(_column(f))} = %s" for f in fields)
+    table, key = qn(model._meta.db_table), qn(_column(_concrete(model._meta.pk)))
+    return f"UPDATE {table} SET {assignments} WHERE {key} = %s"
 
 
 def insert_rows(
-    model: type[models.Model], fields: Sequence[models.Field], rows: Iterable[Sequence[Any]]
+    model: type[models.Model], fields: Sequence[Field], rows: Iterable[Sequence[Any]]
 ) -> None:
     """Insert value tuples (in the order of ``fields``, Python values) with one ``executemany``."""
     adapters = adapters_for(fields)
@@ -96,7 +120,7 @@ def insert_rows(
         cursor.executemany(insert_sql(model, fields), params)
 
 
-def insertable_fields(model: type[models.Model]) -> list[models.Field]:
+def insertable_fields(model: type[models.Model]) -> list[Field]:
     """The concrete fields an INSERT names: all but an auto-increment primary key."""
     return [
         f
@@ -106,7 +130,8 @@ def insertable_fields(model: type[models.Model]) -> list[models.Field]:
 
 
 def insert_objects(objs: Sequence[models.Model]) -> None:
-    """Like ``bulk_create(objs)`` for unsaved instances of one model, without reading auto keys back.
+    """Like ``bulk_create(objs)`` for unsaved instances of one model, without reading auto keys
+    back.
 
     ``auto_now`` / ``auto_now_add`` are applied (``pre_save``) as ``bulk_create`` does.
     """
@@ -129,7 +154,8 @@ def insert_objects(objs: Sequence[models.Model]) -> None:
 
 
 def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> None:
-    """Like ``bulk_update(objs, field_names)``: one ``UPDATE … WHERE pk = %s`` run with ``executemany``.
+    """Like ``bulk_update(objs, field_names)``: one ``UPDATE … WHERE pk = %s`` run with
+    ``executemany``.
 
     ``bulk_update`` builds one ``CASE WHEN pk = … THEN …`` expression per field
     over all the objects, through the ORM's expression machinery: for a batch
@@ -141,8 +167,8 @@ def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> 
         return
     model = type(objs[0])
     meta = model._meta
-    fields = [meta.get_field(name) for name in field_names]
-    pk = meta.pk
+    fields = [_concrete(meta.get_field(name)) for name in field_names]
+    pk = _concrete(meta.pk)
     adapters = adapters_for([*fields, pk])
     attnames = [f.attname for f in fields] + [pk.attname]
     params = [
@@ -160,8 +186,8 @@ def increment_rows(
 
     Relative, not read-then-write: a concurrent writer's increment is never lost.
     """
-    field = model._meta.get_field(field_name)
-    pk = model._meta.pk
+    field = _concrete(model._meta.get_field(field_name))
+    pk = _concrete(model._meta.pk)
     adapt_pk = adapters_for([pk])[0]
     params = [(int(n), adapt_pk(key)) for key, n in increments]
     if not params:
@@ -170,7 +196,8 @@ def increment_rows(
         cursor.executemany(increment_sql(model, field), params)
 
 
-def increment_sql(model: type[models.Model], field: models.Field) -> str:
+def increment_sql(model: type[models.Model], field: Field) -> str:
     qn = connection.ops.quote_name
-    column = qn(field.column)
-    return f"UPDATE {qn(model._meta.db_table)} SET {column} = {column} + %s WHERE {qn(model._meta.pk.column)} = %s"
+    column = qn(_column(field))
+    table, key = qn(model._meta.db_table), qn(_column(_concrete(model._meta.pk)))
+    return f"UPDATE {table} SET {column} = {column} + %s WHERE {key} = %s"

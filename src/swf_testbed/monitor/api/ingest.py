@@ -131,7 +131,8 @@ class DbWatchdog:
 
     @contextlib.contextmanager
     def guard(self, timeout_s: float | None = None) -> Iterator[None]:
-        """Watch the database calls of the current thread made inside the block (``timeout_s``: this block's)."""
+        """Watch the database calls of the current thread made inside the block (``timeout_s``: this
+        block's)."""
         wrapper = connections[DEFAULT_DB_ALIAS]
         if self.timeout_s <= 0 or wrapper.vendor != "postgresql":
             yield
@@ -190,7 +191,8 @@ class DbWatchdog:
             pass
 
     def end_abandoned(self) -> None:
-        """End the server-side sessions of the connections dropped so far (call on a new connection).
+        """End the server-side sessions of the connections dropped so far (call on a new
+        connection).
 
         A frozen link leaves its session on the server, maybe idle in a
         transaction that holds row locks; ``idle_in_transaction_session_timeout``
@@ -205,8 +207,8 @@ class DbWatchdog:
         try:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
                     "AND datname = current_database() AND usename = current_user",
                     [pids],
                 )

@@ -223,7 +223,8 @@ class SystemAgent(models.Model):
         return found
 
     CLOCK_SLACK_S = SLACK_S
-    """Heartbeat times are the sender's clock: this much skew is tolerated (by the orchestrator too)."""
+    """Heartbeat times are the sender's clock: this much skew is tolerated (by the orchestrator
+    too)."""
 
     def liveness(self, now: datetime | None = None) -> Liveness:
         """ok within 1.5 intervals of the last heartbeat, late within 3, down beyond; gone when

@@ -72,7 +72,8 @@ ORDER = (
     "heartbeat",
     "log_batch",
 )
-"""The order in which a batch's messages are projected, by type (each type keeps the stream's order).
+"""The order in which a batch's messages are projected, by type (each type keeps the stream's
+order).
 
 Every projection tolerates any order anyway (messages of different destinations
 have none); this one only makes the common case cheap.
@@ -317,7 +318,8 @@ def on_heartbeat(msg: msgs.Heartbeat, batch: Batch) -> None:
 
 
 def bulk_heartbeat(messages: list[msgs.Heartbeat], batch: Batch) -> None:
-    """Only the newest heartbeat of each agent in the batch: projected in order, it is the one that would stay.
+    """Only the newest heartbeat of each agent in the batch: projected in order, it is the one that
+    would stay.
 
     (``on_heartbeat`` skips an older one and a newer one overwrites every
     field; of equal timestamps the later in the stream wins.) Every heartbeat
@@ -486,7 +488,10 @@ def on_workflow_failed(msg: msgs.WorkflowFailed, batch: Batch) -> None:
 
 
 def _stf_gen_values(msg: msgs.StfGen) -> dict[str, Any]:
-    """What an stf_gen says about its file; what it does not say (v28: size, checksum, ...) is left out."""
+    """What an stf_gen says about its file.
+
+    What it does not say (v28: size, checksum, ...) is left out.
+    """
     values = {
         "file_size_bytes": msg.size_bytes,
         "checksum": msg.checksum,
@@ -536,9 +541,10 @@ _STF_FIELDS = [
 def _stf_files_for_update(names: set[str]) -> dict[str, m.StfFile]:
     """The STF files of these names, by name, locked until the batch commits (PostgreSQL).
 
-    So that a REST update of the same files, committed between this read and the batch's write, is not
-    overwritten with what was read (an STF's status never moves back). NO KEY: the REST inserts of
-    samples that refer to these files (a foreign-key check) are not blocked, which would deadlock.
+    So that a REST update of the same files, committed between this read and the batch's write,
+    is not overwritten with what was read (an STF's status never moves back). NO KEY: the REST
+    inserts of samples that refer to these files (a foreign-key check) are not blocked, which
+    would deadlock.
     """
     locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
     return {stf.stf_filename: stf for stf in locked}
@@ -874,8 +880,11 @@ def _log_rows(msg: msgs.LogBatch) -> list[m.AppLog]:
                 timestamp=msg.timestamp,
                 level=logging.WARNING,
                 levelname="WARNING",
-                message=f"{msg.dropped} log record{'s' if msg.dropped != 1 else ''} dropped: the agent's log buffer "
-                f"({msg.buffer_size} records) was full ({msg.dropped_total} dropped since it started)",
+                message=(
+                    f"{msg.dropped} log record{'s' if msg.dropped != 1 else ''} dropped: "
+                    f"the agent's log buffer ({msg.buffer_size} records) was full "
+                    f"({msg.dropped_total} dropped since it started)"
+                ),
                 module="logship",
                 funcname="",
                 lineno=0,

@@ -1,4 +1,5 @@
-"""Plots as data for inline SVG templates (rendered server-side, escaped like any template; no CDN, no JS).
+"""Plots as data for inline SVG templates (rendered server-side, escaped like any template; no CDN,
+no JS).
 
 Every plot has a time axis with ticks and labels; bar charts also have a
 value axis, and their title names the bin width, so a rate means the same
@@ -219,7 +220,8 @@ def rate_chart(
 def counts_chart(
     counts: Sequence[int], title: str, start: datetime, end: datetime, unit: str = "/s"
 ) -> BarChart:
-    """Event counts of equal bins over [start, end] (counted by the caller, e.g. in SQL) as rates per second."""
+    """Event counts of equal bins over [start, end] (counted by the caller, e.g. in SQL) as rates
+    per second."""
     bin_s = max((end - start).total_seconds(), 1e-9) / max(len(counts), 1)
     if not any(counts):
         return BarChart(title, [], 0.0, unit, start, end, bin_s)
@@ -230,7 +232,7 @@ def counts_chart(
     axis_top = peak  # the highest tick may sit just below the peak: scale to the peak
     bar_w = PLOT_W / len(counts)
     bars = []
-    for i, (count, rate) in enumerate(zip(counts, rates)):
+    for i, (count, rate) in enumerate(zip(counts, rates, strict=True)):
         h = plot_h * rate / axis_top
         when = start + timedelta(seconds=i * bin_s)
         bars.append(
@@ -327,7 +329,8 @@ def state_timeline(
                     max(w, 0.0),
                     state_colour(state, substate),
                     name,
-                    f"{name} from {t:%H:%M:%S} for {seconds_text(round((t_next - t).total_seconds(), 1))}",
+                    f"{name} from {t:%H:%M:%S} for "
+                    f"{seconds_text(round((t_next - t).total_seconds(), 1))}",
                 )
             )
         rows.append(TimelineRow(label, row_index * Timeline.row_h, segments))

@@ -10,7 +10,8 @@ app_name = "front"
 
 
 class TextConverter(PathConverter):
-    """Any text, "/" included (ids from the data may hold one, and a link to them must still render), but NUL.
+    """Any text, "/" included (ids from the data may hold one, and a link to them must still
+    render), but NUL.
 
     No id holds a NUL, and PostgreSQL refuses one in a query: such a URL is a 404, not a 500.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -49,7 +49,8 @@ DASHBOARD_BUCKETS = 60
 def _bucket_counts(
     queryset: Any, field: str, start: Any, end: Any, buckets: int = DASHBOARD_BUCKETS
 ) -> list[int]:
-    """How many rows have ``field`` in each of ``buckets`` equal intervals of [start, end], in one query.
+    """How many rows have ``field`` in each of ``buckets`` equal intervals of [start, end], in one
+    query.
 
     The database counts (one conditional count per bucket over the index
     range) instead of sending every timestamp here: with the ingest writing
@@ -163,7 +164,8 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     sent = m.WorkflowMessage.objects.filter(sender=agent.instance_name).defer("headers")
     if agent.namespace_id:
         sent = sent.filter(namespace_id=agent.namespace_id)
-    # the history is long and rarely wanted: collapsed unless asked for (a parameter, so the live refresh keeps it)
+    # the history is long and rarely wanted: collapsed unless asked for (a parameter, so the live
+    # refresh keeps it)
     show_heartbeats = request.GET.get("heartbeats") == "show"
     heartbeats = []
     for message in sent.filter(msg_type="heartbeat")[: HEARTBEAT_HISTORY if show_heartbeats else 0]:
@@ -198,7 +200,8 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def agent_logs_context(agent: m.SystemAgent) -> dict[str, Any]:
-    """The agent page's logs block: its latest records, how many there are, and how many its buffer dropped."""
+    """The agent page's logs block: its latest records, how many there are, and how many its buffer
+    dropped."""
     logs = m.AppLog.objects.filter(instance_name=agent.instance_name)
     if agent.namespace_id:
         logs = logs.filter(namespace_id=agent.namespace_id)
@@ -230,7 +233,7 @@ def agent_named(request: HttpRequest) -> HttpResponse:
     return redirect("front:agent", pk=agent.pk)
 
 
-# --------------------------------------------------------------------------- namespaces and workflows
+# ------------------------------------------------------------------- namespaces and workflows
 
 
 @reads_allowed
@@ -305,7 +308,8 @@ def execution_list(request: HttpRequest) -> HttpResponse:
 
 
 STF_RATE_TITLE = "STF files generated"
-"""One definition on every page: STF files by the time of their stf_gen, per second, in bins the title names."""
+"""One definition on every page: STF files by the time of their stf_gen, per second, in bins the
+title names."""
 
 
 @reads_allowed
@@ -321,15 +325,17 @@ def execution_detail(request: HttpRequest, execution_id: str) -> HttpResponse:
     )
     run_numbers = [run.run_number for run in runs]
     end = execution.end_time or now
-    stf_times = list(
-        m.StfFile.objects.filter(run__execution=execution).values_list("generated_at", "created_at")
+    stf_pairs = m.StfFile.objects.filter(run__execution=execution).values_list(
+        "generated_at", "created_at"
     )
-    stf_times = [gen or created for gen, created in stf_times]
-    slice_times = list(
-        m.TFSlice.objects.filter(
+    stf_times: list[datetime] = [gen or created for gen, created in stf_pairs]
+    slice_times: list[datetime] = [
+        at
+        for at in m.TFSlice.objects.filter(
             run_number__in=run_numbers, completed_at__isnull=False
         ).values_list("completed_at", flat=True)
-    )
+        if at is not None
+    ]
     # the agents finish the run's work after the execution ends: the plots cover that too
     end = max([end, *stf_times, *slice_times])
     events = m.SystemStateEvent.history(run_numbers)
@@ -429,7 +435,8 @@ LOG_FACET_LIMIT = 15
 
 
 def _log_facets(request: HttpRequest, qs: Any) -> list[dict[str, Any]]:
-    """Counts of the filtered logs by agent, level and execution (the most frequent first), with what is left out."""
+    """Counts of the filtered logs by agent, level and execution (the most frequent first), with
+    what is left out."""
     blocks = []
     for name, label in LOG_FACETS:
         counts = list(qs.order_by().values_list(name).annotate(n=Count("pk")).order_by("-n", name))
@@ -457,7 +464,8 @@ def _log_facets(request: HttpRequest, qs: Any) -> list[dict[str, Any]]:
 
 
 def agents_dropping_logs(namespace: str | None = None) -> list[tuple[m.SystemAgent, int]]:
-    """Agents whose log buffer dropped records (their heartbeat counter ``log_records_dropped``), most first."""
+    """Agents whose log buffer dropped records (their heartbeat counter ``log_records_dropped``),
+    most first."""
     agents = m.SystemAgent.objects.all()
     if namespace:
         agents = agents.filter(namespace_id=namespace)
