@@ -214,12 +214,8 @@ def _too_complex() -> dict[str, str]:
     return found
 
 
-UNSPLIT = {"swf_testbed/monitor/api/projections.py"}
-"""Still over the limit: split by the ingest work of issue 11, not merged yet."""
-
-
 def test_no_file_in_src_over_800_lines() -> None:
-    assert {k: v for k, v in _too_long().items() if k not in UNSPLIT} == {}
+    assert _too_long() == {}
 
 
 def test_no_function_over_complexity_15() -> None:

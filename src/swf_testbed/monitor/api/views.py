@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from swf_testbed.monitor.api import filters as f
 from swf_testbed.monitor.api import models as m
-from swf_testbed.monitor.api import projections
+from swf_testbed.monitor.api import projection_support
 from swf_testbed.monitor.api import serializers as s
 from swf_testbed.monitor.api.pagination import MessagePagination
 from swf_testbed.monitor.api.throttling import AnonymousLogThrottle
@@ -86,7 +86,7 @@ class RecountsRunMixin(_ModelViewSet):
     def _recount_after_commit(self, instance: Any) -> None:
         run_number = self.run_number_of(instance)
         if run_number is not None:
-            transaction.on_commit(lambda: projections.recount_run_alone(run_number))
+            transaction.on_commit(lambda: projection_support.recount_run_alone(run_number))
 
 
 class NamespaceViewSet(MonitorModelViewSet):

@@ -97,7 +97,7 @@ def seconds_text(seconds: float) -> str:
 
 
 def nice_step(span_s: float, target: int) -> float:
-    """The smallest step of :data:`NICE_STEPS_S` that splits ``span_s`` in at most ``target`` parts."""
+    """The smallest of :data:`NICE_STEPS_S` that splits ``span_s`` in ``target`` parts or fewer."""
     for step in NICE_STEPS_S:
         if span_s / step <= target:
             return float(step)

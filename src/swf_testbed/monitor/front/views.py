@@ -217,7 +217,7 @@ def agent_logs_context(agent: m.SystemAgent) -> dict[str, Any]:
 
 @reads_allowed
 def agent_named(request: HttpRequest) -> HttpResponse:
-    """The agent page of a sender name (``?name=&namespace=``): where a message's sender links to."""
+    """The agent page of a sender name (``?name=&namespace=``): a message's sender links here."""
     name = request.GET.get("name", "")
     agents = (
         m.SystemAgent.objects.filter(instance_name=name)
