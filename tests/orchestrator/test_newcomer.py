@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,12 @@ def test_the_docs_agent_runs_in_a_testbed_and_shows_in_the_monitor(make_bed: Any
     bed.dir.mkdir(parents=True)
     ok(bed.cli("init", str(bed.toml), "--namespace", namespace))
     text = bed.toml.read_text()
+    chosen = tomllib.loads(text)  # init moves off default ports already in use on this machine
     broker_port, monitor_port = free_port(), free_port()
-    text = text.replace("port = 61613", f"port = {broker_port}").replace(
-        "port = 8002", f"port = {monitor_port}"
+    text = text.replace(f"port = {chosen['broker']['port']}", f"port = {broker_port}").replace(
+        f"port = {chosen['monitor']['port']}", f"port = {monitor_port}"
     )
+    assert tomllib.loads(text)["monitor"]["port"] == monitor_port, text
     text = re.sub(r"(?m)^stf_count = \d+", f"stf_count = {STFS}", text)
     table = doc_agent_table()
     assert "[agents.mine]" in table and 'module = "my_agent:StfCounter"' in table, table
