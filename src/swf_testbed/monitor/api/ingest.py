@@ -266,6 +266,7 @@ class Ingestor:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._subscribed = False
+        self._unstored: set[int] = set()  # ids of this batch's Incoming that no write stored
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -344,7 +345,7 @@ class Ingestor:
             for item in batch
         ]
         self.stats.received += len(batch)
-        self._unstored: set[int] = set()
+        self._unstored.clear()
         if not self._write(incoming):
             # stopping with the database still down: leave them unacknowledged, the broker
             # keeps them
@@ -355,7 +356,6 @@ class Ingestor:
             for item, sent in zip(batch, incoming, strict=True)
             if id(sent) not in self._unstored
         ]
-        self._unstored.clear()
         acked = self.client.ack_all(deliveries)
         self.stats.acked += acked
         self.stats.ack_skipped += (

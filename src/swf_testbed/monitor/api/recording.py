@@ -316,6 +316,8 @@ def record_refused(incoming: Incoming, reason: str) -> RecordResult:
         if WorkflowMessage.objects.filter(msg_id=row.msg_id).exists():
             result.duplicates = 1
             return result
+        if row.namespace_id:  # the failed batch's namespace rows were rolled back with it
+            Namespace.ensure({row.namespace_id})
         _insert([row])
         facets.add_counts([row])
     result.stored = result.invalid = 1
