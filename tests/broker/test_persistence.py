@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 from swf_testbed.testing.brokers import free_port, wait_for_port
 from tests.broker.conftest import HOST, WAIT_S, BrokerProc, Raw, unique
@@ -332,6 +333,7 @@ def test_a_connection_that_consumes_and_produces_is_not_stalled_by_its_own_backl
     assert both.sync() == []
 
 
+@pytest.mark.slow
 def test_a_200_mb_backlog_keeps_the_broker_under_its_limit(
     new_broker: Callable[..., BrokerProc], tmp_path: Path
 ) -> None:

@@ -738,6 +738,7 @@ def test_slow_but_steady_consumer_paces_the_producer(raw: RawFactory) -> None:
     assert slow.sync() == []
 
 
+@pytest.mark.slow
 def test_connection_that_never_reads_is_capped(broker: BrokerProc) -> None:
     """Publishing to a topic it subscribes to, never reading: the byte cap closes it."""
     topic = unique("topic")

@@ -228,6 +228,7 @@ def test_testbed_toml_one_hostile_value(
     data=st.dictionaries(_text, hostile, max_size=4),
     extra=st.dictionaries(_text, hostile, max_size=3),
 )
+@pytest.mark.slow
 def test_testbed_toml_arbitrary_documents(data: dict[str, Any], extra: dict[str, Any]) -> None:
     """Arbitrary documents (and arbitrary sections next to a valid one): only ConfigError, naming
     the file.
@@ -372,6 +373,7 @@ def test_parameters_overrides(overrides: dict[str, Any], name: str) -> None:
         max_size=3,
     ),
 )
+@pytest.mark.slow
 def test_workflow_config_files(
     daq: dict[str, Any], top: dict[str, Any], include: list[str], tmp_path_factory: Any
 ) -> None:
@@ -423,6 +425,7 @@ def test_include_outside_the_config_directory_is_a_clear_error(tmp_path: Path) -
     ],
 )
 @pytest.mark.parametrize("command", ["status", "run"])
+@pytest.mark.slow
 def test_cli_refuses_bad_files_with_exit_2(
     tmp_path: Path, text: str, key: str, command: str
 ) -> None:

@@ -38,6 +38,7 @@ def _dead_letters_for(collector: Collector, namespace: str) -> list[DeadLetter]:
     return [m for m in collector.of_type("dead_letter") if m.namespace == namespace]  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(
     any_broker: BrokerProcess,
 ) -> None:
@@ -294,6 +295,7 @@ def _agent_process(broker: BrokerProcess, ns: str, *args: str) -> subprocess.Pop
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+@pytest.mark.slow
 def test_stop_signal_during_long_handler_exits_within_bound(
     embedded_broker: BrokerProcess, sig: int
 ) -> None:
@@ -345,6 +347,7 @@ def _restart(broker: BrokerProcess) -> BrokerProcess:
 
 
 @pytest.mark.parametrize("kind", ["embedded", "activemq"])
+@pytest.mark.slow
 def test_agent_reconnects_and_resubscribes_everything_after_broker_restart(
     kind: str, request: pytest.FixtureRequest
 ) -> None:

@@ -541,6 +541,7 @@ def test_utf8_body_and_escaped_headers_round_trip(clients: Callable[..., Client]
 # --------------------------------------------------------------------------- connection
 
 
+@pytest.mark.slow
 def test_idle_connection_with_heartbeats_stays_up(clients: Callable[..., Client]) -> None:
     queue = unique("queue", "heartbeat")
     idle = clients(heartbeats=(500, 500))
@@ -571,6 +572,7 @@ class _ArrivalTimes(stomp.ConnectionListener):
     on_heartbeat = on_receipt = on_message = on_error = _mark
 
 
+@pytest.mark.slow
 def test_server_heartbeats_keep_coming_between_frames(every_broker: BrokerProcess) -> None:
     """The broker writes to an otherwise quiet connection often enough, also right after real
     frames.

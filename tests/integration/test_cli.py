@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import stomp
 
 from swf_testbed.testing.brokers import BrokerProcess, free_port, wait_for_port
@@ -56,6 +57,7 @@ def test_an_outside_stomp_client_publishes_and_subscribes_through_swf_testbed_br
         log.close()
 
 
+@pytest.mark.slow
 def test_the_readme_main_command_runs_the_example_testbed(tmp_path: Path) -> None:
     """``./dev run`` is ``swf-testbed run examples/testbed.toml``: all embedded, one whole run."""
     env = {

@@ -20,7 +20,7 @@ from swf_testbed.mq.client import Delivery
 from swf_testbed.testing.brokers import BrokerProcess, start_embedded
 from swf_testbed.testing.faultproxy import FaultProxy
 from tests.support.agents import EchoAgent, stf_ready
-from tests.support.collect import Collector
+from tests.support.collect import Collector, eventually
 
 
 class _Inbox:
@@ -280,6 +280,9 @@ def test_a_send_the_broker_refuses_raises_and_is_not_sent_again() -> None:
             with pytest.raises(SendRefused, match="is full"):
                 sender.send(queue, b"y" * 600, persistent=False, receipt=True)
             assert sender.stats()["refused"] == 1
+            # the broker closes the connection after its ERROR: a send racing that close is
+            # rightly sent again, so the next send waits for the new connection
+            eventually(lambda: sender.reconnects >= 1 and sender.connected, what="the reconnect")
             sender.send(queue, b"z" * 600)  # persistent: accepted past the limit (journaled)
             assert sender.stats()["resent"] == 0
         consumer, inbox = _acking_consumer(broker, queue)

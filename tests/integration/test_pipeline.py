@@ -242,6 +242,7 @@ def state_of(ms: list[Message], ns: str, agent: str) -> OperationalState | None:
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_fast_processing_run_end_to_end(chain: Chain) -> None:
     n, per_sample = 8, 4
     watch = collector(chain)
@@ -330,6 +331,7 @@ def test_fast_processing_run_end_to_end(chain: Chain) -> None:
         watch.close()
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_and_stop_terminates_cleanly(chain: Chain) -> None:
     watch = collector(chain)
     ns = chain.ns
@@ -383,6 +385,7 @@ def test_second_run_is_refused_and_stop_terminates_cleanly(chain: Chain) -> None
         watch.close()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_slice_has_its_slice_redelivered(chain: Chain) -> None:
     watch = collector(chain)
     ns = chain.ns

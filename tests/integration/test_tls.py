@@ -55,6 +55,7 @@ def test_round_trip_over_tls_with_client_certificate(tls_broker: BrokerProcess, 
         watch.close()
 
 
+@pytest.mark.slow
 def test_server_certificate_from_another_ca_is_refused(
     tls_broker: BrokerProcess, pki: Pki, tmp_path: Path
 ) -> None:
@@ -72,6 +73,7 @@ def test_server_certificate_from_another_ca_is_refused(
     client.close()
 
 
+@pytest.mark.slow
 def test_broker_requiring_client_certificates_refuses_a_client_without_one(
     tls_broker: BrokerProcess, pki: Pki
 ) -> None:
@@ -82,6 +84,7 @@ def test_broker_requiring_client_certificates_refuses_a_client_without_one(
     client.close()
 
 
+@pytest.mark.slow
 def test_plain_client_cannot_talk_to_a_tls_broker(tls_broker: BrokerProcess) -> None:
     client = BrokerClient(tls_broker.settings(connect_timeout_s=2))
     with pytest.raises(BrokerUnavailable):

@@ -156,6 +156,7 @@ def test_same_agent_name_in_two_namespaces_is_two_agents(api: Any) -> None:
         {"instance_name": None},
     ],
 )
+@pytest.mark.slow
 def test_heartbeat_bad_input_is_400(api: Any, bad: dict[str, Any]) -> None:
     response = api.post("/api/systemagents/heartbeat/", {**HEARTBEAT, **bad}, format="json")
     assert response.status_code == 400, response.content

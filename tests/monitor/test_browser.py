@@ -53,6 +53,7 @@ def _stf(execution_id: str, run_id: int, seq: int) -> bytes:
     ).to_bytes()
 
 
+@pytest.mark.slow
 def test_dashboard_loads(live_server: Any, page: Any, record: Any, make_message: Any) -> None:
     record(
         make_message("workflow_started", execution_id="exec-live", workflow_name="stf_datataking"),
@@ -95,6 +96,7 @@ def test_message_detail_shows_the_flattened_body(live_server: Any, page: Any, re
         assert value in row.inner_text()
 
 
+@pytest.mark.slow
 def test_a_message_published_while_the_page_is_open_appears_without_reload(
     live_server: Any, page: Any, embedded_broker: BrokerProcess
 ) -> None:
@@ -175,6 +177,7 @@ def _check_plots(page: Any, shots: Any, prefix: str) -> int:
     return figures.count()
 
 
+@pytest.mark.slow
 def test_execution_page_of_a_10_stf_run_shows_true_figures_and_readable_plots(
     live_server: Any, page: Any, record: Any, shots: Any
 ) -> None:
@@ -232,6 +235,7 @@ def test_execution_page_of_a_10_stf_run_shows_true_figures_and_readable_plots(
     assert "1.2 s" in page.locator("main table").inner_text() and "1.23456" not in page.content()
 
 
+@pytest.mark.slow
 def test_heartbeats_hide_with_one_click_and_senders_link_to_their_agent(
     live_server: Any, page: Any, record: Any, make_message: Any, shots: Any
 ) -> None:

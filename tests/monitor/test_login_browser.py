@@ -34,6 +34,7 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
+@pytest.mark.slow
 def test_log_in_on_the_monitors_page_write_then_log_out(live_server: Any, page: Any) -> None:
     set_login("alice", PASSWORD)
     page.goto(live_server.url + "/messages/")
@@ -62,6 +63,7 @@ def test_log_in_on_the_monitors_page_write_then_log_out(live_server: Any, page: 
     assert page.evaluate(POST_NAMESPACE, "after-logout") in (401, 403)
 
 
+@pytest.mark.slow
 def test_a_staff_login_also_gets_the_admin_link(live_server: Any, page: Any) -> None:
     set_login("bob", PASSWORD, staff=True)
     page.goto(live_server.url + "/login/")

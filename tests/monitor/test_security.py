@@ -398,6 +398,7 @@ def _allowed(policy: str, who: str) -> bool:
 
 @pytest.mark.parametrize("who", ["anonymous", "alice", "bob", "root"])
 @pytest.mark.parametrize(("method", "path"), sorted(EXPECTED))
+@pytest.mark.slow
 def test_auth_matrix(world: World, who: str, method: str, path: str) -> None:
     """alice writes on her own objects, bob on alice's; a refusal (401/403) changes nothing."""
     before = _snapshot()
@@ -997,6 +998,7 @@ def _list_filters() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+@pytest.mark.slow
 def test_sql_looking_values_in_every_filter_are_plain_values(
     api: APIClient, record: Any, make_message: Any
 ) -> None:
@@ -1040,6 +1042,7 @@ def test_sql_looking_values_in_every_filter_are_plain_values(
         "/logs/",
     ],
 )
+@pytest.mark.slow
 def test_sql_looking_values_in_ui_filters(
     page: str, api: APIClient, record: Any, make_message: Any
 ) -> None:
@@ -1069,6 +1072,7 @@ def test_sql_looking_values_in_ui_filters(
 
 
 @pytest.mark.parametrize("value", INJECTIONS)
+@pytest.mark.slow
 def test_sql_looking_values_in_ui_paths_are_a_404(
     value: str, api: APIClient, record: Any, make_message: Any
 ) -> None:

@@ -378,6 +378,7 @@ def _detail_urls(base: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_hostile_values_render_as_text_on_every_page(hostile_monitor: str, page: Any) -> None:
     shown: dict[str, set[str]] = {}
     for name, path in _detail_urls(hostile_monitor).items():

@@ -164,6 +164,7 @@ def test_second_testbed_on_the_same_ports_refuses_and_the_first_runs_on(make_bed
     ok(first.cli("stop", "--all"))
 
 
+@pytest.mark.slow
 def test_bad_parameters_fail_before_anything_starts(make_bed: Any) -> None:
     bed: Bed = make_bed("badparams", broker=None)
     bed.write(

@@ -100,6 +100,7 @@ def _testbed(tmp_path: Path, monitor_url: str, agents: str) -> Testbed:
 REMOTE_WORKERS = '[agents.worker]\nremote = true\ninstances = 2\nhost = "host-c"\n'
 
 
+@pytest.mark.slow
 def test_remote_agents_are_read_from_the_monitor_with_their_host(
     monitor: Monitor, tmp_path: Path
 ) -> None:
@@ -144,6 +145,7 @@ def test_a_remote_agent_on_the_wrong_host_is_not_taken_for_the_declared_one(
     assert [(h.process, h.host, h.healthy) for h in anywhere] == [("fast", "host-x", True)]
 
 
+@pytest.mark.slow
 def test_wait_healthy_waits_for_the_remote_agents_and_names_the_missing(
     monitor: Monitor, tmp_path: Path
 ) -> None:

@@ -240,6 +240,7 @@ def export_lines(run_id: int = 1234) -> list[str]:
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_file_or_request_is_refused_before_anything_is_sent(
     tmp_path: Path, damage: Any, args: tuple[str, ...], words: str
 ) -> None:

@@ -64,6 +64,7 @@ def test_openapi_schema_is_current(tmp_path: Path) -> None:
     assert committed == result.stdout, f"docs/reference/openapi.yaml is out of date; {REGENERATE}"
 
 
+@pytest.mark.slow
 def test_docs_write_check_finds_and_fixes_stale_files(tmp_path: Path) -> None:
     env = {**os.environ, "SWF_HOME": str(tmp_path / "home")}
     env.pop("DJANGO_SETTINGS_MODULE", None)

@@ -101,6 +101,7 @@ def test_bad_values_name_the_variable_and_never_echo_a_secret(env: pytest.Monkey
         get_settings()
 
 
+@pytest.mark.slow
 def test_the_command_line_says_what_is_wrong_in_one_message(
     env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
