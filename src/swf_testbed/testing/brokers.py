@@ -6,6 +6,7 @@ real services the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,10 +16,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from swf_testbed.settings import BrokerSettings, DestinationStyle
 
@@ -231,8 +233,20 @@ def activemq_available() -> bool:
     )
 
 
+class InHost(Protocol):
+    """Where a service runs: a host of ``swf_testbed.testing.hosts`` (its command wrapper, and
+    a block in which this thread's sockets are the host's)."""
+
+    def command(self, argv: Sequence[str]) -> list[str]: ...
+
+    def inside(self) -> AbstractContextManager[None]: ...
+
+
 def start_activemq(
-    port: int | None = None, host: str = "127.0.0.1", workdir: Path | None = None
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    workdir: Path | None = None,
+    in_host: InHost | None = None,
 ) -> BrokerProcess:
     """ActiveMQ Classic from the Debian package, in its own instance dir, with a STOMP connector.
 
@@ -290,10 +304,13 @@ def start_activemq(
         f"xbean:file:{xml_path}",
     ]
     with open(log_path, "ab") as out:
+        if in_host is not None:
+            cmd = in_host.command(cmd)
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=base)
     broker = BrokerProcess("activemq", host, port, proc, base, log_path)
     try:
-        wait_for_port(host, port, 90, proc)
+        with in_host.inside() if in_host is not None else contextlib.nullcontext():
+            wait_for_port(host, port, 90, proc)
     except Exception:
         broker.stop()
         raise RuntimeError(f"ActiveMQ did not start:\n{broker.log_tail()}") from None

@@ -23,6 +23,7 @@ and the creating process's pid.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -50,6 +51,7 @@ SUBNET = "10.213.0"
 """The hosts' /24: private, and only inside the harness's own namespaces (each harness has its
 own bridge namespace, so two harnesses at once do not meet even with the same addresses)."""
 
+CLONE_NEWNET = 0x40000000
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _counter = iter(range(1, 1_000_000))
 _counter_lock = threading.Lock()
@@ -161,6 +163,23 @@ class Host:
         """Start ``argv`` in this host (``subprocess.Popen`` keywords); killed at the harness's
         close if still running."""
         return subprocess.Popen(self.command(argv), **kwargs)
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """The calling thread in this host's network namespace for the block: sockets it makes
+        meanwhile (and threads it starts) are the host's. Other threads are not affected."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        with (
+            open("/proc/thread-self/ns/net") as own,
+            open(f"/run/netns/{self.netns}") as target,
+        ):
+            if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+                raise HostsError(f"setns into {self.netns}: {os.strerror(ctypes.get_errno())}")
+            try:
+                yield
+            finally:
+                if libc.setns(own.fileno(), CLONE_NEWNET) != 0:  # pragma: no cover
+                    raise HostsError(f"setns back: {os.strerror(ctypes.get_errno())}")
 
     def cut(self) -> None:
         """Pull the host's cable: its port on the bridge goes down, nothing passes either way."""
