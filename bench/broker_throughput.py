@@ -1,17 +1,21 @@
-"""Broker throughput: the embedded broker against ActiveMQ Classic, same client, one run.
+"""Broker throughput: the embedded broker against ActiveMQ Classic and RabbitMQ, same client.
 
-Starts both brokers on free loopback ports (``swf_testbed.testing.brokers``)
-and, for each pattern — topic 1→1, topic 1→3, queue 1→4 (competing
-consumers) — sends N JSON bodies of about 200 bytes from one stomp.py
+Starts the embedded broker and ActiveMQ on free loopback ports
+(``swf_testbed.testing.brokers``), uses RabbitMQ's STOMP plugin where it
+answers (``SWF_TEST_RABBITMQ_STOMP``, in a virtual host of its own, deleted
+afterwards) and, for each pattern (topic 1→1, topic 1→3, queue 1→4 with
+competing consumers) sends N JSON bodies of about 200 bytes from one stomp.py
 producer. The consumers are stomp.py clients, each in its own process so the
 GIL does not couple them to the producer or to each other. Topics use
 ``auto`` ack; the queue uses ``client-individual`` with an ACK per message
-and a prefetch of 100 (``activemq.prefetchSize``); the client code is the
-same for both brokers. The two persistent rows send ``persistent:true`` with
-a receipt on every SEND, at most 100 awaiting their RECEIPT (a window, as an
-agent runtime would keep): the embedded broker journals them in its
-``--data-dir`` and confirms after the group's fsync, ActiveMQ stores them in
-KahaDB.
+and a prefetch of 100. The client code is the same for every broker; only
+the spelling differs (RabbitMQ's prefetch header is ``prefetch-count``).
+
+The two persistent rows send ``persistent:true`` with a receipt on every
+SEND, at most 100 awaiting their RECEIPT (a window, as an agent runtime would
+keep): the embedded broker journals them in its ``--data-dir`` and confirms
+after the group's fsync, ActiveMQ stores them in KahaDB, RabbitMQ in a
+durable queue.
 
 Measured: messages delivered per second end to end, from the first SEND to
 the last MESSAGE received by any consumer, counting every consumer's copy of
@@ -20,15 +24,16 @@ each consumer received over the same span, measured to its own last
 message). Every delivery is checked: nothing lost, nothing duplicated.
 
 Prints a Rich table and, as the very last line, one JSON object with all
-figures. Each figure is the median of 3 runs (the brokers alternating);
+figures. Each figure is the median of 3 runs (the brokers taking turns);
 ``--quick`` runs 3 000 messages per pattern instead of 20 000, once.
 
-Usage: ``python bench/broker_throughput.py [--quick] [--messages N]``
+Usage: ``python bench/broker_throughput.py [--quick] [--messages N] [--brokers LIST]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import sys
@@ -44,11 +49,19 @@ import stomp
 from rich.console import Console
 from rich.table import Table
 
-from swf_testbed.testing.brokers import BrokerProcess, start_activemq, start_embedded
+from swf_testbed.mq.destinations import Destination
+from swf_testbed.testing.brokers import (
+    RABBITMQ_STOMP,
+    BrokerProcess,
+    rabbitmq_stomp,
+    rabbitmq_vhost,
+    start_activemq,
+    start_embedded,
+)
 
-BROKERS = ("embedded", "activemq")
-DISPLAY = {"embedded": "embedded", "activemq": "ActiveMQ"}
-PREFETCH = "100"
+BROKERS = ("embedded", "activemq", "rabbitmq")
+DISPLAY = {"embedded": "embedded", "activemq": "ActiveMQ", "rabbitmq": "RabbitMQ"}
+PREFETCH = 100
 STALL_S = 10.0  # no new delivery for this long after the last send: the rest is lost
 
 
@@ -136,10 +149,27 @@ class _Counter(stomp.ConnectionListener):
         self.counter.value = self.count  # single writer: no lock needed
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """How a consumer process reaches a broker (picklable, unlike a BrokerProcess)."""
+
+    host: str
+    port: int
+    vhost: str
+    login: dict[str, str]
+
+    @classmethod
+    def of(cls, broker: BrokerProcess) -> Endpoint:
+        return cls(broker.host, broker.port, broker.vhost, broker.connect_kwargs())
+
+    def connect(self) -> stomp.Connection:
+        return stomp.Connection([(self.host, self.port)], auto_decode=False, vhost=self.vhost)
+
+
 def consume(
-    host: str,
-    port: int,
+    endpoint: Endpoint,
     destination: str,
+    headers: dict[str, str],
     ack: str,
     messages: int,
     counter: Synchronized[int],
@@ -148,16 +178,11 @@ def consume(
     results: Any,
 ) -> None:
     """One consumer: subscribe, count and check every message until told to stop, report."""
-    conn = stomp.Connection([(host, port)], auto_decode=False)
+    conn = endpoint.connect()
     listener = _Counter(conn, messages, ack != "auto", counter)
     conn.set_listener("counter", listener)
-    conn.connect(wait=True)
-    conn.subscribe(
-        destination,
-        id="1",
-        ack=ack,
-        headers={"activemq.prefetchSize": PREFETCH, "receipt": "subscribed"},
-    )
+    conn.connect(wait=True, **endpoint.login)
+    conn.subscribe(destination, id="1", ack=ack, headers={**headers, "receipt": "subscribed"})
     if not listener.subscribed.wait(30):
         raise RuntimeError(f"no RECEIPT for SUBSCRIBE {destination}")
     ready.set()
@@ -232,7 +257,10 @@ def run_pattern(
     broker: BrokerProcess, pattern: Pattern, bodies: list[bytes], console: Console
 ) -> Result:
     ctx = mp.get_context("spawn")
-    destination = f"/{pattern.kind}/bench.{pattern.key}.{uuid.uuid4().hex}"
+    target = Destination(f"bench.{pattern.key}.{uuid.uuid4().hex}", pattern.kind)
+    destination = target.address(broker.style)
+    subscribe_headers = target.subscribe_headers(broker.style, prefetch=PREFETCH)
+    endpoint = Endpoint.of(broker)
     messages = len(bodies)
     stop = ctx.Event()
     results = ctx.Queue()
@@ -243,9 +271,9 @@ def run_pattern(
             target=consume,
             daemon=True,
             args=(
-                broker.host,
-                broker.port,
+                endpoint,
                 destination,
+                subscribe_headers,
                 pattern.ack,
                 messages,
                 counters[i],
@@ -263,10 +291,10 @@ def run_pattern(
             if not ready.wait(60):
                 raise RuntimeError(f"consumer {proc.pid} did not subscribe on {broker.name}")
 
-        producer = stomp.Connection([(broker.host, broker.port)], auto_decode=False)
+        producer = endpoint.connect()
         receipts = _Receipts()
         producer.set_listener("receipts", receipts)
-        producer.connect(wait=True)
+        producer.connect(wait=True, **endpoint.login)
         expected = pattern.deliveries(messages)
         start = time.time()
         if pattern.persistent:
@@ -318,6 +346,48 @@ def run_pattern(
     )
 
 
+def measure(
+    brokers: dict[str, BrokerProcess],
+    bodies: list[bytes],
+    warmup: list[bytes],
+    repeat: int,
+    console: Console,
+) -> dict[str, dict[str, Result]]:
+    """Every pattern on every broker, ``repeat`` times: the median run's figures per broker."""
+    results: dict[str, dict[str, Result]] = {p.key: {} for p in PATTERNS}
+    for broker in brokers.values():  # JIT, connection set-up, first-destination costs
+        run_pattern(broker, PATTERNS[0], warmup, console)
+    for pattern in PATTERNS:
+        runs: dict[str, list[Result]] = {name: [] for name in brokers}
+        for _ in range(repeat):  # the brokers take turns, so drifts of the machine hit each
+            for name, broker in brokers.items():
+                result = run_pattern(broker, pattern, bodies, console)
+                runs[name].append(result)
+                flag = (
+                    ""
+                    if result.ok
+                    else f"  [red]LOST {result.lost} DUPLICATED {result.duplicated}[/red]"
+                )
+                console.print(
+                    f"{name:>9} {pattern.label}: {result.rate:9.0f} msg/s "
+                    f"({result.delivered}/{result.expected} in {result.seconds:.2f} s, "
+                    f"per consumer {result.counts}){flag}"
+                )
+        for name, found in runs.items():
+            median = sorted(found, key=lambda r: r.rate)[len(found) // 2]
+            # the median run's rates; a loss or duplicate in any run counts
+            results[pattern.key][name] = replace(
+                median,
+                lost=sum(r.lost for r in found),
+                duplicated=sum(r.duplicated for r in found),
+                delivered=median.delivered
+                if all(r.ok for r in found)
+                else min(r.delivered for r in found),
+            )
+
+    return results
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -337,13 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--brokers",
-        default=",".join(BROKERS),
-        help="comma-separated subset of: embedded,activemq (default both)",
+        default=None,
+        help="comma-separated subset of: embedded,activemq,rabbitmq (default all three, "
+        "RabbitMQ where its STOMP plugin answers)",
     )
     args = parser.parse_args(argv)
     messages = args.messages or (3_000 if args.quick else 20_000)
     repeat = max(1, args.repeat or (1 if args.quick else 3))
-    names = [n.strip() for n in args.brokers.split(",") if n.strip()]
+    names = [n.strip() for n in (args.brokers or ",".join(BROKERS)).split(",") if n.strip()]
     if not names or any(n not in BROKERS for n in names):
         parser.error(f"--brokers takes a subset of {','.join(BROKERS)}")
 
@@ -352,49 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     bodies = make_bodies(messages)
     warmup = make_bodies(min(2_000, messages))
     brokers: dict[str, BrokerProcess] = {}
-    results: dict[str, dict[str, Result]] = {p.key: {} for p in PATTERNS}
-    try:
-        for name in names:
+    with contextlib.ExitStack() as cleanup:
+        for name in list(names):
             console.print(f"starting {name} broker …")
-            # the embedded broker journals persistent messages (--data-dir);
-            # ActiveMQ in KahaDB, its default
-            brokers[name] = (
-                start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")])
-                if name == "embedded"
-                else start_activemq()
-            )
-        for broker in brokers.values():  # JIT, connection set-up, first-destination costs
-            run_pattern(broker, PATTERNS[0], warmup, console)
-        for pattern in PATTERNS:
-            runs: dict[str, list[Result]] = {name: [] for name in brokers}
-            for _ in range(repeat):  # alternate the brokers, so drifts of the machine hit both
-                for name, broker in brokers.items():
-                    result = run_pattern(broker, pattern, bodies, console)
-                    runs[name].append(result)
-                    flag = (
-                        ""
-                        if result.ok
-                        else f"  [red]LOST {result.lost} DUPLICATED {result.duplicated}[/red]"
-                    )
-                    console.print(
-                        f"{name:>9} {pattern.label}: {result.rate:9.0f} msg/s "
-                        f"({result.delivered}/{result.expected} in {result.seconds:.2f} s, "
-                        f"per consumer {result.counts}){flag}"
-                    )
-            for name, found in runs.items():
-                median = sorted(found, key=lambda r: r.rate)[len(found) // 2]
-                # the median run's rates; a loss or duplicate in any run counts
-                results[pattern.key][name] = replace(
-                    median,
-                    lost=sum(r.lost for r in found),
-                    duplicated=sum(r.duplicated for r in found),
-                    delivered=median.delivered
-                    if all(r.ok for r in found)
-                    else min(r.delivered for r in found),
+            broker = _start(name, cleanup)
+            if broker is None:
+                if args.brokers:
+                    parser.error(f"RabbitMQ's STOMP plugin does not answer at {RABBITMQ_STOMP}")
+                console.print(
+                    f"RabbitMQ's STOMP plugin does not answer at {RABBITMQ_STOMP}: no row"
                 )
-    finally:
-        for broker in brokers.values():
-            broker.stop()
+                names.remove(name)
+                continue
+            brokers[name] = broker
+        results = measure(brokers, bodies, warmup, repeat, console)
 
     table = Table(
         title=f"STOMP throughput: {messages} messages of ~{len(bodies[-1])} B per pattern, "
@@ -403,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("pattern")
     for name in names:
         table.add_column(f"{DISPLAY[name]} msg/s", justify="right")
-    if len(names) == 2:
-        table.add_column("ratio embedded/ActiveMQ", justify="right", no_wrap=True)
+    ratios = [other for other in ("activemq", "rabbitmq") if {"embedded", other} <= set(names)]
+    for other in ratios:
+        table.add_column(f"ratio embedded/{DISPLAY[other]}", justify="right", no_wrap=True)
     for name in names:
         table.add_column(f"{DISPLAY[name]} per consumer", justify="right")
 
@@ -419,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             all_ok &= r.ok
             entry[name] = round(r.rate, 1)
             cells.append(f"{r.rate:,.0f}" + ("" if r.ok else " (LOSS)"))
-        if len(names) == 2:
-            ratio = row["embedded"].rate / row["activemq"].rate if row["activemq"].rate else None
-            entry["ratio"] = round(ratio, 3) if ratio is not None else None
+        for other in ratios:  # "ratio" is embedded/ActiveMQ, "ratio_rabbitmq" embedded/RabbitMQ
+            ratio = row["embedded"].rate / row[other].rate if row[other].rate else None
+            key = "ratio" if other == "activemq" else f"ratio_{other}"
+            entry[key] = round(ratio, 3) if ratio is not None else None
             cells.append(f"{ratio:.2f}" if ratio is not None else "–")
         entry["per_consumer"] = {name: round(row[name].per_consumer, 1) for name in names}
         entry["lost"] = {name: row[name].lost for name in names}
@@ -437,6 +481,22 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     print(json.dumps(figures), flush=True)
     return 0 if all_ok else 1
+
+
+def _start(name: str, cleanup: contextlib.ExitStack) -> BrokerProcess | None:
+    """One broker of the comparison, stopped (or its virtual host deleted) on ``cleanup``.
+
+    The embedded broker journals persistent messages (``--data-dir``), ActiveMQ in KahaDB,
+    its default; RabbitMQ is the running server, in a virtual host of its own.
+    """
+    if name == "rabbitmq":
+        return rabbitmq_stomp(cleanup.enter_context(rabbitmq_vhost("swf-bench")))
+    if name == "embedded":
+        broker = start_embedded(args=["--data-dir", tempfile.mkdtemp(prefix="swf-bench-journal-")])
+    else:
+        broker = start_activemq()
+    cleanup.callback(broker.stop)
+    return broker
 
 
 if __name__ == "__main__":

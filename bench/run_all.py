@@ -177,6 +177,15 @@ def rows_broker_throughput(f: dict[str, Any]) -> list[Row]:
                 else _ratio(entry.get("embedded"), entry.get("activemq")),
             )
         )
+        if "rabbitmq" in entry:
+            rows.append(
+                (
+                    f"broker throughput, {pattern}, against RabbitMQ",
+                    f"embedded msg/s: {_num(entry['embedded'])}",
+                    f"RabbitMQ msg/s: {_num(entry['rabbitmq'])}",
+                    _ratio(entry.get("embedded"), entry.get("rabbitmq")),
+                )
+            )
     return rows
 
 
