@@ -394,6 +394,9 @@ def _follow(
             f"no workflow runner answered on the control queue of namespace {tb.namespace} "
             f"within {reply_timeout:g} s (is a runner agent configured and READY?)"
         ).exit_code
+    silences = follow.silence.summary()
+    if silences:
+        warn("agents silent during the run:\n  " + "\n  ".join(silences))
     running = session.listener.executions.running()
     context = RunContext(
         namespace=tb.namespace,

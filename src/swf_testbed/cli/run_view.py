@@ -181,6 +181,8 @@ class FollowRenderer:
                 self.print(progress_line(snap), "dim")
         else:
             self.live.update(progress_view(snap, self.monitor_url))
+        for alert in tick.alerts:  # shown above a live view too: someone should look
+            self.print(alert, "yellow")
         if tick.stop_requested:
             self.print(f"stopping execution {snap.execution_id} (Ctrl+C again to exit now)")
 

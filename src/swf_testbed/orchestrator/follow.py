@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from swf_testbed.orchestrator.monitor_api import ExecutionFigures, MonitorApi
 from swf_testbed.orchestrator.session import ProgressSnapshot, ProgressStatus, WorkflowSession
+from swf_testbed.orchestrator.silence import SilenceWatch
 
 DRAIN_SETTLE_S = 5.0
 """After the run, in a testbed without a processing chain: how long to wait for stragglers."""
@@ -29,6 +30,8 @@ MONITOR_CHECK_S = 2.0
 """How often the monitor's record is asked while draining after the broker connection was lost."""
 TICK_S = 0.2
 """How long one tick waits for the session to end."""
+SILENCE_CHECK_S = 1.0
+"""How often the agents' heartbeats are looked at for silence."""
 
 
 def figures_of(snap: ProgressSnapshot) -> ExecutionFigures:
@@ -75,6 +78,7 @@ class Tick:
     announce: bool  # the execution id is known for the first time
     stop_requested: bool  # stop_workflow was sent in this tick
     end: End | None = None
+    alerts: tuple[str, ...] = ()  # agents gone silent or back since the last tick
 
 
 class Follow:
@@ -108,6 +112,9 @@ class Follow:
         self.recorded: ExecutionFigures | None = None
         """The monitor's figures, once the broker connection was lost."""
         self._last_check = float("-inf")
+        self.silence = SilenceWatch(session.listener.beats)
+        """Agents that went silent during the run (and came back), by their heartbeats."""
+        self._last_silence_check = float("-inf")
 
     @property
     def connection_lost(self) -> bool:
@@ -131,7 +138,11 @@ class Follow:
             stop_requested, end = self._interrupt(now)
         if end is None and not self.session.started.is_set() and now > self.reply_deadline:
             end = End.NO_REPLY
-        return Tick(snap, new_events, announce, stop_requested, end)
+        alerts: tuple[str, ...] = ()
+        if now - self._last_silence_check >= SILENCE_CHECK_S:
+            self._last_silence_check = now
+            alerts = tuple(self.silence.check(self.session.listener.client.connected))
+        return Tick(snap, new_events, announce, stop_requested, end, alerts)
 
     def _after_end(self, snap: ProgressSnapshot, interrupted: bool) -> End | None:
         """The session ended: over now, or once the agents have drained the run (None: not yet)."""
