@@ -10,7 +10,6 @@ reconnect and beat again.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from tests.support.collect import eventually
 from .testbeds import (
     NAMESPACE,
     MakeHosts,
+    Output,
     Site,
     chain_host_toml,
     count,
@@ -48,24 +48,6 @@ WORKERS = 4  # on each of C and D
 HEARTBEAT_MS = 2000  # the workers' STOMP heart-beats: a dead link is found in a few seconds
 WAIT = 120.0  # s, for each step of the scenario
 WORKER_ENV = f'env = {{ ACTIVEMQ_HEARTBEAT_MS = "{HEARTBEAT_MS}" }}\n'
-
-
-class Output:
-    """The lines of a running ``swf-testbed run``, read as they come."""
-
-    def __init__(self, proc: Any) -> None:
-        self.lines: list[str] = []
-        self.proc = proc
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def test_a_worker_host_cut_off_mid_run_loses_nothing(

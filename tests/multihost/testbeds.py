@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,25 @@ class Site:
         )
 
 
+class Output:
+    """The lines of a running ``swf-testbed run``, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.proc = proc
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     """Output of a command that must have succeeded (with everything it said when it did not)."""
     assert result.returncode == 0, (
@@ -110,6 +130,26 @@ def monitor_host_toml(a: Host, database_url: str) -> str:
     )
 
 
+def workflow_toml(
+    *, stfs: int, slices_per_sample: int, time_scale: float = 0, parameters: str = ""
+) -> str:
+    """The workflow ``swf-testbed run`` starts on this host, at sampling 1.0."""
+    return (
+        '[workflow]\nname = "stf_datataking"\nconfig = "fast_processing_default"\n'
+        f"time_scale = {time_scale}\n\n"
+        f"[parameters]\nstf_count = {stfs}\nstf_sampling_rate = 1.0\n"
+        f"slices_per_sample = {slices_per_sample}\n{parameters}\n"
+    )
+
+
+def remote_toml(remote: dict[str, tuple[Host, int]]) -> str:
+    """Agents of other hosts, declared remote: their health is read from the monitor."""
+    return "".join(
+        f'[agents.{name}]\nremote = true\ninstances = {n}\nhost = "{host.hostname}"\n\n'
+        for name, (host, n) in remote.items()
+    )
+
+
 def chain_host_toml(
     a: Host,
     remote_workers: dict[str, tuple[Host, int]],
@@ -122,17 +162,25 @@ def chain_host_toml(
 ) -> str:
     """The chain's host: its agents, the workers of other hosts declared remote."""
     agents = "".join(agent_toml(name, module, agent_extra) for name, module in CHAIN)
-    remote = "".join(
-        f'[agents.{name}]\nremote = true\ninstances = {n}\nhost = "{host.hostname}"\n\n'
-        for name, (host, n) in remote_workers.items()
-    )
     return (
         f'[testbed]\nnamespace = "{NAMESPACE}"\nstart_timeout = 120\n\n'
-        '[workflow]\nname = "stf_datataking"\nconfig = "fast_processing_default"\n'
-        f"time_scale = {time_scale}\n\n"
-        f"[parameters]\nstf_count = {stfs}\nstf_sampling_rate = 1.0\n"
-        f"slices_per_sample = {slices_per_sample}\n{parameters}\n"
-        f"{agents}{remote}{services_toml(a)}"
+        + workflow_toml(
+            stfs=stfs,
+            slices_per_sample=slices_per_sample,
+            time_scale=time_scale,
+            parameters=parameters,
+        )
+        + f"{agents}{remote_toml(remote_workers)}{services_toml(a)}"
+    )
+
+
+def control_host_toml(a: Host, remote: dict[str, tuple[Host, int]], **workflow: Any) -> str:
+    """A host with no agents of its own, where ``swf-testbed run`` is typed: all are remote."""
+    return (
+        f'[testbed]\nnamespace = "{NAMESPACE}"\nstart_timeout = 120\n\n'
+        + workflow_toml(**workflow)
+        + remote_toml(remote)
+        + services_toml(a)
     )
 
 
