@@ -8,6 +8,8 @@ is one that does not answer (its record is only asked after a lost connection).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import typer
@@ -18,12 +20,17 @@ from swf_testbed.messages import (
     DaqState,
     DaqSubstate,
     EndRun,
+    ProcessingComplete,
+    Slice,
+    SliceResult,
+    StfGen,
     StfReady,
+    TfFileRegistered,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
 )
-from swf_testbed.orchestrator.follow import DRAIN_SETTLE_S, End, Follow, Tick
+from swf_testbed.orchestrator.follow import DRAIN_CONFIRM_S, DRAIN_SETTLE_S, End, Follow, Tick
 from swf_testbed.orchestrator.listener import Listener
 from swf_testbed.orchestrator.monitor_api import MonitorApi
 from swf_testbed.orchestrator.session import ProgressStatus, WorkflowSession
@@ -108,7 +115,9 @@ def test_no_runner_answering_ends_at_the_reply_deadline(listener: Listener) -> N
     assert tick.end is End.NO_REPLY and tick.snapshot.status is ProgressStatus.REQUESTED
 
 
-def test_a_run_whose_output_is_all_processed_ends_at_once(listener: Listener) -> None:
+def test_a_run_whose_output_is_all_processed_ends_once_nothing_moved_for_a_moment(
+    listener: Listener,
+) -> None:
     session, clock = WorkflowSession(listener, NS), Clock()
     follow = _follow(session, clock)
     _started(session)
@@ -118,8 +127,100 @@ def test_a_run_whose_output_is_all_processed_ends_at_once(listener: Listener) ->
     session.observe(_end_run(0))
     session.observe(_completed(0))
     tick = follow.tick(False)
-    assert tick.end is End.ENDED and tick.snapshot.status is ProgressStatus.COMPLETED
+    assert tick.end is None  # drained by what was seen: confirmed once nothing moved a moment
     assert tick.events == ["run 7: end_run (beam/not_ready)"]
+    clock.now += DRAIN_CONFIRM_S
+    tick = follow.tick(False)
+    assert tick.end is End.ENDED and tick.snapshot.status is ProgressStatus.COMPLETED
+
+
+def _run_message(cls: type[Any], **fields: Any) -> Any:
+    return cls(
+        namespace=NS,
+        sender="agent",
+        execution_id=EXEC,
+        run_id=7,
+        state=DaqState.BEAM,
+        substate=DaqSubstate.PHYSICS,
+        **fields,
+    )
+
+
+def _processed(name: str) -> ProcessingComplete:
+    return _run_message(ProcessingComplete, filename=name, processing_time_s=0.0)
+
+
+def _sample(stf: str) -> TfFileRegistered:
+    return _run_message(
+        TfFileRegistered,
+        tf_filename=f"{stf}.tf",
+        stf_filename=stf,
+        tf_first=0,
+        tf_last=0,
+        tf_count=1,
+        size_bytes=1,
+    )
+
+
+def _slice_and_result(stf: str, slice_id: int) -> tuple[Slice, SliceResult]:
+    made = _run_message(
+        Slice,
+        slice_id=slice_id,
+        tf_filename=f"{stf}.tf",
+        stf_filename=stf,
+        tf_first=0,
+        tf_last=0,
+        tf_count=1,
+    )
+    done = _run_message(
+        SliceResult,
+        slice_id=slice_id,
+        tf_filename=f"{stf}.tf",
+        worker_id="w",
+        status="completed",
+        processing_time_s=0.0,
+    )
+    return made, done
+
+
+def test_a_sample_without_its_slices_yet_keeps_the_run_from_ending(listener: Listener) -> None:
+    """Every STF processed and every slice seen done, but the last STF's sample has no slice yet
+    (fast monitoring sends it beside the processing, not after): not drained until it has."""
+    session, clock = WorkflowSession(listener, NS), Clock()
+    follow = _follow(session, clock, drain_timeout=600.0)
+    _started(session)
+    for stf in ("a.stf", "b.stf"):
+        session.observe(_run_message(StfGen, **_stf_gen_fields(stf)))
+        session.observe(_processed(stf))
+    session.observe(_sample("a.stf"))
+    for m in _slice_and_result("a.stf", 0):
+        session.observe(m)
+    session.observe(_sample("b.stf"))  # its slices are still to come
+    session.observe(_completed(2))
+    for _ in range(3):
+        clock.now += 10 * DRAIN_CONFIRM_S
+        tick = follow.tick(False)
+        assert tick.end is None, "ended with a sample not yet sliced"
+    assert tick.snapshot.samples_unsliced == 1
+    for m in _slice_and_result("b.stf", 0):
+        session.observe(m)
+    assert follow.tick(False).end is None  # it just moved: confirmed a moment later
+    clock.now += DRAIN_CONFIRM_S
+    tick = follow.tick(False)
+    assert tick.end is End.ENDED and tick.snapshot.slices_done == 2
+
+
+def _stf_gen_fields(name: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "filename": name,
+        "sequence": 1,
+        "size_bytes": 1,
+        "checksum": "0000abcd",
+        "tf_count": 1,
+        "start": now,
+        "end": now,
+    }
 
 
 def test_without_a_processing_chain_the_wait_ends_when_nothing_moves(listener: Listener) -> None:

@@ -24,6 +24,9 @@ from swf_testbed.orchestrator.monitor_api import ExecutionFigures, MonitorApi
 from swf_testbed.orchestrator.session import ProgressSnapshot, ProgressStatus, WorkflowSession
 from swf_testbed.orchestrator.silence import SilenceWatch
 
+DRAIN_CONFIRM_S = 0.5
+"""Drained by the counts seen must hold this long with nothing moving: the sample of a last STF
+is sent by fast monitoring beside (not after) its processing, and may be a moment behind."""
 DRAIN_SETTLE_S = 5.0
 """After the run, in a testbed without a processing chain: how long to wait for stragglers."""
 MONITOR_CHECK_S = 2.0
@@ -35,12 +38,13 @@ SILENCE_CHECK_S = 1.0
 
 
 def figures_of(snap: ProgressSnapshot) -> ExecutionFigures:
-    """The snapshot's own processed and slice counts (it cannot see unsliced samples)."""
+    """The snapshot's own processed, slice and unsliced-sample counts."""
     return ExecutionFigures(
         stf_processed=snap.stf_processed,
         slices=snap.slices,
         slices_done=snap.slices_done,
         slices_failed=snap.slices_failed,
+        samples_unsliced=snap.samples_unsliced,
     )
 
 
@@ -148,11 +152,11 @@ class Follow:
         """The session ended: over now, or once the agents have drained the run (None: not yet)."""
         if snap.status is not ProgressStatus.COMPLETED or interrupted:
             return End.ENDED
-        if self._drained_now(snap):
-            return End.ENDED
         now = self.clock()
         if snap.moved != self._last_moved:
             self._last_moved, self._last_change = snap.moved, now
+        if self._drained_now(snap) and now - self._last_change >= DRAIN_CONFIRM_S:
+            return End.ENDED
         if self.drain_deadline is None:
             self.drain_deadline = now + self.drain_timeout
         settled = not snap.has_chain and now - self._last_change > DRAIN_SETTLE_S

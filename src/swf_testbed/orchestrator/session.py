@@ -22,8 +22,10 @@ from swf_testbed.messages import (
     Message,
     RunMessage,
     RunWorkflow,
+    Slice,
     SliceResult,
     StopWorkflow,
+    TfFileRegistered,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
@@ -90,6 +92,7 @@ class ProgressSnapshot:
     processed_per_s: float = 0.0
     slices_per_s: float = 0.0
     rate_window_s: float = 0.0
+    samples_unsliced: int = 0  # samples registered of which no slice was seen yet
 
     @property
     def produced(self) -> int:
@@ -99,7 +102,7 @@ class ProgressSnapshot:
     @property
     def moved(self) -> int:
         """A figure that grows while the agents work on the run (to tell when nothing moves)."""
-        return self.stf_ready + self.stf_processed + self.slices + self.slices_done
+        return self.stf_ready + self.stf_processed + self.samples + self.slices + self.slices_done
 
     @property
     def has_chain(self) -> bool:
@@ -165,6 +168,8 @@ class WorkflowSession:
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending: dict[str, Counter[str]] = {}
+        self._samples: OrderedDict[str, tuple[set[str], set[str]]] = OrderedDict()
+        """Per execution: the TF samples registered, and those that have slices."""
         self._stop_sent = False
         self._rates = RateWindow()
         listener.session = self
@@ -292,6 +297,7 @@ class WorkflowSession:
         execution_id = msg.execution_id
         if execution_id is None:
             return
+        self._note_sample(execution_id, msg)
         if p.execution_id is None:
             counts = self._pending.setdefault(execution_id, Counter())
             if len(self._pending) > 20:
@@ -310,6 +316,23 @@ class WorkflowSession:
                 self.events.append(f"run {msg.run_id}: {msg.msg_type} ({p.daq_state})")
             if isinstance(msg, EndRun):
                 p.end_run_seen = True
+
+    def _note_sample(self, execution_id: str, msg: Message) -> None:
+        """A sample registered, or one of its slices made (kept for a few executions)."""
+        if not isinstance(msg, TfFileRegistered | Slice):
+            return
+        if execution_id not in self._samples:
+            self._samples[execution_id] = (set(), set())
+            if len(self._samples) > 20:
+                oldest = next(iter(self._samples))
+                if oldest != self.progress.execution_id:
+                    self._samples.pop(oldest)
+        registered, sliced = self._samples[execution_id]
+        (registered if isinstance(msg, TfFileRegistered) else sliced).add(msg.tf_filename)
+
+    def _unsliced(self, execution_id: str | None) -> int:
+        registered, sliced = self._samples.get(execution_id or "", (set(), set()))
+        return len(registered - sliced)
 
     def _adopt_pending(self, execution_id: str) -> None:
         pending = self._pending.pop(execution_id, None)
@@ -352,4 +375,5 @@ class WorkflowSession:
                 processed_per_s=processed_rate,
                 slices_per_s=slice_rate,
                 rate_window_s=self._rates.window_s,
+                samples_unsliced=self._unsliced(p.execution_id),
             )
