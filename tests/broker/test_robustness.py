@@ -10,6 +10,7 @@ because it writes to a connection in order. Time limits are failure guards.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import struct
@@ -108,10 +109,15 @@ def test_broker_sends_heartbeats(raw: RawFactory) -> None:
 def test_silent_client_is_dropped_after_twice_its_heartbeat(raw: RawFactory) -> None:
     client = raw(**{"heart-beat": "200,0"})
     assert client.connected is not None and client.connected.headers["heart-beat"] == "0,200"
-    start = time.monotonic()
     error = client.expect_error_and_close()
     assert "heart-beat" in error.headers["message"]
-    assert time.monotonic() - start >= 0.35  # never before 2 x 200 ms of silence
+    # never before 2 x 200 ms of silence, as the broker measured it when it decided
+    detail = re.fullmatch(
+        r"nothing received for (\d+\.\d) s \(negotiated client heart-beat 200 ms\)\n",
+        error.body.decode(),
+    )
+    assert detail is not None, error.body
+    assert float(detail.group(1)) >= 0.4, error.body
 
 
 def test_client_heartbeats_keep_the_connection(raw: RawFactory) -> None:
@@ -801,11 +807,11 @@ def test_sigterm_exits_zero_promptly(new_broker: Callable[..., BrokerProc]) -> N
     conn.connect(wait=True)
     conn.subscribe(unique("queue"), id="1")
     idle = socket.create_connection((HOST, b.port))  # not even CONNECTed
-    start = time.monotonic()
     b.proc.send_signal(signal.SIGTERM)
+    # promptly: it exits with both clients still there (neither leaves by itself); the time
+    # limit only guards against a hang
     rc = b.proc.wait(WAIT_S)
     assert rc == 0, b.log_text()
-    assert time.monotonic() - start < WAIT_S
     assert "listening on" in b.log_text()
     idle.settimeout(WAIT_S)
     assert idle.recv(10) == b""  # its connection was closed

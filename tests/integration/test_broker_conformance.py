@@ -33,6 +33,7 @@ import stomp
 from swf_testbed.mq.destinations import Destination, durable_headers, forget_frames
 from swf_testbed.settings import DestinationStyle
 from swf_testbed.testing.brokers import BrokerProcess
+from tests.support.collect import eventually
 from tests.support.stomp_recorder import WAIT_S, FrameRecorder
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,6 +74,7 @@ class Client:
         self.listener = FrameRecorder(hook)
         self.conn.set_listener("collector", self.listener)
         self.conn.connect(wait=True, headers=connect_headers, **broker.connect_kwargs())
+        self.subscriptions: list[str] = []
 
     def subscribe(
         self, destination: str, ack: str = "auto", headers: dict[str, str] | None = None
@@ -84,6 +86,7 @@ class Client:
             destination, id=sub_id, ack=ack, headers={**(headers or {}), "receipt": receipt}
         )
         self.listener.wait_receipt(receipt)
+        self.subscriptions.append(sub_id)
         return sub_id
 
     def send(
@@ -233,15 +236,36 @@ def test_durable_subscription_keeps_messages_across_a_disconnect(
     producer.send(topic, b"after removal", receipt=True)
     sub_id = consumer.subscribe(topic, ack="client-individual", headers=durable)  # a new, empty one
     producer.send(topic, b"fresh", receipt=True)
-    consumer.listener.wait_messages(len(offline) + 2)
-    time.sleep(0.2)  # room for a (wrong) "after removal" to show up
-    assert consumer.bodies()[len(offline) + 1 :] == [b"fresh"]
+    # A kept "after removal" would be delivered on the re-attach, before "fresh"; and anything
+    # else the subscription still held comes before the sentinel sent last.
+    producer.send(topic, b"sentinel", receipt=True)
+    frames = consumer.listener.wait_body(b"sentinel")
+    assert [f.body for f in frames][len(offline) + 1 :] == [b"fresh", b"sentinel"]
     for headers in forget:
         consumer.unsubscribe(sub_id, headers=headers)
     assert not consumer.listener.errors, consumer.listener.error_text()
 
 
 # --------------------------------------------------------------------------- queues
+
+
+def _no_more_in(queue: str, consumers: list[Client], sweeper: Client, producer: Client) -> bytes:
+    """Prove that nothing more of ``queue`` reaches its consumers (no duplicate, no late
+    redelivery), by ordering instead of a wait: each consumer UNSUBSCRIBEs (the broker's RECEIPT
+    comes after every MESSAGE it sent that subscription), then ``sweeper`` subscribes and
+    ``producer`` sends a sentinel: a message the queue (wrongly) still held would reach the
+    sweeper before it. Returns the sentinel's body (unique: mirror copies of other tests' queues
+    can share a wildcard subscriber)."""
+    for consumer in consumers:
+        for sub_id in consumer.subscriptions:
+            consumer.unsubscribe(sub_id)
+    sweeper.subscribe(queue)
+    sentinel = f"sentinel {uuid.uuid4().hex}".encode()
+    producer.send(queue, sentinel, receipt=True)
+    assert [f.body for f in sweeper.listener.wait_body(sentinel)] == [sentinel], (
+        "the queue still held messages after every one was delivered"
+    )
+    return sentinel
 
 
 def test_queue_competing_consumers_each_message_once(clients: Callable[..., Client]) -> None:
@@ -263,10 +287,8 @@ def test_queue_competing_consumers_each_message_once(clients: Callable[..., Clie
     def received() -> int:
         return sum(len(c.listener.messages) for c in consumers)
 
-    deadline = time.monotonic() + WAIT_S
-    while received() < total and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # room for a (wrong) duplicate to show up
+    eventually(lambda: received() >= total, WAIT_S, f"{total} deliveries")
+    _no_more_in(queue, consumers, clients(), producer)
     bodies = [body for c in consumers for body in c.bodies()]
     assert len(bodies) == total, f"{len(bodies)} deliveries for {total} messages"
     assert sorted(int(b) for b in bodies) == list(range(total))
@@ -358,8 +380,10 @@ def test_unacked_messages_of_a_killed_consumer_go_to_another(
     # (ActiveMQ Classic's JMSRedelivered, RabbitMQ's AMQP redelivered flag; the embedded
     # broker documents the same header).
     assert all(f.headers.get("redelivered") == "true" for f in frames), [f.headers for f in frames]
-    time.sleep(0.2)
-    assert len(rescuer.listener.messages) == len(expected)  # nothing delivered twice to the rescuer
+    # nothing delivered twice to the rescuer: a second copy would come before a sentinel sent now
+    producer.send(queue, b"sentinel", receipt=True)
+    after = rescuer.listener.wait_body(b"sentinel")
+    assert [f.body for f in after[len(expected) :]] == [b"sentinel"]
 
 
 def test_nack(every_broker: BrokerProcess, clients: Callable[..., Client]) -> None:
@@ -397,8 +421,13 @@ def test_nack(every_broker: BrokerProcess, clients: Callable[..., Client]) -> No
     else:
         frames = consumer.listener.wait_messages(2)
         consumer.ack(frames[1])
-        time.sleep(0.3)
-        assert consumer.bodies() == [b"poison", b"marker"], "ActiveMQ redelivered a NACKed message"
+        # a redelivered "poison" would come before this sentinel (one consumer, one queue)
+        producer.send(queue, b"sentinel", receipt=True)
+        sentinel = consumer.listener.wait_body(b"sentinel")
+        consumer.ack(sentinel[-1])
+        assert [f.body for f in sentinel] == [b"poison", b"marker", b"sentinel"], (
+            "ActiveMQ redelivered a NACKed message"
+        )
         dlq = clients()
         dlq.subscribe("/queue/ActiveMQ.DLQ", ack="client-individual")
         assert dlq.listener.wait_for(
@@ -455,7 +484,7 @@ def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_que
     durable_name = {"activemq.subscriptionName": "mirror"}
     durable_id = durable.subscribe("/topic/VirtualTopic.Mirror.>", headers=durable_name)
     try:
-        _check_mirrored(queue, name, consumers, (exact, wildcard, durable), clients())
+        _check_mirrored(queue, name, consumers, (exact, wildcard, durable), clients(), clients())
     finally:
         # detach, then remove: a durable wildcard left behind would keep every later mirror copy
         durable.unsubscribe(durable_id)
@@ -463,7 +492,12 @@ def test_queue_messages_are_mirrored_to_a_topic_without_taking_them_from_the_que
 
 
 def _check_mirrored(
-    queue: str, name: str, consumers: list[Client], watchers: tuple[Client, ...], producer: Client
+    queue: str,
+    name: str,
+    consumers: list[Client],
+    watchers: tuple[Client, ...],
+    producer: Client,
+    sweeper: Client,
 ) -> None:
     total = 20
     for i in range(total):
@@ -480,20 +514,26 @@ def _check_mirrored(
         assert watcher.listener.wait_for(lambda w=watcher: len(of_queue(w)) >= total), (
             f"{len(of_queue(watcher))} of {total} mirrored"
         )
-    assert consumers[0].listener.wait_for(
-        lambda: sum(len(c.listener.messages) for c in consumers) >= total
+    eventually(
+        lambda: sum(len(c.listener.messages) for c in consumers) >= total,
+        WAIT_S,
+        f"{total} queue deliveries",
     )
-    time.sleep(0.3)  # room for a (wrong) duplicate to show up
+    # The sentinel goes to the queue after every message was delivered: a duplicate still held
+    # by the queue reaches the sweeper before it; its mirror copy ends each watcher's record.
+    sentinel = _no_more_in(queue, consumers, sweeper, producer)
     queued = [f for c in consumers for f in c.listener.messages]
     assert sorted(f.body for f in queued) == sorted(b"m%d" % i for i in range(total))
     assert all(f.headers["destination"] == queue for f in queued)
     ids = {f.headers["msg_id"]: f.headers["message-id"] for f in queued}
     for watcher in watchers:
+        watcher.listener.wait_body(sentinel)
         mirrored = of_queue(watcher)
         assert [f.body for f in mirrored] == [
-            b"m%d" % i for i in range(total)
-        ]  # once each, in send order
-        assert {f.headers["msg_id"]: f.headers["message-id"] for f in mirrored} == ids
+            *(b"m%d" % i for i in range(total)),
+            sentinel,
+        ]  # once each, in send order, nothing after
+        assert {f.headers["msg_id"]: f.headers["message-id"] for f in mirrored[:-1]} == ids
 
 
 # --------------------------------------------------------------------------- bodies and headers
@@ -643,9 +683,7 @@ def test_aborted_transaction_delivers_nothing(clients: Callable[..., Client]) ->
     # A plain message sent after the ABORT: once it is in, anything the
     # aborted transaction (wrongly) released would have arrived before it.
     producer.send(queue, b"marker", receipt=True)
-    consumer.listener.wait_messages(1)
-    time.sleep(0.2)
-    assert consumer.bodies() == [b"marker"]
+    assert [f.body for f in consumer.listener.wait_body(b"marker")] == [b"marker"]
     assert not producer.listener.errors, producer.listener.error_text()
 
 
@@ -657,10 +695,12 @@ def test_committed_transaction_delivers_on_commit(clients: Callable[..., Client]
     tx = producer.conn.begin()
     producer.send(queue, b"tx 1", transaction=tx)
     producer.send(queue, b"tx 2", transaction=tx)
-    producer.send(queue, b"outside", receipt=True)  # not part of the transaction
-    consumer.listener.wait_messages(1)
-    time.sleep(0.2)
-    assert consumer.bodies() == [b"outside"], "transactional SENDs were delivered before COMMIT"
+    # not part of the transaction, and sent after its SENDs: a transactional SEND released before
+    # the COMMIT would come before it
+    producer.send(queue, b"outside", receipt=True)
+    assert [f.body for f in consumer.listener.wait_body(b"outside")] == [b"outside"], (
+        "transactional SENDs were delivered before COMMIT"
+    )
     rid = f"commit-{uuid.uuid4().hex}"
     producer.conn.commit(tx, headers={"receipt": rid})
     producer.listener.wait_receipt(rid)

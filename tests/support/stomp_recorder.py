@@ -71,6 +71,22 @@ class FrameRecorder(stomp.ConnectionListener):
         with self.cond:
             return list(self.messages)
 
+    def wait_body(self, body: bytes, timeout: float = WAIT_S) -> list[Any]:
+        """Wait for a message with this body (a sentinel); every message received up to it.
+
+        What the broker sent this connection before the sentinel has arrived by
+        then (frames on one connection come in order), so a test can assert on
+        the messages before it without waiting "a while" for anything more.
+        """
+        ok = self.wait_for(lambda: any(frame.body == body for frame in self.messages), timeout)
+        assert ok, (
+            f"no message {body!r} after {timeout:g} s; got {self.bodies()}; errors: "
+            f"{self.error_text()}"
+        )
+        with self.cond:
+            bodies = [frame.body for frame in self.messages]
+            return list(self.messages[: bodies.index(body) + 1])
+
     def wait_receipt(self, receipt: str, timeout: float = WAIT_S) -> None:
         ok = self.wait_for(lambda: receipt in self.receipts, timeout)
         assert ok, f"no RECEIPT for {receipt!r} after {timeout:g} s; errors: {self.error_text()}"
