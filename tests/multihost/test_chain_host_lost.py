@@ -36,6 +36,7 @@ from .testbeds import (
     monitor_host_toml,
     ok,
     rows,
+    run_number_of,
     services_toml,
     socket_url,
     workers_host_toml,
@@ -96,12 +97,10 @@ def test_the_chain_host_cut_off_mid_run_resumes_and_loses_nothing(
             ok(sites[name].cli("up"))
         run = sites["ctl"].popen("run")
         out = Output(run)
-        eventually(lambda: "execution " in out.text and ": http" in out.text, WAIT, "the run id")
-        execution_id = out.text.split("execution ")[1].split(":")[0]
+        execution_id = out.execution_id(WAIT)
 
         with a.inside(), monitor_api(a) as api:
-            eventually(lambda: bool(rows(api, "/runs/", execution_id=execution_id)), WAIT, "run")
-            run_number = rows(api, "/runs/", execution_id=execution_id)[0]["run_number"]
+            run_number = run_number_of(api, execution_id, WAIT)
 
             def stfs() -> int:
                 return count(api, "/stf-files/", run_number=run_number)

@@ -35,6 +35,7 @@ from .testbeds import (
     monitor_host_toml,
     ok,
     rows,
+    run_number_of,
     socket_url,
     workers_host_toml,
 )
@@ -78,12 +79,10 @@ def test_a_worker_host_cut_off_mid_run_loses_nothing(
             ok(sites[name].cli("up"))
         run = sites["b"].popen("run")
         out = Output(run)
-        eventually(lambda: "execution " in out.text and ": http" in out.text, WAIT, "the run id")
-        execution_id = out.text.split("execution ")[1].split(":")[0]
+        execution_id = out.execution_id(WAIT)
 
         with a.inside(), monitor_api(a) as api:
-            eventually(lambda: bool(rows(api, "/runs/", execution_id=execution_id)), WAIT, "run")
-            run_number = rows(api, "/runs/", execution_id=execution_id)[0]["run_number"]
+            run_number = run_number_of(api, execution_id, WAIT)
 
             def c_busy_with_a_backlog() -> bool:
                 made = count(api, "/tf-slices/", run_number=run_number)

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from swf_testbed.testing.hosts import Host, Hosts
+from tests.support.collect import eventually
 
 MakeHosts = Callable[[Sequence[str]], Hosts]
 NAMESPACE = "multihost"
@@ -95,6 +96,13 @@ class Output:
     @property
     def text(self) -> str:
         return "".join(self.lines)
+
+    def execution_id(self, timeout: float) -> str:
+        """The id of the execution ``run`` announced, waited for."""
+        eventually(
+            lambda: "execution " in self.text and ": http" in self.text, timeout, "the run id"
+        )
+        return self.text.split("execution ")[1].split(":")[0]
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -203,6 +211,12 @@ def socket_url(tcp_url: str) -> str:
 def monitor_api(a: Host) -> httpx.Client:
     """A client of the monitor's REST API on host A; make it (and use it) inside ``a.inside()``."""
     return httpx.Client(base_url=f"http://{a.address}:{MONITOR_PORT}/api", timeout=10)
+
+
+def run_number_of(api: httpx.Client, execution_id: str, timeout: float) -> int:
+    """The run of an execution, once the monitor has it."""
+    eventually(lambda: bool(rows(api, "/runs/", execution_id=execution_id)), timeout, "run")
+    return int(rows(api, "/runs/", execution_id=execution_id)[0]["run_number"])
 
 
 def count(api: httpx.Client, path: str, **params: Any) -> int:
