@@ -242,6 +242,60 @@ def test_a_durable_backlog_survives_kill_9(
     assert last.sync() == []
 
 
+BACKLOG_BOUND = 256 * 1024
+
+
+def test_a_durable_backlog_past_its_bound_is_paged_not_dropped_also_across_kill_9(
+    new_broker: Callable[..., BrokerProc], tmp_path: Path
+) -> None:
+    """96 persistent 16 KiB messages at a 256 KiB bound: the journal keeps what memory does not."""
+    data = tmp_path / "data"
+    options = ("--data-dir", str(data), "--durable-max-bytes", str(BACKLOG_BOUND))
+    first = new_broker(*options)
+    topic = unique("topic")
+    cid = f"c-{uuid.uuid4().hex[:8]}"
+    sub = {"activemq.subscriptionName": "paged"}
+    durable = Raw(first.port, **{"client-id": cid})
+    durable.subscribe(topic, ack="client-individual", **sub)
+    durable.close()  # detached: the backlog fills
+    bodies = [bytes([65 + i % 26]) * 16 * 1024 + b"%02d" % i for i in range(96)]
+    _receipted_sends(Raw(first.port), topic, bodies)
+    _receipted_sends(Raw(first.port), topic, [b"not persistent"], persistent=False)
+    backlog = _stats(first.port)["durable_subscriptions"][f"{cid}:paged"]
+    assert backlog["dropped"] == 1  # the one message not journaled, behind paged ones
+    assert backlog["in_memory"] + backlog["paged"] == backlog["messages"] == 96
+    assert 0 < backlog["in_memory"] < 96 and backlog["bytes"] <= BACKLOG_BOUND
+
+    again = Raw(first.port, **{"client-id": cid})
+    again.subscribe(topic, ack="client-individual", **{**sub, "activemq.prefetchSize": "4"})
+    first_ten = []
+    for _ in range(10):  # the first ten done; the rest are still owed
+        frame = again.recv()
+        first_ten.append(frame.body)
+        again.send("ACK", {"id": frame.headers["ack"]})
+    assert first_ten == bodies[:10]
+    beyond = again.sync()  # the acks are in; what came beyond the ten goes back at the close
+    assert [f.body for f in beyond] == bodies[10 : 10 + len(beyond)]
+    again.close()
+    _kill(first)
+
+    second = new_broker(*options)
+    backlog = _stats(second.port)["durable_subscriptions"][f"{cid}:paged"]
+    assert backlog["messages"] == 86 and backlog["paged"] > 0, backlog
+    assert backlog["bytes"] <= BACKLOG_BOUND
+    last = Raw(second.port, **{"client-id": cid})
+    last.subscribe(topic, ack="client-individual", **{**sub, "activemq.prefetchSize": "4"})
+    got = []
+    for _ in range(86):
+        frame = last.recv()
+        got.append(frame.body)
+        last.send("ACK", {"id": frame.headers["ack"]})
+    assert got == bodies[10:]  # every one, in order
+    assert last.sync() == []
+    backlog = _stats(second.port)["durable_subscriptions"][f"{cid}:paged"]
+    assert (backlog["messages"], backlog["dropped"]) == (0, 0)
+
+
 def test_a_removed_durable_subscription_does_not_come_back(
     new_broker: Callable[..., BrokerProc], tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from swf_testbed.broker.frames import ProtocolError, escape
-from swf_testbed.broker.store import Location
+from swf_testbed.broker.store import Journal, Location, StoredMessage
 
 if TYPE_CHECKING:
     from swf_testbed.broker.connection import Connection
@@ -380,9 +380,9 @@ class Queue:
 
     def put(self, msg: Message, location: Location | None) -> None:
         """Enqueue ``msg`` (``location``: its journal record, if journaled); refuse it when full."""
-        limit = self.broker.queue_memory_limit
-        if self.paged or self.held + msg.size > limit:
+        if self.paged or not self.has_room_for(msg.size):
             if location is None:
+                limit = self.broker.queue_memory_limit
                 raise ProtocolError(
                     f"Queue {self.name} is full",
                     f"queue {self.name!r} holds {self.held} bytes in memory (limit {limit}); "
@@ -392,19 +392,51 @@ class Queue:
                 )
             self.paged.append((location, msg.redelivered))
             return
+        self.keep(msg)
+
+    # The memory bound, as hooks: a Durable bounds its backlog by its own limits.
+
+    def has_room_for(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes may wait in memory."""
+        return self.held + size <= self.broker.queue_memory_limit
+
+    def has_room(self) -> bool:
+        """Whether paged messages may be read back into memory."""
+        return self.held < self.broker.queue_memory_limit
+
+    def keep(self, msg: Message) -> None:
+        """``msg`` waits in memory, after the others."""
         self.messages.append(msg)
         self.held += msg.size
 
+    def from_journal(self, stored: StoredMessage, redelivered: bool) -> Message:
+        """The message of a journal record, as this destination hands it out."""
+        msg = Message(stored.message_id, stored.headers, stored.body, stored.destination)
+        msg.seq = stored.seq
+        msg.redelivered = redelivered
+        return msg
+
+    def restore(self, stored: StoredMessage, journal: Journal) -> None:
+        """A journaled message found at start (without its body): in memory if room, else paged."""
+        assert stored.location is not None
+        headers = sum(len(k) + len(v) + 2 for k, v in stored.headers.items())
+        size = stored.location[2] + 128 + headers  # about: Message.size, headers counted twice
+        if self.paged or not self.has_room_for(size):
+            self.paged.append((stored.location, True))
+            return
+        loaded = journal.read(stored.location)
+        if loaded is not None:
+            self.keep(self.from_journal(loaded, True))
+
     def page_in(self) -> bool:
-        """Read paged messages back while under the limit; whether any came."""
+        """Read paged messages back while there is room; whether any came."""
         journal = self.broker.journal
         paged = self.paged
         if journal is None:
             paged.clear()
             return False
-        limit = self.broker.queue_memory_limit
         loaded = False
-        while paged and self.held < limit:
+        while paged and self.has_room():
             location, redelivered = paged[0]
             if not journal.is_live(location[3]):
                 paged.popleft()  # its commit failed (the producer got an ERROR): not kept
@@ -416,11 +448,7 @@ class Queue:
             stored = journal.read(location)
             if stored is None:
                 continue  # its commit failed (the producer got an ERROR), or it is gone
-            msg = Message(stored.message_id, stored.headers, stored.body, stored.destination)
-            msg.seq = stored.seq
-            msg.redelivered = redelivered
-            self.messages.append(msg)
-            self.held += msg.size
+            self.keep(self.from_journal(stored, redelivered))
             loaded = True
         return loaded
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from swf_testbed.broker.destinations import AUTO, Message, Queue, Subscription, Topic
+from swf_testbed.broker.store import StoredMessage
 
 if TYPE_CHECKING:
     from swf_testbed.broker.server import Broker
@@ -25,11 +27,15 @@ class Durable(Queue):
 
     It sits in its :class:`Topic`'s (or :class:`WildTopic`'s) subscriber list
     for its whole life, attached to a consumer (:class:`Subscription`) or
-    not; every message it matches goes to its backlog (``messages``, bounded
-    by the broker's ``durable_max_messages``/``durable_max_bytes``: past
-    them the oldest are dropped), and from there to the consumer as a queue
-    hands messages out. Messages are shared with the other subscribers of
-    the topic, so they are never modified here: redeliveries are copies.
+    not; every message it matches goes to its backlog, and from there to the
+    consumer as a queue hands messages out. The backlog in memory
+    (``messages``) is bounded by the broker's ``durable_max_messages`` and
+    ``durable_max_bytes``. Past them, journaled (persistent) messages wait
+    in the journal only (``paged``, after every message in memory) and are
+    read back as the consumer catches up; messages that are not journaled
+    are dropped, the oldest first, counted and reported. Messages are shared
+    with the other subscribers of the topic, so they are never modified
+    here: redeliveries are copies.
     """
 
     broker: Broker  # a queue needs only the router; a durable also the broker's loop and limits
@@ -87,24 +93,64 @@ class Durable(Queue):
     def offer_topic(self, msg: Message) -> None:
         b = self.broker
         sub = self.consumer
-        straight = sub is not None and not self.messages and not self.dispatching and sub.can_take()
+        straight = (
+            sub is not None
+            and not self.messages
+            and not self.paged
+            and not self.dispatching
+            and sub.can_take()
+        )
+        location = None
         if (
             b.journal is not None
             and msg.headers.get("persistent") == "true"
             and not (straight and sub is not None and sub.ack == AUTO)  # consumed at once
         ):
             msg = msg.durable_copy()  # its own journal record, acknowledged on its own
-            b.journal_durable(self, msg)
+            location = b.journal_durable(self, msg)
         if straight:
             assert sub is not None
             sub.deliver(msg)  # nothing waiting, room: straight through
             return
-        self.messages.append(msg)
-        self.nbytes += msg.size
-        if self.nbytes > b.durable_max_bytes or len(self.messages) > b.durable_max_messages:
-            self.trim()
+        if location is not None and (self.paged or not self.has_room_for(msg.size)):
+            self.paged.append((location, msg.redelivered))  # past the bound: the journal keeps it
+        elif self.paged:
+            self.drop_new()  # not journaled, and behind paged messages: it cannot wait in order
+        else:
+            self.keep(msg)
+            if not self.within_bound():
+                self.trim()
         if self.consumer is not None:
             self.dispatch()
+
+    # -- the bound, as the queue's hooks
+
+    def has_room_for(self, size: int) -> bool:
+        b = self.broker
+        return (
+            self.nbytes + size <= b.durable_max_bytes
+            and len(self.messages) < b.durable_max_messages
+        )
+
+    def within_bound(self) -> bool:
+        b = self.broker
+        return self.nbytes <= b.durable_max_bytes and len(self.messages) <= b.durable_max_messages
+
+    def has_room(self) -> bool:
+        b = self.broker
+        return self.nbytes < b.durable_max_bytes and len(self.messages) < b.durable_max_messages
+
+    def keep(self, msg: Message) -> None:
+        self.messages.append(msg)
+        self.nbytes += msg.size
+
+    def from_journal(self, stored: StoredMessage, redelivered: bool) -> Message:
+        msg = Message(
+            stored.message_id, stored.headers, stored.body, stored.destination.rpartition("\x00")[2]
+        )
+        msg.seq = stored.seq
+        msg.redelivered = redelivered
+        return msg
 
     # -- as a queue with (at most) one consumer
 
@@ -116,14 +162,20 @@ class Durable(Queue):
     def dispatch(self) -> None:
         sub = self.consumer
         messages = self.messages
-        if sub is None or not messages or self.dispatching or self.broker.stopping:
+        if sub is None or self.dispatching or self.broker.stopping:
+            return
+        if not messages and not self.paged:
             return
         self.dispatching = True
         try:
-            while messages and sub.can_take():
-                msg = messages.popleft()
-                self.nbytes -= msg.size
-                sub.deliver(msg)
+            while True:
+                while messages and sub.can_take():
+                    msg = messages.popleft()
+                    self.nbytes -= msg.size
+                    sub.deliver(msg)
+                if not messages and self.paged and sub.can_take() and self.page_in():
+                    continue
+                break
         finally:
             self.dispatching = False
 
@@ -147,22 +199,43 @@ class Durable(Queue):
     # -- the bound
 
     def trim(self) -> None:
-        """Drop the oldest messages while over a bound; count them and say so (once per burst)."""
+        """Drop the oldest messages that are not journaled while over a bound; count them.
+
+        Journaled messages are never dropped: the journal keeps them, and the
+        bound is kept by paging new ones (:meth:`offer_topic`).
+        """
+        if self.within_bound():
+            return
         b = self.broker
-        messages = self.messages
-        max_messages, max_bytes = b.durable_max_messages, b.durable_max_bytes
-        n = 0
-        while messages and (len(messages) > max_messages or self.nbytes > max_bytes):
-            dropped = messages.popleft()
-            self.nbytes -= dropped.size
-            if dropped.seq:
-                b.done(dropped)
+        count, nbytes, n = len(self.messages), self.nbytes, 0
+        kept: deque[Message] = deque()
+        rest = iter(self.messages)
+        for msg in rest:
+            if msg.seq:
+                kept.append(msg)  # journaled: kept (only put-back messages are over the bound)
+                continue
+            count -= 1
+            nbytes -= msg.size
             n += 1
-        if n:
-            self.dropped += n
-            self.burst += n
-            if self._drop_timer is None and b.loop is not None:
-                self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
+            if count <= b.durable_max_messages and nbytes <= b.durable_max_bytes:
+                break
+        kept.extend(rest)
+        self.messages, self.nbytes = kept, nbytes
+        self._count_drops(n)
+
+    def drop_new(self) -> None:
+        """A message that is not journaled arrived while the backlog pages: dropped."""
+        self._count_drops(1)
+
+    def _count_drops(self, n: int) -> None:
+        """Count ``n`` dropped messages and say so, once per burst."""
+        if not n:
+            return
+        b = self.broker
+        self.dropped += n
+        self.burst += n
+        if self._drop_timer is None and b.loop is not None:
+            self._drop_timer = b.loop.call_later(DROP_REPORT_S, self.report_drops)
 
     def report_drops(self) -> None:
         """Log the drops since the last report; keep watching while the burst goes on."""
@@ -189,6 +262,10 @@ class Durable(Queue):
         for msg in self.messages:
             if msg.seq:
                 b.done(msg)
+        if b.journal is not None:
+            for location, _ in self.paged:
+                b.journal.ack(location[3])
+            b.schedule_commit()
         self.close()
 
     def close(self) -> None:
@@ -199,4 +276,5 @@ class Durable(Queue):
             self._drop_timer = None
         self.report_drops()
         self.messages.clear()
+        self.paged.clear()
         self.nbytes = 0

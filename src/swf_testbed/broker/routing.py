@@ -69,12 +69,14 @@ class Router:
         assert self.journal.last_location is not None
         return self.journal.last_location
 
-    def journal_durable(self, durable: Durable, msg: Message) -> None:
+    def journal_durable(self, durable: Durable, msg: Message) -> Location:
         """A persistent topic message matched by a durable subscription: its own record."""
         assert self.journal is not None
         key = f"{durable.journal_key}\x00{msg.topic}"
         msg.seq = self.journal.append(TOPIC, key, msg.id, msg.headers, msg.body)
         self.schedule_commit()
+        assert self.journal.last_location is not None
+        return self.journal.last_location
 
     def page_after_commit(self, queue: Queue) -> None:
         """``queue`` wants to page in a message of the group not committed yet."""
@@ -370,7 +372,9 @@ class Router:
                 f"{d.client_id}:{d.sub_name}": {
                     "topic": d.topic_name,
                     "attached": d.consumer is not None,
-                    "messages": len(d.messages),
+                    "messages": d.depth,
+                    "in_memory": len(d.messages),
+                    "paged": len(d.paged),
                     "bytes": d.nbytes,
                     "dropped": d.dropped,
                 }

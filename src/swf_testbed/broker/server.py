@@ -30,7 +30,6 @@ from typing import Any
 from swf_testbed.broker.connection import Connection
 from swf_testbed.broker.destinations import (
     TOPIC,
-    Message,
     Queue,
     topic_matches,
     wildcard_pattern,
@@ -190,47 +189,26 @@ class Broker(Router):
     def _replay(self, journal: Journal) -> None:
         """Open the journal; unacknowledged messages go back where they were, in order, redelivered.
 
-        Queue messages past the queue's memory limit stay in the journal (paged);
-        messages of a durable subscription that no longer exists are dropped.
+        Messages past a queue's memory limit or a durable backlog's bound stay in the
+        journal (paged); messages of a durable subscription that no longer exists are dropped.
         """
         stored = journal.open(load_bodies=False)
         self.journal = journal  # the messages below are acknowledged in it if need be
         durables = {d.journal_key: d for d in self.durables.values()}
         orphans = 0
         for m in stored:
-            assert m.location is not None
             if m.kind == TOPIC:
-                key, _, topic = m.destination.rpartition("\x00")
-                durable = durables.get(key)
-                loaded = journal.read(m.location) if durable is not None else None
-                if durable is None or loaded is None:
+                durable = durables.get(m.destination.rpartition("\x00")[0])
+                if durable is None:
                     journal.ack(m.seq)
                     orphans += 1
                     continue
-                msg = Message(m.message_id, m.headers, loaded.body, topic)
-                msg.seq = m.seq
-                msg.redelivered = True
-                durable.messages.append(msg)
-                durable.nbytes += msg.size
+                durable.restore(m, journal)
                 continue
             queue = self.queues.get(m.destination)
             if queue is None:
                 queue = self.queues[m.destination] = Queue(m.destination, self)
-            msg = Message(m.message_id, m.headers, b"", m.destination)
-            msg.seq = m.seq
-            msg.redelivered = True
-            size = msg.size + m.location[2]  # about: headers twice, and the body
-            if queue.paged or queue.held + size > self.queue_memory_limit:
-                queue.paged.append((m.location, True))
-                continue
-            loaded = journal.read(m.location)
-            if loaded is None:
-                continue
-            msg = Message(m.message_id, m.headers, loaded.body, m.destination)
-            msg.seq = m.seq
-            msg.redelivered = True
-            queue.messages.append(msg)
-            queue.held += msg.size
+            queue.restore(m, journal)
         journal.commit()
         log.info(
             "journal %s: %d unacknowledged message(s) replayed%s%s",

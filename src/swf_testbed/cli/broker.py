@@ -100,16 +100,16 @@ def broker(
     durable_max_messages: Annotated[
         int,
         typer.Option(
-            help="Messages a disconnected durable subscription keeps; past it the oldest "
-            "are dropped (logged).",
+            help="Messages a durable subscription's backlog keeps in memory; past it "
+            "persistent ones wait in the journal, others are dropped, the oldest first (logged).",
             min=1,
         ),
     ] = 1_000_000,
     durable_max_bytes: Annotated[
         int,
         typer.Option(
-            help="Bytes a disconnected durable subscription keeps; past it the oldest "
-            "are dropped (logged).",
+            help="Bytes a durable subscription's backlog keeps in memory; past it "
+            "persistent ones wait in the journal, others are dropped, the oldest first (logged).",
             min=1,
         ),
     ] = 512 * 2**20,
