@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -288,8 +287,20 @@ def test_fast_processing_run_end_to_end(chain: Chain) -> None:
         msgs = watch.wait_for(
             complete, timeout=60, what="every STF processed and every slice completed"
         )
-        time.sleep(0.5)  # duplicates, if any, would show up now
-        msgs = list(watch.messages)
+
+        def processed_by_workers(ms: list[Message]) -> int:
+            beats = (last_beat(ms, ns, w) for w in WORKERS)
+            return sum(b.counters.get("slices_done", 0) for b in beats if b is not None)
+
+        # Counted where the work is done: once the workers' own counts add up to every slice
+        # created, nothing is left to process, and a slice processed twice would make them add
+        # up to more. No waiting for a duplicate that might still come.
+        msgs = watch.wait_for(
+            lambda ms: processed_by_workers(ms) >= slices,
+            timeout=30,
+            what="the workers' heartbeats to count every slice",
+        )
+        assert processed_by_workers(msgs) == slices
         gen = mine(msgs, ns, "stf_gen", eid)
         assert len(gen) == n and len({m.filename for m in gen}) == n
         assert sorted(m.filename for m in mine(msgs, ns, "stf_ready", eid)) == sorted(
