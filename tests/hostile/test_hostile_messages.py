@@ -39,7 +39,12 @@ from swf_testbed.monitor.api import models as m
 from swf_testbed.mq import BrokerClient, Topic
 from swf_testbed.mq.destinations import HEARTBEAT_TOPIC, RUN_TOPIC
 from swf_testbed.testing.brokers import BrokerProcess
-from tests.monitor.ingestlib import IngestProcess, wait_for, wait_until_ingesting
+from tests.monitor.ingestlib import (
+    IngestProcess,
+    recorded_through_sentinel,
+    wait_for,
+    wait_until_ingesting,
+)
 from tests.support.agents import stf_ready
 from tests.support.collect import Collector
 
@@ -555,7 +560,11 @@ def test_flood_recorded_in_full_and_namespace_b_unaffected(bed: Bed) -> None:
         interval=1.0,
     )
     catch_up = time.monotonic() - timing["end"]
-    time.sleep(1.0)  # a duplicate would show up now
+    recorded_through_sentinel(
+        lambda body: bed.raw.send(destination, body, headers={"persistent": "true"}),
+        600,
+        "the sentinel sent after the flood",
+    )
     count, dropped = recorded(), _logged_drops(bed.broker, client_id)
     assert count + dropped == FLOOD, (count, dropped)
     assert m.WorkflowMessage.objects.filter(msg_id__startswith=prefix, is_valid=False).count() == 0

@@ -107,6 +107,31 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def recorded_through_sentinel(
+    send: Callable[[bytes], object], timeout: float = 90.0, what: str = "the sentinel"
+) -> bytes:
+    """Send a sentinel with ``send`` (the producer and destination of the messages before it)
+    and wait until the ingest has recorded it; returns its body.
+
+    The ingest writes a subscription's deliveries in order, and a redelivery
+    comes before what was sent after it: once the sentinel is recorded, so
+    is every earlier message, and any duplicate of one. Counts can then be
+    asserted with no sleeping for what might still come. The body is not
+    JSON, so it is recorded as invalid and projected nowhere.
+    """
+    from swf_testbed.monitor.api.models import WorkflowMessage
+
+    body = f"sentinel {uuid.uuid4().hex}"
+    send(body.encode())
+    wait_for(
+        lambda: WorkflowMessage.objects.filter(body=body).exists(),
+        timeout,
+        f"{what} to be recorded",
+        interval=0.2,
+    )
+    return body.encode()
+
+
 def probe(namespace: str = "probe") -> Heartbeat:
     return Heartbeat(
         namespace=namespace,

@@ -25,7 +25,7 @@ from swf_testbed.mq.client import BrokerClient
 from swf_testbed.mq.destinations import RUN_TOPIC, Destination, Queue, data_topic, slice_queue
 from swf_testbed.testing.brokers import BrokerProcess, start_embedded
 
-from .ingestlib import IngestProcess, wait_for, wait_until_ingesting
+from .ingestlib import IngestProcess, recorded_through_sentinel, wait_for, wait_until_ingesting
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -194,8 +194,10 @@ def test_every_message_recorded_once_and_projected(
     )
     expected = len(sent) + 2  # bad-1, bad-2 (the non-JSON one has a broker-made id)
 
-    wait_for(lambda: _ours(prefix) >= expected, 60, f"{expected} messages")
-    time.sleep(0.5)  # anything extra (a duplicate) would show up now
+    for dest in (RUN_TOPIC, data_topic(ns), slice_queue(ns)):  # every path used above
+        recorded_through_sentinel(
+            lambda body, d=dest: client.send(d, body), 60, f"{dest}'s sentinel"
+        )
     assert _ours(prefix) == expected
     stored = set(
         m.WorkflowMessage.objects.filter(msg_id__startswith=prefix).values_list("msg_id", flat=True)
@@ -260,12 +262,12 @@ def test_queue_message_of_a_plain_stomp_client_is_recorded_once_and_still_consum
     try:
         for body in bodies:
             producer.send(queue, body, headers={"persistent": "true"})
-        wait_for(
-            lambda: _ours(prefix) >= n and len(consumed) >= n, 60, f"{n} rows and {n} deliveries"
+        sentinel = recorded_through_sentinel(
+            lambda body: producer.send(queue, body, headers={"persistent": "true"}), 60
         )
-        time.sleep(0.5)  # anything extra (a duplicate) would show up now
+        wait_for(lambda: sentinel in consumed, 60, "the consumer to receive the sentinel")
         assert _ours(prefix) == n
-        assert sorted(consumed) == sorted(bodies)
+        assert sorted(consumed) == sorted([*bodies, sentinel])
         rows = m.WorkflowMessage.objects.filter(msg_id__startswith=prefix)
         assert set(rows.values_list("destination", flat=True)) == {
             queue
