@@ -15,6 +15,7 @@ from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
 from swf_testbed.monitor.api.fastinsert import insert_objects, update_objects
 from swf_testbed.monitor.api.projection_support import Batch, ensure_run
+from swf_testbed.monitor.api.run_counters import Changes, SliceKey, runs_of_stf_files
 
 # --------------------------------------------------------------------------- set-wise projections
 
@@ -162,6 +163,24 @@ def _existing_slices(messages: list[Any]) -> dict[tuple[str, int], m.TFSlice]:
     }
 
 
+def _counted_as(item: m.TFSlice) -> SliceKey:
+    return (item.run_number, item.status)
+
+
+def _slice_changes(
+    before: dict[tuple[str, int], SliceKey],
+    changed: dict[tuple[str, int], m.TFSlice],
+    new: dict[tuple[str, int], m.TFSlice],
+) -> Changes:
+    """What a batch's slice writes change in the runs' counters (``before``: as read)."""
+    changes = Changes()
+    for key, item in changed.items():
+        changes.slice_moved(before[key], _counted_as(item))
+    for item in new.values():
+        changes.slice_moved(None, _counted_as(item))
+    return changes
+
+
 _SLICE_FIELDS = [
     "sample",
     "tf_first",
@@ -185,6 +204,7 @@ def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
         for s in m.FastMonFile.objects.filter(tf_filename__in={msg.tf_filename for msg in messages})
     }
     existing = _existing_slices(messages)
+    before = {key: _counted_as(item) for key, item in existing.items()}
     new: dict[tuple[str, int], m.TFSlice] = {}
     changed: dict[tuple[str, int], m.TFSlice] = {}
     now = timezone.now()
@@ -213,10 +233,10 @@ def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
         item.updated_at = now
         if key in existing:
             changed[key] = item
-    batch.runs_to_recount.update(msg.run_id for msg in messages)
     insert_objects(list(new.values()))  # not used after: their auto keys are not needed
     if changed:
         update_objects(list(changed.values()), _SLICE_FIELDS)
+    batch.counters.merge(_slice_changes(before, changed, new))
 
 
 def _merge_slice(item: m.TFSlice, msg: msgs.Slice, values: dict[str, Any]) -> None:
@@ -240,6 +260,7 @@ def _apply_result(item: m.TFSlice, msg: msgs.SliceResult) -> None:
 
 def bulk_slice_result(messages: list[msgs.SliceResult], batch: Batch) -> None:
     existing = _existing_slices(messages)
+    before = {key: _counted_as(item) for key, item in existing.items()}
     samples = {
         s.tf_filename: s
         for s in m.FastMonFile.objects.filter(tf_filename__in={msg.tf_filename for msg in messages})
@@ -265,20 +286,24 @@ def bulk_slice_result(messages: list[msgs.SliceResult], batch: Batch) -> None:
             changed[key] = item
         _apply_result(item, msg)
         item.updated_at = now
-        batch.runs_to_recount.add(msg.run_id)
     insert_objects(list(new.values()))  # not used after: their auto keys are not needed
     if changed:
         update_objects(list(changed.values()), _SLICE_FIELDS)
-    _count_for_workers(messages)
+    changes = _slice_changes(before, changed, new)
+    for run_number in _count_for_workers(messages):
+        changes.workers_changed(run_number)
+    batch.counters.merge(changes)
 
 
-def _count_for_workers(messages: list[msgs.SliceResult]) -> None:
+def _count_for_workers(messages: list[msgs.SliceResult]) -> set[int]:
+    """Workers' own counts; returns the runs whose active workers changed (joined or left)."""
     by_worker: dict[str, list[msgs.SliceResult]] = {}
     for msg in messages:
         by_worker.setdefault(msg.worker_id[:255], []).append(msg)
-    known = set(
-        m.Worker.objects.filter(worker_id__in=by_worker).values_list("worker_id", flat=True)
+    runs_before = dict(
+        m.Worker.objects.filter(worker_id__in=by_worker).values_list("worker_id", "run_number")
     )
+    known = set(runs_before)
     m.Worker.objects.bulk_create(
         [
             m.Worker(
@@ -304,6 +329,8 @@ def _count_for_workers(messages: list[msgs.SliceResult]) -> None:
             tf_filename=last.tf_filename[:255],
             status="active",
         )
+    left = {run for run in runs_before.values() if run is not None}
+    return left | {msg.run_id for msg in messages}
 
 
 def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch) -> None:
@@ -322,6 +349,7 @@ def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch)
     stfs.update(created)
     names = {msg.tf_filename for msg in messages}
     existing = {s.tf_filename: s for s in m.FastMonFile.objects.filter(tf_filename__in=names)}
+    stf_before = {name: sample.stf_file_id for name, sample in existing.items()}
     new: dict[str, m.FastMonFile] = {}
     changed: dict[str, m.FastMonFile] = {}
     now = timezone.now()
@@ -345,19 +373,27 @@ def bulk_tf_file_registered(messages: list[msgs.TfFileRegistered], batch: Batch)
             sample.updated_at = now
             if msg.tf_filename in existing:
                 changed[msg.tf_filename] = sample
-        batch.runs_to_recount.add(msg.run_id)
     m.FastMonFile.objects.bulk_create(list(new.values()))
     if changed:
         update_objects(
             list(changed.values()),
             ["stf_file", "tf_first", "tf_last", "tf_count", "file_size_bytes", "updated_at"],
         )
+    run_of = runs_of_stf_files(
+        {*stf_before.values(), *(s.stf_file_id for s in [*changed.values(), *new.values()])}
+    )
+    changes = Changes()
+    for name, sample in changed.items():
+        changes.sample_moved(run_of.get(stf_before[name]), run_of.get(sample.stf_file_id))
+    for sample in new.values():
+        changes.sample_moved(None, run_of.get(sample.stf_file_id))
     orphans = list(m.TFSlice.objects.filter(tf_filename__in=names, sample__isnull=True))
     if orphans:  # slices that arrived before their sample
         samples = {**existing, **new}
         for item in orphans:
             item.sample = samples[item.tf_filename]
         update_objects(orphans, ["sample"])
+    batch.counters.merge(changes)
 
 
 # --------------------------------------------------------------------------- agents' own logs

@@ -19,10 +19,10 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
@@ -612,6 +612,18 @@ class FastMonFile(models.Model):
     def __str__(self) -> str:
         return self.tf_filename
 
+    counted_stf: uuid.UUID | None = None
+    """The STF file (so the run) its run's sample counter holds it under, as loaded; None when
+    not loaded (run_counters)."""
+
+    @classmethod
+    def from_db(
+        cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kw: Any
+    ) -> Self:
+        instance = super().from_db(db, field_names, values, **kw)
+        instance.counted_stf = instance.stf_file_id if "stf_file_id" in field_names else None
+        return instance
+
 
 class TFSlice(models.Model):
     """One unit of fast-processing work: a range of TFs of a sample."""
@@ -655,6 +667,19 @@ class TFSlice(models.Model):
 
     def __str__(self) -> str:
         return f"slice {self.slice_id} of {self.tf_filename}"
+
+    counted_as: tuple[int, str] | None = None
+    """(run number, status): what its run's counters hold it as, as loaded; None when not loaded
+    (run_counters)."""
+
+    @classmethod
+    def from_db(
+        cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kw: Any
+    ) -> Self:
+        instance = super().from_db(db, field_names, values, **kw)
+        loaded = {"run_number", "status"} <= set(field_names)
+        instance.counted_as = (instance.run_number, instance.status) if loaded else None
+        return instance
 
 
 class Worker(models.Model):
@@ -709,6 +734,34 @@ class RunState(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.run_number}: {self.state}/{self.substate} ({self.phase})"
+
+    COUNTED_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "active_worker_count",
+            "stf_samples_received",
+            "slices_created",
+            "slices_queued",
+            "slices_processing",
+            "slices_completed",
+            "slices_failed",
+        }
+    )
+    """Kept by run_counters, by differences and exact counts: never written from a read."""
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """A save of an existing run state writes everything but the counters, unless named.
+
+        The counters may have moved since this row was read (another
+        transaction added its differences): writing back what was read would
+        undo that.
+        """
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in self.COUNTED_FIELDS
+            ]
+        super().save(*args, **kwargs)
 
     @property
     def shown_state(self) -> str:

@@ -10,17 +10,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count
-
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
+from swf_testbed.monitor.api.run_counters import Changes
 
 
 @dataclass
 class Batch:
-    """What one batch touched, and caches valid for its transaction."""
+    """What one batch touched, and caches valid for its transaction.
 
+    ``counters``: the differences to the runs' counters of what was projected,
+    applied at the end of the batch; a projection adds its own only once its
+    writes have succeeded (a rolled-back one adds none). ``runs_to_recount``:
+    runs counted exactly instead (``end_run``).
+    """
+
+    counters: Changes = field(default_factory=Changes)
     runs_to_recount: set[int] = field(default_factory=set)
     runs: dict[int, m.Run] = field(default_factory=dict)
     executions: dict[str, m.WorkflowExecution] = field(default_factory=dict)
@@ -124,63 +129,3 @@ def state_change(msg: msgs.RunMessage, phase: str, batch: Batch, **event_data: A
         event_data={k: v for k, v in event_data.items() if v not in (None, "", {})},
         msg_id=msg.msg_id,
     )
-
-
-_RUN_COUNTERS = [
-    "slices_created",
-    "slices_queued",
-    "slices_processing",
-    "slices_completed",
-    "slices_failed",
-    "stf_samples_received",
-    "active_worker_count",
-    "updated_at",
-]
-
-
-def recount_run(run_number: int) -> None:
-    """Slice and sample counters of a run, counted from the tables they summarise.
-
-    Called by the ingest after a batch and by the REST writes of slices and samples. The run state's
-    row is locked before counting (PostgreSQL; SQLite has one writer at a time): a count made by a
-    transaction that commits later then always sees what the earlier ones wrote, so the last writer
-    leaves the true figures. Only the counters are written, never a phase or state set meanwhile.
-    """
-    state = m.RunState.objects.select_for_update().filter(run_number=run_number).first()
-    if state is None:
-        state, _ = m.RunState.objects.get_or_create(
-            run_number=run_number,
-            defaults={"run": m.Run.objects.filter(run_number=run_number).first()},
-        )
-        state = m.RunState.objects.select_for_update().get(pk=state.pk)
-    by_status = dict(
-        m.TFSlice.objects.filter(run_number=run_number)
-        .order_by()
-        .values_list("status")
-        .annotate(n=Count("id"))
-    )
-    samples = m.FastMonFile.objects.filter(stf_file__run__run_number=run_number).count()
-    active = m.Worker.objects.filter(run_number=run_number, status="active").count()
-    state.slices_created = sum(by_status.values())
-    state.slices_queued = by_status.get(m.SliceStatus.QUEUED, 0)
-    state.slices_processing = by_status.get(m.SliceStatus.PROCESSING, 0)
-    state.slices_completed = by_status.get(m.SliceStatus.COMPLETED, 0)
-    state.slices_failed = by_status.get(m.SliceStatus.FAILED, 0)
-    state.stf_samples_received = samples
-    state.active_worker_count = active
-    state.save(update_fields=_RUN_COUNTERS)
-
-
-def recount_run_alone(run_number: int) -> None:
-    """:func:`recount_run` in a transaction of its own (after a REST write of a slice or sample).
-
-    A run state made at the same moment by the ingest is a unique conflict: counted again then.
-    """
-    for attempt in (1, 2):
-        try:
-            with transaction.atomic():
-                recount_run(run_number)
-            return
-        except IntegrityError:
-            if attempt == 2:
-                raise

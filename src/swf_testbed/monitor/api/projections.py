@@ -14,7 +14,8 @@ is projected exactly once) updates the tables it concerns:
 Messages may arrive out of order (different destinations, redeliveries): a
 projection never moves state backwards in time, and creates what it refers
 to when that is not there yet. The slice and sample counters of RunState are
-recounted per batch from TFSlice / FastMonFile, so they cannot drift.
+kept by differences (:mod:`run_counters`), applied at the end of each batch,
+and counted exactly when a run ends.
 
 This module dispatches and holds the one-message handlers; the set-wise forms
 of the high-volume types are in :mod:`bulk_projections`, and what both share
@@ -27,10 +28,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
+from swf_testbed.monitor.api import run_counters
 from swf_testbed.monitor.api.bulk_projections import (
     bulk_log_batch,
     bulk_processing_complete,
@@ -46,7 +48,6 @@ from swf_testbed.monitor.api.projection_support import (
     ensure_execution,
     ensure_run,
     ensure_stf,
-    recount_run,
     state_change,
 )
 
@@ -129,14 +130,7 @@ def project_batch(
                 log.warning("projection of %s %s failed: %s", msg.msg_type, msg.msg_id, exc)
                 batch.forget()
                 failed.append((row, f"{type(exc).__name__}: {exc}"))
-    for run_number in sorted(batch.runs_to_recount):
-        try:
-            with transaction.atomic():
-                recount_run(run_number)
-        except (OperationalError, InterfaceError):
-            raise
-        except DatabaseError as exc:  # pragma: no cover - defensive
-            log.warning("recounting run %s failed: %s", run_number, exc)
+    run_counters.apply(batch.counters, recounted=batch.runs_to_recount)
     return failed
 
 
@@ -213,6 +207,7 @@ def on_end_run(msg: msgs.EndRun, batch: Batch) -> None:
     run.total_stf_files = msg.total_stf_files
     run.save(update_fields=["end_time", "total_stf_files"])
     state_change(msg, _PHASES[msg.msg_type], batch, total_stf_files=msg.total_stf_files)
+    batch.runs_to_recount.add(msg.run_id)  # the end of a run: its counters are counted exactly
 
 
 # --------------------------------------------------------------------------- data flow

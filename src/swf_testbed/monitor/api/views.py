@@ -15,7 +15,6 @@ from rest_framework.response import Response
 
 from swf_testbed.monitor.api import filters as f
 from swf_testbed.monitor.api import models as m
-from swf_testbed.monitor.api import projection_support
 from swf_testbed.monitor.api import serializers as s
 from swf_testbed.monitor.api.pagination import MessagePagination
 from swf_testbed.monitor.api.throttling import AnonymousLogThrottle
@@ -63,30 +62,6 @@ class MergingCreateMixin(_ModelViewSet):
     def perform_create(self, serializer: Any) -> None:
         self._serializer = serializer
         serializer.save()
-
-
-class RecountsRunMixin(_ModelViewSet):
-    # A slice or sample written over REST recounts its run's counters from the tables once the write
-    # has committed, as the ingest does after each batch: whichever of the two recounts last, the
-    # run state ends as the tables say (an agent's read-then-PATCH of a counter is overwritten by
-    # the count). The recount is a transaction of its own that locks only the run state, so it
-    # cannot deadlock with the ingest's batch.
-
-    def run_number_of(self, instance: Any) -> int | None:
-        raise NotImplementedError
-
-    def perform_create(self, serializer: Any) -> None:
-        super().perform_create(serializer)
-        self._recount_after_commit(serializer.instance)
-
-    def perform_update(self, serializer: Any) -> None:
-        super().perform_update(serializer)
-        self._recount_after_commit(serializer.instance)
-
-    def _recount_after_commit(self, instance: Any) -> None:
-        run_number = self.run_number_of(instance)
-        if run_number is not None:
-            transaction.on_commit(lambda: projection_support.recount_run_alone(run_number))
 
 
 class NamespaceViewSet(MonitorModelViewSet):
@@ -202,25 +177,20 @@ class StfFileViewSet(MergingCreateMixin, MonitorModelViewSet):
     ordering_fields = ["created_at", "stf_filename", "sequence", "file_size_bytes"]
 
 
-class FastMonFileViewSet(RecountsRunMixin, MonitorModelViewSet):
+class FastMonFileViewSet(MonitorModelViewSet):
+    # A sample written here counts in its run's counters through the model's signals (run_counters).
     queryset = m.FastMonFile.objects.all()
     serializer_class = s.FastMonFileSerializer
     filterset_class = f.FastMonFileFilter
     ordering_fields = ["created_at", "tf_filename"]
 
-    def run_number_of(self, instance: m.FastMonFile) -> int | None:
-        run = instance.stf_file.run if instance.stf_file_id else None
-        return run.run_number if run is not None else None
 
-
-class TFSliceViewSet(RecountsRunMixin, MonitorModelViewSet):
+class TFSliceViewSet(MonitorModelViewSet):
+    # A slice written here counts in its run's counters through the model's signals (run_counters).
     queryset = m.TFSlice.objects.all()
     serializer_class = s.TFSliceSerializer
     filterset_class = f.TFSliceFilter
     ordering_fields = ["created_at", "updated_at", "slice_id", "run_number", "status"]
-
-    def run_number_of(self, instance: m.TFSlice) -> int | None:
-        return instance.run_number
 
 
 class WorkerViewSet(MonitorModelViewSet):

@@ -258,7 +258,9 @@ class RunStateSerializer(MergingCreate, ModelSerializer[m.RunState]):
             "updated_at",
             "metadata",
         ]
-        read_only_fields = ["run", "updated_at"]
+        # The counters are counted from the slices and samples (run_counters): shown, never set.
+        # A v28 agent PATCHes them from its own read; that is accepted and changes nothing.
+        read_only_fields = ["run", "updated_at", *sorted(m.RunState.COUNTED_FIELDS)]
         extra_kwargs: ClassVar[dict[str, Any]] = {
             "run_number": {"validators": []}
         }  # the key, but a repeat merges (see create)
