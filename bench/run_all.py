@@ -8,7 +8,7 @@ gets a row saying so, with its exit code and the last lines of its stderr,
 and this program then exits non-zero. The last line of this program's own
 output is one JSON object with every benchmark's figures.
 
-    .venv/bin/python bench/run_all.py                 # all five, --quick
+    .venv/bin/python bench/run_all.py                 # all of them, --quick
     .venv/bin/python bench/run_all.py --full          # the full runs
     .venv/bin/python bench/run_all.py --only ingest --only pipeline
 """
@@ -36,12 +36,21 @@ from rich.text import Text
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-BENCHMARKS = ("broker_throughput", "ingest", "monitor_scale", "pipeline", "legacy", "stream")
+BENCHMARKS = (
+    "broker_throughput",
+    "ingest",
+    "monitor_scale",
+    "pipeline",
+    "run_growth",
+    "legacy",
+    "stream",
+)
 TITLES = {
     "broker_throughput": "broker throughput",
     "ingest": "monitor ingest",
     "monitor_scale": "monitor scale",
     "pipeline": "pipeline",
+    "run_growth": "run growth",
     "legacy": "legacy agents",
     "stream": "message stream",
 }
@@ -293,6 +302,25 @@ def rows_legacy(f: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_run_growth(f: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for way, label in (("differences", "counters by differences"), ("recount", "recount/batch")):
+        figures = f.get("ways", {}).get(way, {})
+        per_stf = figures.get("cpu_us_per_stf", {})
+        if not per_stf:
+            continue
+        first, last = next(iter(per_stf)), f.get("last_window") or list(per_stf)[-1]
+        rows.append(
+            (
+                f"ingest CPU per STF at STFs {last} of a run, {label} ({f.get('database', '?')})",
+                f"µs/STF: {_num(per_stf.get(last))}",
+                f"STFs {first} µs/STF: {_num(per_stf.get(first))}",
+                _ratio(per_stf.get(last), per_stf.get(first)),
+            )
+        )
+    return rows
+
+
 def rows_stream(f: dict[str, Any]) -> list[Row]:
     return [
         (
@@ -309,6 +337,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ingest": rows_ingest,
     "monitor_scale": rows_monitor_scale,
     "pipeline": rows_pipeline,
+    "run_growth": rows_run_growth,
     "legacy": rows_legacy,
     "stream": rows_stream,
 }
