@@ -806,11 +806,10 @@ def test_system_state_event_with_a_null_substate(api: Any) -> None:
 def test_rest_slice_and_sample_writes_leave_the_run_state_counted_from_the_tables(
     api: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    """An agent's read-then-PATCH of a counter (as v28 fast processing does) races the ingest's
-    recount;
-    a slice or sample written over REST recounts its run once committed, so the last recount leaves
-    the true
-    figures. (The test runs in a transaction: its commit callbacks are run as each request ends.)"""
+    """An agent's read-then-PATCH of a counter (as v28 fast processing does) changes nothing: the
+    counters are counted from the slices and samples, and one written over REST adds its
+    difference once committed. (The test runs in a transaction: its commit callbacks are run as
+    each request ends.)"""
     run = _run(api)
     api.post("/api/run-states/100012/", {"phase": "running", "state": "run"}, format="json")
     stf = api.post(
@@ -864,7 +863,7 @@ def test_rest_slice_and_sample_writes_leave_the_run_state_counted_from_the_table
     assert (state["phase"], state["state"]) == (
         "running",
         "run",
-    )  # the recount writes counters only
+    )  # the counters' differences write counters only
     assert (
         state["stf_samples_received"],
         state["slices_created"],
