@@ -42,7 +42,7 @@ from swf_testbed.testing.hosts import Host, Hosts, netns_unavailable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the hosts' testbed.toml files are the multi-host tests' own
 
-from tests.multihost.testbeds import (  # noqa: E402
+from tests.multihost.testbeds import (  # noqa: E402 - needs the sys.path insert above
     BROKER_PORT,
     Output,
     Site,
@@ -52,7 +52,7 @@ from tests.multihost.testbeds import (  # noqa: E402
     socket_url,
     workers_host_toml,
 )
-from tests.orchestrator.conftest import shutdown_all  # noqa: E402
+from tests.orchestrator.conftest import shutdown_all  # noqa: E402 - after the sys.path insert
 
 WORKERS_PER_HOST = 4
 SLICES_PER_SAMPLE = 15

@@ -192,7 +192,7 @@ def _lmdb(path: Path, bodies: list[bytes], batch: int) -> Figures:
 
 def _lmdb_available() -> bool:
     try:
-        import lmdb  # noqa: F401
+        import lmdb  # noqa: F401 -- only whether it imports
     except ImportError:
         return False
     return True

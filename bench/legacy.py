@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))  # the fixture lives in the test suite: tests.comp
 
 from pipeline import LAUNCHER  # noqa: E402 - the same every-thread cProfile launcher as the pipeline bench
 
-from swf_testbed.testing.brokers import start_embedded  # noqa: E402
-from tests.compat.stack import MonitorStack  # noqa: E402
+from swf_testbed.testing.brokers import start_embedded  # noqa: E402 - after the sys.path insert
+from tests.compat.stack import MonitorStack  # noqa: E402 - needs the sys.path insert above
 
 WEB_LAUNCHER = (
     "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n" + LAUNCHER

@@ -412,7 +412,7 @@ def test_backlog_bound_drops_the_oldest_and_says_so(bounded_broker: BrokerProc) 
     made: list[Raw] = []
 
     def connect(**kwargs: str) -> Raw:
-        made.append(Raw(port, **kwargs))  # type: ignore[arg-type]
+        made.append(Raw(port, **kwargs))  # type: ignore[arg-type]  # connect headers, all str
         return made[-1]
 
     try:
@@ -475,7 +475,7 @@ def test_stats_count_backlogs_and_drops_and_unused_topics_go() -> None:
     made: list[Raw] = []
     try:
         asyncio.run_coroutine_threadsafe(broker.start(), loop).result(WAIT_S)
-        c = Raw(broker.port, **{"client-id": "cid"})  # type: ignore[arg-type]
+        c = Raw(broker.port, **{"client-id": "cid"})  # type: ignore[arg-type]  # a connect header
         w = Raw(broker.port)
         producer = Raw(broker.port)
         made += [c, w, producer]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ def parse_all(
     return out
 
 
-def parse_one(data: bytes, version: str = "1.2", **kwargs: object) -> Frame:
-    frames = parse_all(data, version, **kwargs)  # type: ignore[arg-type]
+def parse_one(data: bytes, version: str = "1.2", **kwargs: Any) -> Frame:
+    frames = parse_all(data, version, **kwargs)
     assert len(frames) == 1, frames
     return frames[0]
 

@@ -52,9 +52,11 @@ def test_connected_frame_and_version_negotiation(raw: RawFactory) -> None:
     assert h["server"] == f"swf-testbed/{__version__}"
     assert h["session"]
     assert h["heart-beat"] == "0,0"
-    assert raw(version="1.1").connected.headers["version"] == "1.1"  # type: ignore[union-attr]
+    connected = raw(version="1.1").connected
+    assert connected.headers["version"] == "1.1"  # type: ignore[union-attr]  # raw() connects
     # no accept-version: 1.0
-    assert raw(version="1.0").connected.headers["version"] == "1.0"  # type: ignore[union-attr]
+    connected = raw(version="1.0").connected
+    assert connected.headers["version"] == "1.0"  # type: ignore[union-attr]  # raw() connects
     stomp_frame = raw(connect=False)
     assert (
         stomp_frame.connect({"accept-version": "1.1,1.2", "host": "x"}, command="STOMP").headers[

@@ -103,7 +103,7 @@ def main() -> None:
     client.subscribe(
         Destination.parse(args.destination),
         on_message,
-        ack=args.ack,  # type: ignore[arg-type]
+        ack=args.ack,
         prefetch=args.prefetch,
     )
     rss_at_subscribe = vm_kib("self", "VmRSS")

@@ -917,6 +917,10 @@ def test_slow_consumer_under_a_full_speed_producer(
         if own
         else request.getfixturevalue("activemq_broker")
     )
+    own_pid = 0
+    if own:
+        assert broker.proc is not None, "start_embedded runs the broker in its own process"
+        own_pid = broker.proc.pid
     tag = uuid.uuid4().hex[:8]
     destination = f"/{kind}/slow.{tag}"
     out = tmp_path / "consumer.json"
@@ -941,7 +945,7 @@ def test_slow_consumer_under_a_full_speed_producer(
     )
     try:
         assert consumer.stdout is not None and consumer.stdout.readline().strip() == "subscribed"
-        broker_base = vm_kib(broker.proc.pid, "VmRSS") if own else 0  # type: ignore[union-attr]
+        broker_base = vm_kib(own_pid, "VmRSS") if own else 0
         producer = BrokerClient(broker.settings(), client_name="producer").start()
         pad = b"x" * (SLOW_SIZE - 8)
         dest = (
@@ -956,7 +960,7 @@ def test_slow_consumer_under_a_full_speed_producer(
         producer_s = time.monotonic() - t0
         consumer.wait(timeout=500)
         consumer_s = time.monotonic() - t0
-        broker_peak = vm_kib(broker.proc.pid, "VmHWM") if own else 0  # type: ignore[union-attr]
+        broker_peak = vm_kib(own_pid, "VmHWM") if own else 0
         producer.close()
         result = json.loads(out.read_text())
     finally:

@@ -17,6 +17,7 @@ from swf_testbed.messages import (
     DeadLetter,
     Heartbeat,
     LogBatch,
+    Message,
     OperationalState,
     parse_message,
 )
@@ -35,7 +36,11 @@ def _names() -> tuple[str, str, str, str]:
 
 
 def _dead_letters_for(collector: Collector, namespace: str) -> list[DeadLetter]:
-    return [m for m in collector.of_type("dead_letter") if m.namespace == namespace]  # type: ignore[misc]
+    return [
+        m
+        for m in collector.of_type("dead_letter")
+        if isinstance(m, DeadLetter) and m.namespace == namespace
+    ]
 
 
 @pytest.mark.slow
@@ -73,9 +78,13 @@ def test_failing_handler_is_retried_then_dead_lettered_and_agent_carries_on(
         assert len(letters) == 1
         assert letters[0].attempts == 3
         assert "simulated failure 3 for bad.stf" in letters[0].error
-        assert parse_message(letters[0].original_body.encode()).filename == "bad.stf"  # type: ignore[attr-defined]
+        original = parse_message(letters[0].original_body.encode())
+        assert original.filename == "bad.stf"  # type: ignore[attr-defined]  # a StfReady
         # each good file failed once (fail_times=1) and then succeeded on its retry
-        done = sorted(m.filename for m in watch.of_type("processing_complete"))  # type: ignore[attr-defined]
+        done = sorted(
+            m.filename  # type: ignore[attr-defined]  # of_type returns them typed as Message
+            for m in watch.of_type("processing_complete")
+        )
         assert done == [f"good{i}.stf" for i in range(5)]
         assert agent.seen.count("bad.stf") == 3
         assert agent.client.connected
@@ -129,13 +138,16 @@ def test_many_failing_messages_on_all_workers_are_each_dead_lettered_after_max_a
         sender.send(Queue(queue), stf_ready(ns, "sentinel.stf"))
         watch.wait_for(
             lambda ms: any(
-                m.namespace == ns and b"sentinel.stf" in m.original_body.encode()  # type: ignore[attr-defined]
+                isinstance(m, DeadLetter)
+                and m.namespace == ns
+                and b"sentinel.stf" in m.original_body.encode()
                 for m in ms
             ),
             what="the sentinel's dead letter",
         )
         letters = _dead_letters_for(watch, ns)
-        names = sorted(parse_message(m.original_body.encode()).filename for m in letters)  # type: ignore[attr-defined]
+        originals = [parse_message(m.original_body.encode()) for m in letters]
+        names = sorted(m.filename for m in originals)  # type: ignore[attr-defined]  # StfReady
         assert names == sorted([*files, "sentinel.stf"])
         assert {m.attempts for m in letters} == {3}
         assert all(agent.seen.count(name) == 3 for name in files), agent.seen
@@ -176,17 +188,19 @@ def test_invalid_bodies_are_reported_and_agent_keeps_running(any_broker: BrokerP
                     [
                         m
                         for m in ms
-                        if m.msg_type == "dead_letter" and m.original_destination.endswith(topic)
+                        if isinstance(m, DeadLetter) and m.original_destination.endswith(topic)
                     ]
                 )
                 == 3
-            ),  # type: ignore[attr-defined]
+            ),
             what="3 dead letters",
         )
         letters = [
-            m for m in watch.of_type("dead_letter") if m.original_destination.endswith(topic)
-        ]  # type: ignore[attr-defined]
-        errors = sorted(m.error.split(":")[0] for m in letters)  # type: ignore[attr-defined]
+            m
+            for m in watch.of_type("dead_letter")
+            if isinstance(m, DeadLetter) and m.original_destination.endswith(topic)
+        ]
+        errors = sorted(m.error.split(":")[0] for m in letters)
         assert errors == ["invalid_fields", "invalid_json", "unknown_msg_type"]
         eventually(lambda: agent.counters["invalid"] == 3, what="3 invalid counted")
         assert agent.client.connected
@@ -208,7 +222,8 @@ def test_other_namespaces_are_ignored(any_broker: BrokerProcess) -> None:
         # would come before the reply to ours.stf
         sender.send(Topic(topic), stf_ready(ns, "ours.stf"))
         watch.wait_for(lambda ms: len(ms) >= 1, what="a reply")
-        assert [m.filename for m in watch.messages] == ["ours.stf"]  # type: ignore[attr-defined]
+        names = [m.filename for m in watch.messages]  # type: ignore[attr-defined]  # StfReady
+        assert names == ["ours.stf"]
         eventually(
             lambda: agent.counters["other_namespace"] == 1, what="1 other-namespace message counted"
         )
@@ -254,12 +269,12 @@ def test_heartbeats_follow_operational_state(any_broker: BrokerProcess) -> None:
             for m in watch.wait_for(
                 lambda ms: states(ms)[-1] is OperationalState.EXITED, what="EXITED"
             )
-            if m.msg_type == "heartbeat" and m.namespace == ns
+            if isinstance(m, Heartbeat) and m.namespace == ns
         ]
         seq = [b.operational_state for b in beats]
         assert seq[0] is OperationalState.STARTING
         assert seq.index(OperationalState.READY) < seq.index(OperationalState.PROCESSING)
-        last: Heartbeat = beats[-1]  # type: ignore[assignment]
+        last = beats[-1]
         assert last.agent_name == "echo" and last.agent_type == "test-echo"
         assert last.pid == os.getpid() and last.interval_s == 0.5
         assert last.counters["handled"] == 1
@@ -378,7 +393,10 @@ def test_agent_reconnects_and_resubscribes_everything_after_broker_restart(
         with BrokerClient(settings).start() as sender:
             sender.send(Topic(topic), stf_ready(ns, "after-topic.stf"))
             sender.send(Queue(queue), stf_ready(ns, "after-queue.stf"))
-            names = lambda ms: {getattr(m, "filename", "") for m in ms}  # noqa: E731
+
+            def names(ms: list[Message]) -> set[str]:
+                return {getattr(m, "filename", "") for m in ms}
+
             watch.wait_for(
                 lambda ms: {"after-topic.stf", "after-queue.stf"} <= names(ms),
                 what="replies on both subscriptions after restart",

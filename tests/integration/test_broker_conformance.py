@@ -326,7 +326,9 @@ while True:
 def _read_line(proc: subprocess.Popen[str], lines: list[str], timeout: float) -> str:
     """Next stdout line of ``proc``, read by a helper thread so it can time out."""
     box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    stdout = proc.stdout
+    assert stdout is not None, "started with stdout=PIPE"
+    reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
     if not box:

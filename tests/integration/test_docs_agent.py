@@ -61,10 +61,8 @@ def _beats(ms: list[Message], ns: str) -> list[Heartbeat]:
     return [
         m
         for m in ms
-        if m.msg_type == "heartbeat"
-        and m.namespace == ns  # type: ignore[misc]
-        and m.agent_name == "counter"
-    ]  # type: ignore[attr-defined]
+        if isinstance(m, Heartbeat) and m.namespace == ns and m.agent_name == "counter"
+    ]
 
 
 def _counted(beat: Heartbeat) -> bool:

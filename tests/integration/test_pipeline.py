@@ -27,7 +27,7 @@ import pytest
 
 from swf_testbed.agents.runner import WorkflowRunner
 from swf_testbed.daq.simulator import DaqSimulator
-from swf_testbed.messages import Message, OperationalState, RunWorkflow, StopWorkflow
+from swf_testbed.messages import Heartbeat, Message, OperationalState, RunWorkflow, StopWorkflow
 from swf_testbed.mq import BrokerClient
 from swf_testbed.mq.destinations import (
     HEARTBEAT_TOPIC,
@@ -101,7 +101,8 @@ class Chain:
                     {
                         m.agent_name
                         for m in ms
-                        if m.namespace == self.ns  # type: ignore[attr-defined]
+                        if isinstance(m, Heartbeat)
+                        and m.namespace == self.ns
                         and m.operational_state is OperationalState.READY
                     }
                     >= set(names)
@@ -228,8 +229,8 @@ def finished(watch: Collector, chain: Chain, execution_id: str, timeout: float =
 
 def last_beat(ms: list[Message], ns: str, agent: str) -> Any:
     beats = [
-        m for m in ms if m.msg_type == "heartbeat" and m.namespace == ns and m.agent_name == agent
-    ]  # type: ignore[attr-defined]
+        m for m in ms if isinstance(m, Heartbeat) and m.namespace == ns and m.agent_name == agent
+    ]
     return beats[-1] if beats else None
 
 

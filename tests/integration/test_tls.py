@@ -50,7 +50,7 @@ def test_round_trip_over_tls_with_client_certificate(tls_broker: BrokerProcess, 
         with BrokerClient(settings).start(wait=20) as sender:
             sender.send(Topic("tls.test"), stf_ready("tls", "secure.stf"))
         got = watch.wait_for(lambda ms: len(ms) == 1, what="the message over TLS")
-        assert got[0].filename == "secure.stf"  # type: ignore[attr-defined]
+        assert got[0].filename == "secure.stf"  # type: ignore[attr-defined]  # a StfReady
     finally:
         watch.close()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from swf_testbed.messages import LogBatch, StfReady, WorkflowStarted
+from swf_testbed.messages import LogBatch, ProcessingComplete, StfReady, WorkflowStarted
 from swf_testbed.monitor.api import models as m
 from swf_testbed.mq import BrokerClient, Topic
 from swf_testbed.mq.destinations import HEARTBEAT_TOPIC, logs_topic, replies_topic
@@ -233,8 +233,10 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(
     def replies(prefix: str) -> list[str]:
         return [
             x.filename
-            for x in watch.of_type("processing_complete")  # type: ignore[attr-defined]
-            if x.namespace == ns and x.filename.startswith(prefix)
+            for x in watch.of_type("processing_complete")
+            if isinstance(x, ProcessingComplete)
+            and x.namespace == ns
+            and x.filename.startswith(prefix)
         ]
 
     def logged(ms: list[Any], prefix: str) -> list[str]:
@@ -268,7 +270,8 @@ def test_ingest_down_agent_keeps_going_and_logs_arrive_later_up_to_the_bound(
         )
         assert replies(f"{phase}.") == names
         assert logged(watch.messages, f"handled {phase}.") == [f"handled {name}" for name in names]
-    assert not any(x.dropped for x in watch.of_type("log_batch") if x.namespace == ns)  # type: ignore[attr-defined]
+    batches = [x for x in watch.of_type("log_batch") if x.namespace == ns]
+    assert not any(x.dropped for x in batches)  # type: ignore[attr-defined]  # LogBatches
     # the agent's link to the broker cut: it keeps at most `bound` records, and counts the rest
     proxy.cut()
     wait_for(

@@ -23,8 +23,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
-from hypothesis import strategies as st  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402 -- only once importorskip found it
+from rest_framework.test import APIClient  # noqa: E402 -- kept below the importorskip calls
 
 from .test_security import seed_everything  # noqa: E402 - one row of everything, as agents create them
 
@@ -102,7 +102,8 @@ def api_schema(live_server: Any, staff_token: str, record: Any, make_message: An
     existing = _existing_path_parameters(api, schema)
     assert len(existing) >= 10, existing  # the seed reaches most detail operations
 
-    @schema.hook("before_generate_path_parameters")  # type: ignore[untyped-decorator]
+    # schemathesis ships no type hints, so its hook decorator is untyped
+    @schema.hook("before_generate_path_parameters")  # type: ignore[untyped-decorator]  # see above
     def mix_in_existing(context: Any, strategy: Any) -> Any:
         rows = existing.get(context.operation.path)
         return st.one_of(st.sampled_from(rows), strategy) if rows else strategy

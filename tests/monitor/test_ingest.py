@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import stomp
@@ -68,9 +68,10 @@ def _ours(prefix: str) -> int:
     return m.WorkflowMessage.objects.filter(msg_id__startswith=prefix).count()
 
 
-def _run_msg(
-    cls: type[msgs.RunMessage], prefix: str, i: int, ns: str, **fields: Any
-) -> msgs.RunMessage:
+_RunMessage = TypeVar("_RunMessage", bound=msgs.RunMessage)
+
+
+def _run_msg(cls: type[_RunMessage], prefix: str, i: int, ns: str, **fields: Any) -> _RunMessage:
     return cls(
         msg_id=f"{prefix}{i:06d}",
         namespace=ns,
@@ -97,7 +98,7 @@ def _stf_gen(prefix: str, i: int, ns: str, run_id: int = 4242) -> msgs.StfGen:
         tf_count=10,
         start="2026-01-01T00:00:00Z",
         end="2026-01-01T00:00:01Z",
-    )  # type: ignore[return-value]
+    )
 
 
 def _slice_result(
@@ -113,7 +114,7 @@ def _slice_result(
         worker_id=worker,
         status="completed",
         processing_time_s=0.1,
-    )  # type: ignore[return-value]
+    )
 
 
 # --------------------------------------------------------------------------- normal operation

@@ -107,10 +107,10 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(20_000)
-    page.dialogs = []  # type: ignore[attr-defined]
+    page.dialogs = []
 
     def on_dialog(dialog: Any) -> None:
-        page.dialogs.append(dialog.message)  # type: ignore[attr-defined]
+        page.dialogs.append(dialog.message)
         dialog.dismiss()
 
     page.on("dialog", on_dialog)

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -20,9 +21,9 @@ from .conftest import REPO
 MINIMAL = '[testbed]\nnamespace = "t1"\n'
 
 
-def problems(text: str, **kw: object) -> str:
+def problems(text: str, **kw: Any) -> str:
     with pytest.raises(ConfigError) as info:
-        parse(text, "testbed.toml", **kw)  # type: ignore[arg-type]
+        parse(text, "testbed.toml", **kw)
     return str(info.value)
 
 

@@ -65,7 +65,7 @@ class Capture:
 def make(cls: type[Agent], **options: Any) -> tuple[Any, Capture]:
     agent = cls(cls.agent_type, NS, broker=BROKER, **options)
     capture = Capture()
-    agent.send = capture  # type: ignore[method-assign]
+    agent.send = capture  # type: ignore[method-assign]  # sends captured, no broker
     return agent, capture
 
 

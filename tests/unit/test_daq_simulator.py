@@ -7,14 +7,22 @@ import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import ValidationError
 
 from swf_testbed.daq import DaqConfig, DaqSimulator, DaqSummary, stf_checksum
 from swf_testbed.daq.states import StatePair
-from swf_testbed.messages import DaqState, DaqSubstate, EndRun, Message, StfGen, parse_message
+from swf_testbed.messages import (
+    DaqState,
+    DaqSubstate,
+    EndRun,
+    Message,
+    RunImminent,
+    StfGen,
+    parse_message,
+)
 from swf_testbed.workflows import load_config
 
 S, U = DaqState, DaqSubstate
@@ -58,6 +66,11 @@ class Recorder:
     @property
     def stfs(self) -> list[StfGen]:
         return [m for m in self.messages if isinstance(m, StfGen)]
+
+    @property
+    def end_run(self) -> EndRun:
+        """The last message, taken to be the end_run (the tests check ``types`` for that)."""
+        return cast(EndRun, self.messages[-1])
 
     @property
     def types(self) -> list[str]:
@@ -182,7 +195,7 @@ def test_stf_count_is_exact_and_continues_periods_as_needed(
     assert len(rec.stfs) == stf_count == summary.stf_count
     assert rec.types.count("pause_run") == rec.types.count("resume_run") == pauses
     assert rec.types[-1] == "end_run"
-    assert rec.messages[-1].total_stf_files == stf_count  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == stf_count
     assert summary.end_reason == "completed"
 
 
@@ -210,7 +223,7 @@ def test_duration_ends_the_run_cleanly_mid_physics() -> None:
     summary = sim.run(duration=20.0)
     assert approx_events(summary)[-1] == ev(20.0, "end_run", BN)
     assert summary.times_of("stf_gen") == pytest.approx([15.1, 17.1, 19.1])
-    assert rec.messages[-1].total_stf_files == 3  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == 3
     assert summary.end_reason == "duration"
     assert summary.sim_end_time == pytest.approx(20.0)
 
@@ -221,7 +234,7 @@ def test_duration_during_standby_ends_from_standby() -> None:
     assert rec.types[-2:] == ["pause_run", "end_run"]
     assert summary.transitions[-1].from_state == StatePair(S.RUN, U.STANDBY)
     assert summary.transitions[-1].to_state == StatePair(S.BEAM, U.NOT_READY)
-    assert rec.messages[-1].total_stf_files == 5  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == 5
 
 
 def test_duration_before_ready_sends_end_run_without_start() -> None:
@@ -229,7 +242,7 @@ def test_duration_before_ready_sends_end_run_without_start() -> None:
     summary = sim.run(duration=11.0)  # beam/ready at 10, start_run would be at 12
     assert rec.types == ["run_imminent", "end_run"]
     assert summary.transitions[-1].event == "not_ready"
-    assert rec.messages[-1].total_stf_files == 0  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == 0
 
 
 def test_duration_before_run_imminent_sends_nothing() -> None:
@@ -246,7 +259,7 @@ def test_unbounded_run_with_duration() -> None:
     summary = sim.run(duration=100.0)
     assert summary.end_reason == "duration"
     assert rec.types.count("pause_run") >= 5
-    assert rec.messages[-1].total_stf_files == len(rec.stfs)  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == len(rec.stfs)
 
 
 def test_stop_from_emit_ends_with_the_true_total() -> None:
@@ -254,7 +267,7 @@ def test_stop_from_emit_ends_with_the_true_total() -> None:
     rec.on_message = lambda m: sim.stop() if isinstance(m, StfGen) and m.sequence == 3 else None
     summary = sim.run()
     assert approx_events(summary)[-2:] == [ev(19.1, "stf_gen", RP), ev(19.1, "end_run", BN)]
-    assert rec.messages[-1].total_stf_files == 3  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == 3
     assert summary.end_reason == "stopped"
     assert sim.state == StatePair(S.BEAM, U.NOT_READY)
     assert summary.sim_end_time == pytest.approx(19.1)  # no trailing beam/not_ready delay
@@ -288,7 +301,7 @@ def test_pace_is_called_before_each_stf_and_can_stop() -> None:
     summary = sim.run(pace=pace)
     assert calls == [0, 1, 2, 3]
     assert summary.stf_count == 3
-    assert rec.types[-1] == "end_run" and rec.messages[-1].total_stf_files == 3  # type: ignore[attr-defined]
+    assert rec.types[-1] == "end_run" and rec.end_run.total_stf_files == 3
 
 
 def test_stop_from_another_thread_in_fast_mode() -> None:
@@ -307,7 +320,7 @@ def test_stop_from_another_thread_in_fast_mode() -> None:
     summary = result[0]
     assert summary.end_reason == "stopped"
     assert rec.types[-1] == "end_run"
-    assert rec.messages[-1].total_stf_files == len(rec.stfs) == summary.stf_count >= 20  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == len(rec.stfs) == summary.stf_count >= 20
 
 
 # ------------------------------------------------------------------------ messages and STF metadata
@@ -328,8 +341,8 @@ def test_every_message_validates_and_carries_identity() -> None:
             RUN_ID,
         )
     assert len({m.msg_id for m in rec.messages}) == len(rec.messages)
-    imminent = rec.messages[0]
-    assert imminent.run_conditions["expected_stf_files"] == 15  # type: ignore[attr-defined]
+    imminent = cast(RunImminent, rec.messages[0])  # a run starts with its run_imminent
+    assert imminent.run_conditions["expected_stf_files"] == 15
 
 
 def test_stf_metadata_is_realistic_and_consistent() -> None:
@@ -386,7 +399,7 @@ def test_dated_filenames_need_one_second_stfs() -> None:
 
 def test_config_rejects_unknown_and_bad_fields() -> None:
     with pytest.raises(ValidationError):
-        DaqConfig(stf_intervall=1.0)  # type: ignore[call-arg]
+        DaqConfig(stf_intervall=1.0)  # type: ignore[call-arg]  # the misspelling is the test
     with pytest.raises(ValidationError):
         DaqConfig(stf_interval=0)
     with pytest.raises(ValidationError):
@@ -440,4 +453,4 @@ def test_stop_from_another_thread_in_wall_clock_mode() -> None:
     assert not runner.is_alive()
     assert result[0].end_reason == "stopped"
     assert rec.types[-1] == "end_run"
-    assert rec.messages[-1].total_stf_files == len(rec.stfs) >= 2  # type: ignore[attr-defined]
+    assert rec.end_run.total_stf_files == len(rec.stfs) >= 2

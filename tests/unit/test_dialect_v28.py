@@ -141,7 +141,8 @@ def test_run_lifecycle_fields_exactly() -> None:
     assert (msg.state, msg.substate) == (msgs.DaqState.BEAM, msgs.DaqSubstate.NOT_READY)
     assert msg.timestamp == datetime(2026, 7, 1, 14, 0, 0, 250000, tzinfo=UTC)  # 10:00 EDT
     assert msg.extra_fields == {"simulation_tick": 12.5}
-    assert parse(WIRE_BODIES["pause_run"]).reason == "beam loss"  # type: ignore[attr-defined]
+    pause = parse(WIRE_BODIES["pause_run"])
+    assert pause.reason == "beam loss"  # type: ignore[attr-defined]  # a PauseRun
 
 
 def test_stf_gen_without_size_checksum_counts_or_times_leaves_them_empty() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from swf_testbed.settings import ProductionConfigError, Profile, Settings, get_settings
+from swf_testbed.testing.brokers import BrokerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "k" * 40
@@ -253,7 +254,7 @@ def test_an_agent_refuses_admin_admin_in_production(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_secrets_never_logged(embedded_broker: object, tmp_path: Path) -> None:
+def test_secrets_never_logged(embedded_broker: BrokerProcess, tmp_path: Path) -> None:
     """A real agent with -v debug logging, in a correct production environment, up to READY and
     stopped.
     """
@@ -265,7 +266,7 @@ def test_secrets_never_logged(embedded_broker: object, tmp_path: Path) -> None:
     ns = f"secrets-{uuid.uuid4().hex[:8]}"
     env = _agent_env(
         {
-            **broker.env,  # type: ignore[attr-defined]
+            **broker.env,
             "SWF_HOME": str(tmp_path),
             "SWF_PROFILE": "production",
             "ACTIVEMQ_USER": "swf-agent",
@@ -274,7 +275,7 @@ def test_secrets_never_logged(embedded_broker: object, tmp_path: Path) -> None:
             "SWF_SECRET_KEY": SECRET_KEY,
         }
     )
-    watch = Collector(broker.settings(), HEARTBEAT_TOPIC)  # type: ignore[attr-defined]
+    watch = Collector(broker.settings(), HEARTBEAT_TOPIC)
     log = tmp_path / "agent.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -207,4 +207,4 @@ def test_an_interrupted_replay_closes_its_run_and_ends_terminated() -> None:
         "workflow_completed",
     ]
     assert isinstance(sent[3], EndRun) and sent[3].total_stf_files == 1
-    assert sent[-1].status == "terminated"  # type: ignore[attr-defined]
+    assert sent[-1].status == "terminated"  # type: ignore[attr-defined]  # a WorkflowCompleted

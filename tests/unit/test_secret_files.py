@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,11 +51,11 @@ def secret_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     ],
 )
 def test_each_secret_can_come_from_an_owner_only_file(
-    env: pytest.MonkeyPatch, tmp_path: Path, variable: str, read: object
+    env: pytest.MonkeyPatch, tmp_path: Path, variable: str, read: Callable[[Settings], object]
 ) -> None:
     assert variable in SECRET_VARIABLES
     env.setenv(f"{variable}_FILE", str(secret_file(tmp_path, SECRET)))
-    assert read(get_settings()) == SECRET  # type: ignore[operator]
+    assert read(get_settings()) == SECRET
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])

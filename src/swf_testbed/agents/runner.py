@@ -395,7 +395,7 @@ class WorkflowRunner(Agent):
         if execution.run_started and not execution.run_ended:
             try:
                 self._close_run(execution)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 -- folded into the execution's error
                 log.error("%s: could not send end_run for run %d: %s", self.name, ctx.run_id, exc)
                 error = error or f"could not close run {ctx.run_id}: {exc}"
         request = execution.request

@@ -358,7 +358,7 @@ class Agent:
             )
         try:
             self.on_stop()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 -- a failing on_stop hook must not stop the shutdown
             log.exception("on_stop failed")
         self.status = AgentStatus.EXITED
         self._stop_log_shipping()

@@ -153,7 +153,8 @@ class Router:
         (nobody subscribed: nothing is kept), so it never competes with the
         queue's consumers. Temporary queues are not mirrored.
         """
-        mirror = self.mirror_prefix + queue_name  # type: ignore[operator]
+        assert self.mirror_prefix is not None, "only called with mirroring on"
+        mirror = self.mirror_prefix + queue_name
         if mirror not in self.topics and not self.wild:
             return
         self.route(TOPIC, mirror, msg.mirror_copy(mirror))

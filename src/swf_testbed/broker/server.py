@@ -139,7 +139,7 @@ class Broker(Router):
         self._server: asyncio.base_events.Server | None = None
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
 
     @property
     def port(self) -> int:

@@ -25,8 +25,10 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "swf_testbed.monitor.settings")
 
 django_application = get_asgi_application()
-# a2wsgi's WSGIApp protocol is narrower than the type of Django's WSGIHandler
-django_wsgi_application = WSGIMiddleware(get_wsgi_application(), workers=8)  # type: ignore[arg-type]
+django_wsgi_application = WSGIMiddleware(
+    get_wsgi_application(),  # type: ignore[arg-type]  # a2wsgi's WSGIApp is narrower than Django's
+    workers=8,
+)
 """Up to 8 sync requests at once; more wait for a thread (each holds one database connection)."""
 
 from swf_testbed.monitor.mcp_server import http_app  # noqa: E402 - needs Django set up first

@@ -31,6 +31,7 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.urls import ResolverMatch
 from django.utils import timezone
 from django.utils.decorators import sync_and_async_middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -233,8 +234,11 @@ def _logged_in(request: HttpRequest) -> bool:
 
 
 def _view_name(request: HttpRequest) -> str:
-    match = getattr(request, "resolver_match", None)
-    return (match.view_name or match._func_path) if match else "unmatched"  # noqa: SLF001
+    match: ResolverMatch | None = getattr(request, "resolver_match", None)
+    if not match:
+        return "unmatched"
+    # a route without a name has only the private dotted path of its view to go by
+    return match.view_name or match._func_path  # noqa: SLF001 -- no public name for unnamed routes
 
 
 def _observe(request: HttpRequest, response: HttpResponse, started: float) -> None:

@@ -112,7 +112,7 @@ def _drop(conn: stomp.Connection, *, polite: bool) -> None:
         pass
     try:
         conn.transport.disconnect_socket()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 -- closing is best effort
         pass
 
 

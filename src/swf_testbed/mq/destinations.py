@@ -97,7 +97,7 @@ def Topic(name: str) -> Destination:  # noqa: N802 - reads as a type at call sit
     return Destination(name, "topic")
 
 
-def Queue(name: str) -> Destination:  # noqa: N802
+def Queue(name: str) -> Destination:  # noqa: N802 - reads as a type at call sites
     return Destination(name, "queue")
 
 

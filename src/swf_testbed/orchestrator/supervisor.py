@@ -471,9 +471,15 @@ def render_conf(paths: RuntimePaths, programs: list[Program], namespace: str) ->
     return "\n".join(lines)
 
 
+class _CaseKeepingParser(configparser.RawConfigParser):
+    """Option names as written (the default lower-cases them)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def _program_sections(text: str) -> dict[str, dict[str, str]]:
-    parser = configparser.RawConfigParser(strict=False)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = _CaseKeepingParser(strict=False)
     try:
         parser.read_string(text)
     except configparser.Error:

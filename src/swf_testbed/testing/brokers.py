@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from swf_testbed.settings import BrokerSettings, DestinationStyle
 
@@ -95,9 +95,9 @@ class BrokerProcess:
             return {}
         return {"username": self.login[0], "passcode": self.login[1]}
 
-    def settings(self, **overrides: object) -> BrokerSettings:
+    def settings(self, **overrides: Any) -> BrokerSettings:
         """Client settings for this broker, with quick heart-beats and reconnects for tests."""
-        values: dict[str, object] = {
+        values: dict[str, Any] = {  # BrokerSettings validates each value
             "host": self.host,
             "port": self.port,
             "heartbeat_ms": 2000,
@@ -110,7 +110,7 @@ class BrokerProcess:
         if self.virtual_host:
             values["vhost"] = self.virtual_host
         values.update(overrides)
-        return BrokerSettings(**values)  # type: ignore[arg-type]
+        return BrokerSettings(**values)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connection, models
+from django.db.models.fields.related import RelatedField
 
 Adapter = Callable[[Any], Any]
 if TYPE_CHECKING:  # Django's Field is generic in its stubs only, not at run time
@@ -76,8 +77,8 @@ def adapters_for(fields: Sequence[Field]) -> list[Adapter]:
     result: list[Adapter] = []
     for field in fields:
         kind = field.get_internal_type()
-        if field.is_relation:
-            target = field.target_field  # type: ignore[attr-defined]
+        if isinstance(field, RelatedField):  # a forward relation (field.is_relation)
+            target = field.target_field
             result.append(adapters_for([target])[0])
         elif kind in _TEXT:
             result.append(_text)
