@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from swf_testbed.daq.simulator import stf_checksum
-from swf_testbed.messages import EndRun, Message, RunImminent, StfGen, WorkflowStarted
+from swf_testbed.messages import (
+    EndRun,
+    Message,
+    RunImminent,
+    StfGen,
+    WorkflowCompleted,
+    WorkflowStarted,
+)
 from swf_testbed.mq.destinations import RUN_TOPIC, Destination
 from swf_testbed.orchestrator.replay import (
     ReplayError,
@@ -182,7 +189,9 @@ def test_the_plan_renames_what_must_be_new_and_keeps_the_rest() -> None:
     assert isinstance(sent[1][1], RunImminent) and sent[1][1].run_conditions == {"time_scale": 0}
     recorded_ids = {json.loads(r["body"]).get("msg_id") for r in _rows(t0)}
     assert not recorded_ids & {m.msg_id for _, m in sent}
-    assert sent[-1][1].execution_id == plan.execution_id and sent[-1][1].status == "completed"  # type: ignore
+    done = sent[-1][1]
+    assert isinstance(done, WorkflowCompleted)
+    assert done.execution_id == plan.execution_id and done.status == "completed"
 
 
 def test_an_interrupted_replay_closes_its_run_and_ends_terminated() -> None:
