@@ -71,6 +71,24 @@ def make_database(url: str | None, workdir: Path) -> tuple[str, Any]:
     return db_url, drop
 
 
+def open_monitor(db_url: str, workdir: Path) -> None:
+    """Set up the monitor's Django in this process on ``db_url`` (``SWF_HOME`` in ``workdir``) and
+    migrate it."""
+    os.environ.update(
+        {
+            "DATABASE_URL": db_url,
+            "SWF_HOME": str(workdir),
+            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
+        }
+    )
+    from swf_testbed.monitor import setup
+
+    setup()
+    from swf_testbed.monitor.db import migrate
+
+    migrate()
+
+
 def seed(n: int) -> float:
     from swf_testbed.monitor.api import facets
     from swf_testbed.monitor.api.models import Namespace, WorkflowMessage
@@ -158,24 +176,13 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="swf-bench-scale-"))
     db_url, drop = make_database(args.database_url, workdir)
-    os.environ.update(
-        {
-            "DATABASE_URL": db_url,
-            "SWF_HOME": str(workdir),
-            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
-        }
-    )
-    from swf_testbed.monitor import setup
-
-    setup()
-    from django.db import connection
-    from django.test import Client
-
-    from swf_testbed.monitor.api import facets
-    from swf_testbed.monitor.db import migrate
-
     try:
-        migrate()
+        open_monitor(db_url, workdir)
+        from django.db import connection
+        from django.test import Client
+
+        from swf_testbed.monitor.api import facets
+
         seconds = seed(n)
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:

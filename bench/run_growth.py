@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.monitor_scale import make_database  # noqa: E402 -- after the path is set
+from bench.monitor_scale import make_database, open_monitor  # noqa: E402 -- after the path is set
 
 SLICES = 15
 STFS_PER_BATCH = 5
@@ -122,7 +121,7 @@ def stf_messages(i: int) -> list[Any]:
 
 def windows_of(n: int) -> list[tuple[int, int]]:
     """(first, last) STF numbers of each measured window, 1-based."""
-    ends = [size for size in (100, 1_000, 10_000, 100_000) if size <= n] or [n]
+    ends = [size for size in (100, 1_000, 10_000, 100_000) if size < n] + [n]
     return [(max(1, end - WINDOW + 1), end) for end in ends]
 
 
@@ -190,22 +189,10 @@ def run_way(n: int, recount_each_batch: bool, database_url: str | None) -> dict[
 def child(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="swf-bench-growth-"))
     db_url, drop = make_database(args.database_url, workdir)
-    os.environ.update(
-        {
-            "DATABASE_URL": db_url,
-            "SWF_HOME": str(workdir),
-            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
-        }
-    )
-    from swf_testbed.monitor import setup
-
-    setup()
-    from django.db import connection
-
-    from swf_testbed.monitor.db import migrate
-
     try:
-        migrate()
+        open_monitor(db_url, workdir)
+        from django.db import connection
+
         figures = measure(args.stfs, args.recount)
         figures["database"] = connection.vendor
     finally:
