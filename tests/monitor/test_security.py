@@ -125,7 +125,7 @@ RESOURCES: dict[str, Resource] = {
     "/api/run-states/": Resource(
         lambda n, w: {"run_number": 20_000 + n, "phase": "running", "state": "run"},
         "run_number",
-        {"slices_completed": 1},
+        {"target_worker_count": 3},  # the slice counters are counted, not written
     ),
     "/api/system-state-events/": Resource(
         lambda n, w: {
