@@ -1,22 +1,25 @@
 """A run's slice and sample counters (the figures of RunState), kept by differences.
 
-Every write of a slice or a sample adds what it changed to its run's
+Every batch of the ingest adds what its slice and sample writes changed to the runs'
 counters (a slice created, a slice moved from queued to completed, a sample
 registered), with one ``UPDATE … SET n = n + d`` per run. The cost of keeping
 them is the size of the write, not of the run: counting the run's slices
 again after every batch grew with the run, and made a long run quadratic.
 
-Where the differences come from:
+Where the counts come from:
 
 * the ingest's projections (:mod:`bulk_projections`) collect them in the
   batch and apply them once, at the end of the batch (:func:`apply`), in the
   batch's transaction: after the slice writes, so that the ingest always
   takes the run state's lock last;
 * every other save or delete of a slice or sample through the ORM (the REST
-  API, the admin) is seen by the signals of :mod:`signals`, and applied in a
-  transaction of its own once the write has committed, as the recount was:
-  a REST request then never holds a slice's row and the run state's at once,
-  and cannot deadlock with the ingest's batch.
+  API, the admin) is seen by the signals of :mod:`signals`, which count its
+  run exactly once the write has committed, in a transaction of their own.
+  Not a difference there: applied after the commit, it would race with an
+  exact count made in between (which already sees the committed row) and
+  count the row twice; an exact count that locks the run state first is
+  right whatever ran before it. (So a v28 agent's REST writes still cost a
+  count of their run each, as before.)
 
 What the differences cannot see is made right by an exact count
 (:func:`recount`): when a run state is first created by a write, at

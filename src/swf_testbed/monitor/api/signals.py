@@ -1,8 +1,8 @@
 """Keep the counts right when rows are written through the ORM (the REST API, the admin,
 retention): the facet counts of deleted messages, and the runs' slice and sample counters.
 
-The ingest's bulk writes send no signals; its projections give their own
-differences to :mod:`run_counters`.
+The ingest's bulk writes send no signals; its projections apply their own
+differences (:mod:`run_counters`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,20 @@ def _uncount_deleted_message(
     facets.add_counts([instance], sign=-1)
 
 
-def _after_commit(changes: run_counters.Changes, recount: set[int]) -> None:
-    """Apply once the write has committed, in a transaction of its own (see run_counters)."""
-    if changes or recount:
-        transaction.on_commit(lambda: run_counters.apply_alone(changes, recounted=recount))
+def _recount_after_commit(runs: set[int | None]) -> None:
+    """Count these runs exactly once the write has committed, in a transaction of its own.
+
+    Not a difference: one applied after the commit would race with an exact
+    count made in between by the ingest (a new run state, ``end_run``), which
+    already sees the committed row, and count it twice. An exact count that
+    locks the run state first is right whatever ran before it. Only the
+    ingest's own differences are applied in the transaction of its writes.
+    """
+    wanted = {run for run in runs if run is not None}
+    if wanted:
+        transaction.on_commit(
+            lambda: run_counters.apply_alone(run_counters.Changes(), recounted=wanted)
+        )
 
 
 @receiver(post_save, sender=TFSlice)
@@ -36,21 +46,14 @@ def _count_saved_slice(
 ) -> None:
     if raw:
         return  # loaddata: counted by recount_runs
-    now = (instance.run_number, instance.status)
-    changes, recount = run_counters.Changes(), set()
-    if created or instance.counted_as is not None:
-        changes.slice_moved(None if created else instance.counted_as, now)
-    else:  # saved without having been read: what it was counted as is not known
-        recount.add(instance.run_number)
-    instance.counted_as = now
-    _after_commit(changes, recount)
+    before = instance.counted_as[0] if instance.counted_as is not None else None
+    instance.counted_as = (instance.run_number, instance.status)
+    _recount_after_commit({before, instance.run_number})
 
 
 @receiver(post_delete, sender=TFSlice)
 def _uncount_deleted_slice(sender: type[TFSlice], instance: TFSlice, **kwargs: Any) -> None:
-    changes = run_counters.Changes()
-    changes.slice_moved(instance.counted_as or (instance.run_number, instance.status), None)
-    _after_commit(changes, set())
+    _recount_after_commit({instance.run_number})
 
 
 @receiver(post_save, sender=FastMonFile)
@@ -63,23 +66,13 @@ def _count_saved_sample(
 ) -> None:
     if raw:
         return
-    before = None if created else instance.counted_stf
-    changes, recount = run_counters.Changes(), set()
-    run_of = run_counters.runs_of_stf_files({before, instance.stf_file_id})
-    if created or before is not None:
-        changes.sample_moved(run_of.get(before), run_of.get(instance.stf_file_id))
-    elif instance.stf_file_id in run_of:
-        recount.add(run_of[instance.stf_file_id])
+    run_of = run_counters.runs_of_stf_files({instance.counted_stf, instance.stf_file_id})
     instance.counted_stf = instance.stf_file_id
-    _after_commit(changes, recount)
+    _recount_after_commit(set(run_of.values()))
 
 
 @receiver(post_delete, sender=FastMonFile)
 def _uncount_deleted_sample(
     sender: type[FastMonFile], instance: FastMonFile, **kwargs: Any
 ) -> None:
-    stf = instance.counted_stf or instance.stf_file_id
-    run_of = run_counters.runs_of_stf_files({stf})
-    changes = run_counters.Changes()
-    changes.sample_moved(run_of.get(stf), None)
-    _after_commit(changes, set())
+    _recount_after_commit(set(run_counters.runs_of_stf_files({instance.stf_file_id}).values()))
