@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.monitor_scale import open_monitor  # noqa: E402 -- after the path is set
 
 PAGES = ("/", "/messages/", "/api/workflow-messages/?limit=50")
 
@@ -180,20 +183,9 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="swf-bench-stream-"))
     db_url = f"sqlite:///{workdir / 'stream.sqlite3'}"
-    os.environ.update(
-        {
-            "DATABASE_URL": db_url,
-            "SWF_HOME": str(workdir),
-            "DJANGO_SETTINGS_MODULE": "swf_testbed.monitor.settings",
-        }
-    )
-    from swf_testbed.monitor import setup
-
-    setup()
-    from swf_testbed.monitor.db import migrate
+    open_monitor(db_url, workdir)
     from swf_testbed.testing.monitor import MonitorWebProcess
 
-    migrate()
     token = seed(n)
     web = MonitorWebProcess(db_url).start()
     try:

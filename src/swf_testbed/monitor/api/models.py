@@ -613,8 +613,8 @@ class FastMonFile(models.Model):
         return self.tf_filename
 
     counted_stf: uuid.UUID | None = None
-    """The STF file (so the run) its run's sample counter holds it under, as loaded; None when
-    not loaded (run_counters)."""
+    """The STF file (so the run) whose sample counter holds it, as loaded; None when not loaded
+    (signals)."""
 
     @classmethod
     def from_db(
@@ -668,17 +668,16 @@ class TFSlice(models.Model):
     def __str__(self) -> str:
         return f"slice {self.slice_id} of {self.tf_filename}"
 
-    counted_as: tuple[int, str] | None = None
-    """(run number, status): what its run's counters hold it as, as loaded; None when not loaded
-    (run_counters)."""
+    counted_run: int | None = None
+    """The run whose counters hold it, as loaded (a save that moves it counts both runs); None
+    when not loaded (signals)."""
 
     @classmethod
     def from_db(
         cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kw: Any
     ) -> Self:
         instance = super().from_db(db, field_names, values, **kw)
-        loaded = {"run_number", "status"} <= set(field_names)
-        instance.counted_as = (instance.run_number, instance.status) if loaded else None
+        instance.counted_run = instance.run_number if "run_number" in field_names else None
         return instance
 
 

@@ -71,14 +71,13 @@ class Changes:
 
     by_run: defaultdict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
-    def slice_moved(self, old: SliceKey | None, new: SliceKey | None) -> None:
-        """A slice was created (``old`` None), changed, or deleted (``new`` None)."""
+    def slice_moved(self, old: SliceKey | None, new: SliceKey) -> None:
+        """A slice was created (``old`` None) or changed."""
         if old == new:
             return
         if old is not None:
             self._add(old, -1)
-        if new is not None:
-            self._add(new, +1)
+        self._add(new, +1)
 
     def _add(self, key: SliceKey, sign: int) -> None:
         run_number, status = key
@@ -103,9 +102,6 @@ class Changes:
     def merge(self, other: Changes) -> None:
         for run_number, counts in other.by_run.items():
             self.by_run[run_number].update(counts)
-
-    def __bool__(self) -> bool:
-        return bool(self.by_run)
 
 
 def apply(changes: Changes, *, recounted: set[int] | frozenset[int] = frozenset()) -> None:
@@ -144,15 +140,17 @@ def _add(run_number: int, counts: Counter[str]) -> None:
         recount(run_number)
 
 
-def apply_alone(changes: Changes, *, recounted: set[int] | frozenset[int] = frozenset()) -> None:
-    """:func:`apply` in a transaction of its own (after a REST or admin write has committed).
+def recount_alone(run_numbers: set[int]) -> None:
+    """:func:`recount` of these runs in a transaction of their own (after a REST or admin write
+    has committed).
 
-    A run state created at the same moment by the ingest is a unique conflict: applied again then.
+    A run state created at the same moment by the ingest is a unique conflict: counted again then.
     """
     for attempt in (1, 2):
         try:
             with transaction.atomic():
-                apply(changes, recounted=recounted)
+                for run_number in sorted(run_numbers):
+                    recount(run_number)
             return
         except IntegrityError:
             if attempt == 2:

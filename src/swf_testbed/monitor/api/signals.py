@@ -35,29 +35,27 @@ def _recount_after_commit(runs: set[int | None]) -> None:
     """
     wanted = {run for run in runs if run is not None}
     if wanted:
-        transaction.on_commit(
-            lambda: run_counters.apply_alone(run_counters.Changes(), recounted=wanted)
-        )
+        transaction.on_commit(lambda: run_counters.recount_alone(wanted))
 
 
 @receiver(post_save, sender=TFSlice)
-def _count_saved_slice(
+def _recount_saved_slice(
     sender: type[TFSlice], instance: TFSlice, created: bool, raw: bool = False, **kwargs: Any
 ) -> None:
     if raw:
         return  # loaddata: counted by recount_runs
-    before = instance.counted_as[0] if instance.counted_as is not None else None
-    instance.counted_as = (instance.run_number, instance.status)
+    before = instance.counted_run
+    instance.counted_run = instance.run_number
     _recount_after_commit({before, instance.run_number})
 
 
 @receiver(post_delete, sender=TFSlice)
-def _uncount_deleted_slice(sender: type[TFSlice], instance: TFSlice, **kwargs: Any) -> None:
+def _recount_deleted_slice(sender: type[TFSlice], instance: TFSlice, **kwargs: Any) -> None:
     _recount_after_commit({instance.run_number})
 
 
 @receiver(post_save, sender=FastMonFile)
-def _count_saved_sample(
+def _recount_saved_sample(
     sender: type[FastMonFile],
     instance: FastMonFile,
     created: bool,
@@ -72,7 +70,7 @@ def _count_saved_sample(
 
 
 @receiver(post_delete, sender=FastMonFile)
-def _uncount_deleted_sample(
+def _recount_deleted_sample(
     sender: type[FastMonFile], instance: FastMonFile, **kwargs: Any
 ) -> None:
     _recount_after_commit(set(run_counters.runs_of_stf_files({instance.stf_file_id}).values()))
