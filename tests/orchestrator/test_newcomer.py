@@ -38,6 +38,14 @@ def doc_agent_table() -> str:
     return m.group(1)
 
 
+def web_log_tail(home: str, namespace: str, lines: int = 60) -> str:
+    """The end of the monitor web's log: a server error's traceback is there."""
+    log = Path(home) / namespace / "logs" / "monitor-web.log"
+    if not log.is_file():
+        return f"({log} not found)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def test_the_docs_agent_runs_in_a_testbed_and_shows_in_the_monitor(make_bed: Any) -> None:
     bed = make_bed("newcomer", broker=None)
     namespace = f"newcomer-{uuid.uuid4().hex[:6]}"
@@ -65,7 +73,12 @@ def test_the_docs_agent_runs_in_a_testbed_and_shows_in_the_monitor(make_bed: Any
     mine: dict[str, Any] = {}
     with httpx.Client(base_url=monitor, timeout=10) as api:
         while time.monotonic() < deadline:
-            agents = api.get("/api/systemagents/", params={"namespace": namespace}).json()
+            reply = api.get("/api/systemagents/", params={"namespace": namespace})
+            assert reply.status_code == 200, (
+                f"/api/systemagents/: {reply.status_code} {reply.text[:300]}\n"
+                f"monitor-web.log:\n{web_log_tail(bed.env['SWF_HOME'], namespace)}"
+            )
+            agents = reply.json()
             rows = agents["results"] if isinstance(agents, dict) else agents
             mine = next(
                 (a for a in rows if a.get("instance_name") == "mine" or a.get("name") == "mine"), {}
