@@ -323,7 +323,7 @@ class MonitorSettings(_Settings):
         500, ge=1, le=10_000, description="messages per ingest transaction at most"
     )
     ingest_flush_ms: int = Field(
-        100, ge=1, le=10_000, description="longest wait before a partial batch is written"
+        5, ge=1, le=10_000, description="longest wait before a partial batch is written"
     )
     ingest_durable: bool = Field(
         True, description="durable topic subscriptions, so nothing is lost while it is down"

@@ -247,7 +247,7 @@ class Ingestor:
         destinations: list[Destination],
         *,
         batch_size: int = 500,
-        flush_ms: int = 100,
+        flush_ms: int = 5,
         durable: bool = True,
         client_id: str = DEFAULT_CLIENT_ID,
         max_db_backoff_s: float = 5.0,
@@ -314,6 +314,12 @@ class Ingestor:
         self._queue.put(_Item(delivery, datetime.now(UTC)))
 
     def _next_batch(self, timeout: float) -> list[_Item]:
+        """What is queued, up to ``batch_size``, waiting at most ``flush_s`` for more.
+
+        The wait is short (5 ms by default): under load, deliveries pile up while the previous
+        batch is written, so batches grow by themselves; at a low rate a longer wait would only add
+        to every message's lag (at 100 ms it was half the real-time soak's p99 of 0.22 s).
+        """
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:
