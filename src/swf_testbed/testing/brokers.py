@@ -275,7 +275,7 @@ def start_activemq(
             "<transportConnectors>\n"
             f'            <transportConnector name="openwire" uri="tcp://127.0.0.1:{openwire}"/>\n'
             f'            <transportConnector name="swf-stomp" uri="stomp://{host}:{port}'
-            '?transport.hbGracePeriodMultiplier=2"/>\n'
+            '?transport.hbGracePeriodMultiplier=2&amp;transport.tcpNoDelay=true"/>\n'
             "        </transportConnectors>"
         )
         start = xml.index("<transportConnectors>")
