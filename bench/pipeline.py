@@ -62,7 +62,12 @@ profiling overhead) in microseconds per message of the run, under ``cpu_us_per_m
 threads) and writes one ``<agent>.prof`` per agent and ``ingest.prof`` into DIR
 when they exit.
 
-Usage: ``python bench/pipeline.py [--quick] [--stfs N] [--broker embedded|activemq]``
+``--database-url postgres://…`` puts the ingest on a fresh database of that
+PostgreSQL server (dropped at the end) instead of SQLite: with ``--broker
+activemq``, the production pair.
+
+Usage: ``python bench/pipeline.py [--quick] [--stfs N] [--broker embedded|activemq]
+[--database-url postgres://…]``
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ from swf_testbed.mq.destinations import (
     worker_topic,
 )
 from swf_testbed.testing.brokers import BrokerProcess, start_activemq, start_embedded
+from swf_testbed.testing.databases import create_postgres_database
 
 TARGET_STF_PER_S = 167.0
 RATES = (0.05, 1.0)
@@ -325,11 +331,13 @@ def _terminate(procs: Any) -> None:
 @dataclass
 class Ingest:
     """``swf-testbed monitor ingest`` as its own process, its SQLite database in a fresh
-    ``SWF_HOME``."""
+    ``SWF_HOME`` (or the PostgreSQL database of ``database_url``)."""
 
     broker: BrokerProcess
     home: Path
     profile_dir: Path | None = None
+    database_url: str | None = None
+    """PostgreSQL (a fresh database); ``None``: SQLite in ``home``."""
     client_id: str = field(default_factory=lambda: f"bench-ingest-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
 
@@ -344,6 +352,8 @@ class Ingest:
     def start(self) -> None:
         env = _child_env(self.broker)
         env.pop("DATABASE_URL", None)  # empty: SQLite at $SWF_HOME/monitor.sqlite3
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
         env["SWF_HOME"] = str(self.home)
         args = ["monitor", "ingest", "--client-id", self.client_id]
         if self.profile_dir is not None:
@@ -365,24 +375,41 @@ class Ingest:
 
 
 class MonitorDb:
-    """Read-only SQL on the ingest's SQLite file: ``WorkflowMessage`` rows."""
+    """Read-only SQL on the ingest's database: ``WorkflowMessage`` rows.
+
+    SQLite (its file, opened read-only) or PostgreSQL (``url``; one autocommit connection, so that
+    each poll sees what was committed before it).
+    """
 
     TABLE = "monitor_workflowmessage"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
+        self.url = url
+        self._conn: Any = None
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = sqlite3.connect(
-                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
-            )
+            if self.url:
+                import psycopg
+
+                self._conn = psycopg.connect(self.url, autocommit=True)
+            else:
+                self._conn = sqlite3.connect(
+                    f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
+                )
         return self._conn
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        if self.url:
+            import psycopg
+
+            try:
+                return list(self._connection().execute(sql.replace("?", "%s"), params).fetchall())
+            except psycopg.errors.UndefinedTable:  # not migrated yet
+                return []
         try:
-            return self._connection().execute(sql, params).fetchall()
+            return list(self._connection().execute(sql, params).fetchall())
         except sqlite3.OperationalError:  # not migrated yet, or locked for a moment
             return []
 
@@ -400,9 +427,11 @@ class MonitorDb:
     def rows_after(self, last_id: int) -> list[tuple[int, str, str]]:
         """(id, msg_type, execution_id) of the rows committed after ``last_id``.
 
-        SQLite has one writer at a time, so ids are committed in order: a
-        poller that remembers the largest id it has seen reads each row once,
-        and each poll costs what is new, not what the table holds.
+        The ingest is the one writer of these rows and commits its batches one
+        after the other (SQLite has one writer at a time anyway), so ids are
+        committed in order: a poller that remembers the largest id it has seen
+        reads each row once, and each poll costs what is new, not what the
+        table holds.
         """
         rows = self._query(
             f"SELECT id, msg_type, execution_id FROM {self.TABLE} WHERE id > ? ORDER BY id",
@@ -821,6 +850,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, default=None, metavar="DIR", help="cProfile every agent into DIR"
     )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        metavar="postgres://…",
+        help="the ingest on a fresh database of this PostgreSQL server (default: SQLite)",
+    )
     args = parser.parse_args(argv)
     stfs = args.stfs or (100 if args.quick else 1000)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -833,8 +868,12 @@ def main(argv: list[str] | None = None) -> int:
     broker = start_embedded() if args.broker == "embedded" else start_activemq()
     ns = f"bench{uuid.uuid4().hex[:6]}"
     agents = Agents(broker, ns, args.workers, args.pace_window, args.profile)
-    ingest = Ingest(broker, Path(tempfile.mkdtemp(prefix="swf-bench-pipeline-home-")), args.profile)
-    db = MonitorDb(ingest.database)
+    db_url, drop_database = None, None
+    if args.database_url:
+        db_url, drop_database = create_postgres_database(args.database_url, prefix="swf_bench_pipe")
+    home = Path(tempfile.mkdtemp(prefix="swf-bench-pipeline-home-"))
+    ingest = Ingest(broker, home, args.profile, db_url)
+    db = MonitorDb(ingest.database, db_url)
     runs: list[RunFigures] = []
     conn: stomp.Connection | None = None
     client: BrokerClient | None = None
@@ -919,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
         agents.stop()
         ingest.stop()
         db.close()
+        if drop_database is not None:
+            drop_database()
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.disconnect()
@@ -946,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
     dup = sum(f.duplicated for f in runs)
     figures = {
         "broker": args.broker,
-        "database": "sqlite",
+        "database": "postgresql" if db_url else "sqlite",
         "stfs": headline.stfs,
         "sampling_rate": headline.rate,
         "stf_per_s": round(headline.stf_per_s, 1),

@@ -41,6 +41,7 @@ BENCHMARKS = (
     "ingest",
     "monitor_scale",
     "pipeline",
+    "pipeline_production",
     "run_growth",
     "legacy",
     "stream",
@@ -50,6 +51,7 @@ TITLES = {
     "ingest": "monitor ingest",
     "monitor_scale": "monitor scale",
     "pipeline": "pipeline",
+    "pipeline_production": "pipeline on ActiveMQ + PostgreSQL",
     "run_growth": "run growth",
     "legacy": "legacy agents",
     "stream": "message stream",
@@ -58,6 +60,25 @@ MONITOR_AIM_MS = 150.0
 """``monitor_scale.py``'s aim for the worst p95 (it prints it, but does not put it in its JSON)."""
 
 STDERR_LINES = 5
+
+POSTGRES_URL = os.environ.get("SWF_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL server of the production pair's run (a fresh database is made on it)."""
+SCRIPTS = {"pipeline_production": "pipeline"}
+"""A benchmark that is another one's script with other arguments (``ARGS``)."""
+ARGS = {
+    "pipeline_production": [
+        "--broker",
+        "activemq",
+        "--database-url",
+        POSTGRES_URL,
+        "--rates",
+        "1.0",
+        "--stfs",
+        "200",
+    ],
+}
+PRODUCTION_AIM_STF_PER_S = 50.0
+"""Issue 11's aim for the production pair at sampling 1.0."""
 
 
 @dataclass
@@ -103,7 +124,13 @@ def last_json(stdout: str) -> dict[str, Any] | None:
 
 
 def run_one(name: str, full: bool, timeout: float, logs: Path, console: Console) -> Outcome:
-    argv = [sys.executable, str(BENCH / f"{name}.py"), *([] if full else ["--quick"])]
+    script = SCRIPTS.get(name, name)
+    argv = [
+        sys.executable,
+        str(BENCH / f"{script}.py"),
+        *([] if full else ["--quick"]),
+        *ARGS.get(name, []),
+    ]
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
     shown = " ".join(Path(a).name if a.endswith(".py") else a for a in argv[1:])
     console.print(f"[bold]{name}[/bold]: {shown} …")
@@ -281,6 +308,41 @@ def rows_pipeline(f: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_pipeline_production(f: dict[str, Any]) -> list[Row]:
+    label = (
+        f"pipeline on {f.get('broker', '?')} + {f.get('database', '?')} "
+        f"({f.get('stfs', '?')} STFs, sampling {f.get('sampling_rate', '?')})"
+    )
+    cpu = f.get("cpu_us_per_msg") or next(
+        (r.get("cpu_us_per_msg") for r in (f.get("runs") or {}).values() if isinstance(r, dict)),
+        None,
+    )
+    rows: list[Row] = [
+        (
+            label,
+            f"STF/s: {_num(f.get('stf_per_s'))}",
+            f"aim STF/s: {_num(PRODUCTION_AIM_STF_PER_S)}",
+            _ratio(f.get("stf_per_s"), PRODUCTION_AIM_STF_PER_S),
+        ),
+        (
+            f"{label}, chain alone",
+            f"STF/s: {_num(f.get('chain_stf_per_s'))}",
+            f"end to end STF/s: {_num(f.get('stf_per_s'))}",
+            _ratio(f.get("chain_stf_per_s"), f.get("stf_per_s")),
+        ),
+    ]
+    if cpu:
+        rows.append(
+            (
+                f"{label}, CPU per message",
+                f"broker µs: {_num(cpu.get('broker'))}",
+                f"all processes µs: {_num(cpu.get('total'))}",
+                _ratio(cpu.get("broker"), cpu.get("total")),
+            )
+        )
+    return rows
+
+
 def rows_legacy(f: dict[str, Any]) -> list[Row]:
     label = (
         f"legacy agents ({f.get('stfs', '?')} STFs, "
@@ -337,6 +399,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ingest": rows_ingest,
     "monitor_scale": rows_monitor_scale,
     "pipeline": rows_pipeline,
+    "pipeline_production": rows_pipeline_production,
     "run_growth": rows_run_growth,
     "legacy": rows_legacy,
     "stream": rows_stream,
