@@ -333,6 +333,46 @@ def test_heartbeats_project_to_agents_and_old_ones_do_not_undo_new(
     assert m.SystemAgent.objects.get().liveness() == "exited"
 
 
+def test_the_heartbeats_of_a_batch_are_written_together(record: Any, make_message: Any) -> None:
+    """Set-wise: new and known agents in one batch, the newest beat of each, an older one ignored,
+    the same name in two namespaces kept apart."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def beat(name: str, seconds: int, namespace: str = "ns1", **fields: Any) -> bytes:
+        return make_message(
+            "heartbeat",
+            agent_name=name,
+            namespace=namespace,
+            timestamp=t0 + timedelta(seconds=seconds),
+            **fields,
+        )
+
+    record(beat("a", 10, counters={"n": 1}), beat("b", 0))
+    b_before = m.SystemAgent.objects.get(instance_name="b")
+    record(
+        beat("a", 5, counters={"n": 0}),  # older than what the monitor holds: ignored
+        beat("b", 20, counters={"n": 2}, operational_state="PROCESSING"),
+        beat("a", 0, namespace="ns2"),
+        beat("c", 3, operational_state="PROCESSING"),
+        beat("c", 1, operational_state="STARTING"),  # older than the other beat of c in the batch
+    )
+    agents = {(x.namespace_id, x.instance_name): x for x in m.SystemAgent.objects.all()}
+    assert set(agents) == {("ns1", "a"), ("ns1", "b"), ("ns2", "a"), ("ns1", "c")}
+    a = agents["ns1", "a"]
+    assert (a.last_heartbeat, a.counters) == (t0 + timedelta(seconds=10), {"n": 1})
+    b = agents["ns1", "b"]
+    assert (b.last_heartbeat, b.counters, b.operational_state) == (
+        t0 + timedelta(seconds=20),
+        {"n": 2},
+        "PROCESSING",
+    )
+    assert b.updated_at > b_before.updated_at and b.created_at == b_before.created_at
+    assert agents["ns2", "a"].last_heartbeat == t0
+    c = agents["ns1", "c"]
+    assert (c.last_heartbeat, c.operational_state) == (t0 + timedelta(seconds=3), "PROCESSING")
+    assert c.created_at is not None and c.updated_at is not None
+
+
 def test_workflow_replies_project_to_executions(record: Any, make_message: Any) -> None:
     record(
         make_message(
