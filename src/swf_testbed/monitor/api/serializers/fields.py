@@ -13,6 +13,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.relations import PKOnlyObject
 
 from swf_testbed.messages import NAME_PATTERN
 from swf_testbed.monitor.api import models as m
@@ -37,10 +38,19 @@ class NamespaceField(serializers.SlugRelatedField[m.Namespace]):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("slug_field", "name")
-        kwargs.setdefault("queryset", m.Namespace.objects.all())
+        if not kwargs.get("read_only"):
+            kwargs.setdefault("queryset", m.Namespace.objects.all())
         kwargs.setdefault("required", False)
         kwargs.setdefault("allow_null", True)
         super().__init__(**kwargs)
+
+    def use_pk_only_optimization(self) -> bool:
+        # The foreign key holds the namespace's name (to_field="name"): a list shows it without
+        # reading the namespace row of every object (one query per row before).
+        return True
+
+    def to_representation(self, value: Any) -> Any:
+        return value.pk if isinstance(value, PKOnlyObject) else value.name
 
     def to_internal_value(self, data: Any) -> m.Namespace:
         if not isinstance(data, str):

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from swf_testbed.monitor.api import models as m
 from swf_testbed.monitor.api.serializers.fields import (
     ModelSerializer,
+    NamespaceField,
 )
 
 
@@ -20,6 +21,7 @@ class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
     message_type = serializers.CharField(source="msg_type", read_only=True)
     sender_agent = serializers.CharField(source="sender", read_only=True)
     message_content = serializers.SerializerMethodField()
+    namespace = NamespaceField(read_only=True)
 
     class Meta:
         model = m.WorkflowMessage
@@ -57,6 +59,8 @@ class WorkflowMessageSerializer(ModelSerializer[m.WorkflowMessage]):
 
 
 class AppLogSerializer(ModelSerializer[m.AppLog]):
+    namespace = NamespaceField(read_only=True)
+
     class Meta:
         model = m.AppLog
         fields = [
