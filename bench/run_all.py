@@ -298,14 +298,19 @@ def rows_pipeline(f: dict[str, Any]) -> list[Row]:
         cpu = run.get("cpu_us_per_msg") if isinstance(run, dict) else None
         if cpu:
             rows.append(
-                (
-                    f"pipeline ({run.get('stfs', '?')} STFs, sampling {rate}), CPU per message",
-                    f"ingest µs: {_num(cpu.get('ingest'))}",
-                    f"all processes µs: {_num(cpu.get('total'))}",
-                    _ratio(cpu.get("ingest"), cpu.get("total")),
-                )
+                _cpu_row(f"pipeline ({run.get('stfs', '?')} STFs, sampling {rate})", cpu, "ingest")
             )
     return rows
+
+
+def _cpu_row(label: str, cpu: dict[str, Any], process: str) -> Row:
+    """One process's CPU per message of the run against all processes'."""
+    return (
+        f"{label}, CPU per message",
+        f"{process} µs: {_num(cpu.get(process))}",
+        f"all processes µs: {_num(cpu.get('total'))}",
+        _ratio(cpu.get(process), cpu.get("total")),
+    )
 
 
 def rows_pipeline_production(f: dict[str, Any]) -> list[Row]:
@@ -332,14 +337,7 @@ def rows_pipeline_production(f: dict[str, Any]) -> list[Row]:
         ),
     ]
     if cpu:
-        rows.append(
-            (
-                f"{label}, CPU per message",
-                f"broker µs: {_num(cpu.get('broker'))}",
-                f"all processes µs: {_num(cpu.get('total'))}",
-                _ratio(cpu.get("broker"), cpu.get("total")),
-            )
-        )
+        rows.append(_cpu_row(label, cpu, "broker"))
     return rows
 
 
