@@ -176,22 +176,15 @@ def _is_older(agent: m.SystemAgent, msg: msgs.Heartbeat) -> bool:
 
 
 def on_heartbeat(msg: msgs.Heartbeat, batch: Batch) -> None:
-    agent = m.SystemAgent.objects.filter(
-        namespace_id=msg.namespace, instance_name=msg.agent_name
-    ).first()
-    if agent is None:
-        agent = m.SystemAgent(namespace_id=msg.namespace, instance_name=msg.agent_name)
-    elif _is_older(agent, msg):
-        return
-    _apply_heartbeat(agent, msg)
-    agent.save()
+    """One heartbeat (the one-by-one fallback): the set-wise rule on a batch of one."""
+    bulk_heartbeat([msg], batch)
 
 
 def bulk_heartbeat(messages: list[msgs.Heartbeat], batch: Batch) -> None:
     """Only the newest heartbeat of each agent in the batch: projected in order, it is the one that
     would stay.
 
-    (``on_heartbeat`` skips an older one and a newer one overwrites every
+    (An older one than the agent's is skipped and a newer one overwrites every
     field; of equal timestamps the later in the stream wins.) Every heartbeat
     is still recorded as a message. The agents are read in one query and
     written in two statements (new ones, updated ones), not a read and a save
