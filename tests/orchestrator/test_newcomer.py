@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from swf_testbed.orchestrator.supervisor import runtime_paths
 from swf_testbed.testing.brokers import free_port
 
 from .conftest import REPO, ok
@@ -40,7 +41,7 @@ def doc_agent_table() -> str:
 
 def web_log_tail(home: str, namespace: str, lines: int = 60) -> str:
     """The end of the monitor web's log: a server error's traceback is there."""
-    log = Path(home) / namespace / "logs" / "monitor-web.log"
+    log = runtime_paths(Path(home), namespace).log_of("monitor-web")
     if not log.is_file():
         return f"({log} not found)"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
