@@ -16,6 +16,7 @@ UUID or natural key keep theirs, which are set before the insert).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connection, models
@@ -53,7 +54,30 @@ def _float(value: Any) -> Any:
 
 
 def _datetime_adapter(adapt: Callable[[Any], Any]) -> Adapter:
-    return lambda value: None if value is None else adapt(value)
+    """The backend's conversion, done once for a run of the same datetime (rows written together
+    share their ``updated_at``): datetimes are immutable, so the same object converts the same."""
+    last: list[Any] = [None, None]
+
+    def adapter(value: Any) -> Any:
+        if value is None:
+            return None
+        if value is not last[0]:
+            last[:] = [value, adapt(value)]
+        return last[1]
+
+    return adapter
+
+
+def _json_adapter(field: Field) -> Adapter:
+    """The field's conversion; an empty object (most rows' ``metadata``) converted once."""
+    empty = field.get_db_prep_save({}, connection)
+
+    def adapter(value: Any) -> Any:
+        if type(value) is dict and not value:
+            return empty
+        return field.get_db_prep_save(value, connection)
+
+    return adapter
 
 
 def _field_adapter(field: Field) -> Adapter:
@@ -89,6 +113,8 @@ def adapters_for(fields: Sequence[Field]) -> list[Adapter]:
             result.append(_float)
         elif kind == "DateTimeField":
             result.append(_datetime_adapter(ops.adapt_datetimefield_value))
+        elif kind == "JSONField":
+            result.append(_json_adapter(field))
         else:
             result.append(_field_adapter(field))
     return result
@@ -162,9 +188,28 @@ def new_row(model: type[models.Model], **values: Any) -> dict[str, Any]:
     The fields not given have their default, as the model's constructor would
     set them (an auto-increment primary key is left out).
     """
-    row = {f.attname: f.get_default() for f in insertable_fields(model)}
+    constant, made = _defaults(model)
+    row = dict(constant)
+    for name, make in made:
+        row[name] = make()
     row.update(values)
     return row
+
+
+@cache
+def _defaults(
+    model: type[models.Model],
+) -> tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]]:
+    """A model's defaults for :func:`new_row`: the constant ones, and the callable ones (such as
+    ``dict``, called for each row: every row has its own)."""
+    constant: dict[str, Any] = {}
+    made: list[tuple[str, Callable[[], Any]]] = []
+    for f in insertable_fields(model):
+        if f.has_default() and callable(f.default):
+            made.append((f.attname, f.default))
+        else:
+            constant[f.attname] = f.get_default()
+    return constant, made
 
 
 def insert_dicts(model: type[models.Model], rows: Iterable[dict[str, Any]]) -> None:
