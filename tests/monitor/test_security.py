@@ -714,13 +714,7 @@ RAW_SQL_ALLOWED: dict[tuple[str, str, str], str] = {
     "are bound",
     (
         "monitor/api/fastinsert.py",
-        "increment_rows",
-        "executemany",
-    ): "UPDATE built by increment_sql() from model metadata (quote_name) and %s placeholders; "
-    "values are bound",
-    (
-        "monitor/api/fastinsert.py",
-        "update_objects",
+        "update_rows",
         "executemany",
     ): "UPDATE built by update_sql() from model metadata (quote_name) and %s placeholders; values "
     "are bound",

@@ -8,12 +8,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db.models import F
 from django.utils import timezone
 
 from swf_testbed import messages as msgs
 from swf_testbed.monitor.api import models as m
-from swf_testbed.monitor.api.fastinsert import insert_objects, update_objects
+from swf_testbed.monitor.api.fastinsert import (
+    fields_named,
+    insert_dicts,
+    insert_objects,
+    new_row,
+    update_objects,
+    update_rows,
+)
 from swf_testbed.monitor.api.projection_support import Batch, ensure_run
 from swf_testbed.monitor.api.run_counters import Changes, SliceKey, runs_of_stf_files
 
@@ -154,35 +160,16 @@ def bulk_stf_ready(messages: list[msgs.StfReady], batch: Batch) -> None:
     _bulk_stf(messages, batch, m.FileStatus.REGISTERED, _stf_ready_values, _merge_ready)
 
 
-def _existing_slices(messages: list[Any]) -> dict[tuple[str, int], m.TFSlice]:
-    samples = {msg.tf_filename for msg in messages}
-    ids = {msg.slice_id for msg in messages}
-    return {
-        (item.tf_filename, item.slice_id): item
-        for item in m.TFSlice.objects.filter(tf_filename__in=samples, slice_id__in=ids)
-    }
+SliceName = tuple[str, int]
+"""A slice's natural key: its sample's name and its number in the sample."""
 
-
-def _counted_as(item: m.TFSlice) -> SliceKey:
-    return (item.run_number, item.status)
-
-
-def _slice_changes(
-    before: dict[tuple[str, int], SliceKey],
-    changed: dict[tuple[str, int], m.TFSlice],
-    new: dict[tuple[str, int], m.TFSlice],
-) -> Changes:
-    """What a batch's slice writes change in the runs' counters (``before``: as read)."""
-    changes = Changes()
-    for key, item in changed.items():
-        changes.slice_moved(before[key], _counted_as(item))
-    for item in new.values():
-        changes.slice_moved(None, _counted_as(item))
-    return changes
-
+SliceRow = dict[str, Any]
+"""A slice as plain values by attname (``id``, ``sample_id``, ``status``, ...): as read, or new
+(:func:`fastinsert.new_row`). The slice projections read, merge and write these, not model
+instances: building and saving instances cost them more than the database's work."""
 
 _SLICE_FIELDS = [
-    "sample",
+    "sample_id",
     "tf_first",
     "tf_last",
     "tf_count",
@@ -196,32 +183,85 @@ _SLICE_FIELDS = [
     "error",
     "updated_at",
 ]
+"""What the slice projections write to a slice that exists (by attname)."""
+
+_SLICE_READ = ("id", "tf_filename", "slice_id", *_SLICE_FIELDS[:-1])
+"""What they read of it: its keys and what they may merge into."""
+
+
+def _existing_slices(messages: list[Any]) -> dict[SliceName, SliceRow]:
+    samples = {msg.tf_filename for msg in messages}
+    ids = {msg.slice_id for msg in messages}
+    rows = (
+        m.TFSlice.objects.filter(tf_filename__in=samples, slice_id__in=ids)
+        .order_by()
+        .values_list(*_SLICE_READ)
+    )
+    return {(row[1], row[2]): dict(zip(_SLICE_READ, row, strict=True)) for row in rows}
+
+
+def _sample_keys(names: set[str]) -> dict[str, Any]:
+    """The primary keys of the samples (FastMonFile) of these names, by name."""
+    if not names:
+        return {}
+    return dict(
+        m.FastMonFile.objects.filter(tf_filename__in=names)
+        .order_by()
+        .values_list("tf_filename", "pk")
+    )
+
+
+def _counted_as(row: SliceRow) -> SliceKey:
+    return (row["run_number"], row["status"])
+
+
+def _slice_changes(
+    before: dict[SliceName, SliceKey],
+    changed: dict[SliceName, SliceRow],
+    new: dict[SliceName, SliceRow],
+) -> Changes:
+    """What a batch's slice writes change in the runs' counters (``before``: as read)."""
+    changes = Changes()
+    for key, row in changed.items():
+        changes.slice_moved(before[key], _counted_as(row))
+    for row in new.values():
+        changes.slice_moved(None, _counted_as(row))
+    return changes
+
+
+def _write_slices(new: dict[SliceName, SliceRow], changed: dict[SliceName, SliceRow]) -> None:
+    """One insert of the new slices (their auto keys are not read back: not used after) and one
+    update of the changed ones."""
+    insert_dicts(m.TFSlice, new.values())
+    update_rows(
+        m.TFSlice,
+        fields_named(m.TFSlice, _SLICE_FIELDS),
+        ([*(row[name] for name in _SLICE_FIELDS), row["id"]] for row in changed.values()),
+    )
 
 
 def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
-    samples = {
-        s.tf_filename: s
-        for s in m.FastMonFile.objects.filter(tf_filename__in={msg.tf_filename for msg in messages})
-    }
+    samples = _sample_keys({msg.tf_filename for msg in messages})
     existing = _existing_slices(messages)
-    before = {key: _counted_as(item) for key, item in existing.items()}
-    new: dict[tuple[str, int], m.TFSlice] = {}
-    changed: dict[tuple[str, int], m.TFSlice] = {}
+    before = {key: _counted_as(row) for key, row in existing.items()}
+    new: dict[SliceName, SliceRow] = {}
+    changed: dict[SliceName, SliceRow] = {}
     now = timezone.now()
     for msg in messages:
         ensure_run(msg, batch)
         key = (msg.tf_filename, msg.slice_id)
         values = {
-            "sample": samples.get(msg.tf_filename),
+            "sample_id": samples.get(msg.tf_filename),
             "tf_first": msg.tf_first,
             "tf_last": msg.tf_last,
             "tf_count": msg.tf_count,
             "stf_filename": msg.stf_filename,
             "run_number": msg.run_id,
         }
-        item = existing.get(key) or new.get(key)
-        if item is None:
-            new[key] = m.TFSlice(
+        row = existing.get(key) or new.get(key)
+        if row is None:
+            new[key] = new_row(
+                m.TFSlice,
                 tf_filename=msg.tf_filename,
                 slice_id=msg.slice_id,
                 status=m.SliceStatus.QUEUED,
@@ -229,106 +269,126 @@ def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:
                 **values,
             )
             continue
-        _merge_slice(item, msg, values)
-        item.updated_at = now
+        _merge_slice(row, msg, values)
+        row["updated_at"] = now
         if key in existing:
-            changed[key] = item
-    insert_objects(list(new.values()))  # not used after: their auto keys are not needed
-    if changed:
-        update_objects(list(changed.values()), _SLICE_FIELDS)
+            changed[key] = row
+    _write_slices(new, changed)
     batch.counters.merge(_slice_changes(before, changed, new))
 
 
-def _merge_slice(item: m.TFSlice, msg: msgs.Slice, values: dict[str, Any]) -> None:
+def _merge_slice(row: SliceRow, msg: msgs.Slice, values: dict[str, Any]) -> None:
     for name, value in values.items():
         if value is not None:
-            setattr(item, name, value)
+            row[name] = value
     # a retry re-queues a slice that has not completed; an older copy changes nothing
-    if msg.retries >= item.retries and item.status != m.SliceStatus.COMPLETED and msg.retries > 0:
-        item.status = m.SliceStatus.QUEUED
-        item.retries = msg.retries
+    if (
+        msg.retries >= row["retries"]
+        and row["status"] != m.SliceStatus.COMPLETED
+        and msg.retries > 0
+    ):
+        row["status"] = m.SliceStatus.QUEUED
+        row["retries"] = msg.retries
 
 
-def _apply_result(item: m.TFSlice, msg: msgs.SliceResult) -> None:
-    if item.status != m.SliceStatus.COMPLETED:  # completed is final
-        item.status = msg.status
-    item.assigned_worker = msg.worker_id[:255]
-    item.completed_at = msg.timestamp
-    item.processing_time_s = msg.processing_time_s
-    item.error = msg.error
+def _apply_result(row: SliceRow, msg: msgs.SliceResult) -> None:
+    if row["status"] != m.SliceStatus.COMPLETED:  # completed is final
+        row["status"] = msg.status
+    row["assigned_worker"] = msg.worker_id[:255]
+    row["completed_at"] = msg.timestamp
+    row["processing_time_s"] = msg.processing_time_s
+    row["error"] = msg.error
 
 
 def bulk_slice_result(messages: list[msgs.SliceResult], batch: Batch) -> None:
     existing = _existing_slices(messages)
-    before = {key: _counted_as(item) for key, item in existing.items()}
-    samples = {
-        s.tf_filename: s
-        for s in m.FastMonFile.objects.filter(tf_filename__in={msg.tf_filename for msg in messages})
-    }
-    new: dict[tuple[str, int], m.TFSlice] = {}
-    changed: dict[tuple[str, int], m.TFSlice] = {}
+    before = {key: _counted_as(row) for key, row in existing.items()}
+    # the samples of the slices made here, for results that come before their slice
+    samples = _sample_keys(
+        {msg.tf_filename for msg in messages if (msg.tf_filename, msg.slice_id) not in existing}
+    )
+    new: dict[SliceName, SliceRow] = {}
+    changed: dict[SliceName, SliceRow] = {}
     now = timezone.now()
     for msg in messages:
         ensure_run(msg, batch)
         key = (msg.tf_filename, msg.slice_id)
-        item = existing.get(key) or new.get(key)
-        if item is None:
-            item = new[key] = m.TFSlice(
+        row = existing.get(key) or new.get(key)
+        if row is None:
+            row = new[key] = new_row(
+                m.TFSlice,
                 tf_filename=msg.tf_filename,
                 slice_id=msg.slice_id,
                 run_number=msg.run_id,
                 tf_first=0,
                 tf_last=0,
                 tf_count=0,
-                sample=samples.get(msg.tf_filename),
+                sample_id=samples.get(msg.tf_filename),
             )
         elif key in existing:
-            changed[key] = item
-        _apply_result(item, msg)
-        item.updated_at = now
-    insert_objects(list(new.values()))  # not used after: their auto keys are not needed
-    if changed:
-        update_objects(list(changed.values()), _SLICE_FIELDS)
+            changed[key] = row
+        _apply_result(row, msg)
+        row["updated_at"] = now
+    _write_slices(new, changed)
     changes = _slice_changes(before, changed, new)
     for run_number in _count_for_workers(messages):
         changes.workers_changed(run_number)
     batch.counters.merge(changes)
 
 
+_WORKER_SET = ["run_number", "last_heartbeat", "current_slice_id", "tf_filename", "status"]
+_WORKER_ADDED = ["slices_completed", "slices_failed"]
+
+
 def _count_for_workers(messages: list[msgs.SliceResult]) -> set[int]:
-    """Workers' own counts; returns the runs whose active workers changed (joined or left)."""
+    """Workers' own counts; returns the runs whose active workers changed (joined or left).
+
+    One read, an insert of the workers not known yet and one ``executemany`` that adds each
+    worker's results to its counts (relative: a concurrent write is not lost).
+    """
     by_worker: dict[str, list[msgs.SliceResult]] = {}
     for msg in messages:
         by_worker.setdefault(msg.worker_id[:255], []).append(msg)
     runs_before = dict(
-        m.Worker.objects.filter(worker_id__in=by_worker).values_list("worker_id", "run_number")
+        m.Worker.objects.filter(worker_id__in=by_worker)
+        .order_by()
+        .values_list("worker_id", "run_number")
     )
-    known = set(runs_before)
-    m.Worker.objects.bulk_create(
-        [
-            m.Worker(
-                worker_id=wid,
-                namespace_id=results[0].namespace,
-                run_number=results[0].run_id,
-                started_at=min(r.timestamp for r in results),
-            )
-            for wid, results in by_worker.items()
-            if wid not in known
-        ],
-        ignore_conflicts=True,
-    )
+    unknown = [
+        m.Worker(
+            worker_id=wid,
+            namespace_id=results[0].namespace,
+            run_number=results[0].run_id,
+            started_at=min(r.timestamp for r in results),
+        )
+        for wid, results in by_worker.items()
+        if wid not in runs_before
+    ]
+    if unknown:
+        m.Worker.objects.bulk_create(unknown, ignore_conflicts=True)
+    rows = []
     for wid, results in by_worker.items():
         last = max(results, key=lambda r: r.timestamp)
         done = sum(1 for r in results if r.status == "completed")
-        m.Worker.objects.filter(pk=wid).update(
-            slices_completed=F("slices_completed") + done,
-            slices_failed=F("slices_failed") + (len(results) - done),
-            run_number=last.run_id,
-            last_heartbeat=last.timestamp,
-            current_slice_id=None,
-            tf_filename=last.tf_filename[:255],
-            status="active",
+        # in the order of _WORKER_ADDED, _WORKER_SET, then the key
+        rows.append(
+            (
+                done,
+                len(results) - done,
+                last.run_id,
+                last.timestamp,
+                None,
+                last.tf_filename[:255],
+                "active",
+                wid,
+            )
         )
+    update_rows(
+        m.Worker,
+        fields_named(m.Worker, _WORKER_SET),
+        rows,
+        increments=fields_named(m.Worker, _WORKER_ADDED),
+    )
     left = {run for run in runs_before.values() if run is not None}
     return left | {msg.run_id for msg in messages}
 

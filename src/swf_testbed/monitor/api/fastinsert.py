@@ -16,10 +16,12 @@ UUID or natural key keep theirs, which are set before the insert).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import connection, models
 from django.db.models.fields.related import RelatedField
+from django.utils import timezone
 
 Adapter = Callable[[Any], Any]
 if TYPE_CHECKING:  # Django's Field is generic in its stubs only, not at run time
@@ -52,7 +54,30 @@ def _float(value: Any) -> Any:
 
 
 def _datetime_adapter(adapt: Callable[[Any], Any]) -> Adapter:
-    return lambda value: None if value is None else adapt(value)
+    """The backend's conversion, done once for a run of the same datetime (rows written together
+    share their ``updated_at``): datetimes are immutable, so the same object converts the same."""
+    last: list[Any] = [None, None]
+
+    def adapter(value: Any) -> Any:
+        if value is None:
+            return None
+        if value is not last[0]:
+            last[:] = [value, adapt(value)]
+        return last[1]
+
+    return adapter
+
+
+def _json_adapter(field: Field) -> Adapter:
+    """The field's conversion; an empty object (most rows' ``metadata``) converted once."""
+    empty = field.get_db_prep_save({}, connection)
+
+    def adapter(value: Any) -> Any:
+        if type(value) is dict and not value:
+            return empty
+        return field.get_db_prep_save(value, connection)
+
+    return adapter
 
 
 def _field_adapter(field: Field) -> Adapter:
@@ -88,6 +113,8 @@ def adapters_for(fields: Sequence[Field]) -> list[Adapter]:
             result.append(_float)
         elif kind == "DateTimeField":
             result.append(_datetime_adapter(ops.adapt_datetimefield_value))
+        elif kind == "JSONField":
+            result.append(_json_adapter(field))
         else:
             result.append(_field_adapter(field))
     return result
@@ -100,25 +127,110 @@ def insert_sql(model: type[models.Model], fields: Sequence[Field]) -> str:
     return f"INSERT INTO {qn(model._meta.db_table)} ({columns}) VALUES ({placeholders})"
 
 
-def update_sql(model: type[models.Model], fields: Sequence[Field]) -> str:
+def update_sql(
+    model: type[models.Model], fields: Sequence[Field], increments: Sequence[Field] = ()
+) -> str:
+    """``UPDATE … SET inc = inc + %s, …, field = %s, … WHERE pk = %s``."""
     qn = connection.ops.quote_name
-    assignments = ", ".join(f"{qn(_column(f))} = %s" for f in fields)
+    assignments = ", ".join(
+        [f"{qn(_column(f))} = {qn(_column(f))} + %s" for f in increments]
+        + [f"{qn(_column(f))} = %s" for f in fields]
+    )
     table, key = qn(model._meta.db_table), qn(_column(_concrete(model._meta.pk)))
     return f"UPDATE {table} SET {assignments} WHERE {key} = %s"
+
+
+def _params(adapters: Sequence[Adapter], rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    return [tuple(adapt(value) for adapt, value in zip(adapters, row, strict=True)) for row in rows]
 
 
 def insert_rows(
     model: type[models.Model], fields: Sequence[Field], rows: Iterable[Sequence[Any]]
 ) -> None:
     """Insert value tuples (in the order of ``fields``, Python values) with one ``executemany``."""
-    adapters = adapters_for(fields)
-    params = [
-        tuple(adapt(value) for adapt, value in zip(adapters, row, strict=True)) for row in rows
-    ]
+    params = _params(adapters_for(fields), rows)
     if not params:
         return
     with connection.cursor() as cursor:
         cursor.executemany(insert_sql(model, fields), params)
+
+
+def update_rows(
+    model: type[models.Model],
+    fields: Sequence[Field],
+    rows: Iterable[Sequence[Any]],
+    *,
+    increments: Sequence[Field] = (),
+) -> None:
+    """Update rows by primary key with one ``executemany`` of :func:`update_sql`.
+
+    Each row is a tuple of Python values: one per field of ``increments`` (added
+    to the column: relative, so a concurrent writer's increment is never lost),
+    then one per field of ``fields`` (set), then the primary key.
+    """
+    pk = _concrete(model._meta.pk)
+    params = _params(adapters_for([*increments, *fields, pk]), rows)
+    if not params:
+        return
+    with connection.cursor() as cursor:
+        cursor.executemany(update_sql(model, fields, increments), params)
+
+
+def fields_named(model: type[models.Model], names: Iterable[str]) -> list[Field]:
+    """The concrete fields of these names (or attnames: ``sample`` or ``sample_id``)."""
+    meta = model._meta
+    return [_concrete(meta.get_field(name)) for name in names]
+
+
+def new_row(model: type[models.Model], **values: Any) -> dict[str, Any]:
+    """A new row of ``model`` as plain values by attname, for :func:`insert_dicts`.
+
+    The fields not given have their default, as the model's constructor would
+    set them (an auto-increment primary key is left out).
+    """
+    constant, made = _defaults(model)
+    row = dict(constant)
+    for name, make in made:
+        row[name] = make()
+    row.update(values)
+    return row
+
+
+@cache
+def _defaults(
+    model: type[models.Model],
+) -> tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]]:
+    """A model's defaults for :func:`new_row`: the constant ones, and the callable ones (such as
+    ``dict``, called for each row: every row has its own)."""
+    constant: dict[str, Any] = {}
+    made: list[tuple[str, Callable[[], Any]]] = []
+    for f in insertable_fields(model):
+        if f.has_default() and callable(f.default):
+            made.append((f.attname, f.default))
+        else:
+            constant[f.attname] = f.get_default()
+    return constant, made
+
+
+def insert_dicts(model: type[models.Model], rows: Iterable[dict[str, Any]]) -> None:
+    """Like :func:`insert_objects` for rows given as plain values by attname (:func:`new_row`).
+
+    ``auto_now`` / ``auto_now_add`` fields are set to the time of the insert, one
+    for all the rows (``insert_objects`` reads the clock once per field per row).
+    """
+    fields = insertable_fields(model)
+    now = timezone.now()
+    auto = set()
+    for f in fields:
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            assert isinstance(f, models.DateTimeField), f"{f}: only DateTimeField is set here"
+            auto.add(f.attname)
+    names = [f.attname for f in fields]
+    insert_rows(
+        model,
+        fields,
+        ([now if name in auto else row[name] for name in names] for row in rows),
+    )
 
 
 def insertable_fields(model: type[models.Model]) -> list[Field]:
@@ -167,17 +279,9 @@ def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> 
     if not objs:
         return
     model = type(objs[0])
-    meta = model._meta
-    fields = [_concrete(meta.get_field(name)) for name in field_names]
-    pk = _concrete(meta.pk)
-    adapters = adapters_for([*fields, pk])
-    attnames = [f.attname for f in fields] + [pk.attname]
-    params = [
-        tuple(adapt(getattr(obj, name)) for adapt, name in zip(adapters, attnames, strict=True))
-        for obj in objs
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(update_sql(model, fields), params)
+    fields = fields_named(model, field_names)
+    attnames = [f.attname for f in fields] + [_concrete(model._meta.pk).attname]
+    update_rows(model, fields, ([getattr(obj, name) for name in attnames] for obj in objs))
 
 
 def increment_rows(
@@ -187,18 +291,9 @@ def increment_rows(
 
     Relative, not read-then-write: a concurrent writer's increment is never lost.
     """
-    field = _concrete(model._meta.get_field(field_name))
-    pk = _concrete(model._meta.pk)
-    adapt_pk = adapters_for([pk])[0]
-    params = [(int(n), adapt_pk(key)) for key, n in increments]
-    if not params:
-        return
-    with connection.cursor() as cursor:
-        cursor.executemany(increment_sql(model, field), params)
-
-
-def increment_sql(model: type[models.Model], field: Field) -> str:
-    qn = connection.ops.quote_name
-    column = qn(_column(field))
-    table, key = qn(model._meta.db_table), qn(_column(_concrete(model._meta.pk)))
-    return f"UPDATE {table} SET {column} = {column} + %s WHERE {key} = %s"
+    update_rows(
+        model,
+        [],
+        ((n, key) for key, n in increments),
+        increments=fields_named(model, [field_name]),
+    )
