@@ -447,6 +447,21 @@ def test_facet_counts_follow_recording_and_deletion(record: Any, make_message: A
     assert [row for row in before if row[2]] == after
 
 
+def test_a_facet_knows_how_many_values_it_has_beyond_those_listed(
+    record: Any, make_message: Any
+) -> None:
+    record(*(make_message("start_run", execution_id=f"e{i}") for i in range(5)))
+    record(make_message("start_run", execution_id="e0"), make_message("heartbeat"))
+    counted = facets.count_facets({"msg_type": "start_run"}, limit=2)
+    assert counted["execution_id"].values == [("e0", 2), ("e1", 1)]
+    assert counted["execution_id"].size == 5  # all five executions, two of them listed
+    assert counted["msg_type"].size == 2  # a facet ignores its own filter
+    m.WorkflowMessage.objects.filter(execution_id="e4").delete()  # its count drops to 0
+    assert facets.count_facets({"msg_type": "start_run"}, limit=2)["execution_id"].size == 4
+    assert facets.count_facets({}, limit=2)["execution_id"].size == 5  # and the heartbeat's ""
+    assert facets.count_facets({"sender": "nobody"})["execution_id"] == facets.Facet([], 0)
+
+
 def test_set_wise_projection_of_one_mixed_batch(record: Any, make_message: Any) -> None:
     files = [f"swf.000001.{i:06d}.stf" for i in range(3)]
     common = {"tf_filename": "s.tf", "stf_filename": files[0]}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from django.template import engines
 from django.test import Client, override_settings
 
 from swf_testbed.monitor.api import models as m
@@ -247,3 +249,36 @@ def test_hiding_heartbeats_keeps_the_counts_true(client: Client, seeded: None) -
     assert '<option value="false">invalid</option>' in page
     assert ">heartbeat<" not in client.get("/").content.decode()
     assert ">heartbeat<" in client.get("/", {"heartbeats": "show"}).content.decode()
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        None,
+    ],
+)
+def test_millis_shows_what_the_date_filter_showed(when: datetime | None) -> None:
+    render = (
+        engines["django"]
+        .from_string(
+            '{% load monitor_tags %}{{ t|millis }}#{{ t|date:"Y-m-d H:i:s.u"|slice:":23" }}#'
+            '{{ t|millis:"time" }}#{{ t|date:"H:i:s.u"|slice:":12" }}'
+        )
+        .render
+    )
+    ours_full, date_full, ours_time, date_time = render({"t": when}).split("#")
+    assert (ours_full, ours_time) == (date_full, date_time)
+
+
+def test_agent_link_quotes_and_escapes_the_name() -> None:
+    render = engines["django"].from_string("{% load monitor_tags %}{% agent_link name ns %}").render
+    assert render({"name": "", "ns": "x"}) == ""
+    assert render({"name": "a b&<i>/c", "ns": ""}) == (
+        '<a class="agent-link" href="/agents/named/?name=a%20b%26%3Ci%3E/c">a b&amp;&lt;i&gt;/c</a>'
+    )
+    assert render({"name": "w1", "ns": "n&1"}) == (
+        '<a class="agent-link" href="/agents/named/?name=w1&amp;namespace=n%261">w1</a>'
+    )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, Sum, Window
 
 from swf_testbed.monitor.api.fastinsert import increment_rows, insert_objects
 from swf_testbed.monitor.api.models import MessageCount, WorkflowMessage
@@ -115,35 +116,45 @@ def count_from_rollup(filters: dict[str, Any]) -> int:
     return int(total or 0)
 
 
-def facet_sizes(filters: dict[str, Any]) -> dict[str, int]:
-    """For each facet, how many distinct values have messages under the *other* active filters."""
-    return {
-        facet: MessageCount.objects.filter(_q(filters, exclude=facet))
-        .values(facet)
-        .annotate(n=Sum("count"))
-        .filter(n__gt=0)
-        .order_by()
-        .count()
-        for facet in FACETS
-    }
+@dataclass(frozen=True)
+class Facet:
+    """One facet under the *other* active filters: its top values and how many values it has."""
+
+    values: list[tuple[Any, int]]
+    """The values with the most messages (most first), with their counts."""
+    size: int
+    """How many distinct values have messages, listed or not."""
 
 
-def facet_counts(filters: dict[str, Any], limit: int = 25) -> dict[str, list[tuple[Any, int]]]:
-    """For each facet, the top values and their counts under the *other* active filters."""
-    result: dict[str, list[tuple[Any, int]]] = {}
+def count_facets(filters: dict[str, Any], limit: int = 25) -> dict[str, Facet]:
+    """For each facet, its top ``limit`` values and their counts, and how many values it has, under
+    the *other* active filters: one query per facet.
+
+    The number of values is a window count over the grouped rows (``COUNT(*) OVER ()``, computed
+    before the ``LIMIT``), so the same query that lists the top values also sizes the facet.
+    """
+    result: dict[str, Facet] = {}
     for facet in FACETS:
         rows = (
             MessageCount.objects.filter(_q(filters, exclude=facet))
             .values(facet)
             .annotate(n=Sum("count"))
             .filter(n__gt=0)
+            .annotate(size=Window(Count("*")))
             .order_by("-n", facet)[:limit]
         )
         values: list[tuple[Any, int]] = []
+        size = 0
         for row in rows:
             value = row[facet]
             if facet == "run_id" and value == MessageCount.NO_RUN:
                 value = None
             values.append((value, int(row["n"])))
-        result[facet] = values
+            size = int(row["size"])
+        result[facet] = Facet(values, size)
     return result
+
+
+def facet_counts(filters: dict[str, Any], limit: int = 25) -> dict[str, list[tuple[Any, int]]]:
+    """For each facet, the top values and their counts under the *other* active filters."""
+    return {name: facet.values for name, facet in count_facets(filters, limit).items()}

@@ -563,12 +563,11 @@ def message_list(request: HttpRequest) -> HttpResponse:
     facet_blocks = []
     if facet_filters is not None:
         expanded = request.GET.get("more", "")
-        sizes = facets.facet_sizes(facet_filters)
-        counted = facets.facet_counts(
+        counted = facets.count_facets(
             facet_filters, limit=FACET_ALL if expanded in FACET_LABELS else FACET_SHOWN
         )
-        for name, values in counted.items():
-            values = values if name == expanded else values[:FACET_SHOWN]
+        for name, facet in counted.items():
+            values = facet.values if name == expanded else facet.values[:FACET_SHOWN]
             items = []
             for value, count in values:
                 shown = (
@@ -590,7 +589,7 @@ def message_list(request: HttpRequest) -> HttpResponse:
                         "href": query_with(request, **{name: param}, page=None),
                     }
                 )
-            more = sizes[name] - len(items)
+            more = facet.size - len(items)
             facet_blocks.append(
                 {
                     "name": name,

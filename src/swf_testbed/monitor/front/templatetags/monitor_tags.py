@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from django import template
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 register = template.Library()
 
@@ -40,6 +44,33 @@ def duration(value: timedelta | None) -> str:
     if seconds < 172_800:
         return f"{seconds // 3600} h {seconds % 3600 // 60} min"
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+@register.filter(expects_localtime=True)
+def millis(value: datetime | None, part: str = "") -> str:
+    """A timestamp to the millisecond, '2026-01-01 12:34:56.789' (``millis:"time"``:
+    '12:34:56.789'); '' for None.
+
+    What ``date:"Y-m-d H:i:s.u"|slice:":23"`` shows, without the ``date`` filter's
+    character-by-character formatting: a list page shows two a row.
+    """
+    if value is None:
+        return ""
+    return value.strftime("%H:%M:%S.%f" if part == "time" else "%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@register.simple_tag
+def agent_link(name: str | None, namespace: str | None = None) -> SafeString | str:
+    """A link to the page of the agent ``name`` (of ``namespace``, when given); '' for no name.
+
+    A tag rather than an included template: list pages show one a row.
+    """
+    if not name:
+        return ""
+    href = f"{reverse('front:agent_named')}?name={quote(name, safe='/')}"
+    if namespace:
+        href += f"&namespace={quote(namespace, safe='/')}"
+    return format_html('<a class="agent-link" href="{}">{}</a>', href, name)
 
 
 @register.filter
