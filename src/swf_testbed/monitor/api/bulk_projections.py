@@ -6,6 +6,7 @@ Each has a one-message form in :mod:`projections` (the fallback that finds a cul
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.utils import timezone
@@ -15,7 +16,6 @@ from swf_testbed.monitor.api import models as m
 from swf_testbed.monitor.api.fastinsert import (
     fields_named,
     insert_dicts,
-    insert_objects,
     new_row,
     update_objects,
     update_rows,
@@ -61,6 +61,10 @@ def _stf_ready_values(msg: msgs.StfReady) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+StfRow = dict[str, Any]
+"""An STF file as plain values by attname (``file_id``, ``run_id``, ``status``, ...): as read, or
+new (:func:`fastinsert.new_row`), as the slice projections do."""
+
 _STF_FIELDS = [
     "file_size_bytes",
     "checksum",
@@ -73,11 +77,15 @@ _STF_FIELDS = [
     "metadata",
     "url",
     "status",
-    "updated_at",
 ]
+"""What stf_gen and stf_ready write to a file that exists (what they say, merged into what was
+read; ``processing_complete`` writes its status and metadata only)."""
+
+_STF_READ = ("file_id", "stf_filename", *_STF_FIELDS)
+"""What the STF projections read of a file: its keys and what they may write."""
 
 
-def _stf_files_for_update(names: set[str]) -> dict[str, m.StfFile]:
+def _stf_rows_for_update(names: set[str]) -> dict[str, StfRow]:
     """The STF files of these names, by name, locked until the batch commits (PostgreSQL).
 
     So that a REST update of the same files, committed between this read and the batch's write,
@@ -85,79 +93,83 @@ def _stf_files_for_update(names: set[str]) -> dict[str, m.StfFile]:
     inserts of samples that refer to these files (a foreign-key check) are not blocked, which
     would deadlock.
     """
-    locked = m.StfFile.objects.select_for_update(no_key=True).filter(stf_filename__in=names)
-    return {stf.stf_filename: stf for stf in locked}
+    locked = (
+        m.StfFile.objects.select_for_update(no_key=True)
+        .filter(stf_filename__in=names)
+        .order_by()
+        .values(*_STF_READ)
+    )
+    return {row["stf_filename"]: row for row in locked}
 
 
-def _bulk_stf(messages: list[Any], batch: Batch, status: str, values_of: Any, merge: Any) -> None:
-    names = {msg.filename for msg in messages}
-    existing = _stf_files_for_update(names)
-    new: dict[str, m.StfFile] = {}
-    changed: dict[str, m.StfFile] = {}
+def _project_stfs(
+    messages: list[Any],
+    batch: Batch,
+    status: str,
+    merge: Callable[[StfRow, Any], None],
+    fields: list[str],
+) -> None:
+    """A batch's messages about STF files: one locked read, one insert, one update.
+
+    A file not known yet is made with ``status``; ``merge`` then applies what
+    the message says, to a new row or to the row as read, and ``fields`` (with
+    ``updated_at``) are what is written to a file that exists.
+    """
+    existing = _stf_rows_for_update({msg.filename for msg in messages})
+    new: dict[str, StfRow] = {}
+    changed: dict[str, StfRow] = {}
     now = timezone.now()
     for msg in messages:
         run = ensure_run(msg, batch)
-        values = values_of(msg)
-        stf = existing.get(msg.filename) or new.get(msg.filename)
-        if stf is None:
-            new[msg.filename] = m.StfFile(
-                stf_filename=msg.filename, run=run, status=status, **values
-            )
-            continue
-        merge(stf, values)
-        stf.updated_at = now
-        if msg.filename in existing:
-            changed[msg.filename] = stf
-    insert_objects(list(new.values()))  # their keys (UUIDs) are set already
-    if changed:
-        update_objects(list(changed.values()), _STF_FIELDS)
+        name = msg.filename
+        row = existing.get(name) or new.get(name)
+        if row is None:
+            row = new[name] = new_row(m.StfFile, stf_filename=name, run_id=run.pk, status=status)
+        elif name in existing:
+            changed[name] = row
+        merge(row, msg)
+        row["updated_at"] = now
+    insert_dicts(m.StfFile, new.values())  # their keys (UUIDs) are set already
+    written = [*fields, "updated_at"]
+    update_rows(
+        m.StfFile,
+        fields_named(m.StfFile, written),
+        ([*(row[name] for name in written), row["file_id"]] for row in changed.values()),
+    )
 
 
-def bulk_processing_complete(messages: list[msgs.ProcessingComplete], batch: Batch) -> None:
-    """``on_processing_complete`` for a batch: one read, one insert and one update."""
-    names = {msg.filename for msg in messages}
-    existing = _stf_files_for_update(names)
-    new: dict[str, m.StfFile] = {}
-    changed: dict[str, m.StfFile] = {}
-    now = timezone.now()
-    for msg in messages:
-        run = ensure_run(msg, batch)
-        stf = existing.get(msg.filename) or new.get(msg.filename)
-        if stf is None:
-            stf = new[msg.filename] = m.StfFile(stf_filename=msg.filename, run=run, metadata={})
-        elif msg.filename in existing:
-            changed[msg.filename] = stf
-        stf.status = m.FileStatus.PROCESSED
-        stf.metadata = {
-            **(stf.metadata or {}),
-            "outputs": msg.outputs,
-            "processing_time_s": msg.processing_time_s,
-        }
-        stf.updated_at = now
-    insert_objects(list(new.values()))
-    update_objects(list(changed.values()), ["status", "metadata", "updated_at"])
-
-
-def _merge_gen(stf: m.StfFile, values: dict[str, Any]) -> None:
-    for name, value in values.items():
+def _merge_gen(row: StfRow, msg: msgs.StfGen) -> None:
+    for name, value in _stf_gen_values(msg).items():
         if name == "metadata":
-            value = {**(stf.metadata or {}), **value}
-        setattr(stf, name, value)
+            value = {**(row.get("metadata") or {}), **value}
+        row[name] = value
 
 
-def _merge_ready(stf: m.StfFile, values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        setattr(stf, name, value)
-    if stf.status == m.FileStatus.GENERATED:
-        stf.status = m.FileStatus.REGISTERED
+def _merge_ready(row: StfRow, msg: msgs.StfReady) -> None:
+    row.update(_stf_ready_values(msg))
+    if row["status"] == m.FileStatus.GENERATED:
+        row["status"] = m.FileStatus.REGISTERED
+
+
+def _merge_processed(row: StfRow, msg: msgs.ProcessingComplete) -> None:
+    row["status"] = m.FileStatus.PROCESSED
+    row["metadata"] = {
+        **(row.get("metadata") or {}),
+        "outputs": msg.outputs,
+        "processing_time_s": msg.processing_time_s,
+    }
 
 
 def bulk_stf_gen(messages: list[msgs.StfGen], batch: Batch) -> None:
-    _bulk_stf(messages, batch, m.FileStatus.GENERATED, _stf_gen_values, _merge_gen)
+    _project_stfs(messages, batch, m.FileStatus.GENERATED, _merge_gen, _STF_FIELDS)
 
 
 def bulk_stf_ready(messages: list[msgs.StfReady], batch: Batch) -> None:
-    _bulk_stf(messages, batch, m.FileStatus.REGISTERED, _stf_ready_values, _merge_ready)
+    _project_stfs(messages, batch, m.FileStatus.REGISTERED, _merge_ready, _STF_FIELDS)
+
+
+def bulk_processing_complete(messages: list[msgs.ProcessingComplete], batch: Batch) -> None:
+    _project_stfs(messages, batch, m.FileStatus.PROCESSED, _merge_processed, ["status", "metadata"])
 
 
 SliceName = tuple[str, int]

@@ -91,13 +91,6 @@ def ensure_run(msg: msgs.RunMessage, batch: Batch) -> m.Run:
     return run
 
 
-def ensure_stf(
-    msg: msgs.RunMessage, filename: str, batch: Batch, **defaults: Any
-) -> tuple[m.StfFile, bool]:
-    run = ensure_run(msg, batch)
-    return m.StfFile.objects.get_or_create(stf_filename=filename, defaults={"run": run, **defaults})
-
-
 def state_change(msg: msgs.RunMessage, phase: str, batch: Batch, **event_data: Any) -> None:
     """RunState and a SystemStateEvent for a lifecycle message.
 

@@ -49,7 +49,6 @@ from swf_testbed.monitor.api.projection_support import (
     Batch,
     ensure_execution,
     ensure_run,
-    ensure_stf,
     state_change,
 )
 
@@ -264,14 +263,7 @@ def on_stf_ready(msg: msgs.StfReady, batch: Batch) -> None:
 
 
 def on_processing_complete(msg: msgs.ProcessingComplete, batch: Batch) -> None:
-    stf, _ = ensure_stf(msg, msg.filename, batch, status=m.FileStatus.PROCESSED)
-    stf.status = m.FileStatus.PROCESSED
-    stf.metadata = {
-        **(stf.metadata or {}),
-        "outputs": msg.outputs,
-        "processing_time_s": msg.processing_time_s,
-    }
-    stf.save(update_fields=["status", "metadata", "updated_at"])
+    bulk_processing_complete([msg], batch)
 
 
 def on_tf_file_registered(msg: msgs.TfFileRegistered, batch: Batch) -> None:
