@@ -17,6 +17,7 @@ from swf_testbed.monitor.api.fastinsert import (
     fields_named,
     insert_dicts,
     new_row,
+    update_dicts,
     update_objects,
     update_rows,
 )
@@ -130,12 +131,7 @@ def _project_stfs(
         merge(row, msg)
         row["updated_at"] = now
     insert_dicts(m.StfFile, new.values())  # their keys (UUIDs) are set already
-    written = [*fields, "updated_at"]
-    update_rows(
-        m.StfFile,
-        fields_named(m.StfFile, written),
-        ([*(row[name] for name in written), row["file_id"]] for row in changed.values()),
-    )
+    update_dicts(m.StfFile, changed.values(), [*fields, "updated_at"])
 
 
 def _merge_gen(row: StfRow, msg: msgs.StfGen) -> None:
@@ -245,11 +241,7 @@ def _write_slices(new: dict[SliceName, SliceRow], changed: dict[SliceName, Slice
     """One insert of the new slices (their auto keys are not read back: not used after) and one
     update of the changed ones."""
     insert_dicts(m.TFSlice, new.values())
-    update_rows(
-        m.TFSlice,
-        fields_named(m.TFSlice, _SLICE_FIELDS),
-        ([*(row[name] for name in _SLICE_FIELDS), row["id"]] for row in changed.values()),
-    )
+    update_dicts(m.TFSlice, changed.values(), _SLICE_FIELDS)
 
 
 def bulk_slice(messages: list[msgs.Slice], batch: Batch) -> None:

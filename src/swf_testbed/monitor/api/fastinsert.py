@@ -221,16 +221,20 @@ def insert_dicts(model: type[models.Model], rows: Iterable[dict[str, Any]]) -> N
     fields = insertable_fields(model)
     now = timezone.now()
     auto = set()
-    for f in fields:
-        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
-            assert isinstance(f, models.DateTimeField), f"{f}: only DateTimeField is set here"
-            auto.add(f.attname)
+    for f in _auto_now(fields):
+        assert isinstance(f, models.DateTimeField), f"{f}: only DateTimeField is set here"
+        auto.add(f.attname)
     names = [f.attname for f in fields]
     insert_rows(
         model,
         fields,
         ([now if name in auto else row[name] for name in names] for row in rows),
     )
+
+
+def _auto_now(fields: Sequence[Field]) -> list[Field]:
+    """The fields an insert sets to its own time (``auto_now`` / ``auto_now_add``)."""
+    return [f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
 
 
 def insertable_fields(model: type[models.Model]) -> list[Field]:
@@ -252,9 +256,7 @@ def insert_objects(objs: Sequence[models.Model]) -> None:
         return
     model = type(objs[0])
     fields = insertable_fields(model)
-    pre_save = [
-        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-    ]
+    pre_save = _auto_now(fields)
     attnames = [f.attname for f in fields]
     rows = []
     for obj in objs:
@@ -282,6 +284,16 @@ def update_objects(objs: Sequence[models.Model], field_names: Sequence[str]) -> 
     fields = fields_named(model, field_names)
     attnames = [f.attname for f in fields] + [_concrete(model._meta.pk).attname]
     update_rows(model, fields, ([getattr(obj, name) for name in attnames] for obj in objs))
+
+
+def update_dicts(
+    model: type[models.Model], rows: Iterable[dict[str, Any]], field_names: Sequence[str]
+) -> None:
+    """Like :func:`update_objects` for rows given as plain values by attname (as read with
+    ``values``, or made by :func:`new_row`): ``field_names`` set, by primary key."""
+    fields = fields_named(model, field_names)
+    attnames = [f.attname for f in fields] + [_concrete(model._meta.pk).attname]
+    update_rows(model, fields, ([row[name] for name in attnames] for row in rows))
 
 
 def increment_rows(
